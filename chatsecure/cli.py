@@ -1,0 +1,190 @@
+"""The ``chatsecure`` command line: argument parsing and wiring, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chatsecure import __version__
+from chatsecure.errors import ChatError
+from chatsecure.protocol import limits
+from chatsecure.tls import certs
+
+log = logging.getLogger("chatsecure")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame (DEBUG)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+
+
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server verification (one of)")
+    group.add_argument("--cafile", type=Path, help="verify the server with this CA bundle")
+    group.add_argument(
+        "--fingerprint", metavar="SHA256:...", help="trust only this certificate fingerprint"
+    )
+    group.add_argument(
+        "--accept-new",
+        action="store_true",
+        help="pin a server seen for the first time without asking",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatsecure", description="Secure chat for local networks and beyond."
+    )
+    parser.add_argument("--version", action="version", version=f"chatsecure {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    server = sub.add_parser("server", help="run a chat server")
+    server.add_argument("--host", help="address to listen on (default: every interface, v4+v6)")
+    server.add_argument(
+        "--port", type=_port, default=limits.DEFAULT_PORT, help="TCP port (default %(default)s)"
+    )
+    server.add_argument("--name", help="server name shown to clients (default: chat on <host>)")
+    server.add_argument("--cert", type=Path, help="certificate (default certs/server.crt)")
+    server.add_argument("--key", type=Path, help="private key (default certs/server.key)")
+    _add_logging(server)
+
+    connect = sub.add_parser("connect", help="chat from the terminal (stdin lines are messages)")
+    connect.add_argument("target", metavar="HOST[:PORT]")
+    connect.add_argument("--nick", required=True, help="your nick (1-32 characters)")
+    _add_trust(connect)
+    _add_logging(connect)
+
+    gencert = sub.add_parser("gencert", help="make a self-signed server certificate")
+    add_gencert_arguments(gencert)
+
+    forget = sub.add_parser("forget", help="remove a server's pinned certificate")
+    forget.add_argument("target", metavar="HOST[:PORT]")
+    return parser
+
+
+def add_gencert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``chatsecure gencert``, shared with ``tools/gencert.py``."""
+    parser.add_argument(
+        "--out", type=Path, default=certs.DEFAULT_CERT_DIR, help="folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--days", type=int, default=limits.CERT_DAYS, help="validity (default %(default)s)"
+    )
+    parser.add_argument(
+        "--san", action="append", default=[], metavar="NAME_OR_IP", help="extra name (repeatable)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing certificate")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    elif getattr(args, "quiet", False):
+        level = logging.WARNING
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chatsecure`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except ChatError as exc:
+        print(f"chatsecure: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from chatsecure.server import ChatServer, ServerConfig, format_address, serve
+
+    config = ServerConfig(host=args.host, port=args.port)
+    if args.name:
+        config.name = args.name
+    if args.cert:
+        config.cert = args.cert
+    if args.key:
+        config.key = args.key
+
+    def ready(server: ChatServer) -> None:
+        for host, port in server.addresses:
+            where = "every interface (IPv4 and IPv6)" if host in {"::", "0.0.0.0"} else host  # noqa: S104
+            print(
+                f"chatsecure server {server.config.name!r} listening on "
+                f"{format_address(host, port)} ({where})",
+                flush=True,
+            )
+        print(f"certificate fingerprint: {server.fingerprint}", flush=True)
+
+    asyncio.run(serve(config, ready=ready))
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from chatsecure.client.core import ChatClient, Target, parse_target
+    from chatsecure.client.terminal import run, tty_ask
+    from chatsecure.tls.trust import KnownServers, TrustPolicy
+
+    try:
+        host, port = parse_target(args.target)
+    except ValueError as exc:
+        raise ChatError(str(exc)) from None
+    store = KnownServers()
+    expected = certs.normalize_fingerprint(args.fingerprint) if args.fingerprint else None
+    policy = TrustPolicy(
+        store,
+        ask=tty_ask(store) if sys.stdin.isatty() else None,
+        accept_new=args.accept_new,
+        fingerprint=expected,
+    )
+    client = ChatClient(Target(host, port, cafile=args.cafile), args.nick, policy)
+    return run(client, sys.stdin, sys.stdout, sys.stderr)
+
+
+def cmd_gencert(args: argparse.Namespace) -> int:
+    files = certs.generate(args.out, days=args.days, extra_sans=args.san, force=args.force)
+    print(f"wrote {files.cert} and {files.key} (mode 0600), valid {args.days} days")
+    print(f"certificate fingerprint: {certs.cert_fingerprint(files.cert)}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from chatsecure.client.core import parse_target
+    from chatsecure.tls.trust import KnownServers, server_key
+
+    host, port = parse_target(args.target)
+    store = KnownServers()
+    if store.remove(host, port):
+        print(f"forgot {server_key(host, port)}")
+        return 0
+    print(f"{server_key(host, port)} was not pinned in {store.path}", file=sys.stderr)
+    return 1
+
+
+COMMANDS = {
+    "server": cmd_server,
+    "connect": cmd_connect,
+    "gencert": cmd_gencert,
+    "forget": cmd_forget,
+}

@@ -1,0 +1,1 @@
+"""Clients: the headless core every front end shares, and the terminal client."""

@@ -1,0 +1,402 @@
+"""The client core: TLS, trust, protocol and reconnects on one background thread.
+
+Front ends (terminal, Tk) never touch the network. They call ``send``/``quit``/``close``
+from their own thread and take ``ClientEvent`` values from ``events`` (a ``queue.Queue``).
+This module never imports tkinter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatsecure.errors import ChatError, ConnectionClosed, RemoteProtocolError, TrustError
+from chatsecure.protocol import limits
+from chatsecure.protocol.frames import FrameDecoder
+from chatsecure.protocol.messages import (
+    Chat,
+    Error,
+    Hello,
+    Join,
+    Leave,
+    Peer,
+    Quit,
+    SendMsg,
+    ServerMessage,
+    Shutdown,
+    Welcome,
+    encode,
+    parse_server,
+)
+from chatsecure.tls.certs import fingerprint
+from chatsecure.tls.context import client_context
+from chatsecure.tls.trust import TrustPolicy
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+"""Seconds between reconnect attempts after a dropped connection; the last one repeats."""
+MAX_RETRIES = 20
+"""Reconnect attempts before the client gives up."""
+
+
+# --- events out -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The server welcomed us."""
+
+    welcome: Welcome
+    host: str
+    port: int
+    tls_version: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A frame from the server after ``welcome``: chat, join, leave, error, shutdown."""
+
+    message: ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The connection dropped; the next attempt is in ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The client stopped for good. ``error`` is False after quit or a server shutdown."""
+
+    reason: str
+    error: bool
+
+
+ClientEvent = Connected | Received | Reconnecting | Disconnected
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to connect and how to judge the server."""
+
+    host: str
+    port: int = limits.DEFAULT_PORT
+    cafile: Path | None = None
+    """Verify with this CA bundle and the host name instead of pinning."""
+    advertised: str | None = None
+    """Fingerprint the server advertised over mDNS; a different certificate is refused."""
+
+
+def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("enter a host name or IP address")
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
+    return host, int(port_text)
+
+
+# --- display ----------------------------------------------------------------------------
+
+
+def safe_text(text: str) -> str:
+    """``text`` with anything that could fake a new line or reorder the display made visible."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c
+        if c.isprintable() or c == " "
+        else f"\\u{ord(c):04x}"
+        if unicodedata.category(c) != "Cc"
+        else repr(c)[1:-1]
+        for c in text
+    )
+
+
+def clock(ts: float | None = None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def describe(peer: Peer) -> str:
+    return f"{safe_text(peer.nick)} ({peer.addr})"
+
+
+def format_message(message: ServerMessage, ts: float | None = None) -> str | None:
+    """One transcript line, as the terminal prints it: ``[HH:MM:SS] nick (ip): text``."""
+    match message:
+        case Chat(sender=sender, text=text, ts=sent):
+            return f"[{clock(sent)}] {describe(sender)}: {safe_text(text)}"
+        case Join(peer=peer):
+            return f"[{clock(ts)}] * {describe(peer)} joined"
+        case Leave(peer=peer, reason=reason):
+            return f"[{clock(ts)}] * {describe(peer)} left ({safe_text(reason)})"
+        case Error(code=code, message=text):
+            return f"[{clock(ts)}] ! server refused: {safe_text(text)} ({safe_text(code)})"
+        case Shutdown():
+            return f"[{clock(ts)}] ! the server is shutting down"
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A sentence for a connection failure; the one place low-level errors become words."""
+    match exc:
+        case ChatError():
+            return str(exc)
+        case socket.gaierror():
+            return f"unknown host ({exc.strerror})"
+        case ConnectionRefusedError():
+            return "connection refused: no chatsecure server on that address and port"
+        case TimeoutError():
+            return "timed out: the server did not answer"
+        case ssl.SSLCertVerificationError():
+            return f"certificate verification failed: {exc.verify_message}"
+        case ssl.SSLError():
+            return f"TLS failure: {exc.reason or exc}"
+        case ConnectionResetError() | BrokenPipeError():
+            return "the connection was reset"
+        case OSError():
+            return exc.strerror or str(exc)
+    return repr(exc)
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+class ChatClient:
+    """A connection to one server on its own thread. Thread-safe public methods."""
+
+    def __init__(
+        self,
+        target: Target,
+        nick: str,
+        policy: TrustPolicy,
+        *,
+        password: str | None = None,
+        reconnect: bool = False,
+        events: queue.Queue[ClientEvent] | None = None,
+    ) -> None:
+        self.target = target
+        self.nick = nick
+        self.policy = policy
+        self.password = password
+        self.reconnect = reconnect
+        self.events: queue.Queue[ClientEvent] = events if events is not None else queue.Queue()
+        self.me: Peer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._stopping = False
+        self._started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, name="chatsecure-net", daemon=True
+        )
+
+    # -- called from the front end's thread ----------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    def send(self, text: str) -> None:
+        """Send a chat line; the line ``quit`` alone quits instead."""
+        if text.strip() == "quit":
+            self.quit()
+        elif text:
+            self._call(self._write, encode(SendMsg(text)))
+
+    def quit(self) -> None:
+        """Say ``quit`` to the server and stop."""
+        self._call(self._quit)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Quit and wait for the network thread to end."""
+        if self._thread.is_alive():
+            self.quit()
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _call(self, func: object, *args: object) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(func, *args)  # type: ignore[arg-type]
+
+    # -- the network thread --------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._started.set()
+        try:
+            loop.run_until_complete(self._run())
+        finally:
+            loop.close()
+
+    def _emit(self, event: ClientEvent) -> None:
+        self.events.put(event)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+            except TrustError as exc:
+                self._emit(Disconnected(str(exc), error=True))
+                return
+            except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
+                reason = describe_error(exc)
+            else:
+                return  # quit or shutdown: _session said so already
+            if self._stopping:
+                self._emit(Disconnected("disconnected", error=False))
+                return
+            if not (self.reconnect and self.me is not None) or attempt >= MAX_RETRIES:
+                self._emit(Disconnected(reason, error=True))
+                return
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            attempt += 1
+            self._emit(Reconnecting(attempt, delay, reason))
+            await asyncio.sleep(delay)
+            if self._stopping:
+                self._emit(Disconnected("disconnected", error=False))
+                return
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        target = self.target
+        ctx = client_context(target.cafile)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                target.host,
+                target.port,
+                ssl=ctx,
+                server_hostname=target.host if target.cafile else None,
+                limit=limits.MAX_FRAME * 4,
+            ),
+            limits.CONNECT_TIMEOUT,
+        )
+        ssl_object = writer.get_extra_info("ssl_object")
+        presented = fingerprint(ssl_object.getpeercert(binary_form=True))
+        return reader, writer, presented
+
+    async def _verified(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """Connect and check the certificate before a single byte of chat is sent."""
+        reader, writer, presented = await self._open()
+        if self.target.cafile is not None:
+            return reader, writer, presented
+        question = self.policy.check(
+            self.target.host, self.target.port, presented, self.target.advertised
+        )
+        if question is None:
+            return reader, writer, presented
+        # The user may take a while to decide; do not hold the server's hello timer meanwhile.
+        await _close_writer(writer)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.policy.resolve, question)
+        reader, writer, again = await self._open()
+        if again != presented:
+            await _close_writer(writer)
+            raise TrustError("the server's certificate changed while you were deciding")
+        return reader, writer, presented
+
+    async def _session(self) -> None:
+        reader, writer, presented = await self._verified()
+        self._writer = writer
+        try:
+            writer.write(encode(Hello(self.nick, self.password)))
+            decoder = FrameDecoder(0)
+            welcome = await asyncio.wait_for(
+                self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
+            )
+            self.me = welcome.you
+            version = writer.get_extra_info("ssl_object").version() or "TLS"
+            host, port = self.target.host, self.target.port
+            self._emit(Connected(welcome, host, port, version, presented))
+            if self._stopping:
+                writer.write(encode(Quit()))
+            await self._read_loop(reader, decoder)
+        finally:
+            self._writer = None
+            await _close_writer(writer)
+
+    async def _first_frame(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> Welcome:
+        while True:
+            for frame in await _read_frames(reader, decoder):
+                message = parse_server(frame)
+                if isinstance(message, Welcome):
+                    return message
+                if isinstance(message, Error):
+                    raise ConnectionClosed(
+                        f"the server refused: {message.message} ({message.code})"
+                    )
+                if isinstance(message, Shutdown):
+                    raise ConnectionClosed("the server is shutting down")
+
+    async def _read_loop(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+        while True:
+            for frame in await _read_frames(reader, decoder):
+                try:
+                    message = parse_server(frame)
+                except RemoteProtocolError as exc:
+                    log.warning("ignoring a frame from the server: %s", exc.message)
+                    continue
+                self._emit(Received(message))
+                if isinstance(message, Shutdown):
+                    self._stopping = True
+                    self._emit(Disconnected("the server shut down", error=False))
+                    return
+
+    def _write(self, data: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+    def _quit(self) -> None:
+        self._stopping = True
+        writer = self._writer
+        if writer is None:
+            return  # still connecting: _session quits right after welcome, _run stops
+        if not writer.is_closing():
+            writer.write(encode(Quit()))  # the server answers by closing the connection
+
+
+async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[bytes]:
+    data = await reader.read(65536)
+    if not data:
+        raise ConnectionClosed("the server closed the connection")
+    return decoder.feed(data)
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 2.0)

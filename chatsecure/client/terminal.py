@@ -1,0 +1,102 @@
+"""``chatsecure connect``: chat from a terminal, or from a script through a pipe."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from chatsecure.client.core import (
+    ChatClient,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    Received,
+    Reconnecting,
+    describe,
+    format_message,
+)
+from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
+
+
+def tty_ask(store: KnownServers) -> Ask:
+    """A y/N prompt on the terminal, for when stdin is one."""
+
+    def ask(question: TrustQuestion) -> bool:
+        if question.changed:
+            print(changed_message(question, store), file=sys.stderr)
+            return False
+        print(
+            f"The server {question.host}:{question.port} is not known yet.\n"
+            f"Its certificate fingerprint is {question.fingerprint}\n"
+            "Compare it with the fingerprint the server printed when it started.",
+            file=sys.stderr,
+        )
+        answer = input("Trust this server and remember it? [y/N] ")
+        return answer.strip().lower() in {"y", "yes"}
+
+    return ask
+
+
+def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Chat until ``quit``, end of input or the server goes; return the exit code."""
+    client.start()
+    first = client.events.get()
+    if not isinstance(first, Connected):
+        _report(first, stdout, stderr)
+        client.close()
+        return 1
+    _report(first, stdout, stderr)
+    done = threading.Event()
+    result: list[int] = []
+
+    def printer() -> None:
+        while True:
+            event = client.events.get()
+            _report(event, stdout, stderr)
+            if isinstance(event, Disconnected):
+                result.append(1 if event.error else 0)
+                done.set()
+                return
+
+    threading.Thread(target=printer, name="chatsecure-printer", daemon=True).start()
+    reader = threading.Thread(
+        target=_pump_input, args=(client, stdin, done), name="chatsecure-stdin", daemon=True
+    )
+    reader.start()
+    done.wait()
+    client.close()
+    return result[0] if result else 0
+
+
+def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> None:
+    for line in stdin:
+        text = line.rstrip("\r\n")
+        if done.is_set():
+            return
+        if text.strip() == "quit":
+            break
+        client.send(text)
+    client.quit()  # `quit` or end of input
+
+
+def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
+    match event:
+        case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
+            names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
+            print(
+                f"connected to {welcome.server.name!r} as {welcome.you.nick} "
+                f"({version}, {fp})\nonline: {names}",
+                file=stdout,
+                flush=True,
+            )
+        case Received(message=message):
+            line = format_message(message)
+            if line is not None:
+                print(line, file=stdout, flush=True)
+        case Reconnecting(attempt=attempt, delay=delay, reason=reason):
+            print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=stderr)
+        case Disconnected(reason=reason, error=True):
+            print(f"chatsecure: {reason}", file=stderr, flush=True)
+        case Disconnected(reason=reason):
+            print(f"disconnected: {reason}", file=stdout, flush=True)

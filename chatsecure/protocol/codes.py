@@ -1,0 +1,30 @@
+"""Closed sets of the wire protocol: message types and error codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``error`` frame. Clients may switch on these; never rename one."""
+
+    BAD_JSON = "bad_json"
+    """The line was not valid UTF-8 JSON, or not a JSON object. The connection is kept."""
+    BAD_MESSAGE = "bad_message"
+    """A known ``type`` with missing or wrongly typed fields. The connection is kept."""
+    UNKNOWN_TYPE = "unknown_type"
+    """A ``type`` this server does not know. The connection is kept."""
+    FRAME_TOO_LONG = "frame_too_long"
+    """A line longer than the frame limit. The connection is closed."""
+    TEXT_TOO_LONG = "text_too_long"
+    """A message text over the text limit. The message is refused, the connection kept."""
+    BAD_NICK = "bad_nick"
+    """The nick in ``hello`` is empty, too long or has control characters. Closed."""
+    NOT_JOINED = "not_joined"
+    """Anything but ``hello`` before ``hello``. Closed."""
+    ALREADY_JOINED = "already_joined"
+    """A second ``hello``. The connection is kept."""
+    HELLO_TIMEOUT = "hello_timeout"
+    """No ``hello`` in time. Closed."""
+    SLOW_CONSUMER = "slow_consumer"
+    """The client fell too far behind reading. Closed."""

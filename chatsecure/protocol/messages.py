@@ -1,0 +1,312 @@
+"""Typed, frozen protocol messages: parse, validate and encode. Pure, no I/O.
+
+Every frame is one JSON object with a ``type``. Unknown fields are ignored so that later
+versions can add them; unknown types are an error the peer survives.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from chatsecure.errors import LocalProtocolError, RemoteProtocolError
+from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT
+
+# Characters a nick loses on the server: controls (Cc), format characters such as bidi
+# overrides and zero-width joiners (Cf), and line/paragraph separators (Zl, Zp).
+_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def clean_nick(raw: str) -> str:
+    """Return ``raw`` as a displayable nick, or raise ``bad_nick``.
+
+    Invisible and control characters are removed and surrounding whitespace is trimmed, so
+    that no nick can hide a line break or reorder what others see.
+    """
+    nick = "".join(c for c in raw if unicodedata.category(c) not in _STRIPPED_CATEGORIES).strip()
+    if not 1 <= len(nick) <= MAX_NICK:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_NICK,
+            f"nick must be 1 to {MAX_NICK} visible characters",
+            fatal=True,
+        )
+    return nick
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A participant as the server sees it. Every field comes from the server."""
+
+    id: str
+    nick: str
+    addr: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "nick": self.nick, "addr": self.addr}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Peer:
+        data = _require_object(obj, "peer")
+        return cls(
+            id=_require_str(data, "id"),
+            nick=_require_str(data, "nick"),
+            addr=_require_str(data, "addr"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What ``welcome`` says about the server."""
+
+    name: str
+    version: str
+    protocol: int = 1
+
+
+# --- client -> server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame of a client: who it wants to be."""
+
+    nick: str
+    password: str | None = field(default=None, repr=False)
+    type: Literal["hello"] = field(default="hello", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SendMsg:
+    """A chat line from a client; the server adds the sender and the time."""
+
+    text: str
+    type: Literal["msg"] = field(default="msg", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Are you there? Answered with ``pong``; either side may send it."""
+
+    type: Literal["ping"] = field(default="ping", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """The client is leaving on purpose."""
+
+    type: Literal["quit"] = field(default="quit", init=False)
+
+
+ClientMessage: TypeAlias = Hello | SendMsg | Ping | Quit
+
+
+# --- server -> client -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The answer to ``hello``: the nick given (it may carry a suffix) and who is here."""
+
+    you: Peer
+    peers: tuple[Peer, ...]
+    server: ServerInfo
+    type: Literal["welcome"] = field(default="welcome", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Someone joined."""
+
+    peer: Peer
+    type: Literal["join"] = field(default="join", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Someone left; ``reason`` is ``quit``, ``closed``, ``timeout``, ``error`` or ``kicked``."""
+
+    peer: Peer
+    reason: str
+    type: Literal["leave"] = field(default="leave", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A message relayed by the server, with the sender as the server knows it."""
+
+    sender: Peer
+    text: str
+    ts: float
+    type: Literal["msg"] = field(default="msg", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to ``ping``."""
+
+    type: Literal["pong"] = field(default="pong", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Something the peer sent was refused; ``code`` is machine-readable."""
+
+    code: str
+    message: str
+    type: Literal["error"] = field(default="error", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The server is stopping; the connection closes next."""
+
+    type: Literal["shutdown"] = field(default="shutdown", init=False)
+
+
+ServerMessage: TypeAlias = Welcome | Join | Leave | Chat | Pong | Error | Shutdown
+Message: TypeAlias = ClientMessage | ServerMessage
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """One frame: compact UTF-8 JSON and a newline."""
+    return dump(to_json(message))
+
+
+def dump(obj: dict[str, Any]) -> bytes:
+    """Serialize an already-built JSON object as one frame."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """The JSON object for ``message``."""
+    match message:
+        case Hello(nick=nick, password=password):
+            obj: dict[str, Any] = {"type": "hello", "nick": nick}
+            if password is not None:
+                obj["password"] = password
+            return obj
+        case SendMsg(text=text):
+            return {"type": "msg", "text": text}
+        case Chat(sender=sender, text=text, ts=ts):
+            return {"type": "msg", "from": sender.to_json(), "text": text, "ts": ts}
+        case Welcome(you=you, peers=peers, server=server):
+            return {
+                "type": "welcome",
+                "you": you.to_json(),
+                "peers": [p.to_json() for p in peers],
+                "server": {
+                    "name": server.name,
+                    "version": server.version,
+                    "protocol": server.protocol,
+                },
+            }
+        case Join(peer=peer):
+            return {"type": "join", "peer": peer.to_json()}
+        case Leave(peer=peer, reason=reason):
+            return {"type": "leave", "peer": peer.to_json(), "reason": reason}
+        case Error(code=code, message=text):
+            return {"type": "error", "code": code, "message": text}
+        case Ping() | Pong() | Quit() | Shutdown():
+            return {"type": message.type}
+    raise LocalProtocolError(ErrorCode.BAD_MESSAGE, f"cannot encode {message!r}")
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def load(frame: bytes) -> dict[str, Any]:
+    """Decode one frame into a JSON object with a string ``type``."""
+    try:
+        obj = json.loads(frame.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, "frame is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(ErrorCode.BAD_JSON, "frame is not a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "frame has no string 'type'")
+    return obj
+
+
+def parse_client(frame: bytes) -> ClientMessage:
+    """Validate a frame a client sent. Raises ``RemoteProtocolError`` with the code to answer."""
+    obj = load(frame)
+    kind = obj["type"]
+    if kind == "msg":
+        text = _require_str(obj, "text")
+        if not text:
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
+        if len(text) > MAX_TEXT:
+            raise RemoteProtocolError(
+                ErrorCode.TEXT_TOO_LONG, f"text longer than {MAX_TEXT} characters"
+            )
+        return SendMsg(text)
+    if kind == "hello":
+        password = obj.get("password")
+        if password is not None and not isinstance(password, str):
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'password' must be a string")
+        return Hello(_require_str(obj, "nick"), password)
+    if kind == "ping":
+        return Ping()
+    if kind == "quit":
+        return Quit()
+    raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")
+
+
+def parse_server(frame: bytes) -> ServerMessage:
+    """Validate a frame a server sent."""
+    obj = load(frame)
+    kind = obj["type"]
+    if kind == "msg":
+        ts = obj.get("ts")
+        if not isinstance(ts, int | float) or isinstance(ts, bool):
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'ts' must be a number")
+        return Chat(Peer.from_json(obj.get("from")), _require_str(obj, "text"), float(ts))
+    if kind == "join":
+        return Join(Peer.from_json(obj.get("peer")))
+    if kind == "leave":
+        return Leave(Peer.from_json(obj.get("peer")), _optional_str(obj, "reason", "closed"))
+    if kind == "welcome":
+        peers = obj.get("peers")
+        if not isinstance(peers, list):
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'peers' must be a list")
+        server = _require_object(obj.get("server", {}), "server")
+        protocol = server.get("protocol", 1)
+        info = ServerInfo(
+            name=_optional_str(server, "name", ""),
+            version=_optional_str(server, "version", ""),
+            protocol=protocol if isinstance(protocol, int) else 1,
+        )
+        return Welcome(Peer.from_json(obj.get("you")), tuple(map(Peer.from_json, peers)), info)
+    if kind == "error":
+        return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""))
+    if kind == "pong":
+        return Pong()
+    if kind == "shutdown":
+        return Shutdown()
+    raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")
+
+
+def _require_object(obj: object, name: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, f"'{name}' must be an object")
+    return obj
+
+
+def _require_str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' must be a string")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], key: str, default: str) -> str:
+    value = obj.get(key, default)
+    return value if isinstance(value, str) else default

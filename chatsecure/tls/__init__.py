@@ -1,0 +1,1 @@
+"""Certificates, the trust store and the TLS policy."""

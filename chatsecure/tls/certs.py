@@ -1,0 +1,179 @@
+"""Self-signed certificates (ECDSA P-256) and SHA-256 fingerprints."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ifaddr
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from chatsecure.errors import ConfigError
+from chatsecure.protocol.limits import CERT_DAYS
+
+log = logging.getLogger(__name__)
+
+CERT_NAME = "server.crt"
+KEY_NAME = "server.key"
+DEFAULT_CERT_DIR = Path("certs")
+"""Where the server looks for its certificate and key, relative to the working directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertFiles:
+    """A certificate and its private key on disk."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> CertFiles:
+        return cls(directory / CERT_NAME, directory / KEY_NAME)
+
+
+def fingerprint(der: bytes) -> str:
+    """The one fingerprint format used everywhere: ``SHA256:`` + unpadded base64, as SSH prints."""
+    digest = base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def normalize_fingerprint(text: str) -> str:
+    """Accept a fingerprint as printed (``SHA256:...``), with or without the prefix or padding."""
+    body = text.strip().removeprefix("SHA256:").rstrip("=")
+    try:
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != hashlib.sha256().digest_size:
+        raise ConfigError(
+            f"not a SHA-256 fingerprint: {text!r} (expected SHA256:<43 base64 chars>)"
+        )
+    return "SHA256:" + base64.b64encode(raw).decode().rstrip("=")
+
+
+def cert_fingerprint(path: Path) -> str:
+    """Fingerprint of the PEM certificate at ``path``."""
+    return fingerprint(load_cert(path).public_bytes(serialization.Encoding.DER))
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read certificate {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM certificate") from exc
+
+
+def local_addresses() -> list[str]:
+    """Every IP address configured on this machine's interfaces (IPv6 link-local excluded)."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            addr = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            if ipaddress.ip_address(addr).is_link_local:
+                continue
+            if addr not in found:
+                found.append(addr)
+    return found
+
+
+def default_sans() -> list[str]:
+    """Names a client may use for this machine: localhost, the host name, ``.local``, its IPs."""
+    host = socket.gethostname().split(".")[0] or "localhost"
+    names = ["localhost", host, f"{host}.local", "127.0.0.1", "::1", *local_addresses()]
+    return list(dict.fromkeys(names))
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def generate(
+    out_dir: Path,
+    *,
+    days: int = CERT_DAYS,
+    extra_sans: Iterable[str] = (),
+    force: bool = False,
+    common_name: str | None = None,
+) -> CertFiles:
+    """Write a new self-signed ECDSA P-256 certificate and key (mode 0600) into ``out_dir``."""
+    if days < 1:
+        raise ConfigError("--days must be at least 1")
+    files = CertFiles.in_dir(out_dir)
+    existing = [p for p in (files.cert, files.key) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]} exists; pass --force to replace it")
+    sans = list(dict.fromkeys([*default_sans(), *extra_sans]))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, common_name or socket.gethostname() or "chatsecure"
+            )
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([_san(s) for s in sans]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_private(files.key, key_pem)
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` readable by its owner only, from the first byte on (no chmod race)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def ensure(files: CertFiles) -> bool:
+    """Make a certificate and key at ``files`` if neither exists; return True if made."""
+    if files.cert.exists() and files.key.exists():
+        return False
+    if files.cert.exists() != files.key.exists():
+        present = files.cert if files.cert.exists() else files.key
+        raise ConfigError(
+            f"{present} exists but its partner does not; "
+            "remove it or run `chatsecure gencert --force`"
+        )
+    if files.cert.parent != files.key.parent or files.cert.name != CERT_NAME:
+        raise ConfigError(f"{files.cert} does not exist; make it with `chatsecure gencert`")
+    generate(files.cert.parent)
+    log.info("generated a new self-signed certificate in %s", files.cert.parent)
+    return True

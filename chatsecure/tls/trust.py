@@ -1,0 +1,187 @@
+"""Trust on first use: the ``known_servers`` store, shared by every client.
+
+Like SSH's ``known_hosts``: the first time a ``host:port`` is met its certificate
+fingerprint is shown and, once accepted, pinned; later connections must present the same
+certificate. A changed certificate is refused loudly unless the user replaces the pin.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatsecure.errors import TrustError
+
+KNOWN_SERVERS = "known_servers"
+
+
+def config_home() -> Path:
+    """``$CHATSECURE_HOME``, else ``$XDG_CONFIG_HOME/chatsecure``, else ``~/.config/chatsecure``."""
+    if home := os.environ.get("CHATSECURE_HOME"):
+        return Path(home)
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "chatsecure"
+
+
+def server_key(host: str, port: int) -> str:
+    """How a server is named in the store: ``host:port``, IPv6 in brackets, lower case."""
+    host = host.lower().strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Status(enum.Enum):
+    NEW = "new"
+    KNOWN = "known"
+    CHANGED = "changed"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustQuestion:
+    """What a client asks its user before it pins (or replaces the pin of) a server."""
+
+    host: str
+    port: int
+    fingerprint: str
+    pinned: str | None = None
+    """The fingerprint pinned before, if the certificate changed."""
+    advertised: str | None = None
+    """The fingerprint the server advertised over mDNS, when it was found that way."""
+
+    @property
+    def changed(self) -> bool:
+        return self.pinned is not None
+
+
+Ask = Callable[[TrustQuestion], bool]
+"""Asks the user; True pins the new fingerprint. Called on the client's network thread."""
+
+
+class KnownServers:
+    """The ``known_servers`` file: one ``host:port SHA256:...`` line per server."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_home() / KNOWN_SERVERS
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, str]:
+        pins: dict[str, str] = {}
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return pins
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and not parts[0].startswith("#"):
+                pins[parts[0]] = parts[1]
+        return pins
+
+    def _save(self, pins: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = "".join(f"{key} {fp}\n" for key, fp in sorted(pins.items()))
+        tmp.write_text("# chatsecure pinned server certificates: host:port fingerprint\n" + body)
+        tmp.replace(self.path)
+
+    def get(self, host: str, port: int) -> str | None:
+        """The pinned fingerprint of ``host:port``, if any."""
+        with self._lock:
+            return self._load().get(server_key(host, port))
+
+    def check(self, host: str, port: int, fingerprint: str) -> Status:
+        pinned = self.get(host, port)
+        if pinned is None:
+            return Status.NEW
+        return Status.KNOWN if pinned == fingerprint else Status.CHANGED
+
+    def pin(self, host: str, port: int, fingerprint: str) -> None:
+        """Pin (or re-pin) ``host:port`` to ``fingerprint``."""
+        with self._lock:
+            pins = self._load()
+            pins[server_key(host, port)] = fingerprint
+            self._save(pins)
+
+    def remove(self, host: str, port: int) -> bool:
+        """Forget ``host:port``; return whether it was pinned."""
+        with self._lock:
+            pins = self._load()
+            found = pins.pop(server_key(host, port), None) is not None
+            if found:
+                self._save(pins)
+            return found
+
+
+def changed_message(question: TrustQuestion, store: KnownServers) -> str:
+    """The loud refusal for a changed certificate, naming both fingerprints and the fix."""
+    name = server_key(question.host, question.port)
+    return (
+        f"WARNING: THE CERTIFICATE OF {name} HAS CHANGED!\n"
+        f"  pinned:    {question.pinned}\n"
+        f"  presented: {question.fingerprint}\n"
+        "Someone may be intercepting this connection, or the server made a new certificate.\n"
+        f"If you know the change is genuine, remove the old pin with\n"
+        f"  chatsecure forget {name}\n"
+        f"(or delete its line in {store.path}) and connect again."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """How a client decides to trust a server it has no CA for."""
+
+    store: KnownServers
+    ask: Ask | None = None
+    accept_new: bool = False
+    fingerprint: str | None = None
+    """A fingerprint learned out of band (``--fingerprint``): the only one accepted."""
+
+    def check(
+        self, host: str, port: int, presented: str, advertised: str | None = None
+    ) -> TrustQuestion | None:
+        """Decide what needs no user: None when trusted (pinning if the policy says so).
+
+        Raises ``TrustError`` for a certain refusal, and returns the question to put to the
+        user when only they can decide (a new server, or a changed certificate).
+        """
+        name = server_key(host, port)
+        if advertised is not None and advertised != presented:
+            raise TrustError(
+                f"{name} presented {presented}, but the server found on the network "
+                f"advertised {advertised}; refusing (someone may be impersonating it)"
+            )
+        if self.fingerprint is not None:
+            if presented != self.fingerprint:
+                raise TrustError(
+                    f"{name} presented {presented}, not the expected {self.fingerprint}"
+                )
+            self.store.pin(host, port, presented)
+            return None
+        pinned = self.store.get(host, port)
+        if pinned == presented:
+            return None
+        if pinned is None and self.accept_new:
+            self.store.pin(host, port, presented)
+            return None
+        return TrustQuestion(host, port, presented, pinned, advertised)
+
+    def resolve(self, question: TrustQuestion) -> None:
+        """Ask the user (if there is a way to); pin on yes, raise ``TrustError`` on no."""
+        if self.ask is not None and self.ask(question):
+            self.store.pin(question.host, question.port, question.fingerprint)
+            return
+        if question.changed:
+            raise TrustError(changed_message(question, self.store))
+        raise TrustError(
+            f"{server_key(question.host, question.port)} is not a known server (fingerprint "
+            f"{question.fingerprint}); compare it with the one the server printed, then pass "
+            "--fingerprint with it, or --accept-new"
+        )
+
+    def verify(self, host: str, port: int, presented: str, advertised: str | None = None) -> None:
+        """Return if ``presented`` is trusted for ``host:port``, asking if needed; else raise."""
+        question = self.check(host, port, presented, advertised)
+        if question is not None:
+            self.resolve(question)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up and run every check: lint, types and the whole test suite.
+# Usage: bash tools/check.sh [pytest arguments]
+# As root (or with sudo) it first installs the Debian packages the tests use: Xvfb and
+# xdotool for the real-window GUI tests, iproute2 for the network-namespace tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v Xvfb >/dev/null || need+=(xvfb)
+command -v xdotool >/dev/null || need+=(xdotool)
+command -v ip >/dev/null || need+=(iproute2)
+command -v dig >/dev/null || need+=(dnsutils)
+python3 -c 'import tkinter' 2>/dev/null || need+=(python3-tk)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing Debian packages: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"
