@@ -59,7 +59,10 @@ class ServerThread:
 
     def online(self) -> list[str]:
         """Nicks of the joined sessions, read on the server's own thread."""
-        return self.call(lambda: [s.peer.nick for s in self.server.sessions.values() if s.peer])
+        nicks: list[str] = self.call(
+            lambda: [s.peer.nick for s in self.server.sessions.values() if s.peer]
+        )
+        return nicks
 
     def wait_online(self, count: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

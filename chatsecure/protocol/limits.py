@@ -33,3 +33,31 @@ CERT_DAYS: Final = 825
 
 CONNECT_TIMEOUT: Final = 10.0
 """Seconds a client waits for TCP, TLS and ``welcome`` together."""
+
+MAX_SESSIONS: Final = 1000
+"""Connections (joined or not) a server takes at once; one more gets ``server_full``."""
+
+MAX_PER_IP: Final = 20
+"""Connections one IP address may hold at once; one more gets ``too_many_connections``."""
+
+MSG_RATE: Final = 5.0
+"""Frames per second a session may send on average (token bucket refill rate)."""
+
+MSG_BURST: Final = 20
+"""Frames a session may send at once before the rate applies (token bucket size)."""
+
+FLOOD_WINDOW: Final = 10.0
+"""A session refused for ``FLOOD_WINDOW`` seconds' worth of its rate over what the rate allows
+(about 3 times the rate, kept up for 10 s) is disconnected as ``flooding``."""
+
+IDLE_TIMEOUT: Final = 90.0
+"""Seconds of silence after which a session is dropped; the server pings at half of it."""
+
+CERT_WARN_DAYS: Final = 30
+"""The server warns at start when its certificate expires within this many days."""
+
+AUTH_DELAY: Final = 0.5
+"""Seconds before answering the first wrong password from an address; doubles each time."""
+
+AUTH_DELAY_MAX: Final = 30.0
+"""The longest wait before a wrong password is answered."""

@@ -94,13 +94,20 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to ``ping``."""
+
+    type: Literal["pong"] = field(default="pong", init=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     """The client is leaving on purpose."""
 
     type: Literal["quit"] = field(default="quit", init=False)
 
 
-ClientMessage: TypeAlias = Hello | SendMsg | Ping | Quit
+ClientMessage: TypeAlias = Hello | SendMsg | Ping | Pong | Quit
 
 
 # --- server -> client -------------------------------------------------------------------
@@ -144,13 +151,6 @@ class Chat:
 
 
 @dataclass(frozen=True, slots=True)
-class Pong:
-    """The answer to ``ping``."""
-
-    type: Literal["pong"] = field(default="pong", init=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Error:
     """Something the peer sent was refused; ``code`` is machine-readable."""
 
@@ -166,7 +166,7 @@ class Shutdown:
     type: Literal["shutdown"] = field(default="shutdown", init=False)
 
 
-ServerMessage: TypeAlias = Welcome | Join | Leave | Chat | Pong | Error | Shutdown
+ServerMessage: TypeAlias = Welcome | Join | Leave | Chat | Ping | Pong | Error | Shutdown
 Message: TypeAlias = ClientMessage | ServerMessage
 
 
@@ -235,17 +235,20 @@ def load(frame: bytes) -> dict[str, Any]:
     return obj
 
 
-def parse_client(frame: bytes) -> ClientMessage:
-    """Validate a frame a client sent. Raises ``RemoteProtocolError`` with the code to answer."""
+def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
+    """Validate a frame a client sent. Raises ``RemoteProtocolError`` with the code to answer.
+
+    ``max_text`` of 0 lifts the text limit.
+    """
     obj = load(frame)
     kind = obj["type"]
     if kind == "msg":
         text = _require_str(obj, "text")
         if not text:
             raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
-        if len(text) > MAX_TEXT:
+        if max_text and len(text) > max_text:
             raise RemoteProtocolError(
-                ErrorCode.TEXT_TOO_LONG, f"text longer than {MAX_TEXT} characters"
+                ErrorCode.TEXT_TOO_LONG, f"text longer than {max_text} characters"
             )
         return SendMsg(text)
     if kind == "hello":
@@ -255,6 +258,8 @@ def parse_client(frame: bytes) -> ClientMessage:
         return Hello(_require_str(obj, "nick"), password)
     if kind == "ping":
         return Ping()
+    if kind == "pong":
+        return Pong()
     if kind == "quit":
         return Quit()
     raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")
@@ -289,6 +294,8 @@ def parse_server(frame: bytes) -> ServerMessage:
         return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""))
     if kind == "pong":
         return Pong()
+    if kind == "ping":
+        return Ping()
     if kind == "shutdown":
         return Shutdown()
     raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")

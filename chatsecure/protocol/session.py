@@ -3,9 +3,10 @@
     state           frame     ->  result
     --------------  --------      ------------------------------------------
     AWAITING_HELLO  hello         JOINED (the server then assigns the nick)
-    AWAITING_HELLO  ping          pong, stay
+    AWAITING_HELLO  ping, pong    answered / noted, stay
     AWAITING_HELLO  msg           error not_joined, CLOSED
-    JOINED          msg, ping     delivered, stay
+    JOINED          msg, ping,    delivered, stay
+                    pong
     JOINED          hello         error already_joined, stay
     any             quit          CLOSED
     any             bad frame     error, stay (CLOSED if the frame was too long)
@@ -21,8 +22,16 @@ import enum
 from chatsecure.errors import RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.frames import FrameDecoder
-from chatsecure.protocol.limits import MAX_FRAME
-from chatsecure.protocol.messages import ClientMessage, Hello, Ping, Quit, SendMsg, parse_client
+from chatsecure.protocol.limits import MAX_FRAME, MAX_TEXT
+from chatsecure.protocol.messages import (
+    ClientMessage,
+    Hello,
+    Ping,
+    Pong,
+    Quit,
+    SendMsg,
+    parse_client,
+)
 
 
 class State(enum.Enum):
@@ -37,10 +46,11 @@ Event = ClientMessage | RemoteProtocolError
 class ServerSession:
     """Turns the bytes one client sends into validated events, in protocol order."""
 
-    __slots__ = ("_decoder", "state")
+    __slots__ = ("_decoder", "_max_text", "state")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, max_text: int = MAX_TEXT) -> None:
         self._decoder = FrameDecoder(max_frame)
+        self._max_text = max_text
         self.state = State.AWAITING_HELLO
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -66,7 +76,7 @@ class ServerSession:
 
     def _receive_frame(self, frame: bytes) -> Event:
         try:
-            message = parse_client(frame)
+            message = parse_client(frame, self._max_text)
         except RemoteProtocolError as exc:
             if exc.fatal:
                 self.state = State.CLOSED
@@ -76,7 +86,7 @@ class ServerSession:
     def _transition(self, message: ClientMessage) -> Event:
         if isinstance(message, Quit):
             self.state = State.CLOSED
-        elif isinstance(message, Ping):
+        elif isinstance(message, Ping | Pong):
             pass
         elif self.state is State.AWAITING_HELLO:
             if isinstance(message, Hello):
