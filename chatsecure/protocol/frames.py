@@ -11,32 +11,37 @@ class FrameDecoder:
     """Split a byte stream into ``\\n``-terminated lines, whatever the chunking.
 
     Blank lines are skipped and a trailing ``\\r`` is dropped, so a human at ``openssl s_client``
-    can type frames too. A line longer than ``max_frame`` bytes raises a fatal
-    ``RemoteProtocolError`` as soon as it is known to be too long, even before its newline
-    arrives, so an endless line never costs more than ``max_frame`` bytes of memory.
+    can type frames too. A line longer than ``max_frame`` bytes ends the stream as soon as it is
+    known to be too long, even before its newline arrives, so an endless line never costs more
+    than ``max_frame`` bytes of memory. The frames before it are still returned and ``error`` is
+    set to a fatal ``RemoteProtocolError``; every later ``feed`` raises it. What comes out never
+    depends on how the stream was split into chunks.
     """
 
-    __slots__ = ("_buffer", "_max_frame")
+    __slots__ = ("_buffer", "_max_frame", "error")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = b""
         self._max_frame = max_frame
+        self.error: RemoteProtocolError | None = None
+        """Set once a line was too long; the stream is over then."""
 
     def feed(self, data: bytes) -> list[bytes]:
         """Take the next chunk of the stream; return the complete frames it finished."""
-        buffer = self._buffer + data if self._buffer else data
-        if b"\n" not in data:
-            self._buffer = buffer
-            self._check(buffer)
-            return []
-        *lines, self._buffer = buffer.split(b"\n")
-        self._check(self._buffer)
-        frames = []
+        if self.error is not None:
+            raise self.error
+        *lines, rest = (self._buffer + data).split(b"\n")
+        frames: list[bytes] = []
         for line in lines:
-            frame = line[:-1] if line.endswith(b"\r") else line
+            frame = line.removesuffix(b"\r")
+            if self._too_long(len(frame)):
+                return self._fail(frames)
             if frame:
-                self._check(frame)
                 frames.append(frame)
+        # The limit is for the line without its "\r\n"; a partial line may still lose a "\r".
+        if self._too_long(len(rest) - rest.endswith(b"\r")):
+            return self._fail(frames)
+        self._buffer = rest
         return frames
 
     @property
@@ -44,12 +49,12 @@ class FrameDecoder:
         """Bytes held back while waiting for the end of a line."""
         return len(self._buffer)
 
-    def _check(self, line: bytes) -> None:
-        # The limit is for the line without its "\r\n"; a partial line may still lose a "\r".
-        if self._max_frame and len(line) > self._max_frame + (line.endswith(b"\r")):
-            self._buffer = b""
-            raise RemoteProtocolError(
-                ErrorCode.FRAME_TOO_LONG,
-                f"frame longer than {self._max_frame} bytes",
-                fatal=True,
-            )
+    def _too_long(self, length: int) -> bool:
+        return 0 < self._max_frame < length
+
+    def _fail(self, frames: list[bytes]) -> list[bytes]:
+        self._buffer = b""
+        self.error = RemoteProtocolError(
+            ErrorCode.FRAME_TOO_LONG, f"frame longer than {self._max_frame} bytes", fatal=True
+        )
+        return frames

@@ -57,17 +57,15 @@ class ServerSession:
         """Feed received bytes; return the events they complete. Nothing after CLOSED."""
         if self.state is State.CLOSED:
             return []
-        try:
-            frames = self._decoder.feed(data)
-        except RemoteProtocolError as exc:
-            self.state = State.CLOSED
-            return [exc]
         events: list[Event] = []
-        for frame in frames:
-            event = self._receive_frame(frame)
-            events.append(event)
+        for frame in self._decoder.feed(data):
+            events.append(self._receive_frame(frame))
             if self.closed:
-                break
+                return events
+        if self._decoder.error is not None:
+            # The frames before an over-long line still count; then the stream is over.
+            self.state = State.CLOSED
+            events.append(self._decoder.error)
         return events
 
     @property
