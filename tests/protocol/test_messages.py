@@ -1,0 +1,335 @@
+"""Messages: encode/parse round trips, and every validation error with its code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatsecure.errors import LocalProtocolError, RemoteProtocolError
+from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT
+from chatsecure.protocol.messages import (
+    Chat,
+    ClientMessage,
+    Error,
+    Hello,
+    Join,
+    Leave,
+    Peer,
+    Ping,
+    Pong,
+    Quit,
+    SendMsg,
+    ServerInfo,
+    ServerMessage,
+    Shutdown,
+    Welcome,
+    clean_nick,
+    dump,
+    encode,
+    load,
+    parse_client,
+    parse_server,
+    to_json,
+)
+
+# Text a client may send unchanged: no control characters (the server may strip them), not blank.
+chat_text = st.text(
+    st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=MAX_TEXT
+).filter(str.strip)
+any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=50)
+peers = st.builds(Peer, id=any_text, nick=any_text, addr=any_text)
+infos = st.builds(ServerInfo, name=any_text, version=any_text, protocol=st.integers(0, 2**31 - 1))
+timestamps = st.floats(min_value=0, max_value=2**40, allow_nan=False) | st.integers(0, 2**40)
+
+client_messages: st.SearchStrategy[ClientMessage] = st.one_of(
+    st.builds(Hello, nick=any_text, password=st.none() | any_text),
+    st.builds(SendMsg, text=chat_text),
+    st.just(Ping()),
+    st.just(Pong()),
+    st.just(Quit()),
+)
+server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
+    st.builds(Welcome, you=peers, peers=st.lists(peers, max_size=5).map(tuple), server=infos),
+    st.builds(Join, peer=peers),
+    st.builds(Leave, peer=peers, reason=any_text),
+    st.builds(Chat, sender=peers, text=any_text, ts=timestamps.map(float)),
+    st.builds(Error, code=any_text, message=any_text),
+    st.just(Ping()),
+    st.just(Pong()),
+    st.just(Shutdown()),
+)
+
+
+def frame(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def error_of(parse: Any, data: bytes) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse(data)
+    return info.value
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+@given(client_messages)
+def test_client_message_round_trips(message: ClientMessage) -> None:
+    data = encode(message)
+    assert data.endswith(b"\n")
+    assert b"\n" not in data[:-1], "one frame is one line"
+    assert parse_client(data[:-1]) == message
+
+
+@given(server_messages)
+def test_server_message_round_trips(message: ServerMessage) -> None:
+    data = encode(message)
+    assert data.count(b"\n") == 1
+    assert parse_server(data[:-1]) == message
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_remote_protocol_errors(data: bytes) -> None:
+    for parse in (parse_client, parse_server):
+        try:
+            parse(data)
+        except RemoteProtocolError as exc:
+            error: RemoteProtocolError | None = exc
+        else:
+            error = None
+        assert error is None or (error.code in set(ErrorCode) and not error.fatal)
+
+
+def test_encoding_is_compact_utf8_not_ascii_escapes() -> None:
+    assert encode(SendMsg("héllo ✓")) == '{"type":"msg","text":"héllo ✓"}\n'.encode()
+
+
+def test_chat_is_encoded_with_from_and_ts() -> None:
+    peer = Peer("7", "alice", "127.0.0.1")
+    assert to_json(Chat(peer, "hi", 1.5)) == {
+        "type": "msg",
+        "from": {"id": "7", "nick": "alice", "addr": "127.0.0.1"},
+        "text": "hi",
+        "ts": 1.5,
+    }
+
+
+def test_hello_without_password_has_no_password_field() -> None:
+    assert to_json(Hello("alice")) == {"type": "hello", "nick": "alice"}
+
+
+def test_password_is_not_shown_in_repr() -> None:
+    assert "s3cret" not in repr(Hello("alice", "s3cret"))
+
+
+def test_encoding_something_that_is_not_a_message_is_a_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode(object())  # type: ignore[arg-type]
+
+
+def test_dump_writes_one_line() -> None:
+    assert dump({"type": "x", "text": "a\nb"}) == b'{"type":"x","text":"a\\nb"}\n'
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert parse_client(frame({"type": "msg", "text": "hi", "from": "me", "v": 2})) == SendMsg("hi")
+    assert parse_server(frame({"type": "shutdown", "extra": [1]})) == Shutdown()
+
+
+def test_timestamp_may_be_an_integer() -> None:
+    peer = {"id": "1", "nick": "a", "addr": "::1"}
+    chat = parse_server(frame({"type": "msg", "from": peer, "text": "t", "ts": 5}))
+    assert isinstance(chat, Chat)
+    assert chat.ts == 5.0
+    assert isinstance(chat.ts, float)
+
+
+def test_leave_reason_and_error_fields_have_defaults() -> None:
+    peer = {"id": "1", "nick": "a", "addr": "::1"}
+    assert parse_server(frame({"type": "leave", "peer": peer})) == Leave(
+        Peer("1", "a", "::1"), "closed"
+    )
+    assert parse_server(frame({"type": "error", "code": 3})) == Error("error", "")
+
+
+def test_welcome_server_info_is_lenient() -> None:
+    you = {"id": "1", "nick": "a", "addr": "::1"}
+    welcome = parse_server(
+        frame({"type": "welcome", "you": you, "peers": [], "server": {"protocol": "1"}})
+    )
+    assert isinstance(welcome, Welcome)
+    assert welcome.server == ServerInfo("", "", 1)
+    bare = parse_server(frame({"type": "welcome", "you": you, "peers": []}))
+    assert isinstance(bare, Welcome)
+    assert bare.server == ServerInfo("", "", 1)
+
+
+def test_text_of_exactly_the_limit_passes() -> None:
+    assert parse_client(frame({"type": "msg", "text": "x" * MAX_TEXT})) == SendMsg("x" * MAX_TEXT)
+
+
+def test_text_limit_counts_characters_not_bytes() -> None:
+    text = "é" * MAX_TEXT  # 2 bytes each in UTF-8
+    assert parse_client(frame({"type": "msg", "text": text})) == SendMsg(text)
+
+
+def test_text_limit_can_be_lifted_or_lowered() -> None:
+    long = frame({"type": "msg", "text": "x" * (MAX_TEXT + 1)})
+    assert parse_client(long, max_text=0) == SendMsg("x" * (MAX_TEXT + 1))
+    assert error_of(lambda d: parse_client(d, max_text=3), frame({"type": "msg", "text": "abcd"}))
+
+
+# --- every validation error -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'{"type":"msg","text":"\xff"}', id="invalid-utf8"),
+        pytest.param(b"\xc3", id="truncated-utf8"),
+        pytest.param(b'{"type":"msg",', id="truncated-json"),
+        pytest.param(b"hello", id="not-json"),
+        pytest.param(b"NaNa", id="bad-literal"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),
+        pytest.param(b'["type","msg"]', id="array"),
+        pytest.param(b'"msg"', id="string"),
+        pytest.param(b"42", id="number"),
+        pytest.param(b"null", id="null"),
+    ],
+)
+def test_bad_json(data: bytes) -> None:
+    for parse in (parse_client, parse_server):
+        error = error_of(parse, data)
+        assert error.code is ErrorCode.BAD_JSON
+        assert not error.fatal
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({}, id="no-type"),
+        pytest.param({"type": 1}, id="type-number"),
+        pytest.param({"type": None}, id="type-null"),
+        pytest.param({"type": ["msg"]}, id="type-list"),
+        pytest.param({"type": "msg"}, id="msg-no-text"),
+        pytest.param({"type": "msg", "text": 5}, id="msg-text-number"),
+        pytest.param({"type": "msg", "text": None}, id="msg-text-null"),
+        pytest.param({"type": "msg", "text": ["a"]}, id="msg-text-list"),
+        pytest.param({"type": "msg", "text": ""}, id="msg-text-empty"),
+        pytest.param({"type": "hello"}, id="hello-no-nick"),
+        pytest.param({"type": "hello", "nick": 7}, id="hello-nick-number"),
+        pytest.param({"type": "hello", "nick": {"a": 1}}, id="hello-nick-object"),
+        pytest.param({"type": "hello", "nick": "a", "password": 1}, id="hello-password-number"),
+    ],
+)
+def test_bad_message_from_a_client(obj: dict[str, Any]) -> None:
+    error = error_of(parse_client, frame(obj))
+    assert error.code is ErrorCode.BAD_MESSAGE
+    assert not error.fatal
+
+
+def test_text_too_long_is_refused_but_not_fatal() -> None:
+    error = error_of(parse_client, frame({"type": "msg", "text": "x" * (MAX_TEXT + 1)}))
+    assert error.code is ErrorCode.TEXT_TOO_LONG
+    assert not error.fatal
+
+
+@pytest.mark.parametrize("kind", ["dance", "welcome", "MSG", "", "x" * 1000])
+def test_unknown_type_from_a_client(kind: str) -> None:
+    error = error_of(parse_client, frame({"type": kind}))
+    assert error.code is ErrorCode.UNKNOWN_TYPE
+    assert not error.fatal
+    assert len(error.message) < 100, "an attacker's type is not echoed at length"
+
+
+def test_unknown_type_from_a_server() -> None:
+    error = error_of(parse_server, frame({"type": "hello", "nick": "x"}))
+    assert error.code is ErrorCode.UNKNOWN_TYPE
+
+
+PEER = {"id": "1", "nick": "a", "addr": "127.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({"type": "msg", "from": PEER, "text": "t"}, id="msg-no-ts"),
+        pytest.param({"type": "msg", "from": PEER, "text": "t", "ts": "1"}, id="msg-ts-str"),
+        pytest.param({"type": "msg", "from": PEER, "text": "t", "ts": True}, id="msg-ts-bool"),
+        pytest.param({"type": "msg", "from": PEER, "ts": 1}, id="msg-no-text"),
+        pytest.param({"type": "msg", "text": "t", "ts": 1}, id="msg-no-from"),
+        pytest.param({"type": "msg", "from": "a", "text": "t", "ts": 1}, id="msg-from-str"),
+        pytest.param(
+            {"type": "msg", "from": {**PEER, "addr": 1}, "text": "t", "ts": 1}, id="peer-addr"
+        ),
+        pytest.param({"type": "join"}, id="join-no-peer"),
+        pytest.param({"type": "join", "peer": {"id": "1", "nick": "a"}}, id="join-peer-no-addr"),
+        pytest.param({"type": "leave", "peer": []}, id="leave-peer-list"),
+        pytest.param({"type": "welcome", "you": PEER}, id="welcome-no-peers"),
+        pytest.param({"type": "welcome", "you": PEER, "peers": {}}, id="welcome-peers-obj"),
+        pytest.param({"type": "welcome", "you": PEER, "peers": [1]}, id="welcome-bad-peer"),
+        pytest.param({"type": "welcome", "peers": []}, id="welcome-no-you"),
+        pytest.param(
+            {"type": "welcome", "you": PEER, "peers": [], "server": "x"}, id="welcome-server-str"
+        ),
+    ],
+)
+def test_bad_message_from_a_server(obj: dict[str, Any]) -> None:
+    assert error_of(parse_server, frame(obj)).code is ErrorCode.BAD_MESSAGE
+
+
+def test_load_returns_the_object() -> None:
+    assert load(b'{"type":"ping","n":[1]}') == {"type": "ping", "n": [1]}
+
+
+# --- nicks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "nick"),
+    [
+        ("alice", "alice"),
+        ("  alice \t", "alice"),
+        ("Zoë", "Zoë"),
+        ("李雷", "李雷"),
+        ("a b", "a b"),
+        ("ali\nce", "alice"),
+        ("ali\x1b[31mce", "ali[31mce"),
+        ("\u202eecila", "ecila"),  # right-to-left override
+        ("al\u200dice", "alice"),  # zero-width joiner
+        ("al\u2028ice\u2029", "alice"),  # line and paragraph separators
+        ("x" * MAX_NICK, "x" * MAX_NICK),
+        (" " + "y" * MAX_NICK + " ", "y" * MAX_NICK),
+    ],
+)
+def test_clean_nick_keeps_visible_characters(raw: str, nick: str) -> None:
+    assert clean_nick(raw) == nick
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "   ", "\n\t", "\u200b\u200d", "\x00", "x" * (MAX_NICK + 1), "\u202e" + "z" * 33],
+)
+def test_clean_nick_refuses_empty_or_too_long(raw: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        clean_nick(raw)
+    assert info.value.code is ErrorCode.BAD_NICK
+    assert info.value.fatal
+
+
+@given(st.text(max_size=40))
+def test_clean_nick_result_is_short_visible_and_stable(raw: str) -> None:
+    try:
+        nick = clean_nick(raw)
+    except RemoteProtocolError:
+        return
+    assert 1 <= len(nick) <= MAX_NICK
+    assert nick == nick.strip()
+    assert "\n" not in nick
+    assert "\r" not in nick
+    assert clean_nick(nick) == nick
