@@ -12,15 +12,10 @@ from pathlib import Path
 from chatsecure import __version__
 from chatsecure.errors import ChatError
 from chatsecure.protocol import limits
+from chatsecure.settings import add_server_arguments
 from chatsecure.tls import certs
 
 log = logging.getLogger("chatsecure")
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, not {text!r}")
-    return int(text)
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +34,12 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pin a server seen for the first time without asking",
     )
+    auth = parser.add_argument_group("getting in (when the server asks)")
+    auth.add_argument("--cert", type=Path, help="your client certificate (mutual TLS)")
+    auth.add_argument("--key", type=Path, help="the key of --cert")
+    auth.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="send the room password in FILE"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,13 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     server = sub.add_parser("server", help="run a chat server")
-    server.add_argument("--host", help="address to listen on (default: every interface, v4+v6)")
-    server.add_argument(
-        "--port", type=_port, default=limits.DEFAULT_PORT, help="TCP port (default %(default)s)"
-    )
-    server.add_argument("--name", help="server name shown to clients (default: chat on <host>)")
-    server.add_argument("--cert", type=Path, help="certificate (default certs/server.crt)")
-    server.add_argument("--key", type=Path, help="private key (default certs/server.key)")
+    add_server_arguments(server)
     _add_logging(server)
 
     connect = sub.add_parser("connect", help="chat from the terminal (stdin lines are messages)")
@@ -84,6 +79,14 @@ def add_gencert_arguments(parser: argparse.ArgumentParser) -> None:
         "--san", action="append", default=[], metavar="NAME_OR_IP", help="extra name (repeatable)"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing certificate")
+    parser.add_argument(
+        "--client",
+        metavar="NAME",
+        help="make a client certificate for NAME instead, signed by the CA in --ca",
+    )
+    parser.add_argument(
+        "--ca", type=Path, metavar="DIR", help="folder of the client CA (made on first use)"
+    )
 
 
 def configure_logging(args: argparse.Namespace) -> None:
@@ -117,15 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from chatsecure.server import ChatServer, ServerConfig, format_address, serve
+    from chatsecure.server import ChatServer, format_address, serve
+    from chatsecure.settings import server_config
 
-    config = ServerConfig(host=args.host, port=args.port)
-    if args.name:
-        config.name = args.name
-    if args.cert:
-        config.cert = args.cert
-    if args.key:
-        config.key = args.key
+    config = server_config(args)
 
     def ready(server: ChatServer) -> None:
         for host, port in server.addresses:
@@ -144,6 +142,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_connect(args: argparse.Namespace) -> int:
     from chatsecure.client.core import ChatClient, Target, parse_target
     from chatsecure.client.terminal import run, tty_ask
+    from chatsecure.settings import read_password
     from chatsecure.tls.trust import KnownServers, TrustPolicy
 
     try:
@@ -158,11 +157,20 @@ def cmd_connect(args: argparse.Namespace) -> int:
         accept_new=args.accept_new,
         fingerprint=expected,
     )
-    client = ChatClient(Target(host, port, cafile=args.cafile), args.nick, policy)
+    password = read_password(args.password_file) if args.password_file else None
+    target = Target(host, port, cafile=args.cafile, cert=args.cert, key=args.key)
+    client = ChatClient(target, args.nick, policy, password=password)
     return run(client, sys.stdin, sys.stdout, sys.stderr)
 
 
 def cmd_gencert(args: argparse.Namespace) -> int:
+    if args.client or args.ca:
+        if not (args.client and args.ca):
+            raise ChatError("--client NAME and --ca DIR go together")
+        files = certs.generate_client(args.client, args.ca, days=args.days, force=args.force)
+        print(f"wrote {files.cert} and {files.key} (mode 0600) for {args.client!r}")
+        print(f"give the server --client-ca {args.ca / 'ca.crt'}")
+        return 0
     files = certs.generate(args.out, days=args.days, extra_sans=args.san, force=args.force)
     print(f"wrote {files.cert} and {files.key} (mode 0600), valid {args.days} days")
     print(f"certificate fingerprint: {certs.cert_fingerprint(files.cert)}")

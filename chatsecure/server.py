@@ -9,7 +9,9 @@ recipient per event-loop iteration.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hmac
 import ipaddress
 import itertools
 import logging
@@ -20,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chatsecure import __version__
 from chatsecure.errors import ConfigError, RemoteProtocolError
@@ -42,6 +45,7 @@ from chatsecure.protocol.messages import (
     clean_nick,
     encode,
 )
+from chatsecure.protocol.ratelimit import FloodMeter, TokenBucket, WarningBudget
 from chatsecure.protocol.session import ServerSession
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
@@ -68,10 +72,27 @@ class ServerConfig:
     cert: Path = certs.DEFAULT_CERT_DIR / certs.CERT_NAME
     key: Path = certs.DEFAULT_CERT_DIR / certs.KEY_NAME
     max_frame: int = limits.MAX_FRAME
+    max_text: int = limits.MAX_TEXT
     send_buffer_limit: int = limits.SEND_BUFFER_LIMIT
     hello_timeout: float = limits.HELLO_TIMEOUT
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
+    idle_timeout: float = limits.IDLE_TIMEOUT
+    max_sessions: int = limits.MAX_SESSIONS
+    max_per_ip: int = limits.MAX_PER_IP
+    msg_rate: float = limits.MSG_RATE
+    msg_burst: int = limits.MSG_BURST
     tls13_only: bool = False
+    password: str | None = field(default=None, repr=False)
+    """The room password clients must send in ``hello``; ``None`` lets anyone in."""
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA; its common name is the nick."""
+
+
+class PeerLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every record with the connection it is about: ``[id@address]``."""
+
+    def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:  # noqa: ANN401 - logging's API
+        return f"[{self.extra and self.extra.get('peer')}] {msg}", kwargs
 
 
 def client_address(peername: object) -> str:
@@ -92,14 +113,18 @@ class Session(asyncio.Protocol):
     def __init__(self, server: ChatServer, session_id: str) -> None:
         self.server = server
         self.id = session_id
-        self.protocol = ServerSession(server.config.max_frame)
+        self.protocol = ServerSession(server.config.max_frame, server.config.max_text)
         self.peer: Peer | None = None
         self.addr = "?"
-        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {})
+        self.log: logging.LoggerAdapter[logging.Logger] = PeerLog(log, {"peer": session_id})
+        self.last_heard = 0.0
+        """Loop time of the last bytes from this client, for the idle timeout."""
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._closing = False
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._bucket: TokenBucket | None = None
+        self._flood: FloodMeter | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -107,22 +132,37 @@ class Session(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)  # noqa: S101 - stream server
         self._transport = transport
         self.addr = client_address(transport.get_extra_info("peername"))
-        self.log = logging.LoggerAdapter(log, {"peer": f"{self.id}@{self.addr}"})
-        limit = self.server.config.send_buffer_limit
-        if limit:
-            transport.set_write_buffer_limits(high=limit)
-        if self.server.config.hello_timeout:
-            self._hello_timer = asyncio.get_running_loop().call_later(
-                self.server.config.hello_timeout, self._hello_timed_out
-            )
-        self.server.connection_made(self)
+        self.log = PeerLog(log, {"peer": f"{self.id}@{self.addr}"})
+        config = self.server.config
+        loop = asyncio.get_running_loop()
+        self.last_heard = now = loop.time()
+        if config.send_buffer_limit:
+            transport.set_write_buffer_limits(high=config.send_buffer_limit)
+        if config.msg_rate:
+            self._bucket = TokenBucket(config.msg_rate, config.msg_burst, now)
+            self._flood = FloodMeter(config.msg_rate, limits.FLOOD_WINDOW, now)
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            self.drop(*refusal)
+            return
+        if config.hello_timeout:
+            self._hello_timer = loop.call_later(config.hello_timeout, self._hello_timed_out)
         ssl_object = transport.get_extra_info("ssl_object")
         self.log.debug(
             "TLS connection from %s (%s)", self.addr, ssl_object and ssl_object.version()
         )
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        loop_time = self.last_heard = asyncio.get_running_loop().time()
         for event in self.protocol.receive_data(data):
+            # quit, hello and pong are never refused: leaving and staying alive must work
+            limited = self._bucket is not None and not isinstance(event, Quit | Hello | Pong)
+            if limited and not self._within_rate(loop_time):
+                if self._closing:
+                    return
+                continue
             if isinstance(event, RemoteProtocolError):
                 self._refuse(event)
             elif isinstance(event, SendMsg):
@@ -133,6 +173,17 @@ class Session(asyncio.Protocol):
                 self.send(encode(Pong()))
             elif isinstance(event, Quit):
                 self.close("quit")
+
+    def _within_rate(self, now: float) -> bool:
+        assert self._bucket is not None  # noqa: S101 - only called when rate-limited
+        assert self._flood is not None  # noqa: S101
+        if self._bucket.take(now):
+            return True
+        if self._flood.refused(now):
+            self.drop(ErrorCode.FLOODING, "kept sending far above the rate limit")
+        else:
+            self.send(encode(Error(ErrorCode.RATE_LIMITED, "too fast; frame dropped")))
+        return False
 
     def eof_received(self) -> bool:
         self.close("closed")
@@ -181,13 +232,13 @@ class Session(asyncio.Protocol):
             # A client that stops reading never lets close() finish; do not wait forever.
             asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._transport.abort)
 
-    def drop(self, code: ErrorCode, message: str) -> None:
-        """Send a last ``error`` and close. Used when the client broke a rule."""
+    def drop(self, code: ErrorCode, message: str, reason: str = "error") -> None:
+        """Send a last ``error`` and close. Used when the client broke a rule or a limit bit."""
         if self._closing:
             return
-        self.log.warning("dropping client: %s (%s)", message, code)
+        self.server.warn(self, "dropping client: %s (%s)", message, code)
         self.send(encode(Error(code, message)))
-        self.close("error")
+        self.close(reason)
 
     # -- events --------------------------------------------------------------------------
 
@@ -202,12 +253,39 @@ class Session(asyncio.Protocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        config = self.server.config
+        if config.password is not None and not hmac.compare_digest(
+            (hello.password or "").encode(), config.password.encode()
+        ):
+            self._auth_failed()
+            return
         try:
-            nick = clean_nick(hello.nick)
+            nick = self._certificate_nick() if config.client_ca else clean_nick(hello.nick)
         except RemoteProtocolError as exc:
             self._refuse(exc)
             return
+        self.server.auth_succeeded(self.addr)
         self.server.join(self, nick)
+
+    def _certificate_nick(self) -> str:
+        """The common name of the client's certificate: with --client-ca it is the nick."""
+        assert self._transport is not None  # noqa: S101
+        cert = self._transport.get_extra_info("peercert") or {}
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return clean_nick(value)
+        raise RemoteProtocolError(ErrorCode.BAD_NICK, "certificate has no common name")
+
+    def _auth_failed(self) -> None:
+        # Answer late, and later for each failure from this address, without blocking anyone.
+        assert self._transport is not None  # noqa: S101
+        self._transport.pause_reading()
+        delay = self.server.auth_failed(self.addr)
+        self.server.warn(self, "wrong password; answering in %.1f s", delay)
+        asyncio.get_running_loop().call_later(
+            delay, self.drop, ErrorCode.AUTH_FAILED, "wrong or missing password"
+        )
 
     def _hello_timed_out(self) -> None:
         if self.peer is None:
@@ -230,16 +308,28 @@ class ChatServer:
         self._dirty: list[Session] = []
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._auth_failures: dict[str, tuple[int, float]] = {}
+        self._warnings = WarningBudget()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load (or make) the certificate, bind and start accepting connections."""
-        if certs.ensure(certs.CertFiles(self.config.cert, self.config.key)):
-            log.info("no certificate found: generated %s and %s", self.config.cert, self.config.key)
-        ctx = server_context(self.config.cert, self.config.key, tls13_only=self.config.tls13_only)
-        self.fingerprint = certs.cert_fingerprint(self.config.cert)
+        config = self.config
+        if certs.ensure(certs.CertFiles(config.cert, config.key)):
+            log.info("no certificate found: generated %s and %s", config.cert, config.key)
+        certs.check_key_permissions(config.key)
+        certs.check_expiry(config.cert, limits.CERT_WARN_DAYS)
+        ctx = server_context(
+            config.cert, config.key, tls13_only=config.tls13_only, client_ca=config.client_ca
+        )
+        self.fingerprint = certs.cert_fingerprint(config.cert)
         self._loop = asyncio.get_running_loop()
+        if config.idle_timeout:
+            self._sweeper = self._loop.call_later(config.idle_timeout / 4, self._sweep_idle)
         for sock in listen_sockets(self.config.host, self.config.port):
             server = await self._loop.create_server(
                 self._new_session,
@@ -262,6 +352,9 @@ class ChatServer:
 
     async def shutdown(self) -> None:
         """Tell every client ``shutdown``, close every connection and stop listening."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         frame = encode(Shutdown())
@@ -280,8 +373,59 @@ class ChatServer:
     def _new_session(self) -> Session:
         return Session(self, str(next(self._ids)))
 
-    def connection_made(self, session: Session) -> None:
+    def admit(self, session: Session) -> tuple[ErrorCode, str] | None:
+        """Register a new connection, or say why it is refused (before it may say anything)."""
+        config = self.config
+        if self._stopping:
+            return ErrorCode.SHUTTING_DOWN, "the server is shutting down"
+        if config.max_sessions and len(self.connections) >= config.max_sessions:
+            return ErrorCode.SERVER_FULL, f"the server is full ({config.max_sessions} sessions)"
+        if config.max_per_ip and self._per_ip[session.addr] >= config.max_per_ip:
+            return (
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"at most {config.max_per_ip} connections from one address",
+            )
         self.connections.add(session)
+        self._per_ip[session.addr] += 1
+        return None
+
+    def warn(self, session: Session, msg: str, *args: object) -> None:
+        """A WARNING about a client, rate-limited so that no client can fill the disk."""
+        assert self._loop is not None  # noqa: S101
+        allowed, dropped = self._warnings.allow(self._loop.time())
+        if allowed:
+            if dropped:
+                log.warning("(%d similar warnings were not logged)", dropped)
+            session.log.warning(msg, *args)
+
+    def auth_failed(self, addr: str) -> float:
+        """Count a wrong password from ``addr``; return how long to wait before answering."""
+        now = time.monotonic()
+        failures, last = self._auth_failures.get(addr, (0, now))
+        if now - last > limits.AUTH_FORGET:
+            failures = 0
+        delay = min(limits.AUTH_DELAY * 2.0**failures, limits.AUTH_DELAY_MAX)
+        if len(self._auth_failures) > 10_000:  # bounded memory under a spray of addresses
+            self._auth_failures.clear()
+        self._auth_failures[addr] = (failures + 1, now)
+        return delay
+
+    def auth_succeeded(self, addr: str) -> None:
+        self._auth_failures.pop(addr, None)
+
+    def _sweep_idle(self) -> None:
+        """Ping sessions silent for half the idle timeout; drop those silent for all of it."""
+        assert self._loop is not None  # noqa: S101
+        timeout = self.config.idle_timeout
+        now = self._loop.time()
+        ping = encode(Ping())
+        for session in list(self.connections):
+            silent = now - session.last_heard
+            if silent >= timeout:
+                session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
+            elif silent >= timeout / 2:
+                session.send(ping)
+        self._sweeper = self._loop.call_later(timeout / 4, self._sweep_idle)
 
     def join(self, session: Session, wanted: str) -> None:
         nick = self._unique_nick(wanted)
@@ -294,7 +438,11 @@ class ChatServer:
 
     def remove(self, session: Session, reason: str) -> None:
         """Forget ``session``; if it had joined, send ``leave`` to the rest. Idempotent."""
-        self.connections.discard(session)
+        if session in self.connections:
+            self.connections.discard(session)
+            self._per_ip[session.addr] -= 1
+            if not self._per_ip[session.addr]:
+                del self._per_ip[session.addr]
         if self.sessions.pop(session.id, None) is None or session.peer is None:
             return
         self.broadcast(encode(Leave(session.peer, reason)))

@@ -29,6 +29,8 @@ from chatsecure.protocol.messages import (
     Join,
     Leave,
     Peer,
+    Ping,
+    Pong,
     Quit,
     SendMsg,
     ServerMessage,
@@ -103,6 +105,9 @@ class Target:
     """Verify with this CA bundle and the host name instead of pinning."""
     advertised: str | None = None
     """Fingerprint the server advertised over mDNS; a different certificate is refused."""
+    cert: Path | None = None
+    """Our own certificate, for servers that admit clients by certificate (``--client-ca``)."""
+    key: Path | None = None
 
 
 def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[str, int]:
@@ -279,7 +284,7 @@ class ChatClient:
             else:
                 return  # quit or shutdown: _session said so already
             if self._stopping:
-                self._emit(Disconnected("disconnected", error=False))
+                self._emit(Disconnected("you left the chat", error=False))
                 return
             if not (self.reconnect and self.me is not None) or attempt >= MAX_RETRIES:
                 self._emit(Disconnected(reason, error=True))
@@ -289,12 +294,12 @@ class ChatClient:
             self._emit(Reconnecting(attempt, delay, reason))
             await asyncio.sleep(delay)
             if self._stopping:
-                self._emit(Disconnected("disconnected", error=False))
+                self._emit(Disconnected("you left the chat", error=False))
                 return
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         target = self.target
-        ctx = client_context(target.cafile)
+        ctx = client_context(target.cafile, cert=target.cert, key=target.key)
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 target.host,
@@ -369,6 +374,9 @@ class ChatClient:
                     message = parse_server(frame)
                 except RemoteProtocolError as exc:
                     log.warning("ignoring a frame from the server: %s", exc.message)
+                    continue
+                if isinstance(message, Ping):  # the server checks that we are still here
+                    self._write(encode(Pong()))
                     continue
                 self._emit(Received(message))
                 if isinstance(message, Shutdown):

@@ -61,3 +61,6 @@ AUTH_DELAY: Final = 0.5
 
 AUTH_DELAY_MAX: Final = 30.0
 """The longest wait before a wrong password is answered."""
+
+AUTH_FORGET: Final = 600.0
+"""Seconds after which an address's earlier wrong passwords no longer lengthen the wait."""

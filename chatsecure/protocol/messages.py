@@ -36,6 +36,17 @@ def clean_nick(raw: str) -> str:
     return nick
 
 
+def clean_text(raw: str) -> str:
+    """Message text without control characters other than newline and tab.
+
+    Newlines are allowed (a pasted paragraph); clients show them so that they cannot pass for
+    a line of their own.
+    """
+    if raw.isprintable():
+        return raw
+    return "".join(c for c in raw if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """A participant as the server sees it. Every field comes from the server."""
@@ -243,8 +254,8 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
     obj = load(frame)
     kind = obj["type"]
     if kind == "msg":
-        text = _require_str(obj, "text")
-        if not text:
+        text = clean_text(_require_str(obj, "text"))
+        if not text.strip():
             raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
         if max_text and len(text) > max_text:
             raise RemoteProtocolError(

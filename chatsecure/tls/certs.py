@@ -143,7 +143,12 @@ def generate(
         )
         .sign(key, hashes.SHA256())
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_pair(files, cert, key)
+    return files
+
+
+def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    files.key.parent.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -151,7 +156,120 @@ def generate(
     )
     _write_private(files.key, key_pem)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+CA_NAME = "ca"
+
+
+def _load_or_make_ca(
+    ca_dir: Path, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    files = CertFiles(ca_dir / f"{CA_NAME}.crt", ca_dir / f"{CA_NAME}.key")
+    if files.cert.exists() and files.key.exists():
+        key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{files.key} is not an ECDSA key")
+        return load_cert(files.cert), key
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chatsecure client CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_pair(files, cert, key)
+    log.info("made a client CA in %s", files.cert)
+    return cert, key
+
+
+def generate_client(
+    name: str, ca_dir: Path, *, days: int = CERT_DAYS, force: bool = False
+) -> CertFiles:
+    """A client certificate with common name ``name``, signed by the CA in ``ca_dir``.
+
+    The CA (``ca.crt``, ``ca.key``) is made on first use; give ``ca.crt`` to the server as
+    ``--client-ca``, and ``<name>.crt``/``<name>.key`` to that person's client.
+    """
+    if not name.strip() or "/" in name:
+        raise ConfigError("--client needs a name without '/'")
+    files = CertFiles(ca_dir / f"{name}.crt", ca_dir / f"{name}.key")
+    if (files.cert.exists() or files.key.exists()) and not force:
+        raise ConfigError(f"{files.cert} exists; pass --force to replace it")
+    ca_cert, ca_key = _load_or_make_ca(ca_dir, days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_pair(files, cert, key)
     return files
+
+
+def check_key_permissions(key: Path) -> None:
+    """Refuse a private key that other users can read."""
+    try:
+        mode = key.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"cannot read key {key}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise ConfigError(
+            f"the key {key} can be read by other users (mode {mode:o}); "
+            f"fix it with: chmod 600 {key}"
+        )
+
+
+def days_left(cert: Path, now: dt.datetime | None = None) -> float:
+    """Days until the certificate at ``cert`` expires (negative once it has)."""
+    remaining = load_cert(cert).not_valid_after_utc - (now or dt.datetime.now(dt.UTC))
+    return remaining.total_seconds() / 86400
+
+
+def check_expiry(cert: Path, warn_days: int) -> None:
+    """Refuse an expired certificate; warn when it expires within ``warn_days``."""
+    left = days_left(cert)
+    if left <= 0:
+        raise ConfigError(
+            f"the certificate {cert} has expired; make a new one with "
+            f"`chatsecure gencert --out {cert.parent} --force` (clients will see a new fingerprint)"
+        )
+    if left < warn_days:
+        log.warning(
+            "the certificate %s expires in %.0f days; renew it with `chatsecure gencert --force`",
+            cert,
+            left,
+        )
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -1,0 +1,142 @@
+"""Server settings: one table drives the command-line flags, the TOML file and ServerConfig.
+
+A flag given on the command line wins over the same key in ``--config FILE``, which wins over
+the default. Keys in the file are the flag names without ``--`` (``max-sessions`` or
+``max_sessions``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatsecure.errors import ConfigError
+from chatsecure.protocol import limits
+from chatsecure.server import ServerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One server setting: its ``ServerConfig`` field, its value type and its help."""
+
+    field: str
+    kind: type
+    help: str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+SETTINGS = (
+    Setting("host", str, "address to listen on (default: every interface, IPv4 and IPv6)"),
+    Setting("port", int, f"TCP port (default {limits.DEFAULT_PORT}; 0 picks a free one)"),
+    Setting("name", str, "server name shown to clients (default: chat on <host name>)"),
+    Setting("cert", Path, "certificate file (default certs/server.crt; made if missing)"),
+    Setting("key", Path, "private key file (default certs/server.key; must be mode 0600)"),
+    Setting("password_file", Path, "clients must send the password in this file's first line"),
+    Setting("client_ca", Path, "admit only clients with a certificate from this CA (mutual TLS)"),
+    Setting("tls13_only", bool, "refuse TLS 1.2 clients"),
+    Setting("max_sessions", int, f"connections at once (default {limits.MAX_SESSIONS})", "N"),
+    Setting("max_per_ip", int, f"connections per IP address (default {limits.MAX_PER_IP})", "N"),
+    Setting("msg_rate", float, f"frames per second per client (default {limits.MSG_RATE})", "R"),
+    Setting("msg_burst", int, f"frames a client may send at once (default {limits.MSG_BURST})"),
+    Setting(
+        "idle_timeout", float, f"drop silent clients after S s (default {limits.IDLE_TIMEOUT})", "S"
+    ),
+    Setting(
+        "handshake_timeout", float, f"seconds to finish TLS (default {limits.HANDSHAKE_TIMEOUT})"
+    ),
+    Setting("hello_timeout", float, f"seconds to send hello (default {limits.HELLO_TIMEOUT})"),
+    Setting("max_frame", int, f"longest frame in bytes (default {limits.MAX_FRAME})", "BYTES"),
+    Setting("max_text", int, f"longest message in characters (default {limits.MAX_TEXT})", "N"),
+    Setting(
+        "send_buffer_limit",
+        int,
+        f"bytes queued for a client before it is dropped (default {limits.SEND_BUFFER_LIMIT})",
+        "BYTES",
+    ),
+)
+_BY_KEY = {s.field: s for s in SETTINGS}
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag (default None, so that the config file can fill it in)."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="read settings from TOML")
+    limits_group = parser.add_argument_group("limits (0 turns one off)")
+    for setting in SETTINGS:
+        numeric = setting.kind in (int, float) and setting.field != "port"
+        target = limits_group if numeric else parser
+        if setting.kind is bool:
+            target.add_argument(setting.flag, action="store_true", default=None, help=setting.help)
+        else:
+            target.add_argument(
+                setting.flag, type=setting.kind, metavar=setting.metavar, help=setting.help
+            )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file, checked against the table."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {}
+    for key, value in raw.get("server", raw).items():
+        setting = _BY_KEY.get(key.replace("-", "_"))
+        if setting is None:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        values[setting.field] = _convert(setting, value, path)
+    return values
+
+
+def _convert(setting: Setting, value: object, path: Path) -> object:
+    kind = setting.kind
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, int | float) and not isinstance(value, bool)
+        if kind is float
+        else isinstance(value, kind if kind is not Path else str)
+    )
+    if not ok:
+        raise ConfigError(f"{path}: {setting.field} must be a {kind.__name__}, not {value!r}")
+    if kind is Path:
+        return (path.parent / str(value)).expanduser()
+    return float(value) if kind is float else value  # type: ignore[arg-type]
+
+
+def read_password(path: Path) -> str:
+    """The room password: the first line of ``path``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read password file {path}: {exc.strerror}") from exc
+    if not lines or not lines[0]:
+        raise ConfigError(f"the password file {path} is empty")
+    return lines[0]
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """Merge command line, config file and defaults into a ``ServerConfig``."""
+    values = read_config_file(args.config) if args.config else {}
+    for setting in SETTINGS:
+        given = getattr(args, setting.field, None)
+        if given is not None:
+            values[setting.field] = given
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{key.replace('_', '-')} cannot be negative")
+    if not 0 <= values.get("port", 0) < 65536:
+        raise ConfigError(f"port must be from 0 to 65535, not {values['port']}")
+    password_file = values.pop("password_file", None)
+    config = ServerConfig(**values)
+    if password_file is not None:
+        config.password = read_password(password_file)
+    return config
