@@ -12,14 +12,16 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.server import ChatServer, ServerConfig
 from chatsecure.tls.context import client_context
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -49,10 +51,10 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
         return self
 
-    def call(self, func: Any, *args: Any) -> Any:
+    def call(self, func: Callable[..., T], *args: object) -> T:
         """Run ``func(*args)`` on the server's loop and return its result."""
 
-        async def run() -> Any:
+        async def run() -> T:
             return func(*args)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
@@ -86,7 +88,7 @@ class ServerThread:
         self.stop()
 
 
-def server_config(cert_dir: Path, **overrides: Any) -> ServerConfig:
+def server_config(cert_dir: Path, **overrides: Any) -> ServerConfig:  # noqa: ANN401
     """A config for tests: loopback, an ephemeral port, the certificate in ``cert_dir``."""
     base = ServerConfig(
         host="127.0.0.1",

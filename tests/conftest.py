@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from chatsecure.tls import certs
 from chatsecure.testing import ServerThread, server_config
+from chatsecure.tls import certs
 
 
 @pytest.fixture(autouse=True)
