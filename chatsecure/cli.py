@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chatsecure import __version__
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="run a chat server")
     add_server_arguments(server)
+    server.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (pip install 'chatsecure[fast]'), else asyncio",
+    )
     _add_logging(server)
 
     connect = sub.add_parser("connect", help="chat from the terminal (stdin lines are messages)")
@@ -135,8 +142,23 @@ def cmd_server(args: argparse.Namespace) -> int:
             )
         print(f"certificate fingerprint: {server.fingerprint}", flush=True)
 
-    asyncio.run(serve(config, ready=ready))
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        runner.run(serve(config, ready=ready))
     return 0
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``--loop`` asks for; ``auto`` takes uvloop when it is installed."""
+    if name == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        if name == "uvloop":
+            raise ChatError("--loop uvloop needs uvloop: pip install 'chatsecure[fast]'") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from chatsecure import __version__
 from chatsecure.errors import ConfigError, RemoteProtocolError
@@ -129,8 +129,8 @@ class Session(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - stream server
-        self._transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
+        self._transport = transport = cast(asyncio.Transport, transport)
         self.addr = client_address(transport.get_extra_info("peername"))
         self.log = PeerLog(log, {"peer": f"{self.id}@{self.addr}"})
         config = self.server.config
@@ -202,6 +202,8 @@ class Session(asyncio.Protocol):
     def pause_writing(self) -> None:
         # More than send_buffer_limit bytes are waiting for this client: it is not reading.
         # Dropping it here (not waiting) is what keeps broadcast from ever blocking on it.
+        if not self.server.config.send_buffer_limit:
+            return  # the limit is off: the transport's default high-water mark means nothing
         asyncio.get_running_loop().call_soon(self.drop, ErrorCode.SLOW_CONSUMER, "too far behind")
 
     # -- sending -------------------------------------------------------------------------
@@ -511,6 +513,21 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
         raise ConfigError(f"cannot listen on {format_address(host, port)}: {exc.strerror}") from exc
 
 
+def raise_open_file_limit() -> None:
+    """Let this process open as many files as the hard limit allows: one per connection."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open-file limit raised from %d to %d", soft, hard)
+
+
 async def serve(
     config: ServerConfig,
     *,
@@ -518,6 +535,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run a server until SIGINT/SIGTERM (or ``stop``), then shut it down cleanly."""
+    raise_open_file_limit()
     server = ChatServer(config)
     try:
         await server.start()

@@ -1,0 +1,883 @@
+"""Load generator for chatsecure: real TLS clients speaking protocol v1 (or IRC), one process.
+
+    python tools/bench.py fanout --clients 50 --senders 5 --messages 2000 --baseline --runs 3
+    python tools/bench.py paced --clients 1000 --rate 0.2 --duration 30
+    python tools/bench.py hold --clients 10000
+
+Each run starts the server under test as a subprocess on 127.0.0.1 with an ephemeral port
+(limits off, no discovery), drives it, stops it, and prints a table row and one JSON line.
+``--baseline`` runs the same workload against ``benchmarks/naive_server.py`` in the same
+invocation, ``--against ngircd`` against ngircd, and the summary gives medians and ratios.
+
+The generator must stay cheap per delivery or it becomes what is measured: receivers only
+count complete lines (``bytearray.count`` on one shared receive buffer, no copy, no parse);
+only a few "probe" receivers look for the timestamps that a sample of messages carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chatsecure.tls import certs  # noqa: E402
+from chatsecure.tls.context import client_context  # noqa: E402
+
+HOST = "127.0.0.1"
+TEXT_LEN = 64
+"""Benchmark messages are 64-character texts."""
+MARK = b"~"
+"""Opens and closes the send time in a sampled message text; appears nowhere else in a frame."""
+RECV_BUFFER = 256 * 1024
+PROBES = 16
+"""Receivers that look for timestamps; the others only count lines."""
+START_TIMEOUT = 30.0
+"""Seconds a server subprocess has to print where it listens."""
+CONNECT_CONCURRENCY = 200
+"""TLS handshakes in flight at once while clients connect."""
+IRC_CHANNEL = b"#bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# One receive buffer for every connection: the loop is single-threaded and each chunk is
+# consumed in buffer_updated before the next read, so sharing it costs nothing and saves
+# a quarter megabyte per connection.
+_SHARED = bytearray(RECV_BUFFER)
+_SHARED_VIEW = memoryview(_SHARED)
+
+
+def stamped_text(now: float) -> bytes:
+    """A 64-character text carrying its send time for the probes."""
+    return (MARK + f"{now:.6f}".encode() + MARK).ljust(TEXT_LEN, b"x")
+
+
+PLAIN_TEXT = b"y" * TEXT_LEN
+
+
+# --- dialects -------------------------------------------------------------------------------
+
+
+class Dialect:
+    """How a client joins and sends a line: protocol v1 here, IRC in ``IrcDialect``."""
+
+    name = "chatsecure"
+
+    def hello(self, nick: str) -> bytes:
+        return b'{"type":"hello","nick":"' + nick.encode() + b'"}\n'
+
+    def msg(self, text: bytes) -> bytes:
+        return b'{"type":"msg","text":"' + text + b'"}\n'
+
+    def welcomed(self, head: bytes) -> bool | None:
+        """True once ``head`` (everything received so far) holds the welcome; False if refused."""
+        line, sep, _ = head.partition(b"\n")
+        if not sep:
+            return None
+        return b'"type":"welcome"' in line
+
+    def join_lines(self, clients: int) -> int | None:
+        """Lines the whole room receives while ``clients`` join one by one (None: unknown)."""
+        return clients * (clients - 1) // 2
+
+
+class IrcDialect(Dialect):
+    """Just enough IRC to join one channel and talk in it."""
+
+    name = "irc"
+
+    def hello(self, nick: str) -> bytes:
+        n = nick.encode()
+        join = b"JOIN " + IRC_CHANNEL + b"\r\n"
+        return b"NICK " + n + b"\r\nUSER " + n + b" 0 * :" + n + b"\r\n" + join
+
+    def msg(self, text: bytes) -> bytes:
+        return b"PRIVMSG " + IRC_CHANNEL + b" :" + text + b"\r\n"
+
+    def welcomed(self, head: bytes) -> bool | None:
+        if b" 366 " in head:  # end of NAMES: the JOIN went through
+            return True
+        if b"ERROR" in head or b" 465 " in head or b" 433 " in head:
+            return False
+        return None
+
+    def join_lines(self, clients: int) -> int | None:
+        return None
+
+
+# --- one client -----------------------------------------------------------------------------
+
+
+class Client(asyncio.BufferedProtocol):
+    """A benchmark client: counts complete lines; a probe also records latencies."""
+
+    def __init__(self, bench: Bench, nick: str) -> None:
+        self.bench = bench
+        self.nick = nick
+        self.transport: asyncio.Transport | None = None
+        self.lines = 0
+        self.target = -1
+        self.probe = False
+        self.head = b""
+        self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.lost_connection = False
+        self._tail = b""
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.bench.dialect.hello(self.nick))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _SHARED_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.welcome.done():
+            self._before_welcome(bytes(_SHARED_VIEW[:nbytes]))
+            return
+        self.lines += _SHARED.count(b"\n", 0, nbytes)
+        if self.probe:
+            self._scan(bytes(_SHARED_VIEW[:nbytes]))
+        if self.lines >= self.target >= 0:
+            self.target = -1
+            self.bench.receiver_done()
+
+    def _before_welcome(self, data: bytes) -> None:
+        self.head += data
+        ok = self.bench.dialect.welcomed(self.head)
+        if ok is None:
+            return
+        self.welcome.set_result(ok)
+        if self.bench.dialect.name == "chatsecure":
+            _, _, rest = self.head.partition(b"\n")
+            self.lines += rest.count(b"\n")
+        self.head = b""
+
+    def _scan(self, data: bytes) -> None:
+        now = time.perf_counter()
+        data = self._tail + data if self._tail else data
+        end = data.rfind(b"\n") + 1
+        self._tail = data[end:]
+        pos = data.find(MARK, 0, end)
+        latencies = self.bench.latencies
+        while pos >= 0:
+            close = data.find(MARK, pos + 1, end)
+            if close < 0:
+                break
+            latencies.append(now - float(data[pos + 1 : close]))
+            pos = data.find(MARK, close + 1, end)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_connection = True
+        if not self.welcome.done():
+            self.welcome.set_result(False)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self.bench.connection_lost(self)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    async def writable(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark."""
+        if self._writable is not None:
+            await self._writable
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# --- servers under test ---------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class ServerUnderTest:
+    """A server subprocess: how to start it and how to see that it listens."""
+
+    label: str
+    dialect: Dialect
+    argv: Callable[[Path], list[str]]
+    ready_marker: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    port: int = 0
+    log: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, workdir: Path) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        self.proc = subprocess.Popen(
+            self.argv(workdir),
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+        stdout = self.proc.stdout
+        if stdout is None:  # pragma: no cover - stdout=PIPE above
+            raise RuntimeError("no stdout")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            line = _readline(stdout, deadline - time.monotonic())
+            if line is None:
+                break
+            if self.ready_marker in line:
+                self.port = int(line.split(f"{HOST}:")[1].split()[0].rstrip(")"))
+                return
+        self.stop()
+        self.log_tail()
+        raise RuntimeError(f"{self.label} did not start within {START_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def log_tail(self) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        text: str = self.log.read()[-4000:]
+        return text
+
+
+def _readline(stream: IO[str], timeout: float) -> str | None:
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(max(timeout, 0)):
+            return None
+    line: str = stream.readline()
+    return line or None
+
+
+def server_flags() -> set[str]:
+    """The options this checkout's ``chatsecure server`` knows (they grow over time)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "chatsecure", "server", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=30,
+        check=True,
+    ).stdout
+    return {word.rstrip(",") for word in out.split() if word.startswith("--")}
+
+
+LIMIT_FLAGS = (
+    "--max-sessions",
+    "--max-per-ip",
+    "--msg-rate",
+    "--msg-burst",
+    "--idle-timeout",
+    "--handshake-timeout",
+    "--hello-timeout",
+    "--max-frame",
+    "--max-text",
+    "--send-buffer",
+    "--send-buffer-limit",
+    "--slow-consumer",
+)
+
+
+def chatsecure_server(loop: str, flags: set[str]) -> ServerUnderTest:
+    label = "chatsecure" if loop == "asyncio" else f"chatsecure+{loop}"
+
+    def argv(workdir: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "chatsecure", "server", "--host", HOST, "--port", "0"]
+        cmd += ["--name", "bench", "--cert", "server.crt", "--key", "server.key", "-q"]
+        cmd += [arg for flag in LIMIT_FLAGS if flag in flags for arg in (flag, "0")]
+        if "--no-discovery" in flags:
+            cmd.append("--no-discovery")
+        if "--loop" in flags:
+            cmd += ["--loop", loop]
+        return cmd
+
+    return ServerUnderTest(label, Dialect(), argv, "listening on")
+
+
+def naive_server() -> ServerUnderTest:
+    def argv(workdir: Path) -> list[str]:
+        script = ROOT / "benchmarks" / "naive_server.py"
+        return [sys.executable, str(script), "--cert", "server.crt", "--key", "server.key"]
+
+    return ServerUnderTest("naive", Dialect(), argv, "listening on")
+
+
+def ngircd_server() -> ServerUnderTest:
+    binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
+    if not Path(binary).exists():
+        raise SystemExit("ngircd is not installed (apt-get install ngircd)")
+
+    def argv(workdir: Path) -> list[str]:
+        port = _free_port()
+        template = (ROOT / "benchmarks" / "ngircd.conf").read_text()
+        conf = template.format(port=port, cert=workdir / "server.crt", key=workdir / "server.key")
+        (workdir / "ngircd.conf").write_text(conf)
+        # ngircd prints nothing useful on stdout; a wrapper prints our marker once it listens.
+        wait = (
+            "import socket,sys,time\n"
+            f"for _ in range(300):\n"
+            f"    try: socket.create_connection(('{HOST}', {port}), 0.5).close(); break\n"
+            "    except OSError: time.sleep(0.05)\n"
+            f"print('ngircd listening on {HOST}:{port}', flush=True)\n"
+        )
+        return [
+            "sh",
+            "-c",
+            f'"$0" -n -f ngircd.conf >/dev/null 2>&1 & "{sys.executable}" -c "$1"; wait',
+            binary,
+            wait,
+        ]
+
+    return ServerUnderTest("ngircd", IrcDialect(), argv, "listening on")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- the workloads --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One run of one workload against one server; printed as a table row and a JSON line."""
+
+    workload: str
+    server: str
+    run: int
+    clients: int
+    senders: int = 0
+    messages: int = 0
+    deliveries: int = 0
+    seconds: float = 0.0
+    deliveries_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    lost: int = 0
+    server_cpu_s: float | None = None
+    gen_cpu_s: float = 0.0
+    gen_loop: str = "asyncio"
+    rate: float | None = None
+    duration: float | None = None
+    handshakes_per_s: float | None = None
+    rss_per_conn_kib: float | None = None
+    server_rss_mib: float | None = None
+    error: str | None = None
+
+
+class Bench:
+    """The shared state of one run: the clients, the latency samples, the finish line."""
+
+    def __init__(self, dialect: Dialect, host: str, port: int) -> None:
+        self.dialect = dialect
+        self.host = host
+        self.port = port
+        self.clients: list[Client] = []
+        self.latencies: list[float] = []
+        self.pending_receivers = 0
+        self.all_received: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost_connections = 0
+        self.measuring = False
+        self._ctx = client_context()
+
+    def receiver_done(self) -> None:
+        self.pending_receivers -= 1
+        if self.pending_receivers <= 0 and not self.all_received.done():
+            self.all_received.set_result(None)
+
+    def connection_lost(self, client: Client) -> None:
+        if self.measuring:
+            self.lost_connections += 1
+            if not self.all_received.done():
+                self.all_received.set_result(None)
+
+    async def connect(self, count: int, timeout: float) -> float:
+        """Connect and welcome ``count`` clients; return the seconds it took."""
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            async with gate:
+                client = Client(self, f"b{i}")
+                self.clients.append(client)
+                await loop.create_connection(
+                    lambda: client, self.host, self.port, ssl=self._ctx, server_hostname=None
+                )
+                if not await client.welcome:
+                    raise RuntimeError(f"client {client.nick} was refused: {client.head[:200]!r}")
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), timeout)
+        return time.perf_counter() - start
+
+    async def settle(self, timeout: float) -> None:
+        """Wait until the join notices have all arrived (or nothing arrives for a while)."""
+        expected = self.dialect.join_lines(len(self.clients))
+        deadline = time.monotonic() + timeout
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            total = sum(c.lines for c in self.clients)
+            if expected is not None and total >= expected:
+                return
+            if total != last:
+                last, quiet_since = total, time.monotonic()
+            elif expected is None and time.monotonic() - quiet_since > 0.5:
+                return
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"join notices did not settle in {timeout:.0f} s")
+
+    def expect(self, per_client: Sequence[int]) -> None:
+        """Arm the finish line: client i is done once it has ``per_client[i]`` more lines."""
+        self.pending_receivers = 0
+        for client, more in zip(self.clients, per_client, strict=True):
+            if more > 0:
+                client.target = client.lines + more
+                self.pending_receivers += 1
+        self.measuring = True
+        if self.pending_receivers == 0:
+            self.all_received.set_result(None)
+
+    def missing(self) -> int:
+        return sum(max(0, c.target - c.lines) for c in self.clients if c.target >= 0)
+
+    def choose_probes(self, skip: int) -> None:
+        for client in self.clients[skip : skip + PROBES]:
+            client.probe = True
+
+    def close(self) -> None:
+        self.measuring = False
+        for client in self.clients:
+            client.close()
+
+
+def percentiles(samples: list[float]) -> tuple[float | None, float | None, float | None]:
+    if not samples:
+        return None, None, None
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+    return at(0.5), at(0.99), round(ordered[-1] * 1000, 2)
+
+
+async def fanout(bench: Bench, result: Result, senders: int, messages: int) -> None:
+    """S senders each send M messages as fast as the server takes them."""
+    n = result.clients
+    await bench.connect(n, timeout=60 + n / 20)
+    await bench.settle(timeout=60)
+    bench.choose_probes(skip=senders)
+    total = senders * messages
+    bench.expect([total - (messages if i < senders else 0) for i in range(n)])
+    batch = 20  # messages per write; the last one of each carries its send time
+    plain = bench.dialect.msg(PLAIN_TEXT)
+
+    async def send(client: Client) -> None:
+        for start in range(0, messages, batch):
+            size = min(batch, messages - start)
+            stamped = bench.dialect.msg(stamped_text(time.perf_counter()))
+            client.send(plain * (size - 1) + stamped)
+            await client.writable()  # as fast as the server takes them: TCP flow control
+
+    result.senders, result.messages = senders, messages
+    result.deliveries = total * (n - 1)
+    await measure(bench, result, [send(c) for c in bench.clients[:senders]], 60 + total / 1000)
+
+
+async def paced(bench: Bench, result: Result, rate: float, duration: float) -> None:
+    """Every client sends ``rate`` messages per second for ``duration`` seconds, evenly spread."""
+    n = result.clients
+    await bench.connect(n, timeout=60 + n / 20)
+    await bench.settle(timeout=60)
+    bench.choose_probes(skip=0)
+    per_client = max(1, round(rate * duration))
+    total = per_client * n
+    bench.expect([total - per_client] * n)
+    interval = 1 / rate
+    # Client i sends at offset + k * interval, the offsets spread over one interval.
+    schedule = sorted(
+        ((i / n) * interval + k * interval, i) for i in range(n) for k in range(per_client)
+    )
+
+    async def send_all() -> None:
+        start = time.perf_counter()
+        pos = 0
+        while pos < len(schedule):
+            now = time.perf_counter() - start
+            while pos < len(schedule) and schedule[pos][0] <= now:
+                client = bench.clients[schedule[pos][1]]
+                client.send(bench.dialect.msg(stamped_text(time.perf_counter())))
+                pos += 1
+            if pos < len(schedule):
+                await asyncio.sleep(min(0.002, max(0.0, schedule[pos][0] - now)))
+
+    result.messages, result.rate, result.duration = per_client, rate, duration
+    result.deliveries = total * (n - 1)
+    await measure(bench, result, [send_all()], duration + 60)
+
+
+async def measure(bench: Bench, result: Result, senders: list[Any], timeout: float) -> None:
+    server_cpu = cpu_reader(result)
+    cpu0, gen0 = server_cpu(), self_cpu_seconds()
+    start = time.perf_counter()
+    tasks = [asyncio.ensure_future(s) for s in senders]
+    try:
+        await asyncio.wait_for(asyncio.shield(bench.all_received), timeout)
+    except TimeoutError:
+        result.error = f"not everything arrived within {timeout:.0f} s"
+    elapsed = time.perf_counter() - start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu1 = server_cpu()
+    result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
+    result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
+    result.lost = bench.missing()
+    if bench.lost_connections:
+        result.error = f"{bench.lost_connections} connections lost"
+    result.seconds = round(elapsed, 4)
+    result.deliveries_per_s = round((result.deliveries - result.lost) / elapsed)
+    result.p50_ms, result.p99_ms, result.max_ms = percentiles(bench.latencies)
+
+
+_SERVER_PID: int | None = None
+
+
+def cpu_reader(result: Result) -> Callable[[], float | None]:
+    pid = _SERVER_PID
+
+    def read() -> float | None:
+        if pid is None:
+            return None
+        with contextlib.suppress(OSError):
+            return proc_cpu_seconds(pid)
+        return None
+
+    return read
+
+
+async def hold(bench: Bench, result: Result) -> None:
+    """Connect C idle clients; report handshakes/s and the server's RSS per connection."""
+    pid = _SERVER_PID
+    rss0 = proc_rss_bytes(pid) if pid is not None else None
+    cpu = cpu_reader(result)
+    cpu0, gen0 = cpu(), self_cpu_seconds()
+    n = result.clients
+    seconds = await bench.connect(n, timeout=120 + n / 50)
+    result.seconds = round(seconds, 3)
+    result.handshakes_per_s = round(n / seconds, 1)
+    await bench.settle(timeout=300)
+    cpu1 = cpu()
+    result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
+    result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
+    await asyncio.sleep(0.5)
+    if pid is not None and rss0 is not None:
+        rss1 = proc_rss_bytes(pid)
+        result.server_rss_mib = round(rss1 / 2**20, 1)
+        result.rss_per_conn_kib = round((rss1 - rss0) / n / 1024, 2)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def raise_nofile(need: int) -> None:
+    """Raise the soft open-file limit towards ``need`` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(need, soft)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < need:
+        print(f"warning: open-file limit {want} is below the {need} needed", file=sys.stderr)
+
+
+def run_one(
+    args: argparse.Namespace, server: ServerUnderTest | None, run: int, workdir: Path
+) -> Result:
+    global _SERVER_PID
+    label = server.label if server is not None else "attached"
+    result = Result(args.workload, label, run, args.clients, gen_loop=args.gen_loop)
+    if server is not None:
+        server.start(workdir)
+        host, port = HOST, server.port
+        _SERVER_PID = server.pid
+        dialect = server.dialect
+    else:
+        host, _, port_text = args.attach.rpartition(":")
+        port = int(port_text)
+        _SERVER_PID = args.server_pid
+        dialect = IrcDialect() if args.irc else Dialect()
+    try:
+        asyncio_run(drive(args, result, dialect, host, port), args.gen_loop)
+    except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        _SERVER_PID = None
+        if server is not None:
+            server.stop()
+    if result.error and server is not None:
+        tail = server.log_tail().strip()
+        if tail:
+            print(f"--- {server.label} log ---\n{tail}", file=sys.stderr)
+    return result
+
+
+async def drive(
+    args: argparse.Namespace, result: Result, dialect: Dialect, host: str, port: int
+) -> None:
+    bench = Bench(dialect, host, port)
+    try:
+        if args.workload == "fanout":
+            await fanout(bench, result, args.senders, args.messages)
+        elif args.workload == "paced":
+            await paced(bench, result, args.rate, args.duration)
+        else:
+            await hold(bench, result)
+    finally:
+        bench.close()
+        await asyncio.sleep(0.05)
+
+
+def asyncio_run(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
+
+
+COLUMNS = (
+    ("server", "{:<18}"),
+    ("run", "{:>3}"),
+    ("clients", "{:>7}"),
+    ("deliveries_per_s", "{:>12}"),
+    ("p50_ms", "{:>8}"),
+    ("p99_ms", "{:>8}"),
+    ("max_ms", "{:>8}"),
+    ("lost", "{:>6}"),
+    ("seconds", "{:>8}"),
+    ("server_cpu_s", "{:>8}"),
+    ("gen_cpu_s", "{:>8}"),
+)
+HOLD_COLUMNS = (
+    ("server", "{:<18}"),
+    ("run", "{:>3}"),
+    ("clients", "{:>7}"),
+    ("handshakes_per_s", "{:>10}"),
+    ("rss_per_conn_kib", "{:>9}"),
+    ("server_rss_mib", "{:>9}"),
+    ("seconds", "{:>8}"),
+    ("server_cpu_s", "{:>8}"),
+    ("gen_cpu_s", "{:>8}"),
+)
+SHORT = {
+    "deliveries_per_s": "deliv/s",
+    "server_cpu_s": "srv_cpu",
+    "gen_cpu_s": "gen_cpu",
+    "handshakes_per_s": "hs/s",
+    "rss_per_conn_kib": "KiB/conn",
+    "server_rss_mib": "RSS MiB",
+}
+
+
+def columns(workload: str) -> tuple[tuple[str, str], ...]:
+    return HOLD_COLUMNS if workload == "hold" else COLUMNS
+
+
+def header(workload: str) -> str:
+    cols = columns(workload)
+    return " ".join(fmt.replace(":", ":").format(SHORT.get(k, k)) for k, fmt in cols)
+
+
+def row(result: Result) -> str:
+    cells = []
+    for key, fmt in columns(result.workload):
+        value = getattr(result, key)
+        cells.append(fmt.format("-" if value is None else value))
+    line = " ".join(cells)
+    return f"{line}  ERROR: {result.error}" if result.error else line
+
+
+def summary(results: list[Result], baseline: str) -> list[str]:
+    """Medians per server, and each server's ratio to the baseline."""
+    key = "handshakes_per_s" if results and results[0].workload == "hold" else "deliveries_per_s"
+    by_server: dict[str, list[Result]] = {}
+    for r in results:
+        by_server.setdefault(r.server, []).append(r)
+    medians = {
+        s: statistics.median([getattr(r, key) or 0 for r in rs]) for s, rs in by_server.items()
+    }
+    lines = []
+    for server, rs in by_server.items():
+        text = f"{server:<18} median {key} {medians[server]:,.0f} over {len(rs)} run(s)"
+        if rs[0].workload == "hold":
+            kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
+            text += f", median RSS/conn {kib} KiB"
+        else:
+            p99 = [r.p99_ms for r in rs if r.p99_ms is not None]
+            if p99:
+                text += f", median p99 {statistics.median(p99)} ms"
+            text += f", lost {sum(r.lost for r in rs)}"
+        base = medians.get(baseline)
+        if base and server != baseline:
+            text += f", {medians[server] / base:.2f}x {baseline}"
+        lines.append(text)
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="chatsecure load generator")
+    parser.add_argument("workload", choices=["fanout", "paced", "hold"])
+    parser.add_argument("-n", "--clients", type=int, default=None)
+    parser.add_argument("-s", "--senders", type=int, default=5, help="fanout: senders")
+    parser.add_argument("-m", "--messages", type=int, default=2000, help="fanout: per sender")
+    parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
+    parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
+    parser.add_argument("--runs", type=int, default=1, help="runs per server (median shown)")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop", "both"],
+        default="both" if _have_uvloop() else "asyncio",
+        help="event loop of the chatsecure server (default: both when uvloop is installed)",
+    )
+    parser.add_argument(
+        "--gen-loop",
+        choices=["asyncio", "uvloop"],
+        default="uvloop" if _have_uvloop() else "asyncio",
+        help="event loop of this generator",
+    )
+    parser.add_argument("--baseline", action="store_true", help="also run the naive server")
+    parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
+    parser.add_argument("--only", action="append", default=[], help="skip chatsecure itself")
+    parser.add_argument("--attach", metavar="HOST:PORT", help="drive a running server instead")
+    parser.add_argument("--server-pid", type=int, help="with --attach: its pid, for CPU/RSS")
+    parser.add_argument("--irc", action="store_true", help="with --attach: speak IRC")
+    parser.add_argument("--no-discovery", action="store_true", help="accepted; always so")
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON lines")
+    return parser
+
+
+DEFAULT_CLIENTS = {"fanout": 50, "paced": 1000, "hold": 10000}
+
+
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clients is None:
+        args.clients = DEFAULT_CLIENTS[args.workload]
+    if args.workload == "fanout" and not 0 < args.senders <= args.clients:
+        raise SystemExit("--senders must be between 1 and --clients")
+    raise_nofile(args.clients + 256)
+    servers: list[ServerUnderTest | None] = []
+    if args.attach:
+        servers.append(None)
+    else:
+        flags = server_flags()
+        loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
+        if "--loop" not in flags:
+            loops = loops[:1]
+        servers += [chatsecure_server(loop, flags) for loop in loops]
+        if args.baseline:
+            servers.append(naive_server())
+        if "ngircd" in args.against:
+            servers.append(ngircd_server())
+    results: list[Result] = []
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="chatsecure-bench-") as tmp:
+        workdir = Path(tmp)
+        certs.generate(workdir, extra_sans=[HOST])
+        if not args.json_only:
+            print(header(args.workload), file=out, flush=True)
+        for run in range(1, args.runs + 1):
+            for server in servers:
+                result = run_one(args, server, run, workdir)
+                results.append(result)
+                if not args.json_only:
+                    print(row(result), file=out, flush=True)
+                print(json.dumps(asdict(result)), file=out, flush=True)
+    if not args.json_only:
+        for line in summary(results, "naive"):
+            print(line, file=out)
+    return 1 if any(r.error or r.lost for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
