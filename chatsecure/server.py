@@ -360,6 +360,8 @@ class ChatServer:
         for server in self._servers:
             server.close()
         frame = encode(Shutdown())
+        # Everyone gets ``shutdown``; nobody needs a ``leave`` for each of the others first.
+        self.sessions.clear()
         for session in list(self.connections):
             session.send(frame)
             session.close("shutdown")
