@@ -266,6 +266,8 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
         password = obj.get("password")
         if password is not None and not isinstance(password, str):
             raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'password' must be a string")
+        if password is not None:
+            _encodable(password, "password")
         return Hello(_require_str(obj, "nick"), password)
     if kind == "ping":
         return Ping()
@@ -322,6 +324,22 @@ def _require_str(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
         raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' must be a string")
+    return _encodable(value, key)
+
+
+def _encodable(value: str, key: str) -> str:
+    """``value`` if UTF-8 can carry it, else ``bad_message``.
+
+    A JSON escape such as ``\\ud800`` makes a lone surrogate: it would pass every check here
+    and fail only later, when the server encodes the frame for the others.
+    """
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_MESSAGE, f"'{key}' holds a lone surrogate"
+            ) from None
     return value
 
 
