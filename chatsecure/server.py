@@ -122,6 +122,8 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._closing = False
+        self.lost = False
+        """True once the connection is gone (``connection_lost`` ran)."""
         self._hello_timer: asyncio.TimerHandle | None = None
         self._bucket: TokenBucket | None = None
         self._flood: FloodMeter | None = None
@@ -190,6 +192,7 @@ class Session(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         self._closing = True
@@ -362,11 +365,14 @@ class ChatServer:
         frame = encode(Shutdown())
         # Everyone gets ``shutdown``; nobody needs a ``leave`` for each of the others first.
         self.sessions.clear()
-        for session in list(self.connections):
+        sessions = list(self.connections)
+        for session in sessions:
             session.send(frame)
             session.close("shutdown")
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while self.connections and time.monotonic() < deadline:
+        # close() took them out of the registry at once; wait until their connections are
+        # really gone (close() aborts those that are still there after SHUTDOWN_GRACE).
+        deadline = time.monotonic() + SHUTDOWN_GRACE + 1
+        while not all(s.lost for s in sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for server in self._servers:
             await server.wait_closed()
