@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import pytest
 
 from chatsecure import __version__
 from chatsecure.protocol.limits import MAX_NICK
+from chatsecure.server import SHUTDOWN_GRACE
 from chatsecure.testing import RawClient, ServerThread, joined
 from tests.helpers import all_silent
 
@@ -240,3 +242,33 @@ def test_tls_is_at_least_1_2(server: ServerThread) -> None:
     with RawClient(server.host, server.port) as client:
         assert client.sock.version() in {"TLSv1.2", "TLSv1.3"}
         assert isinstance(client.sock, ssl.SSLSocket)
+
+
+def test_shutdown_is_the_only_frame_every_client_gets(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server()
+    with joined(server.host, server.port, "alice", "bob", "carol") as clients:
+        stopping = threading.Thread(target=server.stop, name="stopper")
+        stopping.start()
+        started = time.monotonic()
+        for client in clients:
+            assert client.expect("shutdown") == {"type": "shutdown"}
+            assert client.closed()
+            client.close()
+        stopping.join(10)
+        assert not stopping.is_alive()
+        assert time.monotonic() - started < SHUTDOWN_GRACE, "no need to wait for the grace time"
+
+
+def test_shutdown_cuts_off_a_client_that_does_not_take_it(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server()
+    with joined(server.host, server.port, "alice") as (alice,):
+        started = time.monotonic()
+        server.stop()  # alice reads nothing meanwhile
+        waited = time.monotonic() - started
+        assert SHUTDOWN_GRACE - 0.5 < waited < SHUTDOWN_GRACE + 2
+        assert alice.expect("shutdown") == {"type": "shutdown"}
+        assert alice.closed()

@@ -1,0 +1,113 @@
+"""The server as people run it: a subprocess, signals, a fresh certificate."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatsecure.server import SHUTDOWN_GRACE
+from chatsecure.testing import RawClient, joined
+from chatsecure.tls import certs
+from tests.helpers import CHATSECURE, ServerProcess
+
+SERVER_MODULE = [sys.executable, "-m", "chatsecure.server"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_sends_shutdown_to_clients_and_exits_0(cert_dir: Path, sig: signal.Signals) -> None:
+    server = ServerProcess(
+        [
+            *SERVER_MODULE,
+            "--cert",
+            str(cert_dir / "server.crt"),
+            "--key",
+            str(cert_dir / "server.key"),
+        ]
+    )
+    try:
+        with joined("127.0.0.1", server.port, "alice", "bob") as (alice, bob):
+            server.proc.send_signal(sig)
+            started = time.monotonic()
+            for client in (alice, bob):
+                assert client.expect("shutdown") == {"type": "shutdown"}
+                assert client.closed()
+        code, log = server.wait()
+        took = time.monotonic() - started
+    finally:
+        server.kill()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert took < SHUTDOWN_GRACE, "clients that closed at once did not make the server wait"
+
+
+def test_server_logs_joins_and_leaves_but_never_message_text(cert_dir: Path) -> None:
+    server = ServerProcess(
+        [
+            *CHATSECURE,
+            "server",
+            "--cert",
+            str(cert_dir / "server.crt"),
+            "--key",
+            str(cert_dir / "server.key"),
+        ]
+    )
+    try:
+        with joined("127.0.0.1", server.port, "alice", "bob") as (alice, bob):
+            alice.send({"type": "msg", "text": "secret words"})
+            bob.expect("msg")
+            alice.send({"type": "quit"})
+            bob.expect("leave")
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0
+    assert "secret words" not in log
+    for expected in ("alice", "bob", "127.0.0.1", "joined", "left"):
+        assert expected in log, f"{expected!r} missing from the log:\n{log}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [SERVER_MODULE, [*CHATSECURE, "server"]],
+    ids=["python-m-chatsecure.server", "chatsecure-server"],
+)
+def test_first_start_in_an_empty_folder_makes_a_certificate(
+    tmp_path: Path, command: list[str]
+) -> None:
+    server = ServerProcess(command, cwd=tmp_path)
+    try:
+        cert = tmp_path / "certs" / "server.crt"
+        key = tmp_path / "certs" / "server.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert server.fingerprint == certs.cert_fingerprint(cert)
+        with RawClient("127.0.0.1", server.port) as client:
+            presented = client.sock.getpeercert(binary_form=True)
+            assert presented is not None
+            assert certs.fingerprint(presented) == server.fingerprint
+            client.join("alice")
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0
+    assert "generated" in log
+    assert str(Path("certs") / "server.crt") in log
+
+
+def test_second_start_reuses_the_certificate(tmp_path: Path) -> None:
+    first = ServerProcess(SERVER_MODULE, cwd=tmp_path)
+    try:
+        first.stop()
+    finally:
+        first.kill()
+    second = ServerProcess(SERVER_MODULE, cwd=tmp_path)
+    try:
+        _, log = second.stop()
+    finally:
+        second.kill()
+    assert second.fingerprint == first.fingerprint
+    assert "generated" not in log
