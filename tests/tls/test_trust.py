@@ -97,8 +97,12 @@ def test_first_use_pins_with_accept_new(store: KnownServers) -> None:
 def test_pinned_match_passes_silently(store: KnownServers) -> None:
     store.pin("host", 7467, OLD)
     asked: list[TrustQuestion] = []
-    policy = TrustPolicy(store, ask=lambda q: asked.append(q) or False)
-    policy.verify("host", 7467, OLD)
+
+    def ask(question: TrustQuestion) -> bool:
+        asked.append(question)
+        return False
+
+    TrustPolicy(store, ask=ask).verify("host", 7467, OLD)
     assert asked == []
 
 
