@@ -185,7 +185,8 @@ def describe_error(exc: BaseException) -> str:
         case ssl.SSLCertVerificationError():
             return f"certificate verification failed: {exc.verify_message}"
         case ssl.SSLError():
-            return f"TLS failure: {exc.reason or exc}"
+            # Errors from OpenSSL carry ``reason``; an SSLError made in Python code does not.
+            return f"TLS failure: {getattr(exc, 'reason', None) or exc}"
         case ConnectionResetError() | BrokenPipeError():
             return "the connection was reset"
         case OSError():
