@@ -220,6 +220,9 @@ class ChatClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
+        self._stop_requested: asyncio.Event | None = None
+        """Set by ``quit``, so that a reconnect backoff ends at once instead of sleeping on."""
+        self._welcomes = 0
         self._started = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main, name="chatsecure-net", daemon=True
@@ -273,8 +276,10 @@ class ChatClient:
         self.events.put(event)
 
     async def _run(self) -> None:
+        self._stop_requested = asyncio.Event()
         attempt = 0
         while True:
+            welcomes = self._welcomes
             try:
                 await self._session()
             except TrustError as exc:
@@ -287,13 +292,16 @@ class ChatClient:
             if self._stopping:
                 self._emit(Disconnected("you left the chat", error=False))
                 return
+            if self._welcomes > welcomes:
+                attempt = 0  # that session worked: a new drop starts the backoff afresh
             if not (self.reconnect and self.me is not None) or attempt >= MAX_RETRIES:
                 self._emit(Disconnected(reason, error=True))
                 return
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             attempt += 1
             self._emit(Reconnecting(attempt, delay, reason))
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
             if self._stopping:
                 self._emit(Disconnected("you left the chat", error=False))
                 return
@@ -345,6 +353,7 @@ class ChatClient:
                 self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
             )
             self.me = welcome.you
+            self._welcomes += 1
             version = writer.get_extra_info("ssl_object").version() or "TLS"
             host, port = self.target.host, self.target.port
             self._emit(Connected(welcome, host, port, version, presented))
@@ -391,6 +400,8 @@ class ChatClient:
 
     def _quit(self) -> None:
         self._stopping = True
+        if self._stop_requested is not None:
+            self._stop_requested.set()
         writer = self._writer
         if writer is None:
             return  # still connecting: _session quits right after welcome, _run stops

@@ -1,0 +1,521 @@
+"""The desktop client's behaviour without a screen: form, transcript, roster, state machine,
+trust dialog text and the thread bridge, nickname memory, and the controller on a real server."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chatsecure.client.core import Connected, Disconnected, Received, Reconnecting
+from chatsecure.client.state import (
+    ChatModel,
+    ConnectRequest,
+    Controller,
+    GuiOptions,
+    Line,
+    Phase,
+    Roster,
+    TrustBridge,
+    remember_nick,
+    remembered_nick,
+    short_fingerprint,
+    trust_prompt,
+    validate_form,
+)
+from chatsecure.protocol import limits
+from chatsecure.protocol.messages import (
+    Chat,
+    Error,
+    Join,
+    Leave,
+    Peer,
+    Pong,
+    ServerInfo,
+    Shutdown,
+    Welcome,
+)
+from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls.trust import KnownServers, TrustQuestion
+
+FP = "SHA256:qd11Mv3IYZlmGAyerL06S5VFZ5AXv+TuqPcd5YM53Gc"
+OLD_FP = "SHA256:" + "A" * 43
+ALICE = Peer("1", "alice", "192.168.1.20")
+BOB = Peer("2", "bob", "192.168.1.21")
+CAROL = Peer("3", "carol", "10.0.0.7")
+T = 1_700_000_000.0  # a fixed time, so the lines are predictable
+STAMP = time.strftime("%H:%M:%S", time.localtime(T))
+
+
+def welcome(you: Peer = ALICE, *peers: Peer, name: str = "lab") -> Connected:
+    info = ServerInfo(name, "1.0")
+    return Connected(Welcome(you, peers, info), "192.168.1.5", 7467, "TLSv1.3", FP)
+
+
+def chatting(*peers: Peer) -> ChatModel:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    model.apply(welcome(ALICE, *peers), T)
+    return model
+
+
+# --- the connect form -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "want"),
+    [
+        ("192.168.1.5", "7467", ("192.168.1.5", 7467)),
+        ("  chat.example.org ", "9000", ("chat.example.org", 9000)),
+        ("10.0.0.5:7000", "", ("10.0.0.5", 7000)),  # a port in the host wins
+        ("[fe80::1]:7001", "7467", ("fe80::1", 7001)),
+        ("fe80::1", "7467", ("fe80::1", 7467)),
+        ("[::1]", "8000", ("::1", 8000)),
+    ],
+)
+def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int]) -> None:
+    result = validate_form(host, port, " alice ")
+    assert result.errors == {}
+    assert result.request == ConnectRequest(*want, "alice")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "nick", "field", "says"),
+    [
+        ("", "7467", "a", "host", "Enter the server's IP address"),
+        ("my host", "7467", "a", "host", "Not an IP address"),
+        ("host/x", "7467", "a", "host", "Not an IP address"),
+        ("host:99999", "7467", "a", "host", "Port must be a number"),
+        ("host", "", "a", "port", "Enter a port (the default is 7467)"),
+        ("host", "0", "a", "port", "from 1 to 65535"),
+        ("host", "65536", "a", "port", "from 1 to 65535"),
+        ("host", "12a", "a", "port", "from 1 to 65535"),
+        ("host", "7467", "", "nick", "1 to 32 visible characters"),
+        ("host", "7467", "\u202e\u200b ", "nick", "visible characters"),
+        ("host", "7467", "x" * 33, "nick", "visible characters"),
+    ],
+)
+def test_form_errors_name_the_field(host: str, port: str, nick: str, field: str, says: str) -> None:
+    result = validate_form(host, port, nick)
+    assert result.request is None
+    assert list(result.errors) == [field]
+    assert says in result.errors[field]  # type: ignore[index]
+
+
+def test_form_reports_every_bad_field_at_once() -> None:
+    assert set(validate_form("", "x", "").errors) == {"host", "port", "nick"}
+
+
+def test_form_keeps_the_advertised_fingerprint() -> None:
+    request = validate_form("10.0.0.9", "7467", "bob", advertised=FP).request
+    assert request is not None
+    target = request.target(GuiOptions(cafile=Path("ca.pem")))
+    assert (target.host, target.port, target.advertised, target.cafile) == (
+        "10.0.0.9",
+        7467,
+        FP,
+        Path("ca.pem"),
+    )
+
+
+# --- transcript lines -------------------------------------------------------------------
+
+
+def test_chat_line_shows_time_nick_and_ip() -> None:
+    model = chatting(BOB)
+    (line,) = model.apply(Received(Chat(BOB, "hello", T)), T)
+    assert line.kind == "chat"
+    assert str(line) == f"[{STAMP}] bob (192.168.1.21): hello"
+    assert [style for _, style in line.segments()] == ["time", "nick", "addr", "body", "body"]
+
+
+def test_join_and_leave_lines_have_their_own_kind_and_words() -> None:
+    model = chatting()
+    (joined,) = model.apply(Received(Join(BOB)), T)
+    assert (joined.kind, str(joined)) == ("join", f"[{STAMP}] → bob (192.168.1.21) joined")
+    (left,) = model.apply(Received(Leave(BOB, "timeout")), T)
+    assert (left.kind, str(left)) == ("leave", f"[{STAMP}] ← bob (192.168.1.21) left (timed out)")
+    (odd,) = model.apply(Received(Leave(CAROL, "cosmic\nray")), T)
+    assert str(odd).endswith("left (cosmic\\nray)")  # nothing can fake a new line
+
+
+def test_a_nick_or_text_cannot_fake_a_line() -> None:
+    model = chatting()
+    evil = Peer("9", "eve\n[12:00:00] bob", "10.0.0.66")
+    (line,) = model.apply(Received(Chat(evil, "hi\u202eolleh", T)), T)
+    assert "\n" not in str(line)
+    assert "\u202e" not in str(line)
+    assert "eve\\n[12:00:00] bob (10.0.0.66): hi\\u202eolleh" in str(line)
+
+
+def test_server_errors_and_shutdown_are_error_lines() -> None:
+    model = chatting()
+    (refused,) = model.apply(Received(Error("text_too_long", "text longer than 10")), T)
+    assert refused.kind == "error"
+    assert "The server refused: text longer than 10 (text_too_long)." in str(refused)
+    (bye,) = model.apply(Received(Shutdown()), T)
+    assert (bye.kind, bye.text) == ("error", "The server is shutting down.")
+    assert model.apply(Received(Pong()), T) == []
+
+
+# --- own messages -----------------------------------------------------------------------
+
+
+def test_own_message_is_sent_and_shown_as_own() -> None:
+    model = chatting(BOB)
+    out = model.outgoing("hello bob", T)
+    assert out.send == "hello bob"
+    assert out.clear
+    assert out.line == Line("own", STAMP, "hello bob", "alice", "192.168.1.20")
+
+
+def test_quit_alone_quits_and_other_texts_do_not() -> None:
+    model = chatting()
+    assert model.outgoing("  quit ").quit
+    assert model.outgoing("quit now").send == "quit now"
+    assert model.outgoing("   ") == model.outgoing("")
+    assert model.outgoing("").send is None
+
+
+def test_too_long_message_is_not_sent_and_kept() -> None:
+    out = chatting().outgoing("x" * (limits.MAX_TEXT + 1))
+    assert out.send is None
+    assert not out.clear
+    assert out.line is not None
+    assert out.line.kind == "error"
+    assert "Too long to send" in out.line.text
+
+
+def test_message_while_reconnecting_is_refused_and_kept() -> None:
+    model = chatting()
+    model.apply(Reconnecting(1, 1.0, "the connection was reset"), T)
+    out = model.outgoing("anyone?")
+    assert (out.send, out.clear) == (None, False)
+    assert out.line is not None
+    assert "Not connected" in out.line.text
+
+
+# --- the user list ----------------------------------------------------------------------
+
+
+def test_roster_lists_you_first_then_everyone_by_nick() -> None:
+    roster = Roster()
+    roster.reset(BOB, [CAROL, ALICE])
+    assert [row.text for row in roster.rows()] == [
+        "bob (192.168.1.21)  — you",
+        "alice (192.168.1.20)",
+        "carol (10.0.0.7)",
+    ]
+    assert [row.me for row in roster.rows()] == [True, False, False]
+
+
+def test_roster_follows_welcome_join_and_leave() -> None:
+    model = chatting(BOB)
+    assert [r.peer_id for r in model.roster.rows()] == ["1", "2"]
+    model.apply(Received(Join(CAROL)), T)
+    assert [r.peer_id for r in model.roster.rows()] == ["1", "2", "3"]
+    model.apply(Received(Leave(BOB, "quit")), T)
+    assert [r.peer_id for r in model.roster.rows()] == ["1", "3"]
+    model.apply(Received(Leave(BOB, "quit")), T)  # a repeated leave changes nothing
+    assert len(model.roster) == 2
+
+
+# --- the state machine ------------------------------------------------------------------
+
+
+def test_connect_then_chat() -> None:
+    model = ChatModel()
+    assert (model.phase, model.phase.view, model.status()) == (
+        Phase.CONNECT,
+        "connect",
+        "Not connected",
+    )
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    assert model.phase is Phase.CONNECTING
+    assert model.notice is not None
+    assert model.notice.text == "Connecting to 192.168.1.5:7467…"
+    assert model.status() == "Connecting to 192.168.1.5:7467…"
+    lines = model.apply(welcome(ALICE, BOB, CAROL), T)
+    assert model.phase is Phase.CHAT
+    assert model.phase.view == "chat"
+    assert model.notice is None
+    assert [line.text for line in lines] == [
+        "Connected to 'lab' at 192.168.1.5:7467 as alice (TLSv1.3).",
+        "Here: bob (192.168.1.21), carol (10.0.0.7).",
+    ]
+    assert model.status() == (
+        f"lab at 192.168.1.5:7467 · you are alice · TLSv1.3 · {short_fingerprint(FP)} · 3 here"
+    )
+    assert model.title() == "alice @ lab — chatsecure"
+
+
+def test_alone_in_the_room_and_a_taken_nick_are_said() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    renamed = Peer("1", "alice_2", "192.168.1.20")
+    texts = [line.text for line in model.apply(welcome(renamed), T)]
+    assert "The nick 'alice' was taken; you are 'alice_2'." in texts
+    assert "Nobody else is here yet." in texts
+
+
+def test_drop_reconnect_and_recover() -> None:
+    model = chatting(BOB)
+    (line,) = model.apply(Reconnecting(2, 4.0, "the connection was reset"), T)
+    assert model.phase is Phase.RECONNECTING
+    assert model.phase.view == "chat"
+    assert line.kind == "error"
+    assert model.banner == (
+        "Connection lost (the connection was reset). Reconnecting in 4 s (attempt 2 of 20)…"
+    )
+    assert model.status().startswith("Reconnecting… · lab at 192.168.1.5:7467")
+    lines = model.apply(welcome(ALICE, CAROL), T)
+    assert model.phase is Phase.CHAT
+    assert model.banner is None
+    assert lines[0].text.startswith("Reconnected to 'lab'")
+    assert [r.peer_id for r in model.roster.rows()] == ["1", "3"]  # who is here now
+
+
+def test_connection_ending_keeps_the_chat_view_until_back() -> None:
+    model = chatting(BOB)
+    (line,) = model.apply(Disconnected("the server shut down", error=False), T)
+    assert model.phase is Phase.ENDED
+    assert model.phase.view == "chat"
+    assert (line.kind, line.text) == ("info", "Disconnected: the server shut down.")
+    assert model.status().startswith("Disconnected · ")
+    assert [r.peer_id for r in model.roster.rows()] == ["1"]
+    model.left()
+    assert model.phase is Phase.CONNECT
+    assert model.notice is None  # nothing to say: the user saw why already
+
+
+def test_leaving_says_so_on_the_connect_view() -> None:
+    model = chatting()
+    model.left()
+    assert model.phase is Phase.CONNECT
+    assert model.notice is not None
+    assert model.notice.text == "You left 'lab'."
+    assert len(model.roster) == 0
+
+
+def test_connect_failure_goes_back_with_the_reason() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.9.9.9", 7467, "alice"))
+    assert model.apply(Disconnected("timed out: the server did not answer", error=True), T) == []
+    assert model.phase is Phase.CONNECT
+    assert model.notice is not None
+    assert model.notice.kind == "error"
+    assert model.notice.text == (
+        "Could not connect to 10.9.9.9:7467: timed out: the server did not answer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pinned", "says"),
+    [(None, "you did not trust 10.0.0.2:7467"), (OLD_FP, "has changed and you kept the old pin")],
+)
+def test_declined_trust_is_explained_in_gui_words(pinned: str | None, says: str) -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice"))
+    model.declined = TrustQuestion("10.0.0.2", 7467, FP, pinned)
+    model.apply(Disconnected("long terminal advice with --fingerprint", error=True), T)
+    assert model.notice is not None
+    assert says in model.notice.text
+    assert "--fingerprint" not in model.notice.text
+
+
+def test_cancel_while_connecting() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice"))
+    model.cancelled()
+    assert model.phase is Phase.CONNECT
+    assert model.notice is not None
+    assert model.notice.text == "Connection cancelled."
+
+
+def test_ipv6_server_is_written_with_brackets() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("fe80::1", 7467, "alice"))
+    assert model.status() == "Connecting to [fe80::1]:7467…"
+
+
+# --- trust dialogs ----------------------------------------------------------------------
+
+
+def test_first_contact_prompt() -> None:
+    prompt = trust_prompt(TrustQuestion("10.0.0.2", 7467, FP))
+    assert (prompt.danger, prompt.accept, prompt.cancel, prompt.confirm) == (
+        False,
+        "Trust",
+        "Cancel",
+        None,
+    )
+    assert prompt.heading == "First connection to 10.0.0.2:7467"
+    assert prompt.fingerprint == FP
+    assert prompt.advertised_note is None
+
+
+def test_first_contact_prompt_says_whether_discovery_agrees() -> None:
+    same = trust_prompt(TrustQuestion("10.0.0.2", 7467, FP, advertised=FP))
+    assert same.advertised_note is not None
+    assert "matches" in same.advertised_note
+    other = trust_prompt(TrustQuestion("10.0.0.2", 7467, FP, advertised=OLD_FP))
+    assert other.advertised_note is not None
+    assert "does NOT match" in other.advertised_note
+
+
+def test_changed_certificate_prompt_is_a_loud_warning_with_both_fingerprints() -> None:
+    prompt = trust_prompt(TrustQuestion("10.0.0.2", 7467, FP, pinned=OLD_FP))
+    assert prompt.danger
+    assert "WARNING" in prompt.heading
+    assert "has changed" in prompt.heading
+    assert (prompt.fingerprint, prompt.pinned) == (FP, OLD_FP)
+    assert prompt.accept == "Replace pin and connect"
+    assert prompt.confirm is not None  # an explicit tick before the pin can be replaced
+
+
+def run_ask(bridge: TrustBridge, question: TrustQuestion) -> tuple[threading.Thread, list[bool]]:
+    answers: list[bool] = []
+    thread = threading.Thread(target=lambda: answers.append(bridge.ask(question)))
+    thread.start()
+    return thread, answers
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("yes", [True, False])
+def test_bridge_carries_the_question_and_the_answer(yes: bool) -> None:
+    bridge = TrustBridge()
+    question = TrustQuestion("10.0.0.2", 7467, FP)
+    thread, answers = run_ask(bridge, question)
+    wait_for(lambda: not bridge.questions.empty())
+    pending = bridge.next()
+    assert pending is not None
+    assert pending.question == question
+    assert pending.prompt.heading.startswith("First connection")
+    assert thread.is_alive()  # the network thread waits for the user
+    pending.answer(yes)
+    thread.join(5)
+    assert answers == [yes]
+    assert bridge.next() is None
+
+
+def test_bridge_close_says_no_to_waiting_and_later_questions() -> None:
+    bridge = TrustBridge()
+    question = TrustQuestion("10.0.0.2", 7467, FP)
+    thread, answers = run_ask(bridge, question)
+    wait_for(lambda: not bridge.questions.empty())
+    bridge.close()
+    thread.join(5)
+    assert answers == [False]
+    assert bridge.next() is None  # the answered question is not offered any more
+    assert bridge.ask(question) is False  # at once, no waiting
+
+
+def test_bridge_gives_up_after_its_timeout() -> None:
+    bridge = TrustBridge(timeout=0.05)
+    started = time.monotonic()
+    assert bridge.ask(TrustQuestion("10.0.0.2", 7467, FP)) is False
+    assert time.monotonic() - started < 2
+
+
+# --- small things -----------------------------------------------------------------------
+
+
+def test_nickname_is_remembered(chatsecure_home: Path) -> None:
+    remember_nick("zoe")
+    assert (chatsecure_home / "nick").read_text() == "zoe\n"
+    assert remembered_nick() == "zoe"
+
+
+def test_without_a_remembered_nick_the_login_name_is_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGNAME", "dana")
+    monkeypatch.setenv("USER", "dana")
+    assert remembered_nick(tmp_path) == "dana"
+
+
+def test_short_fingerprint() -> None:
+    assert short_fingerprint(FP) == "SHA256:qd11Mv3IYZlm…"
+
+
+# --- the controller on a real server (no screen) ---------------------------------------
+
+
+def poll_until(controller: Controller, condition: Callable[[], bool]) -> list[Line]:
+    lines: list[Line] = []
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out in {controller.model.phase}"
+        lines += controller.poll().lines
+        time.sleep(0.005)
+    return lines
+
+
+def test_controller_connects_chats_and_quits(server: ServerThread) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+        lines = poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+        assert lines[0].text.startswith("Connected to 'test' at 127.0.0.1:")
+        assert remembered_nick() == "alice"
+        bob.expect("join")
+        out = controller.submit("hi bob")
+        assert out.line is not None
+        assert out.line.kind == "own"
+        assert bob.expect("msg")["text"] == "hi bob"
+        bob.send({"type": "msg", "text": "hi alice"})
+        seen: list[Line] = []
+
+        def heard() -> bool:
+            seen.extend(controller.poll().lines)
+            return any(line.kind == "chat" and line.text == "hi alice" for line in seen)
+
+        wait_for(heard)
+        controller.submit("quit")
+        assert controller.model.phase is Phase.CONNECT
+        assert bob.expect("leave")["reason"] == "quit"
+        wait_for(lambda: not controller.busy)
+
+
+def test_controller_asks_and_a_no_connects_nothing(server: ServerThread) -> None:
+    controller = Controller(GuiOptions(discovery=False))
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+    pending = None
+
+    def asked() -> bool:
+        nonlocal pending
+        controller.poll()
+        pending = controller.next_question()
+        return pending is not None
+
+    wait_for(asked)
+    assert pending is not None
+    assert pending.question.fingerprint == server.fingerprint
+    controller.answer(pending, False)
+    poll_until(controller, lambda: controller.model.phase is Phase.CONNECT)
+    assert controller.model.notice is not None
+    assert re.search(r"you did not trust 127\.0\.0\.1:\d+", controller.model.notice.text)
+    assert KnownServers().get("127.0.0.1", server.port) is None
+    assert server.online() == []
+    wait_for(lambda: not controller.busy)
+
+
+def test_controller_close_while_asking_unblocks_the_network_thread(server: ServerThread) -> None:
+    controller = Controller(GuiOptions(discovery=False))
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+    wait_for(lambda: controller.bridge is not None and not controller.bridge.questions.empty())
+    started = time.monotonic()
+    controller.close()
+    assert not controller.busy
+    assert time.monotonic() - started < 2
