@@ -1,0 +1,264 @@
+"""ChatClient, the client core, against a real server: the events a front end sees."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from chatsecure.client.core import (
+    ChatClient,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    Received,
+    Reconnecting,
+    Target,
+)
+from chatsecure.protocol.limits import MAX_FRAME
+from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
+from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls import certs
+from chatsecure.tls.trust import KnownServers, TrustPolicy, TrustQuestion
+
+E = TypeVar("E")
+MakeClient = Callable[..., ChatClient]
+
+
+@pytest.fixture
+def make_client(server: ServerThread) -> Iterator[MakeClient]:
+    """Start ChatClients for ``server`` (or another target); all are closed at the end."""
+    clients: list[ChatClient] = []
+
+    def make(
+        nick: str = "bob",
+        *,
+        policy: TrustPolicy | None = None,
+        target: Target | None = None,
+        **options: Any,
+    ) -> ChatClient:
+        client = ChatClient(
+            target or Target(server.host, server.port),
+            nick,
+            policy or TrustPolicy(KnownServers(), accept_new=True),
+            **options,
+        )
+        clients.append(client)
+        client.start()
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+        assert not client.alive, "the network thread ended"
+
+
+def next_event(client: ChatClient, kind: type[E], timeout: float = 5.0) -> E:
+    """The next event of ``client``, which must be a ``kind``."""
+    try:
+        event: ClientEvent = client.events.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no {kind.__name__} event in {timeout} s") from None
+    assert isinstance(event, kind), f"expected {kind.__name__}, got {event!r}"
+    return event
+
+
+def received(client: ChatClient, kind: type[E]) -> E:
+    message = next_event(client, Received).message
+    assert isinstance(message, kind), f"expected {kind.__name__}, got {message!r}"
+    return message
+
+
+def no_more_events(client: ChatClient, wait: float = 0.2) -> bool:
+    try:
+        event = client.events.get(timeout=wait)
+    except queue.Empty:
+        return True
+    raise AssertionError(f"unexpected event {event!r}")
+
+
+def test_connects_pins_and_reports_the_welcome(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob")
+        connected = next_event(client, Connected)
+        assert connected.welcome.you.nick == "bob"
+        assert [p.nick for p in connected.welcome.peers] == ["alice"]
+        assert connected.fingerprint == server.fingerprint
+        assert connected.tls_version in {"TLSv1.2", "TLSv1.3"}
+        assert (connected.host, connected.port) == (server.host, server.port)
+        assert KnownServers().get(server.host, server.port) == server.fingerprint
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+
+
+def test_chats_both_ways_with_a_raw_client(server: ServerThread, make_client: MakeClient) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob")
+        next_event(client, Connected)
+        alice.expect("join")
+        client.send("hello alice")
+        frame = alice.expect("msg")
+        assert frame["text"] == "hello alice"
+        assert frame["from"]["nick"] == "bob"
+        alice.send({"type": "msg", "text": "hi bob"})
+        chat = received(client, Chat)
+        assert chat.text == "hi bob"
+        assert chat.sender.nick == "alice"
+        assert chat.sender.addr == "127.0.0.1"
+        assert no_more_events(client), "our own message does not come back"
+
+
+def test_join_and_leave_of_others_are_events(server: ServerThread, make_client: MakeClient) -> None:
+    client = make_client("bob")
+    next_event(client, Connected)
+    with RawClient(server.host, server.port) as carol:
+        carol.join("carol")
+        assert received(client, Join).peer.nick == "carol"
+        carol.send({"type": "quit"})
+        leave = received(client, Leave)
+        assert leave.peer.nick == "carol"
+        assert leave.reason == "quit"
+
+
+def test_quit_tells_the_server_and_ends_without_error(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob")
+        next_event(client, Connected)
+        alice.expect("join")
+        client.send("quit")
+        assert next_event(client, Disconnected).error is False
+        leave = alice.expect("leave")
+        assert leave["peer"]["nick"] == "bob"
+        assert leave["reason"] == "quit"
+
+
+def test_dropped_connection_without_reconnect_is_an_error(make_client: MakeClient) -> None:
+    client = make_client("bob")
+    next_event(client, Connected)
+    client.send("x" * (MAX_FRAME + 10))  # the server drops a client for an over-long frame
+    assert received(client, Error).code == "frame_too_long"
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert "closed" in disconnected.reason
+    assert no_more_events(client)
+
+
+def test_dropped_connection_with_reconnect_comes_back(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    client = make_client("bob", reconnect=True)
+    next_event(client, Connected)
+    client.send("x" * (MAX_FRAME + 10))
+    received(client, Error)
+    retry = next_event(client, Reconnecting)
+    assert retry.attempt == 1
+    again = next_event(client, Connected, timeout=retry.delay + 5)
+    assert again.welcome.you.nick == "bob"
+    server.wait_online(1)
+
+
+def test_server_shutdown_ends_without_error(
+    start_server: Callable[..., ServerThread], make_client: MakeClient
+) -> None:
+    other = start_server()
+    client = make_client("bob", target=Target(other.host, other.port))
+    next_event(client, Connected)
+    other.stop()
+    assert isinstance(received(client, Shutdown), Shutdown)
+    assert next_event(client, Disconnected).error is False
+
+
+def test_refused_nick_is_reported(make_client: MakeClient) -> None:
+    client = make_client("   ")
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert "bad_nick" in disconnected.reason
+
+
+def test_nobody_listening_is_reported(make_client: MakeClient) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = make_client("bob", target=Target("127.0.0.1", port))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert "refused" in disconnected.reason
+
+
+# --- trust ------------------------------------------------------------------------------
+
+
+def test_unknown_server_is_refused_without_a_way_to_ask_and_nothing_is_sent(
+    server: ServerThread, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatsecure.server")
+    client = make_client("bob", policy=TrustPolicy(KnownServers()))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert server.fingerprint in disconnected.reason
+    assert KnownServers().get(server.host, server.port) is None
+    assert server.online() == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("TLS connection from" in m for m in messages), "the client did connect"
+    assert not any("joined" in m or "refused frame" in m for m in messages), messages
+
+
+def test_user_is_asked_once_and_the_answer_pins(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    questions: list[TrustQuestion] = []
+
+    def ask(question: TrustQuestion) -> bool:
+        questions.append(question)
+        return True
+
+    client = make_client("bob", policy=TrustPolicy(KnownServers(), ask=ask))
+    next_event(client, Connected)
+    assert [(q.host, q.port, q.fingerprint) for q in questions] == [
+        (server.host, server.port, server.fingerprint)
+    ]
+    assert KnownServers().get(server.host, server.port) == server.fingerprint
+
+
+def test_pinned_server_connects_without_asking(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    KnownServers().pin(server.host, server.port, server.fingerprint)
+
+    def ask(question: TrustQuestion) -> bool:
+        raise AssertionError(f"asked about a pinned server: {question}")
+
+    client = make_client("bob", policy=TrustPolicy(KnownServers(), ask=ask))
+    next_event(client, Connected)
+
+
+def test_changed_certificate_is_refused(server: ServerThread, make_client: MakeClient) -> None:
+    wrong = certs.fingerprint(b"the certificate we saw last time")
+    KnownServers().pin(server.host, server.port, wrong)
+    client = make_client("bob", policy=TrustPolicy(KnownServers(), accept_new=True))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert wrong in disconnected.reason
+    assert server.fingerprint in disconnected.reason
+    assert "chatsecure forget" in disconnected.reason
+    assert KnownServers().get(server.host, server.port) == wrong
+    assert server.online() == []
+
+
+def test_cafile_verifies_without_pinning(
+    server: ServerThread, make_client: MakeClient, cert_dir: Any
+) -> None:
+    target = Target("localhost", server.port, cafile=cert_dir / "server.crt")
+    client = make_client("bob", target=target, policy=TrustPolicy(KnownServers()))
+    next_event(client, Connected)
+    assert not KnownServers().path.exists()

@@ -1,0 +1,118 @@
+"""What the client shows: targets people type, transcript lines, error sentences."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from chatsecure.client.core import describe_error, format_message, parse_target, safe_text
+from chatsecure.errors import TrustError
+from chatsecure.protocol.limits import DEFAULT_PORT
+from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Pong, Shutdown
+
+ALICE = Peer("1", "alice", "192.168.1.20")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("192.168.1.20", ("192.168.1.20", DEFAULT_PORT)),
+        ("192.168.1.20:9000", ("192.168.1.20", 9000)),
+        (" chat.local:1 ", ("chat.local", 1)),
+        ("::1", ("::1", DEFAULT_PORT)),
+        ("fe80::1%eth0", ("fe80::1%eth0", DEFAULT_PORT)),
+        ("[::1]", ("::1", DEFAULT_PORT)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
+def test_parse_target(text: str, expected: tuple[str, int]) -> None:
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1"])
+def test_parse_target_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        parse_target(text)
+
+
+def test_chat_line_has_time_nick_address_and_text() -> None:
+    ts = time.mktime((2026, 1, 2, 13, 4, 5, 0, 0, -1))
+    line = format_message(Chat(ALICE, "hello there", ts))
+    assert line == "[13:04:05] alice (192.168.1.20): hello there"
+
+
+def test_join_leave_error_and_shutdown_lines() -> None:
+    ts = time.mktime((2026, 1, 2, 8, 0, 0, 0, 0, -1))
+    assert format_message(Join(ALICE), ts) == "[08:00:00] * alice (192.168.1.20) joined"
+    assert (
+        format_message(Leave(ALICE, "quit"), ts) == "[08:00:00] * alice (192.168.1.20) left (quit)"
+    )
+    assert format_message(Error("text_too_long", "too long"), ts) == (
+        "[08:00:00] ! server refused: too long (text_too_long)"
+    )
+    assert format_message(Shutdown(), ts) == "[08:00:00] ! the server is shutting down"
+    assert format_message(Pong(), ts) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "two\nlines",
+        "fake\r[12:00:00] admin: hi",
+        "\x1b[2Jclear screen",
+        "\u202eevil",
+        "zero\u200bwidth",
+        "\u2028separator",
+    ],
+)
+def test_nothing_in_a_message_can_fake_a_line_or_reorder_it(text: str) -> None:
+    line = format_message(Chat(ALICE, text, 0.0))
+    assert line is not None
+    assert line.isprintable(), repr(line)
+
+
+def test_plain_text_is_shown_as_it_is() -> None:
+    assert safe_text("héllo, wörld ✓ 李") == "héllo, wörld ✓ 李"
+
+
+def test_nick_is_made_safe_too() -> None:
+    line = format_message(Join(Peer("2", "mal\nlory", "::1")), 0.0)
+    assert line is not None
+    assert line.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (TrustError("certificate changed"), "certificate changed"),
+        (socket.gaierror(-2, "Name or service not known"), "unknown host"),
+        (ConnectionRefusedError(111, "refused"), "no chatsecure server"),
+        (TimeoutError(), "timed out"),
+        (ConnectionResetError(104, "reset"), "reset"),
+        (BrokenPipeError(32, "pipe"), "reset"),
+        (ssl.SSLError(1, "wrong version"), "TLS failure"),
+        (OSError(113, "No route to host"), "No route to host"),
+        (ValueError("odd"), "odd"),
+    ],
+)
+def test_describe_error_gives_a_sentence(exc: BaseException, words: str) -> None:
+    assert words in describe_error(exc)
+
+
+def test_describe_error_of_a_real_tls_failure() -> None:
+    """A TLS client that meets something that is not TLS (here: the other end of a pipe)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with pytest.raises(ssl.SSLError) as info:
+            ctx.wrap_socket(ours, server_hostname=None)
+    sentence = describe_error(info.value)
+    assert sentence.startswith("TLS failure: ")
+    assert "WRONG_VERSION_NUMBER" in sentence or "wrong version" in sentence.lower()
