@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust(connect)
     _add_logging(connect)
 
+    gui = sub.add_parser("gui", help="the desktop client (what runs without a COMMAND)")
+    gui.add_argument(
+        "target", metavar="HOST[:PORT]", nargs="?", help="fill in this server and connect at once"
+    )
+    gui.add_argument("--nick", help="your nick (default: the one you used last time)")
+    gui.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="do not look for servers on this network (mDNS); type an address instead",
+    )
+    _add_trust(gui)
+    _add_logging(gui)
+
     gencert = sub.add_parser("gencert", help="make a self-signed server certificate")
     add_gencert_arguments(gencert)
 
@@ -114,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        args = parser.parse_args(["gui"])  # a desktop shortcut runs plain `chatsecure`
     configure_logging(args)
     try:
         return COMMANDS[args.command](args)
@@ -185,6 +197,28 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return run(client, sys.stdin, sys.stdout, sys.stderr)
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from chatsecure.client.state import GuiOptions
+    from chatsecure.settings import read_password
+
+    try:
+        from chatsecure.gui.app import run
+    except ImportError as exc:  # Debian ships Tk for Python separately
+        raise ChatError(f"the desktop client needs Tk ({exc}): install python3-tk") from None
+    options = GuiOptions(
+        target=args.target,
+        nick=args.nick,
+        discovery=not args.no_discovery,
+        cafile=args.cafile,
+        fingerprint=certs.normalize_fingerprint(args.fingerprint) if args.fingerprint else None,
+        accept_new=args.accept_new,
+        cert=args.cert,
+        key=args.key,
+        password=read_password(args.password_file) if args.password_file else None,
+    )
+    return run(options)
+
+
 def cmd_gencert(args: argparse.Namespace) -> int:
     if args.client or args.ca:
         if not (args.client and args.ca):
@@ -215,6 +249,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 COMMANDS = {
     "server": cmd_server,
     "connect": cmd_connect,
+    "gui": cmd_gui,
     "gencert": cmd_gencert,
     "forget": cmd_forget,
 }

@@ -1,0 +1,1 @@
+"""The Tk desktop client (``chatsecure gui``)."""

@@ -1,0 +1,685 @@
+"""The desktop client's window: Tk widgets and their wiring, nothing more.
+
+What the window does lives in ``chatsecure.client.state`` (tested without a screen); this
+module lays out widgets and connects them to it. Tk is touched only from the thread that made
+the root: the network thread and discovery talk to it through queues polled with ``after``.
+
+Widgets have stable names, so tests and tools find them with ``root.nametowidget``:
+``connect.servers.list``, ``connect.form.host|port|nick``, ``connect.form.host_error`` ...,
+``connect.form.buttons.connect``, ``connect.notice``, ``chat.top.leave``, ``chat.banner``,
+``chat.body.log.transcript``, ``chat.body.side.users``, ``chat.bottom.message``,
+``chat.bottom.send``, ``status``, and the trust dialog ``trust`` with ``trust.body.fingerprint``
+(and ``trust.body.pinned``), ``trust.buttons.accept``,
+``trust.buttons.cancel`` and, for a changed certificate, ``trust.confirm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import tkinter as tk
+from collections.abc import Callable
+from tkinter import font as tkfont
+from tkinter import ttk
+
+from chatsecure.client.core import parse_target
+from chatsecure.client.state import (
+    MAX_TRANSCRIPT_LINES,
+    Controller,
+    FormField,
+    GuiOptions,
+    Line,
+    PendingQuestion,
+    Phase,
+    ServerList,
+    ServerRow,
+    remembered_nick,
+    validate_form,
+)
+from chatsecure.errors import ConfigError
+from chatsecure.protocol import limits
+from chatsecure.tls.trust import KnownServers
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 40
+"""How often the Tk thread looks at the client's and discovery's queues."""
+
+PALETTE = {
+    "window": "#f3f4f6",
+    "panel": "#ffffff",
+    "text": "#111827",
+    "muted": "#6b7280",
+    "accent": "#2563eb",
+    "accent_dark": "#1d4ed8",
+    "own_bg": "#eaf1ff",
+    "join": "#15803d",
+    "leave": "#b45309",
+    "error": "#b91c1c",
+    "error_bg": "#fee2e2",
+    "warn_bg": "#fef3c7",
+    "status_bg": "#e5e7eb",
+}
+
+
+class App:
+    """The chatsecure window on ``root``: a connect view, a chat view and a status bar."""
+
+    def __init__(
+        self, root: tk.Tk, options: GuiOptions, *, store: KnownServers | None = None
+    ) -> None:
+        self.root = root
+        self.options = options
+        self.controller = Controller(options, store)
+        self.servers = ServerList()
+        self._dialog: TrustDialog | None = None
+        self._view: str | None = None
+        self._tick: str | None = None
+        self._closed = False
+        self._discovery: Discovery | None = None
+        self.fonts = _fonts(root)
+        _style(root, self.fonts)
+        root.title("chatsecure")
+        root.geometry("900x600")
+        root.minsize(660, 440)
+        root.configure(background=PALETTE["window"])
+        self.status = ttk.Label(root, name="status", style="Status.TLabel", anchor="w")
+        self.status.pack(side="bottom", fill="x")
+        self.connect_view = self._build_connect()
+        self.chat_view = self._build_chat()
+        root.protocol("WM_DELETE_WINDOW", self.close)
+        self._fill_defaults()
+        self._start_discovery()
+        self._render()
+        self._tick = root.after(POLL_MS, self._poll)
+        if options.target:
+            root.after_idle(self._connect)
+
+    # -- layout --------------------------------------------------------------------------
+
+    def _build_connect(self) -> ttk.Frame:
+        view = ttk.Frame(self.root, name="connect", padding=(28, 20, 28, 12))
+        header = ttk.Frame(view, name="header")
+        header.pack(fill="x")
+        ttk.Label(header, text="chatsecure", style="Title.TLabel").pack(side="left")
+        ttk.Label(header, text="secure chat on your network", style="Muted.TLabel").pack(
+            side="left", padx=(12, 0), pady=(8, 0)
+        )
+
+        servers = ttk.LabelFrame(view, name="servers", text=" Servers on this network ")
+        servers.pack(fill="both", expand=True, pady=(16, 12))
+        self.server_list = ttk.Treeview(
+            servers,
+            name="list",
+            columns=("name", "address", "fingerprint"),
+            show="headings",
+            height=5,
+            selectmode="browse",
+        )
+        for column, heading, width in (
+            ("name", "Name", 260),
+            ("address", "Address", 180),
+            ("fingerprint", "Fingerprint", 200),
+        ):
+            self.server_list.heading(column, text=heading, anchor="w")
+            self.server_list.column(column, width=width, anchor="w")
+        bar = ttk.Scrollbar(servers, orient="vertical", command=self.server_list.yview)
+        self.server_list.configure(yscrollcommand=bar.set)
+        self.servers_hint = ttk.Label(servers, name="hint", style="Muted.TLabel")
+        self.servers_hint.pack(side="bottom", fill="x", padx=10, pady=(2, 8))
+        bar.pack(side="right", fill="y", pady=8, padx=(0, 8))
+        self.server_list.pack(side="left", fill="both", expand=True, padx=(8, 0), pady=8)
+        self.server_list.bind("<<TreeviewSelect>>", self._on_server_selected)
+        self.server_list.bind("<Double-1>", self._on_server_chosen)
+        self.server_list.bind("<Return>", self._on_server_chosen)
+
+        form = ttk.LabelFrame(view, name="form", text=" Or type an address ", padding=(12, 8))
+        form.pack(fill="x")
+        form.columnconfigure(2, weight=1)
+        self.entries: dict[FormField, ttk.Entry] = {}
+        self.field_errors: dict[FormField, ttk.Label] = {}
+        rows: tuple[tuple[FormField, str, int], ...] = (
+            ("host", "Host or IP", 28),
+            ("port", "Port", 8),
+            ("nick", "Nickname", 20),
+        )
+        for row, (name, label, width) in enumerate(rows):
+            ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=4)
+            entry = ttk.Entry(form, name=name, width=width, font=self.fonts["body"])
+            entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=4)
+            entry.bind("<Return>", lambda _e: self._connect())
+            error = ttk.Label(form, name=f"{name}_error", style="FieldError.TLabel")
+            error.grid(row=row, column=2, sticky="w")
+            self.entries[name] = entry
+            self.field_errors[name] = error
+
+        buttons = ttk.Frame(form, name="buttons")
+        buttons.grid(row=len(rows), column=1, columnspan=2, sticky="w", padx=(12, 0), pady=(8, 2))
+        self.connect_button = ttk.Button(
+            buttons, name="connect", text="Connect", style="Accent.TButton", command=self._connect
+        )
+        self.connect_button.pack(side="left")
+        self.cancel_button = ttk.Button(buttons, name="cancel", text="Cancel", command=self._cancel)
+        self.notice = ttk.Label(view, name="notice", style="Notice.TLabel", wraplength=820)
+        self.notice.pack(fill="x", pady=(10, 0))
+        self.root.bind("<Escape>", lambda _e: self._cancel())
+        return view
+
+    def _build_chat(self) -> ttk.Frame:
+        view = ttk.Frame(self.root, name="chat", padding=(14, 10, 14, 8))
+        top = ttk.Frame(view, name="top")
+        top.pack(fill="x")
+        self.room_label = ttk.Label(top, name="room", style="Room.TLabel")
+        self.room_label.pack(side="left")
+        self.where_label = ttk.Label(top, name="where", style="Muted.TLabel")
+        self.where_label.pack(side="left", padx=(10, 0), pady=(4, 0))
+        self.leave_button = ttk.Button(
+            top, name="leave", text="Leave", width=8, command=self._leave
+        )
+        self.leave_button.pack(side="right")
+        self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", wraplength=840)
+
+        # Packed before the body, so that a small window shrinks the transcript, not this.
+        bottom = ttk.Frame(view, name="bottom")
+        bottom.pack(side="bottom", fill="x")
+        self.message = ttk.Entry(bottom, name="message", font=self.fonts["body"])
+        self.message.pack(side="left", fill="x", expand=True, ipady=3)
+        self.message.bind("<Return>", lambda _e: self._send())
+        self.send_button = ttk.Button(
+            bottom, name="send", text="Send", style="Accent.TButton", command=self._send
+        )
+        self.send_button.pack(side="left", padx=(8, 0))
+
+        body = ttk.PanedWindow(view, name="body", orient="horizontal")
+        body.pack(fill="both", expand=True, pady=(10, 8))
+        self.body = body
+        log_frame = ttk.Frame(body, name="log", style="Panel.TFrame")
+        self.transcript = tk.Text(
+            log_frame,
+            name="transcript",
+            wrap="word",
+            state="disabled",
+            height=10,
+            width=60,
+            font=self.fonts["body"],
+            background=PALETTE["panel"],
+            foreground=PALETTE["text"],
+            relief="flat",
+            borderwidth=0,
+            highlightthickness=0,
+            padx=10,
+            pady=8,
+            spacing1=2,
+            spacing3=2,
+            cursor="arrow",
+        )
+        scroll = ttk.Scrollbar(log_frame, orient="vertical", command=self.transcript.yview)
+        self.transcript.configure(yscrollcommand=scroll.set)
+        scroll.pack(side="right", fill="y")
+        self.transcript.pack(side="left", fill="both", expand=True)
+        self._tag_transcript()
+        body.add(log_frame, weight=4)
+
+        side = ttk.Frame(body, name="side", style="Panel.TFrame", padding=(10, 8))
+        self.users_title = ttk.Label(side, name="title", style="PanelHeading.TLabel")
+        self.users_title.pack(fill="x")
+        self.users = tk.Listbox(
+            side,
+            name="users",
+            font=self.fonts["body"],
+            background=PALETTE["panel"],
+            foreground=PALETTE["text"],
+            relief="flat",
+            borderwidth=0,
+            highlightthickness=0,
+            activestyle="none",
+            selectbackground=PALETTE["own_bg"],
+            selectforeground=PALETTE["text"],
+            width=26,
+        )
+        self.users.pack(fill="both", expand=True, pady=(6, 0))
+        body.add(side, weight=1)
+
+        return view
+
+    def _tag_transcript(self) -> None:
+        text = self.transcript
+        bold, italic = self.fonts["bold"], self.fonts["italic"]
+        colours = {
+            "chat": PALETTE["text"],
+            "own": PALETTE["text"],
+            "join": PALETTE["join"],
+            "leave": PALETTE["leave"],
+            "error": PALETTE["error"],
+            "info": PALETTE["muted"],
+        }
+        for kind, colour in colours.items():
+            text.tag_configure(kind, foreground=colour)
+            text.tag_configure(f"{kind}-time", foreground=PALETTE["muted"])
+            text.tag_configure(f"{kind}-addr", foreground=PALETTE["muted"])
+            text.tag_configure(f"{kind}-nick", font=bold)
+            text.tag_configure(f"{kind}-body")
+        for kind in ("join", "leave", "info"):
+            text.tag_configure(f"{kind}-body", font=italic)
+        text.tag_configure("own", background=PALETTE["own_bg"])
+        text.tag_configure("own-nick", foreground=PALETTE["accent_dark"])
+        text.tag_configure("chat-nick", foreground=PALETTE["text"])
+
+    # -- what the user does --------------------------------------------------------------
+
+    def _fill_defaults(self) -> None:
+        host, port = "", str(limits.DEFAULT_PORT)
+        if self.options.target:
+            try:
+                host, number = parse_target(self.options.target)
+                port = str(number)
+            except ValueError:
+                host = self.options.target  # validation will say what is wrong with it
+        self._set_entry("host", host)
+        self._set_entry("port", port)
+        self._set_entry("nick", self.options.nick or remembered_nick())
+
+    def _set_entry(self, name: FormField, value: str) -> None:
+        entry = self.entries[name]
+        entry.delete(0, "end")
+        entry.insert(0, value)
+
+    def _connect(self) -> None:
+        if self._closed or self.controller.model.phase is not Phase.CONNECT:
+            return
+        host, port = self.entries["host"].get(), self.entries["port"].get()
+        row = self._selected_server()
+        advertised = row.fingerprint if row is not None and row.fill() == (host, port) else None
+        result = validate_form(host, port, self.entries["nick"].get(), advertised)
+        for name, label in self.field_errors.items():
+            label.configure(text=result.errors.get(name, ""))
+        if result.request is None:
+            first = next(iter(result.errors))
+            self.entries[first].focus_set()
+            return
+        self.controller.connect(result.request)
+        self._render()
+
+    def _cancel(self) -> None:
+        self.controller.cancel()
+        self._render()
+
+    def _leave(self) -> None:
+        self.controller.leave()
+        self._render()
+
+    def _send(self) -> None:
+        if self.controller.model.phase.view != "chat":
+            return
+        out = self.controller.submit(self.message.get())
+        if out.clear:
+            self.message.delete(0, "end")
+        if out.line is not None:
+            self._append([out.line])
+        self._render()
+
+    def _selected_server(self) -> ServerRow | None:
+        selection = self.server_list.selection()
+        return self.servers.get(selection[0]) if selection else None
+
+    def _on_server_selected(self, _event: object = None) -> None:
+        row = self._selected_server()
+        if row is not None:
+            host, port = row.fill()
+            self._set_entry("host", host)
+            self._set_entry("port", port)
+
+    def _on_server_chosen(self, _event: object = None) -> None:
+        self._on_server_selected()
+        self._connect()
+
+    def close(self) -> None:
+        """Quit cleanly: leave the server, stop discovery, close the window."""
+        if self._closed:
+            return
+        self._closed = True
+        # The window may be gone already (destroyed under us): then only the rest remains.
+        with contextlib.suppress(tk.TclError):
+            if self._tick is not None:
+                self.root.after_cancel(self._tick)
+            if self._dialog is not None:
+                self._dialog.destroy()
+            self.root.withdraw()
+        self._tick = self._dialog = None
+        self.controller.close()
+        if self._discovery is not None:
+            self._discovery.stop()
+        with contextlib.suppress(tk.TclError):
+            self.root.destroy()
+
+    # -- what the network does -----------------------------------------------------------
+
+    def _poll(self) -> None:
+        self._tick = None
+        try:
+            update = self.controller.poll()
+            if update.changed:
+                self._render()
+            if update.lines:
+                self._append(update.lines)
+            self._ask_trust()
+            if self._discovery is not None and self._discovery.poll(self.servers):
+                self._render_servers()
+        finally:
+            if not self._closed:
+                self._tick = self.root.after(POLL_MS, self._poll)
+
+    def _ask_trust(self) -> None:
+        dialog = self._dialog
+        if dialog is not None:
+            if dialog.pending.answered:  # cancelled meanwhile: the question is moot
+                dialog.destroy()
+                self._dialog = None
+            return
+        pending = self.controller.next_question()
+        if pending is not None:
+            self._dialog = TrustDialog(self, pending, self._answered)
+
+    def _answered(self, pending: PendingQuestion, yes: bool) -> None:
+        self.controller.answer(pending, yes)
+        if self._dialog is not None:
+            self._dialog.destroy()
+            self._dialog = None
+
+    # -- drawing -------------------------------------------------------------------------
+
+    def _render(self) -> None:
+        model = self.controller.model
+        view = model.phase.view
+        if view != self._view:
+            self._switch(view)
+        self.root.title(model.title())
+        self.status.configure(text=model.status())
+        if view == "connect":
+            self._render_connect()
+        else:
+            self._render_chat()
+
+    def _switch(self, view: str) -> None:
+        self._view = view
+        if view == "chat":
+            self.connect_view.pack_forget()
+            self._clear_transcript()
+            self.chat_view.pack(fill="both", expand=True)
+            self.message.configure(state="normal")
+            self.message.delete(0, "end")
+            self.message.focus_set()
+        else:
+            self.chat_view.pack_forget()
+            self.connect_view.pack(fill="both", expand=True)
+            self.connect_button.focus_set()
+
+    def _render_connect(self) -> None:
+        model = self.controller.model
+        connecting = model.phase is Phase.CONNECTING
+        self.connect_button.state(["disabled"] if connecting else ["!disabled"])
+        if connecting:
+            self.cancel_button.pack(side="left", padx=(8, 0))
+        else:
+            self.cancel_button.pack_forget()
+        notice = model.notice
+        self.notice.configure(
+            text=notice.text if notice else "",
+            style="NoticeError.TLabel" if notice and notice.kind == "error" else "Notice.TLabel",
+        )
+
+    def _render_chat(self) -> None:
+        model = self.controller.model
+        conn = model.connection
+        if conn is not None:
+            self.room_label.configure(text=conn.welcome.server.name or model.where)
+            self.where_label.configure(text=model.where)
+        if model.banner:
+            style = "Error.TLabel" if model.phase is Phase.ENDED else "Warn.TLabel"
+            self.banner.configure(text=model.banner, style=style)
+            self.banner.pack(fill="x", pady=(8, 0), before=self.body)
+        else:
+            self.banner.pack_forget()
+        ended = model.phase is Phase.ENDED
+        self.leave_button.configure(text="Back" if ended else "Leave")
+        self.message.configure(state="disabled" if ended else "normal")
+        self.send_button.state(["disabled"] if ended else ["!disabled"])
+        rows = model.roster.rows()
+        self.users_title.configure(text=f"In this room ({len(rows)})")
+        self.users.delete(0, "end")
+        for index, row in enumerate(rows):
+            self.users.insert("end", row.text)
+            if row.me:
+                self.users.itemconfigure(index, foreground=PALETTE["accent_dark"])
+
+    def _render_servers(self) -> None:
+        selected = self.server_list.selection()
+        self.server_list.delete(*self.server_list.get_children())
+        for row in self.servers.rows():
+            self.server_list.insert(
+                "", "end", iid=row.key, values=(row.name, row.address, row.short_fingerprint)
+            )
+        keep = [key for key in selected if self.server_list.exists(key)]
+        if keep:
+            self.server_list.selection_set(keep)
+        self._render_servers_hint()
+
+    def _render_servers_hint(self) -> None:
+        if self._discovery is None:
+            hint = "Discovery is off: type the server's address below."
+        elif self.servers.rows():
+            hint = "Double-click a server (or select it and press Enter) to connect."
+        else:
+            hint = "Looking for servers… (a server on another subnet needs its address typed)"
+        self.servers_hint.configure(text=hint)
+
+    def _clear_transcript(self) -> None:
+        self.transcript.configure(state="normal")
+        self.transcript.delete("1.0", "end")
+        self.transcript.configure(state="disabled")
+
+    def _append(self, lines: list[Line]) -> None:
+        text = self.transcript
+        at_bottom = text.yview()[1] >= 0.999
+        text.configure(state="normal")
+        for line in lines:
+            for part, style in line.segments():
+                text.insert("end", part, (line.kind, f"{line.kind}-{style}"))
+            text.insert("end", "\n", (line.kind,))
+        excess = int(text.index("end-1c").split(".")[0]) - 1 - MAX_TRANSCRIPT_LINES
+        if excess > 0:
+            text.delete("1.0", f"{excess + 1}.0")
+        text.configure(state="disabled")
+        if at_bottom:
+            text.see("end")
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def _start_discovery(self) -> None:
+        if self.options.discovery:
+            self._discovery = Discovery.start()
+        self._render_servers_hint()
+
+
+class Discovery:
+    """The "Servers on this network" feed (stub until the mDNS browser is wired in)."""
+
+    @classmethod
+    def start(cls) -> Discovery | None:
+        return None
+
+    def poll(self, servers: ServerList) -> bool:
+        return False
+
+    def stop(self) -> None:
+        pass
+
+
+class TrustDialog:
+    """The question "trust this server?", as a window that never blocks the event loop."""
+
+    def __init__(
+        self,
+        app: App,
+        pending: PendingQuestion,
+        answered: Callable[[PendingQuestion, bool], None],
+    ) -> None:
+        self.pending = pending
+        prompt = pending.prompt
+        self.window = tk.Toplevel(app.root, name="trust", background=PALETTE["window"])
+        self.window.title(prompt.title)
+        self.window.transient(app.root)
+        self.window.resizable(False, False)
+        frame = ttk.Frame(self.window, name="body", padding=(22, 18))
+        frame.pack(fill="both", expand=True)
+        ttk.Label(
+            frame,
+            name="heading",
+            text=prompt.heading,
+            style="DangerHeading.TLabel" if prompt.danger else "Heading.TLabel",
+            wraplength=520,
+        ).pack(anchor="w")
+        ttk.Label(frame, name="text", text=prompt.body, wraplength=520, justify="left").pack(
+            anchor="w", pady=(8, 12)
+        )
+        rows = [("Fingerprint presented now" if prompt.danger else "Fingerprint", "fingerprint")]
+        values = {"fingerprint": prompt.fingerprint, "pinned": prompt.pinned or ""}
+        if prompt.pinned:
+            rows.append(("Fingerprint pinned before", "pinned"))
+        for label, name in rows:
+            ttk.Label(frame, text=label, style="Muted.TLabel").pack(anchor="w")
+            entry = ttk.Entry(frame, name=name, width=60, font=app.fonts["mono"])
+            entry.insert(0, values[name])
+            entry.configure(state="readonly")
+            entry.pack(anchor="w", fill="x", pady=(2, 8))
+        if prompt.advertised_note:
+            ttk.Label(frame, name="advertised", text=prompt.advertised_note).pack(anchor="w")
+        self.confirm: ttk.Checkbutton | None = None
+        if prompt.confirm:
+            self.confirm = ttk.Checkbutton(
+                self.window, name="confirm", text=prompt.confirm, command=self._confirmed
+            )
+            self.confirm.state(["!alternate"])
+            self.confirm.pack(anchor="w", padx=22)
+        buttons = ttk.Frame(self.window, name="buttons", padding=(22, 12, 22, 18))
+        buttons.pack(fill="x")
+        self.accept = ttk.Button(
+            buttons,
+            name="accept",
+            text=prompt.accept,
+            style="Danger.TButton" if prompt.danger else "Accent.TButton",
+            command=lambda: answered(pending, True),
+        )
+        self.accept.pack(side="right")
+        cancel = ttk.Button(
+            buttons, name="cancel", text=prompt.cancel, command=lambda: answered(pending, False)
+        )
+        cancel.pack(side="right", padx=(0, 8))
+        if self.confirm is not None:
+            self.accept.state(["disabled"])
+            cancel.focus_set()
+        else:
+            self.accept.focus_set()
+            self.window.bind("<Return>", lambda _e: answered(pending, True))
+        self.window.bind("<Escape>", lambda _e: answered(pending, False))
+        self.window.protocol("WM_DELETE_WINDOW", lambda: answered(pending, False))
+
+    def _confirmed(self) -> None:
+        if self.confirm is not None:
+            ticked = self.confirm.instate(["selected"])
+            self.accept.state(["!disabled"] if ticked else ["disabled"])
+
+    def destroy(self) -> None:
+        self.window.destroy()
+
+
+# --- looks ------------------------------------------------------------------------------
+
+
+def _fonts(root: tk.Tk) -> dict[str, tkfont.Font]:
+    base = tkfont.nametofont("TkDefaultFont", root=root)
+    family = base.actual("family")
+    size = max(10, int(base.actual("size")))
+    base.configure(size=size)
+    tkfont.nametofont("TkTextFont", root=root).configure(size=size)
+    mono = tkfont.nametofont("TkFixedFont", root=root).actual("family")
+    return {
+        "body": tkfont.Font(root=root, family=family, size=size + 1),
+        "bold": tkfont.Font(root=root, family=family, size=size + 1, weight="bold"),
+        "italic": tkfont.Font(root=root, family=family, size=size + 1, slant="italic"),
+        "title": tkfont.Font(root=root, family=family, size=size + 10, weight="bold"),
+        "heading": tkfont.Font(root=root, family=family, size=size + 3, weight="bold"),
+        "mono": tkfont.Font(root=root, family=mono, size=size),
+    }
+
+
+def _style(root: tk.Tk, fonts: dict[str, tkfont.Font]) -> None:
+    style = ttk.Style(root)
+    style.theme_use("clam")
+    p = PALETTE
+    style.configure(".", background=p["window"], foreground=p["text"])
+    style.configure("TFrame", background=p["window"])
+    style.configure("Panel.TFrame", background=p["panel"])
+    style.configure("TLabelframe", background=p["window"], bordercolor="#d1d5db")
+    style.configure("TLabelframe.Label", background=p["window"], foreground=p["muted"])
+    style.configure("TLabel", background=p["window"])
+    style.configure("Title.TLabel", font=fonts["title"], foreground=p["accent_dark"])
+    style.configure("Room.TLabel", font=fonts["heading"])
+    style.configure("Heading.TLabel", font=fonts["heading"])
+    style.configure("DangerHeading.TLabel", font=fonts["heading"], foreground=p["error"])
+    style.configure("PanelHeading.TLabel", background=p["panel"], font=fonts["bold"])
+    style.configure("Muted.TLabel", foreground=p["muted"])
+    style.configure("FieldError.TLabel", foreground=p["error"])
+    style.configure("Notice.TLabel", foreground=p["muted"])
+    style.configure("NoticeError.TLabel", foreground=p["error"])
+    style.configure("Warn.TLabel", background=p["warn_bg"], padding=(10, 6))
+    style.configure(
+        "Error.TLabel", background=p["error_bg"], foreground=p["error"], padding=(10, 6)
+    )
+    style.configure(
+        "Status.TLabel", background=p["status_bg"], foreground="#374151", padding=(10, 4)
+    )
+    style.configure("TButton", padding=(12, 4))
+    style.configure("Accent.TButton", background=p["accent"], foreground="#ffffff")
+    style.map(
+        "Accent.TButton",
+        background=[("disabled", "#93c5fd"), ("active", p["accent_dark"])],
+        foreground=[("disabled", "#eff6ff")],
+    )
+    style.configure("Danger.TButton", background=p["error"], foreground="#ffffff")
+    style.map(
+        "Danger.TButton",
+        background=[("disabled", "#fca5a5"), ("active", "#991b1b")],
+        foreground=[("disabled", "#fef2f2")],
+    )
+    style.configure("Treeview", rowheight=int(fonts["body"].metrics("linespace")) + 8)
+    style.configure("Treeview.Heading", font=fonts["bold"], background=p["window"], relief="flat")
+    style.configure("Treeview", background=p["panel"], fieldbackground=p["panel"])
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def run(options: GuiOptions) -> int:
+    """Open the window and run until it is closed (or the process is told to stop)."""
+    try:
+        root = tk.Tk(className="chatsecure")
+    except tk.TclError as exc:
+        raise ConfigError(
+            f"cannot open a window ({exc}); `chatsecure connect HOST` chats from a terminal"
+        ) from None
+    app = App(root, options)
+
+    def stop(_signum: int, _frame: object) -> None:
+        # Runs on the main thread between Tk events (the poll tick wakes Python up).
+        root.after_idle(app.close)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        root.mainloop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.close()
+    return 0

@@ -1,0 +1,376 @@
+"""The desktop client in real Tk windows on Xvfb, against a real server on loopback.
+
+Discovery is off in every test here (it may only run inside a test's network namespace).
+Widgets are driven through Tk (insert, invoke, event_generate) or through the X server with
+xdotool; nothing calls the app's private methods.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chatsecure.client.state import Phase, short_fingerprint
+from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls.trust import KnownServers
+
+from .conftest import Gui, GuiFactory, settle
+from .proxy import Proxy
+
+pytestmark = pytest.mark.gui
+
+OTHER_FP = "SHA256:" + "A" * 43
+
+
+def connect_trusting(client: Gui, host: str, port: int) -> None:
+    """Connect by typed address and accept the first-contact dialog if it comes."""
+    client.connect(host, port)
+    client.pump(lambda: client.dialog() is not None or client.phase is Phase.CHAT)
+    if client.dialog() is not None:
+        client.click("trust.buttons.accept")
+    client.pump(lambda: client.phase is Phase.CHAT)
+
+
+def line_re(nick: str, text: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"^\[\d\d:\d\d:\d\d\] {re.escape(nick)} \(127\.0\.0\.1\): {re.escape(text)}$"
+    )
+
+
+def has_line(client: Gui, pattern: re.Pattern[str]) -> Callable[[], bool]:
+    return lambda: any(pattern.match(line) for line in client.transcript_lines())
+
+
+def test_form_errors_are_shown_next_to_each_field(gui: GuiFactory) -> None:
+    alice = gui(nick="")
+    alice.type("connect.form.host", "")
+    alice.type("connect.form.port", "99999")
+    alice.type("connect.form.nick", "   ")
+    alice.click("connect.form.buttons.connect")
+    assert "address" in alice.w("connect.form.host_error").cget("text")
+    assert "65535" in alice.w("connect.form.port_error").cget("text")
+    assert "visible characters" in alice.w("connect.form.nick_error").cget("text")
+    assert alice.phase is Phase.CONNECT
+    assert alice.app.controller.client is None  # nothing was started
+    alice.type("connect.form.host", "bad host!")
+    alice.type("connect.form.port", "7467")
+    alice.type("connect.form.nick", "alice")
+    alice.press_enter(alice.w("connect.form.host"))
+    assert "Not an IP address" in alice.w("connect.form.host_error").cget("text")
+    assert alice.w("connect.form.port_error").cget("text") == ""
+    assert alice.w("connect.form.nick_error").cget("text") == ""
+
+
+def test_two_clients_trust_chat_see_each_other_and_quit(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice, bob = gui(nick="alice"), gui(nick="bob")
+    assert alice.view() == "connect"
+    assert alice.w("connect.form.port").get() == "7467"  # the default port is prefilled
+
+    # First contact: the trust dialog shows the server's fingerprint; accept it in the GUI.
+    alice.connect("127.0.0.1", server.port)
+    alice.pump(lambda: alice.dialog() is not None)
+    assert alice.w("trust.body.fingerprint").get() == server.fingerprint
+    assert "First connection" in alice.w("trust.body.heading").cget("text")
+    assert server.online() == []  # nothing was sent before the user trusted the server
+    alice.click("trust.buttons.accept")
+    alice.pump(lambda: alice.phase is Phase.CHAT)
+    assert alice.dialog() is None
+    assert alice.view() == "chat"
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+    message_box = alice.w("chat.bottom.message")
+    assert alice.root.focus_lastfor() is message_box
+    status = alice.status()
+    assert "you are alice" in status
+    assert "TLSv1.3" in status
+    assert short_fingerprint(server.fingerprint) in status
+    assert alice.users() == ["alice (127.0.0.1)  — you"]
+
+    # Bob uses the same trust store, so the server is known: no dialog this time.
+    bob.connect("127.0.0.1", server.port)
+    bob.pump(lambda: bob.phase is Phase.CHAT)
+    assert bob.dialog() is None
+    alice.pump(lambda: "bob (127.0.0.1)" in alice.users())
+    assert alice.users() == ["alice (127.0.0.1)  — you", "bob (127.0.0.1)"]
+    assert bob.users() == ["bob (127.0.0.1)  — you", "alice (127.0.0.1)"]
+    assert any(line.endswith("→ bob (127.0.0.1) joined") for line in alice.transcript_lines())
+    assert "join" in alice.tags_of_line_with("→ bob")
+
+    alice.say("hello bob")
+    assert message_box.get() == ""  # sent, so the box is empty again
+    bob.pump(has_line(bob, line_re("alice", "hello bob")))
+    assert has_line(alice, line_re("alice", "hello bob"))()  # her own line, marked as hers
+    assert "own" in alice.tags_of_line_with("hello bob")
+    assert "chat" in bob.tags_of_line_with("hello bob")
+    bob.say("hi alice")
+    alice.pump(has_line(alice, line_re("bob", "hi alice")))
+
+    # `quit` alone: bob leaves and is back at the connect view; alice sees him go.
+    bob.say("quit")
+    assert bob.phase is Phase.CONNECT
+    assert bob.view() == "connect"
+    assert "You left" in bob.notice()
+    alice.pump(lambda: alice.users() == ["alice (127.0.0.1)  — you"])
+    assert any(line.endswith("← bob (127.0.0.1) left") for line in alice.transcript_lines())
+    assert "leave" in alice.tags_of_line_with("← bob")
+    server.wait_online(1)
+    bob.pump(lambda: not bob.app.controller.busy)  # bob's network thread ended
+
+
+def test_changed_certificate_is_refused_unless_the_pin_is_replaced(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    store = KnownServers()
+    store.pin("127.0.0.1", server.port, OTHER_FP)
+    alice = gui(nick="alice")
+    alice.connect("127.0.0.1", server.port)
+    alice.pump(lambda: alice.dialog() is not None)
+    assert "has changed" in alice.w("trust.body.heading").cget("text")
+    assert alice.w("trust.body.fingerprint").get() == server.fingerprint
+    assert alice.w("trust.body.pinned").get() == OTHER_FP
+    accept = alice.w("trust.buttons.accept")
+    assert accept.instate(["disabled"])  # replacing needs the explicit tick first
+    alice.press_enter(alice.w("trust"))  # Enter does not replace a pin
+    settle([alice], 0.1)
+    assert alice.dialog() is not None
+    alice.click("trust.buttons.cancel")
+    alice.pump(lambda: alice.phase is Phase.CONNECT)
+    assert "has changed" in alice.notice()
+    assert store.get("127.0.0.1", server.port) == OTHER_FP
+    assert server.online() == []
+
+    # Again, and this time the user ticks the box and replaces the pin.
+    alice.click("connect.form.buttons.connect")
+    alice.pump(lambda: alice.dialog() is not None)
+    alice.click("trust.confirm")
+    assert alice.w("trust.buttons.accept").instate(["!disabled"])
+    alice.click("trust.buttons.accept")
+    alice.pump(lambda: alice.phase is Phase.CHAT)
+    assert store.get("127.0.0.1", server.port) == server.fingerprint
+    server.wait_online(1)
+
+
+def test_cancelling_first_contact_connects_nothing(server: ServerThread, gui: GuiFactory) -> None:
+    alice = gui(nick="alice")
+    alice.connect("127.0.0.1", server.port)
+    alice.pump(lambda: alice.dialog() is not None)
+    dialog = alice.w("trust")
+    dialog.focus_force()
+    dialog.update()
+    dialog.event_generate("<Escape>")
+    alice.pump(lambda: alice.phase is Phase.CONNECT)
+    assert "you did not trust 127.0.0.1" in alice.notice()
+    assert KnownServers().get("127.0.0.1", server.port) is None
+    assert server.online() == []
+
+
+def test_refused_connection_is_a_clear_message(gui: GuiFactory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens here once it is closed
+    alice = gui(nick="alice")
+    alice.connect("127.0.0.1", port)
+    assert alice.w("connect.form.buttons.connect").instate(["disabled"])
+    alice.pump(lambda: alice.phase is Phase.CONNECT)
+    assert f"Could not connect to 127.0.0.1:{port}: connection refused" in alice.notice()
+    assert alice.w("connect.form.buttons.connect").instate(["!disabled"])
+
+
+def test_not_a_tls_server_is_a_clear_message(gui: GuiFactory) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as plain:
+        port = plain.getsockname()[1]
+
+        def answer_in_plain_text() -> None:
+            conn, _ = plain.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        worker = threading.Thread(target=answer_in_plain_text)
+        worker.start()
+        alice = gui(nick="alice")
+        alice.connect("127.0.0.1", port)
+        alice.pump(lambda: alice.phase is Phase.CONNECT)
+        worker.join(5)
+    assert "TLS" in alice.notice()
+    assert alice.notice().startswith(f"Could not connect to 127.0.0.1:{port}")
+
+
+def test_server_shutdown_is_shown_and_back_returns_to_connect_view(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    server.stop()
+    alice.pump(lambda: alice.phase is Phase.ENDED)
+    assert alice.view() == "chat"  # the transcript stays readable
+    assert "The server is shutting down." in alice.transcript()
+    assert "the server shut down" in alice.w("chat.banner").cget("text")
+    assert alice.w("chat.banner").winfo_ismapped()
+    assert alice.w("chat.bottom.message").instate(["disabled"])
+    assert alice.w("chat.top.leave").cget("text") == "Back"
+    alice.click("chat.top.leave")
+    assert alice.view() == "connect"
+
+
+def test_dropped_connection_reconnects_with_backoff_and_says_so(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    with Proxy((server.host, server.port)) as proxy:
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        banner = alice.w("chat.banner").cget("text")
+        assert "Reconnecting in 1 s (attempt 1 of" in banner
+        assert "Reconnecting" in alice.status()
+        alice.say("while away")  # refused politely, kept in the box
+        assert alice.w("chat.bottom.message").get() == "while away"
+        assert "Not connected" in alice.transcript()
+        alice.pump(lambda: alice.phase is Phase.CHAT, timeout=5)
+        assert "Reconnected to 'test'" in alice.transcript()
+        assert not alice.w("chat.banner").winfo_ismapped()
+        assert proxy.accepted == 2
+        server.wait_online(1)
+
+        # A second drop starts the backoff afresh; leaving meanwhile ends it at once.
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        assert "Reconnecting in 1 s (attempt 1 of" in alice.w("chat.banner").cget("text")
+        started = time.monotonic()
+        alice.click("chat.top.leave")
+        assert alice.view() == "connect"
+        alice.pump(lambda: not alice.app.controller.busy)
+        assert time.monotonic() - started < 0.5
+        assert proxy.accepted == 2
+
+
+def test_typed_keys_go_to_the_message_box_after_connecting(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice = gui(nick="alice", accept_new=True)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        connect_trusting(alice, "127.0.0.1", server.port)
+        bob.expect("join")
+        # What a window manager does when the window is activated: Tk gives the keyboard to
+        # the widget that last had the focus in that window, which must be the message box.
+        alice.root.focus_lastfor().focus_force()
+        for keys in (["type", "--delay", "2", "typed for real"], ["key", "Return"]):
+            typing = subprocess.Popen(["xdotool", *keys])
+            alice.pump(lambda: typing.poll() is not None)  # noqa: B023 - used at once
+            assert typing.returncode == 0
+        alice.pump(lambda: not bob.silent(0.01))
+        frame = bob.expect("msg")
+        assert frame["text"] == "typed for real"
+        assert frame["from"]["nick"] == "alice"
+
+
+def test_closing_the_window_quits_cleanly(server: ServerThread, gui: GuiFactory) -> None:
+    alice, bob = gui(nick="alice", accept_new=True), gui(nick="bob", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    connect_trusting(bob, "127.0.0.1", server.port)
+    bob.close_window()
+    assert not bob.root.children  # the window is gone
+    assert not bob.app.controller.busy  # and so is its network thread
+    alice.pump(lambda: any("← bob" in line for line in alice.transcript_lines()))
+    leave = next(line for line in alice.transcript_lines() if "← bob" in line)
+    assert leave.endswith("left")  # a quit, not a dropped connection
+    server.wait_online(1)
+
+
+def test_nickname_is_remembered_between_runs(server: ServerThread, gui: GuiFactory) -> None:
+    first = gui(accept_new=True)
+    first.type("connect.form.nick", "zoe")
+    connect_trusting(first, "127.0.0.1", server.port)
+    first.say("quit")
+    second = gui()
+    assert second.w("connect.form.nick").get() == "zoe"
+
+
+def test_taken_nick_is_explained(server: ServerThread, gui: GuiFactory) -> None:
+    with RawClient(server.host, server.port) as other:
+        other.join("alice")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        assert "The nick 'alice' was taken; you are 'alice_2'." in alice.transcript()
+        assert "you are alice_2" in alice.status()
+
+
+def test_command_line_host_fills_the_form_and_connects_at_once(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice = gui(target=f"127.0.0.1:{server.port}", nick="alice", accept_new=True)
+    alice.pump(lambda: alice.phase is Phase.CHAT)
+    assert alice.w("connect.form.host").get() == "127.0.0.1"
+    assert alice.w("connect.form.port").get() == str(server.port)
+    server.wait_online(1)
+
+
+@pytest.mark.parametrize("how", ["window closed", "SIGTERM"])
+def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, how: str) -> None:
+    """`chatsecure gui HOST:PORT` in its own process joins at once and leaves cleanly."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chatsecure",
+            "gui",
+            f"127.0.0.1:{server.port}",
+            "--nick",
+            "carol",
+            "--no-discovery",
+            "--fingerprint",
+            server.fingerprint,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.wait_online(1, timeout=15)
+        assert server.online() == ["carol"]
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            found = subprocess.run(
+                ["xdotool", "search", "--sync", "--name", "^carol @ test"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            subprocess.run(["xdotool", "windowclose", found.stdout.split()[0]], timeout=10)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    server.wait_online(0)
+
+
+def test_no_display_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHATSECURE_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsecure", "gui", "--no-discovery"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot open a window" in result.stderr
+    assert "Traceback" not in result.stderr
