@@ -1,0 +1,360 @@
+"""What a chatsecure server advertises over DNS-SD, as plain values. Pure: no sockets, no zeroconf.
+
+A server is one DNS-SD service instance of type ``_chatsecure._tcp.local.``:
+
+- the instance label is the server's friendly name, made a valid DNS-SD label;
+- SRV points at a host name unique to that server, whose A/AAAA records are its addresses;
+- TXT carries ``v`` (protocol version), ``fp`` (certificate fingerprint) and ``name`` (the
+  friendly name in full, since a label is limited to 63 bytes).
+
+TXT is not authentication: anyone on the link can advertise anything. Decoding is therefore
+defensive (it never raises) and the fingerprint only serves to refuse a mismatch later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from chatsecure.errors import ConfigError
+from chatsecure.protocol.limits import PROTOCOL_VERSION
+from chatsecure.tls.certs import normalize_fingerprint
+
+SERVICE_TYPE: Final = "_chatsecure._tcp.local."
+"""The DNS-SD service type every chatsecure server registers."""
+
+TXT_VERSION: Final = "v"
+"""TXT key: the wire protocol version, a decimal integer."""
+TXT_FINGERPRINT: Final = "fp"
+"""TXT key: the certificate fingerprint, ``SHA256:`` + unpadded base64, as the server prints."""
+TXT_NAME: Final = "name"
+"""TXT key: the friendly name in full (the instance label may be shortened)."""
+
+MAX_LABEL: Final = 63
+"""Longest DNS label in bytes (RFC 1035); the instance label is one label."""
+RENAME_ROOM: Final = 4
+"""Bytes kept free in an instance label for the ``-N`` suffix zeroconf adds on a name clash."""
+MAX_TXT_STRING: Final = 255
+"""Longest ``key=value`` string in a TXT record, in bytes (RFC 6763 section 6.1)."""
+MAX_NAME: Final = 100
+"""Longest friendly name a browser keeps from a TXT record, in characters."""
+
+DISCOVER_TIMEOUT: Final = 3.0
+"""Seconds ``chatsecure discover`` listens before it lists what it found."""
+RESOLVE_TIMEOUT: Final = 3.0
+"""Seconds a browser waits for a service's SRV, TXT and addresses once it saw its name."""
+
+# Characters an instance label or a received name loses: controls, bidi overrides and other
+# format characters, line and paragraph separators.
+_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredServer:
+    """A chatsecure server found on the network, resolved."""
+
+    key: str
+    """The full service instance name, unique on the link."""
+    name: str
+    """Friendly name: TXT ``name``, else the instance label."""
+    addresses: tuple[str, ...]
+    """Resolved addresses, IPv4 first, then IPv6."""
+    port: int
+    fingerprint: str | None
+    """TXT ``fp`` if it is a well-formed fingerprint, in the format the server prints."""
+    version: int | None
+    """TXT ``v``: the protocol version."""
+
+    @property
+    def instance(self) -> str:
+        """The instance label (the part of ``key`` before the service type)."""
+        return instance_label_of(self.key)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "instance": self.instance,
+            "addresses": list(self.addresses),
+            "port": self.port,
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAdded:
+    """A server appeared and was resolved."""
+
+    server: DiscoveredServer
+
+
+@dataclass(frozen=True, slots=True)
+class ServerUpdated:
+    """A known server changed its addresses, port or TXT record."""
+
+    server: DiscoveredServer
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRemoved:
+    """A server withdrew its service (or its records expired)."""
+
+    key: str
+
+
+DiscoveryEvent = ServerAdded | ServerUpdated | ServerRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class TxtInfo:
+    """The chatsecure keys of a TXT record, each ``None`` when missing or malformed."""
+
+    name: str | None
+    fingerprint: str | None
+    version: int | None
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def friendly_name(hostname: str) -> str:
+    """The default server name for a host: ``chat on <host>`` (first label of the host name)."""
+    return f"chat on {hostname.split('.')[0] or 'localhost'}"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with whitespace runs as single spaces and invisible characters gone."""
+    visible = "".join(
+        " " if c.isspace() else c
+        for c in text
+        if c.isspace() or unicodedata.category(c) not in _STRIPPED_CATEGORIES
+    )
+    return " ".join(visible.split())
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def instance_label(name: str) -> str:
+    """The DNS-SD instance label for a friendly name.
+
+    Invisible characters go, dots become ``-`` (zeroconf would split the label at them), and
+    the result is cut to leave room for the ``-N`` zeroconf appends on a clash.
+    """
+    label = _one_line(name).replace(".", "-")
+    label = _truncate_utf8(label, MAX_LABEL - RENAME_ROOM).strip()
+    return label or "chatsecure"
+
+
+def instance_name(label: str) -> str:
+    """The full service instance name for an instance label."""
+    return f"{label}.{SERVICE_TYPE}"
+
+
+def instance_label_of(key: str) -> str:
+    """The instance label of a full service instance name (the name itself if not ours)."""
+    suffix = "." + SERVICE_TYPE
+    if key.lower().endswith(suffix.lower()):
+        return key[: -len(suffix)]
+    return key
+
+
+def renamed(friendly: str, wanted_label: str, got_label: str) -> str:
+    """The friendly name to advertise after zeroconf renamed ``wanted_label`` to ``got_label``.
+
+    zeroconf resolves a clash by appending ``-2``, ``-3`` ...; the same suffix goes on the
+    friendly name so that people see two different names, not two identical ones.
+    """
+    if got_label == wanted_label:
+        return friendly
+    if got_label.startswith(wanted_label):
+        return friendly + got_label[len(wanted_label) :]
+    return got_label
+
+
+def host_name(hostname: str, token: str) -> str:
+    """The SRV target for one server: a ``.local.`` name no other responder uses.
+
+    The machine's own ``<host>.local.`` belongs to its mDNS responder (avahi, Bonjour), and
+    two servers (or network namespaces) may share a host name; ``token`` keeps it unique.
+    """
+    base = "".join(c if c.isascii() and c.isalnum() else "-" for c in hostname.split(".")[0])
+    base = "-".join(part for part in base.split("-") if part)[:40] or "host"
+    return f"chatsecure-{base}-{token}.local."
+
+
+# --- TXT --------------------------------------------------------------------------------
+
+
+def encode_txt(name: str, fingerprint: str, version: int = PROTOCOL_VERSION) -> dict[str, str]:
+    """TXT properties for zeroconf; ``name`` is cut so that ``name=...`` fits in 255 bytes."""
+    room = MAX_TXT_STRING - len(TXT_NAME) - 1
+    return {
+        TXT_VERSION: str(version),
+        TXT_FINGERPRINT: fingerprint,
+        TXT_NAME: _truncate_utf8(name, room),
+    }
+
+
+def decode_txt(properties: Mapping[bytes, bytes | None]) -> TxtInfo:
+    """The chatsecure keys of a TXT record from anyone on the link; never raises.
+
+    Keys are case-insensitive and the first occurrence wins (RFC 6763 section 6.4).
+    """
+    values: dict[str, bytes] = {}
+    for raw_key, raw_value in properties.items():
+        key = raw_key.decode("ascii", errors="replace").lower()
+        if raw_value is not None and key not in values:
+            values[key] = raw_value
+    return TxtInfo(
+        name=_decode_name(values.get(TXT_NAME)),
+        fingerprint=_decode_fingerprint(values.get(TXT_FINGERPRINT)),
+        version=_decode_version(values.get(TXT_VERSION)),
+    )
+
+
+def _decode_name(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    name = _one_line(raw.decode(errors="replace"))[:MAX_NAME].strip()
+    return name or None
+
+
+def _decode_fingerprint(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return normalize_fingerprint(raw.decode("ascii"))
+    except (UnicodeDecodeError, ConfigError):
+        return None
+
+
+def _decode_version(raw: bytes | None) -> int | None:
+    if raw is None or not raw.isdigit() or len(raw) > 6:
+        return None
+    return int(raw)
+
+
+def server_from_records(
+    key: str,
+    port: int,
+    properties: Mapping[bytes, bytes | None],
+    addresses: Iterable[str],
+) -> DiscoveredServer:
+    """A ``DiscoveredServer`` from the records of one resolved service instance."""
+    txt = decode_txt(properties)
+    return DiscoveredServer(
+        key=key,
+        name=txt.name or _one_line(instance_label_of(key)) or key,
+        addresses=order_addresses(addresses),
+        port=port,
+        fingerprint=txt.fingerprint,
+        version=txt.version,
+    )
+
+
+def event_json(event: DiscoveryEvent) -> dict[str, object]:
+    """One event as a JSON object: ``{"event": "added"|"updated"|"removed", ...server}``."""
+    match event:
+        case ServerAdded(server=server):
+            return {"event": "added", **server.to_json()}
+        case ServerUpdated(server=server):
+            return {"event": "updated", **server.to_json()}
+        case ServerRemoved(key=key):
+            return {"event": "removed", "key": key}
+
+
+def describe_server(server: DiscoveredServer) -> str:
+    """Two or three lines about a server, as ``chatsecure discover`` prints them."""
+    where = ", ".join(
+        f"[{a}]:{server.port}" if ":" in a else f"{a}:{server.port}" for a in server.addresses
+    )
+    version = "?" if server.version is None else server.version
+    lines = [
+        f"{server.name!r} at {where}",
+        f"    fingerprint {server.fingerprint or '(none advertised)'}, protocol v{version}",
+    ]
+    if server.instance != server.name:
+        lines.append(f"    pick it with: chatsecure connect --discovered {server.instance!r}")
+    return "\n".join(lines)
+
+
+# --- addresses --------------------------------------------------------------------------
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+
+
+def order_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """Distinct valid addresses, IPv4 first, then IPv6, each family in the given order."""
+    unique = [a for a in dict.fromkeys(addresses) if _ip(a) is not None]
+    return tuple(sorted(unique, key=lambda a: ":" in a))
+
+
+def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list[str]:
+    """The addresses to advertise for a server listening on ``listening`` hosts.
+
+    A wildcard (``::`` or ``0.0.0.0``) stands for every ``local`` address of that scope:
+    ``0.0.0.0`` for IPv4 only, ``::`` for both. Loopback addresses, and IPv6 link-local ones
+    (useless without an interface), are left out unless nothing else is left.
+    """
+    wanted: list[str] = []
+    for host in listening:
+        addr = _ip(host)
+        if addr is None:
+            continue
+        if not addr.is_unspecified:
+            wanted.append(str(addr))
+            continue
+        for text in local:
+            ip = _ip(text)
+            if ip is not None and (addr.version == 6 or ip.version == 4):
+                wanted.append(text)
+    ordered = [(a, ip) for a in order_addresses(wanted) if (ip := _ip(a)) is not None]
+    usable = [a for a, ip in ordered if not ip.is_loopback and not ip.is_link_local]
+    return usable or [a for a, ip in ordered if ip.is_loopback]
+
+
+def preferred_address(
+    server: DiscoveredServer,
+    local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The address to connect to: the first on a network this host is on, else the first.
+
+    A server on two networks advertises the addresses of both on each; the one on a
+    network this host shares is the one that answers without a router.
+    """
+    networks = list(local_networks)
+    for text in server.addresses:
+        ip = _ip(text)
+        if ip is not None and any(ip in net for net in networks):
+            return text
+    return server.addresses[0]
+
+
+def match_servers(servers: Iterable[DiscoveredServer], wanted: str) -> list[DiscoveredServer]:
+    """Servers answering to ``wanted``: its full key, instance label, or friendly name.
+
+    Case-insensitive. An exact key or instance label beats friendly names, so that
+    ``chat-2`` picks one server even when two share the friendly name ``chat``.
+    """
+    folded = wanted.strip().casefold()
+    servers = list(servers)
+    for found in (
+        [s for s in servers if s.key.casefold() == folded],
+        [s for s in servers if s.instance.casefold() == folded],
+        [s for s in servers if s.name.casefold() == folded],
+    ):
+        if found:
+            return found
+    return []

@@ -1,0 +1,312 @@
+"""The pure side of discovery: names, TXT records, addresses. No network."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from zeroconf import BadTypeInNameException, ServiceInfo, service_type_name
+
+from chatsecure.discovery import records
+from chatsecure.discovery.records import (
+    MAX_LABEL,
+    SERVICE_TYPE,
+    DiscoveredServer,
+    ServerAdded,
+    ServerRemoved,
+    ServerUpdated,
+    advertised_addresses,
+    decode_txt,
+    describe_server,
+    encode_txt,
+    event_json,
+    friendly_name,
+    host_name,
+    instance_label,
+    instance_label_of,
+    instance_name,
+    match_servers,
+    order_addresses,
+    preferred_address,
+    renamed,
+    server_from_records,
+)
+from chatsecure.protocol.limits import PROTOCOL_VERSION
+from chatsecure.tls.certs import fingerprint
+
+FP = fingerprint(b"certificate")
+digests = st.binary(min_size=32, max_size=32).map(
+    lambda raw: "SHA256:" + base64.b64encode(raw).decode().rstrip("=")
+)
+
+
+def server(
+    key: str = "chat._chatsecure._tcp.local.", name: str = "chat", **kw: object
+) -> DiscoveredServer:
+    values: dict[str, object] = {
+        "addresses": ("10.0.0.5",),
+        "port": 7467,
+        "fingerprint": FP,
+        "version": 1,
+    }
+    values.update(kw)
+    return DiscoveredServer(key=key, name=name, **values)  # type: ignore[arg-type]
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def test_service_type_is_a_valid_dns_sd_type() -> None:
+    assert SERVICE_TYPE == "_chatsecure._tcp.local."
+    assert service_type_name(SERVICE_TYPE) == SERVICE_TYPE
+
+
+def test_friendly_name_uses_the_first_label_of_the_host_name() -> None:
+    assert friendly_name("pc1.example.lan") == "chat on pc1"
+    assert friendly_name("") == "chat on localhost"
+
+
+def test_instance_label_keeps_a_plain_name_as_it_is() -> None:
+    assert instance_label("chat on pc1") == "chat on pc1"
+
+
+def test_instance_label_loses_dots_controls_and_bidi_overrides() -> None:
+    assert instance_label("v1.2\tteam\u202echat\n") == "v1-2 teamchat"
+
+
+def test_instance_label_is_cut_at_a_character_boundary_leaving_room_for_a_suffix() -> None:
+    label = instance_label("é" * 100)
+    assert label == "é" * ((MAX_LABEL - records.RENAME_ROOM) // 2)
+    assert len((label + "-999").encode()) <= MAX_LABEL
+
+
+def test_instance_label_of_an_empty_name_is_still_a_label() -> None:
+    assert instance_label(" \x00\u200b ") == "chatsecure"
+
+
+@given(st.text(max_size=200))
+def test_every_instance_label_is_valid_for_zeroconf_even_after_a_rename(name: str) -> None:
+    label = instance_label(name)
+    assert label
+    service_type_name(instance_name(label))
+    service_type_name(instance_name(label + "-999"))
+    assert instance_label_of(instance_name(label)) == label
+
+
+def test_zeroconf_refuses_the_labels_instance_label_avoids() -> None:
+    with pytest.raises(BadTypeInNameException):
+        service_type_name(instance_name("x" * 64))
+
+
+def test_instance_label_of_a_foreign_name_is_the_name() -> None:
+    assert instance_label_of("printer._ipp._tcp.local.") == "printer._ipp._tcp.local."
+    assert instance_label_of("Chat._CHATSECURE._tcp.local.") == "Chat"
+
+
+def test_renamed_carries_zeroconfs_suffix_over_to_the_friendly_name() -> None:
+    assert renamed("chat on pc1", "chat on pc1", "chat on pc1-2") == "chat on pc1-2"
+    assert renamed("a.b", "a-b", "a-b-3") == "a.b-3"
+    assert renamed("same", "same", "same") == "same"
+    assert renamed("x", "x", "other") == "other"
+
+
+def test_host_name_is_a_single_ascii_label_in_local() -> None:
+    name = host_name("Mäx's PC.example.org", "a1b2c3")
+    assert name == "chatsecure-M-x-s-PC-a1b2c3.local."
+    assert len(name.split(".")[0]) <= MAX_LABEL
+    assert host_name("", "ff") == "chatsecure-host-ff.local."
+
+
+# --- TXT --------------------------------------------------------------------------------
+
+
+def test_txt_has_version_fingerprint_and_name() -> None:
+    assert encode_txt("chat on pc1", FP) == {
+        "v": str(PROTOCOL_VERSION),
+        "fp": FP,
+        "name": "chat on pc1",
+    }
+
+
+def _wire_txt(properties: dict[str, str]) -> dict[bytes, bytes | None]:
+    """The TXT record as zeroconf puts it on the wire and parses it back."""
+    sent = ServiceInfo(SERVICE_TYPE, instance_name("x"), properties=properties)
+    received = ServiceInfo(SERVICE_TYPE, instance_name("x"), properties=sent.text)
+    return received.properties
+
+
+@given(
+    name=st.text(st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Cs")), max_size=80),
+    fp=digests,
+    version=st.integers(min_value=0, max_value=999_999),
+)
+def test_txt_round_trips_through_zeroconfs_wire_format(name: str, fp: str, version: int) -> None:
+    properties = encode_txt(name, fp, version)
+    txt = decode_txt(_wire_txt(properties))
+    assert txt.fingerprint == fp
+    assert txt.version == version
+    assert txt.name == (" ".join(name.split()) or None)
+
+
+@given(st.text(max_size=400))
+def test_every_txt_string_fits_in_255_bytes(name: str) -> None:
+    for key, value in encode_txt(name, FP).items():
+        assert len(f"{key}={value}".encode()) <= records.MAX_TXT_STRING
+
+
+@given(st.dictionaries(st.binary(max_size=20), st.none() | st.binary(max_size=300)))
+def test_decoding_any_txt_never_raises(properties: dict[bytes, bytes | None]) -> None:
+    txt = decode_txt(properties)
+    assert txt.name is None or (0 < len(txt.name) <= records.MAX_NAME and txt.name.isprintable())
+
+
+def test_txt_keys_are_case_insensitive() -> None:
+    txt = decode_txt({b"V": b"1", b"FP": FP.encode(), b"Name": b"chat"})
+    assert (txt.version, txt.fingerprint, txt.name) == (1, FP, "chat")
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {},
+        {b"v": None, b"fp": None, b"name": None},
+        {b"v": b"one", b"fp": b"SHA256:short", b"name": b""},
+        {b"v": b"-1", b"fp": b"\xff\xfe", b"name": b"\x00\x01"},
+        {b"v": b"12345678901234567890", b"fp": b"MD5:abc"},
+    ],
+)
+def test_malformed_txt_values_are_none(properties: dict[bytes, bytes | None]) -> None:
+    txt = decode_txt(properties)
+    assert (txt.version, txt.fingerprint, txt.name) == (None, None, None)
+
+
+def test_fingerprint_is_normalized_to_the_printed_format() -> None:
+    padded = FP.removeprefix("SHA256:") + "="
+    assert decode_txt({b"fp": padded.encode()}).fingerprint == FP
+
+
+def test_a_received_name_cannot_fake_a_line_break() -> None:
+    txt = decode_txt({b"name": "evil\nserver\u202e\u2028x".encode()})
+    assert txt.name == "evil server x"
+
+
+# --- resolved servers -------------------------------------------------------------------
+
+
+def test_server_from_records_orders_ipv4_first_and_drops_junk() -> None:
+    found = server_from_records(
+        "chat._chatsecure._tcp.local.",
+        7467,
+        {b"v": b"1", b"fp": FP.encode(), b"name": b"Chat Room"},
+        ["fd00::1", "10.0.0.1", "nonsense", "10.0.0.1", "fe80::1%eth0"],
+    )
+    assert found == DiscoveredServer(
+        key="chat._chatsecure._tcp.local.",
+        name="Chat Room",
+        addresses=("10.0.0.1", "fd00::1", "fe80::1%eth0"),
+        port=7467,
+        fingerprint=FP,
+        version=1,
+    )
+    assert found.instance == "chat"
+
+
+def test_server_without_txt_name_is_called_by_its_instance_label() -> None:
+    found = server_from_records("room 2._chatsecure._tcp.local.", 1, {}, ["10.0.0.1"])
+    assert (found.name, found.fingerprint, found.version) == ("room 2", None, None)
+
+
+def test_server_json_has_the_fields_scripts_use() -> None:
+    data = json.loads(json.dumps(server(addresses=("10.0.0.5", "fd00::5")).to_json()))
+    assert data == {
+        "key": "chat._chatsecure._tcp.local.",
+        "name": "chat",
+        "instance": "chat",
+        "addresses": ["10.0.0.5", "fd00::5"],
+        "port": 7467,
+        "fingerprint": FP,
+        "version": 1,
+    }
+
+
+def test_events_as_json_lines() -> None:
+    found = server()
+    assert event_json(ServerAdded(found)) == {"event": "added", **found.to_json()}
+    assert event_json(ServerUpdated(found)) == {"event": "updated", **found.to_json()}
+    assert event_json(ServerRemoved(found.key)) == {"event": "removed", "key": found.key}
+
+
+def test_describe_server_shows_addresses_with_port_and_how_to_pick_a_renamed_one() -> None:
+    text = describe_server(
+        server("chat-2._chatsecure._tcp.local.", "chat", addresses=("10.0.0.5", "fd00::5"))
+    )
+    assert "'chat' at 10.0.0.5:7467, [fd00::5]:7467" in text
+    assert f"fingerprint {FP}, protocol v1" in text
+    assert "chatsecure connect --discovered 'chat-2'" in text
+    assert "--discovered" not in describe_server(server())
+
+
+# --- picking ----------------------------------------------------------------------------
+
+
+def test_match_prefers_an_exact_instance_over_shared_friendly_names() -> None:
+    first = server("Chat._chatsecure._tcp.local.", "chat")
+    second = server("chat-2._chatsecure._tcp.local.", "chat")
+    assert match_servers([first, second], "chat") == [first]
+    assert match_servers([first, second], "CHAT-2") == [second]
+    assert match_servers([first, second], second.key) == [second]
+    assert match_servers([first, second], "nobody") == []
+
+
+def test_match_by_friendly_name_can_be_ambiguous() -> None:
+    first = server("a._chatsecure._tcp.local.", "Team chat")
+    second = server("b._chatsecure._tcp.local.", "team chat")
+    assert match_servers([first, second], "team chat") == [first, second]
+
+
+def test_preferred_address_is_one_on_a_shared_network() -> None:
+    found = server(addresses=("192.168.1.5", "10.0.0.5", "fd00::5"))
+    here = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
+    assert preferred_address(found, here) == "10.0.0.5"
+    assert preferred_address(found, [ipaddress.ip_network("fd00::/64")]) == "fd00::5"
+    assert preferred_address(found, []) == "192.168.1.5"
+
+
+# --- what to advertise ------------------------------------------------------------------
+
+LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fd00::5", "192.168.1.5", "fe80::1"]
+
+
+def test_wildcard_advertises_every_address_but_loopback_ipv4_first() -> None:
+    assert advertised_addresses(["::"], LOCAL) == ["10.0.0.5", "192.168.1.5", "fd00::5"]
+
+
+def test_ipv4_wildcard_advertises_ipv4_only() -> None:
+    assert advertised_addresses(["0.0.0.0"], LOCAL) == ["10.0.0.5", "192.168.1.5"]
+
+
+def test_a_specific_address_is_advertised_alone() -> None:
+    assert advertised_addresses(["192.168.1.5"], LOCAL) == ["192.168.1.5"]
+
+
+def test_loopback_is_advertised_when_it_is_all_there_is() -> None:
+    assert advertised_addresses(["::"], ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
+    assert advertised_addresses(["127.0.0.1"], LOCAL) == ["127.0.0.1"]
+
+
+def test_nothing_to_advertise_for_names_or_nothing() -> None:
+    assert advertised_addresses(["localhost"], LOCAL) == []
+    assert advertised_addresses([], LOCAL) == []
+
+
+def test_order_addresses_keeps_family_order_and_drops_duplicates() -> None:
+    assert order_addresses(["fd00::2", "10.0.0.2", "fd00::1", "10.0.0.1", "10.0.0.2"]) == (
+        "10.0.0.2",
+        "10.0.0.1",
+        "fd00::2",
+        "fd00::1",
+    )
