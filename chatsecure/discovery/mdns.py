@@ -1,0 +1,528 @@
+"""The zeroconf side of discovery: advertise a server, browse for servers.
+
+Each ``Advertiser`` and ``Browser`` runs its own zeroconf instance on an asyncio loop on a
+thread of its own, so mDNS traffic never shares the chat server's event loop (a burst of
+queries cannot delay a chat line) and front ends get events through a ``queue.Queue``,
+never callbacks on their thread. ``stop()`` returns only once that thread has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ipaddress
+import logging
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+import ifaddr
+from zeroconf import (
+    DNSQuestionType,
+    InterfaceChoice,
+    IPVersion,
+    ServiceStateChange,
+    Zeroconf,
+)
+from zeroconf import (
+    Error as ZeroconfError,
+)
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from chatsecure.discovery.records import (
+    DISCOVER_TIMEOUT,
+    RESOLVE_TIMEOUT,
+    SERVICE_TYPE,
+    DiscoveredServer,
+    DiscoveryEvent,
+    ServerAdded,
+    ServerRemoved,
+    ServerUpdated,
+    advertised_addresses,
+    encode_txt,
+    host_name,
+    instance_label,
+    instance_label_of,
+    instance_name,
+    match_servers,
+    renamed,
+    server_from_records,
+)
+from chatsecure.errors import ChatError
+from chatsecure.tls.certs import local_addresses
+
+__all__ = [
+    "SERVICE_TYPE",
+    "Advertiser",
+    "Browser",
+    "DiscoveredServer",
+    "DiscoveryEvent",
+    "ServerAdded",
+    "ServerRemoved",
+    "ServerUpdated",
+    "apply_event",
+    "browse",
+    "find_server",
+    "local_networks",
+    "multicast_interfaces",
+]
+
+log = logging.getLogger(__name__)
+
+Interfaces = list[str | int] | InterfaceChoice
+"""What zeroconf listens on: IPv4 addresses and IPv6 interface indexes, or a choice."""
+
+STOP_TIMEOUT = 5.0
+"""Seconds ``stop()`` waits for goodbye packets and the zeroconf shutdown."""
+
+NO_MULTICAST = "no network interface other than loopback"
+
+QM = DNSQuestionType.QM
+"""Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
+that share an address (avahi and a browser, two browsers on one host), so the others would
+wait for the next query; a multicast answer reaches them all."""
+
+
+def multicast_interfaces() -> list[str | int]:
+    """Every non-loopback interface, as zeroconf wants them: IPv4 addresses, IPv6 indexes.
+
+    Loopback is left out on purpose: nothing on it can be found by another host, and IPv6
+    multicast on ``lo`` only produces send errors.
+    """
+    chosen: list[str | int] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple):
+                address = ipaddress.IPv6Address(ip.ip[0])
+                if not address.is_loopback and adapter.index is not None:
+                    chosen.append(adapter.index)
+            elif not ipaddress.IPv4Address(ip.ip).is_loopback:
+                chosen.append(ip.ip)
+    return list(dict.fromkeys(chosen))
+
+
+def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks this host has an address on, for picking the address to connect to."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            with contextlib.suppress(ValueError):
+                networks.append(ipaddress.ip_interface(f"{address}/{ip.network_prefix}").network)
+    return networks
+
+
+def _open_zeroconf(interfaces: Interfaces | None) -> AsyncZeroconf:
+    """A zeroconf instance on the running loop; raises ``OSError`` when there is no way out."""
+    chosen = multicast_interfaces() if interfaces is None else interfaces
+    if not chosen:
+        raise OSError(NO_MULTICAST)
+    try:
+        # Made inside a coroutine, zeroconf attaches to the running loop: no thread of its own.
+        return AsyncZeroconf(interfaces=chosen)
+    except (RuntimeError, ValueError) as exc:  # zeroconf: "No interfaces to listen on"
+        raise OSError(str(exc)) from exc
+
+
+class _LoopThread:
+    """An asyncio event loop running on a daemon thread of its own, made on ``start()``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(self.loop,), name=self.name)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        assert self.loop is not None  # noqa: S101 - start() first
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the loop, cancel what is left on it and wait for the thread to end."""
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None:
+            return
+        if thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+        if thread.is_alive():
+            log.warning("the %s thread did not end in %.0f s", self.name, timeout)
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+# --- advertising ------------------------------------------------------------------------
+
+
+class Advertiser:
+    """Advertise one chatsecure server over mDNS/DNS-SD until ``stop()``.
+
+    ``start()`` returns at once; probing and announcing (about two seconds) happen in the
+    background. If the name is taken on the link, zeroconf picks ``<name>-2`` and so on, and
+    the name that was got is logged. When the host has no usable multicast interface a
+    warning is logged and the server goes on without being advertised.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        fingerprint: str,
+        addresses: list[str] | None = None,
+        *,
+        listening: Sequence[str] = ("::",),
+        interfaces: Interfaces | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.fingerprint = fingerprint
+        self.addresses = list(addresses) if addresses else None
+        """Addresses to advertise; ``None`` derives them from ``listening``."""
+        self.listening = tuple(listening)
+        """The hosts the server listens on; a wildcard stands for every local address."""
+        self.interfaces = interfaces
+        self.advertised_name: str | None = None
+        """The friendly name advertised, after any renaming; set once registered."""
+        self.instance: str | None = None
+        """The full service instance name registered; set once registered."""
+        self.error: str | None = None
+        """Why the server is not advertised, if it is not."""
+        self.done = threading.Event()
+        """Set when registration finished, successfully (``instance`` set) or not."""
+        self._thread = _LoopThread("chatsecure-advertiser")
+        self._zc: AsyncZeroconf | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._task: concurrent.futures.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start advertising in the background; returns at once."""
+        with self._lock:
+            if self._task is not None or self._stopped:
+                return
+            self._thread.start()
+            self._task = self._thread.submit(self._advertise())
+
+    def stop(self) -> None:
+        """Withdraw the service (goodbye packets), close zeroconf and end its thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._task is None:
+                return
+            self._task.cancel()
+            withdraw = self._thread.submit(self._withdraw())
+            try:
+                withdraw.result(STOP_TIMEOUT)
+            except (concurrent.futures.TimeoutError, ZeroconfError, OSError) as exc:
+                log.warning("could not withdraw the mDNS advertisement cleanly: %r", exc)
+            self._thread.stop()
+            self.done.set()
+
+    def __enter__(self) -> Advertiser:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> str | None:
+        """Wait until registered (or failed); the full instance name, or ``None``."""
+        self.done.wait(timeout)
+        return self.instance
+
+    async def _advertise(self) -> None:
+        try:
+            await self._register()
+        except OSError as exc:
+            self.error = str(exc.strerror or exc)
+            log.warning(
+                "not advertising over mDNS (%s): the server runs, but clients must type its "
+                "address",
+                self.error,
+            )
+        except ZeroconfError as exc:
+            self.error = repr(exc)
+            log.warning("not advertising over mDNS: %r", exc)
+        finally:
+            self.done.set()
+
+    async def _register(self) -> None:
+        addresses = self.addresses or advertised_addresses(self.listening, local_addresses())
+        if not addresses:
+            raise OSError("no address to advertise")
+        self._zc = _open_zeroconf(self.interfaces)
+        wanted = instance_label(self.name)
+        server = host_name(socket.gethostname(), secrets.token_hex(3))
+        probe = AsyncServiceInfo(SERVICE_TYPE, instance_name(wanted), server=server, port=self.port)
+        # Probe first so that the records announced already carry the name that was got:
+        # browsers then see one consistent service, not a rename afterwards.
+        await self._zc.zeroconf.async_wait_for_start()
+        await self._zc.zeroconf.async_check_service(probe, allow_name_change=True)
+        got = instance_label_of(probe.name)
+        friendly = renamed(self.name, wanted, got)
+        info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            probe.name,
+            port=self.port,
+            properties=encode_txt(friendly, self.fingerprint),
+            server=server,
+            parsed_addresses=addresses,
+        )
+        self._info = info
+        announced = await self._zc.async_register_service(info, cooperating_responders=True)
+        if got != wanted:
+            log.warning("the name %r is taken on this network; advertising as %r", wanted, got)
+        self.advertised_name, self.instance = friendly, info.name
+        self.done.set()
+        log.info(
+            "advertising %r over mDNS as %s, port %d, addresses %s",
+            friendly,
+            info.name,
+            self.port,
+            ", ".join(addresses),
+        )
+        await announced
+
+    async def _withdraw(self) -> None:
+        zc, info = self._zc, self._info
+        if zc is None:
+            return
+        if info is not None and self.instance is not None:
+            goodbye = await zc.async_unregister_service(info)
+            await goodbye
+            log.info("withdrew the mDNS advertisement %s", info.name)
+        await zc.async_close()
+
+
+# --- browsing ---------------------------------------------------------------------------
+
+
+class Browser:
+    """Find chatsecure servers on the link; events go to ``events`` (a ``queue.Queue``).
+
+    Thread-safe. ``ServerAdded`` comes once a service is resolved (addresses, port, TXT);
+    ``ServerUpdated`` when any of that changes; ``ServerRemoved`` when it says goodbye or
+    its records expire. If zeroconf cannot start (no multicast interface), ``error`` says why
+    and no events come.
+    """
+
+    def __init__(
+        self,
+        events: queue.Queue[DiscoveryEvent] | None = None,
+        *,
+        interfaces: Interfaces | None = None,
+        resolve_timeout: float = RESOLVE_TIMEOUT,
+    ) -> None:
+        self.events: queue.Queue[DiscoveryEvent] = events if events is not None else queue.Queue()
+        self.interfaces = interfaces
+        """IPv4 addresses and IPv6 interface indexes to browse on; ``None``: all but loopback."""
+        self.resolve_timeout = resolve_timeout
+        self.error: str | None = None
+        """Why browsing is not possible, once ``start()`` returned; else ``None``."""
+        self._thread = _LoopThread("chatsecure-browser")
+        self._lock = threading.Lock()
+        self._state = "new"
+        self._zc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._known: dict[str, DiscoveredServer] = {}
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+
+    def start(self) -> None:
+        """Open zeroconf and start browsing; returns once the browser runs (or failed)."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "running"
+            self._thread.start()
+            try:
+                self._thread.submit(self._open()).result(STOP_TIMEOUT)
+            except (OSError, ZeroconfError, concurrent.futures.TimeoutError) as exc:
+                self.error = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+                log.warning("cannot browse for servers over mDNS: %s", self.error)
+
+    def stop(self) -> None:
+        """Stop browsing; zeroconf and its thread are gone when this returns."""
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+            try:
+                self._thread.submit(self._close()).result(STOP_TIMEOUT)
+            except (concurrent.futures.TimeoutError, ZeroconfError, OSError) as exc:
+                log.warning("the mDNS browser did not close cleanly: %r", exc)
+            self._thread.stop()
+
+    def __enter__(self) -> Browser:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- on the browser's own loop -------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._zc = _open_zeroconf(self.interfaces)
+        await self._zc.zeroconf.async_wait_for_start()
+        self._browser = AsyncServiceBrowser(
+            self._zc.zeroconf, SERVICE_TYPE, handlers=[self._changed], question_type=QM
+        )
+
+    async def _close(self) -> None:
+        tasks = list(self._resolving.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        if self._zc is not None:
+            await self._zc.async_close()
+
+    def _changed(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        key = name.lower()
+        if state_change is ServiceStateChange.Removed:
+            task = self._resolving.pop(key, None)
+            if task is not None:
+                task.cancel()
+            self._again.discard(key)
+            if self._known.pop(key, None) is not None:
+                self.events.put(ServerRemoved(name))
+            return
+        if key in self._resolving:
+            self._again.add(key)  # resolve once more when the current attempt ends
+            return
+        self._resolving[key] = asyncio.get_running_loop().create_task(self._resolve(name))
+
+    async def _resolve(self, name: str) -> None:
+        key = name.lower()
+        try:
+            while True:
+                self._again.discard(key)
+                server = await self._lookup(name)
+                if server is not None:
+                    self._publish(key, server)
+                if key not in self._again:
+                    return
+        finally:
+            if self._resolving.get(key) is asyncio.current_task():
+                del self._resolving[key]
+
+    async def _lookup(self, name: str) -> DiscoveredServer | None:
+        assert self._zc is not None  # noqa: S101 - set in _open()
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        try:
+            found = await info.async_request(
+                self._zc.zeroconf, self.resolve_timeout * 1000, question_type=QM
+            )
+        except ZeroconfError as exc:
+            log.debug("resolving %s failed: %r", name, exc)
+            return None
+        if not found or not info.port:
+            log.debug("could not resolve %s in time", name)
+            return None
+        addresses = [
+            *info.parsed_addresses(IPVersion.V4Only),
+            *info.parsed_scoped_addresses(IPVersion.V6Only),
+        ]
+        server = server_from_records(name, info.port, info.properties, addresses)
+        return server if server.addresses else None
+
+    def _publish(self, key: str, server: DiscoveredServer) -> None:
+        old = self._known.get(key)
+        if old == server:
+            return
+        self._known[key] = server
+        self.events.put(ServerAdded(server) if old is None else ServerUpdated(server))
+
+
+def apply_event(servers: dict[str, DiscoveredServer], event: DiscoveryEvent) -> None:
+    """Keep ``servers`` (by key) up to date with one event."""
+    match event:
+        case ServerAdded(server=server) | ServerUpdated(server=server):
+            servers[server.key.lower()] = server
+        case ServerRemoved(key=key):
+            servers.pop(key.lower(), None)
+
+
+def browse(
+    timeout: float | None = DISCOVER_TIMEOUT,
+    *,
+    until: Callable[[Mapping[str, DiscoveredServer]], bool] | None = None,
+    on_event: Callable[[DiscoveryEvent], None] | None = None,
+    interfaces: Interfaces | None = None,
+) -> list[DiscoveredServer]:
+    """Browse for ``timeout`` seconds (``None``: until interrupted) or until ``until(servers)``.
+
+    Blocks the calling thread; for the command line. Returns the servers present at the
+    end, sorted by name; raises ``ChatError`` when this host cannot browse at all.
+    """
+    servers: dict[str, DiscoveredServer] = {}
+    with Browser(interfaces=interfaces) as browser:
+        if browser.error is not None:
+            raise ChatError(f"cannot look for servers on this network: {browser.error}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or (left := deadline - time.monotonic()) > 0:
+            try:
+                # A bounded wait even without a deadline, so that Ctrl-C is seen promptly.
+                event = browser.events.get(timeout=1.0 if deadline is None else left)
+            except queue.Empty:
+                continue
+            apply_event(servers, event)
+            if on_event is not None:
+                on_event(event)
+            if until is not None and until(servers):
+                break
+    return sorted(servers.values(), key=lambda s: (s.name.casefold(), s.key.casefold()))
+
+
+def find_server(wanted: str, timeout: float = DISCOVER_TIMEOUT) -> DiscoveredServer:
+    """Browse until the one server called ``wanted`` shows up; ``ChatError`` if it does not.
+
+    ``wanted`` is a full key, an instance label or a friendly name (see ``match_servers``).
+    """
+    servers = browse(timeout, until=lambda found: bool(match_servers(found.values(), wanted)))
+    found = match_servers(servers, wanted)
+    if not found:
+        names = ", ".join(repr(s.instance) for s in servers) or "none"
+        raise ChatError(f"no server called {wanted!r} on this network (found: {names})")
+    if len(found) > 1:
+        names = ", ".join(repr(s.instance) for s in found)
+        raise ChatError(f"{len(found)} servers are called {wanted!r}; pick one of {names}")
+    server = found[0]
+    if server.fingerprint is None:
+        raise ChatError(f"the server {server.instance!r} advertises no valid fingerprint")
+    log.info("found %r at %s, port %d", server.name, ", ".join(server.addresses), server.port)
+    return server
