@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import ipaddress
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="run a chat server")
     add_server_arguments(server)
+    _add_discovery(server)
     server.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
@@ -61,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(server)
 
     connect = sub.add_parser("connect", help="chat from the terminal (stdin lines are messages)")
-    connect.add_argument("target", metavar="HOST[:PORT]")
+    connect.add_argument("target", metavar="HOST[:PORT]", nargs="?")
     connect.add_argument("--nick", required=True, help="your nick (1-32 characters)")
+    connect.add_argument(
+        "--discovered",
+        metavar="NAME",
+        help="instead of HOST[:PORT]: the server called NAME on this network (see discover); "
+        "its certificate must match the fingerprint it advertises",
+    )
     _add_trust(connect)
     _add_logging(connect)
 
@@ -84,7 +93,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = sub.add_parser("forget", help="remove a server's pinned certificate")
     forget.add_argument("target", metavar="HOST[:PORT]")
+
+    discover = sub.add_parser("discover", help="list the servers on this network (mDNS)")
+    discover.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="listen S seconds (default 3; --watch: ever)"
+    )
+    discover.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    discover.add_argument(
+        "--watch", action="store_true", help="print servers as they come and go, as JSON lines"
+    )
+    _add_logging(discover)
     return parser
+
+
+def _add_discovery(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("discovery (mDNS/DNS-SD)")
+    group.add_argument(
+        "--no-discovery", action="store_true", help="do not advertise the server on the network"
+    )
+    group.add_argument(
+        "--advertise-ip",
+        action="append",
+        default=[],
+        type=_ip_address,
+        metavar="IP",
+        help="advertise this address instead of those listened on (repeatable)",
+    )
+
+
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def add_gencert_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +194,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     from chatsecure.settings import server_config
 
     config = server_config(args)
+    config.discovery = not args.no_discovery
+    config.advertise_ips = args.advertise_ip
 
     def ready(server: ChatServer) -> None:
         for host, port in server.addresses:
@@ -179,10 +232,21 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from chatsecure.settings import read_password
     from chatsecure.tls.trust import KnownServers, TrustPolicy
 
-    try:
-        host, port = parse_target(args.target)
-    except ValueError as exc:
-        raise ChatError(str(exc)) from None
+    advertised = None
+    if args.discovered is not None and args.target is None:
+        from chatsecure.discovery.mdns import find_server, local_networks
+        from chatsecure.discovery.records import preferred_address
+
+        found = find_server(args.discovered)
+        host, port = preferred_address(found, local_networks()), found.port
+        advertised = found.fingerprint
+    elif args.target is None or args.discovered is not None:
+        raise ChatError("give either HOST[:PORT] or --discovered NAME")
+    else:
+        try:
+            host, port = parse_target(args.target)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
     store = KnownServers()
     expected = certs.normalize_fingerprint(args.fingerprint) if args.fingerprint else None
     policy = TrustPolicy(
@@ -192,7 +256,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
         fingerprint=expected,
     )
     password = read_password(args.password_file) if args.password_file else None
-    target = Target(host, port, cafile=args.cafile, cert=args.cert, key=args.key)
+    target = Target(
+        host, port, cafile=args.cafile, cert=args.cert, key=args.key, advertised=advertised
+    )
     client = ChatClient(target, args.nick, policy, password=password)
     return run(client, sys.stdin, sys.stdout, sys.stderr)
 
@@ -246,10 +312,35 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    from chatsecure.discovery.mdns import browse
+    from chatsecure.discovery.records import (
+        DISCOVER_TIMEOUT,
+        DiscoveryEvent,
+        describe_server,
+        event_json,
+    )
+
+    def watch(event: DiscoveryEvent) -> None:
+        print(json.dumps(event_json(event)), flush=True)
+
+    timeout = args.timeout or (None if args.watch else DISCOVER_TIMEOUT)
+    servers = browse(timeout, on_event=watch if args.watch else None)
+    if args.json and not args.watch:
+        print(json.dumps([s.to_json() for s in servers], indent=2))
+    elif not args.watch:
+        for server in servers:
+            print(describe_server(server))
+        if not servers:
+            print("no chatsecure server found on this network", file=sys.stderr)
+    return 0 if servers or args.watch else 1
+
+
 COMMANDS = {
     "server": cmd_server,
     "connect": cmd_connect,
     "gui": cmd_gui,
     "gencert": cmd_gencert,
     "forget": cmd_forget,
+    "discover": cmd_discover,
 }

@@ -86,6 +86,10 @@ class ServerConfig:
     """The room password clients must send in ``hello``; ``None`` lets anyone in."""
     client_ca: Path | None = None
     """Mutual TLS: only clients with a certificate from this CA; its common name is the nick."""
+    discovery: bool = False
+    """Advertise over mDNS/DNS-SD while serving (``chatsecure server`` turns it on)."""
+    advertise_ips: list[str] = field(default_factory=list)
+    """Addresses to advertise instead of those the server listens on."""
 
 
 class PeerLog(logging.LoggerAdapter[logging.Logger]):
@@ -556,6 +560,15 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    advertiser = None
+    if config.discovery:
+        from chatsecure.discovery.mdns import Advertiser
+
+        listening = [host for host, _ in server.addresses]
+        advertiser = Advertiser(
+            config.name, server.port, server.fingerprint, config.advertise_ips, listening=listening
+        )
+        advertiser.start()  # returns at once: probing and announcing run on their own thread
     try:
         if ready is not None:
             result = ready(server)
@@ -566,7 +579,10 @@ async def serve(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        await server.shutdown()
+        if advertiser is not None:  # goodbye packets, off the loop, while clients are told
+            await asyncio.gather(asyncio.to_thread(advertiser.stop), server.shutdown())
+        else:
+            await server.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
