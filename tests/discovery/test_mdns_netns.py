@@ -1,0 +1,257 @@
+"""Discovery over real multicast between simulated hosts (network namespaces made here).
+
+Every process that runs zeroconf runs inside a namespace of the test's lab; the lab removes
+them all at the end. Addresses are private ones that exist only inside those namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatsecure.protocol.limits import PROTOCOL_VERSION
+from chatsecure.tls.certs import fingerprint
+from tests.discovery.procs import chatsecure, discover, env, found, start_discover, start_server
+from tests.netns import Lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
+
+PROBE = Path(__file__).with_name("api_probe.py")
+
+
+def test_server_is_found_in_its_namespace_with_port_addresses_and_fingerprint(
+    lab: Lab, cert_dir: Path
+) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24", "fd77::1/64")
+    server = start_server(host, cert_dir, "room one")
+
+    found = discover(host)
+
+    assert found == [
+        {
+            "key": "room one._chatsecure._tcp.local.",
+            "name": "room one",
+            "instance": "room one",
+            "addresses": ["10.77.0.1", "fd77::1"],  # every address but loopback, IPv4 first
+            "port": server.port,
+            "fingerprint": server.fingerprint,
+            "version": PROTOCOL_VERSION,
+        }
+    ]
+
+
+def test_stopped_server_disappears_from_a_running_browser_within_3_s(
+    lab: Lab, cert_dir: Path
+) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24")
+    server = start_server(host, cert_dir, "going away")
+    watcher = host.popen(*chatsecure("discover", "--watch", "--timeout", "30"), env=env())
+    added = json.loads(watcher.expect(r"^\{.*\"added\".*\}$").group(0))
+    assert (added["name"], added["port"]) == ("going away", server.port)
+
+    stopped = time.monotonic()
+    assert server.proc.stop() == 0
+    removed = json.loads(watcher.expect(r"^\{.*\"removed\".*\}$", timeout=3).group(0))
+
+    assert removed == {"event": "removed", "key": added["key"]}
+    assert time.monotonic() - stopped < 3
+    assert "withdrew the mDNS advertisement" in server.proc.err
+
+
+def test_browser_and_advertiser_api_deliver_events_to_a_queue_and_leave_no_threads(
+    lab: Lab,
+) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24")
+    fp = fingerprint(b"api probe certificate")
+
+    result = host.run(sys.executable, str(PROBE), "7467", fp, "10.77.0.1", env=env())
+
+    report = json.loads(result.stdout)
+    assert report["browser_error"] is None
+    assert report["instance"] == "api probe._chatsecure._tcp.local."
+    assert report["added"]["addresses"] == ["10.77.0.1"]
+    assert (report["added"]["port"], report["added"]["fingerprint"]) == (7467, fp)
+    assert report["consumer_thread"] == "MainThread"
+    assert "chatsecure-advertiser" not in report["advertiser_threads_after_stop"]
+    assert report["removed"] == report["instance"]
+    assert report["removed_after"] < 3
+    assert report["threads_after_stop"] == []
+
+
+def test_legacy_unicast_query_sees_ptr_srv_txt_and_address_records(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, other = lab.host("srv"), lab.host("other")
+    server_ip, _ = lab.lan("10.77.1.0/24", server_host, other)
+    server = start_server(server_host, cert_dir, "dig me", "--host", server_ip)
+
+    answer = other.run(
+        "dig", "-p", "5353", f"@{server_ip}", "_chatsecure._tcp.local", "PTR",
+        "+time=1", "+tries=3", "+norecurse",
+    ).stdout  # fmt: skip
+
+    records = {
+        (m.group(1), m.group(2))
+        for m in re.finditer(r"^\S+\s+\d+\s+IN\s+(\w+)\s+(.+)$", answer, re.MULTILINE)
+    }
+    assert ("PTR", "dig\\032me._chatsecure._tcp.local.") in records, answer
+    srv = [value for kind, value in records if kind == "SRV"]
+    assert len(srv) == 1, answer
+    assert srv[0].startswith(f"0 0 {server.port} chatsecure-"), answer
+    assert ("A", server_ip) in records, answer
+    txt = next(value for kind, value in records if kind == "TXT")
+    assert f'"fp={server.fingerprint}"' in txt, answer
+    assert f'"v={PROTOCOL_VERSION}"' in txt, answer
+    assert '"name=dig me"' in txt, answer
+
+
+def test_found_from_another_host_and_chat_by_the_discovered_address(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, bob_host, carol_host = lab.host("srv"), lab.host("bob"), lab.host("carol")
+    _, bob_ip, carol_ip = lab.lan("10.77.1.0/24", server_host, bob_host, carol_host)
+    server = start_server(server_host, cert_dir, "lan party")
+
+    (found,) = discover(bob_host)
+    assert found["addresses"] == ["10.77.1.1"]
+    assert found["fingerprint"] == server.fingerprint
+
+    address = f"{found['addresses'][0]}:{found['port']}"
+    bob = bob_host.popen(
+        *chatsecure("connect", address, "--nick", "bob", "--fingerprint", found["fingerprint"]),
+        stdin=True,
+        env=env(),
+    )
+    bob.expect(r"connected to 'lan party' as bob")
+    carol = carol_host.popen(
+        *chatsecure("connect", "--discovered", "lan party", "--nick", "carol", "--accept-new"),
+        stdin=True,
+        env=env(),
+    )
+    carol.expect(r"connected to 'lan party' as carol")
+    bob.expect(rf"carol \({re.escape(carol_ip)}\) joined")
+
+    bob.send("hello from bob")
+    carol.expect(rf"bob \({re.escape(bob_ip)}\): hello from bob")
+    carol.send("hi bob")
+    bob.expect(rf"carol \({re.escape(carol_ip)}\): hi bob")
+
+    carol.close_stdin()
+    assert carol.wait() == 0
+    bob.close_stdin()
+    assert bob.wait() == 0
+
+
+def test_discovery_stays_on_its_link_but_a_typed_ip_crosses_the_router(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, router, client_host = (
+        lab.host("srv"),
+        lab.host("r", forwarding=True),
+        lab.host("c"),
+    )
+    server_ip, router_ip1 = lab.lan("10.77.1.0/24", server_host, router)
+    client_ip, router_ip2 = lab.lan("10.77.2.0/24", client_host, router)
+    server_host.ip("route", "add", "default", "via", router_ip1)
+    client_host.ip("route", "add", "default", "via", router_ip2)
+    server = start_server(server_host, cert_dir, "behind the router")
+
+    on_link, off_link = start_discover(router), start_discover(client_host)
+    assert [s["name"] for s in found(on_link)] == ["behind the router"]  # it is advertised
+    assert found(off_link) == []  # ... but multicast stays on its link
+
+    client = client_host.popen(
+        *chatsecure(
+            "connect", f"{server_ip}:{server.port}", "--nick", "remote",
+            "--fingerprint", server.fingerprint,
+        ),
+        stdin=True,
+        env=env(),
+    )  # fmt: skip
+    client.expect(r"connected to 'behind the router' as remote")
+    server.proc.expect(rf"remote joined from {re.escape(client_ip)}", stream="stderr")
+    client.close_stdin()
+    assert client.wait() == 0
+
+
+def test_two_servers_with_the_same_name_both_appear_under_distinct_names(
+    lab: Lab, cert_dir: Path
+) -> None:
+    first_host, second_host, browser = lab.host("one"), lab.host("two"), lab.host("browser")
+    first_ip, second_ip, _ = lab.lan("10.77.1.0/24", first_host, second_host, browser)
+    first = start_server(first_host, cert_dir, "twin")
+    second = start_server(second_host, cert_dir, "twin")
+
+    assert (first.instance, second.instance) == ("twin", "twin-2")
+    assert "the name 'twin' is taken on this network; advertising as 'twin-2'" in second.proc.err
+    found = {s["instance"]: (s["name"], s["addresses"]) for s in discover(browser)}
+    assert found == {"twin": ("twin", [first_ip]), "twin-2": ("twin-2", [second_ip])}
+
+
+def test_no_discovery_flag_and_advertise_ip_override(lab: Lab, cert_dir: Path) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24")
+    start_server(host, cert_dir, "hidden", "--no-discovery", advertised=False)
+    start_server(host, cert_dir, "elsewhere", "--advertise-ip", "fd77::9",
+                 "--advertise-ip", "10.77.0.9")  # fmt: skip
+
+    found = discover(host)
+
+    assert [(s["name"], s["addresses"]) for s in found] == [("elsewhere", ["10.77.0.9", "fd77::9"])]
+
+
+def test_a_server_advertising_another_fingerprint_is_refused(lab: Lab, cert_dir: Path) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24")
+    real = start_server(host, cert_dir, "real", advertised=False)
+    impostor_fp = fingerprint(b"someone else's certificate")
+    script = (
+        "import sys, time\n"
+        "from chatsecure.discovery.mdns import Advertiser\n"
+        f"with Advertiser('impostor', {real.port}, {impostor_fp!r}, ['10.77.0.1']) as a:\n"
+        "    print(a.wait(10), flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    impostor = host.popen(sys.executable, "-c", script, env=env())
+    impostor.expect(r"impostor\._chatsecure")
+
+    client = host.run(
+        *chatsecure("connect", "--discovered", "impostor", "--nick", "x", "--accept-new"),
+        env=env(),
+        check=False,
+    )
+
+    assert client.returncode == 1
+    assert f"presented {real.fingerprint}" in client.stderr
+    assert f"advertised {impostor_fp}; refusing" in client.stderr
+    assert "joined" not in real.proc.err
+
+
+def test_server_without_a_multicast_interface_serves_and_warns(lab: Lab, cert_dir: Path) -> None:
+    host = lab.host("lonely")  # loopback only
+    server = start_server(host, cert_dir, "alone", advertised=False)
+    server.proc.expect(
+        r"WARNING .*not advertising over mDNS \(no network interface other than loopback\)",
+        stream="stderr",
+    )
+
+    client = host.run(
+        *chatsecure(
+            "connect", f"127.0.0.1:{server.port}", "--nick", "me",
+            "--fingerprint", server.fingerprint,
+        ),
+        env=env(),
+    )  # fmt: skip
+
+    assert "connected to 'alone' as me" in client.stdout
+    browse = host.run(*chatsecure("discover", "--timeout", "1"), env=env(), check=False)
+    assert browse.returncode == 1
+    assert "cannot look for servers on this network" in browse.stderr
