@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from chatsecure.testing import RawClient
 
@@ -98,3 +102,101 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=10)
+
+
+class Terminal:
+    """``chatsecure connect ...`` in a subprocess, driven through pipes as a script would."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*CHATSECURE, "connect", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.seen: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), name="term-out"),
+            threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), name="term-err"),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _read_stderr(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.stderr.append(line.rstrip("\n"))
+
+    @staticmethod
+    def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``chatsecure ARGS`` to the end, with no input."""
+        return subprocess.run(
+            [*CHATSECURE, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def say(self, line: str) -> None:
+        """Type a line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def end_input(self) -> None:
+        """Close stdin, as at the end of a script."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def expect(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+        """Read stdout lines until one matches ``pattern`` (a regex searched in the line)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matching {pattern!r} in {timeout} s; stdout: {self.seen}, "
+                    f"stderr: {self.stderr}"
+                ) from None
+            if line is None:
+                raise AssertionError(f"stdout ended before {pattern!r}: {self.seen}")
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    def wait(self, timeout: float = 10) -> int:
+        """Wait for the exit; return the exit code (stdout and stderr are read to the end)."""
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        while not self._lines.empty():
+            line = self._lines.get()
+            if line is not None:
+                self.seen.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()

@@ -1,0 +1,31 @@
+"""The command line as a whole: the entry point, help and version."""
+
+from __future__ import annotations
+
+from chatsecure import __version__
+from tests.helpers import Terminal
+
+
+def test_version() -> None:
+    result = Terminal.run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chatsecure {__version__}"
+
+
+def test_help_lists_the_commands() -> None:
+    result = Terminal.run_cli("--help")
+    assert result.returncode == 0
+    for command in ("server", "connect", "gencert", "forget"):
+        assert command in result.stdout
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = Terminal.run_cli("connect", "127.0.0.1", "--nick", "bob", "--no-such-option")
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_connect_needs_a_nick() -> None:
+    result = Terminal.run_cli("connect", "127.0.0.1")
+    assert result.returncode == 2
+    assert "--nick" in result.stderr

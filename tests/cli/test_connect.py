@@ -1,0 +1,193 @@
+"""`chatsecure connect`, the terminal client, driven through pipes as a script drives it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls import certs
+from chatsecure.tls.trust import KnownServers
+from tests.helpers import Terminal
+
+TIME = r"\[\d\d:\d\d:\d\d\]"
+
+
+def terminal(server: ServerThread, nick: str, *options: str) -> Terminal:
+    return Terminal(f"127.0.0.1:{server.port}", "--nick", nick, *options)
+
+
+def test_terminal_client_chats_with_a_raw_client(server: ServerThread) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = terminal(server, "bob", "--accept-new")
+        try:
+            bob.expect(r"^connected to 'test' as bob \(TLSv1\.[23], SHA256:")
+            bob.expect(r"^online: alice \(127\.0\.0\.1\)$")
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+            bob.say("hello alice")
+            frame = alice.expect("msg")
+            assert frame["text"] == "hello alice"
+            assert frame["from"]["nick"] == "bob"
+            alice.send({"type": "msg", "text": "hi bob"})
+            bob.expect(rf"^{TIME} alice \(127\.0\.0\.1\): hi bob$")
+            bob.say("quit")
+            assert bob.wait() == 0, bob.stderr
+            leave = alice.expect("leave")
+            assert leave["peer"]["nick"] == "bob"
+            assert leave["reason"] == "quit"
+        finally:
+            bob.kill()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_two_terminal_clients_chat_and_see_each_other_come_and_go(server: ServerThread) -> None:
+    bob = terminal(server, "bob", "--accept-new")
+    carol = None
+    try:
+        bob.expect(r"^online: nobody else yet$")
+        carol = terminal(server, "carol", "--accept-new")
+        carol.expect(r"^online: bob \(127\.0\.0\.1\)$")
+        bob.expect(rf"^{TIME} \* carol \(127\.0\.0\.1\) joined$")
+        carol.say("hi bob, it's carol")
+        bob.expect(rf"^{TIME} carol \(127\.0\.0\.1\): hi bob, it's carol$")
+        bob.say("hello carol")
+        carol.expect(rf"^{TIME} bob \(127\.0\.0\.1\): hello carol$")
+        carol.end_input()  # end of the script: the client quits
+        assert carol.wait() == 0, carol.stderr
+        bob.expect(rf"^{TIME} \* carol \(127\.0\.0\.1\) left \(quit\)$")
+        bob.say("quit")
+        assert bob.wait() == 0, bob.stderr
+    finally:
+        bob.kill()
+        if carol is not None:
+            carol.kill()
+    assert not any("hi bob" in line for line in carol.seen), "no echo of one's own message"
+
+
+def test_unknown_server_is_refused_without_a_terminal_and_nothing_is_sent(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatsecure.server")
+    bob = terminal(server, "bob")
+    try:
+        assert bob.wait() == 1
+    finally:
+        bob.kill()
+    errors = "\n".join(bob.stderr)
+    assert server.fingerprint in errors
+    assert "--accept-new" in errors
+    assert "--fingerprint" in errors
+    assert not KnownServers().path.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("TLS connection from" in m for m in messages), "the client did connect"
+    assert not any("joined" in m or "refused frame" in m for m in messages), messages
+    assert server.online() == []
+
+
+def test_expected_fingerprint_connects_and_pins(server: ServerThread) -> None:
+    bob = terminal(server, "bob", "--fingerprint", server.fingerprint.removeprefix("SHA256:"))
+    try:
+        bob.expect(r"^connected to 'test' as bob")
+        bob.end_input()
+        assert bob.wait() == 0
+    finally:
+        bob.kill()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_other_fingerprint_is_refused(server: ServerThread) -> None:
+    expected = certs.fingerprint(b"some other certificate")
+    bob = terminal(server, "bob", "--fingerprint", expected)
+    try:
+        assert bob.wait() == 1
+    finally:
+        bob.kill()
+    errors = "\n".join(bob.stderr)
+    assert expected in errors
+    assert server.fingerprint in errors
+    assert server.online() == []
+
+
+def test_malformed_fingerprint_is_refused_before_connecting(server: ServerThread) -> None:
+    bob = terminal(server, "bob", "--fingerprint", "SHA256:nonsense")
+    try:
+        assert bob.wait() == 1
+    finally:
+        bob.kill()
+    assert "not a SHA-256 fingerprint" in "\n".join(bob.stderr)
+
+
+def test_changed_certificate_is_refused_loudly_until_forgotten(server: ServerThread) -> None:
+    old = certs.fingerprint(b"the certificate this server had before")
+    KnownServers().pin("127.0.0.1", server.port, old)
+    name = f"127.0.0.1:{server.port}"
+
+    refused = terminal(server, "bob", "--accept-new")
+    try:
+        assert refused.wait() == 1
+    finally:
+        refused.kill()
+    errors = "\n".join(refused.stderr)
+    assert "HAS CHANGED" in errors
+    assert old in errors
+    assert server.fingerprint in errors
+    assert f"chatsecure forget {name}" in errors
+    assert KnownServers().get("127.0.0.1", server.port) == old
+    assert server.online() == []
+
+    forget = Terminal.run_cli("forget", name)
+    assert forget.returncode == 0, forget.stderr
+    assert f"forgot {name}" in forget.stdout
+    assert KnownServers().get("127.0.0.1", server.port) is None
+
+    again = terminal(server, "bob", "--accept-new")
+    try:
+        again.expect(r"^connected to 'test' as bob")
+        again.say("quit")
+        assert again.wait() == 0
+    finally:
+        again.kill()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_forget_of_an_unknown_server_fails() -> None:
+    result = Terminal.run_cli("forget", "127.0.0.1:9")
+    assert result.returncode == 1
+    assert "was not pinned" in result.stderr
+
+
+def test_refused_nick_exits_1_with_the_reason(server: ServerThread) -> None:
+    bob = terminal(server, " \u200b ", "--accept-new")
+    try:
+        assert bob.wait() == 1
+    finally:
+        bob.kill()
+    assert "bad_nick" in "\n".join(bob.stderr)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:0", "127.0.0.1:70000", "[::1", ":7467"])
+def test_bad_target_exits_1(target: str) -> None:
+    result = Terminal.run_cli("connect", target, "--nick", "bob", "--accept-new")
+    assert result.returncode == 1
+    assert result.stderr.startswith("chatsecure: ")
+
+
+def test_server_shutdown_is_shown_and_the_client_exits_0(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server()
+    bob = terminal(server, "bob", "--accept-new")
+    try:
+        bob.expect(r"^connected to")
+        stopper = threading.Thread(target=server.stop, name="stopper")
+        stopper.start()
+        bob.expect(rf"^{TIME} ! the server is shutting down$")
+        bob.expect(r"^disconnected: ")
+        assert bob.wait() == 0
+        stopper.join(10)
+    finally:
+        bob.kill()
