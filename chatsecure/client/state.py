@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, TypeAlias
 
 from chatsecure.client.core import (
     MAX_RETRIES,
@@ -34,10 +34,20 @@ from chatsecure.client.core import (
     parse_target,
     safe_text,
 )
+from chatsecure.discovery.records import (
+    DiscoveredServer,
+    DiscoveryEvent,
+    ServerAdded,
+    ServerRemoved,
+    ServerUpdated,
+    preferred_address,
+)
 from chatsecure.errors import RemoteProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Shutdown, clean_nick
 from chatsecure.tls.trust import KnownServers, TrustPolicy, TrustQuestion, config_home, server_key
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NICK_FILE = "nick"
 """The file in the config folder that remembers the last nickname used in the desktop client."""
@@ -638,22 +648,7 @@ class TrustBridge:
             pending.answer(False)
 
 
-# --- discovery --------------------------------------------------------------------------
-
-
-class ServerLike(Protocol):
-    """What the server list needs of a discovered server."""
-
-    @property
-    def key(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def addresses(self) -> tuple[str, ...]: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def fingerprint(self) -> str | None: ...
+# --- discovery ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,40 +674,34 @@ class ServerRow:
         return self.host, str(self.port)
 
 
-def best_address(addresses: Iterable[str]) -> str | None:
-    """The address to connect to: IPv4 first, then global IPv6; link-local v6 needs a scope."""
-    parsed: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for text in addresses:
-        with contextlib.suppress(ValueError):
-            parsed.append(ipaddress.ip_address(text))
-    for want_v4 in (True, False):
-        for ip in parsed:
-            if (ip.version == 4) == want_v4 and not (ip.version == 6 and ip.is_link_local):
-                return str(ip)
-    return None
-
-
 class ServerList:
-    """The discovered servers, kept in order of name."""
+    """The discovered servers, in order of name, fed by the browser's events."""
 
-    def __init__(self) -> None:
+    def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
+        self.networks = list(networks)
+        """The networks this host is on: an address on one of them is the one to use."""
         self._rows: dict[str, ServerRow] = {}
 
-    def put(self, server: ServerLike) -> ServerRow | None:
-        """Add or update ``server``; one without a usable address is left out."""
-        host = best_address(server.addresses)
-        if host is None:
-            self._rows.pop(server.key, None)
+    def apply(self, event: DiscoveryEvent) -> None:
+        match event:
+            case ServerAdded(server=server) | ServerUpdated(server=server):
+                self.put(server)
+            case ServerRemoved(key=key):
+                self._rows.pop(key.lower(), None)
+
+    def put(self, server: DiscoveredServer) -> ServerRow | None:
+        """Add or update ``server``; one without an address is left out."""
+        key = server.key.lower()
+        if not server.addresses:
+            self._rows.pop(key, None)
             return None
-        row = ServerRow(server.key, safe_text(server.name), host, server.port, server.fingerprint)
-        self._rows[server.key] = row
+        host = preferred_address(server, self.networks)
+        row = ServerRow(key, safe_text(server.name), host, server.port, server.fingerprint)
+        self._rows[key] = row
         return row
 
-    def remove(self, key: str) -> None:
-        self._rows.pop(key, None)
-
     def get(self, key: str) -> ServerRow | None:
-        return self._rows.get(key)
+        return self._rows.get(key.lower())
 
     def rows(self) -> list[ServerRow]:
         return sorted(self._rows.values(), key=lambda r: (r.name.casefold(), r.address))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import tkinter as tk
 from collections.abc import Callable
 from tkinter import font as tkfont
 from tkinter import ttk
+from typing import TYPE_CHECKING
 
 from chatsecure.client.core import parse_target
 from chatsecure.client.state import (
@@ -40,6 +42,9 @@ from chatsecure.client.state import (
 from chatsecure.errors import ConfigError
 from chatsecure.protocol import limits
 from chatsecure.tls.trust import KnownServers
+
+if TYPE_CHECKING:
+    from chatsecure.discovery.mdns import Browser
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +473,8 @@ class App:
     def _render_servers_hint(self) -> None:
         if self._discovery is None:
             hint = "Discovery is off: type the server's address below."
+        elif self._discovery.error:
+            hint = f"Cannot look for servers ({self._discovery.error}): type an address below."
         elif self.servers.rows():
             hint = "Double-click a server (or select it and press Enter) to connect."
         else:
@@ -498,22 +505,43 @@ class App:
 
     def _start_discovery(self) -> None:
         if self.options.discovery:
-            self._discovery = Discovery.start()
+            self._discovery = Discovery.start(self.servers)
         self._render_servers_hint()
 
 
 class Discovery:
-    """The "Servers on this network" feed (stub until the mDNS browser is wired in)."""
+    """Feeds "Servers on this network" from the mDNS browser's queue."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
 
     @classmethod
-    def start(cls) -> Discovery | None:
-        return None
+    def start(cls, servers: ServerList) -> Discovery:
+        from chatsecure.discovery.mdns import Browser, local_networks
 
-    def poll(self, servers: ServerList) -> bool:
-        return False
+        servers.networks = local_networks()
+        browser = Browser()
+        browser.start()  # opens zeroconf on its own thread; quick, and bounded by its timeout
+        return cls(browser)
+
+    @property
+    def error(self) -> str | None:
+        return self.browser.error
+
+    def poll(self, servers: ServerList, limit: int = 200) -> bool:
+        """Apply the browser's events; whether any came."""
+        changed = False
+        for _ in range(limit):
+            try:
+                event = self.browser.events.get_nowait()
+            except queue.Empty:
+                break
+            servers.apply(event)
+            changed = True
+        return changed
 
     def stop(self) -> None:
-        pass
+        self.browser.stop()
 
 
 class TrustDialog:

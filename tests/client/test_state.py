@@ -3,6 +3,7 @@ trust dialog text and the thread bridge, nickname memory, and the controller on 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import time
@@ -20,12 +21,19 @@ from chatsecure.client.state import (
     Line,
     Phase,
     Roster,
+    ServerList,
     TrustBridge,
     remember_nick,
     remembered_nick,
     short_fingerprint,
     trust_prompt,
     validate_form,
+)
+from chatsecure.discovery.records import (
+    DiscoveredServer,
+    ServerAdded,
+    ServerRemoved,
+    ServerUpdated,
 )
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import (
@@ -519,3 +527,42 @@ def test_controller_close_while_asking_unblocks_the_network_thread(server: Serve
     controller.close()
     assert not controller.busy
     assert time.monotonic() - started < 2
+
+
+# --- the discovered servers -------------------------------------------------------------
+
+
+def found(key: str, name: str, *addresses: str, fp: str | None = FP) -> DiscoveredServer:
+    return DiscoveredServer(key, name, addresses, 7467, fp, 1)
+
+
+def test_server_list_follows_added_updated_removed() -> None:
+    servers = ServerList()
+    servers.apply(ServerAdded(found("Lab._chatsecure._tcp.local.", "lab", "10.0.0.5")))
+    servers.apply(ServerAdded(found("Attic._chatsecure._tcp.local.", "attic", "10.0.0.9")))
+    assert [(r.name, r.address, r.short_fingerprint) for r in servers.rows()] == [
+        ("attic", "10.0.0.9:7467", short_fingerprint(FP)),
+        ("lab", "10.0.0.5:7467", short_fingerprint(FP)),
+    ]
+    servers.apply(ServerUpdated(found("Lab._chatsecure._tcp.local.", "lab", "10.0.0.6", fp=None)))
+    row = servers.get("lab._chatsecure._tcp.local.")
+    assert row is not None
+    assert (row.fill(), row.short_fingerprint) == (("10.0.0.6", "7467"), "—")
+    servers.apply(ServerRemoved("LAB._chatsecure._tcp.local."))  # keys are case-insensitive
+    assert [r.name for r in servers.rows()] == ["attic"]
+
+
+def test_server_list_prefers_an_address_on_our_network() -> None:
+    servers = ServerList([ipaddress.ip_network("192.168.7.0/24")])
+    row = servers.put(found("x._chatsecure._tcp.local.", "x", "10.0.0.5", "192.168.7.20"))
+    assert row is not None
+    assert row.host == "192.168.7.20"
+    v6 = servers.put(found("y._chatsecure._tcp.local.", "y", "fd00::7"))
+    assert v6 is not None
+    assert v6.address == "[fd00::7]:7467"
+
+
+def test_server_names_cannot_fake_lines() -> None:
+    row = ServerList().put(found("z._chatsecure._tcp.local.", "evil\nname", "10.0.0.5"))
+    assert row is not None
+    assert row.name == "evil\\nname"
