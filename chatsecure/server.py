@@ -29,7 +29,6 @@ from chatsecure.errors import ConfigError, RemoteProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
-    Chat,
     Error,
     Hello,
     Join,
@@ -41,9 +40,11 @@ from chatsecure.protocol.messages import (
     SendMsg,
     ServerInfo,
     Shutdown,
-    Welcome,
     clean_nick,
     encode,
+    encode_chat,
+    encode_peer,
+    encode_welcome,
 )
 from chatsecure.protocol.ratelimit import FloodMeter, TokenBucket, WarningBudget
 from chatsecure.protocol.session import ServerSession
@@ -51,6 +52,9 @@ from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
 
 log = logging.getLogger(__name__)
+
+READ_BUFFER = 256 * 1024
+"""Bytes read from a client at once, into one buffer that all sessions share."""
 
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to take ``shutdown`` (or an error) before it aborts."""
@@ -111,7 +115,7 @@ def client_address(peername: object) -> str:
     return host
 
 
-class Session(asyncio.Protocol):
+class Session(asyncio.BufferedProtocol):
     """One client connection: the transport, its protocol state and its outgoing queue."""
 
     def __init__(self, server: ChatServer, session_id: str) -> None:
@@ -123,8 +127,13 @@ class Session(asyncio.Protocol):
         self.log: logging.LoggerAdapter[logging.Logger] = PeerLog(log, {"peer": session_id})
         self.last_heard = 0.0
         """Loop time of the last bytes from this client, for the idle timeout."""
+        self.peer_json = b""
+        """``peer`` encoded once at join, for every frame that names this client."""
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
+        """Frames for this client alone (welcome, pong, errors), in order with broadcasts."""
+        self._log_pos = 0
+        """How much of the server's broadcast log of this loop iteration is in ``_pending``."""
         self._closing = False
         self.lost = False
         """True once the connection is gone (``connection_lost`` ran)."""
@@ -157,6 +166,13 @@ class Session(asyncio.Protocol):
         self.log.debug(
             "TLS connection from %s (%s)", self.addr, ssl_object and ssl_object.version()
         )
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # One receive buffer for all sessions: each read is consumed before the next starts.
+        return self.server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -219,15 +235,29 @@ class Session(asyncio.Protocol):
         """Queue ``data``; everything queued in one loop iteration goes out as one TLS write."""
         if self._closing:
             return
+        if self._log_pos < len(self.server.log):
+            self._take_log()  # broadcasts queued before ``data`` go out before it
         if not self._pending:
             self.server.mark_dirty(self)
         self._pending.append(data)
 
     def flush(self) -> None:
+        """Write what is queued for this client, broadcasts included, as one TLS write."""
+        if self._log_pos < len(self.server.log):
+            self._take_log()
         pending = self._pending
         if pending and self._transport is not None and not self._closing:
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         pending.clear()
+
+    def _take_log(self) -> None:
+        """Move this iteration's broadcasts since ``_log_pos`` (not its own) into ``_pending``."""
+        server = self.server
+        start, self._log_pos = self._log_pos, len(server.log)
+        if server.sessions.get(self.id) is not self:
+            return  # not joined (yet, or any more): broadcasts are not for it
+        skip = server.log_skip
+        self._pending += [f for i, f in enumerate(server.log[start:], start) if skip[i] is not self]
 
     def close(self, reason: str) -> None:
         """Flush what is queued, close the connection and tell the others, once."""
@@ -315,6 +345,17 @@ class ChatServer:
         self._ids = itertools.count(1)
         self._info = ServerInfo(config.name, __version__, limits.PROTOCOL_VERSION)
         self._dirty: list[Session] = []
+        self.log: list[bytes] = []
+        """Frames broadcast in this loop iteration; ``_flush`` writes them to everyone."""
+        self.log_skip: list[Session | None] = []
+        """For each frame in ``log``, the session it is not for (its sender)."""
+        self._log_senders: set[Session] = set()
+        self._flush_scheduled = False
+        self._peers_json: dict[str, bytes] = {}
+        """``encode_peer`` of every joined session, in join order: the welcome's peer list."""
+        self._nicks: set[str] = set()
+        """The casefolded nicks in use."""
+        self.read_buffer = memoryview(bytearray(READ_BUFFER))
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
@@ -444,10 +485,14 @@ class ChatServer:
     def join(self, session: Session, wanted: str) -> None:
         nick = self._unique_nick(wanted)
         session.peer = Peer(session.id, nick, session.addr)
-        others = tuple(s.peer for s in self.sessions.values() if s.peer is not None)
-        session.send(encode(Welcome(session.peer, others, self._info)))
+        session.peer_json = encode_peer(session.peer)
+        peers = self._peers_json.values()
+        session.send(encode_welcome(session.peer_json, peers, self._info))
         self.broadcast(encode(Join(session.peer)))
+        session._log_pos = len(self.log)  # what was broadcast before is in its welcome
         self.sessions[session.id] = session
+        self._peers_json[session.id] = session.peer_json
+        self._nicks.add(nick.casefold())
         session.log.info("%s joined from %s; %d online", nick, session.addr, len(self.sessions))
 
     def remove(self, session: Session, reason: str) -> None:
@@ -459,11 +504,13 @@ class ChatServer:
                 del self._per_ip[session.addr]
         if self.sessions.pop(session.id, None) is None or session.peer is None:
             return
+        del self._peers_json[session.id]
+        self._nicks.discard(session.peer.nick.casefold())
         self.broadcast(encode(Leave(session.peer, reason)))
         session.log.info("%s left (%s); %d online", session.peer.nick, reason, len(self.sessions))
 
     def _unique_nick(self, wanted: str) -> str:
-        taken = {s.peer.nick.casefold() for s in self.sessions.values() if s.peer is not None}
+        taken = self._nicks
         if wanted.casefold() not in taken:
             return wanted
         for n in itertools.count(2):
@@ -479,24 +526,51 @@ class ChatServer:
         if sender.peer is None:  # pragma: no cover - the state machine forbids it
             return
         sender.log.debug("msg of %d characters", len(text))
-        self.broadcast(encode(Chat(sender.peer, text, time.time())), exclude=sender)
+        self.broadcast(encode_chat(sender.peer_json, text, time.time()), exclude=sender)
 
     def broadcast(self, frame: bytes, exclude: Session | None = None) -> None:
-        """Queue one already-encoded frame for every joined session but ``exclude``."""
-        for session in self.sessions.values():
-            if session is not exclude:
-                session.send(frame)
+        """Queue one already-encoded frame for every joined session but ``exclude``.
+
+        No per-recipient work here: the frame goes into this iteration's log, and ``_flush``
+        writes the whole log to each session once.
+        """
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        self.log.append(frame)
+        self.log_skip.append(exclude)
+        if exclude is not None:
+            self._log_senders.add(exclude)
 
     def mark_dirty(self, session: Session) -> None:
-        if not self._dirty:
-            assert self._loop is not None  # noqa: S101 - set in start()
-            self._loop.call_soon(self._flush)
+        if not self._flush_scheduled:
+            self._schedule_flush()
         self._dirty.append(session)
 
+    def _schedule_flush(self) -> None:
+        assert self._loop is not None  # noqa: S101 - set in start()
+        self._loop.call_soon(self._flush)
+        self._flush_scheduled = True
+
     def _flush(self) -> None:
+        """End of a loop iteration: one TLS write per client with everything queued for it."""
+        self._flush_scheduled = False
+        if self.log:
+            frames = self.log
+            blob = frames[0] if len(frames) == 1 else b"".join(frames)
+            senders = self._log_senders
+            try:
+                for session in list(self.sessions.values()):
+                    if session._pending or session._log_pos or session in senders:
+                        session.flush()  # private frames or its own messages: its own blob
+                        session._log_pos = 0
+                    elif session._transport is not None:
+                        session._transport.write(blob)  # the same bytes object for everyone
+            finally:
+                self.log, self.log_skip, self._log_senders = [], [], set()
         dirty, self._dirty = self._dirty, []
         for session in dirty:
             session.flush()
+            session._log_pos = 0
 
 
 def format_address(host: str, port: int) -> str:

@@ -7,7 +7,9 @@ versions can add them; unknown types are an error the peer survives.
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -189,9 +191,6 @@ def encode(message: Message) -> bytes:
     return dump(to_json(message))
 
 
-def dump(obj: dict[str, Any]) -> bytes:
-    """Serialize an already-built JSON object as one frame."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 def to_json(message: Message) -> dict[str, Any]:
