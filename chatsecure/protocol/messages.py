@@ -191,6 +191,37 @@ def encode(message: Message) -> bytes:
     return dump(to_json(message))
 
 
+# One encoder for every frame: json.dumps with options builds a new JSONEncoder per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dump(obj: dict[str, Any]) -> bytes:
+    """Serialize an already-built JSON object as one frame."""
+    return _dumps(obj).encode() + b"\n"
+
+
+# A server sends the same peers over and over; it can encode each once with ``encode_peer``
+# and build frames from the parts. Each function returns exactly the bytes ``encode`` would.
+
+
+def encode_peer(peer: Peer) -> bytes:
+    """``peer`` as compact JSON (no newline), to cache and pass to the functions below."""
+    return _dumps(peer.to_json()).encode()
+
+
+def encode_chat(sender: bytes, text: str, ts: float) -> bytes:
+    """``encode(Chat(peer, text, ts))`` where ``sender`` is ``encode_peer(peer)``."""
+    # float.__repr__ is what json writes for a finite float, without its per-call setup.
+    ts_json = repr(ts).encode() if math.isfinite(ts) else _dumps(ts).encode()
+    text_json = _dumps(text).encode()
+    return b'{"type":"msg","from":%b,"text":%b,"ts":%b}\n' % (sender, text_json, ts_json)
+
+
+def encode_welcome(you: bytes, peers: Iterable[bytes], server: ServerInfo) -> bytes:
+    """``encode(Welcome(...))`` from peers already encoded with ``encode_peer``."""
+    info = {"name": server.name, "version": server.version, "protocol": server.protocol}
+    parts = (you, b",".join(peers), _dumps(info).encode())
+    return b'{"type":"welcome","you":%b,"peers":[%b],"server":%b}\n' % parts
 
 
 def to_json(message: Message) -> dict[str, Any]:
