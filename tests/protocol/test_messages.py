@@ -31,6 +31,9 @@ from chatsecure.protocol.messages import (
     clean_nick,
     dump,
     encode,
+    encode_chat,
+    encode_peer,
+    encode_welcome,
     load,
     parse_client,
     parse_server,
@@ -333,3 +336,36 @@ def test_clean_nick_result_is_short_visible_and_stable(raw: str) -> None:
     assert "\n" not in nick
     assert "\r" not in nick
     assert clean_nick(nick) == nick
+
+
+# --- frames built from cached parts -----------------------------------------------------
+
+
+@given(peers, any_text, st.floats() | timestamps.map(float))
+def test_encode_chat_from_a_cached_peer_is_exactly_encode(peer: Peer, text: str, ts: float) -> None:
+    assert encode_chat(encode_peer(peer), text, ts) == encode(Chat(peer, text, ts))
+
+
+@given(peers, st.lists(peers, max_size=5), infos)
+def test_encode_welcome_from_cached_peers_is_exactly_encode(
+    you: Peer, others: list[Peer], info: ServerInfo
+) -> None:
+    cached = encode_welcome(encode_peer(you), [encode_peer(p) for p in others], info)
+    assert cached == encode(Welcome(you, tuple(others), info))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'{"type":"msg","text":"a\\ud800b"}', id="msg-text"),
+        pytest.param(b'{"type":"hello","nick":"\\udfff"}', id="hello-nick"),
+        pytest.param(b'{"type":"hello","nick":"a","password":"\\ud83d"}', id="password"),
+    ],
+)
+def test_lone_surrogate_is_a_bad_message_not_a_crash_later(data: bytes) -> None:
+    error = error_of(parse_client, data)
+    assert error.code is ErrorCode.BAD_MESSAGE
+
+
+def test_escaped_surrogate_pair_is_a_real_character() -> None:
+    assert parse_client(b'{"type":"msg","text":"\\ud83d\\ude00"}') == SendMsg("\U0001f600")
