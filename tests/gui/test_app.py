@@ -206,6 +206,19 @@ def test_not_a_tls_server_is_a_clear_message(gui: GuiFactory) -> None:
     assert alice.notice().startswith(f"Could not connect to 127.0.0.1:{port}")
 
 
+def test_full_server_is_a_clear_message(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(max_sessions=1)
+    alice, bob = gui(nick="alice", accept_new=True), gui(nick="bob", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    bob.connect("127.0.0.1", server.port)
+    bob.pump(lambda: bob.phase is Phase.CONNECT)
+    assert "the server is full (1 sessions)" in bob.notice()
+    assert "server_full" in bob.notice()
+    assert alice.phase is Phase.CHAT
+
+
 def test_server_shutdown_is_shown_and_back_returns_to_connect_view(
     server: ServerThread, gui: GuiFactory
 ) -> None:
@@ -361,10 +374,15 @@ def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, ho
     server.wait_online(0)
 
 
-def test_no_display_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", [["gui", "--no-discovery"], []], ids=["gui", "no command"])
+def test_no_display_is_a_clear_error(tmp_path: Path, args: list[str]) -> None:
+    """Without a display (DISPLAY unset) the window cannot open: a sentence, not a traceback.
+
+    Plain `chatsecure` is the GUI: it fails the same way (before discovery could start).
+    """
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CHATSECURE_HOME": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "chatsecure", "gui", "--no-discovery"],
+        [sys.executable, "-m", "chatsecure", *args],
         capture_output=True,
         text=True,
         timeout=20,
