@@ -16,7 +16,6 @@ Widgets have stable names, so tests and tools find them with ``root.nametowidget
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import signal
 import tkinter as tk
@@ -45,8 +44,6 @@ from chatsecure.tls.trust import KnownServers
 
 if TYPE_CHECKING:
     from chatsecure.discovery.mdns import Browser
-
-log = logging.getLogger(__name__)
 
 POLL_MS = 40
 """How often the Tk thread looks at the client's and discovery's queues."""
@@ -612,6 +609,7 @@ class TrustDialog:
             self.window.bind("<Return>", lambda _e: answered(pending, True))
         self.window.bind("<Escape>", lambda _e: answered(pending, False))
         self.window.protocol("WM_DELETE_WINDOW", lambda: answered(pending, False))
+        _center(self.window, over=app.root)
 
     def _confirmed(self) -> None:
         if self.confirm is not None:
@@ -620,6 +618,15 @@ class TrustDialog:
 
     def destroy(self) -> None:
         self.window.destroy()
+
+
+def _center(window: tk.Toplevel, over: tk.Misc) -> None:
+    """Put ``window`` over the middle of ``over`` (window managers may still move it)."""
+    window.update_idletasks()
+    width, height = window.winfo_reqwidth(), window.winfo_reqheight()
+    x = over.winfo_rootx() + max(0, (over.winfo_width() - width) // 2)
+    y = over.winfo_rooty() + max(0, (over.winfo_height() - height) // 3)
+    window.geometry(f"+{x}+{y}")
 
 
 # --- looks ------------------------------------------------------------------------------
