@@ -85,6 +85,8 @@ class ServerConfig:
     max_per_ip: int = limits.MAX_PER_IP
     msg_rate: float = limits.MSG_RATE
     msg_burst: int = limits.MSG_BURST
+    flood_window: float = limits.FLOOD_WINDOW
+    """Seconds of flooding at about 3x ``msg_rate`` before a session is disconnected."""
     tls13_only: bool = False
     password: str | None = field(default=None, repr=False)
     """The room password clients must send in ``hello``; ``None`` lets anyone in."""
@@ -155,7 +157,7 @@ class Session(asyncio.BufferedProtocol):
             transport.set_write_buffer_limits(high=config.send_buffer_limit)
         if config.msg_rate:
             self._bucket = TokenBucket(config.msg_rate, config.msg_burst, now)
-            self._flood = FloodMeter(config.msg_rate, limits.FLOOD_WINDOW, now)
+            self._flood = FloodMeter(config.msg_rate, config.flood_window, now)
         refusal = self.server.admit(self)
         if refusal is not None:
             self.drop(*refusal)
