@@ -290,7 +290,7 @@ class Session(asyncio.BufferedProtocol):
         else:
             self.send(encode(Error(error.code, error.message)))
 
-    def _joined(self, hello: Hello) -> None:
+    def _joined(self, hello: Hello, *, waited: bool = False) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
@@ -300,6 +300,17 @@ class Session(asyncio.BufferedProtocol):
         ):
             self._auth_failed()
             return
+        if (
+            config.password is not None
+            and not waited
+            and (delay := self.server.auth_delay(self.addr))
+        ):
+            # This address guessed wrong lately: a right password is answered no sooner than a
+            # wrong one, or a guesser could hang up early and tell them apart by the timing.
+            assert self._transport is not None  # noqa: S101
+            self._transport.pause_reading()
+            asyncio.get_running_loop().call_later(delay, self._joined_late, hello)
+            return
         try:
             nick = self._certificate_nick() if config.client_ca else clean_nick(hello.nick)
         except RemoteProtocolError as exc:
@@ -307,6 +318,12 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.auth_succeeded(self.addr)
         self.server.join(self, nick)
+
+    def _joined_late(self, hello: Hello) -> None:
+        if self._closing or self._transport is None:
+            return
+        self._transport.resume_reading()
+        self._joined(hello, waited=True)
 
     def _certificate_nick(self) -> str:
         """The common name of the client's certificate: with --client-ca it is the nick."""
@@ -466,6 +483,13 @@ class ChatServer:
             self._auth_failures.clear()
         self._auth_failures[addr] = (failures + 1, now)
         return delay
+
+    def auth_delay(self, addr: str) -> float:
+        """How long a wrong password from ``addr`` would wait now; 0 if it has no recent ones."""
+        failures, last = self._auth_failures.get(addr, (0, 0.0))
+        if not failures or time.monotonic() - last > limits.AUTH_FORGET:
+            return 0.0
+        return min(limits.AUTH_DELAY * 2.0**failures, limits.AUTH_DELAY_MAX)
 
     def auth_succeeded(self, addr: str) -> None:
         self._auth_failures.pop(addr, None)
