@@ -215,6 +215,7 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.server.closing.discard(self)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         self._closing = True
@@ -268,6 +269,7 @@ class Session(asyncio.BufferedProtocol):
         self.flush()
         self._closing = True
         self.server.remove(self, reason)
+        self.server.closing.add(self)
         if self._transport is not None:
             self._transport.close()
             # A client that stops reading never lets close() finish; do not wait forever.
@@ -359,6 +361,8 @@ class ChatServer:
         """The joined sessions, by id: everyone who receives broadcasts."""
         self.connections: set[Session] = set()
         """Every open connection, joined or not."""
+        self.closing: set[Session] = set()
+        """Sessions closed whose connections are not gone yet; shutdown waits for them too."""
         self.fingerprint = ""
         self.addresses: list[tuple[str, int]] = []
         self._ids = itertools.count(1)
@@ -433,6 +437,7 @@ class ChatServer:
         for session in sessions:
             session.send(frame)
             session.close("shutdown")
+        sessions += self.closing  # closed earlier (an error, a wrong password) and not gone yet
         # close() took them out of the registry at once; wait until their connections are
         # really gone (close() aborts those that are still there after SHUTDOWN_GRACE).
         deadline = time.monotonic() + SHUTDOWN_GRACE + 1
