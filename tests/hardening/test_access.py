@@ -1,0 +1,394 @@
+"""Access control: room password, client certificates, and a server that refuses to start unsafe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from chatsecure.cli import build_parser
+from chatsecure.client.core import ChatClient, Connected, Target
+from chatsecure.errors import ConfigError
+from chatsecure.settings import server_config as settings_config
+from chatsecure.testing import RawClient, ServerThread, joined
+from chatsecure.tls import certs
+from chatsecure.tls.context import client_context
+from chatsecure.tls.trust import KnownServers, TrustPolicy
+from tests.hardening.helpers import TLSClient
+
+ROOM = "correct horse battery staple"
+"""The room password of the servers in these tests."""
+
+
+def hello(nick: str, password: str | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "hello", "nick": nick}
+    if password is not None:
+        frame["password"] = password
+    return frame
+
+
+def verdict(client: RawClient, timeout: float = 10) -> tuple[str, float]:
+    """``welcome`` or the error code, and how long the server took to say it."""
+    started = time.monotonic()
+    frame = client.recv(timeout)
+    took = time.monotonic() - started
+    return (frame["type"] if frame["type"] != "error" else frame["code"]), took
+
+
+# --- room password ------------------------------------------------------------------------
+
+
+def test_wrong_or_missing_password_gets_auth_failed_and_closed(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(password=ROOM)
+    passwords = [None, "", "wrong", ROOM + " ", ROOM.upper(), ROOM[:-1]]
+    # Each from its own address, so that none waits for the failures of the others.
+    guests = [
+        TLSClient(server.host, server.port, source=f"127.0.0.{10 + i}")
+        for i in range(len(passwords))
+    ]
+    try:
+        for guest, password in zip(guests, passwords, strict=True):
+            guest.send(hello("guest", password))
+        for guest in guests:
+            assert verdict(guest)[0] == "auth_failed"
+            assert guest.closed(3)
+    finally:
+        for guest in guests:
+            guest.close()
+    assert server.online() == []
+
+
+def test_right_password_gets_in(start_server: Callable[..., ServerThread]) -> None:
+    server = start_server(password=ROOM)
+    with RawClient(server.host, server.port) as member:
+        member.send(hello("member", ROOM))
+        kind, took = verdict(member)
+        assert (kind, took < 0.3) == ("welcome", True)
+
+
+def test_each_failure_waits_longer_while_members_chat_undisturbed(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(password=ROOM, msg_rate=0)
+    with joined(server.host, server.port) as members:
+        for nick in ("alice", "bob"):
+            member = RawClient(server.host, server.port)
+            members.append(member)
+            member.send(hello(nick, ROOM))
+            member.expect("welcome")
+        alice, bob = members
+        alice.expect("join")
+        waits: list[float] = []
+        latencies: list[float] = []
+        for attempt in range(2):
+            with RawClient(server.host, server.port) as guesser:
+                guesser.send(hello("guesser", f"guess {attempt}"))
+                started = time.monotonic()
+                # While the guesser waits for its answer, the members chat at full speed.
+                while guesser.silent(0.01):
+                    sent = time.monotonic()
+                    alice.send({"type": "msg", "text": "meanwhile"})
+                    bob.expect("msg")
+                    latencies.append(time.monotonic() - sent)
+                    time.sleep(0.04)
+                assert guesser.expect("error")["code"] == "auth_failed"
+                waits.append(time.monotonic() - started)
+        assert 0.4 < waits[0] < 1.0
+        assert waits[1] > 1.6 * waits[0], f"the second failure waited {waits}"
+        assert max(latencies) < 0.2, f"members were held up: {max(latencies):.3f} s"
+        assert sorted(server.online()) == ["alice", "bob"]
+
+
+def test_guessing_without_waiting_for_the_answer_gains_nothing(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A guesser that hangs up before the answer must not learn a right guess any faster.
+
+    Otherwise the delay protects nothing: a right password answered at once tells itself apart
+    from a wrong one (answered late) after a round trip. Parallel guesses wait just as long.
+    """
+    server = start_server(password=ROOM)
+    for attempt in range(2):
+        with RawClient(server.host, server.port) as impatient:
+            impatient.send(hello("impatient", f"guess {attempt}"))
+            assert impatient.silent(0.1)
+    results: list[tuple[str, float]] = []
+
+    def guess(password: str) -> None:
+        with RawClient(server.host, server.port) as guesser:
+            guesser.send(hello("guesser", password))
+            results.append(verdict(guesser))
+
+    threads = [threading.Thread(target=guess, args=(p,)) for p in ("guess 3", ROOM)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(kind for kind, _ in results) == ["auth_failed", "welcome"]
+    took = dict(results)
+    assert took["welcome"] > 1.5, f"the right guess was answered after {took['welcome']:.2f} s"
+    # ...and once someone got in, the address starts afresh.
+    with RawClient(server.host, server.port) as member:
+        member.send(hello("member", ROOM))
+        assert verdict(member)[1] < 0.3
+
+
+# --- client certificates (mutual TLS) -------------------------------------------------------
+
+
+@pytest.fixture
+def client_cas(tmp_path: Path) -> tuple[Path, Path]:
+    """Two client CAs: the server's, with alice in it, and another with mallory."""
+    ours, theirs = tmp_path / "ca-ours", tmp_path / "ca-theirs"
+    certs.generate_client("alice", ours)
+    certs.generate_client("ali\u202ece", ours)  # a bidi override in the common name
+    certs.generate_client("mallory", theirs)
+    return ours, theirs
+
+
+def mtls_context(ca_dir: Path | None, name: str | None) -> ssl.SSLContext:
+    if ca_dir is None or name is None:
+        return client_context()
+    return client_context(cert=ca_dir / f"{name}.crt", key=ca_dir / f"{name}.key")
+
+
+def refused_at_handshake(server: ServerThread, context: ssl.SSLContext) -> bool:
+    """True if TLS fails; with TLS 1.3 the client may only learn it on its first read."""
+    try:
+        client = TLSClient(server.host, server.port, context=context)
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+    with client:
+        try:
+            client.send({"type": "hello", "nick": "intruder"})
+            client.recv(3)
+        except (EOFError, ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("who", "name"), [("no-cert", None), ("other-ca", "mallory")])
+def test_client_without_a_certificate_from_the_ca_is_refused_at_the_handshake(
+    start_server: Callable[..., ServerThread],
+    client_cas: tuple[Path, Path],
+    who: str,
+    name: str | None,
+) -> None:
+    ours, theirs = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    assert refused_at_handshake(server, mtls_context(theirs if name else None, name))
+    assert server.call(lambda: len(server.server.connections)) == 0, "it never got a session"
+    with TLSClient(server.host, server.port, context=mtls_context(ours, "alice")) as alice:
+        assert alice.join("whatever")["you"]["nick"] == "alice"
+
+
+def test_certificate_common_name_is_the_nick_whatever_hello_says(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+) -> None:
+    ours, _ = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    with (
+        TLSClient(server.host, server.port, context=mtls_context(ours, "alice")) as alice,
+        TLSClient(server.host, server.port, context=mtls_context(ours, "ali\u202ece")) as spoof,
+    ):
+        assert alice.join("bob")["you"]["nick"] == "alice"
+        welcome = spoof.join("carol")
+        # The bidi override is stripped, so two people cannot look alike; the suffix tells apart.
+        assert welcome["you"]["nick"] == "alice_2"
+        assert alice.expect("join")["peer"]["nick"] == "alice_2"
+
+
+def test_client_core_presents_its_certificate(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+) -> None:
+    ours, _ = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    target = Target(server.host, server.port, cert=ours / "alice.crt", key=ours / "alice.key")
+    client = ChatClient(target, "nobody", TrustPolicy(KnownServers(), accept_new=True))
+    client.start()
+    try:
+        event = client.events.get(timeout=5)
+        assert isinstance(event, Connected), event
+        assert event.welcome.you.nick == "alice"
+    finally:
+        client.close()
+
+
+# --- the server refuses to start unsafe -----------------------------------------------------
+
+
+def run_server_cli(*args: str | Path, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    """``chatsecure server`` in a subprocess, on loopback, never advertised."""
+    argv = [sys.executable, "-m", "chatsecure", "server", "--host", "127.0.0.1", "--port", "0"]
+    argv.append("--no-discovery")
+    return subprocess.run(
+        [*argv, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def copy_certs(cert_dir: Path, to: Path) -> tuple[Path, Path]:
+    to.mkdir()
+    cert, key = to / "server.crt", to / "server.key"
+    shutil.copy(cert_dir / "server.crt", cert)
+    shutil.copy(cert_dir / "server.key", key)
+    key.chmod(0o600)
+    return cert, key
+
+
+def test_key_readable_by_others_is_refused_with_the_chmod_to_run(
+    cert_dir: Path, tmp_path: Path
+) -> None:
+    cert, key = copy_certs(cert_dir, tmp_path / "certs")
+    key.chmod(0o644)
+    result = run_server_cli("--cert", cert, "--key", key)
+    assert result.returncode == 1
+    assert f"chmod 600 {key}" in result.stderr
+    assert "listening" not in result.stdout
+
+
+def make_cert(out: Path, not_before: dt.datetime, not_after: dt.datetime) -> tuple[Path, Path]:
+    """A self-signed server certificate with the validity given, made here, not by certs."""
+    out.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = out / "server.crt", out / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def test_expired_certificate_is_refused_with_the_gencert_command(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_cert(
+        tmp_path / "old", now - dt.timedelta(days=400), now - dt.timedelta(days=1)
+    )
+    result = run_server_cli("--cert", cert, "--key", key)
+    assert result.returncode == 1
+    assert "expired" in result.stderr
+    assert f"chatsecure gencert --out {cert.parent} --force" in result.stderr
+
+
+def test_certificate_expiring_within_30_days_is_warned_about(
+    start_server: Callable[..., ServerThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_cert(
+        tmp_path / "soon", now - dt.timedelta(days=1), now + dt.timedelta(days=10)
+    )
+    with caplog.at_level(logging.WARNING, logger="chatsecure.tls.certs"):
+        server = start_server(cert=cert, key=key)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("expires in 10 days" in w and "gencert" in w for w in warnings), warnings
+    with RawClient(server.host, server.port) as client:  # and it still serves
+        client.join("early")
+
+
+def test_certificate_good_for_long_is_not_warned_about(
+    start_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="chatsecure.tls.certs"):
+        start_server()
+    assert not [r for r in caplog.records if r.name == "chatsecure.tls.certs"]
+
+
+# --- settings from a TOML file --------------------------------------------------------------
+
+
+def parse_server_args(*args: str | Path) -> Any:
+    return build_parser().parse_args(["server", *map(str, args)])
+
+
+def test_config_file_values_apply_and_a_flag_wins(tmp_path: Path) -> None:
+    (tmp_path / "room").write_text(ROOM + "\nsecond line ignored\n")
+    config_file = tmp_path / "chatsecure.toml"
+    config_file.write_text(
+        'name = "lab 3"\nmax-sessions = 7\nmax_per_ip = 3\nmsg-rate = 2\n'
+        'idle-timeout = 30\npassword-file = "room"\ntls13-only = true\n'
+    )
+    config = settings_config(parse_server_args("--config", config_file, "--max-sessions", "9"))
+    assert (config.name, config.max_per_ip, config.msg_rate) == ("lab 3", 3, 2.0)
+    assert (config.idle_timeout, config.tls13_only, config.password) == (30.0, True, ROOM)
+    assert config.max_sessions == 9, "the command line wins over the file"
+
+
+def test_config_file_limits_bite_on_a_real_server(tmp_path: Path, cert_dir: Path) -> None:
+    config_file = tmp_path / "limits.toml"
+    config_file.write_text("[server]\nmax-per-ip = 1\nhost = '127.0.0.1'\nport = 0\n")
+    config = settings_config(
+        parse_server_args(
+            "--config",
+            config_file,
+            "--cert",
+            cert_dir / "server.crt",
+            "--key",
+            cert_dir / "server.key",
+        )
+    )
+    with ServerThread(config) as server, RawClient(server.host, server.port) as first:
+        first.join("first")
+        with RawClient(server.host, server.port) as second:
+            second.send(hello("second", None))
+            assert second.expect("error")["code"] == "too_many_connections"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("max-sesions = 5\n", "unknown setting 'max-sesions'"),
+        ('max-sessions = "many"\n', "max_sessions must be a int"),
+        ("tls13-only = 1\n", "tls13_only must be a bool"),
+        ("max-sessions = -1\n", "max-sessions cannot be negative"),
+        ("name = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_is_refused_with_what_is_wrong(
+    tmp_path: Path, text: str, complaint: str
+) -> None:
+    config_file = tmp_path / "bad.toml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError, match=complaint):
+        settings_config(parse_server_args("--config", config_file))
+
+
+def test_unknown_config_key_stops_the_cli_with_exit_1(tmp_path: Path, cert_dir: Path) -> None:
+    config_file = tmp_path / "typo.toml"
+    config_file.write_text("max-sesions = 5\n")
+    result = run_server_cli("--config", config_file)
+    assert result.returncode == 1
+    assert "unknown setting 'max-sesions'" in result.stderr

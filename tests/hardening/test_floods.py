@@ -1,0 +1,190 @@
+"""Floods: a client over the rate is refused, then cut off; everyone else keeps chatting fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from chatsecure.testing import RawClient, ServerThread, joined
+
+RATE = 20.0
+BURST = 5
+WINDOW = 1.0
+"""Small limits so that a flood is over in about a second (the defaults are 5/s, 20, 10 s)."""
+
+
+def limited(start_server: Callable[..., ServerThread]) -> ServerThread:
+    return start_server(msg_rate=RATE, msg_burst=BURST, flood_window=WINDOW)
+
+
+def msg(text: str) -> bytes:
+    return json.dumps({"type": "msg", "text": text}).encode() + b"\n"
+
+
+def drain(client: RawClient, codes: list[str]) -> bool:
+    """Read what has arrived without waiting; collect error codes. False once closed."""
+    while True:
+        try:
+            frame = client.recv(0.001)
+        except TimeoutError:
+            return True
+        except (EOFError, OSError):
+            return False
+        if frame["type"] == "error":
+            codes.append(frame["code"])
+
+
+def flood(client: RawClient, seconds: float = 5.0) -> tuple[list[str], float]:
+    """Send messages as fast as the socket takes them until the server closes the connection.
+
+    Returns the error codes the server sent and how long the flood lasted.
+    """
+    batch = msg("flood") * 50
+    codes: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            client.send_raw(batch)
+        except OSError:
+            break
+        if not drain(client, codes):
+            break
+    while drain(client, codes) and time.monotonic() - started < seconds:
+        time.sleep(0.01)
+    return codes, time.monotonic() - started
+
+
+def paced(client: RawClient, per_second: float, seconds: float) -> tuple[list[str], bool]:
+    """Send at a steady pace; return the error codes and whether the connection survived."""
+    codes: list[str] = []
+    start = time.monotonic()
+    for i in range(int(per_second * seconds)):
+        time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+        try:
+            client.send_raw(msg(f"paced {i}"))
+        except OSError:
+            return codes, False
+        if not drain(client, codes):
+            return codes, False
+    time.sleep(0.1)
+    return codes, drain(client, codes)
+
+
+def test_fast_flooder_is_rate_limited_then_cut_off_as_flooding(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = limited(start_server)
+    with joined(server.host, server.port, "bob", "flooder") as (bob, flooder):
+        codes, lasted = flood(flooder)
+        assert "rate_limited" in codes
+        assert codes[-1] == "flooding", codes[-5:]
+        assert lasted < 3, f"flooded for {lasted:.1f} s before being cut off"
+        delivered, leaves = 0, 0
+        while not bob.silent(0.2):
+            frame = bob.recv()
+            delivered += frame["type"] == "msg"
+            leaves += frame["type"] == "leave"
+        assert leaves == 1
+        assert BURST <= delivered <= BURST + RATE * lasted + 1, "only frames within the rate pass"
+        assert server.online() == ["bob"]
+
+
+def test_three_and_a_half_times_the_rate_is_cut_off_but_one_and_a_half_is_not(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = limited(start_server)
+    with joined(server.host, server.port, "steady", "greedy") as (steady, greedy):
+        results: dict[str, tuple[list[str], bool]] = {}
+        started = time.monotonic()
+        cut_at: list[float] = []
+
+        def run_greedy() -> None:
+            results["greedy"] = paced(greedy, 3.5 * RATE, 2 * WINDOW)
+            cut_at.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=run_greedy)
+        thread.start()
+        try:
+            results["steady"] = paced(steady, 1.5 * RATE, 2 * WINDOW)
+        finally:
+            thread.join(10)
+        greedy_codes, greedy_alive = results["greedy"]
+        steady_codes, steady_alive = results["steady"]
+        assert not greedy_alive
+        assert greedy_codes[-1] == "flooding"
+        assert cut_at[0] < 2 * WINDOW, f"3.5x the rate kept up for {cut_at[0]:.1f} s"
+        assert steady_alive, f"1.5x the rate was cut off: {steady_codes[-3:]}"
+        assert set(steady_codes) <= {"rate_limited"}
+        assert server.online() == ["steady"]
+
+
+def test_others_keep_low_latency_while_flooders_keep_coming_back(
+    start_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flooders reconnect and flood at full speed for 2 s; alice's lines reach bob promptly.
+
+    The admin's log gets at most its budget of warnings, however many floods there were.
+    """
+    caplog.set_level(logging.WARNING, logger="chatsecure.server")
+    server = limited(start_server)
+    stop = threading.Event()
+    floods: list[list[str]] = []
+
+    def attacker() -> None:
+        while not stop.is_set():
+            with RawClient(server.host, server.port) as flooder:
+                flooder.join("flooder")
+                floods.append(flood(flooder, seconds=3)[0])
+
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        thread = threading.Thread(target=attacker)
+        thread.start()
+        latencies: list[float] = []
+        try:
+            for i in range(int(2.0 / 0.1)):  # 10 lines a second: within alice's rate
+                sent = time.monotonic()
+                alice.send({"type": "msg", "text": f"line {i}"})
+                while True:
+                    frame = bob.recv(2)
+                    if frame["type"] == "msg" and frame["from"]["nick"] == "alice":
+                        break
+                latencies.append(time.monotonic() - sent)
+                assert frame["text"] == f"line {i}"
+                time.sleep(max(0.0, sent + 0.1 - time.monotonic()))
+        finally:
+            stop.set()
+            thread.join(10)
+        alice_codes: list[str] = []
+        drain(alice, alice_codes)
+        assert alice_codes == [], "alice, within the rate, was never refused"
+    assert len(floods) >= 3, "the attacker came back several times"
+    assert all(codes and codes[-1] == "flooding" for codes in floods[:-1])
+    worst, typical = max(latencies), statistics.median(latencies)
+    print(
+        f"{len(floods)} floods; alice->bob median {typical * 1e3:.1f} ms, max {worst * 1e3:.1f} ms"
+    )
+    assert worst < 0.5, f"a line took {worst:.2f} s during the flood"
+    warnings = [r for r in caplog.records if r.name == "chatsecure.server"]
+    assert 0 < len(warnings) <= 20, f"{len(warnings)} warnings for {len(floods)} floods"
+    assert all("@127.0.0.1]" in r.getMessage() for r in warnings), "each names the address"
+
+
+def test_quit_and_pong_pass_even_when_the_rate_is_exhausted(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=1.0, msg_burst=1)
+    with joined(server.host, server.port, "bob", "busy") as (bob, busy):
+        busy.send_raw(msg("one") + msg("two"))
+        assert bob.expect("msg")["text"] == "one"
+        assert busy.expect("error")["code"] == "rate_limited"
+        busy.send({"type": "pong"})
+        busy.send({"type": "quit"})
+        leave = bob.expect("leave")
+        assert leave["reason"] == "quit"
+        assert busy.closed(3)
