@@ -14,6 +14,7 @@ import enum
 import getpass
 import ipaddress
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from chatsecure.discovery.records import (
 )
 from chatsecure.errors import RemoteProtocolError
 from chatsecure.protocol import limits
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Shutdown, clean_nick
 from chatsecure.tls.trust import KnownServers, TrustPolicy, TrustQuestion, config_home, server_key
 
@@ -59,6 +61,8 @@ MAX_TRANSCRIPT_LINES = 5000
 """Lines the transcript keeps; older ones are dropped from the top."""
 SHORT_FINGERPRINT = 12
 """Base64 characters of a fingerprint shown where space is short (status bar, server list)."""
+MAX_PASSWORD = 1024
+"""Longest room password the connect form sends: longer than anyone types, and a frame holds it."""
 
 
 # --- configuration and memory -----------------------------------------------------------
@@ -79,7 +83,7 @@ class GuiOptions:
     """Our client certificate, for servers that admit clients by certificate."""
     key: Path | None = None
     password: str | None = field(default=None, repr=False)
-    """The room password, for servers that ask for one."""
+    """Prefills the Password field (``--password-file``), for servers that ask for one."""
     reconnect: bool = True
 
 
@@ -119,7 +123,7 @@ def host_port(host: str, port: int) -> str:
 
 # --- the connect form -------------------------------------------------------------------
 
-FormField = Literal["host", "port", "nick"]
+FormField = Literal["host", "port", "nick", "password"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,8 @@ class ConnectRequest:
     nick: str
     advertised: str | None = None
     """The fingerprint discovery advertised, when the server was picked from the list."""
+    password: str | None = field(default=None, repr=False)
+    """The room password sent in ``hello``; never written to disk."""
 
     def target(self, options: GuiOptions) -> Target:
         return Target(
@@ -154,8 +160,13 @@ class FormResult:
 _HOST_PUNCTUATION = frozenset(".-_:%[]")
 
 
-def validate_form(host: str, port: str, nick: str, advertised: str | None = None) -> FormResult:
-    """Check the connect form; the host may carry its own port (``10.0.0.5:7000``)."""
+def validate_form(
+    host: str, port: str, nick: str, advertised: str | None = None, password: str = ""
+) -> FormResult:
+    """Check the connect form; the host may carry its own port (``10.0.0.5:7000``).
+
+    The password is optional and taken as typed (spaces count); empty means none.
+    """
     errors: dict[FormField, str] = {}
     host_text = host.strip()
     parsed_host, parsed_port = "", 0
@@ -181,9 +192,26 @@ def validate_form(host: str, port: str, nick: str, advertised: str | None = None
     except RemoteProtocolError:
         errors["nick"] = f"1 to {limits.MAX_NICK} visible characters."
         clean = ""
+    if len(password) > MAX_PASSWORD:
+        errors["password"] = f"At most {MAX_PASSWORD} characters."
     if errors:
         return FormResult(None, errors)
-    return FormResult(ConnectRequest(parsed_host, parsed_port, clean, advertised))
+    request = ConnectRequest(parsed_host, parsed_port, clean, advertised, password or None)
+    return FormResult(request)
+
+
+_REFUSED_CODE = re.compile(r"\(([a-z_]+)\)\Z")
+
+
+def refused_code(reason: str) -> ErrorCode | None:
+    """The ``error`` code a refusal ends with (``... (auth_failed)``), if it is one we know."""
+    match = _REFUSED_CODE.search(reason)
+    if match is None:
+        return None
+    try:
+        return ErrorCode(match.group(1))
+    except ValueError:
+        return None
 
 
 # --- the transcript ---------------------------------------------------------------------
@@ -335,13 +363,20 @@ class ChatModel:
         self.request: ConnectRequest | None = None
         self.connection: Connected | None = None
         self.notice: Notice | None = None
+        self.form_errors: dict[FormField, str] = {}
+        """What is wrong with each field of the connect form: from checking it, or the server."""
         self.banner: str | None = None
         """The chat view's warning while reconnecting or after the connection ended."""
         self.declined: TrustQuestion | None = None
 
     # -- what the user did ---------------------------------------------------------------
 
+    def invalid(self, errors: dict[FormField, str]) -> None:
+        """The connect form did not pass its check: show why, next to each field."""
+        self.form_errors = dict(errors)
+
     def connecting(self, request: ConnectRequest) -> None:
+        self.form_errors = {}
         self.phase = Phase.CONNECTING
         self.request = request
         self.connection = None
@@ -454,7 +489,10 @@ class ChatModel:
     def _disconnected(self, reason: str, error: bool, ts: float | None) -> list[Line]:
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.CONNECT
-            self.notice = Notice("error", self._failure(reason))
+            if refused_code(reason) is ErrorCode.AUTH_FAILED:
+                self._password_refused()
+            else:
+                self.notice = Notice("error", self._failure(reason))
             return []
         if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
             self.phase = Phase.ENDED
@@ -462,6 +500,16 @@ class ChatModel:
             self.roster.reset(self.roster.me)
             return [notice("error" if error else "info", self.banner, ts)]
         return []
+
+    def _password_refused(self) -> None:
+        where = self.where
+        if self.request is not None and self.request.password is not None:
+            self.form_errors = {"password": "Wrong password: check it and try again."}
+            text = f"Not connected: {where} did not accept the password."
+        else:
+            self.form_errors = {"password": "This room needs a password."}
+            text = f"Not connected: {where} asks for a room password. Type it and connect again."
+        self.notice = Notice("error", text)
 
     def _failure(self, reason: str) -> str:
         where = self.where
@@ -750,7 +798,7 @@ class Controller:
             request.target(self.options),
             request.nick,
             policy,
-            password=self.options.password,
+            password=request.password,
             reconnect=self.options.reconnect,
         )
         self.model.connecting(request)

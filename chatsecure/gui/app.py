@@ -5,7 +5,8 @@ module lays out widgets and connects them to it. Tk is touched only from the thr
 the root: the network thread and discovery talk to it through queues polled with ``after``.
 
 Widgets have stable names, so tests and tools find them with ``root.nametowidget``:
-``connect.servers.list``, ``connect.form.host|port|nick``, ``connect.form.host_error`` ...,
+``connect.servers.list``, ``connect.form.host|port|nick|password``, ``connect.form.host_error``
+... (``connect.form.password_error`` says "(if the room has one)" while there is no error),
 ``connect.form.buttons.connect``, ``connect.notice``, ``chat.top.leave``, ``chat.banner``,
 ``chat.body.log.transcript``, ``chat.body.side.users``, ``chat.bottom.message``,
 ``chat.bottom.send``, ``status``, and the trust dialog ``trust`` with ``trust.body.fingerprint``
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 
 POLL_MS = 40
 """How often the Tk thread looks at the client's and discovery's queues."""
+ENTRY_MASK = "•"
+"""What the Password field shows for each character typed."""
+OPTIONAL_NOTE = "(if the room has one)"
+"""Next to the Password field while there is nothing wrong with it."""
 
 PALETTE = {
     "window": "#f3f4f6",
@@ -145,10 +150,17 @@ class App:
             ("host", "Host or IP", 28),
             ("port", "Port", 8),
             ("nick", "Nickname", 20),
+            ("password", "Password", 20),
         )
         for row, (name, label, width) in enumerate(rows):
             ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=4)
-            entry = ttk.Entry(form, name=name, width=width, font=self.fonts["body"])
+            entry = ttk.Entry(
+                form,
+                name=name,
+                width=width,
+                font=self.fonts["body"],
+                show=ENTRY_MASK if name == "password" else "",
+            )
             entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=4)
             entry.bind("<Return>", lambda _e: self._connect())
             error = ttk.Label(form, name=f"{name}_error", style="FieldError.TLabel")
@@ -281,6 +293,7 @@ class App:
         self._set_entry("host", host)
         self._set_entry("port", port)
         self._set_entry("nick", self.options.nick or remembered_nick())
+        self._set_entry("password", self.options.password or "")
 
     def _set_entry(self, name: FormField, value: str) -> None:
         entry = self.entries[name]
@@ -293,15 +306,22 @@ class App:
         host, port = self.entries["host"].get(), self.entries["port"].get()
         row = self._selected_server()
         advertised = row.fingerprint if row is not None and row.fill() == (host, port) else None
-        result = validate_form(host, port, self.entries["nick"].get(), advertised)
-        for name, label in self.field_errors.items():
-            label.configure(text=result.errors.get(name, ""))
+        nick, password = self.entries["nick"].get(), self.entries["password"].get()
+        result = validate_form(host, port, nick, advertised, password)
         if result.request is None:
-            first = next(iter(result.errors))
-            self.entries[first].focus_set()
+            self.controller.model.invalid(result.errors)
+            self._render()
+            self._focus_first_error()
             return
         self.controller.connect(result.request)
         self._render()
+
+    def _focus_first_error(self) -> None:
+        errors = self.controller.model.form_errors
+        if errors:
+            entry = self.entries[next(iter(errors))]
+            entry.focus_set()
+            entry.select_range(0, "end")
 
     def _cancel(self) -> None:
         self.controller.cancel()
@@ -363,6 +383,8 @@ class App:
             update = self.controller.poll()
             if update.changed:
                 self._render()
+                if self._view == "connect":
+                    self._focus_first_error()  # the server refused a field (the password)
             if update.lines:
                 self._append(update.lines)
             self._ask_trust()
@@ -425,6 +447,12 @@ class App:
             self.cancel_button.pack(side="left", padx=(8, 0))
         else:
             self.cancel_button.pack_forget()
+        for name, label in self.field_errors.items():
+            error = model.form_errors.get(name, "")
+            if name == "password" and not error:
+                label.configure(text=OPTIONAL_NOTE, style="Muted.TLabel")
+            else:
+                label.configure(text=error, style="FieldError.TLabel")
         notice = model.notice
         self.notice.configure(
             text=notice.text if notice else "",

@@ -14,6 +14,7 @@ import pytest
 
 from chatsecure.client.core import Connected, Disconnected, Received, Reconnecting
 from chatsecure.client.state import (
+    MAX_PASSWORD,
     ChatModel,
     ConnectRequest,
     Controller,
@@ -23,6 +24,7 @@ from chatsecure.client.state import (
     Roster,
     ServerList,
     TrustBridge,
+    refused_code,
     remember_nick,
     remembered_nick,
     short_fingerprint,
@@ -36,6 +38,7 @@ from chatsecure.discovery.records import (
     ServerUpdated,
 )
 from chatsecure.protocol import limits
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
     Chat,
     Error,
@@ -55,6 +58,8 @@ OLD_FP = "SHA256:" + "A" * 43
 ALICE = Peer("1", "alice", "192.168.1.20")
 BOB = Peer("2", "bob", "192.168.1.21")
 CAROL = Peer("3", "carol", "10.0.0.7")
+ROOM = "correct horse"
+"""The room password of the servers here (and, with spaces around it, a typed one)."""
 T = 1_700_000_000.0  # a fixed time, so the lines are predictable
 STAMP = time.strftime("%H:%M:%S", time.localtime(T))
 
@@ -128,6 +133,36 @@ def test_form_keeps_the_advertised_fingerprint() -> None:
         FP,
         Path("ca.pem"),
     )
+
+
+def test_form_password_is_optional_and_taken_as_typed() -> None:
+    request = validate_form("10.0.0.9", "7467", "bob").request
+    assert request is not None
+    assert request.password is None  # an empty field sends no password at all
+    typed = validate_form("10.0.0.9", "7467", "bob", password=f" {ROOM} ").request
+    assert typed is not None
+    assert typed.password == f" {ROOM} "  # spaces are part of a password
+    assert ROOM not in repr(typed)  # nor does it end up in a log or traceback
+
+
+def test_form_refuses_a_password_too_long_to_send() -> None:
+    result = validate_form("10.0.0.9", "7467", "bob", password="x" * (MAX_PASSWORD + 1))
+    assert result.request is None
+    assert result.errors == {"password": f"At most {MAX_PASSWORD} characters."}
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("the server refused: wrong or missing password (auth_failed)", ErrorCode.AUTH_FAILED),
+        ("the server refused: the server is full (1 sessions) (server_full)", "server_full"),
+        ("the server refused: odd (no_such_code)", None),
+        ("connection refused: no chatsecure server on that address and port", None),
+        ("unknown host (Name or service not known)", None),
+    ],
+)
+def test_refused_code_is_read_from_the_reason(reason: str, code: str | None) -> None:
+    assert refused_code(reason) == code
 
 
 # --- transcript lines -------------------------------------------------------------------
@@ -319,6 +354,53 @@ def test_connect_failure_goes_back_with_the_reason() -> None:
     assert model.notice.text == (
         "Could not connect to 10.9.9.9:7467: timed out: the server did not answer"
     )
+
+
+AUTH_FAILED = "the server refused: wrong or missing password (auth_failed)"
+
+
+@pytest.mark.parametrize(
+    ("password", "field_says", "notice_says"),
+    [
+        (None, "This room needs a password.", "asks for a room password"),
+        ("guess", "Wrong password: check it and try again.", "did not accept the password"),
+    ],
+)
+def test_refused_password_is_explained_next_to_the_password_field(
+    password: str | None, field_says: str, notice_says: str
+) -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice", password=password))
+    assert model.apply(Disconnected(AUTH_FAILED, error=True), T) == []
+    assert model.phase is Phase.CONNECT  # the user stays on the connect view, to retype it
+    assert model.form_errors == {"password": field_says}
+    assert model.notice is not None
+    assert model.notice.kind == "error"
+    assert model.notice.text.startswith("Not connected: 10.0.0.2:7467 ")
+    assert notice_says in model.notice.text
+    assert "auth_failed" not in model.notice.text  # words for people, not protocol codes
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice", password=ROOM))
+    assert model.form_errors == {}  # a new attempt clears the old complaint
+
+
+def test_form_errors_are_kept_by_the_model_until_the_next_attempt() -> None:
+    model = ChatModel()
+    errors = validate_form("", "7467", "alice").errors
+    model.invalid(errors)
+    assert model.form_errors == errors
+    assert model.phase is Phase.CONNECT
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice"))
+    assert model.form_errors == {}
+
+
+def test_other_refusals_are_not_blamed_on_the_password() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.0.0.2", 7467, "alice", password=ROOM))
+    full = "the server refused: the server is full (1 sessions) (server_full)"
+    model.apply(Disconnected(full, error=True), T)
+    assert model.form_errors == {}
+    assert model.notice is not None
+    assert model.notice.text == f"Could not connect to 10.0.0.2:7467: {full}"
 
 
 @pytest.mark.parametrize(
@@ -527,6 +609,40 @@ def test_controller_close_while_asking_unblocks_the_network_thread(server: Serve
     controller.close()
     assert not controller.busy
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("typed", "says"), [(None, "needs a password"), ("wrong horse", "Wrong password")]
+)
+def test_controller_with_a_refused_password_stays_on_the_connect_view(
+    start_server: Callable[..., ServerThread], typed: str | None, says: str
+) -> None:
+    server = start_server(password=ROOM)
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    request = ConnectRequest("127.0.0.1", server.port, "alice", password=typed)
+    controller.connect(request)
+    poll_until(controller, lambda: controller.model.phase is not Phase.CONNECTING)
+    assert controller.model.phase is Phase.CONNECT
+    assert says in controller.model.form_errors["password"]
+    assert server.online() == []
+    wait_for(lambda: not controller.busy)
+
+
+def test_controller_sends_the_typed_password_and_never_writes_it_down(
+    start_server: Callable[..., ServerThread], chatsecure_home: Path
+) -> None:
+    server = start_server(password=ROOM)
+    # The typed password counts, not the one the window was started with (the field's prefill).
+    options = GuiOptions(discovery=False, accept_new=True, password=ROOM.upper())
+    controller = Controller(options)
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice", password=ROOM))
+    poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+    assert server.online() == ["alice"]
+    written = [p for p in chatsecure_home.rglob("*") if p.is_file()]
+    assert written  # the pin and the nick were remembered ...
+    assert not [p for p in written if ROOM.encode() in p.read_bytes()]  # ... not this
+    controller.close()
+    assert not controller.busy
 
 
 # --- the discovered servers -------------------------------------------------------------

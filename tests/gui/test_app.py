@@ -21,6 +21,7 @@ import pytest
 
 from chatsecure.client.state import Phase, short_fingerprint
 from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
 
 from .conftest import Gui, GuiFactory, settle
@@ -29,6 +30,8 @@ from .proxy import Proxy
 pytestmark = pytest.mark.gui
 
 OTHER_FP = "SHA256:" + "A" * 43
+ROOM = "open sesame"
+"""The room password of the servers that ask for one."""
 
 
 def connect_trusting(client: Gui, host: str, port: int) -> None:
@@ -219,6 +222,34 @@ def test_full_server_is_a_clear_message(
     assert alice.phase is Phase.CHAT
 
 
+def test_room_password_wrong_is_said_next_to_the_field_then_right_gets_in(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(password=ROOM)
+    # As `chatsecure gui --password-file FILE` does: the field starts filled in (wrongly here).
+    alice = gui(nick="alice", accept_new=True, password=ROOM.upper())
+    field = alice.w("connect.form.password")
+    assert field.get() == ROOM.upper()
+    assert field.cget("show") == "•"  # masked on screen
+    assert alice.w("connect.form.password_error").cget("text") == "(if the room has one)"
+    alice.connect("127.0.0.1", server.port)
+    alice.pump(lambda: alice.phase is not Phase.CONNECTING)
+    assert alice.view() == "connect"
+    error = alice.w("connect.form.password_error").cget("text")
+    assert error == "Wrong password: check it and try again."
+    assert "did not accept the password" in alice.notice()
+    assert alice.root.focus_get() is field  # ready to be typed again
+    assert server.online() == []
+
+    alice.type("connect.form.password", ROOM)
+    alice.press_enter(field)  # Enter in the field connects, as in the others
+    alice.pump(lambda: alice.phase is Phase.CHAT)  # after the server's wait for a guesser
+    assert alice.view() == "chat"
+    assert server.online() == ["alice"]
+    alice.say("quit")
+    assert alice.w("connect.form.password_error").cget("text") == "(if the room has one)"
+
+
 def test_server_shutdown_is_shown_and_back_returns_to_connect_view(
     server: ServerThread, gui: GuiFactory
 ) -> None:
@@ -371,6 +402,38 @@ def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, ho
             proc.communicate(timeout=5)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    server.wait_online(0)
+
+
+def test_chatsecure_gui_takes_a_password_file_and_a_client_certificate(
+    start_server: Callable[..., ServerThread], display: str, tmp_path: Path
+) -> None:
+    """`--password-file` fills the Password field; `--cert/--key` are presented to the server."""
+    ca = tmp_path / "client-ca"
+    mine = certs.generate_client("dora", ca)
+    password_file = tmp_path / "room-password"
+    password_file.write_text(ROOM + "\n", encoding="utf-8")
+    server = start_server(password=ROOM, client_ca=ca / "ca.crt")
+    where = f"127.0.0.1:{server.port}"
+    trust = ["--no-discovery", "--fingerprint", server.fingerprint]
+    access = ["--password-file", str(password_file), "--cert", str(mine.cert)]
+    access += ["--key", str(mine.key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatsecure", "gui", where, "--nick", "carol", *trust, *access],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.wait_online(1, timeout=15)
+        assert server.online() == ["dora"]  # the certificate's name: mutual TLS worked
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
     server.wait_online(0)
 
 
