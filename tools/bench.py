@@ -131,9 +131,10 @@ class IrcDialect(Dialect):
 class Client(asyncio.BufferedProtocol):
     """A benchmark client: counts complete lines; a probe also records latencies."""
 
-    def __init__(self, bench: Bench, nick: str) -> None:
+    def __init__(self, bench: Bench, nick: str, *, greet: bool = True) -> None:
         self.bench = bench
         self.nick = nick
+        self.greets = greet
         self.transport: asyncio.Transport | None = None
         self.lines = 0
         self.target = -1
@@ -147,7 +148,12 @@ class Client(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.bench.dialect.hello(self.nick))
+        if self.greets:
+            self.greet()
+
+    def greet(self) -> None:
+        """Send hello (or NICK/USER/JOIN); ``welcome`` resolves when the server answers."""
+        self.send(self.bench.dialect.hello(self.nick))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _SHARED_VIEW
@@ -430,7 +436,9 @@ class Result:
     rate: float | None = None
     duration: float | None = None
     handshakes_per_s: float | None = None
+    join_s: float | None = None
     rss_per_conn_kib: float | None = None
+    tls_rss_per_conn_kib: float | None = None
     server_rss_mib: float | None = None
     error: str | None = None
 
@@ -461,23 +469,37 @@ class Bench:
             if not self.all_received.done():
                 self.all_received.set_result(None)
 
-    async def connect(self, count: int, timeout: float) -> float:
-        """Connect and welcome ``count`` clients; return the seconds it took."""
+    async def connect(self, count: int, timeout: float, *, greet: bool = True) -> float:
+        """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         start = time.perf_counter()
 
         async def one(i: int) -> None:
             async with gate:
-                client = Client(self, f"b{i}")
+                client = Client(self, f"b{i}", greet=greet)
                 self.clients.append(client)
                 await loop.create_connection(
                     lambda: client, self.host, self.port, ssl=self._ctx, server_hostname=None
                 )
-                if not await client.welcome:
+                if greet and not await client.welcome:
                     raise RuntimeError(f"client {client.nick} was refused: {client.head[:200]!r}")
 
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), timeout)
+        return time.perf_counter() - start
+
+    async def greet_in_waves(self, wave: int, timeout: float) -> float:
+        """Send hello from every client, ``wave`` at a time; return the seconds until welcomed."""
+        start = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        for first in range(0, len(self.clients), wave):
+            batch = self.clients[first : first + wave]
+            for client in batch:
+                client.greet()
+            remaining = max(0.1, deadline - time.monotonic())
+            answers = await asyncio.wait_for(asyncio.gather(*(c.welcome for c in batch)), remaining)
+            if not all(answers):
+                raise RuntimeError("a client was refused while joining")
         return time.perf_counter() - start
 
     async def settle(self, timeout: float) -> None:
@@ -626,25 +648,42 @@ def cpu_reader(result: Result) -> Callable[[], float | None]:
     return read
 
 
+HOLD_WAVE = 500
+"""Clients that send hello together in ``hold``: each wave's joins reach the room as one write."""
+
+
 async def hold(bench: Bench, result: Result) -> None:
-    """Connect C idle clients; report handshakes/s and the server's RSS per connection."""
+    """Connect C idle clients, then welcome them; report handshakes/s and RSS per connection.
+
+    The TLS handshakes come first, all of them, so that handshakes/s measures TLS; then the
+    clients say hello in waves. Every join is announced to everyone already there (protocol
+    v1), so C clients cost C*(C-1)/2 join frames: the waves let the server batch them.
+    """
     pid = _SERVER_PID
-    rss0 = proc_rss_bytes(pid) if pid is not None else None
+
+    def rss() -> int:
+        return proc_rss_bytes(pid) if pid is not None else 0
+
+    rss0 = rss()
     cpu = cpu_reader(result)
     cpu0, gen0 = cpu(), self_cpu_seconds()
     n = result.clients
-    seconds = await bench.connect(n, timeout=120 + n / 50)
+    seconds = await bench.connect(n, timeout=120 + n / 50, greet=False)
     result.seconds = round(seconds, 3)
     result.handshakes_per_s = round(n / seconds, 1)
+    await asyncio.sleep(0.5)
+    rss_tls = rss()
+    result.join_s = round(await bench.greet_in_waves(HOLD_WAVE, timeout=300 + n / 20), 3)
     await bench.settle(timeout=300)
     cpu1 = cpu()
     result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
     result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
     await asyncio.sleep(0.5)
-    if pid is not None and rss0 is not None:
-        rss1 = proc_rss_bytes(pid)
+    if pid is not None:
+        rss1 = rss()
         result.server_rss_mib = round(rss1 / 2**20, 1)
         result.rss_per_conn_kib = round((rss1 - rss0) / n / 1024, 2)
+        result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
 
 
 # --- running --------------------------------------------------------------------------------
@@ -736,8 +775,10 @@ HOLD_COLUMNS = (
     ("clients", "{:>7}"),
     ("handshakes_per_s", "{:>10}"),
     ("rss_per_conn_kib", "{:>9}"),
+    ("tls_rss_per_conn_kib", "{:>9}"),
     ("server_rss_mib", "{:>9}"),
     ("seconds", "{:>8}"),
+    ("join_s", "{:>8}"),
     ("server_cpu_s", "{:>8}"),
     ("gen_cpu_s", "{:>8}"),
 )
@@ -747,6 +788,7 @@ SHORT = {
     "gen_cpu_s": "gen_cpu",
     "handshakes_per_s": "hs/s",
     "rss_per_conn_kib": "KiB/conn",
+    "tls_rss_per_conn_kib": "KiB/TLS",
     "server_rss_mib": "RSS MiB",
 }
 
