@@ -47,8 +47,9 @@ from chatsecure.tls.context import client_context  # noqa: E402
 HOST = "127.0.0.1"
 TEXT_LEN = 64
 """Benchmark messages are 64-character texts."""
-MARK = b"~"
-"""Opens and closes the send time in a sampled message text; appears nowhere else in a frame."""
+MARK = b"=t"
+"""Opens the send time in a sampled message text (``END`` closes it); nowhere else in a line."""
+END = b"="
 RECV_BUFFER = 256 * 1024
 PROBES = 16
 """Receivers that look for timestamps; the others only count lines."""
@@ -69,7 +70,7 @@ _SHARED_VIEW = memoryview(_SHARED)
 
 def stamped_text(now: float) -> bytes:
     """A 64-character text carrying its send time for the probes."""
-    return (MARK + f"{now:.6f}".encode() + MARK).ljust(TEXT_LEN, b"x")
+    return (MARK + f"{now:.6f}".encode() + END).ljust(TEXT_LEN, b"x")
 
 
 PLAIN_TEXT = b"y" * TEXT_LEN
@@ -188,10 +189,11 @@ class Client(asyncio.BufferedProtocol):
         pos = data.find(MARK, 0, end)
         latencies = self.bench.latencies
         while pos >= 0:
-            close = data.find(MARK, pos + 1, end)
+            close = data.find(END, pos + len(MARK), end)
             if close < 0:
                 break
-            latencies.append(now - float(data[pos + 1 : close]))
+            with contextlib.suppress(ValueError):
+                latencies.append(now - float(data[pos + len(MARK) : close]))
             pos = data.find(MARK, close + 1, end)
 
     def eof_received(self) -> bool:
@@ -254,7 +256,8 @@ class ServerUnderTest:
     label: str
     dialect: Dialect
     argv: Callable[[Path], list[str]]
-    ready_marker: str
+    ready_marker: str | None
+    """A line on stdout that says where it listens; None: poll ``port`` instead."""
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     port: int = 0
@@ -269,16 +272,21 @@ class ServerUnderTest:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self.proc = subprocess.Popen(
             self.argv(workdir),
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.ready_marker else self.log,
             stderr=self.log,
             text=True,
             env=env,
             cwd=workdir,
         )
+        deadline = time.monotonic() + START_TIMEOUT
+        if self.ready_marker is None:
+            if _wait_for_port(self.port, deadline):
+                return
+            self.stop()
+            raise RuntimeError(f"{self.label} did not listen within {START_TIMEOUT:.0f} s")
         stdout = self.proc.stdout
         if stdout is None:  # pragma: no cover - stdout=PIPE above
             raise RuntimeError("no stdout")
-        deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             line = _readline(stdout, deadline - time.monotonic())
             if line is None:
@@ -310,6 +318,18 @@ class ServerUnderTest:
         self.log.seek(0)
         text: str = self.log.read()[-4000:]
         return text
+
+
+def _wait_for_port(port: int, deadline: float) -> bool:
+    """True once something accepts TCP connections on HOST:``port`` (polled until deadline)."""
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+        except OSError:
+            time.sleep(0.05)
+        else:
+            return True
+    return False
 
 
 def _readline(stream: IO[str], timeout: float) -> str | None:
@@ -375,32 +395,27 @@ def naive_server() -> ServerUnderTest:
 
 
 def ngircd_server() -> ServerUnderTest:
+    """ngIRCd (C) with TLS and its flood penalties off, from ``benchmarks/ngircd.conf``."""
     binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
     if not Path(binary).exists():
         raise SystemExit("ngircd is not installed (apt-get install ngircd)")
+    server = ServerUnderTest("ngircd", IrcDialect(), lambda workdir: [], None)
 
     def argv(workdir: Path) -> list[str]:
-        port = _free_port()
+        server.port = _free_port()
         template = (ROOT / "benchmarks" / "ngircd.conf").read_text()
-        conf = template.format(port=port, cert=workdir / "server.crt", key=workdir / "server.key")
-        (workdir / "ngircd.conf").write_text(conf)
-        # ngircd prints nothing useful on stdout; a wrapper prints our marker once it listens.
-        wait = (
-            "import socket,sys,time\n"
-            f"for _ in range(300):\n"
-            f"    try: socket.create_connection(('{HOST}', {port}), 0.5).close(); break\n"
-            "    except OSError: time.sleep(0.05)\n"
-            f"print('ngircd listening on {HOST}:{port}', flush=True)\n"
+        conf = template.format(
+            host=HOST,
+            port=server.port,
+            plain_port=_free_port(),
+            cert=workdir / "server.crt",
+            key=workdir / "server.key",
         )
-        return [
-            "sh",
-            "-c",
-            f'"$0" -n -f ngircd.conf >/dev/null 2>&1 & "{sys.executable}" -c "$1"; wait',
-            binary,
-            wait,
-        ]
+        (workdir / "ngircd.conf").write_text(conf)
+        return [binary, "--nodaemon", "--config", str(workdir / "ngircd.conf")]
 
-    return ServerUnderTest("ngircd", IrcDialect(), argv, "listening on")
+    server.argv = argv
+    return server
 
 
 def _free_port() -> int:
@@ -811,8 +826,8 @@ def row(result: Result) -> str:
     return f"{line}  ERROR: {result.error}" if result.error else line
 
 
-def summary(results: list[Result], baseline: str) -> list[str]:
-    """Medians per server, and each server's ratio to the baseline."""
+def summary(results: list[Result], references: Sequence[str]) -> list[str]:
+    """Medians per server, and each server's ratio to the reference servers that ran."""
     key = "handshakes_per_s" if results and results[0].workload == "hold" else "deliveries_per_s"
     by_server: dict[str, list[Result]] = {}
     for r in results:
@@ -830,16 +845,20 @@ def summary(results: list[Result], baseline: str) -> list[str]:
             p99 = [r.p99_ms for r in rs if r.p99_ms is not None]
             if p99:
                 text += f", median p99 {statistics.median(p99)} ms"
+            text += f", median p50 {statistics.median([r.p50_ms or 0 for r in rs])} ms"
             text += f", lost {sum(r.lost for r in rs)}"
-        base = medians.get(baseline)
-        if base and server != baseline:
-            text += f", {medians[server] / base:.2f}x {baseline}"
+        for reference in references:
+            base = medians.get(reference)
+            if base and server != reference:
+                text += f", {medians[server] / base:.2f}x {reference}"
         lines.append(text)
     return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="chatsecure load generator")
+    parser = argparse.ArgumentParser(
+        description="chatsecure load generator (see docs/performance.md)"
+    )
     parser.add_argument("workload", choices=["fanout", "paced", "hold"])
     parser.add_argument("-n", "--clients", type=int, default=None)
     parser.add_argument("-s", "--senders", type=int, default=5, help="fanout: senders")
@@ -916,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(row(result), file=out, flush=True)
                 print(json.dumps(asdict(result)), file=out, flush=True)
     if not args.json_only:
-        for line in summary(results, "naive"):
+        for line in summary(results, ("naive", "ngircd")):
             print(line, file=out)
     return 1 if any(r.error or r.lost for r in results) else 0
 
