@@ -349,7 +349,7 @@ class ChatClient:
         try:
             writer.write(encode(Hello(self.nick, self.password)))
             decoder = FrameDecoder(0)
-            welcome = await asyncio.wait_for(
+            welcome, rest = await asyncio.wait_for(
                 self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
             )
             self.me = welcome.you
@@ -359,17 +359,21 @@ class ChatClient:
             self._emit(Connected(welcome, host, port, version, presented))
             if self._stopping:
                 writer.write(encode(Quit()))
-            await self._read_loop(reader, decoder)
+            await self._read_loop(reader, decoder, rest)
         finally:
             self._writer = None
             await _close_writer(writer)
 
-    async def _first_frame(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> Welcome:
+    async def _first_frame(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder
+    ) -> tuple[Welcome, list[bytes]]:
+        """The welcome, and the frames that came in the same read after it."""
         while True:
-            for frame in await _read_frames(reader, decoder):
+            frames = await _read_frames(reader, decoder)
+            for n, frame in enumerate(frames):
                 message = parse_server(frame)
                 if isinstance(message, Welcome):
-                    return message
+                    return message, frames[n + 1 :]
                 if isinstance(message, Error):
                     raise ConnectionClosed(
                         f"the server refused: {message.message} ({message.code})"
@@ -377,9 +381,11 @@ class ChatClient:
                 if isinstance(message, Shutdown):
                     raise ConnectionClosed("the server is shutting down")
 
-    async def _read_loop(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+    async def _read_loop(
+        self, reader: asyncio.StreamReader, decoder: FrameDecoder, frames: list[bytes]
+    ) -> None:
         while True:
-            for frame in await _read_frames(reader, decoder):
+            for frame in frames:
                 try:
                     message = parse_server(frame)
                 except RemoteProtocolError as exc:
@@ -393,6 +399,7 @@ class ChatClient:
                     self._stopping = True
                     self._emit(Disconnected("the server shut down", error=False))
                     return
+            frames = await _read_frames(reader, decoder)
 
     def _write(self, data: bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():
