@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import queue
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -23,6 +28,7 @@ from chatsecure.protocol.limits import MAX_FRAME
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
+from chatsecure.tls.context import server_context
 from chatsecure.tls.trust import KnownServers, TrustPolicy, TrustQuestion
 
 E = TypeVar("E")
@@ -256,9 +262,122 @@ def test_changed_certificate_is_refused(server: ServerThread, make_client: MakeC
 
 
 def test_cafile_verifies_without_pinning(
-    server: ServerThread, make_client: MakeClient, cert_dir: Any
+    server: ServerThread, make_client: MakeClient, cert_dir: Path
 ) -> None:
     target = Target("localhost", server.port, cafile=cert_dir / "server.crt")
     client = make_client("bob", target=target, policy=TrustPolicy(KnownServers()))
     next_event(client, Connected)
     assert not KnownServers().path.exists()
+
+
+def test_cafile_that_does_not_vouch_for_the_server_is_refused(
+    server: ServerThread, make_client: MakeClient, tmp_path: Path
+) -> None:
+    stranger = certs.generate(tmp_path)
+    target = Target("127.0.0.1", server.port, cafile=stranger.cert)
+    client = make_client("bob", target=target, policy=TrustPolicy(KnownServers()))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert "certificate verification failed" in disconnected.reason
+    assert server.online() == []
+
+
+def test_quit_during_the_reconnect_wait_ends_at_once(
+    start_server: Callable[..., ServerThread], make_client: MakeClient
+) -> None:
+    other = start_server()
+    client = make_client("bob", target=Target(other.host, other.port), reconnect=True)
+    next_event(client, Connected)
+    client.send("x" * (MAX_FRAME + 10))
+    received(client, Error)
+    retry = next_event(client, Reconnecting)
+    other.stop()  # nothing to come back to
+    started = time.monotonic()
+    client.quit()
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is False
+    assert time.monotonic() - started < retry.delay
+
+
+def test_server_pings_are_answered_so_an_idle_client_stays(
+    start_server: Callable[..., ServerThread], make_client: MakeClient
+) -> None:
+    other = start_server(idle_timeout=0.4)
+    client = make_client("bob", target=Target(other.host, other.port))
+    next_event(client, Connected)
+    time.sleep(1.2)  # three idle timeouts
+    assert other.online() == ["bob"]
+    assert no_more_events(client, wait=0.05)
+
+
+# --- a server that misbehaves -----------------------------------------------------------
+
+
+class ScriptedServer:
+    """A TLS listener on loopback that answers one client's hello with fixed lines."""
+
+    def __init__(self, cert_dir: Path, lines: list[bytes]) -> None:
+        self._ctx = server_context(cert_dir / "server.crt", cert_dir / "server.key")
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(5)
+        self.port: int = self._listener.getsockname()[1]
+        self._lines = lines
+        self.hello = b""
+        self._thread = threading.Thread(target=self._serve, name="scripted-server")
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError), self._listener:
+            raw, _ = self._listener.accept()
+            with self._ctx.wrap_socket(raw, server_side=True) as conn:
+                conn.settimeout(5)
+                while not self.hello.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    self.hello += chunk
+                conn.sendall(b"".join(line + b"\n" for line in self._lines))
+                while True:  # until the client goes; like the real server, close on quit
+                    chunk = conn.recv(4096)
+                    if not chunk or b'"quit"' in chunk:
+                        return
+
+    def join(self) -> None:
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+PEER = b'{"id":"1","nick":"%s","addr":"127.0.0.1"}'
+WELCOME = b'{"type":"welcome","you":' + PEER % b"bob" + b',"peers":[],"server":{"name":"x"}}'
+
+
+def test_malformed_frames_from_the_server_are_skipped(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    chat = b'{"type":"msg","from":' + PEER % b"eve" + b',"text":"after the junk","ts":1}'
+    script = [WELCOME, b"{junk", b'{"type":"msg","text":"no sender"}', b'{"type":"x"}', chat]
+    fake = ScriptedServer(cert_dir, script)
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    next_event(client, Connected)
+    assert received(client, Chat).text == "after the junk"
+    assert json.loads(fake.hello) == {"type": "hello", "nick": "bob"}
+    client.close()
+    fake.join()
+
+
+@pytest.mark.parametrize(
+    ("first", "words"),
+    [
+        (b'{"type":"shutdown"}', "shutting down"),
+        (b'{"type":"error","code":"server_full","message":"full"}', "server_full"),
+    ],
+)
+def test_refusal_instead_of_welcome_is_reported(
+    cert_dir: Path, make_client: MakeClient, first: bytes, words: str
+) -> None:
+    fake = ScriptedServer(cert_dir, [first])
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert words in disconnected.reason
+    fake.join()
