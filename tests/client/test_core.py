@@ -302,10 +302,10 @@ def test_quit_during_the_reconnect_wait_ends_at_once(
 def test_server_pings_are_answered_so_an_idle_client_stays(
     start_server: Callable[..., ServerThread], make_client: MakeClient
 ) -> None:
-    other = start_server(idle_timeout=0.4)
+    other = start_server(idle_timeout=0.8)
     client = make_client("bob", target=Target(other.host, other.port))
     next_event(client, Connected)
-    time.sleep(1.2)  # three idle timeouts
+    time.sleep(1.8)  # over two idle timeouts
     assert other.online() == ["bob"]
     assert no_more_events(client, wait=0.05)
 
