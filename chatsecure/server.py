@@ -68,6 +68,9 @@ connection 136 KiB of resident memory for ever, 16 KiB pieces cost 37 KiB.
 TLS_READ_SIZE = 16 * 1024
 """Bytes asyncio's own TLS layer reads from a socket at once (one TLS record)."""
 
+LISTEN_BACKLOG = 1024
+"""Connections the kernel holds for the server before it accepts them (a burst of clients)."""
+
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to take ``shutdown`` (or an error) before it aborts."""
 
@@ -422,6 +425,7 @@ class ChatServer:
                 sock=sock,
                 ssl=ctx,
                 ssl_handshake_timeout=self.config.handshake_timeout or None,
+                backlog=LISTEN_BACKLOG,  # asyncio listens again, by default with 100
             )
             self._servers.append(server)
             self.addresses.append(sock.getsockname()[:2])
@@ -650,7 +654,7 @@ def format_address(host: str, port: int) -> str:
 
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     """Bound listening sockets: one dual-stack socket for all interfaces, or one per address."""
-    backlog = 1024
+    backlog = LISTEN_BACKLOG
     if host in (None, "", "*"):
         if socket.has_dualstack_ipv6():
             return [
