@@ -116,10 +116,16 @@ class IrcDialect(Dialect):
         return b"PRIVMSG " + IRC_CHANNEL + b" :" + text + b"\r\n"
 
     def welcomed(self, head: bytes) -> bool | None:
-        if b" 366 " in head:  # end of NAMES: the JOIN went through
-            return True
-        if b"ERROR" in head or b" 465 " in head or b" 433 " in head:
-            return False
+        # The command is the second word of a line from the server: 366 ends the NAMES list
+        # that follows our JOIN; ERROR, 433 (nick in use) or 465 (banned) mean no.
+        for line in head.splitlines()[:-1] if not head.endswith(b"\n") else head.splitlines():
+            words = line.split(b" ", 2)
+            if words[0] == b"ERROR":
+                return False
+            if len(words) > 1 and words[1] in (b"433", b"465"):
+                return False
+            if len(words) > 1 and words[1] == b"366":
+                return True
         return None
 
     def join_lines(self, clients: int) -> int | None:
@@ -176,6 +182,8 @@ class Client(asyncio.BufferedProtocol):
         if ok is None:
             return
         self.welcome.set_result(ok)
+        if not ok:
+            return  # keep what the server said, for the error message
         if self.bench.dialect.name == "chatsecure":
             _, _, rest = self.head.partition(b"\n")
             self.lines += rest.count(b"\n")
@@ -312,12 +320,16 @@ class ServerUnderTest:
             self.proc.stdout.close()
         self.proc = None
 
-    def log_tail(self) -> str:
+    def log_text(self) -> str:
+        """Everything the server wrote to stderr (and stdout, if not watched)."""
         if self.log is None:
             return ""
         self.log.seek(0)
-        text: str = self.log.read()[-4000:]
+        text: str = self.log.read()
         return text
+
+    def log_tail(self) -> str:
+        return self.log_text()[-4000:]
 
 
 def _wait_for_port(port: int, deadline: float) -> bool:
@@ -514,7 +526,11 @@ class Bench:
             remaining = max(0.1, deadline - time.monotonic())
             answers = await asyncio.wait_for(asyncio.gather(*(c.welcome for c in batch)), remaining)
             if not all(answers):
-                raise RuntimeError("a client was refused while joining")
+                refused = next(c for c, ok in zip(batch, answers, strict=True) if not ok)
+                raise RuntimeError(
+                    f"{refused.nick} was refused (connection lost: {refused.lost_connection}):"
+                    f" {refused.head[-300:]!r}"
+                )
         return time.perf_counter() - start
 
     async def settle(self, timeout: float) -> None:
@@ -548,7 +564,14 @@ class Bench:
         return sum(max(0, c.target - c.lines) for c in self.clients if c.target >= 0)
 
     def choose_probes(self, skip: int) -> None:
-        for client in self.clients[skip : skip + PROBES]:
+        """Make ``PROBES`` receivers spread evenly over the join order (after ``skip``).
+
+        A server writes to its clients one after another, so the first ones to join hear
+        first: probes taken from one end of the room would flatter (or blacken) the latency.
+        """
+        receivers = self.clients[skip:]
+        step = max(1, len(receivers) // PROBES)
+        for client in receivers[step - 1 :: step][:PROBES]:
             client.probe = True
 
     def close(self) -> None:
@@ -738,6 +761,9 @@ def run_one(
         _SERVER_PID = None
         if server is not None:
             server.stop()
+    if args.logs and server is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        (args.logs / f"{server.label}-{args.workload}-{run}.log").write_text(server.log_text())
     if result.error and server is not None:
         tail = server.log_tail().strip()
         if tail:
@@ -832,12 +858,18 @@ def summary(results: list[Result], references: Sequence[str]) -> list[str]:
     by_server: dict[str, list[Result]] = {}
     for r in results:
         by_server.setdefault(r.server, []).append(r)
+    # A run that failed counts in no median; the line says how many failed.
     medians = {
-        s: statistics.median([getattr(r, key) or 0 for r in rs]) for s, rs in by_server.items()
+        s: statistics.median([getattr(r, key) or 0 for r in rs if not r.error] or [0])
+        for s, rs in by_server.items()
     }
     lines = []
     for server, rs in by_server.items():
-        text = f"{server:<18} median {key} {medians[server]:,.0f} over {len(rs)} run(s)"
+        ok = [r for r in rs if not r.error]
+        text = f"{server:<18} median {key} {medians[server]:,.0f} over {len(ok)} run(s)"
+        if len(ok) < len(rs):
+            text += f" ({len(rs) - len(ok)} failed)"
+        rs = ok or rs
         if rs[0].workload == "hold":
             kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
             text += f", median RSS/conn {kib} KiB"
@@ -880,12 +912,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--baseline", action="store_true", help="also run the naive server")
     parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
-    parser.add_argument("--only", action="append", default=[], help="skip chatsecure itself")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SERVER",
+        help="run only these servers (chatsecure, chatsecure+uvloop, naive, ngircd)",
+    )
     parser.add_argument("--attach", metavar="HOST:PORT", help="drive a running server instead")
     parser.add_argument("--server-pid", type=int, help="with --attach: its pid, for CPU/RSS")
     parser.add_argument("--irc", action="store_true", help="with --attach: speak IRC")
     parser.add_argument("--no-discovery", action="store_true", help="accepted; always so")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON lines")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each server's log in DIR")
     return parser
 
 
@@ -918,8 +957,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers += [chatsecure_server(loop, flags) for loop in loops]
         if args.baseline:
             servers.append(naive_server())
-        if "ngircd" in args.against:
+        if "ngircd" in args.against or "ngircd" in args.only:
             servers.append(ngircd_server())
+        if "naive" in args.only and not args.baseline:
+            servers.append(naive_server())
+        if args.only:
+            servers = [s for s in servers if s is not None and s.label in args.only]
     results: list[Result] = []
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="chatsecure-bench-") as tmp:
