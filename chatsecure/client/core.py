@@ -19,8 +19,15 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatsecure.errors import ChatError, ConnectionClosed, RemoteProtocolError, TrustError
+from chatsecure.errors import (
+    ChatError,
+    ConnectionClosed,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TrustError,
+)
 from chatsecure.protocol import limits
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.protocol.messages import (
     Chat,
@@ -87,6 +94,20 @@ class Disconnected:
 
     reason: str
     error: bool
+    code: str | None = None
+    """The server's ``error`` code when it refused us (``auth_failed``, ``server_full`` ...)."""
+
+
+class ServerRefused(ConnectionClosed):
+    """The server answered ``hello`` with an ``error`` instead of ``welcome``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"the server refused: {message} ({code})")
+        self.code = code
+
+
+FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK})
+"""Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
 
 ClientEvent = Connected | Received | Reconnecting | Disconnected
@@ -235,11 +256,23 @@ class ChatClient:
         self._started.wait()
 
     def send(self, text: str) -> None:
-        """Send a chat line; the line ``quit`` alone quits instead."""
+        """Send a chat line; the line ``quit`` alone quits instead.
+
+        Raises ``LocalProtocolError`` for a text too long for one frame: sent, it would cost
+        the connection (``frame_too_long``), so the front end says so instead. A text under
+        that but over the server's text limit gets the server's ``text_too_long``.
+        """
         if text.strip() == "quit":
             self.quit()
         elif text:
-            self._call(self._write, encode(SendMsg(text)))
+            frame = encode(SendMsg(text))
+            if len(frame) > limits.MAX_FRAME:
+                raise LocalProtocolError(
+                    ErrorCode.TEXT_TOO_LONG,
+                    f"message not sent: it is too long ({len(text)} characters; "
+                    f"the limit is {limits.MAX_TEXT})",
+                )
+            self._call(self._write, frame)
 
     def quit(self) -> None:
         """Say ``quit`` to the server and stop."""
@@ -285,6 +318,11 @@ class ChatClient:
             except TrustError as exc:
                 self._emit(Disconnected(str(exc), error=True))
                 return
+            except ServerRefused as exc:
+                if exc.code in FINAL_REFUSALS or not self.reconnect or self.me is None:
+                    self._emit(Disconnected(str(exc), error=True, code=exc.code))
+                    return
+                reason = str(exc)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
             else:
@@ -375,9 +413,7 @@ class ChatClient:
                 if isinstance(message, Welcome):
                     return message, frames[n + 1 :]
                 if isinstance(message, Error):
-                    raise ConnectionClosed(
-                        f"the server refused: {message.message} ({message.code})"
-                    )
+                    raise ServerRefused(message.code, message.message)
                 if isinstance(message, Shutdown):
                     raise ConnectionClosed("the server is shutting down")
 

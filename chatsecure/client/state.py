@@ -14,7 +14,6 @@ import enum
 import getpass
 import ipaddress
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -198,20 +197,6 @@ def validate_form(
         return FormResult(None, errors)
     request = ConnectRequest(parsed_host, parsed_port, clean, advertised, password or None)
     return FormResult(request)
-
-
-_REFUSED_CODE = re.compile(r"\(([a-z_]+)\)\Z")
-
-
-def refused_code(reason: str) -> ErrorCode | None:
-    """The ``error`` code a refusal ends with (``... (auth_failed)``), if it is one we know."""
-    match = _REFUSED_CODE.search(reason)
-    if match is None:
-        return None
-    try:
-        return ErrorCode(match.group(1))
-    except ValueError:
-        return None
 
 
 # --- the transcript ---------------------------------------------------------------------
@@ -434,8 +419,8 @@ class ChatModel:
                     f"(attempt {attempt} of {MAX_RETRIES})…"
                 )
                 return [notice("error", self.banner, ts)]
-            case Disconnected(reason=reason, error=error):
-                return self._disconnected(reason, error, ts)
+            case Disconnected(reason=reason, error=error, code=code):
+                return self._disconnected(reason, error, code, ts)
         return []
 
     def _connected(self, event: Connected, ts: float | None) -> list[Line]:
@@ -486,10 +471,12 @@ class ChatModel:
                 return [notice("error", "The server is shutting down.", ts)]
         return []
 
-    def _disconnected(self, reason: str, error: bool, ts: float | None) -> list[Line]:
+    def _disconnected(
+        self, reason: str, error: bool, code: str | None, ts: float | None
+    ) -> list[Line]:
         if self.phase is Phase.CONNECTING:
             self.phase = Phase.CONNECT
-            if refused_code(reason) is ErrorCode.AUTH_FAILED:
+            if code == ErrorCode.AUTH_FAILED:
                 self._password_refused()
             else:
                 self.notice = Notice("error", self._failure(reason))

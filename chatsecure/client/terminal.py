@@ -16,6 +16,7 @@ from chatsecure.client.core import (
     describe,
     format_message,
 )
+from chatsecure.errors import LocalProtocolError
 from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
 
 
@@ -76,7 +77,10 @@ def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> Non
             return
         if text.strip() == "quit":
             break
-        client.send(text)
+        try:
+            client.send(text)
+        except LocalProtocolError as exc:
+            print(f"chatsecure: {exc.message}", file=sys.stderr, flush=True)
     client.quit()  # `quit` or end of input
 
 

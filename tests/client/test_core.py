@@ -24,6 +24,8 @@ from chatsecure.client.core import (
     Reconnecting,
     Target,
 )
+from chatsecure.errors import LocalProtocolError
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.limits import MAX_FRAME
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
 from chatsecure.testing import RawClient, ServerThread
@@ -148,11 +150,38 @@ def test_quit_tells_the_server_and_ends_without_error(
         assert leave["reason"] == "quit"
 
 
-def test_dropped_connection_without_reconnect_is_an_error(make_client: MakeClient) -> None:
+def kick(server: ServerThread, nick: str) -> None:
+    """Make the server drop ``nick`` the way it drops a client that broke a rule."""
+
+    def drop() -> None:
+        for session in list(server.server.sessions.values()):
+            if session.peer is not None and session.peer.nick == nick:
+                session.drop(ErrorCode.FLOODING, "dropped by the test")
+
+    server.call(drop)
+
+
+def test_text_too_long_for_a_frame_is_refused_locally_and_the_connection_kept(
+    server: ServerThread, make_client: MakeClient
+) -> None:
     client = make_client("bob")
     next_event(client, Connected)
-    client.send("x" * (MAX_FRAME + 10))  # the server drops a client for an over-long frame
-    assert received(client, Error).code == "frame_too_long"
+    with pytest.raises(LocalProtocolError, match="too long"):
+        client.send("x" * MAX_FRAME)
+    client.send("still here")
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client.send("hello alice")
+        assert alice.expect("msg")["text"] == "hello alice"
+
+
+def test_dropped_connection_without_reconnect_is_an_error(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    client = make_client("bob")
+    next_event(client, Connected)
+    kick(server, "bob")
+    assert received(client, Error).code == "flooding"
     disconnected = next_event(client, Disconnected)
     assert disconnected.error is True
     assert "closed" in disconnected.reason
@@ -164,7 +193,7 @@ def test_dropped_connection_with_reconnect_comes_back(
 ) -> None:
     client = make_client("bob", reconnect=True)
     next_event(client, Connected)
-    client.send("x" * (MAX_FRAME + 10))
+    kick(server, "bob")
     received(client, Error)
     retry = next_event(client, Reconnecting)
     assert retry.attempt == 1
@@ -288,7 +317,7 @@ def test_quit_during_the_reconnect_wait_ends_at_once(
     other = start_server()
     client = make_client("bob", target=Target(other.host, other.port), reconnect=True)
     next_event(client, Connected)
-    client.send("x" * (MAX_FRAME + 10))
+    kick(other, "bob")
     received(client, Error)
     retry = next_event(client, Reconnecting)
     other.stop()  # nothing to come back to
@@ -381,3 +410,17 @@ def test_refusal_instead_of_welcome_is_reported(
     assert disconnected.error is True
     assert words in disconnected.reason
     fake.join()
+
+
+def test_wrong_password_ends_with_the_server_code_and_no_retry(
+    start_server: Callable[..., ServerThread], make_client: MakeClient
+) -> None:
+    locked = start_server(password="open sesame")
+    client = make_client(
+        "bob", target=Target(locked.host, locked.port), password="guess", reconnect=True
+    )
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert disconnected.code == "auth_failed"
+    assert "password" in disconnected.reason
+    assert no_more_events(client)

@@ -24,7 +24,6 @@ from chatsecure.client.state import (
     Roster,
     ServerList,
     TrustBridge,
-    refused_code,
     remember_nick,
     remembered_nick,
     short_fingerprint,
@@ -38,7 +37,6 @@ from chatsecure.discovery.records import (
     ServerUpdated,
 )
 from chatsecure.protocol import limits
-from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
     Chat,
     Error,
@@ -149,20 +147,6 @@ def test_form_refuses_a_password_too_long_to_send() -> None:
     result = validate_form("10.0.0.9", "7467", "bob", password="x" * (MAX_PASSWORD + 1))
     assert result.request is None
     assert result.errors == {"password": f"At most {MAX_PASSWORD} characters."}
-
-
-@pytest.mark.parametrize(
-    ("reason", "code"),
-    [
-        ("the server refused: wrong or missing password (auth_failed)", ErrorCode.AUTH_FAILED),
-        ("the server refused: the server is full (1 sessions) (server_full)", "server_full"),
-        ("the server refused: odd (no_such_code)", None),
-        ("connection refused: no chatsecure server on that address and port", None),
-        ("unknown host (Name or service not known)", None),
-    ],
-)
-def test_refused_code_is_read_from_the_reason(reason: str, code: str | None) -> None:
-    assert refused_code(reason) == code
 
 
 # --- transcript lines -------------------------------------------------------------------
@@ -371,7 +355,7 @@ def test_refused_password_is_explained_next_to_the_password_field(
 ) -> None:
     model = ChatModel()
     model.connecting(ConnectRequest("10.0.0.2", 7467, "alice", password=password))
-    assert model.apply(Disconnected(AUTH_FAILED, error=True), T) == []
+    assert model.apply(Disconnected(AUTH_FAILED, error=True, code="auth_failed"), T) == []
     assert model.phase is Phase.CONNECT  # the user stays on the connect view, to retype it
     assert model.form_errors == {"password": field_says}
     assert model.notice is not None
