@@ -323,13 +323,17 @@ class Session(asyncio.BufferedProtocol):
             # A client that stops reading never lets close() finish; do not wait forever.
             asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._transport.abort)
 
-    def drop(self, code: ErrorCode, message: str, reason: str = "error") -> None:
-        """Send a last ``error`` and close. Used when the client broke a rule or a limit bit."""
+    def drop(self, code: ErrorCode, message: str, reason: str | None = None) -> None:
+        """Send a last ``error`` and close. Used when the client broke a rule or a limit bit.
+
+        The others see the ``leave`` with ``reason`` (the error code unless given), so that a
+        client dropped as ``slow_consumer`` does not look like one that left.
+        """
         if self._closing:
             return
         self.server.warn(self, "dropping client: %s (%s)", message, code)
         self.send(encode(Error(code, message)))
-        self.close(reason)
+        self.close(reason or code.value)
 
     # -- events --------------------------------------------------------------------------
 

@@ -208,7 +208,10 @@ LEAVE_REASONS = {
     "closed": "left (connection closed)",
     "timeout": "left (timed out)",
     "idle_timeout": "left (timed out)",
-    "error": "left (protocol error)",
+    "error": "left (connection broken)",
+    "slow_consumer": "was dropped (too far behind reading)",
+    "flooding": "was dropped for flooding",
+    "frame_too_long": "was dropped (sent an over-long frame)",
     "kicked": "was removed by the server",
     "shutdown": "left (server shutting down)",
 }

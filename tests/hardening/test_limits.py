@@ -183,7 +183,7 @@ def test_max_frame_and_max_text_overrides_apply(start_server: Callable[..., Serv
         assert writer.expect("error")["code"] == "frame_too_long"
         assert writer.closed(3)
         leave = reader.expect("leave")
-        assert (leave["peer"]["nick"], leave["reason"]) == ("writer", "error")
+        assert (leave["peer"]["nick"], leave["reason"]) == ("writer", "frame_too_long")
 
 
 # --- 0 turns a limit off --------------------------------------------------------------------
