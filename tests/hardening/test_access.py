@@ -125,10 +125,9 @@ def test_guessing_without_waiting_for_the_answer_gains_nothing(
     from a wrong one (answered late) after a round trip. Parallel guesses wait just as long.
     """
     server = start_server(password=ROOM)
-    for attempt in range(2):
-        with RawClient(server.host, server.port) as impatient:
-            impatient.send(hello("impatient", f"guess {attempt}"))
-            assert impatient.silent(0.1)
+    with RawClient(server.host, server.port) as impatient:
+        impatient.send(hello("impatient", "guess 1"))
+        assert impatient.silent(0.1)
     results: list[tuple[str, float]] = []
 
     def guess(password: str) -> None:
@@ -136,14 +135,15 @@ def test_guessing_without_waiting_for_the_answer_gains_nothing(
             guesser.send(hello("guesser", password))
             results.append(verdict(guesser))
 
-    threads = [threading.Thread(target=guess, args=(p,)) for p in ("guess 3", ROOM)]
+    threads = [threading.Thread(target=guess, args=(p,)) for p in ("guess 2", ROOM)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
     assert sorted(kind for kind, _ in results) == ["auth_failed", "welcome"]
     took = dict(results)
-    assert took["welcome"] > 1.5, f"the right guess was answered after {took['welcome']:.2f} s"
+    # One failure so far: a wrong guess now waits 1 s (then 2 s), and so must a right one.
+    assert took["welcome"] > 0.9, f"the right guess was answered after {took['welcome']:.2f} s"
     # ...and once someone got in, the address starts afresh.
     with RawClient(server.host, server.port) as member:
         member.send(hello("member", ROOM))
