@@ -11,6 +11,7 @@ command -v Xvfb >/dev/null || need+=(xvfb)
 command -v xdotool >/dev/null || need+=(xdotool)
 command -v ip >/dev/null || need+=(iproute2)
 command -v dig >/dev/null || need+=(dnsutils)
+command -v openssl >/dev/null || need+=(openssl)  # s_client probes the TLS policy
 python3 -c 'import tkinter' 2>/dev/null || need+=(python3-tk)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
