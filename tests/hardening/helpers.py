@@ -11,9 +11,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,17 @@ PEER_PROCESS = Path(__file__).with_name("peer_process.py")
 
 
 class Proc:
-    """A child process whose stdout lines are collected by a thread, killed at the end."""
+    """A child process whose stdout lines are collected by a thread, killed at the end.
+
+    Its stderr goes to a file rather than a pipe that nobody reads, which could fill and stall it.
+    """
 
     def __init__(self, argv: Sequence[str]) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
         self._lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
         self._reader = threading.Thread(target=self._read, name=f"proc-{self.popen.pid}")
         self._reader.start()
 
@@ -52,40 +52,16 @@ class Proc:
     def line(self, timeout: float = 10.0) -> str:
         """The next line the process printed; fails if none comes in time."""
         try:
-            line = self._lines.get(timeout=timeout)
+            return self._lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(
-                f"pid {self.pid} printed nothing in {timeout} s; stderr: {self.stderr_so_far()}"
+                f"pid {self.pid} printed nothing in {timeout} s; stderr: {self.stderr()}"
             ) from None
-        self.seen.append(line)
-        return line
 
-    def frames_until(
-        self, done: Callable[[dict[str, Any]], bool], timeout: float
-    ) -> list[dict[str, Any]]:
-        """JSON lines up to and including the first for which ``done`` is true."""
-        deadline = time.monotonic() + timeout
-        frames: list[dict[str, Any]] = []
-        while True:
-            frame = json.loads(self.line(max(0.01, deadline - time.monotonic())))
-            frames.append(frame)
-            if done(frame):
-                return frames
-
-    def frames_for(self, seconds: float) -> list[dict[str, Any]]:
-        """Every JSON line printed within ``seconds``."""
-        time.sleep(seconds)
-        frames = []
-        while True:
-            try:
-                frames.append(json.loads(self._lines.get_nowait()))
-            except queue.Empty:
-                return frames
-
-    def stderr_so_far(self) -> str:
-        if self.popen.poll() is None or self.popen.stderr is None:
-            return "(still running)"
-        return self.popen.stderr.read()[-2000:]
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far (the end of it)."""
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].decode(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL, the way a crash or a pulled plug ends a program."""
@@ -102,23 +78,25 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._reader.join(5)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
         return self.popen.returncode
 
+    def close(self) -> None:
+        self._stderr.close()
 
-def peer_argv(*args: str, netns: str | None = None) -> list[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return [*prefix, sys.executable, str(PEER_PROCESS), *args]
+
+def peer_argv(*args: str) -> list[str]:
+    """The command line of ``peer_process.py`` with ``args``."""
+    return [sys.executable, str(PEER_PROCESS), *args]
 
 
 class ServerProcess(Proc):
     """A chatsecure server in its own process, so that its memory can be measured."""
 
-    def __init__(self, config: dict[str, Any], netns: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         fields = {k: str(v) if isinstance(v, Path) else v for k, v in config.items()}
-        super().__init__(peer_argv("server", json.dumps(fields), netns=netns))
+        super().__init__(peer_argv("server", json.dumps(fields)))
         first = self.line(15)
         assert first.startswith("port "), first
         self.port = int(first.split()[1])
@@ -133,13 +111,16 @@ class ServerProcess(Proc):
 
 
 @contextlib.contextmanager
-def server_process(config: dict[str, Any], netns: str | None = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, netns)
+def server_process(config: dict[str, Any]) -> Iterator[ServerProcess]:
+    """A server process with ``config`` (ServerConfig fields); it must stop cleanly."""
+    server = ServerProcess(config)
     try:
         yield server
     finally:
         code = server.stop()
-        assert code == 0, f"server exited with {code}: {server.stderr_so_far()}"
+        errors = server.stderr()
+        server.close()
+        assert code == 0, f"server exited with {code}: {errors}"
 
 
 class TLSClient(RawClient):

@@ -32,6 +32,7 @@ def test_kill_9_mid_frame_gives_exactly_one_leave_and_no_half_message(
             leave = observer.expect("leave", timeout=3)
         finally:
             victim.stop()
+            victim.close()
         assert (leave["peer"]["nick"], leave["reason"]) in {
             ("victim", "closed"),
             ("victim", "error"),
