@@ -21,6 +21,7 @@ from typing import Final
 
 from chatsecure.errors import ConfigError
 from chatsecure.protocol.limits import PROTOCOL_VERSION
+from chatsecure.protocol.messages import INVISIBLE_CATEGORIES
 from chatsecure.tls.certs import normalize_fingerprint
 
 SERVICE_TYPE: Final = "_chatsecure._tcp.local."
@@ -46,10 +47,6 @@ DISCOVER_TIMEOUT: Final = 3.0
 """Seconds ``chatsecure discover`` listens before it lists what it found."""
 RESOLVE_TIMEOUT: Final = 3.0
 """Seconds a browser waits for a service's SRV, TXT and addresses once it saw its name."""
-
-# Characters an instance label or a received name loses: controls, bidi overrides and other
-# format characters, line and paragraph separators.
-_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +128,7 @@ def _one_line(text: str) -> str:
     visible = "".join(
         " " if c.isspace() else c
         for c in text
-        if c.isspace() or unicodedata.category(c) not in _STRIPPED_CATEGORIES
+        if c.isspace() or unicodedata.category(c) not in INVISIBLE_CATEGORIES
     )
     return " ".join(visible.split())
 

@@ -17,9 +17,9 @@ from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT
 
-# Characters a nick loses on the server: controls (Cc), format characters such as bidi
-# overrides and zero-width joiners (Cf), and line/paragraph separators (Zl, Zp).
-_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Unicode categories a nick or a server name loses: controls (Cc), format characters such as
+bidi overrides and zero-width joiners (Cf), and line/paragraph separators (Zl, Zp)."""
 
 
 def clean_nick(raw: str) -> str:
@@ -28,7 +28,7 @@ def clean_nick(raw: str) -> str:
     Invisible and control characters are removed and surrounding whitespace is trimmed, so
     that no nick can hide a line break or reorder what others see.
     """
-    nick = "".join(c for c in raw if unicodedata.category(c) not in _STRIPPED_CATEGORIES).strip()
+    nick = "".join(c for c in raw if unicodedata.category(c) not in INVISIBLE_CATEGORIES).strip()
     if not 1 <= len(nick) <= MAX_NICK:
         raise RemoteProtocolError(
             ErrorCode.BAD_NICK,
