@@ -7,7 +7,6 @@ certificate. A changed certificate is refused loudly unless the user replaces th
 
 from __future__ import annotations
 
-import enum
 import os
 import threading
 from collections.abc import Callable
@@ -32,11 +31,6 @@ def server_key(host: str, port: int) -> str:
     host = host.lower().strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-
-class Status(enum.Enum):
-    NEW = "new"
-    KNOWN = "known"
-    CHANGED = "changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +84,6 @@ class KnownServers:
         """The pinned fingerprint of ``host:port``, if any."""
         with self._lock:
             return self._load().get(server_key(host, port))
-
-    def check(self, host: str, port: int, fingerprint: str) -> Status:
-        pinned = self.get(host, port)
-        if pinned is None:
-            return Status.NEW
-        return Status.KNOWN if pinned == fingerprint else Status.CHANGED
 
     def pin(self, host: str, port: int, fingerprint: str) -> None:
         """Pin (or re-pin) ``host:port`` to ``fingerprint``."""
