@@ -192,6 +192,23 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
     return None
 
 
+def require_sendable(text: str, what: str) -> str:
+    """``text`` if UTF-8 can carry it; else ``LocalProtocolError`` naming ``what``.
+
+    A byte that is not UTF-8 in the command line or a piped input becomes a lone surrogate
+    (``\\udcff``) in Python; it would fail only later, deep in ``encode``.
+    """
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise LocalProtocolError(
+                ErrorCode.BAD_MESSAGE,
+                f"{what} holds a character that is not valid text (a byte that is not UTF-8?)",
+            ) from None
+    return text
+
+
 def describe_error(exc: BaseException) -> str:
     """A sentence for a connection failure; the one place low-level errors become words."""
     match exc:
@@ -212,7 +229,7 @@ def describe_error(exc: BaseException) -> str:
             return "the connection was reset"
         case OSError():
             return exc.strerror or str(exc)
-    return repr(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"
 
 
 # --- the client -------------------------------------------------------------------------
@@ -232,9 +249,9 @@ class ChatClient:
         events: queue.Queue[ClientEvent] | None = None,
     ) -> None:
         self.target = target
-        self.nick = nick
+        self.nick = require_sendable(nick, "the nick")
         self.policy = policy
-        self.password = password
+        self.password = password if password is None else require_sendable(password, "the password")
         self.reconnect = reconnect
         self.events: queue.Queue[ClientEvent] = events if events is not None else queue.Queue()
         self.me: Peer | None = None
@@ -258,14 +275,15 @@ class ChatClient:
     def send(self, text: str) -> None:
         """Send a chat line; the line ``quit`` alone quits instead.
 
-        Raises ``LocalProtocolError`` for a text too long for one frame: sent, it would cost
-        the connection (``frame_too_long``), so the front end says so instead. A text under
-        that but over the server's text limit gets the server's ``text_too_long``.
+        Raises ``LocalProtocolError`` for a text UTF-8 cannot carry, or too long for one frame:
+        sent, it would cost the connection (``frame_too_long``), so the front end says so
+        instead. A text under that but over the server's text limit gets the server's
+        ``text_too_long``.
         """
         if text.strip() == "quit":
             self.quit()
         elif text:
-            frame = encode(SendMsg(text))
+            frame = encode(SendMsg(require_sendable(text, "the message")))
             if len(frame) > limits.MAX_FRAME:
                 raise LocalProtocolError(
                     ErrorCode.TEXT_TOO_LONG,
@@ -302,6 +320,10 @@ class ChatClient:
         self._started.set()
         try:
             loop.run_until_complete(self._run())
+        except Exception as exc:
+            # A bug must not leave the front end waiting for an event that never comes.
+            log.exception("the client's network thread failed")
+            self._emit(Disconnected(describe_error(exc), error=True))
         finally:
             loop.close()
 

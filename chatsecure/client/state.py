@@ -32,6 +32,7 @@ from chatsecure.client.core import (
     Target,
     clock,
     parse_target,
+    require_sendable,
     safe_text,
 )
 from chatsecure.discovery.records import (
@@ -42,7 +43,7 @@ from chatsecure.discovery.records import (
     ServerUpdated,
     preferred_address,
 )
-from chatsecure.errors import RemoteProtocolError
+from chatsecure.errors import ProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Shutdown, clean_nick
@@ -187,12 +188,17 @@ def validate_form(
         else:
             parsed_port = int(port_text)
     try:
-        clean = clean_nick(nick)
-    except RemoteProtocolError:
+        clean = require_sendable(clean_nick(nick), "the nick")
+    except ProtocolError:
         errors["nick"] = f"1 to {limits.MAX_NICK} visible characters."
         clean = ""
     if len(password) > MAX_PASSWORD:
         errors["password"] = f"At most {MAX_PASSWORD} characters."
+    else:
+        try:
+            require_sendable(password, "the password")
+        except ProtocolError:
+            errors["password"] = "Only characters that can be typed."  # noqa: S105 - a message
     if errors:
         return FormResult(None, errors)
     request = ConnectRequest(parsed_host, parsed_port, clean, advertised, password or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 from typing import TextIO
@@ -41,6 +42,9 @@ def tty_ask(store: KnownServers) -> Ask:
 
 def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Chat until ``quit``, end of input or the server goes; return the exit code."""
+    if isinstance(stdin, io.TextIOWrapper):
+        # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
+        stdin.reconfigure(errors="replace")
     client.start()
     first = client.events.get()
     if not isinstance(first, Connected):
@@ -71,17 +75,21 @@ def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> None:
-    for line in stdin:
-        text = line.rstrip("\r\n")
-        if done.is_set():
-            return
-        if text.strip() == "quit":
-            break
-        try:
-            client.send(text)
-        except LocalProtocolError as exc:
-            print(f"chatsecure: {exc.message}", file=sys.stderr, flush=True)
-    client.quit()  # `quit` or end of input
+    try:
+        for line in stdin:
+            text = line.rstrip("\r\n")
+            if done.is_set():
+                return
+            if text.strip() == "quit":
+                break
+            try:
+                client.send(text)
+            except LocalProtocolError as exc:
+                print(f"chatsecure: {exc.message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError) as exc:  # a read error, or undecodable input
+        print(f"chatsecure: cannot read the input: {exc}", file=sys.stderr, flush=True)
+    finally:
+        client.quit()  # `quit`, end of input, or input that cannot be read
 
 
 def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:

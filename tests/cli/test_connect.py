@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 from collections.abc import Callable
 
@@ -11,7 +13,7 @@ import pytest
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
-from tests.helpers import Terminal
+from tests.helpers import CHATSECURE, Terminal
 
 TIME = r"\[\d\d:\d\d:\d\d\]"
 
@@ -191,3 +193,50 @@ def test_server_shutdown_is_shown_and_the_client_exits_0(
         stopper.join(10)
     finally:
         bob.kill()
+
+
+def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
+    """``chatsecure connect`` with byte pipes, for input that is not UTF-8."""
+    return subprocess.Popen(
+        [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", nick, "--accept-new"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], stdin: bytes = b"") -> bytes:
+    """Give ``proc`` its input and wait (bounded) for its exit; return its stderr."""
+    try:
+        _, err = proc.communicate(stdin, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    return err
+
+
+def test_nick_that_is_not_utf8_exits_1_at_once(server: ServerThread) -> None:
+    proc = connect_process(server, os.fsdecode(b"\xff"))  # argv gets the raw byte 0xff
+    err = finish(proc)
+    assert proc.returncode == 1
+    assert err.startswith(b"chatsecure: the nick holds a character that is not valid text")
+    assert b"Traceback" not in err
+    assert server.online() == []
+
+
+def test_input_line_that_is_not_utf8_is_sent_replaced_and_quit_still_works(
+    server: ServerThread,
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        proc = connect_process(server, "bob")
+        try:
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+        finally:
+            err = finish(proc, b"hi\n\xff caf\xe9\nquit\n")
+        assert proc.returncode == 0, err
+        assert b"Traceback" not in err
+        assert alice.expect("msg")["text"] == "hi"
+        assert alice.expect("msg")["text"] == "\ufffd caf\ufffd"
+        assert alice.expect("leave")["reason"] == "quit"

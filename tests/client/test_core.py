@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import socket
 import threading
@@ -424,3 +425,55 @@ def test_wrong_password_ends_with_the_server_code_and_no_retry(
     assert disconnected.code == "auth_failed"
     assert "password" in disconnected.reason
     assert no_more_events(client)
+
+
+# --- failures on our side ---------------------------------------------------------------
+
+UNDECODABLE = os.fsdecode(b"\xff")
+"""What a byte that is not UTF-8 becomes in ``sys.argv`` or a surrogateescape stream."""
+
+
+@pytest.mark.parametrize(("nick", "password"), [(UNDECODABLE, None), ("bob", "pw" + UNDECODABLE)])
+def test_nick_or_password_that_utf8_cannot_carry_is_refused_before_connecting(
+    server: ServerThread, nick: str, password: str | None
+) -> None:
+    policy = TrustPolicy(KnownServers(), accept_new=True)
+    with pytest.raises(LocalProtocolError, match="not valid text"):
+        ChatClient(Target(server.host, server.port), nick, policy, password=password)
+    assert server.online() == []
+
+
+def test_message_that_utf8_cannot_carry_is_refused_locally_and_the_connection_kept(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob")
+        next_event(client, Connected)
+        alice.expect("join")
+        with pytest.raises(LocalProtocolError, match="not valid text"):
+            client.send("caf" + UNDECODABLE)
+        client.send("still here")
+        assert alice.expect("msg")["text"] == "still here"
+
+
+def test_failure_on_the_network_thread_ends_with_a_disconnected_event(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ChatClient(
+        Target(server.host, server.port), "bob", TrustPolicy(KnownServers(), accept_new=True)
+    )
+    client.nick = UNDECODABLE  # past the check in __init__: hello cannot be encoded
+    client.start()
+    try:
+        disconnected = next_event(client, Disconnected)
+        assert disconnected.error is True
+        assert "UnicodeEncodeError" in disconnected.reason
+        client._thread.join(5)
+        assert not client.alive
+        assert any(r.levelno == logging.ERROR and r.exc_info is not None for r in caplog.records), (
+            "the traceback is logged"
+        )
+    finally:
+        client.close()
+    assert server.online() == []

@@ -108,6 +108,7 @@ def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int
         ("host", "7467", "", "nick", "1 to 32 visible characters"),
         ("host", "7467", "\u202e\u200b ", "nick", "visible characters"),
         ("host", "7467", "x" * 33, "nick", "visible characters"),
+        ("host", "7467", "b\udcffb", "nick", "visible characters"),  # cannot be sent
     ],
 )
 def test_form_errors_name_the_field(host: str, port: str, nick: str, field: str, says: str) -> None:
@@ -147,6 +148,12 @@ def test_form_refuses_a_password_too_long_to_send() -> None:
     result = validate_form("10.0.0.9", "7467", "bob", password="x" * (MAX_PASSWORD + 1))
     assert result.request is None
     assert result.errors == {"password": f"At most {MAX_PASSWORD} characters."}
+
+
+def test_form_refuses_a_password_utf8_cannot_carry() -> None:
+    result = validate_form("10.0.0.9", "7467", "bob", password="pw\udcff")
+    assert result.request is None
+    assert list(result.errors) == ["password"]
 
 
 # --- transcript lines -------------------------------------------------------------------
