@@ -260,7 +260,12 @@ class ChatClient:
         self._stopping = False
         self._stop_requested: asyncio.Event | None = None
         """Set by ``quit``, so that a reconnect backoff ends at once instead of sleeping on."""
-        self._welcomes = 0
+        self._session_task: asyncio.Task[None] | None = None
+        """The current attempt; ``quit`` cancels it until the server has welcomed us."""
+        self._joined = False
+        """Whether the current session was welcomed (``Connected`` went out)."""
+        self._attempt = 0
+        """Reconnect attempts since the last welcome."""
         self._started = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main, name="chatsecure-net", daemon=True
@@ -332,11 +337,19 @@ class ChatClient:
 
     async def _run(self) -> None:
         self._stop_requested = asyncio.Event()
-        attempt = 0
         while True:
-            welcomes = self._welcomes
+            if self._stopping:  # quit came before the first attempt began
+                self._emit(Disconnected("you left the chat", error=False))
+                return
+            self._session_task = asyncio.create_task(self._session())
             try:
-                await self._session()
+                await self._session_task
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                # Quit before the welcome: the session went without a word to the server.
+                self._emit(Disconnected("you left the chat", error=False))
+                return
             except TrustError as exc:
                 self._emit(Disconnected(str(exc), error=True))
                 return
@@ -352,14 +365,12 @@ class ChatClient:
             if self._stopping:
                 self._emit(Disconnected("you left the chat", error=False))
                 return
-            if self._welcomes > welcomes:
-                attempt = 0  # that session worked: a new drop starts the backoff afresh
-            if not (self.reconnect and self.me is not None) or attempt >= MAX_RETRIES:
+            if not (self.reconnect and self.me is not None) or self._attempt >= MAX_RETRIES:
                 self._emit(Disconnected(reason, error=True))
                 return
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            attempt += 1
-            self._emit(Reconnecting(attempt, delay, reason))
+            delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
+            self._attempt += 1
+            self._emit(Reconnecting(self._attempt, delay, reason))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
             if self._stopping:
@@ -413,15 +424,15 @@ class ChatClient:
                 self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
             )
             self.me = welcome.you
-            self._welcomes += 1
+            self._joined = True
+            self._attempt = 0  # that session worked: a new drop starts the backoff afresh
             version = writer.get_extra_info("ssl_object").version() or "TLS"
             host, port = self.target.host, self.target.port
             self._emit(Connected(welcome, host, port, version, presented))
-            if self._stopping:
-                writer.write(encode(Quit()))
             await self._read_loop(reader, decoder, rest)
         finally:
             self._writer = None
+            self._joined = False
             await _close_writer(writer)
 
     async def _first_frame(
@@ -467,10 +478,14 @@ class ChatClient:
         self._stopping = True
         if self._stop_requested is not None:
             self._stop_requested.set()
+        if not self._joined:
+            # Still connecting (or asking the user about trust): stop there, without a hello,
+            # so the room never sees us come and go and no password is sent.
+            if self._session_task is not None:
+                self._session_task.cancel()
+            return
         writer = self._writer
-        if writer is None:
-            return  # still connecting: _session quits right after welcome, _run stops
-        if not writer.is_closing():
+        if writer is not None and not writer.is_closing():
             writer.write(encode(Quit()))  # the server answers by closing the connection
 
 

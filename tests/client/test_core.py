@@ -329,6 +329,64 @@ def test_quit_during_the_reconnect_wait_ends_at_once(
     assert time.monotonic() - started < retry.delay
 
 
+def test_quit_while_connecting_never_joins_the_room(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("ghost", password="not for a room we left")
+        client.quit()  # the user cancels at once
+        disconnected = next_event(client, Disconnected)
+        assert disconnected.error is False
+        assert no_more_events(client)
+        assert alice.silent(0.5), "no join and leave of a client that never chatted"
+    assert server.online() == []
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A port where TCP connects but TLS never answers (the kernel accepts, nobody reads)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+def test_quit_during_a_slow_handshake_ends_at_once(
+    make_client: MakeClient, silent_listener: int
+) -> None:
+    client = make_client("bob", target=Target("127.0.0.1", silent_listener))
+    time.sleep(0.2)  # connected by TCP, waiting for the server's TLS answer
+    started = time.monotonic()
+    client.quit()
+    assert next_event(client, Disconnected, timeout=3).error is False
+    client._thread.join(3)
+    assert not client.alive
+    assert time.monotonic() - started < 2
+
+
+def test_quit_while_the_user_decides_about_trust_sends_nothing(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    asked, answer = threading.Event(), threading.Event()
+
+    def ask(question: TrustQuestion) -> bool:
+        asked.set()
+        answer.wait(5)
+        return True  # the user says yes, but too late: they had cancelled
+
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob", policy=TrustPolicy(KnownServers(), ask=ask))
+        try:
+            assert asked.wait(5)
+            client.quit()
+            assert next_event(client, Disconnected, timeout=3).error is False
+        finally:
+            answer.set()
+        client.close()
+        assert alice.silent(0.5)
+    assert server.online() == []
+
+
 def test_server_pings_are_answered_so_an_idle_client_stays(
     start_server: Callable[..., ServerThread], make_client: MakeClient
 ) -> None:

@@ -592,6 +592,20 @@ def test_controller_asks_and_a_no_connects_nothing(server: ServerThread) -> None
     wait_for(lambda: not controller.busy)
 
 
+def test_controller_cancel_while_connecting_joins_nothing(server: ServerThread) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        controller.connect(ConnectRequest("127.0.0.1", server.port, "ghost", password=ROOM))
+        controller.cancel()
+        assert controller.model.phase is Phase.CONNECT
+        started = time.monotonic()
+        wait_for(lambda: not controller.busy)
+        assert time.monotonic() - started < 2
+        assert bob.silent(0.5), "the room saw a client that was cancelled"
+    assert server.online() == []
+
+
 def test_controller_close_while_asking_unblocks_the_network_thread(server: ServerThread) -> None:
     controller = Controller(GuiOptions(discovery=False))
     controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))

@@ -333,6 +333,27 @@ def test_closing_the_window_quits_cleanly(server: ServerThread, gui: GuiFactory)
     server.wait_online(1)
 
 
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_cancel_or_close_while_connecting_never_enters_the_room(
+    server: ServerThread, gui: GuiFactory, how: str
+) -> None:
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        alice.connect("127.0.0.1", server.port)
+        assert alice.phase is Phase.CONNECTING
+        if how == "cancel":
+            alice.click("connect.form.buttons.cancel")
+            assert alice.view() == "connect"
+            assert "Connection cancelled." in alice.notice()
+            alice.pump(lambda: not alice.app.controller.busy)
+        else:
+            alice.close_window()
+            assert not alice.app.controller.busy
+        assert bob.silent(0.5), "bob saw alice come and go"
+    assert server.online() == []
+
+
 def test_nickname_is_remembered_between_runs(server: ServerThread, gui: GuiFactory) -> None:
     first = gui(accept_new=True)
     first.type("connect.form.nick", "zoe")
