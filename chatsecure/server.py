@@ -50,7 +50,7 @@ from chatsecure.protocol.messages import (
     encode_welcome,
 )
 from chatsecure.protocol.ratelimit import FloodMeter, TokenBucket, WarningBudget
-from chatsecure.protocol.session import ServerSession
+from chatsecure.protocol.session import Event, ServerSession
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
 
@@ -229,9 +229,7 @@ class Session(asyncio.BufferedProtocol):
             return
         loop_time = self.last_heard = asyncio.get_running_loop().time()
         for event in self.protocol.receive_data(data):
-            # quit, hello and pong are never refused: leaving and staying alive must work
-            limited = self._bucket is not None and not isinstance(event, Quit | Hello | Pong)
-            if limited and not self._within_rate(loop_time):
+            if self._bucket is not None and not self._admit(event, loop_time):
                 if self._closing:
                     return
                 continue
@@ -245,6 +243,18 @@ class Session(asyncio.BufferedProtocol):
                 self.send(encode(Pong()))
             elif isinstance(event, Quit):
                 self.close("quit")
+        if self.protocol.closed and not self._closing:  # pragma: no cover - a safety net
+            # The state machine ended the stream but nothing above closed the connection: such
+            # a session would stay joined and answer nothing. Never let one linger.
+            self.close("error")
+
+    def _admit(self, event: Event, now: float) -> bool:
+        """Charge ``event`` to the rate limit; False if it is refused (and answered so)."""
+        if isinstance(event, RemoteProtocolError) and event.fatal:
+            return True  # the stream is over, whatever the rate: it must not be skipped
+        if isinstance(event, Quit | Hello | Pong):
+            return True  # leaving and staying alive must work
+        return self._within_rate(now)
 
     def _within_rate(self, now: float) -> bool:
         assert self._bucket is not None  # noqa: S101 - only called when rate-limited

@@ -188,3 +188,33 @@ def test_quit_and_pong_pass_even_when_the_rate_is_exhausted(
         leave = bob.expect("leave")
         assert leave["reason"] == "quit"
         assert busy.closed(3)
+
+
+@pytest.mark.parametrize(
+    ("joins", "tail", "code"),
+    [
+        pytest.param(True, b"x" * 20_000 + b"\n", "frame_too_long", id="over-long-line"),
+        pytest.param(False, msg("before hello"), "not_joined", id="msg-before-hello"),
+    ],
+)
+def test_fatal_error_over_the_rate_still_closes_the_connection(
+    start_server: Callable[..., ServerThread], joins: bool, tail: bytes, code: str
+) -> None:
+    """The rate limit never swallows the error that ends a stream (it left a deaf session)."""
+    server = start_server(msg_rate=1.0, msg_burst=1)
+    with (
+        joined(server.host, server.port, "bob") as (bob,),
+        RawClient(server.host, server.port) as carol,
+    ):
+        if joins:
+            carol.join("carol")
+            bob.expect("join")
+        # One frame takes the only token, the next is refused, then the fatal one.
+        carol.send_raw(b'{"type":"ping"}\n' * 2 + tail)
+        assert carol.expect("pong")
+        assert carol.expect("error")["code"] == "rate_limited"
+        assert carol.expect("error")["code"] == code
+        assert carol.closed(3)
+        if joins:
+            assert bob.expect("leave")["reason"] == code
+        assert server.online() == ["bob"]
