@@ -146,6 +146,10 @@ class ServerConfig:
     """Addresses to advertise instead of those the server listens on."""
 
 
+_FREE = (Quit, Hello)
+"""Frames the rate limit never refuses: leaving and joining must always work."""
+
+
 class PeerLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every record with the connection it is about: ``[id@address]``."""
 
@@ -190,6 +194,10 @@ class Session(asyncio.BufferedProtocol):
         self._hello_timer: asyncio.TimerHandle | None = None
         self._bucket: TokenBucket | None = None
         self._flood: FloodMeter | None = None
+        self._blanks_charged = 0
+        """How many of the blank lines received were charged to the rate limit."""
+        self._pings_out = 0
+        """Our pings not yet answered: only that many ``pong`` pass the rate limit for free."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -243,6 +251,8 @@ class Session(asyncio.BufferedProtocol):
                 self.send(encode(Pong()))
             elif isinstance(event, Quit):
                 self.close("quit")
+        if self._bucket is not None and self.protocol.blank_lines != self._blanks_charged:
+            self._charge_blank_lines(loop_time)
         if self.protocol.closed and not self._closing:  # pragma: no cover - a safety net
             # The state machine ended the stream but nothing above closed the connection: such
             # a session would stay joined and answer nothing. Never let one linger.
@@ -252,9 +262,20 @@ class Session(asyncio.BufferedProtocol):
         """Charge ``event`` to the rate limit; False if it is refused (and answered so)."""
         if isinstance(event, RemoteProtocolError) and event.fatal:
             return True  # the stream is over, whatever the rate: it must not be skipped
-        if isinstance(event, Quit | Hello | Pong):
-            return True  # leaving and staying alive must work
+        if isinstance(event, _FREE):
+            return True  # leaving and joining must always work
+        if isinstance(event, Pong) and self._pings_out:
+            self._pings_out -= 1
+            return True  # the answer to our ping keeps the session alive, however busy
         return self._within_rate(now)
+
+    def _charge_blank_lines(self, now: float) -> None:
+        """Blank lines make no event, but a flood of them costs like any other frame."""
+        blank = self.protocol.blank_lines - self._blanks_charged
+        self._blanks_charged += blank
+        for _ in range(blank):
+            if not self._within_rate(now) and self._closing:
+                return
 
     def _within_rate(self, now: float) -> bool:
         assert self._bucket is not None  # noqa: S101 - only called when rate-limited
@@ -301,6 +322,11 @@ class Session(asyncio.BufferedProtocol):
         if not self._pending:
             self.server.mark_dirty(self)
         self._pending.append(data)
+
+    def ping(self, frame: bytes) -> None:
+        """Send ``ping`` (already encoded); its answer is not charged to the rate limit."""
+        self._pings_out += 1
+        self.send(frame)
 
     def flush(self) -> None:
         """Write what is queued for this client, broadcasts included, as one TLS write."""
@@ -591,7 +617,7 @@ class ChatServer:
             if silent >= timeout:
                 session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
             elif silent >= timeout / 2:
-                session.send(ping)
+                session.ping(ping)
         if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(timeout / 4, self._sweep_idle)

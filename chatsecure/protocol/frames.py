@@ -11,20 +11,24 @@ class FrameDecoder:
     """Split a byte stream into ``\\n``-terminated lines, whatever the chunking.
 
     Blank lines are skipped and a trailing ``\\r`` is dropped, so a human at ``openssl s_client``
-    can type frames too. A line longer than ``max_frame`` bytes ends the stream as soon as it is
-    known to be too long, even before its newline arrives, so an endless line never costs more
-    than ``max_frame`` bytes of memory. The frames before it are still returned and ``error`` is
-    set to a fatal ``RemoteProtocolError``; every later ``feed`` raises it. What comes out never
-    depends on how the stream was split into chunks.
+    can type frames too; ``blank_lines`` counts the skipped ones, so that a rate limit can still
+    charge them (a stream of bare newlines must cost a client like any other). A line longer
+    than ``max_frame`` bytes ends the stream as soon as it is known to be too long, even before
+    its newline arrives, so an endless line never costs more than ``max_frame`` bytes of memory.
+    The frames before it are still returned and ``error`` is set to a fatal
+    ``RemoteProtocolError``; every later ``feed`` raises it. What comes out never depends on how
+    the stream was split into chunks.
     """
 
-    __slots__ = ("_buffer", "_max_frame", "error")
+    __slots__ = ("_buffer", "_max_frame", "blank_lines", "error")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = b""
         self._max_frame = max_frame
         self.error: RemoteProtocolError | None = None
         """Set once a line was too long; the stream is over then."""
+        self.blank_lines = 0
+        """Blank lines skipped so far (before an over-long line, if there was one)."""
 
     def feed(self, data: bytes) -> list[bytes]:
         """Take the next chunk of the stream; return the complete frames it finished."""
@@ -38,6 +42,8 @@ class FrameDecoder:
                 return self._fail(frames)
             if frame:
                 frames.append(frame)
+            else:
+                self.blank_lines += 1
         # The limit is for the line without its "\r\n"; a partial line may still lose a "\r".
         if self._too_long(len(rest) - rest.endswith(b"\r")):
             return self._fail(frames)

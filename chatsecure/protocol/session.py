@@ -69,6 +69,11 @@ class ServerSession:
         return events
 
     @property
+    def blank_lines(self) -> int:
+        """Blank lines received so far: they make no event, but a rate limit counts them."""
+        return self._decoder.blank_lines
+
+    @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
 

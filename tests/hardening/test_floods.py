@@ -40,12 +40,13 @@ def drain(client: RawClient, codes: list[str]) -> bool:
             codes.append(frame["code"])
 
 
-def flood(client: RawClient, seconds: float = 5.0) -> tuple[list[str], float]:
-    """Send messages as fast as the socket takes them until the server closes the connection.
+def flood(
+    client: RawClient, seconds: float = 5.0, batch: bytes = msg("flood") * 50
+) -> tuple[list[str], float]:
+    """Send ``batch`` as fast as the socket takes it until the server closes the connection.
 
     Returns the error codes the server sent and how long the flood lasted.
     """
-    batch = msg("flood") * 50
     codes: list[str] = []
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -93,6 +94,35 @@ def test_fast_flooder_is_rate_limited_then_cut_off_as_flooding(
         assert leaves == 1
         assert BURST <= delivered <= BURST + RATE * lasted + 1, "only frames within the rate pass"
         assert server.online() == ["bob"]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param(b'{"type":"pong"}\n' * 50, id="pong"),
+        pytest.param(b"\n" * 1000, id="blank-lines"),
+        pytest.param(b"\r\n" * 500, id="blank-crlf-lines"),
+        pytest.param(b'{"type":"hello","nick":"again"}\n' * 50, id="second-hello"),
+    ],
+)
+def test_flood_of_frames_that_say_nothing_is_cut_off_like_any_other(
+    start_server: Callable[..., ServerThread], batch: bytes
+) -> None:
+    """Unasked-for pongs and blank lines cost the server like messages; others do not wait."""
+    server = limited(start_server)
+    with joined(server.host, server.port, "bob", "flooder") as (bob, flooder):
+        codes, lasted = flood(flooder, batch=batch)
+        assert "rate_limited" in codes
+        assert codes[-1] == "flooding", codes[-5:]
+        assert lasted < 3, f"flooded for {lasted:.1f} s before being cut off"
+        leave = bob.expect("leave")
+        assert (leave["peer"]["nick"], leave["reason"]) == ("flooder", "flooding")
+        assert server.online() == ["bob"]
+        started = time.monotonic()
+        with RawClient(server.host, server.port) as carol:
+            carol.join("carol")
+            bob.expect("join")
+        assert time.monotonic() - started < 1, "a newcomer joins at once"
 
 
 def test_three_and_a_half_times_the_rate_is_cut_off_but_one_and_a_half_is_not(
@@ -175,19 +205,37 @@ def test_others_keep_low_latency_while_flooders_keep_coming_back(
     assert all("@127.0.0.1]" in r.getMessage() for r in warnings), "each names the address"
 
 
-def test_quit_and_pong_pass_even_when_the_rate_is_exhausted(
+def errors_within(client: RawClient, seconds: float) -> list[str]:
+    """The codes of the errors that arrive within ``seconds`` (pings skipped) or until EOF."""
+    codes: list[str] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            frame = client.recv(left)
+        except (TimeoutError, EOFError):
+            break
+        assert frame["type"] in {"ping", "error"}, frame
+        if frame["type"] == "error":
+            codes.append(frame["code"])
+    return codes
+
+
+def test_quit_and_the_answer_to_a_ping_pass_even_when_the_rate_is_exhausted(
     start_server: Callable[..., ServerThread],
 ) -> None:
-    server = start_server(msg_rate=1.0, msg_burst=1)
-    with joined(server.host, server.port, "bob", "busy") as (bob, busy):
+    server = start_server(msg_rate=0.5, msg_burst=1, idle_timeout=0.4)
+    with RawClient(server.host, server.port) as busy:
+        busy.join("busy")
         busy.send_raw(msg("one") + msg("two"))
-        assert bob.expect("msg")["text"] == "one"
         assert busy.expect("error")["code"] == "rate_limited"
-        busy.send({"type": "pong"})
+        busy.expect("ping", timeout=2)
+        busy.send_raw(b'{"type":"pong"}\n' * 2)  # the answer, then one nobody asked for
+        codes = errors_within(busy, 0.15)
+        assert codes == ["rate_limited"], "the answer passed, the pong nobody asked for did not"
         busy.send({"type": "quit"})
-        leave = bob.expect("leave")
-        assert leave["reason"] == "quit"
-        assert busy.closed(3)
+        assert errors_within(busy, 3) == [], "quit is never refused"
+        assert busy.closed(0.1)
+        assert server.online() == []
 
 
 @pytest.mark.parametrize(

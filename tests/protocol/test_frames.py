@@ -23,8 +23,12 @@ streams = st.lists(
 ).map(b"".join)
 
 
-def decode(stream: bytes, cuts: list[int], limit: int = LIMIT) -> tuple[list[bytes], bool]:
-    """Feed ``stream`` in pieces cut at ``cuts``; return the frames and whether it failed."""
+Decoded = tuple[list[bytes], bool, int]
+"""The frames, whether the stream failed, and how many blank lines were skipped."""
+
+
+def decode(stream: bytes, cuts: list[int], limit: int = LIMIT) -> Decoded:
+    """Feed ``stream`` in pieces cut at ``cuts``; return what came out."""
     decoder = FrameDecoder(limit)
     frames: list[bytes] = []
     edges = [0, *sorted(set(cuts)), len(stream)]
@@ -32,20 +36,23 @@ def decode(stream: bytes, cuts: list[int], limit: int = LIMIT) -> tuple[list[byt
         if decoder.error is not None:
             break
         frames.extend(decoder.feed(stream[start:end]))
-    return frames, decoder.error is not None
+    return frames, decoder.error is not None, decoder.blank_lines
 
 
-def reference(stream: bytes, limit: int = LIMIT) -> tuple[list[bytes], bool]:
+def reference(stream: bytes, limit: int = LIMIT) -> Decoded:
     """What the decoder must produce, written the obvious way."""
     frames: list[bytes] = []
+    blank = 0
     *lines, rest = stream.split(b"\n")
     for line in lines:
         frame = line.removesuffix(b"\r")
         if len(frame) > limit:
-            return frames, True
+            return frames, True, blank
         if frame:
             frames.append(frame)
-    return frames, len(rest.removesuffix(b"\r")) > limit
+        else:
+            blank += 1
+    return frames, len(rest.removesuffix(b"\r")) > limit, blank
 
 
 @given(streams, st.lists(st.integers(min_value=0, max_value=200), max_size=20))
@@ -66,9 +73,14 @@ def test_arbitrary_bytes_never_crash_and_agree_with_the_reference(
     assert decode(stream, [c for c in cuts if c <= len(stream)]) == reference(stream)
 
 
-def test_crlf_is_stripped_and_blank_lines_skipped() -> None:
+def test_crlf_is_stripped_and_blank_lines_skipped_but_counted() -> None:
     decoder = FrameDecoder()
     assert decoder.feed(b'{"a":1}\r\n\n\r\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
+    assert decoder.blank_lines == 2
+    assert decoder.feed(b"\r") == []
+    assert decoder.blank_lines == 2, "a blank line counts once its newline is in"
+    assert decoder.feed(b"\n\n") == []
+    assert decoder.blank_lines == 4
 
 
 def test_only_the_last_cr_is_stripped() -> None:

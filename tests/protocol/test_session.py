@@ -132,3 +132,11 @@ def test_chunking_does_not_change_the_events(parts: list[bytes], size: int) -> N
     assert [type(e) for e in events] == [type(e) for e in expected]
     assert codes(events) == codes(expected)
     assert chunked.state is whole.state
+    if not whole.closed:  # after the end, what is left of a chunk is never looked at
+        assert chunked.blank_lines == whole.blank_lines == parts.count(b"\r\n")
+
+
+def test_blank_lines_make_no_event_but_are_counted() -> None:
+    session = ServerSession()
+    assert session.receive_data(HELLO + b"\n\r\n" + MSG + b"\n") == [Hello("alice"), SendMsg("hi")]
+    assert session.blank_lines == 3
