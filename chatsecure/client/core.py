@@ -98,6 +98,13 @@ class Disconnected:
     """The server's ``error`` code when it refused us (``auth_failed``, ``server_full`` ...)."""
 
 
+@dataclass(frozen=True, slots=True)
+class NotSent:
+    """A chat line given to ``send`` did not go out: the connection was gone by then."""
+
+    text: str
+
+
 class ServerRefused(ConnectionClosed):
     """The server answered ``hello`` with an ``error`` instead of ``welcome``."""
 
@@ -110,7 +117,7 @@ FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
 
-ClientEvent = Connected | Received | Reconnecting | Disconnected
+ClientEvent = Connected | Received | Reconnecting | Disconnected | NotSent
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -267,6 +274,9 @@ class ChatClient:
         self._attempt = 0
         """Reconnect attempts since the last welcome."""
         self._started = threading.Event()
+        self._call_lock = threading.Lock()
+        self._ended = False
+        """Set once the network thread takes no more calls; guarded by ``_call_lock``."""
         self._thread = threading.Thread(
             target=self._thread_main, name="chatsecure-net", daemon=True
         )
@@ -283,7 +293,8 @@ class ChatClient:
         Raises ``LocalProtocolError`` for a text UTF-8 cannot carry, or too long for one frame:
         sent, it would cost the connection (``frame_too_long``), so the front end says so
         instead. A text under that but over the server's text limit gets the server's
-        ``text_too_long``.
+        ``text_too_long``. A text that finds no connection to go out on comes back as a
+        ``NotSent`` event.
         """
         if text.strip() == "quit":
             self.quit()
@@ -295,7 +306,8 @@ class ChatClient:
                     f"message not sent: it is too long ({len(text)} characters; "
                     f"the limit is {limits.MAX_TEXT})",
                 )
-            self._call(self._write, frame)
+            if not self._call(self._send_chat, text, frame):
+                self._emit(NotSent(text))  # the network thread has ended
 
     def quit(self) -> None:
         """Say ``quit`` to the server and stop."""
@@ -311,11 +323,13 @@ class ChatClient:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _call(self, func: object, *args: object) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(func, *args)  # type: ignore[arg-type]
+    def _call(self, func: object, *args: object) -> bool:
+        """Run ``func(*args)`` on the network thread; whether it will run."""
+        with self._call_lock:
+            if self._loop is None or self._ended:
+                return False
+            self._loop.call_soon_threadsafe(func, *args)  # type: ignore[arg-type]
+            return True
 
     # -- the network thread --------------------------------------------------------------
 
@@ -323,24 +337,34 @@ class ChatClient:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._started.set()
+        # Whatever happens, the front end gets a last event: it must never wait for nothing.
+        final = Disconnected("the connection ended unexpectedly", error=True)
         try:
-            loop.run_until_complete(self._run())
-        except Exception as exc:
-            # A bug must not leave the front end waiting for an event that never comes.
-            log.exception("the client's network thread failed")
-            self._emit(Disconnected(describe_error(exc), error=True))
+            try:
+                final = loop.run_until_complete(self._run())
+            except Exception as exc:
+                log.exception("the client's network thread failed")
+                final = Disconnected(describe_error(exc), error=True)
+            with self._call_lock:
+                self._ended = True  # from here on send() reports NotSent itself
+            # Run what was handed over before that (a send's NotSent), so it comes first.
+            loop.stop()
+            loop.run_forever()
         finally:
+            with self._call_lock:
+                self._ended = True
             loop.close()
+            self._emit(final)
 
     def _emit(self, event: ClientEvent) -> None:
         self.events.put(event)
 
-    async def _run(self) -> None:
+    async def _run(self) -> Disconnected:
+        """Connect, chat and reconnect until done; return the final event for the front end."""
         self._stop_requested = asyncio.Event()
         while True:
             if self._stopping:  # quit came before the first attempt began
-                self._emit(Disconnected("you left the chat", error=False))
-                return
+                return Disconnected("you left the chat", error=False)
             self._session_task = asyncio.create_task(self._session())
             try:
                 await self._session_task
@@ -348,34 +372,28 @@ class ChatClient:
                 if not self._stopping:
                     raise
                 # Quit before the welcome: the session went without a word to the server.
-                self._emit(Disconnected("you left the chat", error=False))
-                return
+                return Disconnected("you left the chat", error=False)
             except TrustError as exc:
-                self._emit(Disconnected(str(exc), error=True))
-                return
+                return Disconnected(str(exc), error=True)
             except ServerRefused as exc:
                 if exc.code in FINAL_REFUSALS or not self.reconnect or self.me is None:
-                    self._emit(Disconnected(str(exc), error=True, code=exc.code))
-                    return
+                    return Disconnected(str(exc), error=True, code=exc.code)
                 reason = str(exc)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
             else:
-                return  # quit or shutdown: _session said so already
+                return Disconnected("the server shut down", error=False)
             if self._stopping:
-                self._emit(Disconnected("you left the chat", error=False))
-                return
+                return Disconnected("you left the chat", error=False)
             if not (self.reconnect and self.me is not None) or self._attempt >= MAX_RETRIES:
-                self._emit(Disconnected(reason, error=True))
-                return
+                return Disconnected(reason, error=True)
             delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
             self._attempt += 1
             self._emit(Reconnecting(self._attempt, delay, reason))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
             if self._stopping:
-                self._emit(Disconnected("you left the chat", error=False))
-                return
+                return Disconnected("you left the chat", error=False)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         target = self.target
@@ -465,14 +483,19 @@ class ChatClient:
                     continue
                 self._emit(Received(message))
                 if isinstance(message, Shutdown):
-                    self._stopping = True
-                    self._emit(Disconnected("the server shut down", error=False))
-                    return
+                    return  # the end: _run says so
             frames = await _read_frames(reader, decoder)
 
-    def _write(self, data: bytes) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(data)
+    def _write(self, data: bytes) -> bool:
+        """Write ``data`` if there is a connection; whether there was."""
+        if self._writer is None or self._writer.is_closing():
+            return False
+        self._writer.write(data)
+        return True
+
+    def _send_chat(self, text: str, frame: bytes) -> None:
+        if not self._write(frame):
+            self._emit(NotSent(text))  # dropped meanwhile: the front end must not think it went
 
     def _quit(self) -> None:
         self._stopping = True

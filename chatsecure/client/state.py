@@ -27,6 +27,7 @@ from chatsecure.client.core import (
     ClientEvent,
     Connected,
     Disconnected,
+    NotSent,
     Received,
     Reconnecting,
     Target,
@@ -430,6 +431,10 @@ class ChatModel:
                 return [notice("error", self.banner, ts)]
             case Disconnected(reason=reason, error=error, code=code):
                 return self._disconnected(reason, error, code, ts)
+            case NotSent(text=text):
+                return [
+                    notice("error", f"Not sent, the connection was lost: {safe_text(text)}", ts)
+                ]
         return []
 
     def _connected(self, event: Connected, ts: float | None) -> list[Line]:
@@ -838,6 +843,7 @@ class Controller:
         client = self.client
         if client is None:
             return Update(lines, changed)
+        ended = False
         for _ in range(limit):
             try:
                 event = client.events.get_nowait()
@@ -847,9 +853,10 @@ class Controller:
             lines += self.model.apply(event, self._now())
             if isinstance(event, Connected) and self.model.request is not None:
                 remember_nick(self.model.request.nick)
-            if isinstance(event, Disconnected):
-                self._retire()
-                break
+            # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
+            ended = ended or isinstance(event, Disconnected)
+        if ended:
+            self._retire()
         return Update(lines, changed)
 
     def close(self, timeout: float = 3.0) -> None:

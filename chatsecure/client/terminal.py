@@ -12,10 +12,12 @@ from chatsecure.client.core import (
     ClientEvent,
     Connected,
     Disconnected,
+    NotSent,
     Received,
     Reconnecting,
     describe,
     format_message,
+    safe_text,
 )
 from chatsecure.errors import LocalProtocolError
 from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
@@ -108,6 +110,8 @@ def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
                 print(line, file=stdout, flush=True)
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=stderr)
+        case NotSent(text=text):
+            print(f"chatsecure: not sent, the connection was lost: {safe_text(text)}", file=stderr)
         case Disconnected(reason=reason, error=True):
             print(f"chatsecure: {reason}", file=stderr, flush=True)
         case Disconnected(reason=reason):

@@ -21,6 +21,7 @@ from chatsecure.client.core import (
     ClientEvent,
     Connected,
     Disconnected,
+    NotSent,
     Received,
     Reconnecting,
     Target,
@@ -187,6 +188,31 @@ def test_dropped_connection_without_reconnect_is_an_error(
     assert disconnected.error is True
     assert "closed" in disconnected.reason
     assert no_more_events(client)
+
+
+def test_text_sent_after_the_connection_ended_comes_back_as_not_sent(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    client = make_client("bob")
+    next_event(client, Connected)
+    kick(server, "bob")
+    received(client, Error)
+    next_event(client, Disconnected)
+    client.send("too late")
+    assert next_event(client, NotSent) == NotSent("too late")
+
+
+def test_text_sent_while_reconnecting_comes_back_as_not_sent(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    client = make_client("bob", reconnect=True)
+    next_event(client, Connected)
+    kick(server, "bob")
+    received(client, Error)
+    next_event(client, Reconnecting)
+    client.send("anyone there?")
+    assert next_event(client, NotSent) == NotSent("anyone there?")
+    next_event(client, Connected)  # and the client comes back as usual
 
 
 def test_dropped_connection_with_reconnect_comes_back(

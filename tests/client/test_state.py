@@ -37,6 +37,7 @@ from chatsecure.discovery.records import (
     ServerUpdated,
 )
 from chatsecure.protocol import limits
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
     Chat,
     Error,
@@ -567,6 +568,52 @@ def test_controller_connects_chats_and_quits(server: ServerThread) -> None:
         assert controller.model.phase is Phase.CONNECT
         assert bob.expect("leave")["reason"] == "quit"
         wait_for(lambda: not controller.busy)
+
+
+def queued(controller: Controller, kind: type) -> bool:
+    """Whether the client has queued a ``kind`` event that the controller has not polled yet."""
+    client = controller.client
+    return client is not None and any(isinstance(e, kind) for e in list(client.events.queue))
+
+
+def test_controller_says_so_when_a_line_typed_as_the_connection_dropped_was_lost(
+    server: ServerThread,
+) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+    poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+    server.call(lambda: next(iter(server.server.sessions.values())).drop(ErrorCode.FLOODING, "x"))
+    wait_for(lambda: queued(controller, Reconnecting))  # the window has not seen it yet
+    out = controller.submit("did this go?")
+    assert out.line is not None
+    assert out.line.kind == "own"  # shown as sent, as the window still thinks it is connected
+    lines: list[Line] = []
+
+    def told() -> bool:
+        lines.extend(controller.poll().lines)
+        return any("Not sent" in line.text for line in lines)
+
+    wait_for(told)
+    assert controller.model.phase is Phase.RECONNECTING
+    lost = next(line for line in lines if "Not sent" in line.text)
+    assert lost.kind == "error"
+    assert lost.text == "Not sent, the connection was lost: did this go?"
+    controller.close()
+
+
+def test_controller_shows_a_line_lost_as_the_connection_ended(server: ServerThread) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True, reconnect=False))
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+    poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+    server.call(lambda: next(iter(server.server.sessions.values())).drop(ErrorCode.FLOODING, "x"))
+    wait_for(lambda: queued(controller, Disconnected))
+    assert controller.submit("last words").line is not None
+    lines = controller.poll().lines  # the end of the connection, and what it cost
+    assert controller.model.phase is Phase.ENDED
+    assert [line.text for line in lines if line.kind == "error"][-1] == (
+        "Not sent, the connection was lost: last words"
+    )
+    wait_for(lambda: not controller.busy)
 
 
 def test_controller_asks_and_a_no_connects_nothing(server: ServerThread) -> None:

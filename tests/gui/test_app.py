@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.client.core import Reconnecting
 from chatsecure.client.state import Phase, short_fingerprint
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
@@ -297,6 +298,29 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         alice.pump(lambda: not alice.app.controller.busy)
         assert time.monotonic() - started < 0.5
         assert proxy.accepted == 2
+
+
+def test_line_sent_as_the_connection_dropped_is_marked_not_sent(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    with Proxy((server.host, server.port)) as proxy:
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        client = alice.app.controller.client
+        assert client is not None
+        proxy.drop()
+        deadline = time.monotonic() + 5
+        while not any(isinstance(e, Reconnecting) for e in list(client.events.queue)):
+            assert time.monotonic() < deadline, "the client did not notice the drop"
+            time.sleep(0.005)
+        # The window has not heard of it yet: it takes the line as sent, and shows it so.
+        alice.type("chat.bottom.message", "into the void")
+        alice.click("chat.bottom.send")
+        assert "own" in alice.tags_of_line_with("into the void")
+        alice.pump(lambda: "Not sent" in alice.transcript())
+        lost = "Not sent, the connection was lost: into the void"
+        assert "error" in alice.tags_of_line_with(lost)
+        assert alice.phase is Phase.RECONNECTING
 
 
 def test_typed_keys_go_to_the_message_box_after_connecting(
