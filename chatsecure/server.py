@@ -527,6 +527,9 @@ class ChatServer:
             self._release.cancel()
         for server in self._servers:
             server.close()
+        # What was queued in this iteration (a line taken just before) goes out first: the
+        # flush scheduled for it would find the registry empty.
+        self._flush()
         frame = encode(Shutdown())
         # Everyone gets ``shutdown``; nobody needs a ``leave`` for each of the others first.
         self.sessions.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
@@ -271,3 +272,27 @@ def test_shutdown_cuts_off_a_client_that_does_not_take_it(
         assert SHUTDOWN_GRACE - 0.5 < waited < SHUTDOWN_GRACE + 2
         assert alice.expect("shutdown") == {"type": "shutdown"}
         assert alice.closed()
+
+
+def test_chat_queued_in_the_same_iteration_as_shutdown_is_delivered_first(
+    server: ServerThread,
+) -> None:
+    """A line the server took before it began to stop still reaches everyone, then shutdown."""
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+
+        def stop_and_chat() -> asyncio.Task[None]:
+            sender = next(s for s in server.server.sessions.values() if s.id == "1")
+            # shutdown() starts before the end of this iteration, where the line would go out
+            stopping = asyncio.get_running_loop().create_task(server.server.shutdown())
+            server.server.broadcast_chat(sender, "last words")
+            return stopping
+
+        stopping = server.call(stop_and_chat)
+        assert bob.expect("msg")["text"] == "last words"
+        assert bob.expect("shutdown") == {"type": "shutdown"}
+        assert alice.expect("shutdown") == {"type": "shutdown"}, "the sender gets no echo"
+
+        async def finished() -> None:
+            await stopping
+
+        asyncio.run_coroutine_threadsafe(finished(), server._loop).result(10)
