@@ -404,7 +404,6 @@ class ChatClient:
                 target.port,
                 ssl=ctx,
                 server_hostname=target.host if target.cafile else None,
-                limit=limits.MAX_FRAME * 4,
             ),
             limits.CONNECT_TIMEOUT,
         )
@@ -437,7 +436,7 @@ class ChatClient:
         self._writer = writer
         try:
             writer.write(encode(Hello(self.nick, self.password)))
-            decoder = FrameDecoder(0)
+            decoder = FrameDecoder(limits.MAX_SERVER_FRAME)
             welcome, rest = await asyncio.wait_for(
                 self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
             )
@@ -513,6 +512,8 @@ class ChatClient:
 
 
 async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[bytes]:
+    if decoder.error is not None:  # the frames before an over-long line were handled: stop
+        raise decoder.error
     data = await reader.read(65536)
     if not data:
         raise ConnectionClosed("the server closed the connection")

@@ -13,6 +13,15 @@ DEFAULT_PORT: Final = 7467
 MAX_FRAME: Final = 16 * 1024
 """Longest line (bytes, newline excluded) a peer may send; longer closes the connection."""
 
+MAX_SERVER_FRAME: Final = 1024 * 1024
+"""Longest line (bytes) a client accepts from a server; longer ends the connection.
+
+Far more than ``MAX_FRAME``, because ``welcome`` lists everyone in the room: 50 bytes a peer
+(``{"id":"12","nick":"alice","addr":"192.168.1.20"}``), at most about 190 (a 32-character nick
+of 4-byte characters, an IPv6 address), so a full room at ``MAX_SESSIONS`` is 50 to 190 KB and
+1 MiB leaves room for five times that. It still bounds what an endless line from a hostile
+server costs: 1 MiB of memory, and the decoder's copying of its buffer stays in milliseconds."""
+
 MAX_TEXT: Final = 4000
 """Longest message text in characters; longer is refused, the connection kept."""
 

@@ -28,7 +28,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.limits import MAX_FRAME
+from chatsecure.protocol.limits import MAX_FRAME, MAX_NICK, MAX_SERVER_FRAME, MAX_SESSIONS
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
@@ -428,14 +428,18 @@ def test_server_pings_are_answered_so_an_idle_client_stays(
 
 
 class ScriptedServer:
-    """A TLS listener on loopback that answers one client's hello with fixed lines."""
+    """A TLS listener on loopback that answers one client's hello with fixed lines.
 
-    def __init__(self, cert_dir: Path, lines: list[bytes]) -> None:
+    ``tail`` is sent after them as it is: the start of a line that never ends, say.
+    """
+
+    def __init__(self, cert_dir: Path, lines: list[bytes], tail: bytes = b"") -> None:
         self._ctx = server_context(cert_dir / "server.crt", cert_dir / "server.key")
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(5)
         self.port: int = self._listener.getsockname()[1]
         self._lines = lines
+        self._tail = tail
         self.hello = b""
         self._thread = threading.Thread(target=self._serve, name="scripted-server")
         self._thread.start()
@@ -450,7 +454,7 @@ class ScriptedServer:
                     if not chunk:
                         return
                     self.hello += chunk
-                conn.sendall(b"".join(line + b"\n" for line in self._lines))
+                conn.sendall(b"".join(line + b"\n" for line in self._lines) + self._tail)
                 while True:  # until the client goes; like the real server, close on quit
                     chunk = conn.recv(4096)
                     if not chunk or b'"quit"' in chunk:
@@ -475,6 +479,49 @@ def test_malformed_frames_from_the_server_are_skipped(
     next_event(client, Connected)
     assert received(client, Chat).text == "after the junk"
     assert json.loads(fake.hello) == {"type": "hello", "nick": "bob"}
+    client.close()
+    fake.join()
+
+
+def test_line_from_the_server_over_the_client_limit_ends_the_connection(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    text = b"x" * MAX_SERVER_FRAME  # a valid frame, only too long
+    huge = b'{"type":"msg","from":' + PEER % b"eve" + b',"text":"' + text + b'","ts":1}'
+    fake = ScriptedServer(cert_dir, [WELCOME, huge])
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    next_event(client, Connected)
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert f"longer than {MAX_SERVER_FRAME} bytes" in disconnected.reason
+    fake.join()
+
+
+def test_endless_line_from_the_server_ends_the_connection_before_its_end(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    fake = ScriptedServer(cert_dir, [WELCOME], tail=b"x" * (4 * MAX_SERVER_FRAME))
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    next_event(client, Connected)
+    disconnected = next_event(client, Disconnected)
+    assert f"longer than {MAX_SERVER_FRAME} bytes" in disconnected.reason
+    fake.join()
+
+
+def test_welcome_of_a_full_room_of_long_nicks_fits_the_client_limit(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    def peer(n: int) -> bytes:
+        nick = f"{n:04d}" + "\U0001f600" * (MAX_NICK - 4)  # 4 bytes a character
+        addr = f"fd00:1234:5678:9abc:def0:1234:{n:x}:1"
+        return json.dumps({"id": str(n), "nick": nick, "addr": addr}, ensure_ascii=False).encode()
+
+    peers = b",".join(peer(n) for n in range(MAX_SESSIONS))
+    welcome = WELCOME.replace(b'"peers":[]', b'"peers":[' + peers + b"]")
+    assert len(welcome) > MAX_FRAME * 10
+    fake = ScriptedServer(cert_dir, [welcome])
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    assert len(next_event(client, Connected).welcome.peers) == MAX_SESSIONS
     client.close()
     fake.join()
 
