@@ -73,6 +73,10 @@ TLS_READ_SIZE = 16 * 1024
 LISTEN_BACKLOG = 1024
 """Connections the kernel holds for the server before it accepts them (a burst of clients)."""
 
+IDLE_CHECKS = 8
+"""Idle sweeps per idle timeout. A silent session is dropped at the last sweep before its
+silence reaches the timeout, so never later than the timeout and at most 1/8 of it earlier."""
+
 SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to take ``shutdown`` (or an error) before it aborts."""
 
@@ -496,7 +500,9 @@ class ChatServer:
         self._loop = asyncio.get_running_loop()
         trim_asyncio_tls_buffer()
         if config.idle_timeout:
-            self._sweeper = self._loop.call_later(config.idle_timeout / 4, self._sweep_idle)
+            self._sweeper = self._loop.call_later(
+                config.idle_timeout / IDLE_CHECKS, self._sweep_idle
+            )
         for sock in listen_sockets(self.config.host, self.config.port):
             server = await self._loop.create_server(
                 self._new_session,
@@ -610,20 +616,25 @@ class ChatServer:
         self._auth_failures.pop(addr, None)
 
     def _sweep_idle(self) -> None:
-        """Ping sessions silent for half the idle timeout; drop those silent for all of it."""
+        """Ping sessions silent for half the idle timeout; drop those that would outlast it.
+
+        A sweep comes every ``timeout / IDLE_CHECKS`` seconds, so a session is dropped at the
+        last sweep before its silence reaches the timeout: after between 7/8 of it and all of it.
+        """
         assert self._loop is not None  # noqa: S101
         timeout = self.config.idle_timeout
+        every = timeout / IDLE_CHECKS
         now = self._loop.time()
         ping = encode(Ping())
         for session in list(self.connections):
             silent = now - session.last_heard
-            if silent >= timeout:
+            if silent + every > timeout:  # the next sweep would be too late
                 session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
             elif silent >= timeout / 2:
                 session.ping(ping)
         if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
-        self._sweeper = self._loop.call_later(timeout / 4, self._sweep_idle)
+        self._sweeper = self._loop.call_later(every, self._sweep_idle)
 
     def join(self, session: Session, wanted: str) -> None:
         nick = self._unique_nick(wanted)

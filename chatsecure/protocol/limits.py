@@ -60,7 +60,8 @@ FLOOD_WINDOW: Final = 10.0
 (about 3 times the rate, kept up for 10 s) is disconnected as ``flooding``."""
 
 IDLE_TIMEOUT: Final = 90.0
-"""Seconds of silence after which a session is dropped; the server pings at half of it."""
+"""Seconds of silence by which a session is dropped (at the server's last check before, so up
+to 1/8 of it earlier); the server pings a session silent for half of it."""
 
 CERT_WARN_DAYS: Final = 30
 """The server warns at start when its certificate expires within this many days."""

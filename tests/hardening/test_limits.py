@@ -132,7 +132,7 @@ def test_dead_peer_is_dropped_within_the_idle_timeout_and_left_once_while_a_live
                 leaves.append((at, event.message))
         assert [(leave.peer.nick, leave.reason) for _, leave in leaves] == [("dead", "timeout")]
         took = leaves[0][0] - joined_at
-        assert idle <= took < idle * 1.25 + 0.5, f"dropped {took:.2f} s after its last word"
+        assert 0.8 * idle <= took <= idle + 0.1, f"dropped {took:.2f} s after its last word"
         # What the dead client would have read: pings first, then the reason, then the end.
         frames = []
         while True:
@@ -148,6 +148,45 @@ def test_dead_peer_is_dropped_within_the_idle_timeout_and_left_once_while_a_live
         }
     assert alive.alive
     assert server.online() == ["alive"], "the live client, silent but answering pings, stays"
+
+
+def test_dead_peers_are_dropped_by_the_idle_timeout_whenever_they_fell_silent(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """Never later than the timeout, wherever their last word fell between two checks."""
+    idle = 1.0
+    server = start_server(idle_timeout=idle)
+    spread = 5  # last words spread over a quarter of the timeout: one falls just after a check
+    with RawClient(server.host, server.port) as observer:
+        observer.join("observer")
+        last_word: dict[str, float] = {}
+        dead = []
+        try:
+            for i in range(spread):
+                client = RawClient(server.host, server.port)
+                dead.append(client)
+                last_word[f"dead{i}"] = time.monotonic()
+                client.join(f"dead{i}")  # and then it never reads nor writes again
+                time.sleep(idle / 4 / spread)
+            took: dict[str, float] = {}
+            deadline = time.monotonic() + 2 * idle + 1
+            while len(took) < spread and time.monotonic() < deadline:
+                frame = observer.recv(2 * idle)
+                if frame["type"] == "ping":
+                    observer.send({"type": "pong"})
+                elif frame["type"] == "leave":
+                    assert frame["reason"] == "timeout"
+                    took[frame["peer"]["nick"]] = (
+                        time.monotonic() - last_word[frame["peer"]["nick"]]
+                    )
+        finally:
+            for client in dead:
+                client.close()
+        assert server.online() == ["observer"], "the observer, answering pings, stays"
+    assert sorted(took) == sorted(last_word), took
+    late = {nick: round(t, 3) for nick, t in took.items() if t > idle + 0.06}
+    assert not late, f"dropped after more than {idle} s of silence: {late}"
+    assert min(took.values()) >= 0.8 * idle, took
 
 
 def test_pings_come_at_half_the_idle_timeout(start_server: Callable[..., ServerThread]) -> None:
