@@ -760,24 +760,25 @@ def format_address(host: str, port: int) -> str:
 
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     """Bound listening sockets: one dual-stack socket for all interfaces, or one per address."""
-    backlog = LISTEN_BACKLOG
+    family, dualstack = socket.AF_INET, False
     if host in (None, "", "*"):
-        if socket.has_dualstack_ipv6():
-            return [
-                socket.create_server(
-                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=backlog
-                )
-            ]
-        return [socket.create_server(("0.0.0.0", port), backlog=backlog)]  # noqa: S104
+        dualstack = socket.has_dualstack_ipv6()
+        family, address = (socket.AF_INET6, ("::", port)) if dualstack else (family, ("", port))
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
+        family, _, _, _, sockaddr = infos[0]
+        address = (str(sockaddr[0]), int(sockaddr[1]))
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
-    family, _, _, _, address = infos[0]
-    try:
-        return [socket.create_server(address[:2], family=family, backlog=backlog)]
+        sock = socket.create_server(
+            address, family=family, dualstack_ipv6=dualstack, backlog=LISTEN_BACKLOG
+        )
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {format_address(host, port)}: {exc.strerror}") from exc
+        where = format_address(host or address[0] or "*", port)
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
+    return [sock]
 
 
 def raise_open_file_limit() -> None:
@@ -804,10 +805,7 @@ async def serve(
     """Run a server until SIGINT/SIGTERM (or ``stop``), then shut it down cleanly."""
     raise_open_file_limit()
     server = ChatServer(config)
-    try:
-        await server.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on port {config.port}: {exc.strerror}") from exc
+    await server.start()  # its errors are ConfigErrors that say what is wrong, from where
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []

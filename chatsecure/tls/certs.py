@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,14 +149,26 @@ def generate(
 
 
 def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    files.key.parent.mkdir(parents=True, exist_ok=True)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private(files.key, key_pem)
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    with _writing(files.key.parent, "cannot make the folder"):
+        files.key.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(files.key, "cannot write the key"):
+        _write_private(files.key, key_pem)
+    with _writing(files.cert, "cannot write the certificate"):
+        files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@contextlib.contextmanager
+def _writing(path: Path, what: str) -> Iterator[None]:
+    """Turn an ``OSError`` into a ``ConfigError`` that names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from exc
 
 
 CA_NAME = "ca"

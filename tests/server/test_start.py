@@ -1,0 +1,54 @@
+"""Starting a server: what cannot work is refused with a message that names the culprit."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chatsecure.errors import ConfigError
+from chatsecure.server import serve
+from chatsecure.testing import server_config
+from tests.helpers import CHATSECURE
+
+
+def blocked_cert_dir(tmp_path: Path) -> Path:
+    """A certificate folder that cannot be made: a plain file is in the way (even for root)."""
+    (tmp_path / "not-a-folder").write_text("a file\n")
+    return tmp_path / "not-a-folder" / "certs"
+
+
+def test_unusable_certificate_folder_is_named_not_blamed_on_the_port(tmp_path: Path) -> None:
+    config = server_config(blocked_cert_dir(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(serve(config))
+    message = str(info.value)
+    assert str(tmp_path / "not-a-folder" / "certs") in message
+    assert "Not a directory" in message
+    assert "listen" not in message
+
+
+def test_unusable_certificate_folder_stops_the_cli_with_exit_1(tmp_path: Path) -> None:
+    cert_dir = blocked_cert_dir(tmp_path)
+    files = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    result = subprocess.run(
+        [*CHATSECURE, "server", "--no-discovery", "--host", "127.0.0.1", "--port", "0", *files],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"chatsecure: cannot make the folder {cert_dir}:"), (
+        result.stderr
+    )
+
+
+def test_port_in_use_is_refused_with_the_address(cert_dir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*in use"):
+            asyncio.run(serve(server_config(cert_dir, port=port)))
