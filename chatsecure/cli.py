@@ -27,7 +27,10 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_trust(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("server verification (one of)")
+    # One way only: with --cafile the others would be ignored, and --fingerprint wins over
+    # --accept-new, so a combination is a mistake to point out, not to guess at.
+    titled = parser.add_argument_group("server verification (one of)")
+    group = titled.add_mutually_exclusive_group()
     group.add_argument("--cafile", type=Path, help="verify the server with this CA bundle")
     group.add_argument(
         "--fingerprint", metavar="SHA256:...", help="trust only this certificate fingerprint"

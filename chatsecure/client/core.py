@@ -48,7 +48,7 @@ from chatsecure.protocol.messages import (
 )
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
-from chatsecure.tls.trust import TrustPolicy
+from chatsecure.tls.trust import TrustPolicy, TrustQuestion, server_key
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +414,11 @@ class ChatClient:
     async def _verified(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """Connect and check the certificate before a single byte of chat is sent."""
         reader, writer, presented = await self._open()
-        if self.target.cafile is not None:
-            return reader, writer, presented
-        question = self.policy.check(
-            self.target.host, self.target.port, presented, self.target.advertised
-        )
+        try:
+            question = self._judge(presented)
+        except TrustError:
+            await _close_writer(writer)
+            raise
         if question is None:
             return reader, writer, presented
         # The user may take a while to decide; do not hold the server's hello timer meanwhile.
@@ -430,6 +430,21 @@ class ChatClient:
             await _close_writer(writer)
             raise TrustError("the server's certificate changed while you were deciding")
         return reader, writer, presented
+
+    def _judge(self, presented: str) -> TrustQuestion | None:
+        """Trust ``presented`` (None), refuse it (``TrustError``) or ask the user (a question)."""
+        target = self.target
+        if target.cafile is None:
+            return self.policy.check(target.host, target.port, presented, target.advertised)
+        # The CA vouched for the chain and the name already; a server picked from the
+        # network must still be the one that advertised itself.
+        if target.advertised is not None and presented != target.advertised:
+            raise TrustError(
+                f"{server_key(target.host, target.port)} presented {presented}, but the server "
+                f"found on the network advertised {target.advertised}; refusing (someone may "
+                "be impersonating it)"
+            )
+        return None
 
     async def _session(self) -> None:
         reader, writer, presented = await self._verified()

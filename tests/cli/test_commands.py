@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from chatsecure import __version__
 from tests.helpers import Terminal
+
+FP = "SHA256:qd11Mv3IYZlmGAyerL06S5VFZ5AXv+TuqPcd5YM53Gc"
 
 
 def test_version() -> None:
@@ -29,3 +33,20 @@ def test_connect_needs_a_nick() -> None:
     result = Terminal.run_cli("connect", "127.0.0.1")
     assert result.returncode == 2
     assert "--nick" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["connect", "gui"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--cafile", "ca.pem", "--fingerprint", FP],
+        ["--cafile", "ca.pem", "--accept-new"],
+        ["--fingerprint", FP, "--accept-new"],
+    ],
+)
+def test_ways_of_trusting_the_server_exclude_each_other(command: str, options: list[str]) -> None:
+    # Refused before connecting or opening a window: one of them would be ignored unsaid.
+    safe = ["--no-discovery"] if command == "gui" else []  # should the check ever fail
+    result = Terminal.run_cli(command, "127.0.0.1:9", "--nick", "bob", *safe, *options)
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr

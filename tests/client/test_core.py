@@ -326,6 +326,29 @@ def test_cafile_verifies_without_pinning(
     assert not KnownServers().path.exists()
 
 
+def test_cafile_still_refuses_a_server_that_is_not_the_one_advertised(
+    server: ServerThread, make_client: MakeClient, cert_dir: Path
+) -> None:
+    other = certs.fingerprint(b"the certificate the server found on the network announced")
+    target = Target("localhost", server.port, cafile=cert_dir / "server.crt", advertised=other)
+    client = make_client("bob", target=target, policy=TrustPolicy(KnownServers()))
+    disconnected = next_event(client, Disconnected)
+    assert disconnected.error is True
+    assert other in disconnected.reason
+    assert server.fingerprint in disconnected.reason
+    assert server.online() == []
+
+
+def test_cafile_and_the_advertised_fingerprint_agreeing_connects(
+    server: ServerThread, make_client: MakeClient, cert_dir: Path
+) -> None:
+    target = Target(
+        "localhost", server.port, cafile=cert_dir / "server.crt", advertised=server.fingerprint
+    )
+    client = make_client("bob", target=target, policy=TrustPolicy(KnownServers()))
+    next_event(client, Connected)
+
+
 def test_cafile_that_does_not_vouch_for_the_server_is_refused(
     server: ServerThread, make_client: MakeClient, tmp_path: Path
 ) -> None:
