@@ -173,6 +173,19 @@ def client_address(peername: object) -> str:
     return host
 
 
+def backoff_key(addr: str) -> str:
+    """Whose wrong passwords ``addr``'s count with: IPv4 addresses alone, IPv6 by their /64.
+
+    One IPv6 host commonly holds a whole /64 and can pick a fresh address in it for every
+    guess; counted per address, it would never wait.
+    """
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(addr.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return addr
+
+
 class Session(asyncio.BufferedProtocol):
     """One client connection: the transport, its protocol state and its outgoing queue."""
 
@@ -474,7 +487,10 @@ class ChatServer:
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
-        self._auth_failures: dict[str, tuple[int, float]] = {}
+        self._auth_failures: collections.OrderedDict[str, tuple[int, float]] = (
+            collections.OrderedDict()
+        )
+        """Wrong passwords by ``backoff_key``: (count, monotonic time of the last), oldest first."""
         self._warnings = WarningBudget()
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -596,24 +612,31 @@ class ChatServer:
     def auth_failed(self, addr: str) -> float:
         """Count a wrong password from ``addr``; return how long to wait before answering."""
         now = time.monotonic()
-        failures, last = self._auth_failures.get(addr, (0, now))
+        key = backoff_key(addr)
+        table = self._auth_failures
+        failures, last = table.pop(key, (0, now))
         if now - last > limits.AUTH_FORGET:
             failures = 0
         delay = min(limits.AUTH_DELAY * 2.0**failures, limits.AUTH_DELAY_MAX)
-        if len(self._auth_failures) > 10_000:  # bounded memory under a spray of addresses
-            self._auth_failures.clear()
-        self._auth_failures[addr] = (failures + 1, now)
+        table[key] = (failures + 1, now)  # the newest goes last
+        # Bounded memory under a spray of addresses: the oldest go first, so a guesser who
+        # keeps guessing keeps its penalty however many others fail meanwhile (a clear() here
+        # once let a spray of addresses wipe every penalty).
+        while len(table) > limits.AUTH_TRACKED:
+            table.popitem(last=False)
+        while now - next(iter(table.values()))[1] > limits.AUTH_FORGET:
+            table.popitem(last=False)  # forgotten anyway; the newest entry never is
         return delay
 
     def auth_delay(self, addr: str) -> float:
         """How long a wrong password from ``addr`` would wait now; 0 if it has no recent ones."""
-        failures, last = self._auth_failures.get(addr, (0, 0.0))
+        failures, last = self._auth_failures.get(backoff_key(addr), (0, 0.0))
         if not failures or time.monotonic() - last > limits.AUTH_FORGET:
             return 0.0
         return min(limits.AUTH_DELAY * 2.0**failures, limits.AUTH_DELAY_MAX)
 
     def auth_succeeded(self, addr: str) -> None:
-        self._auth_failures.pop(addr, None)
+        self._auth_failures.pop(backoff_key(addr), None)
 
     def _sweep_idle(self) -> None:
         """Ping sessions silent for half the idle timeout; drop those that would outlast it.

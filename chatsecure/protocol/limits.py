@@ -74,3 +74,7 @@ AUTH_DELAY_MAX: Final = 30.0
 
 AUTH_FORGET: Final = 600.0
 """Seconds after which an address's earlier wrong passwords no longer lengthen the wait."""
+
+AUTH_TRACKED: Final = 10_000
+"""Addresses (IPv6: /64 networks) whose wrong passwords the server remembers at once; past
+that, the one that failed longest ago is forgotten first."""

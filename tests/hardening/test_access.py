@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import os
 import shutil
@@ -24,8 +25,10 @@ from cryptography.x509.oid import NameOID
 from chatsecure.cli import build_parser
 from chatsecure.client.core import ChatClient, Connected, Target
 from chatsecure.errors import ConfigError
+from chatsecure.protocol import limits
+from chatsecure.server import ChatServer
 from chatsecure.settings import server_config as settings_config
-from chatsecure.testing import RawClient, ServerThread, joined
+from chatsecure.testing import RawClient, ServerThread, joined, server_config
 from chatsecure.tls import certs
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import KnownServers, TrustPolicy
@@ -392,3 +395,35 @@ def test_unknown_config_key_stops_the_cli_with_exit_1(tmp_path: Path, cert_dir: 
     result = run_server_cli("--config", config_file)
     assert result.returncode == 1
     assert "unknown setting 'max-sesions'" in result.stderr
+
+
+# --- the memory of wrong passwords ----------------------------------------------------------
+
+
+def test_a_spray_of_other_addresses_does_not_wipe_a_guessers_penalty(cert_dir: Path) -> None:
+    server = ChatServer(server_config(cert_dir))
+    for _ in range(3):
+        server.auth_failed("192.0.2.66")
+    half = limits.AUTH_TRACKED // 2
+    for i in range(half):  # each a wrong password from an address of its own
+        server.auth_failed(str(ipaddress.IPv4Address("10.0.0.0") + i))
+    server.auth_failed("192.0.2.66")  # the guesser keeps guessing meanwhile
+    for i in range(half, limits.AUTH_TRACKED + 2):
+        server.auth_failed(str(ipaddress.IPv4Address("10.0.0.0") + i))
+    assert server.auth_delay("192.0.2.66") == 0.5 * 2**4, "four failures, remembered"
+    assert server.auth_delay("10.0.0.0") == 0, "the table stays bounded: the oldest went"
+    assert len(server._auth_failures) == limits.AUTH_TRACKED
+
+
+def test_an_ipv6_guesser_waits_whichever_address_of_its_64_it_takes(cert_dir: Path) -> None:
+    server = ChatServer(server_config(cert_dir))
+    server.auth_failed("2001:db8:1:2::1")
+    server.auth_failed("2001:db8:1:2:aaaa:bbbb:cccc:dddd")
+    assert server.auth_delay("2001:db8:1:2:ffff::7") == 0.5 * 2**2
+    assert server.auth_delay("2001:db8:1:3::1") == 0, "the next /64 is someone else"
+    server.auth_failed("fe80::1%eth0")
+    assert server.auth_delay("fe80::2%eth0") == 1.0, "link-local addresses too"
+    server.auth_failed("192.0.2.1")
+    assert server.auth_delay("192.0.2.2") == 0, "IPv4 addresses count one by one"
+    server.auth_succeeded("2001:db8:1:2::9")
+    assert server.auth_delay("2001:db8:1:2::1") == 0, "someone of that /64 knew the password"
