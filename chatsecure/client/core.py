@@ -109,7 +109,7 @@ class ServerRefused(ConnectionClosed):
     """The server answered ``hello`` with an ``error`` instead of ``welcome``."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"the server refused: {message} ({code})")
+        super().__init__(f"the server refused: {safe_text(message)} ({safe_text(code)})")
         self.code = code
 
 
@@ -180,7 +180,8 @@ def clock(ts: float | None = None) -> str:
 
 
 def describe(peer: Peer) -> str:
-    return f"{safe_text(peer.nick)} ({peer.addr})"
+    """``nick (addr)``, both from the server, made safe to show."""
+    return f"{safe_text(peer.nick)} ({safe_text(peer.addr)})"
 
 
 def format_message(message: ServerMessage, ts: float | None = None) -> str | None:

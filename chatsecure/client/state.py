@@ -240,7 +240,7 @@ class Line:
         if self.nick is None:
             parts.append((self.text, "body"))
             return tuple(parts)
-        who = [(safe_text(self.nick), "nick"), (f" ({self.addr})", "addr")]
+        who = [(safe_text(self.nick), "nick"), (f" ({safe_text(self.addr or '')})", "addr")]
         if self.kind in {"chat", "own"}:
             parts += [*who, (": ", "body"), (safe_text(self.text), "body")]
         else:
@@ -302,7 +302,7 @@ class Roster:
         return [
             RosterRow(
                 p.id,
-                f"{safe_text(p.nick)} ({p.addr})" + ("  — you" if p.id == me_id else ""),
+                f"{safe_text(p.nick)} ({safe_text(p.addr)})" + ("  — you" if p.id == me_id else ""),
                 p.id == me_id,
             )
             for p in sorted(self._peers.values(), key=order)
@@ -389,8 +389,7 @@ class ChatModel:
     def left(self) -> None:
         """The user quit (or went back after the connection ended)."""
         if self.phase in {Phase.CHAT, Phase.RECONNECTING} and self.connection is not None:
-            name = self.connection.welcome.server.name or self.where
-            self.notice = Notice("info", f"You left {name!r}.")
+            self.notice = Notice("info", f"You left '{self.server_name}'.")
         self.phase = Phase.CONNECT
         self.banner = None
         self.roster.reset(None)
@@ -445,12 +444,12 @@ class ChatModel:
         self.notice = None
         welcome = event.welcome
         self.roster.reset(welcome.you, welcome.peers)
-        name = welcome.server.name or self.where
         verb = "Reconnected to" if again else "Connected to"
         lines = [
             notice(
                 "info",
-                f"{verb} {name!r} at {self.where} as {welcome.you.nick} ({event.tls_version}).",
+                f"{verb} '{self.server_name}' at {self.where} as {safe_text(welcome.you.nick)} "
+                f"({event.tls_version}).",
                 ts,
             )
         ]
@@ -458,12 +457,13 @@ class ChatModel:
             lines.append(
                 notice(
                     "info",
-                    f"The nick {self.request.nick!r} was taken; you are {welcome.you.nick!r}.",
+                    f"The nick '{safe_text(self.request.nick)}' was taken; "
+                    f"you are '{safe_text(welcome.you.nick)}'.",
                     ts,
                 )
             )
         others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
-        here = ", ".join(f"{safe_text(p.nick)} ({p.addr})" for p in others)
+        here = ", ".join(f"{safe_text(p.nick)} ({safe_text(p.addr)})" for p in others)
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
         return lines
 
@@ -480,7 +480,8 @@ class ChatModel:
                 said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
-                return [notice("error", f"The server refused: {text} ({code}).", ts)]
+                refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
+                return [notice("error", refused, ts)]
             case Shutdown():
                 return [notice("error", "The server is shutting down.", ts)]
         return []
@@ -527,6 +528,13 @@ class ChatModel:
     # -- what to show --------------------------------------------------------------------
 
     @property
+    def server_name(self) -> str:
+        """The name the server gave itself, made safe to show; else its address."""
+        conn = self.connection
+        name = conn.welcome.server.name if conn is not None else ""
+        return safe_text(name) if name else self.where
+
+    @property
     def where(self) -> str:
         if self.request is None:
             return "?"
@@ -542,9 +550,10 @@ class ChatModel:
         conn = self.connection
         if conn is None:  # pragma: no cover - chat phases always have a connection
             return self.where
+        me = self.roster.me or conn.welcome.you
         parts = [
-            f"{conn.welcome.server.name or self.where} at {self.where}",
-            f"you are {self.roster.me.nick if self.roster.me else conn.welcome.you.nick}",
+            f"{self.server_name} at {self.where}",
+            f"you are {safe_text(me.nick)}",
             conn.tls_version,
             short_fingerprint(conn.fingerprint),
         ]
@@ -559,8 +568,7 @@ class ChatModel:
     def title(self) -> str:
         conn = self.connection
         if self.phase.view == "chat" and conn is not None:
-            name = conn.welcome.server.name or self.where
-            return f"{conn.welcome.you.nick} @ {name} — chatsecure"
+            return f"{safe_text(conn.welcome.you.nick)} @ {self.server_name} — chatsecure"
         return "chatsecure"
 
 

@@ -99,7 +99,7 @@ def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
         case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
             names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
             print(
-                f"connected to {welcome.server.name!r} as {welcome.you.nick} "
+                f"connected to {welcome.server.name!r} as {safe_text(welcome.you.nick)} "
                 f"({version}, {fp})\nonline: {names}",
                 file=stdout,
                 flush=True,

@@ -463,7 +463,7 @@ class App:
         model = self.controller.model
         conn = model.connection
         if conn is not None:
-            self.room_label.configure(text=conn.welcome.server.name or model.where)
+            self.room_label.configure(text=model.server_name)
             self.where_label.configure(text=model.where)
         if model.banner:
             style = "Error.TLabel" if model.phase is Phase.ENDED else "Warn.TLabel"

@@ -567,6 +567,19 @@ def test_refusal_instead_of_welcome_is_reported(
     fake.join()
 
 
+def test_refusal_from_the_server_cannot_fake_a_line(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    evil = b'{"type":"error","code":"x\\n","message":"no\\n[12:00:00] admin: fake\\u202e"}'
+    fake = ScriptedServer(cert_dir, [evil])
+    client = make_client("bob", target=Target("127.0.0.1", fake.port))
+    reason = next_event(client, Disconnected).reason
+    assert "\n" not in reason
+    assert "\u202e" not in reason
+    assert "no\\n[12:00:00] admin: fake\\u202e" in reason
+    fake.join()
+
+
 def test_wrong_password_ends_with_the_server_code_and_no_retry(
     start_server: Callable[..., ServerThread], make_client: MakeClient
 ) -> None:

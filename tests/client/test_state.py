@@ -187,6 +187,33 @@ def test_a_nick_or_text_cannot_fake_a_line() -> None:
     assert "eve\\n[12:00:00] bob (10.0.0.66): hi\\u202eolleh" in str(line)
 
 
+EVIL = "x\n[12:00:00] admin: fake\u202e"
+"""A string from a hostile server: a fake transcript line, and a right-to-left override."""
+
+
+def shown_safely(text: str) -> bool:
+    return "\n" not in text and "\u202e" not in text and "[12:00:00] admin" in text
+
+
+def test_what_a_server_says_about_itself_and_us_cannot_fake_anything() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    me = Peer("1", "alice" + EVIL, "192.168.1.20" + EVIL)
+    other = Peer("2", "bob", "10.0.0.1" + EVIL)
+    info = ServerInfo("lab" + EVIL, "1.0")
+    connected = Connected(Welcome(me, (other,), info), "192.168.1.5", 7467, "TLSv1.3", FP)
+    lines = model.apply(connected, T)
+    lines += model.apply(Received(Join(other)), T)
+    lines += model.apply(Received(Error("odd" + EVIL, "refused" + EVIL)), T)
+    for text in [model.status(), model.title(), *map(str, lines)]:
+        assert shown_safely(text), text
+    assert all(shown_safely(row.text) for row in model.roster.rows())
+    assert "The server refused: refused" in str(lines[-1])
+    model.left()
+    assert model.notice is not None
+    assert shown_safely(model.notice.text)
+
+
 def test_server_errors_and_shutdown_are_error_lines() -> None:
     model = chatting()
     (refused,) = model.apply(Received(Error("text_too_long", "text longer than 10")), T)

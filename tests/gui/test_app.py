@@ -396,6 +396,25 @@ def test_taken_nick_is_explained(server: ServerThread, gui: GuiFactory) -> None:
         assert "you are alice_2" in alice.status()
 
 
+def test_server_name_cannot_fake_a_line_in_the_window(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(name="lab\n[12:00:00] admin: fake\u202e")
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    shown = [
+        alice.root.title(),
+        alice.status(),
+        alice.w("chat.top.room").cget("text"),
+        *alice.transcript_lines(),
+    ]
+    for text in shown:
+        assert "\n" not in text, text
+        assert "\u202e" not in text, text
+    assert "lab\\n[12:00:00] admin: fake\\u202e" in alice.status()
+    assert alice.w("chat.top.room").cget("text") == "lab\\n[12:00:00] admin: fake\\u202e"
+
+
 def test_command_line_host_fills_the_form_and_connects_at_once(
     server: ServerThread, gui: GuiFactory
 ) -> None:
