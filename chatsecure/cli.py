@@ -306,7 +306,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from chatsecure.client.core import parse_target
     from chatsecure.tls.trust import KnownServers, server_key
 
-    host, port = parse_target(args.target)
+    try:
+        host, port = parse_target(args.target)
+    except ValueError as exc:
+        raise ChatError(str(exc)) from None
     store = KnownServers()
     if store.remove(host, port):
         print(f"forgot {server_key(host, port)}")

@@ -145,7 +145,9 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         raise ValueError("enter a host name or IP address")
     host, port_text = text, ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"no ']' after the IPv6 address in {text!r}")
         port_text = rest.removeprefix(":")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")

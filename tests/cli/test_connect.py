@@ -162,6 +162,14 @@ def test_forget_of_an_unknown_server_fails() -> None:
     assert "was not pinned" in result.stderr
 
 
+@pytest.mark.parametrize("target", ["host:abc", "host:0", "[::1", ""])
+def test_forget_of_a_malformed_address_is_a_clear_error(target: str) -> None:
+    result = Terminal.run_cli("forget", target)
+    assert result.returncode == 1
+    assert result.stderr.startswith("chatsecure: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_refused_nick_exits_1_with_the_reason(server: ServerThread) -> None:
     bob = terminal(server, " \u200b ", "--accept-new")
     try:

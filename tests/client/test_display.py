@@ -33,7 +33,9 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
     assert parse_target(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1"])
+@pytest.mark.parametrize(
+    "text", ["", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1", "[::1", "[::1]x"]
+)
 def test_parse_target_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_target(text)
