@@ -202,6 +202,11 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
     return None
 
 
+def is_quit(text: str) -> bool:
+    """Whether a typed line is the command ``quit`` (alone, spaces around it allowed)."""
+    return text.strip() == "quit"
+
+
 def require_sendable(text: str, what: str) -> str:
     """``text`` if UTF-8 can carry it; else ``LocalProtocolError`` naming ``what``.
 
@@ -299,10 +304,10 @@ class ChatClient:
         ``text_too_long``. A text that finds no connection to go out on comes back as a
         ``NotSent`` event.
         """
-        if text.strip() == "quit":
+        if is_quit(text):
             self.quit()
         elif text:
-            frame = encode(SendMsg(require_sendable(text, "the message")))
+            frame = encode(SendMsg(require_sendable(text, "message not sent: it")))
             if len(frame) > limits.MAX_FRAME:
                 raise LocalProtocolError(
                     ErrorCode.TEXT_TOO_LONG,

@@ -32,6 +32,8 @@ from chatsecure.client.core import (
     Reconnecting,
     Target,
     clock,
+    describe,
+    is_quit,
     parse_target,
     require_sendable,
     safe_text,
@@ -44,7 +46,7 @@ from chatsecure.discovery.records import (
     ServerUpdated,
     preferred_address,
 )
-from chatsecure.errors import ProtocolError
+from chatsecure.errors import LocalProtocolError, ProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Shutdown, clean_nick
@@ -302,7 +304,7 @@ class Roster:
         return [
             RosterRow(
                 p.id,
-                f"{safe_text(p.nick)} ({safe_text(p.addr)})" + ("  — you" if p.id == me_id else ""),
+                describe(p) + ("  — you" if p.id == me_id else ""),
                 p.id == me_id,
             )
             for p in sorted(self._peers.values(), key=order)
@@ -396,20 +398,14 @@ class ChatModel:
 
     def outgoing(self, text: str, ts: float | None = None) -> Outgoing:
         """Decide what typing ``text`` and pressing Enter does."""
-        if text.strip() == "quit":
+        if is_quit(text):
             return Outgoing(quit=True, clear=True)
         if not text.strip():
             return Outgoing(clear=True)
         if self.phase is not Phase.CHAT or self.roster.me is None:
             return Outgoing(line=notice("error", "Not connected: the message was not sent.", ts))
-        if len(text) > limits.MAX_TEXT:
-            return Outgoing(
-                line=notice(
-                    "error",
-                    f"Too long to send: {len(text)} characters, the limit is {limits.MAX_TEXT}.",
-                    ts,
-                )
-            )
+        # How long a text may be is the server's to say (text_too_long); the core refuses
+        # what cannot be sent at all (Controller.submit).
         return Outgoing(send=text, line=chat_line(self.roster.me, text, ts, own=True), clear=True)
 
     # -- what the network said -----------------------------------------------------------
@@ -463,7 +459,7 @@ class ChatModel:
                 )
             )
         others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
-        here = ", ".join(f"{safe_text(p.nick)} ({safe_text(p.addr)})" for p in others)
+        here = ", ".join(describe(p) for p in others)
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
         return lines
 
@@ -827,11 +823,16 @@ class Controller:
 
     def submit(self, text: str) -> Outgoing:
         """The user pressed Enter in the message box."""
-        out = self.model.outgoing(text, self._now())
+        now = self._now()
+        out = self.model.outgoing(text, now)
         if out.quit:
             self.leave()
         elif out.send is not None and self.client is not None:
-            self.client.send(out.send)
+            try:
+                self.client.send(out.send)
+            except LocalProtocolError as exc:  # too long for a frame, or not valid text
+                said = exc.message[:1].upper() + exc.message[1:]
+                return Outgoing(line=notice("error", f"{said}.", now))
         return out
 
     def next_question(self) -> PendingQuestion | None:

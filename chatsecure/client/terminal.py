@@ -17,6 +17,7 @@ from chatsecure.client.core import (
     Reconnecting,
     describe,
     format_message,
+    is_quit,
     safe_text,
 )
 from chatsecure.errors import LocalProtocolError
@@ -82,7 +83,7 @@ def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> Non
             text = line.rstrip("\r\n")
             if done.is_set():
                 return
-            if text.strip() == "quit":
+            if is_quit(text):
                 break
             try:
                 client.send(text)

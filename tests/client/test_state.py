@@ -243,13 +243,10 @@ def test_quit_alone_quits_and_other_texts_do_not() -> None:
     assert model.outgoing("").send is None
 
 
-def test_too_long_message_is_not_sent_and_kept() -> None:
+def test_text_limit_is_the_servers_to_enforce() -> None:
+    # A server may allow longer texts than the default; only the frame limit is the client's.
     out = chatting().outgoing("x" * (limits.MAX_TEXT + 1))
-    assert out.send is None
-    assert not out.clear
-    assert out.line is not None
-    assert out.line.kind == "error"
-    assert "Too long to send" in out.line.text
+    assert out.send == "x" * (limits.MAX_TEXT + 1)
 
 
 def test_message_while_reconnecting_is_refused_and_kept() -> None:
@@ -641,6 +638,50 @@ def test_controller_shows_a_line_lost_as_the_connection_ended(server: ServerThre
         "Not sent, the connection was lost: last words"
     )
     wait_for(lambda: not controller.busy)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("caf\udcff", "Message not sent: it holds a character that is not valid text"),
+        ("x" * limits.MAX_FRAME, "Message not sent: it is too long"),
+    ],
+)
+def test_controller_refuses_a_text_that_cannot_be_sent_and_keeps_it(
+    server: ServerThread, text: str, says: str
+) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+        poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+        bob.expect("join")
+        out = controller.submit(text)
+        assert (out.send, out.clear) == (None, False)  # the text stays in the box
+        assert out.line is not None
+        assert out.line.kind == "error"
+        assert out.line.text.startswith(says)
+        controller.submit("this one goes")
+        assert bob.expect("msg")["text"] == "this one goes"  # the connection was kept
+    controller.close()
+
+
+def test_controller_shows_the_servers_refusal_of_a_text_over_its_limit(
+    server: ServerThread,
+) -> None:
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+    poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+    assert controller.submit("x" * (limits.MAX_TEXT + 1)).send is not None
+    lines: list[Line] = []
+
+    def refused() -> bool:
+        lines.extend(controller.poll().lines)
+        return any("text_too_long" in line.text for line in lines)
+
+    wait_for(refused)
+    assert controller.model.phase is Phase.CHAT
+    controller.close()
 
 
 def test_controller_asks_and_a_no_connects_nothing(server: ServerThread) -> None:

@@ -323,6 +323,22 @@ def test_line_sent_as_the_connection_dropped_is_marked_not_sent(
         assert alice.phase is Phase.RECONNECTING
 
 
+def test_text_that_cannot_be_sent_is_explained_and_kept_in_the_box(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        bob.expect("join")
+        alice.say("caf\udcff")  # a lone surrogate: Tk holds it, UTF-8 cannot carry it
+        assert alice.w("chat.bottom.message").get() == "caf\udcff"
+        assert "error" in alice.tags_of_line_with("Message not sent")
+        assert bob.silent(0.2)
+        alice.say("fine")
+        assert bob.expect("msg")["text"] == "fine"
+
+
 def test_typed_keys_go_to_the_message_box_after_connecting(
     server: ServerThread, gui: GuiFactory
 ) -> None:
