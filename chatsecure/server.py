@@ -267,8 +267,17 @@ class Session(asyncio.BufferedProtocol):
         if self._closing:
             return
         loop_time = self.last_heard = asyncio.get_running_loop().time()
-        for event in self.protocol.receive_data(data):
-            if self._bucket is not None and not self._admit(event, loop_time):
+        self._handle(self.protocol.receive_data(data), loop_time)
+        if self._bucket is not None and self.protocol.blank_lines != self._blanks_charged:
+            self._charge_blank_lines(loop_time)
+        if self.protocol.closed and not self._closing:  # pragma: no cover - a safety net
+            # The state machine ended the stream but nothing above closed the connection: such
+            # a session would stay joined and answer nothing. Never let one linger.
+            self.close("error")
+
+    def _handle(self, events: list[Event], now: float) -> None:
+        for event in events:
+            if self._bucket is not None and not self._admit(event, now):
                 if self._closing:
                     return
                 continue
@@ -277,17 +286,11 @@ class Session(asyncio.BufferedProtocol):
             elif isinstance(event, SendMsg):
                 self.server.broadcast_chat(self, event.text)
             elif isinstance(event, Hello):
-                self._joined(event)
+                self._joined(event)  # the last event: the state machine holds what follows
             elif isinstance(event, Ping):
                 self.send(encode(Pong()))
             elif isinstance(event, Quit):
                 self.close("quit")
-        if self._bucket is not None and self.protocol.blank_lines != self._blanks_charged:
-            self._charge_blank_lines(loop_time)
-        if self.protocol.closed and not self._closing:  # pragma: no cover - a safety net
-            # The state machine ended the stream but nothing above closed the connection: such
-            # a session would stay joined and answer nothing. Never let one linger.
-            self.close("error")
 
     def _admit(self, event: Event, now: float) -> bool:
         """Charge ``event`` to the rate limit; False if it is refused (and answered so)."""
@@ -385,6 +388,7 @@ class Session(asyncio.BufferedProtocol):
             return
         self.flush()
         self._closing = True
+        self.protocol.close()
         self.server.remove(self, reason)
         self.server.closing.add(self)
         if self._transport is not None:
@@ -441,6 +445,8 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.auth_succeeded(self.addr)
         self.server.join(self, nick)
+        # What the client sent after its hello waited for the welcome; now it counts.
+        self._handle(self.protocol.accept(), asyncio.get_running_loop().time())
 
     def _joined_late(self, hello: Hello) -> None:
         if self._closing or self._transport is None:

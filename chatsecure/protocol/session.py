@@ -1,25 +1,29 @@
 """The server's view of one connection as a state machine. Pure, no I/O.
 
-    state           frame     ->  result
-    --------------  --------      ------------------------------------------
-    AWAITING_HELLO  hello         JOINED (the server then assigns the nick)
-    AWAITING_HELLO  ping, pong    answered / noted, stay
-    AWAITING_HELLO  msg           error not_joined, CLOSED
-    JOINED          msg, ping,    delivered, stay
-                    pong
-    JOINED          hello         error already_joined, stay
-    any             quit          CLOSED
-    any             bad frame     error, stay (CLOSED if the frame was too long)
+    state           input          ->  result
+    --------------  -------------      ---------------------------------------------------
+    AWAITING_HELLO  hello              JOINING: the server checks password and nick
+    AWAITING_HELLO  ping, pong         answered / noted, stay
+    AWAITING_HELLO  msg                error not_joined, CLOSED
+    JOINING         any frame          held until the server decides, then as in JOINED
+    JOINING         accept()           JOINED (the server sent welcome)
+    JOINED          msg, ping, pong    delivered, stay
+    JOINED          hello              error already_joined, stay
+    any             quit               CLOSED
+    any             bad frame          error, stay (CLOSED if the frame was too long)
+    any             close()            CLOSED (the server refused the hello or dropped the client)
 
 The I/O layer feeds bytes with ``receive_data`` and acts on what comes back: messages to
-handle, or ``RemoteProtocolError`` values to answer with an ``error`` frame.
+handle, or ``RemoteProtocolError`` values to answer with an ``error`` frame. After a ``hello``
+it calls ``accept()`` once the client is in (which hands over the events held meanwhile) or
+``close()``; so JOINED means what the server means by joined.
 """
 
 from __future__ import annotations
 
 import enum
 
-from chatsecure.errors import RemoteProtocolError
+from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.protocol.limits import MAX_FRAME, MAX_TEXT
@@ -36,37 +40,51 @@ from chatsecure.protocol.messages import (
 
 class State(enum.Enum):
     AWAITING_HELLO = "awaiting_hello"
+    JOINING = "joining"
     JOINED = "joined"
     CLOSED = "closed"
 
 
 Event = ClientMessage | RemoteProtocolError
 
+_PAUSED = (State.JOINING, State.CLOSED)
+"""States in which no frame is turned into an event (for now, or for good)."""
+
 
 class ServerSession:
     """Turns the bytes one client sends into validated events, in protocol order."""
 
-    __slots__ = ("_decoder", "_max_text", "state")
+    __slots__ = ("_decoder", "_held", "_max_text", "state")
 
     def __init__(self, max_frame: int = MAX_FRAME, max_text: int = MAX_TEXT) -> None:
         self._decoder = FrameDecoder(max_frame)
         self._max_text = max_text
+        self._held: list[bytes] = []
+        """Frames received while JOINING, for ``accept``."""
         self.state = State.AWAITING_HELLO
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed received bytes; return the events they complete. Nothing after CLOSED."""
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._decoder.error is not None:
+            return []  # (an over-long line while JOINING waits for accept())
+        frames = self._decoder.feed(data)
+        if self.state is State.JOINING:
+            self._held += frames
             return []
-        events: list[Event] = []
-        for frame in self._decoder.feed(data):
-            events.append(self._receive_frame(frame))
-            if self.closed:
-                return events
-        if self._decoder.error is not None:
-            # The frames before an over-long line still count; then the stream is over.
-            self.state = State.CLOSED
-            events.append(self._decoder.error)
-        return events
+        return self._receive_frames(frames)
+
+    def accept(self) -> list[Event]:
+        """The server let the client in: JOINED; return the events of the frames held since."""
+        if self.state is not State.JOINING:
+            raise LocalProtocolError(ErrorCode.NOT_JOINED, f"accept() in state {self.state.value}")
+        self.state = State.JOINED
+        held, self._held = self._held, []
+        return self._receive_frames(held)
+
+    def close(self) -> None:
+        """The server ended the session; whatever arrives later is ignored."""
+        self.state = State.CLOSED
+        self._held = []
 
     @property
     def blank_lines(self) -> int:
@@ -76,6 +94,20 @@ class ServerSession:
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    def _receive_frames(self, frames: list[bytes]) -> list[Event]:
+        events: list[Event] = []
+        for index, frame in enumerate(frames):
+            events.append(self._receive_frame(frame))
+            if self.state in _PAUSED:
+                if self.state is State.JOINING:
+                    self._held = frames[index + 1 :]
+                return events
+        if self._decoder.error is not None:
+            # The frames before an over-long line still count; then the stream is over.
+            self.state = State.CLOSED
+            events.append(self._decoder.error)
+        return events
 
     def _receive_frame(self, frame: bytes) -> Event:
         try:
@@ -93,7 +125,7 @@ class ServerSession:
             pass
         elif self.state is State.AWAITING_HELLO:
             if isinstance(message, Hello):
-                self.state = State.JOINED
+                self.state = State.JOINING
             else:
                 self.state = State.CLOSED
                 return RemoteProtocolError(ErrorCode.NOT_JOINED, "send hello first", fatal=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -395,6 +396,42 @@ def test_unknown_config_key_stops_the_cli_with_exit_1(tmp_path: Path, cert_dir: 
     result = run_server_cli("--config", config_file)
     assert result.returncode == 1
     assert "unknown setting 'max-sesions'" in result.stderr
+
+
+def test_frames_after_a_hello_that_waits_are_handled_once_the_client_is_in(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A right password from an address with a recent failure waits; what follows it waits too.
+
+    Handled before the welcome, a ping was answered before it and a message went nowhere.
+    """
+    server = start_server(password=ROOM)
+    with RawClient(server.host, server.port) as member:
+        member.send(hello("member", ROOM))
+        member.expect("welcome")
+        server.call(server.server.auth_failed, "127.0.0.1")  # a wrong guess from here just now
+        with RawClient(server.host, server.port) as late:
+            ping, msg = {"type": "ping"}, {"type": "msg", "text": "sent with my hello"}
+            late.send_raw(
+                b"\n".join(json.dumps(f).encode() for f in (hello("late", ROOM), ping, msg))
+            )
+            late.send_raw(b"\n")
+            time.sleep(0.3)
+            states = server.call(
+                lambda: sorted(s.protocol.state.value for s in server.server.connections)
+            )
+            assert states == ["joined", "joining"], "not joined until the server says so"
+            assert verdict(late)[0] == "welcome"
+            assert late.expect("pong")
+            assert member.expect("join")["peer"]["nick"] == "late"
+            assert member.expect("msg")["text"] == "sent with my hello"
+            assert all(
+                server.call(
+                    lambda: [
+                        s.protocol.state.value == "joined" for s in server.server.sessions.values()
+                    ]
+                )
+            )
 
 
 # --- the memory of wrong passwords ----------------------------------------------------------

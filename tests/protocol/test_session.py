@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsecure.errors import RemoteProtocolError
+from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Hello, Ping, Pong, Quit, SendMsg
 from chatsecure.protocol.session import Event, ServerSession, State
@@ -28,8 +28,10 @@ QUIT = line({"type": "quit"})
 
 def session_in(state: State) -> ServerSession:
     session = ServerSession()
-    if state is State.JOINED:
+    if state in (State.JOINING, State.JOINED):
         session.receive_data(HELLO)
+        if state is State.JOINED:
+            assert session.accept() == []
     elif state is State.CLOSED:
         session.receive_data(QUIT)
     assert session.state is state
@@ -40,9 +42,17 @@ def codes(events: list[Event]) -> list[ErrorCode | None]:
     return [e.code if isinstance(e, RemoteProtocolError) else None for e in events]
 
 
+def accepting(session: ServerSession, events: list[Event]) -> list[Event]:
+    """``events``, and what follows them once the server accepts a hello among them at once."""
+    if session.state is State.JOINING:
+        return events + accepting(session, session.accept())
+    return events
+
+
 # state, input, expected events (messages or error codes), state after
 TABLE = [
-    (State.AWAITING_HELLO, HELLO, [Hello("alice")], State.JOINED),
+    (State.AWAITING_HELLO, HELLO, [Hello("alice")], State.JOINING),
+    (State.JOINING, MSG + PING + QUIT, [], State.JOINING),
     (State.AWAITING_HELLO, PING, [Ping()], State.AWAITING_HELLO),
     (State.AWAITING_HELLO, PONG, [Pong()], State.AWAITING_HELLO),
     (State.AWAITING_HELLO, MSG, [ErrorCode.NOT_JOINED], State.CLOSED),
@@ -94,23 +104,59 @@ def test_fatal_errors_are_marked_fatal() -> None:
 
 
 def test_nothing_after_quit_in_the_same_chunk_counts() -> None:
-    session = ServerSession()
-    events = session.receive_data(HELLO + QUIT + MSG + b"z" * 20_000)
-    assert events == [Hello("alice"), Quit()]
+    session = session_in(State.JOINED)
+    events = session.receive_data(MSG + QUIT + MSG + b"z" * 20_000)
+    assert events == [SendMsg("hi"), Quit()]
     assert session.closed
 
 
 def test_frames_before_an_over_long_line_are_handled_first() -> None:
-    session = ServerSession()
-    events = session.receive_data(HELLO + MSG + b"z" * 20_000)
-    assert events[:2] == [Hello("alice"), SendMsg("hi")]
+    session = session_in(State.JOINED)
+    events = session.receive_data(PING + MSG + b"z" * 20_000)
+    assert events[:2] == [Ping(), SendMsg("hi")]
     assert codes(events[2:]) == [ErrorCode.FRAME_TOO_LONG]
     assert session.closed
+
+
+def test_frames_after_hello_wait_for_the_servers_verdict() -> None:
+    session = ServerSession()
+    assert session.receive_data(HELLO + MSG + PING) == [Hello("alice")]
+    assert session.state is State.JOINING
+    assert session.receive_data(b"\r\n" + MSG[:5]) == []
+    assert session.receive_data(MSG[5:] + QUIT + MSG) == []
+    assert session.accept() == [SendMsg("hi"), Ping(), SendMsg("hi"), Quit()]
+    assert session.closed
+
+
+def test_an_over_long_line_while_joining_ends_the_stream_after_what_came_before() -> None:
+    session = ServerSession()
+    assert session.receive_data(HELLO + MSG) == [Hello("alice")]
+    assert session.receive_data(b"z" * 20_000) == []
+    assert session.receive_data(PING) == [], "the stream is over, the verdict or not"
+    events = session.accept()
+    assert events[0] == SendMsg("hi")
+    assert codes(events[1:]) == [ErrorCode.FRAME_TOO_LONG]
+    assert session.closed
+
+
+def test_a_refused_hello_closes_and_drops_what_was_held() -> None:
+    session = ServerSession()
+    session.receive_data(HELLO + MSG)
+    session.close()
+    assert session.closed
+    assert session.receive_data(MSG) == []
+
+
+@pytest.mark.parametrize("state", [State.AWAITING_HELLO, State.JOINED, State.CLOSED])
+def test_accept_without_a_pending_hello_is_our_bug(state: State) -> None:
+    with pytest.raises(LocalProtocolError):
+        session_in(state).accept()
 
 
 def test_configured_limits_apply() -> None:
     session = ServerSession(max_frame=64, max_text=5)
     assert session.receive_data(HELLO) == [Hello("alice")]
+    assert session.accept() == []
     assert codes(session.receive_data(line({"type": "msg", "text": "123456"}))) == [
         ErrorCode.TEXT_TOO_LONG
     ]
@@ -124,11 +170,11 @@ def test_configured_limits_apply() -> None:
 def test_chunking_does_not_change_the_events(parts: list[bytes], size: int) -> None:
     stream = b"".join(parts)
     whole = ServerSession()
-    expected = whole.receive_data(stream)
+    expected = accepting(whole, whole.receive_data(stream))
     chunked = ServerSession()
     events: list[Event] = []
     for start in range(0, len(stream), size):
-        events.extend(chunked.receive_data(stream[start : start + size]))
+        events.extend(accepting(chunked, chunked.receive_data(stream[start : start + size])))
     assert [type(e) for e in events] == [type(e) for e in expected]
     assert codes(events) == codes(expected)
     assert chunked.state is whole.state
@@ -137,6 +183,6 @@ def test_chunking_does_not_change_the_events(parts: list[bytes], size: int) -> N
 
 
 def test_blank_lines_make_no_event_but_are_counted() -> None:
-    session = ServerSession()
-    assert session.receive_data(HELLO + b"\n\r\n" + MSG + b"\n") == [Hello("alice"), SendMsg("hi")]
+    session = session_in(State.JOINED)
+    assert session.receive_data(PING + b"\n\r\n" + MSG + b"\n") == [Ping(), SendMsg("hi")]
     assert session.blank_lines == 3
