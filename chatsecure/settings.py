@@ -50,7 +50,7 @@ SETTINGS = (
         f"frames a client may send at once (default {limits.MSG_BURST}; 0: one at a time)",
     ),
     Setting(
-        "idle_timeout", float, f"drop silent clients after S s (default {limits.IDLE_TIMEOUT})", "S"
+        "idle_timeout", float, f"drop clients silent for S s (default {limits.IDLE_TIMEOUT:g})", "S"
     ),
     Setting(
         "handshake_timeout",

@@ -212,17 +212,14 @@ def validate_form(
 
 LineKind = Literal["chat", "own", "join", "leave", "error", "info"]
 
-LEAVE_REASONS = {
+LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS); others shown raw
     "quit": "left",
     "closed": "left (connection closed)",
     "timeout": "left (timed out)",
-    "idle_timeout": "left (timed out)",
     "error": "left (connection broken)",
     "slow_consumer": "was dropped (too far behind reading)",
     "flooding": "was dropped for flooding",
     "frame_too_long": "was dropped (sent an over-long frame)",
-    "kicked": "was removed by the server",
-    "shutdown": "left (server shutting down)",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class ErrorCode(enum.StrEnum):
@@ -42,3 +43,19 @@ class ErrorCode(enum.StrEnum):
     """Nothing received (not even ``pong``) for the idle timeout. Closed."""
     SHUTTING_DOWN = "shutting_down"
     """The server is stopping and takes no new sessions. Closed."""
+
+
+LEAVE_REASONS: Final = frozenset(
+    {
+        "quit",
+        "closed",
+        "error",
+        "timeout",
+        ErrorCode.SLOW_CONSUMER,
+        ErrorCode.FLOODING,
+        ErrorCode.FRAME_TOO_LONG,
+    }
+)
+"""The ``reason`` of a ``leave``: how the session ended (``quit``; ``closed``, EOF; ``error``,
+a broken connection; ``timeout``, idle) or the error code it was dropped with. Never
+``shutdown``: at shutdown everyone gets ``shutdown`` and nobody a ``leave``."""

@@ -146,7 +146,7 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
-    """Someone left; ``reason`` is ``quit``, ``closed``, ``timeout``, ``error`` or ``kicked``."""
+    """Someone left; ``reason`` is one of ``codes.LEAVE_REASONS`` (or a later version's)."""
 
     peer: Peer
     reason: str
