@@ -167,6 +167,11 @@ class ServerConfig:
 _FREE = (Quit, Hello)
 """Frames the rate limit never refuses: leaving and joining must always work."""
 
+PING = encode(Ping())
+PONG = encode(Pong())
+RATE_LIMITED = encode(Error(ErrorCode.RATE_LIMITED, "too fast; frame dropped"))
+"""Frames the server sends as they are, encoded once."""
+
 
 class PeerLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every record with the connection it is about: ``[id@address]``."""
@@ -281,14 +286,14 @@ class Session(asyncio.BufferedProtocol):
                 if self._closing:
                     return
                 continue
-            if isinstance(event, RemoteProtocolError):
-                self._refuse(event)
-            elif isinstance(event, SendMsg):
+            if isinstance(event, SendMsg):  # by far the most common
                 self.server.broadcast_chat(self, event.text)
+            elif isinstance(event, RemoteProtocolError):
+                self._refuse(event)
             elif isinstance(event, Hello):
                 self._joined(event)  # the last event: the state machine holds what follows
             elif isinstance(event, Ping):
-                self.send(encode(Pong()))
+                self.send(PONG)
             elif isinstance(event, Quit):
                 self.close("quit")
 
@@ -319,7 +324,7 @@ class Session(asyncio.BufferedProtocol):
         if self._flood.refused(now):
             self.drop(ErrorCode.FLOODING, "kept sending far above the rate limit")
         else:
-            self.send(encode(Error(ErrorCode.RATE_LIMITED, "too fast; frame dropped")))
+            self.send(RATE_LIMITED)
         return False
 
     def eof_received(self) -> bool:
@@ -357,10 +362,10 @@ class Session(asyncio.BufferedProtocol):
             self.server.mark_dirty(self)
         self._pending.append(data)
 
-    def ping(self, frame: bytes) -> None:
-        """Send ``ping`` (already encoded); its answer is not charged to the rate limit."""
+    def ping(self) -> None:
+        """Send ``ping``; its answer is not charged to the rate limit."""
         self._pings_out += 1
-        self.send(frame)
+        self.send(PING)
 
     def flush(self) -> None:
         """Write what is queued for this client, broadcasts included, as one TLS write."""
@@ -670,13 +675,12 @@ class ChatServer:
         timeout = self.config.idle_timeout
         every = timeout / IDLE_CHECKS
         now = self._loop.time()
-        ping = encode(Ping())
         for session in list(self.connections):
             silent = now - session.last_heard
             if silent + every > timeout:  # the next sweep would be too late
                 session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
             elif silent >= timeout / 2:
-                session.ping(ping)
+                session.ping()
         if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
@@ -763,7 +767,9 @@ class ChatServer:
             chunks = split(blob, self.write_chunk())
             senders = self._log_senders
             try:
-                for session in list(self.sessions.values()):
+                # Nothing in here changes the registry (a write that fails closes its
+                # connection later, from the loop), so no copy of it per iteration.
+                for session in self.sessions.values():
                     if session._pending or session._log_pos or session in senders:
                         session.flush()  # private frames or its own messages: its own blob
                         session._log_pos = 0

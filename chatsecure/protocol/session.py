@@ -47,6 +47,8 @@ class State(enum.Enum):
 
 Event = ClientMessage | RemoteProtocolError
 
+_PING_PONG = (Ping, Pong)
+
 _PAUSED = (State.JOINING, State.CLOSED)
 """States in which no frame is turned into an event (for now, or for good)."""
 
@@ -97,11 +99,11 @@ class ServerSession:
 
     def _receive_frames(self, frames: list[bytes]) -> list[Event]:
         events: list[Event] = []
-        for index, frame in enumerate(frames):
-            events.append(self._receive_frame(frame))
+        for frame in frames:
+            events.append(self._receive_frame(frame))  # one event per frame
             if self.state in _PAUSED:
                 if self.state is State.JOINING:
-                    self._held = frames[index + 1 :]
+                    self._held = frames[len(events) :]
                 return events
         if self._decoder.error is not None:
             # The frames before an over-long line still count; then the stream is over.
@@ -121,7 +123,7 @@ class ServerSession:
     def _transition(self, message: ClientMessage) -> Event:
         if isinstance(message, Quit):
             self.state = State.CLOSED
-        elif isinstance(message, Ping | Pong):
+        elif isinstance(message, _PING_PONG):
             pass
         elif self.state is State.AWAITING_HELLO:
             if isinstance(message, Hello):

@@ -12,15 +12,20 @@ import json
 
 import pytest
 
+from chatsecure import server as server_module
 from chatsecure.protocol.messages import (
     Chat,
+    Error,
     Peer,
+    Ping,
+    Pong,
     ServerInfo,
     Welcome,
     encode,
     encode_chat,
     encode_peer,
     encode_welcome,
+    parse_server,
 )
 from chatsecure.testing import RawClient, ServerThread, joined
 from tests.helpers import all_silent
@@ -121,3 +126,10 @@ def test_welcome_from_cached_peers_is_byte_for_byte_the_encoders(count: int) -> 
     others = PEERS[:count]
     built = encode_welcome(encode_peer(PEERS[0]), [encode_peer(p) for p in others], info)
     assert built == encode(Welcome(PEERS[0], tuple(others), info))
+
+
+def test_frames_encoded_once_at_import_are_what_the_encoder_makes() -> None:
+    assert encode(Ping()) == server_module.PING
+    assert encode(Pong()) == server_module.PONG
+    rate_limited = parse_server(server_module.RATE_LIMITED)
+    assert rate_limited == Error("rate_limited", "too fast; frame dropped")
