@@ -2,8 +2,8 @@
 
 Run it with ``chatsecure server`` or ``python -m chatsecure.server``. The path of one chat line:
 ``Session.data_received`` -> ``ServerSession`` (frames, validation, state) ->
-``ChatServer.broadcast`` (encoded once) -> every other ``Session.send`` -> one TLS write per
-recipient per event-loop iteration.
+``ChatServer.broadcast`` (encoded once, into the loop iteration's log) -> ``ChatServer._flush``
+-> one write per recipient per event-loop iteration.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ class Session(asyncio.BufferedProtocol):
     # -- sending -------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue ``data``; everything queued in one loop iteration goes out as one TLS write."""
+        """Queue ``data``; everything queued in one loop iteration goes out in one write."""
         if self._closing:
             return
         if self._log_pos < len(self.server.log):
@@ -368,7 +368,7 @@ class Session(asyncio.BufferedProtocol):
         self.send(PING)
 
     def flush(self) -> None:
-        """Write what is queued for this client, broadcasts included, as one TLS write."""
+        """Write what is queued for this client, broadcasts included (``write_chunk`` pieces)."""
         if self._log_pos < len(self.server.log):
             self._take_log()
         pending = self._pending
@@ -759,7 +759,10 @@ class ChatServer:
         self._flush_scheduled = True
 
     def _flush(self) -> None:
-        """End of a loop iteration: one TLS write per client with everything queued for it."""
+        """End of a loop iteration: one write per client with everything queued for it.
+
+        A write is split into ``write_chunk()`` pieces, each one TLS record.
+        """
         self._flush_scheduled = False
         if self.log:
             frames = self.log
