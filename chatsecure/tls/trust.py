@@ -32,7 +32,6 @@ def server_key(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-
 @dataclass(frozen=True, slots=True)
 class TrustQuestion:
     """What a client asks its user before it pins (or replaces the pin of) a server."""
