@@ -104,6 +104,37 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _sign(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    days: int,
+    extensions: list[tuple[x509.ExtensionType, bool]],
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+) -> x509.Certificate:
+    """A certificate for ``key``, valid from 5 minutes ago (clock skew) for ``days``.
+
+    Self-signed unless ``issuer`` (its name and key) is given.
+    """
+    issuer_name, signer = issuer or (subject, key)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256())
+
+
 def generate(
     out_dir: Path,
     *,
@@ -121,28 +152,15 @@ def generate(
         raise ConfigError(f"{existing[0]} exists; pass --force to replace it")
     sans = list(dict.fromkeys([*default_sans(), *extra_sans]))
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
+    cert = _sign(
+        _name(common_name or socket.gethostname() or "chatsecure"),
+        key,
+        days,
         [
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, common_name or socket.gethostname() or "chatsecure"
-            )
-        ]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([_san(s) for s in sans]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(key, hashes.SHA256())
+            (x509.SubjectAlternativeName([_san(s) for s in sans]), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
     _write_pair(files, cert, key)
     return files
@@ -184,32 +202,22 @@ def _load_or_make_ca(
             raise ConfigError(f"{files.key} is not an ECDSA key")
         return load_cert(files.cert), key
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chatsecure client CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+    usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = _sign(
+        _name("chatsecure client CA"),
+        key,
+        days,
+        [(x509.BasicConstraints(ca=True, path_length=0), True), (usage, True)],
     )
     _write_pair(files, cert, key)
     log.info("made a client CA in %s", files.cert)
@@ -231,20 +239,15 @@ def generate_client(
         raise ConfigError(f"{files.cert} exists; pass --force to replace it")
     ca_cert, ca_key = _load_or_make_ca(ca_dir, days)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = _sign(
+        _name(name),
+        key,
+        days,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+        ],
+        issuer=(ca_cert.subject, ca_key),
     )
     _write_pair(files, cert, key)
     return files
