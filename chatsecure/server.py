@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from chatsecure import __version__
+from chatsecure.discovery.records import friendly_name
 from chatsecure.errors import ConfigError, RemoteProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
@@ -124,7 +125,7 @@ def release_memory() -> None:
 
 def default_name() -> str:
     """A friendly server name from the host name: ``chat on <host>``."""
-    return f"chat on {socket.gethostname().split('.')[0] or 'localhost'}"
+    return friendly_name(socket.gethostname())
 
 
 @dataclass(slots=True)
