@@ -389,7 +389,9 @@ class ChatClient:
                 reason = str(exc)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
-            else:
+            else:  # a shutdown, or quit while connecting
+                if self._stopping:
+                    return Disconnected("you left the chat", error=False)
                 return Disconnected("the server shut down", error=False)
             if self._stopping:
                 return Disconnected("you left the chat", error=False)
@@ -406,15 +408,26 @@ class ChatClient:
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         target = self.target
         ctx = client_context(target.cafile, cert=target.cert, key=target.key)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                target.host,
-                target.port,
-                ssl=ctx,
-                server_hostname=target.host if target.cafile else None,
-            ),
-            limits.CONNECT_TIMEOUT,
-        )
+        loop = asyncio.get_running_loop()
+        # asyncio.open_connection, but keeping hold of the protocol: see _Protocol.
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = _Protocol(reader, loop=loop)
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: protocol,
+                    target.host,
+                    target.port,
+                    ssl=ctx,
+                    server_hostname=target.host if target.cafile else None,
+                ),
+                limits.CONNECT_TIMEOUT,
+            )
+        except BaseException:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            raise
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         ssl_object = writer.get_extra_info("ssl_object")
         presented = fingerprint(ssl_object.getpeercert(binary_form=True))
         return reader, writer, presented
@@ -458,11 +471,22 @@ class ChatClient:
         reader, writer, presented = await self._verified()
         self._writer = writer
         try:
+            # quit cancels this task, but asyncio.wait_for (3.11) swallows a cancel that
+            # comes as what it waits for is done: so look again before each step.
+            if self._stopping:
+                return
             writer.write(encode(Hello(self.nick, self.password)))
             decoder = FrameDecoder(limits.MAX_SERVER_FRAME)
-            welcome, rest = await asyncio.wait_for(
-                self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
-            )
+            try:
+                welcome, rest = await asyncio.wait_for(
+                    self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
+                )
+            except asyncio.CancelledError:
+                writer.write(encode(Quit()))  # hello is out: leave properly, not by a cut
+                raise
+            if self._stopping:
+                writer.write(encode(Quit()))
+                return
             self.me = welcome.you
             self._joined = True
             self._attempt = 0  # that session worked: a new drop starts the backoff afresh
@@ -520,6 +544,8 @@ class ChatClient:
             self._emit(NotSent(text))  # dropped meanwhile: the front end must not think it went
 
     def _quit(self) -> None:
+        if self._stopping:
+            return  # once is enough; a second cancel would cut the session's own closing short
         self._stopping = True
         if self._stop_requested is not None:
             self._stop_requested.set()
@@ -534,6 +560,22 @@ class ChatClient:
             writer.write(encode(Quit()))  # the server answers by closing the connection
 
 
+class _Protocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that shows its transport.
+
+    Cancelled just after the TLS handshake, ``create_connection`` starts a graceful close of
+    the connection it made and forgets it; the client's loop ends before that close does, and
+    the socket would be left open. With the transport at hand, ``_open`` aborts it at once.
+    """
+
+    transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            self.transport = transport
+        super().connection_made(transport)
+
+
 async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[bytes]:
     if decoder.error is not None:  # the frames before an over-long line were handled: stop
         raise decoder.error
@@ -545,5 +587,9 @@ async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> l
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+    try:
         await asyncio.wait_for(writer.wait_closed(), 2.0)
+    except (OSError, ssl.SSLError):
+        pass  # the connection broke on its own: closed all the same
+    except TimeoutError:
+        writer.transport.abort()  # no answer to our close_notify: do not leave it open

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -410,6 +411,33 @@ def test_quit_during_a_slow_handshake_ends_at_once(
     client._thread.join(3)
     assert not client.alive
     assert time.monotonic() - started < 2
+
+
+def test_quit_at_any_moment_of_connecting_ends_promptly_and_cleanly(
+    server: ServerThread,
+) -> None:
+    """Wherever quit lands (TCP, TLS, hello, welcome), the thread ends, no socket is left
+    open, and the room sees either nothing or a join and a leave by quit."""
+    policy = TrustPolicy(KnownServers(), accept_new=True)
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        for n in range(30):
+            client = ChatClient(Target(server.host, server.port), "ghost", policy)
+            client.start()
+            time.sleep(n * 0.001)  # 0 to 29 ms: every stage of connecting on loopback
+            client.quit()
+            client.close(3)
+            assert not client.alive, f"the network thread hung after quit at {n} ms"
+            events = list(client.events.queue)
+            assert isinstance(events[-1], Disconnected)
+            assert events[-1].error is False
+        gc.collect()  # an unclosed transport or socket would warn here (an error in tests)
+        frames = []
+        while not alice.silent(0.3):
+            frames.append(alice.recv(1))
+        assert server.online() == ["alice"]
+    assert [f["type"] for f in frames].count("join") * 2 == len(frames), frames
+    assert all(f["reason"] == "quit" for f in frames if f["type"] == "leave"), frames
 
 
 def test_quit_while_the_user_decides_about_trust_sends_nothing(

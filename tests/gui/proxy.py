@@ -12,10 +12,12 @@ class Proxy:
     """Listens on 127.0.0.1:<ephemeral> and relays each connection to ``upstream``.
 
     ``drop()`` cuts every relayed connection at once (both ends see a reset or EOF), while
-    the listener stays up, so a client that reconnects gets through again.
+    the listener stays up, so a client that reconnects gets through again. With ``hold``,
+    connections are accepted but nothing is relayed until ``release()``: a client waits in
+    the middle of connecting for as long as the test likes.
     """
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], *, hold: bool = False) -> None:
         self.upstream = upstream
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
@@ -27,6 +29,8 @@ class Proxy:
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._stopping = False
+        self._held = hold
+        self._waiting: list[socket.socket] = []
         self._thread = threading.Thread(target=self._run, name="test-proxy")
 
     def __enter__(self) -> Proxy:
@@ -51,6 +55,16 @@ class Proxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    @property
+    def waiting(self) -> int:
+        """Connections accepted and held, not relayed yet."""
+        return len(self._waiting)
+
+    def release(self) -> None:
+        """Start relaying the connections held so far, and every later one (from any thread)."""
+        self._held = False
+        self._wake_w.send(b"x")
+
     def _run(self) -> None:
         while not self._stopping:
             for key, _ in self._selector.select(0.5):
@@ -59,8 +73,14 @@ class Proxy:
                     self._accept()
                 elif sock is self._wake_r:
                     sock.recv(64)
+                    if not self._held:
+                        waiting, self._waiting = self._waiting, []
+                        for client in waiting:
+                            self._connect(client)
                 elif isinstance(sock, socket.socket):
                     self._relay(sock)
+        for client in self._waiting:
+            client.close()
         for key in list(self._selector.get_map().values()):
             if key.fileobj not in (self.listener, self._wake_r) and isinstance(
                 key.fileobj, socket.socket
@@ -69,6 +89,12 @@ class Proxy:
 
     def _accept(self) -> None:
         client, _ = self.listener.accept()
+        if self._held:
+            self._waiting.append(client)  # what it sends waits in the kernel meanwhile
+        else:
+            self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
         try:
             server = socket.create_connection(self.upstream, timeout=5)
         except OSError:

@@ -377,11 +377,17 @@ def test_closing_the_window_quits_cleanly(server: ServerThread, gui: GuiFactory)
 def test_cancel_or_close_while_connecting_never_enters_the_room(
     server: ServerThread, gui: GuiFactory, how: str
 ) -> None:
-    with RawClient(server.host, server.port) as bob:
+    # The proxy holds the connection: alice is still connecting when she cancels.
+    with (
+        RawClient(server.host, server.port) as bob,
+        Proxy((server.host, server.port), hold=True) as proxy,
+    ):
         bob.join("bob")
         alice = gui(nick="alice", accept_new=True)
-        alice.connect("127.0.0.1", server.port)
+        alice.connect("127.0.0.1", proxy.port)
+        alice.pump(lambda: proxy.accepted or proxy.waiting)
         assert alice.phase is Phase.CONNECTING
+        started = time.monotonic()
         if how == "cancel":
             alice.click("connect.form.buttons.cancel")
             assert alice.view() == "connect"
@@ -390,6 +396,8 @@ def test_cancel_or_close_while_connecting_never_enters_the_room(
         else:
             alice.close_window()
             assert not alice.app.controller.busy
+        assert time.monotonic() - started < 1
+        proxy.release()  # what alice had sent so far reaches the server now
         assert bob.silent(0.5), "bob saw alice come and go"
     assert server.online() == []
 
