@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,9 @@ from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
 from tests.helpers import CHATSECURE, Terminal
+from tests.netns import Lab, lab
+
+__all__ = ["lab"]
 
 TIME = r"\[\d\d:\d\d:\d\d\]"
 
@@ -248,3 +255,28 @@ def test_input_line_that_is_not_utf8_is_sent_replaced_and_quit_still_works(
         assert alice.expect("msg")["text"] == "hi"
         assert alice.expect("msg")["text"] == "\ufffd caf\ufffd"
         assert alice.expect("leave")["reason"] == "quit"
+
+
+@pytest.mark.netns
+def test_scoped_ipv6_link_local_address_connects(lab: Lab, cert_dir: Path) -> None:
+    """``[fe80::...%eth0]:PORT``, as the README shows, between two namespaces of a test lab."""
+    srv, cli = lab.host("srv"), lab.host("cli")
+    lab.lan("10.77.16.0/24", srv, cli)  # each end of the link is eth0 in its namespace
+    server = srv.popen(
+        sys.executable, "-m", "chatsecure", "server", "--no-discovery", "--port", "7467",
+        "--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key"),
+    )  # fmt: skip
+    server.expect(r"fingerprint: ")
+    deadline = time.monotonic() + 5
+    while not (found := re.search(r"inet6 (fe80::[0-9a-f:]+)/64", srv.ip("-6", "addr").stdout)):
+        assert time.monotonic() < deadline, "no link-local address on the lab's link"
+        time.sleep(0.05)
+    target = f"[{found.group(1)}%eth0]:7467"
+    bob = cli.popen(
+        sys.executable, "-m", "chatsecure", "connect", target, "--nick", "bob", "--accept-new",
+        stdin=True,
+    )  # fmt: skip
+    bob.expect(r"^connected to 'chat on .*' as bob \(TLSv1\.[23], SHA256:")
+    bob.send("quit")
+    assert bob.wait() == 0, bob.err
+    assert "[fe80::" in KnownServers().path.read_text()  # pinned under its scoped address

@@ -85,6 +85,7 @@ def chatting(*peers: Peer) -> ChatModel:
         ("  chat.example.org ", "9000", ("chat.example.org", 9000)),
         ("10.0.0.5:7000", "", ("10.0.0.5", 7000)),  # a port in the host wins
         ("[fe80::1]:7001", "7467", ("fe80::1", 7001)),
+        ("[fe80::1%eth0]:7467", "", ("fe80::1%eth0", 7467)),  # link-local, with its interface
         ("fe80::1", "7467", ("fe80::1", 7467)),
         ("[::1]", "8000", ("::1", 8000)),
     ],
