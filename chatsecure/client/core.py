@@ -177,6 +177,23 @@ def safe_text(text: str) -> str:
     )
 
 
+SHORT_FINGERPRINT = 12
+"""Base64 characters of a fingerprint shown where space is short (status bar, server list)."""
+
+
+def short_fingerprint(fp: str) -> str:
+    """``SHA256:qd11Mv3IYZlm…``: enough to recognise, short enough for a status bar."""
+    prefix, sep, body = fp.partition(":")
+    if not sep:
+        return fp[:SHORT_FINGERPRINT] + "…"
+    return f"{prefix}:{body[:SHORT_FINGERPRINT]}…"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def clock(ts: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 

@@ -1,8 +1,9 @@
 """The desktop client's window: Tk widgets and their wiring, nothing more.
 
-What the window does lives in ``chatsecure.client.state`` (tested without a screen); this
-module lays out widgets and connects them to it. Tk is touched only from the thread that made
-the root: the network thread and discovery talk to it through queues polled with ``after``.
+What the window does lives in ``chatsecure.client`` (``form``, ``model``, ``controller`` ...;
+``chatsecure.client.state`` lists them), tested without a screen; this module lays out widgets
+and connects them to it. Tk is touched only from the thread that made the root: the network
+thread and discovery talk to it through queues polled with ``after``.
 
 Widgets have stable names, so tests and tools find them with ``root.nametowidget``:
 ``connect.servers.list``, ``connect.form.host|port|nick|password``, ``connect.form.host_error``
@@ -25,20 +26,13 @@ from tkinter import font as tkfont
 from tkinter import ttk
 from typing import TYPE_CHECKING
 
+from chatsecure.client.controller import Controller
 from chatsecure.client.core import parse_target
-from chatsecure.client.state import (
-    MAX_TRANSCRIPT_LINES,
-    Controller,
-    FormField,
-    GuiOptions,
-    Line,
-    PendingQuestion,
-    Phase,
-    ServerList,
-    ServerRow,
-    remembered_nick,
-    validate_form,
-)
+from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
+from chatsecure.client.model import Phase
+from chatsecure.client.servers import ServerList, ServerRow
+from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES, Line
+from chatsecure.client.trust_dialog import PendingQuestion
 from chatsecure.errors import ConfigError
 from chatsecure.protocol import limits
 from chatsecure.tls.trust import KnownServers

@@ -1,0 +1,149 @@
+"""The desktop client's controller: owns the model and the current ``ChatClient``."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatsecure.client.core import ChatClient, Connected, Disconnected
+from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick
+from chatsecure.client.model import ChatModel, Outgoing, Phase
+from chatsecure.client.transcript import Line, notice
+from chatsecure.client.trust_dialog import PendingQuestion, TrustBridge
+from chatsecure.errors import LocalProtocolError
+from chatsecure.tls.trust import KnownServers, TrustPolicy
+
+EVENTS_PER_TICK = 500
+"""Client events handled per poll of the Tk thread, so that a flood never freezes the window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What changed in one poll: transcript lines to add, whether views must be refreshed."""
+
+    lines: list[Line]
+    changed: bool
+
+
+class Controller:
+    """Owns the model and the current ``ChatClient``; every method runs on the UI thread."""
+
+    def __init__(
+        self,
+        options: GuiOptions,
+        store: KnownServers | None = None,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.store = store or KnownServers()
+        self.model = ChatModel()
+        self.client: ChatClient | None = None
+        self.bridge: TrustBridge | None = None
+        self._retired: list[tuple[ChatClient, TrustBridge]] = []
+        self._now = now
+
+    def connect(self, request: ConnectRequest) -> None:
+        """Start connecting; a client still running is retired first."""
+        self._retire()
+        bridge = TrustBridge()
+        policy = TrustPolicy(
+            self.store,
+            ask=bridge.ask,
+            accept_new=self.options.accept_new,
+            fingerprint=self.options.fingerprint,
+        )
+        client = ChatClient(
+            request.target(self.options),
+            request.nick,
+            policy,
+            password=request.password,
+            reconnect=self.options.reconnect,
+        )
+        self.model.connecting(request)
+        self.client, self.bridge = client, bridge
+        client.start()
+
+    def cancel(self) -> None:
+        """Stop a connection attempt."""
+        if self.model.phase is Phase.CONNECTING:
+            self._retire()
+            self.model.cancelled()
+
+    def leave(self) -> None:
+        """Quit the server (if still connected) and go back to the connect view."""
+        self._retire()
+        self.model.left()
+
+    def submit(self, text: str) -> Outgoing:
+        """The user pressed Enter in the message box."""
+        now = self._now()
+        out = self.model.outgoing(text, now)
+        if out.quit:
+            self.leave()
+        elif out.send is not None and self.client is not None:
+            try:
+                self.client.send(out.send)
+            except LocalProtocolError as exc:  # too long for a frame, or not valid text
+                said = exc.message[:1].upper() + exc.message[1:]
+                return Outgoing(line=notice("error", f"{said}.", now))
+        return out
+
+    def next_question(self) -> PendingQuestion | None:
+        return self.bridge.next() if self.bridge is not None else None
+
+    def answer(self, pending: PendingQuestion, yes: bool) -> None:
+        """The user answered a trust dialog."""
+        if not yes:
+            self.model.declined = pending.question
+        pending.answer(yes)
+
+    def poll(self, limit: int = EVENTS_PER_TICK) -> Update:
+        """Apply the events the client queued since the last poll."""
+        lines: list[Line] = []
+        changed = False
+        self._reap()
+        client = self.client
+        if client is None:
+            return Update(lines, changed)
+        ended = False
+        for _ in range(limit):
+            try:
+                event = client.events.get_nowait()
+            except queue.Empty:
+                break
+            changed = True
+            lines += self.model.apply(event, self._now())
+            if isinstance(event, Connected) and self.model.request is not None:
+                remember_nick(self.model.request.nick)
+            # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
+            ended = ended or isinstance(event, Disconnected)
+        if ended:
+            self._retire()
+        return Update(lines, changed)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Quit and wait (up to ``timeout`` seconds in all) for every network thread."""
+        self._retire()
+        deadline = time.monotonic() + timeout
+        for client, _ in self._retired:
+            client.close(max(0.0, deadline - time.monotonic()))
+        self._reap()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any network thread is still running."""
+        self._reap()
+        return self.client is not None or bool(self._retired)
+
+    def _retire(self) -> None:
+        if self.client is not None and self.bridge is not None:
+            self.bridge.close()
+            self.client.quit()
+            self._retired.append((self.client, self.bridge))
+        self.client, self.bridge = None, None
+
+    def _reap(self) -> None:
+        self._retired = [(c, b) for c, b in self._retired if c.alive]

@@ -1,0 +1,283 @@
+"""The desktop client's state machine: fed client events and what the user does, it says what
+to show (which view, notices, banners, the status bar)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+from chatsecure.client.core import (
+    MAX_RETRIES,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    NotSent,
+    Received,
+    Reconnecting,
+    clock,
+    describe,
+    host_port,
+    is_quit,
+    safe_text,
+    short_fingerprint,
+)
+from chatsecure.client.form import ConnectRequest, FormField
+from chatsecure.client.transcript import LEAVE_REASONS, Line, Roster, chat_line, notice
+from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
+from chatsecure.tls.trust import TrustQuestion
+
+
+class Phase(enum.Enum):
+    """Which view is shown and what it allows.
+
+    ``CONNECT`` and ``CONNECTING`` show the connect view; ``CHAT``, ``RECONNECTING`` and
+    ``ENDED`` (the connection is gone, the transcript stays readable) show the chat view.
+    """
+
+    CONNECT = "connect"
+    CONNECTING = "connecting"
+    CHAT = "chat"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+
+    @property
+    def view(self) -> Literal["connect", "chat"]:
+        return "connect" if self in {Phase.CONNECT, Phase.CONNECTING} else "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message on the connect view: why the last attempt failed, or what is happening."""
+
+    kind: Literal["info", "error"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What to do with the text typed in the message box."""
+
+    send: str | None = None
+    quit: bool = False
+    line: Line | None = None
+    clear: bool = False
+    """Whether the message box should be emptied."""
+
+
+class ChatModel:
+    """The desktop client's state: fed client events, it says what to show."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.CONNECT
+        self.roster = Roster()
+        self.request: ConnectRequest | None = None
+        self.connection: Connected | None = None
+        self.notice: Notice | None = None
+        self.form_errors: dict[FormField, str] = {}
+        """What is wrong with each field of the connect form: from checking it, or the server."""
+        self.banner: str | None = None
+        """The chat view's warning while reconnecting or after the connection ended."""
+        self.declined: TrustQuestion | None = None
+
+    # -- what the user did ---------------------------------------------------------------
+
+    def invalid(self, errors: dict[FormField, str]) -> None:
+        """The connect form did not pass its check: show why, next to each field."""
+        self.form_errors = dict(errors)
+
+    def connecting(self, request: ConnectRequest) -> None:
+        self.form_errors = {}
+        self.phase = Phase.CONNECTING
+        self.request = request
+        self.connection = None
+        self.declined = None
+        self.banner = None
+        self.roster.reset(None)
+        where = host_port(request.host, request.port)
+        self.notice = Notice("info", f"Connecting to {where}…")
+
+    def cancelled(self) -> None:
+        """The user gave up waiting for the connection."""
+        self.phase = Phase.CONNECT
+        self.notice = Notice("info", "Connection cancelled.")
+
+    def left(self) -> None:
+        """The user quit (or went back after the connection ended)."""
+        if self.phase in {Phase.CHAT, Phase.RECONNECTING} and self.connection is not None:
+            self.notice = Notice("info", f"You left '{self.server_name}'.")
+        self.phase = Phase.CONNECT
+        self.banner = None
+        self.roster.reset(None)
+
+    def outgoing(self, text: str, ts: float | None = None) -> Outgoing:
+        """Decide what typing ``text`` and pressing Enter does."""
+        if is_quit(text):
+            return Outgoing(quit=True, clear=True)
+        if not text.strip():
+            return Outgoing(clear=True)
+        if self.phase is not Phase.CHAT or self.roster.me is None:
+            return Outgoing(line=notice("error", "Not connected: the message was not sent.", ts))
+        # How long a text may be is the server's to say (text_too_long); the core refuses
+        # what cannot be sent at all (Controller.submit).
+        return Outgoing(send=text, line=chat_line(self.roster.me, text, ts, own=True), clear=True)
+
+    # -- what the network said -----------------------------------------------------------
+
+    def apply(self, event: ClientEvent, ts: float | None = None) -> list[Line]:
+        """Take one client event; return the transcript lines it adds."""
+        match event:
+            case Connected():
+                return self._connected(event, ts)
+            case Received(message=message):
+                return self._received(message, ts)
+            case Reconnecting(attempt=attempt, delay=delay, reason=reason):
+                self.phase = Phase.RECONNECTING
+                self.banner = (
+                    f"Connection lost ({reason}). Reconnecting in {delay:.0f} s "
+                    f"(attempt {attempt} of {MAX_RETRIES})…"
+                )
+                return [notice("error", self.banner, ts)]
+            case Disconnected(reason=reason, error=error, code=code):
+                return self._disconnected(reason, error, code, ts)
+            case NotSent(text=text):
+                return [
+                    notice("error", f"Not sent, the connection was lost: {safe_text(text)}", ts)
+                ]
+        return []
+
+    def _connected(self, event: Connected, ts: float | None) -> list[Line]:
+        again = self.phase is Phase.RECONNECTING
+        self.phase = Phase.CHAT
+        self.connection = event
+        self.banner = None
+        self.notice = None
+        welcome = event.welcome
+        self.roster.reset(welcome.you, welcome.peers)
+        verb = "Reconnected to" if again else "Connected to"
+        lines = [
+            notice(
+                "info",
+                f"{verb} '{self.server_name}' at {self.where} as {safe_text(welcome.you.nick)} "
+                f"({event.tls_version}).",
+                ts,
+            )
+        ]
+        if self.request is not None and welcome.you.nick != self.request.nick:
+            lines.append(
+                notice(
+                    "info",
+                    f"The nick '{safe_text(self.request.nick)}' was taken; "
+                    f"you are '{safe_text(welcome.you.nick)}'.",
+                    ts,
+                )
+            )
+        others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
+        here = ", ".join(describe(p) for p in others)
+        lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
+        return lines
+
+    def _received(self, message: object, ts: float | None) -> list[Line]:
+        match message:
+            case Chat(sender=sender, text=text, ts=sent):
+                own = self.roster.me is not None and sender.id == self.roster.me.id
+                return [chat_line(sender, text, sent, own=own)]
+            case Join(peer=peer):
+                self.roster.join(peer)
+                return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]
+            case Leave(peer=peer, reason=reason):
+                self.roster.leave(peer)
+                said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
+                return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
+            case Error(code=code, message=text):
+                refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
+                return [notice("error", refused, ts)]
+            case Shutdown():
+                return [notice("error", "The server is shutting down.", ts)]
+        return []
+
+    def _disconnected(
+        self, reason: str, error: bool, code: str | None, ts: float | None
+    ) -> list[Line]:
+        if self.phase is Phase.CONNECTING:
+            self.phase = Phase.CONNECT
+            if code == ErrorCode.AUTH_FAILED:
+                self._password_refused()
+            else:
+                self.notice = Notice("error", self._failure(reason))
+            return []
+        if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
+            self.phase = Phase.ENDED
+            self.banner = f"Disconnected: {reason}."
+            self.roster.reset(self.roster.me)
+            return [notice("error" if error else "info", self.banner, ts)]
+        return []
+
+    def _password_refused(self) -> None:
+        where = self.where
+        if self.request is not None and self.request.password is not None:
+            self.form_errors = {"password": "Wrong password: check it and try again."}
+            text = f"Not connected: {where} did not accept the password."
+        else:
+            self.form_errors = {"password": "This room needs a password."}
+            text = f"Not connected: {where} asks for a room password. Type it and connect again."
+        self.notice = Notice("error", text)
+
+    def _failure(self, reason: str) -> str:
+        where = self.where
+        declined = self.declined
+        if declined is not None and declined.changed:
+            return (
+                f"Not connected: the certificate of {where} has changed and you kept the "
+                "old pin. Ask the server's owner whether they made a new certificate."
+            )
+        if declined is not None:
+            return f"Not connected: you did not trust {where}."
+        return f"Could not connect to {where}: {reason}"
+
+    # -- what to show --------------------------------------------------------------------
+
+    @property
+    def server_name(self) -> str:
+        """The name the server gave itself, made safe to show; else its address."""
+        conn = self.connection
+        name = conn.welcome.server.name if conn is not None else ""
+        return safe_text(name) if name else self.where
+
+    @property
+    def where(self) -> str:
+        if self.request is None:
+            return "?"
+        return host_port(self.request.host, self.request.port)
+
+    def status(self) -> str:
+        """The status bar: server, nick, TLS version and a short fingerprint."""
+        match self.phase:
+            case Phase.CONNECT:
+                return "Not connected"
+            case Phase.CONNECTING:
+                return f"Connecting to {self.where}…"
+        conn = self.connection
+        if conn is None:  # pragma: no cover - chat phases always have a connection
+            return self.where
+        me = self.roster.me or conn.welcome.you
+        parts = [
+            f"{self.server_name} at {self.where}",
+            f"you are {safe_text(me.nick)}",
+            conn.tls_version,
+            short_fingerprint(conn.fingerprint),
+        ]
+        if self.phase is Phase.RECONNECTING:
+            parts.insert(0, "Reconnecting…")
+        elif self.phase is Phase.ENDED:
+            parts.insert(0, "Disconnected")
+        else:
+            parts.append(f"{len(self.roster)} here")
+        return " · ".join(parts)
+
+    def title(self) -> str:
+        conn = self.connection
+        if self.phase.view == "chat" and conn is not None:
+            return f"{safe_text(conn.welcome.you.nick)} @ {self.server_name} — chatsecure"
+        return "chatsecure"

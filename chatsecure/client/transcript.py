@@ -1,0 +1,110 @@
+"""What the chat view shows: transcript lines, with a style for each part, and who is here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from chatsecure.client.core import clock, describe, safe_text
+from chatsecure.protocol.messages import Peer
+
+MAX_TRANSCRIPT_LINES = 5000
+"""Lines the transcript keeps; older ones are dropped from the top."""
+
+LineKind = Literal["chat", "own", "join", "leave", "error", "info"]
+
+LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS); others shown raw
+    "quit": "left",
+    "closed": "left (connection closed)",
+    "timeout": "left (timed out)",
+    "error": "left (connection broken)",
+    "slow_consumer": "was dropped (too far behind reading)",
+    "flooding": "was dropped for flooding",
+    "frame_too_long": "was dropped (sent an over-long frame)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One transcript line. ``segments`` says how to style each part."""
+
+    kind: LineKind
+    stamp: str
+    text: str
+    nick: str | None = None
+    addr: str | None = None
+
+    def segments(self) -> tuple[tuple[str, str], ...]:
+        """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""
+        parts: list[tuple[str, str]] = [(f"[{self.stamp}] ", "time")]
+        if self.nick is None:
+            parts.append((self.text, "body"))
+            return tuple(parts)
+        who = [(safe_text(self.nick), "nick"), (f" ({safe_text(self.addr or '')})", "addr")]
+        if self.kind in {"chat", "own"}:
+            parts += [*who, (": ", "body"), (safe_text(self.text), "body")]
+        else:
+            arrow = "→ " if self.kind == "join" else "← "
+            parts += [(arrow, "body"), *who, (f" {self.text}", "body")]
+        return tuple(parts)
+
+    def __str__(self) -> str:
+        return "".join(text for text, _ in self.segments())
+
+
+def chat_line(peer: Peer, text: str, ts: float | None = None, *, own: bool = False) -> Line:
+    return Line("own" if own else "chat", clock(ts), text, peer.nick, peer.addr)
+
+
+def notice(kind: Literal["info", "error"], text: str, ts: float | None = None) -> Line:
+    return Line(kind, clock(ts), text)
+
+
+# --- who is here ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RosterRow:
+    peer_id: str
+    text: str
+    me: bool
+
+
+class Roster:
+    """The people in the room, as the welcome, joins and leaves say."""
+
+    def __init__(self) -> None:
+        self.me: Peer | None = None
+        self._peers: dict[str, Peer] = {}
+
+    def reset(self, me: Peer | None, peers: Iterable[Peer] = ()) -> None:
+        self.me = me
+        self._peers = {p.id: p for p in peers}
+        if me is not None:
+            self._peers[me.id] = me
+
+    def join(self, peer: Peer) -> None:
+        self._peers[peer.id] = peer
+
+    def leave(self, peer: Peer) -> None:
+        self._peers.pop(peer.id, None)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def rows(self) -> list[RosterRow]:
+        """You first, then everyone else by nick."""
+        me_id = self.me.id if self.me is not None else None
+
+        def order(p: Peer) -> tuple[bool, str, str]:
+            return (p.id != me_id, p.nick.casefold(), p.id)
+
+        return [
+            RosterRow(
+                p.id,
+                describe(p) + ("  — you" if p.id == me_id else ""),
+                p.id == me_id,
+            )
+            for p in sorted(self._peers.values(), key=order)
+        ]
