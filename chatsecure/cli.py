@@ -202,7 +202,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     def ready(server: ChatServer) -> None:
         for host, port in server.addresses:
-            where = "every interface (IPv4 and IPv6)" if host in {"::", "0.0.0.0"} else host  # noqa: S104
+            where = "every interface, IPv4 and IPv6" if host in {"::", "0.0.0.0"} else host  # noqa: S104
             print(
                 f"chatsecure server {server.config.name!r} listening on "
                 f"{format_address(host, port)} ({where})",
