@@ -45,6 +45,7 @@ from chatsecure.protocol.messages import (
     Welcome,
     encode,
     parse_server,
+    utf8_encodable,
 )
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
@@ -225,19 +226,12 @@ def is_quit(text: str) -> bool:
 
 
 def require_sendable(text: str, what: str) -> str:
-    """``text`` if UTF-8 can carry it; else ``LocalProtocolError`` naming ``what``.
-
-    A byte that is not UTF-8 in the command line or a piped input becomes a lone surrogate
-    (``\\udcff``) in Python; it would fail only later, deep in ``encode``.
-    """
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            raise LocalProtocolError(
-                ErrorCode.BAD_MESSAGE,
-                f"{what} holds a character that is not valid text (a byte that is not UTF-8?)",
-            ) from None
+    """``text`` if UTF-8 can carry it; else ``LocalProtocolError`` naming ``what``."""
+    if not utf8_encodable(text):
+        raise LocalProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"{what} holds a character that is not valid text (a byte that is not UTF-8?)",
+        )
     return text
 
 

@@ -357,19 +357,25 @@ def _require_str(obj: dict[str, Any], key: str) -> str:
     return _encodable(value, key)
 
 
-def _encodable(value: str, key: str) -> str:
-    """``value`` if UTF-8 can carry it, else ``bad_message``.
+def utf8_encodable(text: str) -> bool:
+    """Whether UTF-8 can carry ``text``: False when it holds a lone surrogate.
 
-    A JSON escape such as ``\\ud800`` makes a lone surrogate: it would pass every check here
-    and fail only later, when the server encodes the frame for the others.
+    A JSON escape such as ``\\ud800``, or a byte that is not UTF-8 in a command line or piped
+    input, makes one; it passes every other check and fails only later, deep in ``encode``.
     """
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise RemoteProtocolError(
-                ErrorCode.BAD_MESSAGE, f"'{key}' holds a lone surrogate"
-            ) from None
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encodable(value: str, key: str) -> str:
+    """``value`` if UTF-8 can carry it, else ``bad_message``."""
+    if not utf8_encodable(value):
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' holds a lone surrogate")
     return value
 
 
