@@ -379,6 +379,24 @@ class Session(asyncio.BufferedProtocol):
                 self._transport.write(chunk)
         pending.clear()
 
+    def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Session]) -> None:
+        """The loop iteration is over: write everything it queued for this client.
+
+        ``shared`` is the iteration's broadcast log, split into write pieces: the same bytes
+        for every client that has nothing else queued. A client with frames of its own (a
+        welcome, a pong, an error), or whose own lines are in the log, gets its own blob.
+        """
+        if self._pending or self._log_pos or self in senders:
+            self.flush()
+        elif self._transport is not None:
+            for chunk in shared:
+                self._transport.write(chunk)
+        self._log_pos = 0
+
+    def skip_log(self) -> None:
+        """Take none of the broadcasts queued so far in this iteration (its welcome has them)."""
+        self._log_pos = len(self.server.log)
+
     def _take_log(self) -> None:
         """Move this iteration's broadcasts since ``_log_pos`` (not its own) into ``_pending``."""
         server = self.server
@@ -693,7 +711,7 @@ class ChatServer:
         peers = self._peers_json.values()
         session.send(encode_welcome(session.peer_json, peers, self._info))
         self.broadcast(encode(Join(session.peer)))
-        session._log_pos = len(self.log)  # what was broadcast before is in its welcome
+        session.skip_log()
         self.sessions[session.id] = session
         self._peers_json[session.id] = session.peer_json
         self._nicks.add(nick.casefold())
@@ -774,18 +792,13 @@ class ChatServer:
                 # Nothing in here changes the registry (a write that fails closes its
                 # connection later, from the loop), so no copy of it per iteration.
                 for session in self.sessions.values():
-                    if session._pending or session._log_pos or session in senders:
-                        session.flush()  # private frames or its own messages: its own blob
-                        session._log_pos = 0
-                    elif (transport := session._transport) is not None:
-                        for chunk in chunks:  # the same bytes for everyone
-                            transport.write(chunk)
+                    session.end_iteration(chunks, senders)
             finally:
                 self.log, self.log_skip, self._log_senders = [], [], set()
         dirty, self._dirty = self._dirty, []
+        no_senders: set[Session] = set()
         for session in dirty:
-            session.flush()
-            session._log_pos = 0
+            session.end_iteration([], no_senders)
 
 
 def split(data: bytes, size: int) -> list[bytes] | list[memoryview]:
