@@ -24,7 +24,7 @@ import tkinter as tk
 from collections.abc import Callable
 from tkinter import font as tkfont
 from tkinter import ttk
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatsecure.client.controller import Controller
 from chatsecure.client.core import parse_target
@@ -210,12 +210,7 @@ class App:
             state="disabled",
             height=10,
             width=60,
-            font=self.fonts["body"],
-            background=PALETTE["panel"],
-            foreground=PALETTE["text"],
-            relief="flat",
-            borderwidth=0,
-            highlightthickness=0,
+            **self._flat_panel(),
             padx=10,
             pady=8,
             spacing1=2,
@@ -235,12 +230,7 @@ class App:
         self.users = tk.Listbox(
             side,
             name="users",
-            font=self.fonts["body"],
-            background=PALETTE["panel"],
-            foreground=PALETTE["text"],
-            relief="flat",
-            borderwidth=0,
-            highlightthickness=0,
+            **self._flat_panel(),
             activestyle="none",
             selectbackground=PALETTE["own_bg"],
             selectforeground=PALETTE["text"],
@@ -250,6 +240,17 @@ class App:
         body.add(side, weight=1)
 
         return view
+
+    def _flat_panel(self) -> dict[str, Any]:
+        """Options that make a classic Tk widget look like the ttk panel it sits on."""
+        return {
+            "font": self.fonts["body"],
+            "background": PALETTE["panel"],
+            "foreground": PALETTE["text"],
+            "relief": "flat",
+            "borderwidth": 0,
+            "highlightthickness": 0,
+        }
 
     def _tag_transcript(self) -> None:
         text = self.transcript
