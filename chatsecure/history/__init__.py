@@ -1,0 +1,27 @@
+"""The room's durable, ordered log of chat lines (see ``log.py`` for the interface)."""
+
+from __future__ import annotations
+
+from chatsecure.history.log import (
+    DEFAULT_DB,
+    Appended,
+    Draft,
+    HistoryError,
+    Opened,
+    Record,
+    RoomLog,
+)
+from chatsecure.history.memory import MemoryLog
+from chatsecure.history.sqlite import SqliteLog
+
+__all__ = [
+    "DEFAULT_DB",
+    "Appended",
+    "Draft",
+    "HistoryError",
+    "MemoryLog",
+    "Opened",
+    "Record",
+    "RoomLog",
+    "SqliteLog",
+]

@@ -1,0 +1,132 @@
+"""The room log's interface: the values it stores and the protocol every implementation follows.
+
+The server gives every chat line it accepts a ``seq``: an integer that grows by exactly one per
+stored line, with no gaps and no reuse, not even across a crash and restart. Clients use it to ask
+for what they missed (``since``) and to page back (``before``); a ``(client, ref)`` pair lets a
+client resend a line after a reconnect without it being stored twice.
+
+Implementations: ``MemoryLog`` (tests, and a server without a database) and ``SqliteLog``
+(durable). A new backend copies their semantics; ``tests/history`` runs the same tests on each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from chatsecure.errors import ConfigError
+from chatsecure.protocol.messages import Peer
+
+DEFAULT_DB = Path("certs") / "history.sqlite3"
+"""Where the server keeps its history unless told otherwise: beside its certificate."""
+
+
+class HistoryError(ConfigError):
+    """The history database cannot be used; the message names the file and says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A line the server accepted and has not stored yet.
+
+    ``sender`` is the peer as it was when it spoke (a later nick change does not rewrite history).
+    ``client`` and ``ref`` identify the line for deduplication; either being ``None`` (a v1 client,
+    or a client that does not care) means the line is never a duplicate.
+    """
+
+    sender: Peer
+    text: str
+    ts: float
+    client: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored line."""
+
+    seq: int
+    sender: Peer
+    text: str
+    ts: float
+    client: str | None
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What became of one draft.
+
+    ``duplicate`` is True when its ``(client, ref)`` was already stored: then ``record`` is the
+    original line (its seq, ts and text), and nothing new was stored.
+    """
+
+    record: Record
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The state of a log just opened, for the server to carry on from."""
+
+    last_seq: int
+    """Newest seq ever assigned, 0 for a new log. The next stored line gets ``last_seq + 1``."""
+    tail: list[Record]
+    """The newest records (as many as ``open`` asked for), ascending seq."""
+    max_peer_id: int
+    """Highest numeric ``sender.id`` ever stored, so a restarted server does not reuse ids."""
+
+
+class RoomLog(Protocol):
+    """An ordered, deduplicating log of a room's lines, keeping the newest ``keep``.
+
+    Every method runs on the event loop and never blocks it. Only the newest ``keep`` records
+    are visible (to reads and to deduplication), however lazily an implementation frees the
+    older ones; ``last_seq`` and ``max_peer_id`` remember everything ever stored.
+    """
+
+    async def open(self, tail: int) -> Opened:
+        """Open (or create) the log and return its state with the newest ``tail`` records."""
+        ...
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        """Store ``drafts`` in one transaction; one result per draft, in order.
+
+        Non-duplicate drafts get consecutive seqs in order. Durable when it returns. A
+        ``(client, ref)`` repeated inside the batch is a duplicate of its first occurrence.
+        """
+        ...
+
+    async def before(self, seq: int | None, limit: int) -> list[Record]:
+        """Up to ``limit`` records just below ``seq`` (``None``: the newest), ascending seq."""
+        ...
+
+    async def since(self, seq: int, limit: int) -> tuple[list[Record], int]:
+        """The newest ``limit`` records after ``seq``, ascending, and how many were left out.
+
+        The count ("skipped") covers records still kept that ``limit`` cut; records already
+        trimmed away are not counted (the gap in seqs shows them).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the storage; the log cannot be used after this."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """Newest seq ever assigned and committed, 0 for a new log."""
+        ...
+
+
+def peer_number(peer_id: str) -> int:
+    """``peer_id`` as an integer when it is one (the server's ids are), else 0."""
+    return int(peer_id) if peer_id.isascii() and peer_id.isdigit() else 0
+
+
+def check_limit(name: str, value: int) -> None:
+    """Refuse a negative count: a caller bug, not bad input from a peer."""
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")

@@ -1,0 +1,382 @@
+"""``SqliteLog``: the room log in an SQLite file, durable across crashes and restarts.
+
+Why these choices:
+- WAL journal: a commit is one append to the -wal file, readers (``chatsecure history``) never
+  block the writer, and ``synchronous=NORMAL`` keeps every committed line through a crash of the
+  process (``FULL`` also through a power cut, for an fsync per commit).
+- One worker thread owns the connection and does all SQLite work, so the event loop never blocks
+  on disk and the connection is only ever used by the thread that made it.
+- ``meta`` keeps the last seq ever assigned, so a seq is never reused, even once every line
+  was trimmed away; it is read inside each write transaction, so the worker keeps no state that
+  could go stale.
+- ``application_id`` marks the file as ours and ``user_version`` is the schema version: a
+  foreign, damaged or newer file is refused with a message, never silently started afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from chatsecure.history.log import (
+    Appended,
+    Draft,
+    HistoryError,
+    Opened,
+    Record,
+    check_limit,
+    peer_number,
+)
+from chatsecure.protocol.messages import Peer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+APPLICATION_ID = 0x43534854
+"""``PRAGMA application_id`` of a chatsecure history ("CSHT"): tells our file from others'."""
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` this code writes; it reads any version up to this one."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    0: (
+        "CREATE TABLE lines(seq INTEGER PRIMARY KEY, ts REAL NOT NULL, peer_id TEXT NOT NULL,"
+        " nick TEXT NOT NULL, addr TEXT NOT NULL, text TEXT NOT NULL, client TEXT, ref TEXT)",
+        # NULLs are distinct in a UNIQUE index: lines without (client, ref) never collide.
+        "CREATE UNIQUE INDEX lines_client_ref ON lines(client, ref)",
+        "CREATE TABLE meta(one INTEGER PRIMARY KEY CHECK (one = 1),"
+        " last_seq INTEGER NOT NULL, max_peer_id INTEGER NOT NULL)",
+        "INSERT INTO meta VALUES (1, 0, 0)",
+        f"PRAGMA application_id = {APPLICATION_ID}",
+    ),
+}
+"""Statements that take the schema from version N to N + 1, run in one transaction."""
+
+_INSERT = (
+    "INSERT INTO lines(seq, ts, peer_id, nick, addr, text, client, ref) VALUES (?,?,?,?,?,?,?,?)"
+)
+_SELECT_REF = (
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines WHERE client = ? AND ref = ?"
+)
+_SELECT_BEFORE = (
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines"
+    " WHERE seq < ? AND seq > (SELECT last_seq FROM meta) - ? ORDER BY seq DESC LIMIT ?"
+)
+_SELECT_AFTER = (
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines"
+    " WHERE seq > ? ORDER BY seq DESC LIMIT ?"
+)
+_NEWEST = 2**63 - 1
+"""The largest SQLite integer: ``before(None, ...)`` is ``before(_NEWEST, ...)``."""
+_Row = tuple[int, float, str, str, str, str, str | None, str | None]
+
+
+class SqliteLog:
+    """The room log in the SQLite file ``path``, keeping the newest ``keep`` lines.
+
+    Lines older than the newest ``keep`` are invisible at once and deleted a little later (when
+    about 10% too many are stored), so trimming costs a small batch delete now and then rather
+    than one per append. Deduplication only looks at the newest ``keep`` lines: a line resent
+    after its original was trimmed is stored again, as a new line (the original's ``ref`` is
+    cleared so the UNIQUE index allows it).
+
+    ``max_pages`` caps the file's size in pages (``PRAGMA max_page_count``); tests use it to
+    fill the "disk" without a tiny filesystem.
+
+    An ``append`` whose caller is cancelled still commits on the worker thread; ``last_seq``
+    shows it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        keep: int,
+        durability: Literal["normal", "full"] = "normal",
+        *,
+        max_pages: int | None = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, not {keep} (keep 0 means no log at all)")
+        self._path = path
+        self._keep = keep
+        self._durability = durability
+        self._max_pages = max_pages
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="chatsecure-history")
+        self._last_seq = 0  # written by the worker after each commit
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    async def open(self, tail: int) -> Opened:
+        """Create or open the file, migrate it, check that it is writable; the newest ``tail``."""
+        check_limit("tail", tail)
+        if self._conn is not None or self._closed:
+            raise RuntimeError("SqliteLog.open() may be called once")
+        try:
+            return await self._run(self._open, tail)
+        except BaseException:
+            await self.close()  # an unusable log keeps no thread behind it
+            raise
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        return await self._run(self._append, list(drafts))
+
+    async def before(self, seq: int | None, limit: int) -> list[Record]:
+        check_limit("limit", limit)
+        return await self._run(self._before, seq, limit)
+
+    async def since(self, seq: int, limit: int) -> tuple[list[Record], int]:
+        check_limit("limit", limit)
+        return await self._run(self._since, seq, limit)
+
+    async def close(self) -> None:
+        """Close the connection, then end the worker (already idle, so the join is immediate)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise RuntimeError("the history log is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # Everything below runs on the worker thread.
+
+    def _open(self, tail: int) -> Opened:
+        _create_private(self._path)
+        with mapped_errors(self._path):
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=5.0)
+        try:
+            with mapped_errors(self._path):
+                self._prepare(conn)
+                last_seq, max_peer_id = _meta(conn)
+                self._trim(conn, last_seq)
+                self._conn = conn
+                self._last_seq = last_seq
+                return Opened(last_seq, self._before(None, tail), max_peer_id)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Refuse a foreign or newer file, then WAL, durability, migrations and a write probe."""
+        check_schema(conn, self._path)  # before anything writes to a file that may not be ours
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise HistoryError(
+                f"{self._path}: SQLite cannot use a write-ahead log here (journal mode {mode}); "
+                "give --db a path on a local disk"
+            )
+        sync = "FULL" if self._durability == "full" else "NORMAL"
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        if self._max_pages is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(self._max_pages)}")
+        migrate(conn, self._path)
+        # A read-only file opens fine and fails at the first write: find out now, not at the
+        # first chat line.
+        with _transaction(conn):
+            conn.execute("UPDATE meta SET last_seq = last_seq")
+            conn.execute("ROLLBACK")
+
+    def _append(self, drafts: list[Draft]) -> list[Appended]:
+        conn = self._require_conn()
+        with mapped_errors(self._path), _transaction(conn):
+            last_seq, max_peer_id = _meta(conn)
+            results: list[Appended] = []
+            for draft in drafts:
+                original = self._original(conn, draft, last_seq)
+                if original is not None:
+                    results.append(Appended(original, duplicate=True))
+                    continue
+                last_seq += 1
+                record = Record(
+                    last_seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref
+                )
+                conn.execute(_INSERT, _row(record))
+                max_peer_id = max(max_peer_id, peer_number(draft.sender.id))
+                results.append(Appended(record, duplicate=False))
+            conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
+            self._trim(conn, last_seq)
+            conn.execute("COMMIT")
+        self._last_seq = last_seq
+        return results
+
+    def _original(self, conn: sqlite3.Connection, draft: Draft, last_seq: int) -> Record | None:
+        """The kept line with ``draft``'s (client, ref), if any; forget an older one's ref."""
+        if draft.client is None or draft.ref is None:
+            return None
+        row = conn.execute(_SELECT_REF, (draft.client, draft.ref)).fetchone()
+        if row is None:
+            return None
+        if row[0] > last_seq - self._keep:
+            return _record(row)
+        conn.execute("UPDATE lines SET ref = NULL WHERE seq = ?", (row[0],))
+        return None
+
+    def _trim(self, conn: sqlite3.Connection, last_seq: int) -> None:
+        """Delete lines older than the newest ``keep`` once about 10% too many are stored."""
+        oldest = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
+        if oldest is not None and last_seq - oldest + 1 > self._keep + max(1, self._keep // 10):
+            conn.execute("DELETE FROM lines WHERE seq <= ?", (last_seq - self._keep,))
+
+    def _before(self, seq: int | None, limit: int) -> list[Record]:
+        conn = self._require_conn()
+        with mapped_errors(self._path):
+            rows = conn.execute(
+                _SELECT_BEFORE,
+                (_NEWEST if seq is None else seq, self._keep, limit),
+            ).fetchall()
+        return [_record(row) for row in reversed(rows)]
+
+    def _since(self, seq: int, limit: int) -> tuple[list[Record], int]:
+        conn = self._require_conn()
+        with mapped_errors(self._path), _transaction(conn, "BEGIN"):
+            last_seq, _ = _meta(conn)
+            floor = max(seq, last_seq - self._keep)
+            available = conn.execute("SELECT count(*) FROM lines WHERE seq > ?", (floor,))
+            count: int = available.fetchone()[0]
+            rows = conn.execute(
+                _SELECT_AFTER,
+                (floor, limit),
+            ).fetchall()
+            conn.execute("COMMIT")
+        return [_record(row) for row in reversed(rows)], count - len(rows)
+
+    def _require_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteLog.open() must come first")
+        return self._conn
+
+
+def check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; ``HistoryError`` if it is another program's or newer."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id != APPLICATION_ID and (app_id or version or tables):
+        raise HistoryError(
+            f"{path} is a database of another program, not a chatsecure history; "
+            "move it away or give --db another path"
+        )
+    if version > SCHEMA_VERSION:
+        raise HistoryError(
+            f"{path} was written by a newer chatsecure (schema {version}, this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade chatsecure or give --db another path"
+        )
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema up to ``SCHEMA_VERSION``, one version per step, in one transaction."""
+    with _transaction(conn):
+        version = check_schema(conn, path)  # again, now that we hold the write lock
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+            log.info("history: %s migrated to schema %d", path, step + 1)
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def mapped_errors(path: Path) -> Iterator[None]:
+    """Turn ``sqlite3`` and ``OSError`` exceptions into a ``HistoryError`` naming ``path``."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise history_error(path, exc) from exc
+
+
+def history_error(path: Path, exc: sqlite3.Error | OSError) -> HistoryError:
+    """One sentence saying what is wrong with ``path`` and what to do about it."""
+    name = getattr(exc, "sqlite_errorname", "")
+    other = "or give --db another path"
+    if name == "SQLITE_NOTADB":
+        return HistoryError(
+            f"{path} is not a chatsecure history database ({exc}); move it away {other}"
+        )
+    if name.startswith("SQLITE_CORRUPT"):
+        return HistoryError(f"{path} is damaged ({exc}); move it away {other}")
+    if name.startswith("SQLITE_READONLY") or isinstance(exc, PermissionError):
+        return HistoryError(
+            f"{path} is read-only ({exc}); make the file and its folder writable, {other}"
+        )
+    if name == "SQLITE_FULL":
+        return HistoryError(f"{path} is full ({exc}); free some disk space {other}")
+    if name.startswith("SQLITE_BUSY"):
+        return HistoryError(f"{path} is locked by another program ({exc}); stop it {other}")
+    if name.startswith("SQLITE_CANTOPEN"):
+        return HistoryError(
+            f"cannot open {path} ({exc}); check that it and its folder exist and are "
+            f"readable and writable, {other}"
+        )
+    return HistoryError(f"{path}: {exc}")
+
+
+def _create_private(path: Path) -> None:
+    """Make the file (and its folder) readable by its owner only, before SQLite opens it.
+
+    SQLite gives the -wal and -shm files the main file's permissions, so they follow.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first: fine
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("history: %s was readable by others (mode %o); now 0600", path, mode)
+            path.chmod(0o600)
+    except OSError as exc:
+        raise history_error(path, exc) from exc
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """Run the block in a transaction; it must COMMIT (or ROLLBACK) itself, else rollback."""
+    conn.execute(begin)
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
+    last_seq, max_peer_id = conn.execute("SELECT last_seq, max_peer_id FROM meta").fetchone()
+    return int(last_seq), int(max_peer_id)
+
+
+def _row(record: Record) -> _Row:
+    sender = record.sender
+    return (
+        record.seq,
+        record.ts,
+        sender.id,
+        sender.nick,
+        sender.addr,
+        record.text,
+        record.client,
+        record.ref,
+    )
+
+
+def _record(row: _Row) -> Record:
+    seq, ts, peer_id, nick, addr, text, client, ref = row
+    return Record(seq, Peer(peer_id, nick, addr), text, ts, client, ref)
