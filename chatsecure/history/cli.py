@@ -1,0 +1,104 @@
+"""``chatsecure history``: print the newest lines of a server's history, read-only.
+
+The database is opened with ``mode=ro``, so this works beside a running server (WAL readers
+never block the writer) and can never change or create the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from chatsecure.client.core import safe_text
+from chatsecure.errors import ChatError
+from chatsecure.history.log import DEFAULT_DB, HistoryError
+from chatsecure.history.sqlite import SCHEMA_VERSION, check_schema, mapped_errors
+
+_NEWEST = "SELECT seq, ts, peer_id, nick, addr, text FROM lines ORDER BY seq DESC LIMIT ?"
+
+
+def add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``chatsecure history``."""
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=DEFAULT_DB,
+        metavar="PATH",
+        help=f"the server's history database (default: {DEFAULT_DB})",
+    )
+    parser.add_argument(
+        "--last", type=_positive, default=50, metavar="N", help="how many lines (default: 50)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print the newest ``args.last`` lines of ``args.db``, oldest first."""
+    path: Path = args.db
+    rows = _newest(path, args.last)
+    for seq, ts, peer_id, nick, addr, text in reversed(rows):
+        if args.json:
+            line = json.dumps(
+                {
+                    "seq": seq,
+                    "ts": ts,
+                    "from": {"id": peer_id, "nick": nick, "addr": addr},
+                    "text": text,
+                },
+                ensure_ascii=False,
+            )
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+            line = f"[{when}] #{seq} {safe_text(nick)} ({safe_text(addr)}): {safe_text(text)}"
+        print(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m chatsecure.history.cli``: the command on its own."""
+    parser = argparse.ArgumentParser(
+        prog="chatsecure history", description="Print the newest lines of a server's history."
+    )
+    add_history_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_history(args)
+    except ChatError as exc:
+        print(f"chatsecure: {exc}", file=sys.stderr)
+        return 1
+
+
+def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str]]:
+    if not path.is_file():
+        raise HistoryError(f"{path} not found: no history there; give --db the server's history")
+    with mapped_errors(path):
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            version = check_schema(conn, path)
+            if version < SCHEMA_VERSION:
+                raise HistoryError(
+                    f"{path} holds no history yet (schema {version}); start the server on it "
+                    "once, or give --db another path"
+                )
+            return conn.execute(_NEWEST, (count,)).fetchall()
+        finally:
+            conn.close()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of lines >= 1, not {text!r}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
