@@ -1,0 +1,219 @@
+"""SqliteLog beyond the interface: durability, file permissions, and refusing bad files."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatsecure.history import HistoryError, SqliteLog
+from tests.history.conftest import draft, lines, read_only
+
+WRITER = Path(__file__).with_name("crash_writer.py")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def stored(path: Path, keep: int = 1_000_000) -> tuple[int, list[tuple[int, str]]]:
+    """last_seq and every visible (seq, text) of the file, through a fresh SqliteLog."""
+    log = SqliteLog(path, keep)
+    try:
+        last = (await log.open(0)).last_seq
+        return last, [(r.seq, r.text) for r in await log.before(None, keep)]
+    finally:
+        await log.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durability", ["normal", "full"])
+async def test_lines_survive_close_and_reopen(tmp_path: Path, durability: str) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, 100, durability)
+    await log.open(0)
+    await log.append(lines("a", "b"))
+    await log.append([draft("c", client="client-0001", ref="r1")])
+    await log.close()
+
+    log = SqliteLog(path, 100, durability)
+    opened = await log.open(10)
+    assert [(r.seq, r.text) for r in opened.tail] == [(1, "a"), (2, "b"), (3, "c")]
+    [dup, new] = await log.append([draft("c?", client="client-0001", ref="r1"), draft("d")])
+    assert (dup.duplicate, dup.record.seq, new.record.seq) == (True, 3, 4)
+    await log.close()
+
+
+@pytest.mark.asyncio
+async def test_seq_is_never_reused_even_with_every_line_gone(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, keep=2)
+    await log.open(0)
+    for n in range(10):
+        await log.append(lines(f"line {n}"))
+    await log.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM lines").fetchone()[0] <= 3  # trimmed for real
+        db.execute("DELETE FROM lines")  # as if keep had trimmed them all
+    db.close()
+
+    log = SqliteLog(path, keep=2)
+    opened = await log.open(5)
+    assert (opened.last_seq, opened.tail) == (10, [])
+    [appended] = await log.append(lines("after"))
+    assert appended.record.seq == 11
+    await log.close()
+
+
+@pytest.mark.asyncio
+async def test_kill_9_loses_no_acknowledged_line_and_leaves_no_gap(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    writer = subprocess.Popen(
+        [sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE, cwd=tmp_path
+    )
+    assert writer.stdout is not None
+    acked: list[int] = []
+    buffer = b""
+    deadline = time.monotonic() + 30
+    try:
+        while len(acked) < 500 and time.monotonic() < deadline:
+            select.select([writer.stdout], [], [], 1)
+            chunk = os.read(writer.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *done, buffer = buffer.split(b"\n")
+            acked += [int(line) for line in done]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        rest, _ = writer.communicate(timeout=10)
+    assert writer.returncode == -signal.SIGKILL, "the writer ended before it was killed"
+    buffer += rest
+    acked += [int(line) for line in buffer.split(b"\n")[:-1]]  # a cut last line is not acked
+    assert len(acked) >= 500
+
+    last_seq, records = await stored(path)
+    assert [seq for seq, _ in records] == list(range(1, last_seq + 1))  # no gap, no repeat
+    assert all(text == f"line {seq}" for seq, text in records)  # each line stored once
+    assert acked == list(range(1, len(acked) + 1))
+    assert last_seq >= acked[-1]
+
+
+@pytest.mark.asyncio
+async def test_the_file_and_its_wal_are_private_and_the_folder_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "folder" / "h.sqlite3"
+    log = SqliteLog(path, 10)
+    try:
+        await log.open(0)
+        await log.append(lines("secret"))
+        assert mode(path) == 0o600
+        assert mode(Path(f"{path}-wal")) == 0o600
+        assert mode(Path(f"{path}-shm")) == 0o600
+        assert mode(path.parent) == 0o700
+    finally:
+        await log.close()
+
+
+@pytest.mark.asyncio
+async def test_a_file_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    path.touch()
+    path.chmod(0o644)
+    log = SqliteLog(path, 10)
+    await log.open(0)
+    await log.close()
+    assert mode(path) == 0o600
+
+
+async def refused(path: Path) -> str:
+    """The HistoryError message of opening ``path``; the file must be left as it was."""
+    before = path.read_bytes() if path.is_file() else None
+    log = SqliteLog(path, 10)
+    with pytest.raises(HistoryError) as caught:
+        await log.open(0)
+    await log.close()
+    if before is not None:
+        assert path.read_bytes() == before, "a refused file was changed"
+    message = str(caught.value)
+    assert str(path) in message
+    return message
+
+
+@pytest.mark.asyncio
+async def test_random_bytes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    path.write_bytes(os.urandom(8192))
+    path.chmod(0o600)
+    message = await refused(path)
+    assert "is not a chatsecure history database (file is not a database)" in message
+    assert "move it away or give --db another path" in message
+
+
+@pytest.mark.asyncio
+async def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE contacts(name TEXT)")
+        db.execute("INSERT INTO contacts VALUES ('x')")
+    db.close()
+    path.chmod(0o600)
+    assert "a database of another program" in await refused(path)
+
+
+@pytest.mark.asyncio
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    await stored(path)  # creates it
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    message = await refused(path)
+    assert "written by a newer chatsecure (schema 99, this one reads up to 1)" in message
+
+
+@pytest.mark.asyncio
+async def test_a_read_only_file_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    await stored(path)
+    with read_only(path):
+        assert "is read-only" in await refused(path)
+
+
+@pytest.mark.asyncio
+async def test_a_read_only_folder_is_refused_at_open(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder):
+        assert "is read-only" in await refused(folder / "h.sqlite3")
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_fails_the_append_whole_and_keeps_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, 100_000, max_pages=12)
+    await log.open(0)
+    acked = 0
+    error: HistoryError | None = None
+    for n in range(10_000):
+        try:
+            acked += len(await log.append(lines(*(f"{n}.{i} " + "x" * 300 for i in range(5)))))
+        except HistoryError as exc:
+            error = exc
+            break
+    assert error is not None
+    assert str(path) in str(error)
+    assert "is full (database or disk is full)" in str(error)
+    assert acked > 0
+    assert log.last_seq == acked  # the failed batch took no seq
+    assert len(await log.before(None, 100_000)) == acked  # and the log still reads
+    await log.close()
+    last_seq, records = await stored(path)
+    assert (last_seq, len(records)) == (acked, acked)
