@@ -1,0 +1,133 @@
+"""``chatsecure history``: what it prints, read-only beside a running log, and its errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from chatsecure.history import DEFAULT_DB, Draft, SqliteLog
+from chatsecure.history.cli import add_history_arguments, cmd_history
+from chatsecure.protocol.messages import Peer
+
+ANN = Peer("1", "ann", "127.0.0.1:50001")
+MALLORY = Peer("2", "mallory", "[::1]:50002")
+TRICK = "\x1b[31mred\nfake \u202eevil"
+
+
+def history(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command in its own process, in UTC so the times are known."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatsecure.history.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "UTC"},
+        check=False,
+    )
+
+
+@pytest_asyncio.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Path]:
+    """A history file with three lines, held open by a log as a running server would."""
+    path = tmp_path / "history.sqlite3"
+    log = SqliteLog(path, 100)
+    await log.open(0)
+    await log.append(
+        [
+            Draft(ANN, "hello", 1_700_000_000.5, "client-0001", "r1"),
+            Draft(MALLORY, TRICK, 1_700_000_061.0),
+            Draft(ANN, "bye", 1_700_003_600.0),
+        ]
+    )
+    yield path
+    await log.close()
+
+
+@pytest.mark.asyncio
+async def test_prints_the_lines_oldest_first_with_unsafe_text_made_visible(running: Path) -> None:
+    result = history("--db", str(running))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "[2023-11-14 22:13:20] #1 ann (127.0.0.1:50001): hello",
+        "[2023-11-14 22:14:21] #2 mallory ([::1]:50002): \\x1b[31mred\\nfake \\u202eevil",
+        "[2023-11-14 23:13:20] #3 ann (127.0.0.1:50001): bye",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_json_gives_one_object_per_line_with_the_exact_text(running: Path) -> None:
+    result = history("--db", str(running), "--json", "--last", "2")
+    assert result.returncode == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {
+            "seq": 2,
+            "ts": 1_700_000_061.0,
+            "from": {"id": "2", "nick": "mallory", "addr": "[::1]:50002"},
+            "text": TRICK,
+        },
+        {
+            "seq": 3,
+            "ts": 1_700_003_600.0,
+            "from": {"id": "1", "nick": "ann", "addr": "127.0.0.1:50001"},
+            "text": "bye",
+        },
+    ]
+
+
+def test_a_missing_file_is_a_clear_error_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.sqlite3"
+    result = history("--db", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"chatsecure: {path} not found")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"", "holds no history yet"),
+        (b"not sqlite at all, " * 300, "is not a chatsecure history database"),
+    ],
+)
+def test_a_file_that_is_not_a_history_is_refused_untouched(
+    tmp_path: Path, content: bytes, error: str
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    path.write_bytes(content)
+    result = history("--db", str(path))
+    assert result.returncode == 1
+    assert str(path) in result.stderr
+    assert error in result.stderr
+    assert path.read_bytes() == content
+
+
+def test_last_must_be_a_positive_number() -> None:
+    result = history("--last", "0")
+    assert result.returncode == 2
+    assert "--last" in result.stderr
+
+
+def parser() -> argparse.ArgumentParser:
+    built = argparse.ArgumentParser()
+    add_history_arguments(built)
+    return built
+
+
+def test_defaults() -> None:
+    args = parser().parse_args([])
+    assert (args.db, args.last, args.json) == (DEFAULT_DB, 50, False)
+    assert Path("certs") / "history.sqlite3" == DEFAULT_DB
+
+
+@pytest.mark.asyncio
+async def test_cmd_history_in_process(running: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cmd_history(parser().parse_args(["--db", str(running), "--last", "1", "--json"])) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "bye"
