@@ -146,9 +146,8 @@ class SqliteLog:
         if self._closed:
             return
         self._closed = True
-        if self._conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
-            self._conn = None
+        # Queued behind any work still running (even an open() whose caller was cancelled).
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_conn)
         self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
@@ -258,6 +257,11 @@ class SqliteLog:
             ).fetchall()
             conn.execute("COMMIT")
         return [_record(row) for row in reversed(rows)], count - len(rows)
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
