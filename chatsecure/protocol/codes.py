@@ -43,6 +43,8 @@ class ErrorCode(enum.StrEnum):
     """Nothing received (not even ``pong``) for the idle timeout. Closed."""
     SHUTTING_DOWN = "shutting_down"
     """The server is stopping and takes no new sessions. Closed."""
+    NOT_STORED = "not_stored"
+    """The server could not store a line (a full disk): it was not delivered. Kept."""
 
 
 LEAVE_REASONS: Final = frozenset(

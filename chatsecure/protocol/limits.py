@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
-"""The wire protocol version; sent in ``welcome`` and advertised over mDNS as ``v``."""
+PROTOCOL_VERSION: Final = 2
+"""The wire protocol version; sent in ``welcome`` and advertised over mDNS as ``v``.
+
+Version 2 (a superset of 1) adds the room log: ``seq``, ``ack``, replay and ``history``."""
 
 DEFAULT_PORT: Final = 7467
 """The TCP port a server listens on when none is given (unassigned by IANA)."""
@@ -83,3 +85,29 @@ AUTH_FORGET: Final = 600.0
 AUTH_TRACKED: Final = 10_000
 """Addresses (IPv6: /64 networks) whose wrong passwords the server remembers at once; past
 that, the one that failed longest ago is forgotten first."""
+
+MAX_REF: Final = 64
+"""Longest ``ref`` a client may give a line, in characters."""
+
+HISTORY_PAGE_MAX: Final = 200
+"""Most lines one ``history`` request returns; a larger ``limit`` is taken as this."""
+
+HISTORY_KEEP: Final = 10_000
+"""Lines the server's log keeps by default (``--history``); older ones are deleted."""
+
+REPLAY: Final = 50
+"""Stored lines a newcomer (no ``since``) gets after ``welcome`` (``--replay``)."""
+
+REPLAY_MAX: Final = 1000
+"""Most stored lines a returning client (``since``) gets after ``welcome`` (``--replay-max``);
+the newest ones, and ``skipped`` says how many older ones were left out."""
+
+TS_MAX: Final = 253_402_300_799.0
+"""The last second of the year 9999: a server ``ts`` past this (or negative, or not finite) is
+not a time any clock shows, and the client takes "now" instead."""
+
+PING_AFTER: Final = 30.0
+"""Seconds of silence from the server after which a client pings it."""
+
+PONG_TIMEOUT: Final = 15.0
+"""Seconds a client waits for any answer to its ping before it takes the server for dead."""

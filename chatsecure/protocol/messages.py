@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,7 +17,13 @@ from typing import Any, Literal, TypeAlias
 
 from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT
+from chatsecure.protocol.limits import (
+    HISTORY_PAGE_MAX,
+    MAX_NICK,
+    MAX_REF,
+    MAX_TEXT,
+    TS_MAX,
+)
 
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 """Unicode categories a nick or a server name loses: controls (Cc), format characters such as
@@ -79,24 +87,69 @@ class ServerInfo:
     protocol: int = 1
 
 
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+"""What a client id looks like: made once by a client and kept, it scopes ``ref``s."""
+
+
+def valid_client_id(value: str) -> bool:
+    return CLIENT_ID.fullmatch(value) is not None
+
+
+def valid_ref(value: str) -> bool:
+    return 1 <= len(value) <= MAX_REF and utf8_encodable(value)
+
+
 # --- client -> server -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First frame of a client: who it wants to be."""
+    """First frame of a client: who it wants to be, and (v2) where it left off."""
 
     nick: str
     password: str | None = field(default=None, repr=False)
+    client: str | None = None
+    """The client's own id (``CLIENT_ID``), made once and kept: it scopes ``ref``."""
+    since: int | None = None
+    """The last ``seq`` this client saw from this server; None for a newcomer."""
     type: Literal["hello"] = field(default="hello", init=False)
+
+    def __post_init__(self) -> None:
+        if self.client is not None and not valid_client_id(self.client):
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "client id must match CLIENT_ID")
+        if self.since is not None and self.since < 0:
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "since must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
 class SendMsg:
-    """A chat line from a client; the server adds the sender and the time."""
+    """A chat line from a client; the server adds the sender, the time and the ``seq``."""
 
     text: str
+    ref: str | None = None
+    """The client's name for this line (v2): the server acknowledges it, once."""
     type: Literal["msg"] = field(default="msg", init=False)
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "a message needs some text")
+        if self.ref is not None and not valid_ref(self.ref):
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, f"ref must be 1 to {MAX_REF} chars")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """Older lines, please: up to ``limit`` lines before ``before`` (None: the newest)."""
+
+    before: int | None = None
+    limit: int = HISTORY_PAGE_MAX
+    type: Literal["history"] = field(default="history", init=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= HISTORY_PAGE_MAX:
+            raise LocalProtocolError(
+                ErrorCode.BAD_MESSAGE, f"limit must be 1 to {HISTORY_PAGE_MAX}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +173,7 @@ class Quit:
     type: Literal["quit"] = field(default="quit", init=False)
 
 
-ClientMessage: TypeAlias = Hello | SendMsg | Ping | Pong | Quit
+ClientMessage: TypeAlias = Hello | SendMsg | HistoryRequest | Ping | Pong | Quit
 
 
 # --- server -> client -------------------------------------------------------------------
@@ -133,6 +186,12 @@ class Welcome:
     you: Peer
     peers: tuple[Peer, ...]
     server: ServerInfo
+    seq: int = 0
+    """The newest ``seq`` of the room's log (0: empty, or a server that keeps no log)."""
+    replay: int = 0
+    """How many stored lines (``Chat`` with ``history``) follow at once."""
+    skipped: int = 0
+    """Lines after the client's ``since`` left out of the replay by the server's cap."""
     type: Literal["welcome"] = field(default="welcome", init=False)
 
 
@@ -160,7 +219,30 @@ class Chat:
     sender: Peer
     text: str
     ts: float
+    seq: int = 0
+    """The line's place in the room's log; 0 for a server that keeps none (v1)."""
+    history: bool = False
+    """A stored line sent again (replay after ``welcome``, or an answer to ``history``)."""
     type: Literal["msg"] = field(default="msg", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server stored the sender's line ``ref`` as ``seq`` (0: it keeps no log)."""
+
+    ref: str
+    seq: int
+    ts: float
+    type: Literal["ack"] = field(default="ack", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEnd:
+    """The end of an answer to ``history``: ``count`` lines were sent."""
+
+    before: int | None
+    count: int
+    type: Literal["history_end"] = field(default="history_end", init=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +261,9 @@ class Shutdown:
     type: Literal["shutdown"] = field(default="shutdown", init=False)
 
 
-ServerMessage: TypeAlias = Welcome | Join | Leave | Chat | Ping | Pong | Error | Shutdown
+ServerMessage: TypeAlias = (
+    Welcome | Join | Leave | Chat | Ack | HistoryEnd | Ping | Pong | Error | Shutdown
+)
 Message: TypeAlias = ClientMessage | ServerMessage
 
 
@@ -209,33 +293,84 @@ def encode_peer(peer: Peer) -> bytes:
     return _dumps(peer.to_json()).encode()
 
 
-def encode_chat(sender: bytes, text: str, ts: float) -> bytes:
-    """``encode(Chat(peer, text, ts))`` where ``sender`` is ``encode_peer(peer)``."""
+def encode_chat(sender: bytes, text: str, ts: float, seq: int = 0) -> bytes:
+    """``encode(Chat(peer, text, ts, seq))`` where ``sender`` is ``encode_peer(peer)``."""
     # float.__repr__ is what json writes for a finite float, without its per-call setup.
     ts_json = repr(ts).encode() if math.isfinite(ts) else _dumps(ts).encode()
     text_json = _dumps(text).encode()
+    if seq:
+        return b'{"type":"msg","seq":%d,"from":%b,"text":%b,"ts":%b}\n' % (
+            seq,
+            sender,
+            text_json,
+            ts_json,
+        )
     return b'{"type":"msg","from":%b,"text":%b,"ts":%b}\n' % (sender, text_json, ts_json)
 
 
-def encode_welcome(you: bytes, peers: Iterable[bytes], server: ServerInfo) -> bytes:
+HISTORY_MARK = b',"history":true}\n'
+
+
+def as_history(chat_frame: bytes) -> bytes:
+    """A frame of ``encode_chat`` with ``"history":true``: the same line, sent again later."""
+    return chat_frame[:-2] + HISTORY_MARK
+
+
+def encode_welcome(
+    you: bytes,
+    peers: Iterable[bytes],
+    server: ServerInfo,
+    seq: int = 0,
+    replay: int = 0,
+    skipped: int = 0,
+) -> bytes:
     """``encode(Welcome(...))`` from peers already encoded with ``encode_peer``."""
     info = {"name": server.name, "version": server.version, "protocol": server.protocol}
-    parts = (you, b",".join(peers), _dumps(info).encode())
-    return b'{"type":"welcome","you":%b,"peers":[%b],"server":%b}\n' % parts
+    parts = (you, b",".join(peers), _dumps(info).encode(), seq, replay, skipped)
+    return (
+        b'{"type":"welcome","you":%b,"peers":[%b],"server":%b,"seq":%d,"replay":%d,'
+        b'"skipped":%d}\n' % parts
+    )
 
 
 def to_json(message: Message) -> dict[str, Any]:
     """The JSON object for ``message``."""
     match message:
-        case Hello(nick=nick, password=password):
+        case Hello(nick=nick, password=password, client=client, since=since):
             obj: dict[str, Any] = {"type": "hello", "nick": nick}
             if password is not None:
                 obj["password"] = password
+            if client is not None:
+                obj["client"] = client
+            if since is not None:
+                obj["since"] = since
             return obj
-        case SendMsg(text=text):
-            return {"type": "msg", "text": text}
-        case Chat(sender=sender, text=text, ts=ts):
-            return {"type": "msg", "from": sender.to_json(), "text": text, "ts": ts}
+        case SendMsg(text=text, ref=ref):
+            return (
+                {"type": "msg", "text": text}
+                if ref is None
+                else {
+                    "type": "msg",
+                    "text": text,
+                    "ref": ref,
+                }
+            )
+        case HistoryRequest(before=before, limit=limit):
+            if before is None:
+                return {"type": "history", "limit": limit}
+            return {"type": "history", "before": before, "limit": limit}
+        case Chat(sender=sender, text=text, ts=ts, seq=seq, history=history):
+            chat: dict[str, Any] = {"type": "msg"}
+            if seq:
+                chat["seq"] = seq
+            chat |= {"from": sender.to_json(), "text": text, "ts": ts}
+            if history:
+                chat["history"] = True
+            return chat
+        case Ack(ref=ref, seq=seq, ts=ts):
+            return {"type": "ack", "ref": ref, "seq": seq, "ts": ts}
+        case HistoryEnd(before=before, count=count):
+            return {"type": "history_end", "before": before, "count": count}
         case Welcome(you=you, peers=peers, server=server):
             return {
                 "type": "welcome",
@@ -246,6 +381,9 @@ def to_json(message: Message) -> dict[str, Any]:
                     "version": server.version,
                     "protocol": server.protocol,
                 },
+                "seq": message.seq,
+                "replay": message.replay,
+                "skipped": message.skipped,
             }
         case Join(peer=peer):
             return {"type": "join", "peer": peer.to_json()}
@@ -291,14 +429,32 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
             raise RemoteProtocolError(
                 ErrorCode.TEXT_TOO_LONG, f"text longer than {max_text} characters"
             )
-        return SendMsg(text)
+        ref = obj.get("ref")
+        if ref is not None and not (isinstance(ref, str) and valid_ref(ref)):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_MESSAGE, f"'ref' must be a string of 1 to {MAX_REF} characters"
+            )
+        return SendMsg(text, ref)
     if kind == "hello":
         password = obj.get("password")
         if password is not None and not isinstance(password, str):
             raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'password' must be a string")
         if password is not None:
             _encodable(password, "password")
-        return Hello(_require_str(obj, "nick"), password)
+        client = obj.get("client")
+        if client is not None and not (isinstance(client, str) and valid_client_id(client)):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_MESSAGE, "'client' must be 8 to 64 of A-Z, a-z, 0-9, _ and -"
+            )
+        since = _optional_count(obj, "since")
+        return Hello(_require_str(obj, "nick"), password, client, since)
+    if kind == "history":
+        before = _optional_count(obj, "before")
+        limit = _optional_count(obj, "limit")
+        limit = HISTORY_PAGE_MAX if limit is None else min(limit, HISTORY_PAGE_MAX)
+        if limit < 1:
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'limit' must be at least 1")
+        return HistoryRequest(before, limit)
     if kind == "ping":
         return Ping()
     if kind == "pong":
@@ -309,14 +465,28 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
 
 
 def parse_server(frame: bytes) -> ServerMessage:
-    """Validate a frame a server sent."""
+    """Validate a frame a server sent.
+
+    Every field is checked here, once: what a hostile server puts in a field can make this
+    raise ``RemoteProtocolError`` (the frame is skipped) but never reach a front end unchecked.
+    A ``ts`` that is not a sane time becomes "now" rather than costing the line.
+    """
     obj = load(frame)
     kind = obj["type"]
     if kind == "msg":
-        ts = obj.get("ts")
-        if not isinstance(ts, int | float) or isinstance(ts, bool):
-            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'ts' must be a number")
-        return Chat(Peer.from_json(obj.get("from")), _require_str(obj, "text"), float(ts))
+        return Chat(
+            Peer.from_json(obj.get("from")),
+            _require_str(obj, "text"),
+            _timestamp(obj.get("ts")),
+            _optional_count(obj, "seq") or 0,
+            obj.get("history") is True,
+        )
+    if kind == "ack":
+        return Ack(
+            _require_str(obj, "ref"), _optional_count(obj, "seq") or 0, _timestamp(obj.get("ts"))
+        )
+    if kind == "history_end":
+        return HistoryEnd(_optional_count(obj, "before"), _optional_count(obj, "count") or 0)
     if kind == "join":
         return Join(Peer.from_json(obj.get("peer")))
     if kind == "leave":
@@ -332,7 +502,14 @@ def parse_server(frame: bytes) -> ServerMessage:
             version=_optional_str(server, "version", ""),
             protocol=protocol if isinstance(protocol, int) else 1,
         )
-        return Welcome(Peer.from_json(obj.get("you")), tuple(map(Peer.from_json, peers)), info)
+        return Welcome(
+            Peer.from_json(obj.get("you")),
+            tuple(map(Peer.from_json, peers)),
+            info,
+            seq=_optional_count(obj, "seq") or 0,
+            replay=_optional_count(obj, "replay") or 0,
+            skipped=_optional_count(obj, "skipped") or 0,
+        )
     if kind == "error":
         return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""))
     if kind == "pong":
@@ -342,6 +519,25 @@ def parse_server(frame: bytes) -> ServerMessage:
     if kind == "shutdown":
         return Shutdown()
     raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")
+
+
+def _timestamp(value: object) -> float:
+    """A server's ``ts`` if it is a sane Unix time, else now: a bad clock costs no line."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        ts = float(value)
+        if 0.0 <= ts <= TS_MAX:  # also false for NaN
+            return ts
+    return time.time()
+
+
+def _optional_count(obj: dict[str, Any], key: str) -> int | None:
+    """An optional integer >= 0 (``seq``, ``since``, ``limit``...); else ``bad_message``."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, f"'{key}' must be an integer >= 0")
+    return value
 
 
 def _require_object(obj: object, name: str) -> dict[str, Any]:

@@ -4,10 +4,11 @@
     --------------  -------------      ---------------------------------------------------
     AWAITING_HELLO  hello              JOINING: the server checks password and nick
     AWAITING_HELLO  ping, pong         answered / noted, stay
-    AWAITING_HELLO  msg                error not_joined, CLOSED
+    AWAITING_HELLO  msg, history       error not_joined, CLOSED
     JOINING         any frame          held until the server decides, then as in JOINED
     JOINING         accept()           JOINED (the server sent welcome)
-    JOINED          msg, ping, pong    delivered, stay
+    JOINED          msg, history,      delivered, stay
+                    ping, pong
     JOINED          hello              error already_joined, stay
     any             quit               CLOSED
     any             bad frame          error, stay (CLOSED if the frame was too long)
@@ -30,6 +31,7 @@ from chatsecure.protocol.limits import MAX_FRAME, MAX_TEXT
 from chatsecure.protocol.messages import (
     ClientMessage,
     Hello,
+    HistoryRequest,
     Ping,
     Pong,
     Quit,
@@ -134,5 +136,5 @@ class ServerSession:
         elif isinstance(message, Hello):
             return RemoteProtocolError(ErrorCode.ALREADY_JOINED, "hello was already sent")
         else:
-            assert isinstance(message, SendMsg)  # noqa: S101 - exhaustive over ClientMessage
+            assert isinstance(message, SendMsg | HistoryRequest)  # noqa: S101 - exhaustive
         return message

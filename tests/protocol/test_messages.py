@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -11,12 +12,15 @@ from hypothesis import strategies as st
 
 from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT
+from chatsecure.protocol.limits import MAX_NICK, MAX_TEXT, TS_MAX
 from chatsecure.protocol.messages import (
+    Ack,
     Chat,
     ClientMessage,
     Error,
     Hello,
+    HistoryEnd,
+    HistoryRequest,
     Join,
     Leave,
     Peer,
@@ -28,6 +32,7 @@ from chatsecure.protocol.messages import (
     ServerMessage,
     Shutdown,
     Welcome,
+    as_history,
     clean_nick,
     dump,
     encode,
@@ -47,7 +52,7 @@ chat_text = st.text(
 any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=50)
 peers = st.builds(Peer, id=any_text, nick=any_text, addr=any_text)
 infos = st.builds(ServerInfo, name=any_text, version=any_text, protocol=st.integers(0, 2**31 - 1))
-timestamps = st.floats(min_value=0, max_value=2**40, allow_nan=False) | st.integers(0, 2**40)
+timestamps = st.floats(min_value=0, max_value=TS_MAX, allow_nan=False) | st.integers(0, 2**37)
 
 client_messages: st.SearchStrategy[ClientMessage] = st.one_of(
     st.builds(Hello, nick=any_text, password=st.none() | any_text),
@@ -60,7 +65,15 @@ server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
     st.builds(Welcome, you=peers, peers=st.lists(peers, max_size=5).map(tuple), server=infos),
     st.builds(Join, peer=peers),
     st.builds(Leave, peer=peers, reason=any_text),
-    st.builds(Chat, sender=peers, text=any_text, ts=timestamps.map(float)),
+    st.builds(
+        Chat,
+        sender=peers,
+        text=any_text,
+        ts=timestamps.map(float),
+        seq=st.integers(0, 2**40),
+        history=st.booleans(),
+    ),
+    st.builds(Ack, ref=any_text, seq=st.integers(0, 2**40), ts=timestamps.map(float)),
     st.builds(Error, code=any_text, message=any_text),
     st.just(Ping()),
     st.just(Pong()),
@@ -261,9 +274,6 @@ PEER = {"id": "1", "nick": "a", "addr": "127.0.0.1"}
 @pytest.mark.parametrize(
     "obj",
     [
-        pytest.param({"type": "msg", "from": PEER, "text": "t"}, id="msg-no-ts"),
-        pytest.param({"type": "msg", "from": PEER, "text": "t", "ts": "1"}, id="msg-ts-str"),
-        pytest.param({"type": "msg", "from": PEER, "text": "t", "ts": True}, id="msg-ts-bool"),
         pytest.param({"type": "msg", "from": PEER, "ts": 1}, id="msg-no-text"),
         pytest.param({"type": "msg", "text": "t", "ts": 1}, id="msg-no-from"),
         pytest.param({"type": "msg", "from": "a", "text": "t", "ts": 1}, id="msg-from-str"),
@@ -369,3 +379,66 @@ def test_lone_surrogate_is_a_bad_message_not_a_crash_later(data: bytes) -> None:
 
 def test_escaped_surrogate_pair_is_a_real_character() -> None:
     assert parse_client(b'{"type":"msg","text":"\\ud83d\\ude00"}') == SendMsg("\U0001f600")
+
+
+@pytest.mark.parametrize(
+    "ts", [None, "1", True, 1e20, -1e300, -1, float("inf"), float("nan")], ids=repr
+)
+def test_a_server_ts_that_is_not_a_sane_time_becomes_now(ts: object) -> None:
+    obj: dict[str, Any] = {"type": "msg", "from": PEER, "text": "t"}
+    if ts is not None:
+        obj["ts"] = ts
+    data = json.dumps(obj, allow_nan=True).encode()
+    message = parse_server(data)
+    assert isinstance(message, Chat)
+    assert abs(message.ts - time.time()) < 5
+
+
+def test_v2_fields_round_trip() -> None:
+    peer = Peer("1", "a", "127.0.0.1")
+    for message in (
+        Chat(peer, "hi", 1.5, seq=7, history=True),
+        Ack("r1", 7, 1.5),
+        HistoryEnd(9, 3),
+        HistoryEnd(None, 0),
+        Welcome(peer, (), ServerInfo("s", "1", 2), seq=9, replay=2, skipped=1),
+    ):
+        assert parse_server(encode(message)[:-1]) == message
+    for request in (
+        Hello("a", client="abcdefgh", since=3),
+        SendMsg("x", ref="r"),
+        HistoryRequest(5, 10),
+        HistoryRequest(None, 200),
+    ):
+        assert parse_client(encode(request)[:-1]) == request
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "hello", "nick": "a", "client": "short"},
+        {"type": "hello", "nick": "a", "client": "has space!"},
+        {"type": "hello", "nick": "a", "since": -1},
+        {"type": "hello", "nick": "a", "since": "3"},
+        {"type": "hello", "nick": "a", "since": True},
+        {"type": "msg", "text": "x", "ref": ""},
+        {"type": "msg", "text": "x", "ref": "r" * 65},
+        {"type": "msg", "text": "x", "ref": 5},
+        {"type": "history", "before": -2},
+        {"type": "history", "limit": 0},
+    ],
+    ids=repr,
+)
+def test_bad_v2_fields_from_a_client_are_bad_message(obj: dict[str, Any]) -> None:
+    assert error_of(parse_client, frame(obj)).code is ErrorCode.BAD_MESSAGE
+
+
+def test_history_limit_over_the_page_is_capped() -> None:
+    message = parse_client(frame({"type": "history", "limit": 10_000}))
+    assert message == HistoryRequest(None, 200)
+
+
+def test_as_history_marks_an_encoded_chat_frame() -> None:
+    peer = Peer("1", "a", "127.0.0.1")
+    frame_ = encode_chat(encode_peer(peer), "hi", 2.5, 4)
+    assert parse_server(as_history(frame_)) == Chat(peer, "hi", 2.5, 4, history=True)

@@ -1,0 +1,345 @@
+"""The client's side of the protocol as an object: bytes in, events and bytes out. Pure, no I/O.
+
+One ``ClientSession`` lives as long as the client wants to be in the room, across connections:
+it keeps the lines not yet acknowledged (the outbox) and the last ``seq`` seen, so that a new
+connection resumes where the old one stopped (``since``), re-sends what was not acknowledged
+(same ``ref``: the server stores it once) and shows nothing twice.
+
+    state        input                 ->  result
+    -----------  --------------------      ----------------------------------------------
+    OFFLINE      connect()                 HELLO: hello queued
+    HELLO        welcome                   JOINED: Welcomed, then the replay, the outbox
+    HELLO        error                     OFFLINE: Refused
+    HELLO/JOINED shutdown                  OFFLINE: Ended (the server is stopping)
+    JOINED       msg                       Line (a seq seen before is dropped)
+    JOINED       ack                       Acked (the line leaves the outbox)
+    any          ping                      pong queued
+    any          unknown type, bad field   Ignored (the adapter logs it, rate-limited)
+    any          connection_lost()         OFFLINE (the outbox is kept)
+
+The I/O adapter writes ``data_to_send()`` after each call, calls ``tick(now)`` now and then
+(it says when a silent server is dead), and ``connection_lost()`` when the connection goes.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import secrets
+from dataclasses import dataclass
+
+from chatsecure.errors import LocalProtocolError, RemoteProtocolError
+from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.frames import FrameDecoder
+from chatsecure.protocol.limits import MAX_SERVER_FRAME, PING_AFTER, PONG_TIMEOUT
+from chatsecure.protocol.messages import (
+    Ack,
+    Chat,
+    Error,
+    Hello,
+    HistoryEnd,
+    HistoryRequest,
+    Join,
+    Leave,
+    Peer,
+    Ping,
+    Pong,
+    Quit,
+    SendMsg,
+    ServerMessage,
+    Shutdown,
+    Welcome,
+    encode,
+    parse_server,
+)
+
+
+class ClientState(enum.Enum):
+    OFFLINE = "offline"
+    HELLO = "hello"
+    JOINED = "joined"
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    """The server let us in. ``missed``: lines said since we last saw the room (resume)."""
+
+    welcome: Welcome
+    resumed: bool
+    """Whether we said where we left off (``since``): the replay is what we missed."""
+    missed: int
+    """Lines stored since our ``since`` (replayed and skipped), 0 for a newcomer."""
+    resent: int
+    """Own lines not acknowledged before, sent again now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A chat line for the transcript. ``replayed``: part of the replay after ``welcome``;
+    ``older``: an answer to a ``history`` request (goes above what is shown)."""
+
+    chat: Chat
+    replayed: bool = False
+    older: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The server stored our line ``ref`` as ``seq``: it is sent, for good."""
+
+    ref: str
+    text: str
+    seq: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Someone joined or left."""
+
+    message: Join | Leave
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """The server refused something we sent; the connection goes on."""
+
+    error: Error
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryDone:
+    """The end of an answer to ``history``."""
+
+    end: HistoryEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The server answered ``hello`` with an error: not in."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The server said ``shutdown``: this connection is over (it is usually back soon)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A frame that could not be used; ``kind`` groups them for a rate-limited warning."""
+
+    kind: str
+    reason: str
+
+
+SessionEvent = (
+    Welcomed | Line | Acked | Presence | ServerError | HistoryDone | Refused | Ended | Ignored
+)
+
+
+# --- the session ------------------------------------------------------------------------
+
+
+class ClientSession:
+    """One client's conversation with one server, across connections."""
+
+    def __init__(
+        self,
+        nick: str,
+        *,
+        password: str | None = None,
+        client_id: str | None = None,
+        last_seq: int | None = None,
+        max_frame: int = MAX_SERVER_FRAME,
+    ) -> None:
+        self.nick = nick
+        self.password = password
+        self.client_id = client_id
+        self.last_seq = last_seq
+        """The newest ``seq`` seen (or own line acknowledged); ``None`` before any."""
+        self.state = ClientState.OFFLINE
+        self.me: Peer | None = None
+        self.welcome: Welcome | None = None
+        self.outbox: dict[str, str] = {}
+        """Own lines not acknowledged yet, ref -> text, oldest first."""
+        self._ref_prefix = secrets.token_hex(4)
+        """Refs must be unique per client id for ever: this run's prefix, then a counter."""
+        self._refs = itertools.count(1)
+        self._max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._out: list[bytes] = []
+        self._replay_left = 0
+        self._v2 = False
+        """Whether the server keeps a log and acknowledges lines (protocol 2)."""
+        self._last_heard = 0.0
+        self._ping_sent: float | None = None
+
+    # -- what the adapter calls ----------------------------------------------------------
+
+    def connect(self, now: float = 0.0) -> None:
+        """A new connection is up (TLS done): say hello, with where we left off."""
+        if self.state is not ClientState.OFFLINE:
+            raise LocalProtocolError(ErrorCode.ALREADY_JOINED, f"connect() in {self.state.value}")
+        self._decoder = FrameDecoder(self._max_frame)
+        self._out.clear()
+        self.state = ClientState.HELLO
+        self._last_heard, self._ping_sent = now, None
+        hello = Hello(self.nick, self.password, self.client_id, self.last_seq)
+        self._out.append(encode(hello))
+
+    def connection_lost(self) -> None:
+        """The connection is gone; the outbox waits for the next one."""
+        self.state = ClientState.OFFLINE
+        self._out.clear()
+        self._replay_left = 0
+
+    def data_to_send(self) -> bytes:
+        """Bytes the adapter must write now (and forget)."""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def receive_data(self, data: bytes, now: float = 0.0) -> list[SessionEvent]:
+        """Feed bytes from the server; return what they mean. Never raises for bad input,
+        except the ``frame_too_long`` that ends the connection."""
+        self._last_heard, self._ping_sent = now, None
+        if self._decoder.error is not None:
+            raise self._decoder.error
+        events: list[SessionEvent] = []
+        for frame in self._decoder.feed(data):
+            if self.state is ClientState.OFFLINE:
+                break  # refused or shut down: nothing after that counts
+            try:
+                message = parse_server(frame)
+            except RemoteProtocolError as exc:
+                events.append(Ignored(exc.code.value, exc.message))
+                continue
+            events += self._receive(message)
+        if self._decoder.error is not None and self.state is not ClientState.OFFLINE:
+            raise self._decoder.error
+        return events
+
+    def send(self, text: str) -> str:
+        """Queue a chat line; return its ref. It goes out now if joined, else after the next
+        welcome, and stays in the outbox until the server acknowledges it."""
+        ref = f"{self._ref_prefix}-{next(self._refs)}"
+        message = SendMsg(text, ref)
+        if self.state is not ClientState.JOINED:
+            self.outbox[ref] = text
+        elif self._v2:
+            self.outbox[ref] = text
+            self._out.append(encode(message))
+        else:
+            self._out.append(encode(SendMsg(text)))  # a v1 server: sent is all we can know
+        return ref
+
+    def request_history(self, before: int | None, limit: int) -> None:
+        """Ask for up to ``limit`` lines before ``before`` (answered as ``Line(older=True)``)."""
+        if self.state is ClientState.JOINED and self._v2:
+            self._out.append(encode(HistoryRequest(before, limit)))
+
+    def quit(self) -> None:
+        """Say we are leaving; the server closes the connection."""
+        if self.state is not ClientState.OFFLINE:
+            self._out.append(encode(Quit()))
+
+    def tick(self, now: float) -> bool:
+        """Keep a quiet connection checked; False when the server must be taken for dead.
+
+        After ``PING_AFTER`` seconds of silence we ping; no answer (no byte at all) within
+        ``PONG_TIMEOUT`` seconds more, and the connection is dead.
+        """
+        if self.state is ClientState.OFFLINE:
+            return True
+        if self._ping_sent is not None:
+            return now - self._ping_sent < PONG_TIMEOUT
+        if now - self._last_heard >= PING_AFTER:
+            self._ping_sent = now
+            self._out.append(encode(Ping()))
+        return True
+
+    @property
+    def unacknowledged(self) -> list[str]:
+        """Texts of own lines not yet stored by the server, oldest first."""
+        return list(self.outbox.values())
+
+    # -- what the server said ------------------------------------------------------------
+
+    def _receive(self, message: ServerMessage) -> list[SessionEvent]:
+        event: SessionEvent | None = None
+        match message:
+            case Chat():
+                event = self._chat(message)
+            case Ack():
+                event = self._ack(message)
+            case Ping():
+                self._out.append(encode(Pong()))
+            case Welcome():
+                return self._welcome(message)
+            case Join() | Leave():
+                if self.state is ClientState.JOINED:
+                    event = Presence(message)
+            case Error(code=code, message=text):
+                if self.state is ClientState.HELLO:
+                    self.state = ClientState.OFFLINE
+                    event = Refused(code, text)
+                else:
+                    event = ServerError(message)
+            case HistoryEnd():
+                event = HistoryDone(message)
+            case Shutdown():
+                self.state = ClientState.OFFLINE
+                event = Ended()
+        return [] if event is None else [event]
+
+    def _welcome(self, welcome: Welcome) -> list[SessionEvent]:
+        if self.state is not ClientState.HELLO:
+            return [Ignored("welcome", "a second welcome")]
+        self.state = ClientState.JOINED
+        self.me, self.welcome = welcome.you, welcome
+        self._v2 = welcome.server.protocol >= 2
+        self._replay_left = welcome.replay
+        since = self.last_seq
+        resumed = since is not None and welcome.seq >= since and self._v2
+        missed = welcome.seq - since if resumed and since is not None else 0
+        if since is not None and welcome.seq < since:
+            # This log is not the one we saw (a new database): start afresh with it.
+            self.last_seq = None
+        events: list[SessionEvent] = [Welcomed(welcome, resumed, missed, len(self.outbox))]
+        for ref, text in self.outbox.items():
+            self._out.append(encode(SendMsg(text, ref) if self._v2 else SendMsg(text)))
+        if not self._v2:  # a v1 server never acknowledges: sent is all we can know
+            events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]
+            self.outbox.clear()
+        return events
+
+    def _chat(self, chat: Chat) -> SessionEvent | None:
+        if self.state is not ClientState.JOINED:
+            return Ignored("msg", "a chat line before welcome")
+        if chat.history and self._replay_left:
+            self._replay_left -= 1
+            return self._seen(chat, replayed=True)
+        if chat.history:
+            return Line(chat, older=True)
+        self._replay_left = 0  # a live line: whatever replay was announced is over
+        return self._seen(chat, replayed=False)
+
+    def _seen(self, chat: Chat, *, replayed: bool) -> SessionEvent | None:
+        if chat.seq:
+            if self.last_seq is not None and chat.seq <= self.last_seq:
+                return None  # seen before this reconnect: never shown twice
+            self.last_seq = chat.seq
+        return Line(chat, replayed=replayed)
+
+    def _ack(self, ack: Ack) -> SessionEvent | None:
+        text = self.outbox.pop(ack.ref, None)
+        if text is None:
+            return None  # the ack of a re-send we already had, or of nothing of ours
+        if ack.seq and (self.last_seq is None or ack.seq > self.last_seq):
+            self.last_seq = ack.seq
+        return Acked(ack.ref, text, ack.seq, ack.ts)

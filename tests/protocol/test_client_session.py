@@ -1,0 +1,271 @@
+"""The client's protocol object, without sockets: bytes in, events and bytes out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chatsecure.errors import RemoteProtocolError
+from chatsecure.protocol.client import (
+    Acked,
+    ClientSession,
+    ClientState,
+    Ended,
+    HistoryDone,
+    Ignored,
+    Line,
+    Presence,
+    Refused,
+    ServerError,
+    Welcomed,
+)
+from chatsecure.protocol.limits import PING_AFTER, PONG_TIMEOUT
+
+ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
+BOB = {"id": "2", "nick": "bob", "addr": "10.0.0.2"}
+SERVER = {"name": "lab", "version": "1", "protocol": 2}
+
+
+def frames(*objs: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def welcome(seq: int = 0, replay: int = 0, skipped: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "you": ME,
+        "peers": [BOB],
+        "server": SERVER,
+        "seq": seq,
+        "replay": replay,
+        "skipped": skipped,
+        **extra,
+    }
+
+
+def msg(seq: int, text: str = "", *, history: bool = False) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "msg", "seq": seq, "from": BOB, "text": text or f"line {seq}"}
+    frame["ts"] = 1700000000.0 + seq
+    if history:
+        frame["history"] = True
+    return frame
+
+
+def sent(session: ClientSession) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in session.data_to_send().splitlines()]
+
+
+def joined(session: ClientSession, **kw: Any) -> list[Any]:
+    session.connect()
+    sent(session)
+    return session.receive_data(frames(welcome(**kw)))
+
+
+def test_hello_carries_client_id_and_since_only_when_known() -> None:
+    fresh = ClientSession("alice")
+    fresh.connect()
+    assert sent(fresh) == [{"type": "hello", "nick": "alice"}]
+    back = ClientSession("alice", client_id="abcdefgh12", last_seq=41, password="pw")
+    back.connect()
+    assert sent(back) == [
+        {"type": "hello", "nick": "alice", "password": "pw", "client": "abcdefgh12", "since": 41}
+    ]
+
+
+def test_welcome_then_replay_counts_as_missed_and_sets_last_seq() -> None:
+    session = ClientSession("alice", last_seq=10)
+    session.connect()
+    sent(session)
+    events = session.receive_data(
+        frames(welcome(seq=13, replay=3), msg(11, history=True), msg(12, history=True))
+        + frames(msg(13, history=True), msg(14))
+    )
+    assert isinstance(events[0], Welcomed)
+    assert events[0].resumed
+    assert events[0].missed == 3
+    lines = [e for e in events if isinstance(e, Line)]
+    assert [(e.chat.seq, e.replayed) for e in lines] == [
+        (11, True),
+        (12, True),
+        (13, True),
+        (14, False),
+    ]
+    assert session.last_seq == 14
+
+
+def test_a_line_seen_before_is_never_shown_twice() -> None:
+    session = ClientSession("alice", last_seq=5)
+    joined(session, seq=5)
+    events = session.receive_data(frames(msg(4), msg(5), msg(6), msg(6)))
+    assert [e.chat.seq for e in events if isinstance(e, Line)] == [6]
+
+
+def test_lines_typed_offline_go_out_after_the_welcome_with_their_refs() -> None:
+    session = ClientSession("alice", client_id="abcdefgh12")
+    ref1 = session.send("one")
+    ref2 = session.send("two")
+    assert ref1 != ref2
+    session.connect()
+    assert [f["type"] for f in sent(session)] == ["hello"]
+    events = session.receive_data(frames(welcome()))
+    assert isinstance(events[0], Welcomed)
+    assert events[0].resent == 2
+    assert sent(session) == [
+        {"type": "msg", "text": "one", "ref": ref1},
+        {"type": "msg", "text": "two", "ref": ref2},
+    ]
+
+
+def test_unacknowledged_lines_are_resent_once_after_a_drop_and_leave_on_ack() -> None:
+    session = ClientSession("alice")
+    joined(session)
+    ref = session.send("hello")
+    assert sent(session) == [{"type": "msg", "text": "hello", "ref": ref}]
+    session.connection_lost()
+    assert session.outbox == {ref: "hello"}
+    joined(session)
+    assert sent(session) == [{"type": "msg", "text": "hello", "ref": ref}]
+    events = session.receive_data(frames({"type": "ack", "ref": ref, "seq": 9, "ts": 5.0}))
+    assert events == [Acked(ref, "hello", 9, 5.0)]
+    assert session.outbox == {}
+    assert session.last_seq == 9
+    # the original ack of a re-send that crossed ours is nothing new
+    assert session.receive_data(frames({"type": "ack", "ref": ref, "seq": 9, "ts": 5.0})) == []
+
+
+def test_a_v1_server_gets_no_refs_and_lines_count_as_sent() -> None:
+    session = ClientSession("alice")
+    session.send("early")
+    session.connect()
+    sent(session)
+    v1 = {"type": "welcome", "you": ME, "peers": [], "server": {"protocol": 1}}
+    events = session.receive_data(frames(v1))
+    assert isinstance(events[0], Welcomed)
+    assert not events[0].resumed
+    assert isinstance(events[1], Acked)
+    assert events[1].text == "early"
+    session.send("later")
+    assert sent(session) == [{"type": "msg", "text": "early"}, {"type": "msg", "text": "later"}]
+    assert session.outbox == {}
+
+
+def test_a_log_that_restarted_below_our_since_is_taken_afresh() -> None:
+    session = ClientSession("alice", last_seq=500)
+    events = joined(session, seq=3, replay=1)
+    assert isinstance(events[0], Welcomed)
+    assert not events[0].resumed
+    assert session.last_seq is None
+    (line,) = session.receive_data(frames(msg(3, history=True)))
+    assert isinstance(line, Line)
+    assert session.last_seq == 3
+
+
+def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=50)
+    session.request_history(40, 2)
+    assert sent(session) == [{"type": "history", "before": 40, "limit": 2}]
+    events = session.receive_data(
+        frames(
+            msg(38, history=True),
+            msg(39, history=True),
+            {"type": "history_end", "before": 40, "count": 2},
+        )
+    )
+    assert [(type(e), getattr(e, "older", None)) for e in events] == [
+        (Line, True),
+        (Line, True),
+        (HistoryDone, None),
+    ]
+    assert session.last_seq is None
+
+
+def test_unknown_types_and_bad_fields_are_ignored_before_and_after_welcome() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    events = session.receive_data(frames({"type": "motd", "text": "hi"}, welcome()))
+    assert isinstance(events[0], Ignored)
+    assert isinstance(events[1], Welcomed)
+    events = session.receive_data(
+        frames({"type": "msg", "from": 5, "text": "x", "ts": 1}, msg(1, "fine")) + b"not json\n"
+    )
+    assert [type(e) for e in events] == [Ignored, Line, Ignored]
+
+
+def test_refusal_before_welcome_ends_the_attempt() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    events = session.receive_data(
+        frames({"type": "error", "code": "server_full", "message": "full"}, welcome())
+    )
+    assert events == [Refused("server_full", "full")]
+    assert session.state is ClientState.OFFLINE
+
+
+def test_errors_presence_and_shutdown_after_welcome() -> None:
+    session = ClientSession("alice")
+    joined(session)
+    events = session.receive_data(
+        frames(
+            {"type": "join", "peer": BOB},
+            {"type": "error", "code": "rate_limited", "message": "slow down"},
+            {"type": "shutdown"},
+            msg(1),
+        )
+    )
+    assert [type(e) for e in events] == [Presence, ServerError, Ended]
+    assert session.state is ClientState.OFFLINE
+
+
+def test_ping_is_answered() -> None:
+    session = ClientSession("alice")
+    joined(session)
+    session.receive_data(frames({"type": "ping"}))
+    assert sent(session) == [{"type": "pong"}]
+
+
+def test_a_silent_server_is_pinged_then_given_up() -> None:
+    session = ClientSession("alice")
+    session.connect(now=100.0)
+    session.receive_data(frames(welcome()), now=100.0)
+    sent(session)
+    assert session.tick(100.0 + PING_AFTER - 1)
+    assert sent(session) == []
+    assert session.tick(100.0 + PING_AFTER)
+    assert sent(session) == [{"type": "ping"}]
+    assert session.tick(100.0 + PING_AFTER + PONG_TIMEOUT - 1)
+    assert not session.tick(100.0 + PING_AFTER + PONG_TIMEOUT)
+
+
+def test_any_answer_keeps_a_pinged_server_alive() -> None:
+    session = ClientSession("alice")
+    session.connect(now=0.0)
+    session.receive_data(frames(welcome()), now=0.0)
+    session.tick(PING_AFTER)
+    session.receive_data(frames({"type": "pong"}), now=PING_AFTER + 1)
+    assert session.tick(PING_AFTER + PONG_TIMEOUT + 1)
+
+
+def test_an_endless_line_from_the_server_ends_the_connection() -> None:
+    session = ClientSession("alice", max_frame=400)
+    joined(session)
+    with pytest.raises(RemoteProtocolError):
+        session.receive_data(b"x" * 500)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 50])
+def test_events_do_not_depend_on_how_the_bytes_were_split(cut: int) -> None:
+    stream = frames(welcome(seq=2, replay=2), msg(1, history=True), msg(2, history=True), msg(3))
+    whole = ClientSession("alice", last_seq=0)
+    whole.connect()
+    expected = whole.receive_data(stream)
+    split = ClientSession("alice", last_seq=0)
+    split.connect()
+    got: list[Any] = []
+    for i in range(0, len(stream), cut):
+        got += split.receive_data(stream[i : i + cut])
+    assert got == expected
+    assert split.last_seq == whole.last_seq == 3
