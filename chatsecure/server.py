@@ -1,9 +1,9 @@
 """The chatsecure server in one module: TLS listener, the live session registry, fan-out.
 
 Run it with ``chatsecure server`` or ``python -m chatsecure.server``. The path of one chat line:
-``Session.data_received`` -> ``ServerSession`` (frames, validation, state) ->
-``ChatServer.broadcast`` (encoded once, into the loop iteration's log) -> ``ChatServer._flush``
--> one write per recipient per event-loop iteration.
+``Session.data_received`` -> ``ServerSession`` (frames, validation, state) -> ``Room.say``
+(stored in the room's log, one commit per loop iteration) -> ``Room.broadcast`` (encoded once,
+into the loop iteration's frames) -> ``Room.flush`` -> one write per recipient per iteration.
 """
 
 from __future__ import annotations
@@ -19,24 +19,22 @@ import itertools
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from chatsecure import __version__
-from chatsecure.discovery.records import friendly_name
 from chatsecure.errors import ConfigError, RemoteProtocolError
+from chatsecure.history import RoomLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
     Error,
     Hello,
-    Join,
-    Leave,
+    HistoryRequest,
     Peer,
     Ping,
     Pong,
@@ -46,12 +44,11 @@ from chatsecure.protocol.messages import (
     Shutdown,
     clean_nick,
     encode,
-    encode_chat,
-    encode_peer,
-    encode_welcome,
 )
 from chatsecure.protocol.ratelimit import FloodMeter, TokenBucket, WarningBudget
 from chatsecure.protocol.session import Event, ServerSession
+from chatsecure.room import Member, Room, split
+from chatsecure.settings import ServerConfig
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
 
@@ -59,24 +56,6 @@ log = logging.getLogger(__name__)
 
 READ_BUFFER = 256 * 1024
 """Bytes read from a client at once, into one buffer that all sessions share."""
-
-WRITE_CHUNK = 16 * 1024
-"""Most bytes handed to a TLS transport at once: one full TLS record.
-
-The TLS layer encrypts a write into a memory buffer that keeps its largest size for the life
-of the connection (OpenSSL's memory BIO never shrinks): one 120 KB welcome would cost that
-connection 136 KiB of resident memory for ever, 16 KiB pieces 37 KiB, 4 KiB pieces 21 KiB.
-"""
-
-CROWD = 1000
-"""Sessions from which the server writes in ``CROWD_WRITE_CHUNK`` pieces instead."""
-
-CROWD_WRITE_CHUNK = 4 * 1024
-"""Write size in a crowded server: memory per connection counts more than bulk throughput.
-
-4 KiB pieces cost fan-out about a fifth of its deliveries/s against 16 KiB ones, and save
-about 16 KiB on every connection (10,000 idle clients: 46 -> about 32 KiB each).
-"""
 
 TLS_READ_SIZE = 16 * 1024
 """Bytes asyncio's own TLS layer reads from a socket at once (one TLS record)."""
@@ -121,48 +100,6 @@ def release_memory() -> None:
     gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def default_name() -> str:
-    """A friendly server name from the host name: ``chat on <host>``."""
-    return friendly_name(socket.gethostname())
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    """Everything a server needs to start. ``0`` turns a limit off.
-
-    Two say what they do instead: ``msg_burst`` 0 is no burst (one frame at a time), and
-    ``handshake_timeout`` 0 is ``limits.HANDSHAKE_TIMEOUT_OFF``.
-    """
-
-    host: str | None = None
-    """Listen address; ``None`` listens on every interface, IPv4 and IPv6 on one socket."""
-    port: int = limits.DEFAULT_PORT
-    name: str = field(default_factory=default_name)
-    cert: Path = certs.DEFAULT_CERT_DIR / certs.CERT_NAME
-    key: Path = certs.DEFAULT_CERT_DIR / certs.KEY_NAME
-    max_frame: int = limits.MAX_FRAME
-    max_text: int = limits.MAX_TEXT
-    send_buffer_limit: int = limits.SEND_BUFFER_LIMIT
-    hello_timeout: float = limits.HELLO_TIMEOUT
-    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
-    idle_timeout: float = limits.IDLE_TIMEOUT
-    max_sessions: int = limits.MAX_SESSIONS
-    max_per_ip: int = limits.MAX_PER_IP
-    msg_rate: float = limits.MSG_RATE
-    msg_burst: int = limits.MSG_BURST
-    flood_window: float = limits.FLOOD_WINDOW
-    """Seconds of flooding at about 3x ``msg_rate`` before a session is disconnected."""
-    tls13_only: bool = False
-    password: str | None = field(default=None, repr=False)
-    """The room password clients must send in ``hello``; ``None`` lets anyone in."""
-    client_ca: Path | None = None
-    """Mutual TLS: only clients with a certificate from this CA; its common name is the nick."""
-    discovery: bool = False
-    """Advertise over mDNS/DNS-SD while serving (``chatsecure server`` turns it on)."""
-    advertise_ips: list[str] = field(default_factory=list)
-    """Addresses to advertise instead of those the server listens on."""
 
 
 _FREE = (Quit, Hello)
@@ -211,7 +148,10 @@ class Session(asyncio.BufferedProtocol):
 
     def __init__(self, server: ChatServer, session_id: str) -> None:
         self.server = server
+        self.room = server.room
         self.id = session_id
+        self.client_id: str | None = None
+        """The id the client gave in ``hello`` (v2): it scopes the ``ref`` of its lines."""
         self.protocol = ServerSession(server.config.max_frame, server.config.max_text)
         self.peer: Peer | None = None
         self.addr = "?"
@@ -288,13 +228,16 @@ class Session(asyncio.BufferedProtocol):
                     return
                 continue
             if isinstance(event, SendMsg):  # by far the most common
-                self.server.broadcast_chat(self, event.text)
+                self.log.debug("msg of %d characters", len(event.text))
+                self.room.say(self, event)
             elif isinstance(event, RemoteProtocolError):
                 self._refuse(event)
             elif isinstance(event, Hello):
                 self._joined(event)  # the last event: the state machine holds what follows
             elif isinstance(event, Ping):
                 self.send(PONG)
+            elif isinstance(event, HistoryRequest):
+                self.room.history(self, event)
             elif isinstance(event, Quit):
                 self.close("quit")
 
@@ -357,10 +300,10 @@ class Session(asyncio.BufferedProtocol):
         """Queue ``data``; everything queued in one loop iteration goes out in one write."""
         if self._closing:
             return
-        if self._log_pos < len(self.server.log):
+        if self._log_pos < len(self.room.frames):
             self._take_log()  # broadcasts queued before ``data`` go out before it
         if not self._pending:
-            self.server.mark_dirty(self)
+            self.room.mark_dirty(self)
         self._pending.append(data)
 
     def ping(self) -> None:
@@ -370,16 +313,16 @@ class Session(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         """Write what is queued for this client, broadcasts included (``write_chunk`` pieces)."""
-        if self._log_pos < len(self.server.log):
+        if self._log_pos < len(self.room.frames):
             self._take_log()
         pending = self._pending
         if pending and self._transport is not None and not self._closing:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
-            for chunk in split(data, self.server.write_chunk()):
+            for chunk in split(data, self.room.write_chunk()):
                 self._transport.write(chunk)
         pending.clear()
 
-    def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Session]) -> None:
+    def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Member]) -> None:
         """The loop iteration is over: write everything it queued for this client.
 
         ``shared`` is the iteration's broadcast log, split into write pieces: the same bytes
@@ -395,16 +338,17 @@ class Session(asyncio.BufferedProtocol):
 
     def skip_log(self) -> None:
         """Take none of the broadcasts queued so far in this iteration (its welcome has them)."""
-        self._log_pos = len(self.server.log)
+        self._log_pos = len(self.room.frames)
+
+    @property
+    def gone(self) -> bool:
+        """Whether nothing more can be sent to this client."""
+        return self._closing
 
     def _take_log(self) -> None:
         """Move this iteration's broadcasts since ``_log_pos`` (not its own) into ``_pending``."""
-        server = self.server
-        start, self._log_pos = self._log_pos, len(server.log)
-        if server.sessions.get(self.id) is not self:
-            return  # not joined (yet, or any more): broadcasts are not for it
-        skip = server.log_skip
-        self._pending += [f for i, f in enumerate(server.log[start:], start) if skip[i] is not self]
+        start, self._log_pos = self._log_pos, len(self.room.frames)
+        self._pending += self.room.pending_for(self, start)
 
     def close(self, reason: str) -> None:
         """Flush what is queued, close the connection and tell the others, once."""
@@ -468,7 +412,9 @@ class Session(asyncio.BufferedProtocol):
             self._refuse(exc)
             return
         self.server.auth_succeeded(self.addr)
-        self.server.join(self, nick)
+        self.client_id = hello.client
+        peer = self.room.join(self, nick, hello, self.addr)
+        self.log.info("%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members))
         # What the client sent after its hello waited for the welcome; now it counts.
         self._handle(self.protocol.accept(), asyncio.get_running_loop().time())
 
@@ -504,12 +450,18 @@ class Session(asyncio.BufferedProtocol):
 
 
 class ChatServer:
-    """The live session registry and its fan-out."""
+    """The listener: connections, admission, limits and timers; the room does the chat."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, history: RoomLog | None = None) -> None:
+        """``history`` replaces the log that ``config`` describes (tests give a memory one)."""
         self.config = config
-        self.sessions: dict[str, Session] = {}
-        """The joined sessions, by id: everyone who receives broadcasts."""
+        info = ServerInfo(config.name, __version__, limits.PROTOCOL_VERSION)
+        self.room = Room(
+            info,
+            history if history is not None else open_history(config),
+            replay=config.replay,
+            replay_max=config.replay_max,
+        )
         self.connections: set[Session] = set()
         """Every open connection, joined or not."""
         self.closing: set[Session] = set()
@@ -517,18 +469,6 @@ class ChatServer:
         self.fingerprint = ""
         self.addresses: list[tuple[str, int]] = []
         self._ids = itertools.count(1)
-        self._info = ServerInfo(config.name, __version__, limits.PROTOCOL_VERSION)
-        self._dirty: list[Session] = []
-        self.log: list[bytes] = []
-        """Frames broadcast in this loop iteration; ``_flush`` writes them to everyone."""
-        self.log_skip: list[Session | None] = []
-        """For each frame in ``log``, the session it is not for (its sender)."""
-        self._log_senders: set[Session] = set()
-        self._flush_scheduled = False
-        self._peers_json: dict[str, bytes] = {}
-        """``encode_peer`` of every joined session, in join order: the welcome's peer list."""
-        self._nicks: set[str] = set()
-        """The casefolded nicks in use."""
         self.read_buffer = memoryview(bytearray(READ_BUFFER))
         self._servers: list[asyncio.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -560,11 +500,28 @@ class ChatServer:
         )
         self.fingerprint = certs.cert_fingerprint(config.cert)
         self._loop = asyncio.get_running_loop()
+        # Ids go on from the highest in the log, so no stored line names a newcomer.
+        self._ids = itertools.count(await self.room.open() + 1)
         trim_asyncio_tls_buffer()
         if config.idle_timeout:
             self._sweeper = self._loop.call_later(
                 config.idle_timeout / IDLE_CHECKS, self._sweep_idle
             )
+        try:
+            await self._listen(ctx)
+        except BaseException:
+            await self.room.close()
+            raise
+        log.info(
+            "listening on %s as %r, fingerprint %s",
+            ", ".join(format_address(*a) for a in self.addresses),
+            self.config.name,
+            self.fingerprint,
+        )
+
+    async def _listen(self, ctx: ssl.SSLContext) -> None:
+        config = self.config
+        assert self._loop is not None  # noqa: S101 - set in start()
         for sock in listen_sockets(self.config.host, self.config.port):
             server = await self._loop.create_server(
                 self._new_session,
@@ -575,16 +532,15 @@ class ChatServer:
             )
             self._servers.append(server)
             self.addresses.append(sock.getsockname()[:2])
-        log.info(
-            "listening on %s as %r, fingerprint %s",
-            ", ".join(format_address(*a) for a in self.addresses),
-            self.config.name,
-            self.fingerprint,
-        )
 
     @property
     def port(self) -> int:
         return self.addresses[0][1]
+
+    @property
+    def sessions(self) -> dict[str, Member]:
+        """The joined sessions, by id: everyone who receives broadcasts."""
+        return self.room.members
 
     async def shutdown(self) -> None:
         """Tell every client ``shutdown``, close every connection and stop listening."""
@@ -595,12 +551,14 @@ class ChatServer:
             self._release.cancel()
         for server in self._servers:
             server.close()
+        # Every line taken is stored, acknowledged and broadcast before the end.
+        await self.room.drain()
         # What was queued in this iteration (a line taken just before) goes out first: the
         # flush scheduled for it would find the registry empty.
-        self._flush()
+        self.room.flush()
         frame = encode(Shutdown())
         # Everyone gets ``shutdown``; nobody needs a ``leave`` for each of the others first.
-        self.sessions.clear()
+        self.room.clear()
         sessions = list(self.connections)
         for session in sessions:
             session.send(frame)
@@ -613,6 +571,7 @@ class ChatServer:
             await asyncio.sleep(0.05)
         for server in self._servers:
             await server.wait_closed()
+        await self.room.close()
         log.info("stopped")
 
     # -- registry ------------------------------------------------------------------------
@@ -704,109 +663,26 @@ class ChatServer:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
 
-    def join(self, session: Session, wanted: str) -> None:
-        nick = self._unique_nick(wanted)
-        session.peer = Peer(session.id, nick, session.addr)
-        session.peer_json = encode_peer(session.peer)
-        peers = self._peers_json.values()
-        session.send(encode_welcome(session.peer_json, peers, self._info))
-        self.broadcast(encode(Join(session.peer)))
-        session.skip_log()
-        self.sessions[session.id] = session
-        self._peers_json[session.id] = session.peer_json
-        self._nicks.add(nick.casefold())
-        session.log.info("%s joined from %s; %d online", nick, session.addr, len(self.sessions))
-
     def remove(self, session: Session, reason: str) -> None:
-        """Forget ``session``; if it had joined, send ``leave`` to the rest. Idempotent."""
+        """Forget ``session``; if it had joined, the room tells the rest. Idempotent."""
         if session in self.connections:
             self.connections.discard(session)
             self._per_ip[session.addr] -= 1
             if not self._per_ip[session.addr]:
                 del self._per_ip[session.addr]
-        if self.sessions.pop(session.id, None) is None or session.peer is None:
-            return
-        del self._peers_json[session.id]
-        self._nicks.discard(session.peer.nick.casefold())
-        self.broadcast(encode(Leave(session.peer, reason)))
-        session.log.info("%s left (%s); %d online", session.peer.nick, reason, len(self.sessions))
-
-    def _unique_nick(self, wanted: str) -> str:
-        taken = self._nicks
-        if wanted.casefold() not in taken:
-            return wanted
-        for n in itertools.count(2):
-            suffix = f"_{n}"
-            candidate = wanted[: limits.MAX_NICK - len(suffix)] + suffix
-            if candidate.casefold() not in taken:
-                return candidate
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- fan-out -------------------------------------------------------------------------
-
-    def broadcast_chat(self, sender: Session, text: str) -> None:
-        if sender.peer is None:  # pragma: no cover - the state machine forbids it
-            return
-        sender.log.debug("msg of %d characters", len(text))
-        self.broadcast(encode_chat(sender.peer_json, text, time.time()), exclude=sender)
-
-    def broadcast(self, frame: bytes, exclude: Session | None = None) -> None:
-        """Queue one already-encoded frame for every joined session but ``exclude``.
-
-        No per-recipient work here: the frame goes into this iteration's log, and ``_flush``
-        writes the whole log to each session once.
-        """
-        if not self._flush_scheduled:
-            self._schedule_flush()
-        self.log.append(frame)
-        self.log_skip.append(exclude)
-        if exclude is not None:
-            self._log_senders.add(exclude)
-
-    def mark_dirty(self, session: Session) -> None:
-        if not self._flush_scheduled:
-            self._schedule_flush()
-        self._dirty.append(session)
-
-    def write_chunk(self) -> int:
-        """Bytes per transport write now (see ``WRITE_CHUNK`` and ``CROWD``)."""
-        return CROWD_WRITE_CHUNK if len(self.sessions) >= CROWD else WRITE_CHUNK
-
-    def _schedule_flush(self) -> None:
-        assert self._loop is not None  # noqa: S101 - set in start()
-        self._loop.call_soon(self._flush)
-        self._flush_scheduled = True
-
-    def _flush(self) -> None:
-        """End of a loop iteration: one write per client with everything queued for it.
-
-        A write is split into ``write_chunk()`` pieces, each one TLS record.
-        """
-        self._flush_scheduled = False
-        if self.log:
-            frames = self.log
-            blob = frames[0] if len(frames) == 1 else b"".join(frames)
-            chunks = split(blob, self.write_chunk())
-            senders = self._log_senders
-            try:
-                # Nothing in here changes the registry (a write that fails closes its
-                # connection later, from the loop), so no copy of it per iteration.
-                for session in self.sessions.values():
-                    session.end_iteration(chunks, senders)
-            finally:
-                self.log, self.log_skip, self._log_senders = [], [], set()
-        dirty, self._dirty = self._dirty, []
-        no_senders: set[Session] = set()
-        for session in dirty:
-            session.end_iteration([], no_senders)
+        if self.room.remove(session, reason) and session.peer is not None:
+            session.log.info(
+                "%s left (%s); %d online", session.peer.nick, reason, len(self.room.members)
+            )
 
 
-def split(data: bytes, size: int) -> list[bytes] | list[memoryview]:
-    """``data`` in pieces of at most ``size`` bytes (no copies)."""
-    if len(data) <= size:
-        return [data]
-    view = memoryview(data)
-    return [view[i : i + size] for i in range(0, len(data), size)]
+def open_history(config: ServerConfig) -> RoomLog | None:
+    """The room log ``config`` asks for: SQLite, or none at all with ``history`` 0."""
+    if not config.history:
+        return None
+    from chatsecure.history.sqlite import SqliteLog
+
+    return SqliteLog(config.db_path, config.history, config.durability)
 
 
 def trim_asyncio_tls_buffer() -> None:

@@ -8,14 +8,74 @@ the default. Keys in the file are the flag names without ``--`` (``max-sessions`
 from __future__ import annotations
 
 import argparse
+import socket
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from chatsecure.discovery.records import friendly_name
 from chatsecure.errors import ConfigError
 from chatsecure.protocol import limits
-from chatsecure.server import ServerConfig
+from chatsecure.tls import certs
+
+HISTORY_DB = "history.sqlite3"
+"""The room log's file name, kept beside the certificate unless ``--db`` says otherwise."""
+
+
+def default_name() -> str:
+    """A friendly server name from the host name: ``chat on <host>``."""
+    return friendly_name(socket.gethostname())
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Everything a server needs to start. ``0`` turns a limit off.
+
+    Two say what they do instead: ``msg_burst`` 0 is no burst (one frame at a time), and
+    ``handshake_timeout`` 0 is ``limits.HANDSHAKE_TIMEOUT_OFF``.
+    """
+
+    host: str | None = None
+    """Listen address; ``None`` listens on every interface, IPv4 and IPv6 on one socket."""
+    port: int = limits.DEFAULT_PORT
+    name: str = field(default_factory=default_name)
+    cert: Path = certs.DEFAULT_CERT_DIR / certs.CERT_NAME
+    key: Path = certs.DEFAULT_CERT_DIR / certs.KEY_NAME
+    max_frame: int = limits.MAX_FRAME
+    max_text: int = limits.MAX_TEXT
+    send_buffer_limit: int = limits.SEND_BUFFER_LIMIT
+    hello_timeout: float = limits.HELLO_TIMEOUT
+    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
+    idle_timeout: float = limits.IDLE_TIMEOUT
+    max_sessions: int = limits.MAX_SESSIONS
+    max_per_ip: int = limits.MAX_PER_IP
+    msg_rate: float = limits.MSG_RATE
+    msg_burst: int = limits.MSG_BURST
+    flood_window: float = limits.FLOOD_WINDOW
+    """Seconds of flooding at about 3x ``msg_rate`` before a session is disconnected."""
+    tls13_only: bool = False
+    password: str | None = field(default=None, repr=False)
+    """The room password clients must send in ``hello``; ``None`` lets anyone in."""
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA; its common name is the nick."""
+    discovery: bool = False
+    """Advertise over mDNS/DNS-SD while serving (``chatsecure server`` turns it on)."""
+    advertise_ips: list[str] = field(default_factory=list)
+    """Addresses to advertise instead of those the server listens on."""
+    db: Path | None = None
+    """The room log (SQLite); ``None``: ``history.sqlite3`` beside the certificate."""
+    history: int = limits.HISTORY_KEEP
+    """Lines the log keeps; 0 keeps none, in memory or on disk (no file is made)."""
+    replay: int = limits.REPLAY
+    replay_max: int = limits.REPLAY_MAX
+    durability: Literal["normal", "full"] = "normal"
+    """``normal``: an acknowledged line survives a crash of the process; ``full``: of the
+    machine too (a power cut), at the price of a disk flush per commit."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.cert.parent / HISTORY_DB
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +86,7 @@ class Setting:
     kind: type
     help: str
     metavar: str | None = None
+    choices: tuple[str, ...] | None = None
 
     @property
     def flag(self) -> str:
@@ -41,6 +102,29 @@ SETTINGS = (
     Setting("password_file", Path, "clients must send the password in this file's first line"),
     Setting("client_ca", Path, "admit only clients with a certificate from this CA (mutual TLS)"),
     Setting("tls13_only", bool, "refuse TLS 1.2 clients"),
+    Setting(
+        "db", Path, f"the room's history database (default {HISTORY_DB} beside --cert)", "FILE"
+    ),
+    Setting(
+        "history",
+        int,
+        f"lines of history kept (default {limits.HISTORY_KEEP:,}; 0: store nothing)",
+        "N",
+    ),
+    Setting("replay", int, f"lines a newcomer is shown (default {limits.REPLAY})", "N"),
+    Setting(
+        "replay_max",
+        int,
+        f"most missed lines sent to a returning client (default {limits.REPLAY_MAX})",
+        "N",
+    ),
+    Setting(
+        "durability",
+        str,
+        "normal: acknowledged lines survive a crash of the server (default); "
+        "full: a power cut too (slower)",
+        choices=("normal", "full"),
+    ),
     Setting("max_sessions", int, f"connections at once (default {limits.MAX_SESSIONS})", "N"),
     Setting("max_per_ip", int, f"connections per IP address (default {limits.MAX_PER_IP})", "N"),
     Setting("msg_rate", float, f"frames per second per client (default {limits.MSG_RATE})", "R"),
@@ -69,6 +153,8 @@ SETTINGS = (
     ),
 )
 _BY_KEY = {s.field: s for s in SETTINGS}
+_NOT_LIMITS = frozenset({"port", "history", "replay", "replay_max"})
+"""Numeric settings that are not limits (0 does not turn them off, or not in that sense)."""
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,13 +162,17 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="read settings from TOML")
     limits_group = parser.add_argument_group("limits (0 turns one off, unless it says otherwise)")
     for setting in SETTINGS:
-        numeric = setting.kind in (int, float) and setting.field != "port"
+        numeric = setting.kind in (int, float) and setting.field not in _NOT_LIMITS
         target = limits_group if numeric else parser
         if setting.kind is bool:
             target.add_argument(setting.flag, action="store_true", default=None, help=setting.help)
         else:
             target.add_argument(
-                setting.flag, type=setting.kind, metavar=setting.metavar, help=setting.help
+                setting.flag,
+                type=setting.kind,
+                metavar=setting.metavar,
+                choices=setting.choices,
+                help=setting.help,
             )
 
 
@@ -114,6 +204,8 @@ def _convert(setting: Setting, value: object, path: Path) -> object:
     )
     if not ok:
         raise ConfigError(f"{path}: {setting.field} must be a {kind.__name__}, not {value!r}")
+    if setting.choices is not None and value not in setting.choices:
+        raise ConfigError(f"{path}: {setting.field} must be one of {', '.join(setting.choices)}")
     if kind is Path:
         return (path.parent / str(value)).expanduser()
     return float(value) if kind is float else value  # type: ignore[arg-type]

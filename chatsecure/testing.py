@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatsecure.history import MemoryLog
 from chatsecure.protocol.frames import FrameDecoder
-from chatsecure.server import ChatServer, ServerConfig
+from chatsecure.server import ChatServer
+from chatsecure.settings import ServerConfig
 from chatsecure.tls.context import client_context
 
 T = TypeVar("T")
@@ -29,7 +31,10 @@ class ServerThread:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.server = ChatServer(config)
+        # Without a ``db`` of its own, a test server keeps its log in memory: tests share one
+        # certificate folder, and must not share a database beside it.
+        memory = MemoryLog(config.history) if config.db is None and config.history else None
+        self.server = ChatServer(config, memory)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server")
         self._failed: BaseException | None = None
@@ -65,6 +70,11 @@ class ServerThread:
             lambda: [s.peer.nick for s in self.server.sessions.values() if s.peer]
         )
         return nicks
+
+    def online_ids(self) -> list[str]:
+        """Ids of the joined sessions, in join order."""
+        ids: list[str] = self.call(lambda: list(self.server.sessions))
+        return ids
 
     def wait_online(self, count: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -109,6 +119,8 @@ class RawClient:
         self._decoder = FrameDecoder(0)
         self._frames: list[bytes] = []
         self.timeout = timeout
+        self.replayed: list[dict[str, Any]] = []
+        """The stored lines replayed after the last ``welcome`` (see ``join``)."""
 
     def send(self, obj: dict[str, Any]) -> None:
         self.send_raw(json.dumps(obj).encode() + b"\n")
@@ -143,10 +155,14 @@ class RawClient:
             raise AssertionError(f"expected {kind!r}, got {frame!r}")
         return frame
 
-    def join(self, nick: str) -> dict[str, Any]:
-        """Send ``hello`` and return the ``welcome``."""
-        self.send({"type": "hello", "nick": nick})
-        return self.expect("welcome")
+    def join(self, nick: str, **hello: Any) -> dict[str, Any]:  # noqa: ANN401
+        """Send ``hello`` (with more fields, if given) and return the ``welcome``.
+
+        The stored lines the server replays after it are read into ``replayed``."""
+        self.send({"type": "hello", "nick": nick, **hello})
+        welcome = self.expect("welcome")
+        self.replayed = [self.expect("msg") for _ in range(welcome.get("replay", 0))]
+        return welcome
 
     def silent(self, timeout: float = 0.3) -> bool:
         """True if no frame arrives within ``timeout``."""

@@ -155,8 +155,7 @@ def pair_chats(host: str, port: int, **hello: Any) -> None:
         for nick in ("healthy1", "healthy2"):
             client = RawClient(host, port)
             clients.append(client)
-            client.send({"type": "hello", "nick": nick, **hello})
-            client.expect("welcome")
+            client.join(nick, **hello)
         first, second = clients
         first.expect("join")
         for sender, receiver in ((first, second), (second, first)):

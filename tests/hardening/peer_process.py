@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from chatsecure.server import ChatServer, ServerConfig, serve
+from chatsecure.server import ChatServer, serve
+from chatsecure.settings import ServerConfig
 from chatsecure.testing import RawClient
 
 FOREVER = 600.0

@@ -16,6 +16,7 @@ from chatsecure import server as server_module
 from chatsecure.protocol.messages import (
     Chat,
     Error,
+    Hello,
     Peer,
     Ping,
     Pong,
@@ -72,9 +73,9 @@ def test_private_frame_keeps_its_place_among_broadcasts_of_the_same_iteration(
 
         def one_iteration() -> None:
             sessions = {s.peer.nick: s for s in chat.sessions.values() if s.peer}
-            chat.broadcast(b'{"type":"msg","text":"one"}\n', exclude=sessions["alice"])
+            chat.room.broadcast(b'{"type":"msg","text":"one"}\n', exclude=sessions["alice"])
             sessions["bob"].send(b'{"type":"pong"}\n')
-            chat.broadcast(b'{"type":"msg","text":"two"}\n', exclude=sessions["alice"])
+            chat.room.broadcast(b'{"type":"msg","text":"two"}\n', exclude=sessions["alice"])
 
         server.call(one_iteration)
         assert bob.expect("msg")["text"] == "one"
@@ -98,9 +99,9 @@ def test_client_joining_mid_iteration_gets_only_what_follows_its_welcome(
         def one_iteration() -> None:
             alice_s = next(iter(chat.sessions.values()))
             bob_s = next(s for s in chat.connections if s.peer is None)
-            chat.broadcast(b'{"type":"msg","text":"before"}\n', exclude=alice_s)
-            chat.join(bob_s, "bob")
-            chat.broadcast(b'{"type":"msg","text":"after"}\n', exclude=alice_s)
+            chat.room.broadcast(b'{"type":"msg","text":"before"}\n', exclude=alice_s)
+            chat.room.join(bob_s, "bob", Hello("bob"), bob_s.addr)
+            chat.room.broadcast(b'{"type":"msg","text":"after"}\n', exclude=alice_s)
 
         server.call(one_iteration)
         assert [p["nick"] for p in bob.expect("welcome")["peers"]] == ["alice"]

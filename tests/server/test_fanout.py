@@ -14,6 +14,7 @@ import pytest
 
 from chatsecure import __version__
 from chatsecure.protocol.limits import MAX_NICK
+from chatsecure.protocol.messages import SendMsg
 from chatsecure.server import SHUTDOWN_GRACE
 from chatsecure.testing import RawClient, ServerThread, joined
 from tests.helpers import all_silent
@@ -25,7 +26,7 @@ def test_join_reaches_exactly_the_earlier_clients(server: ServerThread) -> None:
         assert welcome["peers"] == []
         assert welcome["you"]["nick"] == "alice"
         assert welcome["you"]["addr"] == "127.0.0.1"
-        assert welcome["server"] == {"name": "test", "version": __version__, "protocol": 1}
+        assert welcome["server"] == {"name": "test", "version": __version__, "protocol": 2}
         with RawClient(server.host, server.port) as bob:
             bob_welcome = bob.join("bob")
             assert bob_welcome["peers"] == [welcome["you"]]
@@ -83,7 +84,7 @@ def test_sender_fields_cannot_be_forged(server: ServerThread) -> None:
         assert frame["from"]["addr"] == "127.0.0.1"
         assert frame["from"]["id"] != "0"
         assert abs(frame["ts"] - time.time()) < 5
-        assert set(frame) == {"type", "from", "text", "ts"}
+        assert set(frame) == {"type", "seq", "from", "text", "ts"}
 
 
 def test_quit_produces_exactly_one_leave_and_closes(server: ServerThread) -> None:
@@ -284,7 +285,7 @@ def test_chat_queued_in_the_same_iteration_as_shutdown_is_delivered_first(
             sender = next(s for s in server.server.sessions.values() if s.id == "1")
             # shutdown() starts before the end of this iteration, where the line would go out
             stopping = asyncio.get_running_loop().create_task(server.server.shutdown())
-            server.server.broadcast_chat(sender, "last words")
+            server.server.room.say(sender, SendMsg("last words"))
             return stopping
 
         stopping = server.call(stop_and_chat)

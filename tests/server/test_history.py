@@ -1,0 +1,212 @@
+"""Protocol v2 on a real server: seq, acknowledged sends, replay, history paging, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chatsecure.testing import RawClient, ServerThread, joined
+
+Start = Callable[..., ServerThread]
+CLIENT = "testclient01"
+
+
+def say(client: RawClient, text: str, ref: str | None = None) -> None:
+    frame = {"type": "msg", "text": text}
+    if ref is not None:
+        frame["ref"] = ref
+    client.send(frame)
+
+
+def test_every_line_gets_the_next_seq_and_the_sender_an_ack(server: ServerThread) -> None:
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        alice.send({"type": "msg", "text": "one", "ref": "a1"})
+        ack = alice.expect("ack")
+        assert ack["ref"] == "a1"
+        assert ack["seq"] == 1
+        got = bob.expect("msg")
+        assert (got["seq"], got["text"], got["ts"]) == (1, "one", ack["ts"])
+        say(bob, "two")  # a v1 line: no ref, no ack, still sequenced
+        assert alice.expect("msg")["seq"] == 2
+        assert bob.silent()
+
+
+def test_a_newcomer_gets_the_newest_lines_as_history(start_server: Start) -> None:
+    server = start_server(replay=3)
+    with joined(server.host, server.port, "alice") as (alice,):
+        for n in range(5):
+            say(alice, f"line {n}", f"r{n}")
+            alice.expect("ack")
+        with RawClient(server.host, server.port) as bob:
+            welcome = bob.join("bob")
+            assert (welcome["seq"], welcome["replay"], welcome["skipped"]) == (5, 3, 0)
+            assert [m["text"] for m in bob.replayed] == ["line 2", "line 3", "line 4"]
+            assert all(m["history"] is True for m in bob.replayed)
+            assert [m["seq"] for m in bob.replayed] == [3, 4, 5]
+
+
+def test_resume_with_since_replays_exactly_what_was_missed(start_server: Start) -> None:
+    server = start_server(replay=1)
+    with joined(server.host, server.port, "alice") as (alice,):
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob", client=CLIENT)
+            alice.expect("join")
+            say(alice, "seen", "s0")
+            alice.expect("ack")
+            assert bob.expect("msg")["seq"] == 1
+        alice.expect("leave")
+        for n in range(4):
+            say(alice, f"missed {n}", f"m{n}")
+            alice.expect("ack")
+        with RawClient(server.host, server.port) as bob:
+            welcome = bob.join("bob", client=CLIENT, since=1)
+            assert (welcome["seq"], welcome["replay"], welcome["skipped"]) == (5, 4, 0)
+            assert [m["seq"] for m in bob.replayed] == [2, 3, 4, 5]
+            say(alice, "live", "l0")
+            assert bob.expect("msg")["seq"] == 6
+
+
+def test_the_replay_cap_keeps_the_newest_and_says_how_many_were_skipped(
+    start_server: Start,
+) -> None:
+    server = start_server(replay_max=3)
+    with joined(server.host, server.port, "alice") as (alice,):
+        for n in range(10):
+            say(alice, f"l{n}", f"r{n}")
+            alice.expect("ack")
+        with RawClient(server.host, server.port) as bob:
+            welcome = bob.join("bob", since=2)
+            assert (welcome["replay"], welcome["skipped"]) == (3, 5)
+            assert [m["seq"] for m in bob.replayed] == [8, 9, 10]
+
+
+def test_a_resent_ref_is_acknowledged_with_its_first_seq_and_never_broadcast_twice(
+    server: ServerThread,
+) -> None:
+    with joined(server.host, server.port, "bob") as (bob,):
+        with RawClient(server.host, server.port) as alice:
+            alice.join("alice", client=CLIENT)
+            bob.expect("join")
+            say(alice, "only once", "x1")
+            first = alice.expect("ack")
+            assert bob.expect("msg")["text"] == "only once"
+        bob.expect("leave")
+        with RawClient(server.host, server.port) as alice:  # back, re-sending what it had
+            alice.join("alice", client=CLIENT, since=0)
+            bob.expect("join")
+            say(alice, "only once", "x1")
+            again = alice.expect("ack")
+            assert again == first
+            assert bob.silent()
+        bob.expect("leave")
+        # the same ref from another client id is another line
+        with RawClient(server.host, server.port) as carol:
+            carol.join("carol", client="anotherclient")
+            bob.expect("join")
+            say(carol, "mine too", "x1")
+            assert carol.expect("ack")["seq"] == first["seq"] + 1
+
+
+def test_history_pages_backwards_in_ascending_order(start_server: Start) -> None:
+    server = start_server(replay=0)
+    with joined(server.host, server.port, "alice") as (alice,):
+        for n in range(1, 8):
+            say(alice, f"l{n}", f"r{n}")
+            alice.expect("ack")
+        alice.send({"type": "history", "before": 6, "limit": 3})
+        page = [alice.expect("msg") for _ in range(3)]
+        assert [m["seq"] for m in page] == [3, 4, 5]
+        assert all(m["history"] for m in page)
+        assert alice.expect("history_end") == {"type": "history_end", "before": 6, "count": 3}
+        alice.send({"type": "history", "limit": 2})  # no before: the newest
+        assert [alice.expect("msg")["seq"] for _ in range(2)] == [6, 7]
+        assert alice.expect("history_end")["count"] == 2
+        alice.send({"type": "history", "before": 1})
+        assert alice.expect("history_end")["count"] == 0
+
+
+def test_history_zero_keeps_nothing_and_says_so(start_server: Start, tmp_path: Path) -> None:
+    db = tmp_path / "none.sqlite3"
+    server = start_server(history=0, db=db)
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        say(alice, "not kept", "n1")
+        assert alice.expect("ack")["seq"] == 0
+        got = bob.expect("msg")
+        assert "seq" not in got
+        with RawClient(server.host, server.port) as carol:
+            welcome = carol.join("carol", since=5)
+            assert (welcome["seq"], welcome["replay"]) == (0, 0)
+        alice.expect("join")
+        alice.expect("leave")
+        alice.send({"type": "history"})
+        assert alice.expect("history_end")["count"] == 0
+    server.stop()
+    assert not db.exists()
+
+
+def test_lines_survive_a_restart_and_seq_goes_on(start_server: Start, tmp_path: Path) -> None:
+    db = tmp_path / "room.sqlite3"
+    first = start_server(db=db)
+    with joined(first.host, first.port, "alice") as (alice,):
+        for n in range(3):
+            say(alice, f"before {n}", f"b{n}")
+            alice.expect("ack")
+    first.stop()
+    assert os.stat(db).st_mode & 0o777 == 0o600
+    second = start_server(db=db)
+    with joined(second.host, second.port, "bob") as (bob,):
+        assert [m["text"] for m in bob.replayed] == ["before 0", "before 1", "before 2"]
+        say(bob, "after", "a0")
+        assert bob.expect("ack")["seq"] == 4
+        # ids go on past those in the log: nobody new is taken for an old speaker
+        assert int(bob.replayed[0]["from"]["id"]) < int(second.online_ids()[0])
+
+
+def test_a_corrupt_database_stops_the_server_with_a_clear_error(
+    tmp_path: Path, cert_dir: Path
+) -> None:
+    db = tmp_path / "broken.sqlite3"
+    db.write_bytes(os.urandom(4096))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatsecure.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-discovery",
+            "--cert",
+            str(cert_dir / "server.crt"),
+            "--key",
+            str(cert_dir / "server.key"),
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert str(db) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_the_sqlite_log_serves_acks_and_replay(
+    start_server: Start, tmp_path: Path, durability: str
+) -> None:
+    server = start_server(db=tmp_path / "d.sqlite3", durability=durability)
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        for n in range(20):
+            say(alice, f"l{n}", f"r{n}")
+        assert [alice.expect("ack")["seq"] for _ in range(20)] == list(range(1, 21))
+        assert [bob.expect("msg")["seq"] for _ in range(20)] == list(range(1, 21))
