@@ -15,6 +15,7 @@ from pathlib import Path
 from chatsecure import __version__
 from chatsecure.errors import ChatError
 from chatsecure.protocol import limits
+from chatsecure.history.cli import add_history_arguments, cmd_history
 from chatsecure.settings import add_server_arguments
 from chatsecure.tls import certs
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gencert = sub.add_parser("gencert", help="make a self-signed server certificate")
     add_gencert_arguments(gencert)
+
+    history = sub.add_parser(
+        "history", help="print the room's stored lines (no running server needed)"
+    )
+    add_history_arguments(history)
 
     forget = sub.add_parser("forget", help="remove a server's pinned certificate")
     forget.add_argument("target", metavar="HOST[:PORT]")
@@ -231,6 +237,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     from chatsecure.client.core import ChatClient, Target, parse_target
+    from chatsecure.client.resume import LastSeen, client_id
     from chatsecure.client.terminal import run, tty_ask
     from chatsecure.settings import read_password
     from chatsecure.tls.trust import KnownServers, TrustPolicy
@@ -262,7 +269,14 @@ def cmd_connect(args: argparse.Namespace) -> int:
     target = Target(
         host, port, cafile=args.cafile, cert=args.cert, key=args.key, advertised=advertised
     )
-    client = ChatClient(target, args.nick, policy, password=password)
+    client = ChatClient(
+        target,
+        args.nick,
+        policy,
+        password=password,
+        client_id=client_id(),
+        last_seen=LastSeen(),
+    )
     return run(client, sys.stdin, sys.stdout, sys.stderr)
 
 
@@ -348,5 +362,6 @@ COMMANDS = {
     "gui": cmd_gui,
     "gencert": cmd_gencert,
     "forget": cmd_forget,
+    "history": cmd_history,
     "discover": cmd_discover,
 }

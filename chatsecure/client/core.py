@@ -18,38 +18,50 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatsecure.errors import (
     ChatError,
     ConnectionClosed,
     LocalProtocolError,
-    RemoteProtocolError,
     TrustError,
 )
 from chatsecure.protocol import limits
+from chatsecure.protocol.client import (
+    Acked,
+    ClientSession,
+    ClientState,
+    Ended,
+    HistoryDone,
+    Ignored,
+    Line,
+    Presence,
+    Refused,
+    ServerError,
+    SessionEvent,
+    Welcomed,
+)
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.protocol.messages import (
     Chat,
     Error,
-    Hello,
     Join,
     Leave,
     Peer,
-    Ping,
-    Pong,
-    Quit,
     SendMsg,
     ServerMessage,
     Shutdown,
     Welcome,
     encode,
-    parse_server,
     utf8_encodable,
 )
+from chatsecure.protocol.ratelimit import WarningBudget
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import TrustPolicy, TrustQuestion, server_key
+
+if TYPE_CHECKING:
+    from chatsecure.client.resume import LastSeen
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +69,16 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Seconds between reconnect attempts after a dropped connection; the last one repeats."""
 MAX_RETRIES = 20
 """Reconnect attempts before the client gives up."""
+STABLE_SESSION = 30.0
+"""Seconds a session must last before a drop starts the reconnect count afresh: a server that
+fails every session right after welcoming must not keep a client retrying for ever."""
+EVENT_QUEUE_HIGH = 2000
+"""Events waiting for the front end above which the client stops reading from the server (the
+server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
+TICK = 1.0
+"""Seconds between two checks that a quiet server is still there (see ``ClientSession.tick``)."""
+QUIT_WAIT = 2.0
+"""Seconds the client waits for the server to close after ``quit`` before it closes itself."""
 
 
 # --- events out -------------------------------------------------------------------------
@@ -71,13 +93,42 @@ class Connected:
     port: int
     tls_version: str
     fingerprint: str
+    resumed: bool = False
+    """Whether this is a return (reconnect or restart) that resumed where we left off."""
+    missed: int = 0
+    """Lines said while we were away: ``welcome.replay`` of them follow as ``replayed``."""
+    resent: int = 0
+    """Own lines not acknowledged before the drop, sent again."""
 
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A frame from the server after ``welcome``: chat, join, leave, error, shutdown."""
+    """A frame from the server after ``welcome``: chat, join, leave, error, shutdown.
+
+    A chat line is ``replayed`` when it is part of the replay after ``welcome`` (said while we
+    were away, or before we came), ``older`` when it answers a ``history`` request."""
 
     message: ServerMessage
+    replayed: bool = False
+    older: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Our chat line ``ref`` is on its way; it is pending until ``Sent``."""
+
+    ref: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The server stored our line ``ref`` (as ``seq``; 0 for a server that keeps no log)."""
+
+    ref: str
+    text: str
+    seq: int
+    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +169,7 @@ FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
 
-ClientEvent = Connected | Received | Reconnecting | Disconnected | NotSent
+ClientEvent = Connected | Received | Queued | Sent | Reconnecting | Disconnected | NotSent
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -261,8 +312,23 @@ def describe_error(exc: BaseException) -> str:
 # --- the client -------------------------------------------------------------------------
 
 
+class ServerShutdown(ConnectionClosed):
+    """The server said ``shutdown``: it is stopping, usually to come back soon."""
+
+    def __init__(self) -> None:
+        super().__init__("the server shut down")
+
+
+_LONGEST_REF = "r" * limits.MAX_REF
+"""For the frame-size check of ``send``: the ref added to a line is never longer."""
+
+
 class ChatClient:
-    """A connection to one server on its own thread. Thread-safe public methods."""
+    """A connection to one server on its own thread. Thread-safe public methods.
+
+    The protocol itself is a ``ClientSession``; this class only moves its bytes over TLS,
+    keeps time for it, reconnects, and turns its events into ``ClientEvent``s for the front end.
+    """
 
     def __init__(
         self,
@@ -271,8 +337,10 @@ class ChatClient:
         policy: TrustPolicy,
         *,
         password: str | None = None,
-        reconnect: bool = False,
+        reconnect: bool = True,
         events: queue.Queue[ClientEvent] | None = None,
+        client_id: str | None = None,
+        last_seen: LastSeen | None = None,
     ) -> None:
         self.target = target
         self.nick = require_sendable(nick, "the nick")
@@ -280,18 +348,28 @@ class ChatClient:
         self.password = password if password is None else require_sendable(password, "the password")
         self.reconnect = reconnect
         self.events: queue.Queue[ClientEvent] = events if events is not None else queue.Queue()
-        self.me: Peer | None = None
+        self.session = ClientSession(self.nick, password=self.password, client_id=client_id)
+        """The protocol; touched only on the network thread."""
+        self._last_seen = last_seen
+        self._fingerprint: str | None = None
+        """The certificate of the first connection: the key of what ``last_seen`` keeps."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
+        self._finishing = False
+        """``finish`` was called: leave as soon as every line is stored."""
         self._stop_requested: asyncio.Event | None = None
         """Set by ``quit``, so that a reconnect backoff ends at once instead of sleeping on."""
         self._session_task: asyncio.Task[None] | None = None
         """The current attempt; ``quit`` cancels it until the server has welcomed us."""
         self._joined = False
         """Whether the current session was welcomed (``Connected`` went out)."""
+        self._welcomed_at: float | None = None
+        self._dead: str | None = None
+        """Why the current connection was given up from our side (a server gone silent)."""
         self._attempt = 0
-        """Reconnect attempts since the last welcome."""
+        """Reconnect attempts since the last session that lasted ``STABLE_SESSION``."""
+        self._warnings: dict[str, WarningBudget] = {}
         self._started = threading.Event()
         self._call_lock = threading.Lock()
         self._ended = False
@@ -309,24 +387,32 @@ class ChatClient:
     def send(self, text: str) -> None:
         """Send a chat line; the line ``quit`` alone quits instead.
 
-        Raises ``LocalProtocolError`` for a text UTF-8 cannot carry, or too long for one frame:
+        The line is ``Queued`` at once, and ``Sent`` once the server stored it; a dropped
+        connection keeps it and sends it again after the reconnect. Raises
+        ``LocalProtocolError`` for a text UTF-8 cannot carry, or too long for one frame:
         sent, it would cost the connection (``frame_too_long``), so the front end says so
-        instead. A text under that but over the server's text limit gets the server's
-        ``text_too_long``. A text that finds no connection to go out on comes back as a
-        ``NotSent`` event.
+        instead. A line that finds the client ended comes back as ``NotSent``.
         """
         if is_quit(text):
             self.quit()
-        elif text:
-            frame = encode(SendMsg(require_sendable(text, "message not sent: it")))
+        elif text.strip():
+            frame = encode(SendMsg(require_sendable(text, "message not sent: it"), _LONGEST_REF))
             if len(frame) > limits.MAX_FRAME:
                 raise LocalProtocolError(
                     ErrorCode.TEXT_TOO_LONG,
                     f"message not sent: it is too long ({len(text)} characters; "
                     f"the limit is {limits.MAX_TEXT})",
                 )
-            if not self._call(self._send_chat, text, frame):
+            if not self._call(self._send_chat, text):
                 self._emit(NotSent(text))  # the network thread has ended
+
+    def request_history(self, before: int | None, limit: int = limits.HISTORY_PAGE_MAX) -> None:
+        """Ask for older lines (they come as ``Received(..., older=True)``)."""
+        self._call(self._request_history, before, limit)
+
+    def finish(self) -> None:
+        """Leave once every line given to ``send`` is stored (the end of a script's input)."""
+        self._call(self._finish)
 
     def quit(self) -> None:
         """Say ``quit`` to the server and stop."""
@@ -341,6 +427,10 @@ class ChatClient:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def me(self) -> Peer | None:
+        return self.session.me
 
     def _call(self, func: object, *args: object) -> bool:
         """Run ``func(*args)`` on the network thread; whether it will run."""
@@ -373,6 +463,9 @@ class ChatClient:
             with self._call_lock:
                 self._ended = True
             loop.close()
+            self._remember(force=True)
+            for text in self.session.unacknowledged:
+                self._emit(NotSent(text))  # never lost in silence
             self._emit(final)
 
     def _emit(self, event: ClientEvent) -> None:
@@ -380,33 +473,40 @@ class ChatClient:
 
     async def _run(self) -> Disconnected:
         """Connect, chat and reconnect until done; return the final event for the front end."""
+        left = Disconnected("you left the chat", error=False)
         self._stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
         while True:
             if self._stopping:  # quit came before the first attempt began
-                return Disconnected("you left the chat", error=False)
-            self._session_task = asyncio.create_task(self._session())
+                return left
+            self._session_task = asyncio.create_task(self._connection())
             try:
                 await self._session_task
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
                 # Quit before the welcome: the session went without a word to the server.
-                return Disconnected("you left the chat", error=False)
+                return left
             except TrustError as exc:
                 return Disconnected(str(exc), error=True)
             except ServerRefused as exc:
-                if exc.code in FINAL_REFUSALS or not self.reconnect or self.me is None:
+                if exc.code in FINAL_REFUSALS or not self.reconnect or self.session.me is None:
                     return Disconnected(str(exc), error=True, code=exc.code)
                 reason = str(exc)
+            except ServerShutdown as exc:
+                if not self.reconnect:
+                    return Disconnected(str(exc), error=False)
+                reason = "the server is restarting"
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
-            else:  # a shutdown, or quit while connecting
-                if self._stopping:
-                    return Disconnected("you left the chat", error=False)
-                return Disconnected("the server shut down", error=False)
+            else:  # quit while connecting, or after the welcome
+                return left
             if self._stopping:
-                return Disconnected("you left the chat", error=False)
-            if not (self.reconnect and self.me is not None) or self._attempt >= MAX_RETRIES:
+                return left
+            if self._welcomed_at is not None and loop.time() - self._welcomed_at >= STABLE_SESSION:
+                self._attempt = 0  # that session worked: a new drop starts the count afresh
+            self._welcomed_at = None
+            if not (self.reconnect and self.session.me is not None) or self._attempt >= MAX_RETRIES:
                 return Disconnected(reason, error=True)
             delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
             self._attempt += 1
@@ -414,7 +514,7 @@ class ChatClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
             if self._stopping:
-                return Disconnected("you left the chat", error=False)
+                return left
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         target = self.target
@@ -478,81 +578,170 @@ class ChatClient:
             )
         return None
 
-    async def _session(self) -> None:
+    async def _connection(self) -> None:
+        """One connection: hello, welcome, then chat until it ends."""
         reader, writer, presented = await self._verified()
         self._writer = writer
+        session = self.session
+        loop = asyncio.get_running_loop()
+        self._dead = None
         try:
             # quit cancels this task, but asyncio.wait_for (3.11) swallows a cancel that
             # comes as what it waits for is done: so look again before each step.
             if self._stopping:
                 return
-            writer.write(encode(Hello(self.nick, self.password)))
-            decoder = FrameDecoder(limits.MAX_SERVER_FRAME)
+            if self._fingerprint is None:
+                self._fingerprint = presented
+                if self._last_seen is not None and session.last_seq is None:
+                    session.last_seq = self._last_seen.get(presented)
+            session.connect(loop.time())
+            self._flush_out()
             try:
-                welcome, rest = await asyncio.wait_for(
-                    self._first_frame(reader, decoder), limits.CONNECT_TIMEOUT
+                welcomed, rest = await asyncio.wait_for(
+                    self._welcome(reader), limits.CONNECT_TIMEOUT
                 )
             except asyncio.CancelledError:
-                writer.write(encode(Quit()))  # hello is out: leave properly, not by a cut
+                session.quit()  # hello is out: leave properly, not by a cut
+                self._flush_out()
                 raise
             if self._stopping:
-                writer.write(encode(Quit()))
+                session.quit()
+                self._flush_out()
                 return
-            self.me = welcome.you
             self._joined = True
-            self._attempt = 0  # that session worked: a new drop starts the backoff afresh
+            self._welcomed_at = loop.time()
             version = writer.get_extra_info("ssl_object").version() or "TLS"
             host, port = self.target.host, self.target.port
-            self._emit(Connected(welcome, host, port, version, presented))
-            await self._read_loop(reader, decoder, rest)
+            self._emit(
+                Connected(
+                    welcomed.welcome,
+                    host,
+                    port,
+                    version,
+                    presented,
+                    welcomed.resumed,
+                    welcomed.missed,
+                    welcomed.resent,
+                )
+            )
+            self._handle(rest)
+            await self._read_loop(reader)
         finally:
             self._writer = None
             self._joined = False
+            session.connection_lost()
+            self._remember(force=True)
             await _close_writer(writer)
 
-    async def _first_frame(
-        self, reader: asyncio.StreamReader, decoder: FrameDecoder
-    ) -> tuple[Welcome, list[bytes]]:
-        """The welcome, and the frames that came in the same read after it."""
+    async def _welcome(self, reader: asyncio.StreamReader) -> tuple[Welcomed, list[SessionEvent]]:
+        """The welcome, and the events that came in the same read after it."""
         while True:
-            frames = await _read_frames(reader, decoder)
-            for n, frame in enumerate(frames):
-                message = parse_server(frame)
-                if isinstance(message, Welcome):
-                    return message, frames[n + 1 :]
-                if isinstance(message, Error):
-                    raise ServerRefused(message.code, message.message)
-                if isinstance(message, Shutdown):
+            events = await self._read_events(reader)
+            for n, event in enumerate(events):
+                if isinstance(event, Welcomed):
+                    return event, events[n + 1 :]
+                if isinstance(event, Refused):
+                    raise ServerRefused(event.code, event.message)
+                if isinstance(event, Ended):
                     raise ConnectionClosed("the server is shutting down")
+                if isinstance(event, Ignored):
+                    self._warn(event)
 
-    async def _read_loop(
-        self, reader: asyncio.StreamReader, decoder: FrameDecoder, frames: list[bytes]
-    ) -> None:
+    async def _read_events(self, reader: asyncio.StreamReader) -> list[SessionEvent]:
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionClosed(self._dead or "the server closed the connection")
+        events = self.session.receive_data(data, asyncio.get_running_loop().time())
+        self._flush_out()  # pongs, and the outbox after a welcome
+        return events
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            if self._finishing:
+                self._finish()
+            while True:
+                # Backpressure: while the front end is behind, read nothing more; the
+                # server's writes then wait in TCP buffers, not in our memory.
+                while self.events.qsize() >= EVENT_QUEUE_HIGH:
+                    await asyncio.sleep(0.02)
+                self._handle(await self._read_events(reader))
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _ticker(self) -> None:
+        """Ping a quiet server; give the connection up when it stopped answering."""
+        loop = asyncio.get_running_loop()
         while True:
-            for frame in frames:
-                try:
-                    message = parse_server(frame)
-                except RemoteProtocolError as exc:
-                    log.warning("ignoring a frame from the server: %s", exc.message)
-                    continue
-                if isinstance(message, Ping):  # the server checks that we are still here
-                    self._write(encode(Pong()))
-                    continue
-                self._emit(Received(message))
-                if isinstance(message, Shutdown):
-                    return  # the end: _run says so
-            frames = await _read_frames(reader, decoder)
+            await asyncio.sleep(TICK)
+            if not self.session.tick(loop.time()):
+                self._dead = "the server stopped answering"
+                self._abort()
+                return
+            self._flush_out()
 
-    def _write(self, data: bytes) -> bool:
-        """Write ``data`` if there is a connection; whether there was."""
-        if self._writer is None or self._writer.is_closing():
-            return False
-        self._writer.write(data)
-        return True
+    def _handle(self, events: list[SessionEvent]) -> None:
+        for event in events:
+            match event:
+                case Line(chat=chat, replayed=replayed, older=older):
+                    self._emit(Received(chat, replayed, older))
+                case Acked(ref=ref, text=text, seq=seq, ts=ts):
+                    self._emit(Sent(ref, text, seq, ts or time.time()))
+                case Presence(message=message):
+                    self._emit(Received(message))
+                case ServerError(error=error):
+                    self._emit(Received(error))
+                case HistoryDone(end=end):
+                    self._emit(Received(end))
+                case Ignored():
+                    self._warn(event)
+                case Ended():
+                    self._emit(Received(Shutdown()))
+                    raise ServerShutdown
+        self._remember()
+        if self._finishing and not self.session.outbox:
+            self._quit()
 
-    def _send_chat(self, text: str, frame: bytes) -> None:
-        if not self._write(frame):
-            self._emit(NotSent(text))  # dropped meanwhile: the front end must not think it went
+    def _warn(self, event: Ignored) -> None:
+        """One warning per kind of bad frame a minute, however many a server sends."""
+        budget = self._warnings.setdefault(event.kind, WarningBudget(count=1, period=60.0))
+        allowed, dropped = budget.allow(time.monotonic())
+        if allowed:
+            more = f" ({dropped} more like it in the last minute)" if dropped else ""
+            log.warning("ignoring a frame from the server: %s%s", safe_text(event.reason), more)
+
+    def _remember(self, *, force: bool = False) -> None:
+        seq = self.session.last_seq
+        if self._last_seen is not None and self._fingerprint is not None and seq is not None:
+            self._last_seen.put(self._fingerprint, seq, force=force)
+
+    def _flush_out(self) -> None:
+        """Write what the session has to send, if there is a connection."""
+        data = self.session.data_to_send()
+        if data and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    def _send_chat(self, text: str) -> None:
+        ref = self.session.send(text)
+        self._emit(Queued(ref, text))
+        self._flush_out()
+        if ref not in self.session.outbox:  # a v1 server: it acknowledges nothing
+            self._emit(Sent(ref, text, 0, time.time()))
+
+    def _request_history(self, before: int | None, limit: int) -> None:
+        self.session.request_history(before, limit)
+        self._flush_out()
+
+    def _finish(self) -> None:
+        self._finishing = True
+        if not self.session.outbox and self.session.state is not ClientState.HELLO:
+            self._quit()
 
     def _quit(self) -> None:
         if self._stopping:
@@ -566,9 +755,11 @@ class ChatClient:
             if self._session_task is not None:
                 self._session_task.cancel()
             return
-        writer = self._writer
-        if writer is not None and not writer.is_closing():
-            writer.write(encode(Quit()))  # the server answers by closing the connection
+        self.session.quit()
+        self._flush_out()  # the server answers by closing the connection
+        # A server that never closes its side must not keep us: give it QUIT_WAIT seconds.
+        assert self._loop is not None  # noqa: S101
+        self._loop.call_later(QUIT_WAIT, self._abort)
 
 
 class _Protocol(asyncio.StreamReaderProtocol):
@@ -585,15 +776,6 @@ class _Protocol(asyncio.StreamReaderProtocol):
         if isinstance(transport, asyncio.Transport):
             self.transport = transport
         super().connection_made(transport)
-
-
-async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[bytes]:
-    if decoder.error is not None:  # the frames before an over-long line were handled: stop
-        raise decoder.error
-    data = await reader.read(65536)
-    if not data:
-        raise ConnectionClosed("the server closed the connection")
-    return decoder.feed(data)
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:

@@ -20,6 +20,7 @@ from chatsecure.client.core import (
     is_quit,
     safe_text,
 )
+from chatsecure.protocol.messages import Chat
 from chatsecure.errors import LocalProtocolError
 from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
 
@@ -84,6 +85,7 @@ def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> Non
             if done.is_set():
                 return
             if is_quit(text):
+                done.set()
                 break
             try:
                 client.send(text)
@@ -92,7 +94,12 @@ def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> Non
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
         print(f"chatsecure: cannot read the input: {exc}", file=sys.stderr, flush=True)
     finally:
-        client.quit()  # `quit`, end of input, or input that cannot be read
+        # End of input leaves once every line is stored (after a reconnect, if need be);
+        # `quit` typed, or input that cannot be read, leaves at once.
+        if done.is_set():
+            client.quit()
+        else:
+            client.finish()
 
 
 def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
@@ -100,11 +107,15 @@ def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
         case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
             names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
             print(
-                f"connected to {welcome.server.name!r} as {safe_text(welcome.you.nick)} "
-                f"({version}, {fp})\nonline: {names}",
+                f"connected to {safe_text(welcome.server.name)!r} as "
+                f"{safe_text(welcome.you.nick)} ({version}, {fp})\nonline: {names}",
                 file=stdout,
                 flush=True,
             )
+            if event.resumed:
+                print(resume_notice(event), file=stdout, flush=True)
+        case Received(message=Chat(), older=True):
+            pass  # the terminal never asks for older lines
         case Received(message=message):
             line = format_message(message)
             if line is not None:
@@ -112,8 +123,21 @@ def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=stderr)
         case NotSent(text=text):
-            print(f"chatsecure: not sent, the connection was lost: {safe_text(text)}", file=stderr)
+            print(f"chatsecure: not sent (the server never stored it): {safe_text(text)}", file=stderr)
         case Disconnected(reason=reason, error=True):
             print(f"chatsecure: {reason}", file=stderr, flush=True)
         case Disconnected(reason=reason):
             print(f"disconnected: {reason}", file=stdout, flush=True)
+
+
+def resume_notice(event: Connected) -> str:
+    """What a return to the room restored: ``3 missed messages restored``."""
+    missed, skipped = event.missed, event.welcome.skipped
+    said = f"{missed} missed message{'' if missed == 1 else 's'}" if missed else "nothing missed"
+    if missed and skipped:
+        said += f" (the oldest {skipped} are not shown)"
+    elif missed:
+        said += " restored"
+    if event.resent:
+        said += f"; {event.resent} of your lines sent again"
+    return f"* back in the room: {said}"

@@ -23,8 +23,10 @@ from chatsecure.client.core import (
     Connected,
     Disconnected,
     NotSent,
+    Queued,
     Received,
     Reconnecting,
+    Sent,
     Target,
 )
 from chatsecure.errors import LocalProtocolError
@@ -52,6 +54,7 @@ def make_client(server: ServerThread) -> Iterator[MakeClient]:
         target: Target | None = None,
         **options: Any,
     ) -> ChatClient:
+        options.setdefault("reconnect", False)  # the tests that reconnect say so
         client = ChatClient(
             target or Target(server.host, server.port),
             nick,
@@ -115,9 +118,12 @@ def test_chats_both_ways_with_a_raw_client(server: ServerThread, make_client: Ma
         next_event(client, Connected)
         alice.expect("join")
         client.send("hello alice")
+        queued = next_event(client, Queued)
         frame = alice.expect("msg")
         assert frame["text"] == "hello alice"
         assert frame["from"]["nick"] == "bob"
+        sent = next_event(client, Sent)
+        assert (sent.ref, sent.text, sent.seq) == (queued.ref, "hello alice", frame["seq"])
         alice.send({"type": "msg", "text": "hi bob"})
         chat = received(client, Chat)
         assert chat.text == "hi bob"
@@ -203,17 +209,24 @@ def test_text_sent_after_the_connection_ended_comes_back_as_not_sent(
     assert next_event(client, NotSent) == NotSent("too late")
 
 
-def test_text_sent_while_reconnecting_comes_back_as_not_sent(
+def test_text_sent_while_reconnecting_is_sent_after_the_reconnect(
     server: ServerThread, make_client: MakeClient
 ) -> None:
-    client = make_client("bob", reconnect=True)
-    next_event(client, Connected)
-    kick(server, "bob")
-    received(client, Error)
-    next_event(client, Reconnecting)
-    client.send("anyone there?")
-    assert next_event(client, NotSent) == NotSent("anyone there?")
-    next_event(client, Connected)  # and the client comes back as usual
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        client = make_client("bob", reconnect=True)
+        next_event(client, Connected)
+        kick(server, "bob")
+        received(client, Error)
+        next_event(client, Reconnecting)
+        client.send("anyone there?")
+        assert next_event(client, Queued).text == "anyone there?"
+        assert next_event(client, Connected).resent == 1
+        assert next_event(client, Sent).text == "anyone there?"
+        frames = [alice.recv() for _ in range(4)]  # join, leave, join, and the line
+        assert [f["type"] for f in frames] == ["join", "leave", "join", "msg"]
+        assert frames[-1]["text"] == "anyone there?"
+        assert alice.silent(), "sent once"
 
 
 def test_dropped_connection_with_reconnect_comes_back(
@@ -658,7 +671,7 @@ def test_failure_on_the_network_thread_ends_with_a_disconnected_event(
     client = ChatClient(
         Target(server.host, server.port), "bob", TrustPolicy(KnownServers(), accept_new=True)
     )
-    client.nick = UNDECODABLE  # past the check in __init__: hello cannot be encoded
+    client.session.nick = UNDECODABLE  # past the check in __init__: hello cannot be encoded
     client.start()
     try:
         disconnected = next_event(client, Disconnected)

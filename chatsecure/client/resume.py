@@ -1,0 +1,83 @@
+"""What a client remembers between runs to resume a room: its id and the last ``seq`` seen.
+
+Both live in the config folder (``CHATSECURE_HOME``): ``client_id``, made once, and
+``last_seen.json``, the last ``seq`` per server certificate fingerprint. Failing to read or
+write them costs a resume ("while you were away"), never the chat, so errors are swallowed
+here, on purpose, and logged at DEBUG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from chatsecure.protocol.messages import valid_client_id
+from chatsecure.tls.trust import config_home
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID_FILE = "client_id"
+LAST_SEEN_FILE = "last_seen.json"
+SAVE_EVERY = 1.0
+"""Seconds between two writes of the last ``seq`` while lines keep coming."""
+MAX_SERVERS = 200
+"""Servers whose last ``seq`` is remembered; the least recently used are forgotten."""
+
+
+def client_id(home: Path | None = None) -> str:
+    """This installation's client id: read from the config folder, made on first use."""
+    path = (home or config_home()) / CLIENT_ID_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        known = path.read_text(encoding="ascii").strip()
+        if valid_client_id(known):
+            return known
+    made = secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(made + "\n", encoding="ascii")
+    except OSError as exc:
+        log.debug("cannot keep the client id in %s: %s", path, exc)
+    return made
+
+
+class LastSeen:
+    """The last ``seq`` seen from each server, by certificate fingerprint."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.path = (home or config_home()) / LAST_SEEN_FILE
+        self._saved_at = 0.0
+
+    def get(self, fingerprint: str) -> int | None:
+        value = self._load().get(fingerprint)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    def put(self, fingerprint: str, seq: int, *, force: bool = False) -> None:
+        """Remember ``seq``; at most once per ``SAVE_EVERY`` seconds unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._saved_at < SAVE_EVERY:
+            return
+        self._saved_at = now
+        table = self._load()
+        table.pop(fingerprint, None)
+        table[fingerprint] = seq  # the newest last: the oldest go first when full
+        while len(table) > MAX_SERVERS:
+            del table[next(iter(table))]
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(table), encoding="utf-8")
+            os.replace(tmp, self.path)  # a crash mid-write never leaves half a file
+        except OSError as exc:
+            log.debug("cannot write %s: %s", self.path, exc)
+
+    def _load(self) -> dict[str, object]:
+        try:
+            table = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return table if isinstance(table, dict) else {}
