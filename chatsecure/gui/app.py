@@ -46,6 +46,10 @@ ENTRY_MASK = "•"
 """What the Password field shows for each character typed."""
 OPTIONAL_NOTE = "(if the room has one)"
 """Next to the Password field while there is nothing wrong with it."""
+BANNER_PADDING = (10, 6)
+"""Room around the text of the chat view's banner (left and right, top and bottom)."""
+LABEL_CHROME = 4
+"""Pixels a ttk label (the clam theme's border and padding) adds to the width of its text."""
 
 PALETTE = {
     "window": "#f3f4f6",
@@ -100,16 +104,17 @@ class App:
     # -- layout --------------------------------------------------------------------------
 
     def _build_connect(self) -> ttk.Frame:
-        view = ttk.Frame(self.root, name="connect", padding=(28, 20, 28, 12))
+        # Everything but the server list keeps its size; the list takes what is left, so a
+        # small window shrinks the list and never hides a field, a button or a message.
+        view = ttk.Frame(self.root, name="connect", padding=(24, 14, 24, 8))
         header = ttk.Frame(view, name="header")
-        header.pack(fill="x")
+        header.pack(side="top", fill="x")
         ttk.Label(header, text="chatsecure", style="Title.TLabel").pack(side="left")
         ttk.Label(header, text="secure chat on your network", style="Muted.TLabel").pack(
             side="left", padx=(12, 0), pady=(8, 0)
         )
 
         servers = ttk.LabelFrame(view, name="servers", text=" Servers on this network ")
-        servers.pack(fill="both", expand=True, pady=(16, 12))
         self.server_list = ttk.Treeview(
             servers,
             name="list",
@@ -118,13 +123,13 @@ class App:
             height=5,
             selectmode="browse",
         )
-        for column, heading, width in (
-            ("name", "Name", 260),
-            ("address", "Address", 180),
-            ("fingerprint", "Fingerprint", 200),
+        for column, heading, width in (  # together as wide as the list at the smallest window
+            ("name", "Name", 220),
+            ("address", "Address", 150),
+            ("fingerprint", "Fingerprint", 180),
         ):
             self.server_list.heading(column, text=heading, anchor="w")
-            self.server_list.column(column, width=width, anchor="w")
+            self.server_list.column(column, width=width, minwidth=60, anchor="w")
         bar = ttk.Scrollbar(servers, orient="vertical", command=self.server_list.yview)
         self.server_list.configure(yscrollcommand=bar.set)
         self.servers_hint = ttk.Label(servers, name="hint", style="Muted.TLabel")
@@ -135,8 +140,9 @@ class App:
         self.server_list.bind("<Double-1>", self._on_server_chosen)
         self.server_list.bind("<Return>", self._on_server_chosen)
 
-        form = ttk.LabelFrame(view, name="form", text=" Or type an address ", padding=(12, 8))
-        form.pack(fill="x")
+        form = ttk.LabelFrame(view, name="form", text=" Or type an address ", padding=(12, 4))
+        form.pack(side="bottom", fill="x")
+        servers.pack(side="top", fill="both", expand=True, pady=(10, 10))
         form.columnconfigure(2, weight=1)
         self.entries: dict[FormField, ttk.Entry] = {}
         self.field_errors: dict[FormField, ttk.Label] = {}
@@ -147,7 +153,7 @@ class App:
             ("password", "Password", 20),
         )
         for row, (name, label, width) in enumerate(rows):
-            ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=4)
+            ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=3)
             entry = ttk.Entry(
                 form,
                 name=name,
@@ -155,22 +161,26 @@ class App:
                 font=self.fonts["body"],
                 show=ENTRY_MASK if name == "password" else "",
             )
-            entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=4)
+            entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=3)
             entry.bind("<Return>", lambda _e: self._connect())
             error = ttk.Label(form, name=f"{name}_error", style="FieldError.TLabel")
-            error.grid(row=row, column=2, sticky="w")
+            error.grid(row=row, column=2, sticky="ew")
+            _wrap_to_width(error)
             self.entries[name] = entry
             self.field_errors[name] = error
 
         buttons = ttk.Frame(form, name="buttons")
-        buttons.grid(row=len(rows), column=1, columnspan=2, sticky="w", padx=(12, 0), pady=(8, 2))
+        buttons.grid(row=len(rows), column=1, columnspan=2, sticky="ew", padx=(12, 0), pady=(6, 2))
         self.connect_button = ttk.Button(
             buttons, name="connect", text="Connect", style="Accent.TButton", command=self._connect
         )
-        self.connect_button.pack(side="left")
+        self.connect_button.pack(side="left", anchor="n")
         self.cancel_button = ttk.Button(buttons, name="cancel", text="Cancel", command=self._cancel)
-        self.notice = ttk.Label(view, name="notice", style="Notice.TLabel", wraplength=820)
-        self.notice.pack(fill="x", pady=(10, 0))
+        # The notice sits beside the button it answers, as wide as the form lets it be. It is
+        # the view's child (``connect.notice``) laid out in the buttons row.
+        self.notice = ttk.Label(view, name="notice", style="Notice.TLabel", justify="left")
+        self.notice.pack(in_=buttons, side="left", fill="x", expand=True, padx=(14, 0))
+        _wrap_to_width(self.notice)
         self.root.bind("<Escape>", lambda _e: self._cancel())
         return view
 
@@ -186,7 +196,8 @@ class App:
             top, name="leave", text="Leave", width=8, command=self._leave
         )
         self.leave_button.pack(side="right")
-        self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", wraplength=840)
+        self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", justify="left")
+        _wrap_to_width(self.banner, padding=BANNER_PADDING[0] * 2)
 
         # Packed before the body, so that a small window shrinks the transcript, not this.
         bottom = ttk.Frame(view, name="bottom")
@@ -439,7 +450,7 @@ class App:
         connecting = model.phase is Phase.CONNECTING
         self.connect_button.state(["disabled"] if connecting else ["!disabled"])
         if connecting:
-            self.cancel_button.pack(side="left", padx=(8, 0))
+            self.cancel_button.pack(side="left", anchor="n", padx=(8, 0), after=self.connect_button)
         else:
             self.cancel_button.pack_forget()
         for name, label in self.field_errors.items():
@@ -643,6 +654,20 @@ class TrustDialog:
         self.window.destroy()
 
 
+def _wrap_to_width(label: ttk.Label, padding: int = 0) -> None:
+    """Wrap ``label``'s text to the width the layout gives it, whatever the window's size.
+
+    ``padding`` is what the label's style puts left and right of the text, together.
+    """
+
+    def wrap(event: tk.Event[ttk.Label]) -> None:
+        width = max(1, event.width - LABEL_CHROME - padding)
+        if str(label.cget("wraplength")) != str(width):  # the same value would relayout again
+            label.configure(wraplength=width)
+
+    label.bind("<Configure>", wrap, add="+")
+
+
 def _center(window: tk.Toplevel, over: tk.Misc) -> None:
     """Put ``window`` over the middle of ``over`` (window managers may still move it)."""
     window.update_idletasks()
@@ -691,9 +716,9 @@ def _style(root: tk.Tk, fonts: dict[str, tkfont.Font]) -> None:
     style.configure("FieldError.TLabel", foreground=p["error"])
     style.configure("Notice.TLabel", foreground=p["muted"])
     style.configure("NoticeError.TLabel", foreground=p["error"])
-    style.configure("Warn.TLabel", background=p["warn_bg"], padding=(10, 6))
+    style.configure("Warn.TLabel", background=p["warn_bg"], padding=BANNER_PADDING)
     style.configure(
-        "Error.TLabel", background=p["error_bg"], foreground=p["error"], padding=(10, 6)
+        "Error.TLabel", background=p["error_bg"], foreground=p["error"], padding=BANNER_PADDING
     )
     style.configure(
         "Status.TLabel", background=p["status_bg"], foreground="#374151", padding=(10, 4)
