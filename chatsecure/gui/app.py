@@ -146,6 +146,7 @@ class App:
         form.columnconfigure(2, weight=1)
         self.entries: dict[FormField, ttk.Entry] = {}
         self.field_errors: dict[FormField, ttk.Label] = {}
+        self._texts: dict[FormField, tk.StringVar] = {}
         rows: tuple[tuple[FormField, str, int], ...] = (
             ("host", "Host or IP", 28),
             ("port", "Port", 8),
@@ -154,12 +155,14 @@ class App:
         )
         for row, (name, label, width) in enumerate(rows):
             ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=3)
+            text = tk.StringVar(form)
             entry = ttk.Entry(
                 form,
                 name=name,
                 width=width,
                 font=self.fonts["body"],
                 show=ENTRY_MASK if name == "password" else "",
+                textvariable=text,
             )
             entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=3)
             entry.bind("<Return>", lambda _e: self._connect())
@@ -168,6 +171,7 @@ class App:
             _wrap_to_width(error)
             self.entries[name] = entry
             self.field_errors[name] = error
+            self._texts[name] = text
 
         buttons = ttk.Frame(form, name="buttons")
         buttons.grid(row=len(rows), column=1, columnspan=2, sticky="ew", padx=(12, 0), pady=(6, 2))
@@ -182,6 +186,8 @@ class App:
         self.notice.pack(in_=buttons, side="left", fill="x", expand=True, padx=(14, 0))
         _wrap_to_width(self.notice)
         self.root.bind("<Escape>", lambda _e: self._cancel())
+        for name, text in self._texts.items():
+            text.trace_add("write", lambda *_a, field=name: self._edited(field))
         return view
 
     def _build_chat(self) -> ttk.Frame:
@@ -321,6 +327,10 @@ class App:
             return
         self.controller.connect(result.request)
         self._render()
+
+    def _edited(self, name: FormField) -> None:
+        if not self._closed and self.controller.model.edited(name):
+            self._render()
 
     def _focus_first_error(self) -> None:
         errors = self.controller.model.form_errors
