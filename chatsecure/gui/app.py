@@ -166,6 +166,7 @@ class App:
             )
             entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=3)
             entry.bind("<Return>", lambda _e: self._connect())
+            _select_all_on_ctrl_a(entry)
             error = ttk.Label(form, name=f"{name}_error", style="FieldError.TLabel")
             error.grid(row=row, column=2, sticky="ew")
             _wrap_to_width(error)
@@ -209,6 +210,7 @@ class App:
         bottom = ttk.Frame(view, name="bottom")
         bottom.pack(side="bottom", fill="x")
         self.message = ttk.Entry(bottom, name="message", font=self.fonts["body"])
+        _select_all_on_ctrl_a(self.message)
         self.message.pack(side="left", fill="x", expand=True, ipady=3)
         self.message.bind("<Return>", lambda _e: self._send())
         self.send_button = ttk.Button(
@@ -676,6 +678,18 @@ def _wrap_to_width(label: ttk.Label, padding: int = 0) -> None:
             label.configure(wraplength=width)
 
     label.bind("<Configure>", wrap, add="+")
+
+
+def _select_all_on_ctrl_a(entry: ttk.Entry) -> None:
+    """Ctrl+A selects all the text, as on every desktop (Tk on X11 moves to the line start)."""
+
+    def select_all(_event: object) -> str:
+        entry.selection_range(0, "end")
+        entry.icursor("end")
+        return "break"  # not the class binding's move to the line start as well
+
+    for sequence in ("<Control-a>", "<Control-A>"):
+        entry.bind(sequence, select_all)
 
 
 def _center(window: tk.Toplevel, over: tk.Misc) -> None:

@@ -86,3 +86,34 @@ def test_a_failed_connection_is_forgotten_when_the_address_is_edited(gui: GuiFac
     focus(alice, field)
     xdotool(alice, "key", "BackSpace")
     assert alice.notice() == ""
+
+
+ENTRIES = ["connect.form.host", "connect.form.port", "connect.form.nick", "connect.form.password"]
+
+
+@pytest.mark.parametrize("path", ENTRIES)
+def test_ctrl_a_selects_all_in_the_connect_form(gui: GuiFactory, path: str) -> None:
+    alice = gui(nick="alice")
+    alice.type(path, "some text here")
+    entry = alice.w(path)
+    entry.icursor(4)
+    focus(alice, entry)
+    xdotool(alice, "key", "ctrl+a")
+    assert entry.selection_present()
+    assert (entry.index("sel.first"), entry.index("sel.last")) == (0, len("some text here"))
+    xdotool(alice, "type", "--delay", "2", "new")
+    assert entry.get() == "new"  # what was selected was replaced
+
+
+def test_ctrl_a_selects_all_in_the_message_box(server: ServerThread, gui: GuiFactory) -> None:
+    alice = gui(nick="alice", accept_new=True)
+    alice.connect("127.0.0.1", server.port)
+    alice.pump(lambda: alice.phase is Phase.CHAT)
+    box = alice.w("chat.bottom.message")
+    box.insert(0, "a long line I want to retype")
+    box.icursor(3)
+    focus(alice, box)
+    xdotool(alice, "key", "ctrl+a")
+    assert (box.index("sel.first"), box.index("sel.last")) == (0, box.index("end"))
+    xdotool(alice, "key", "BackSpace")
+    assert box.get() == ""
