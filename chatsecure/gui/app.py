@@ -26,6 +26,7 @@ from tkinter import font as tkfont
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
+from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
 from chatsecure.client.core import parse_target
 from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
@@ -34,6 +35,7 @@ from chatsecure.client.servers import ServerList, ServerRow
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES, Line
 from chatsecure.client.trust_dialog import PendingQuestion
 from chatsecure.errors import ConfigError
+from chatsecure.gui.urgency import set_urgent
 from chatsecure.protocol import limits
 from chatsecure.tls.trust import KnownServers
 
@@ -64,6 +66,7 @@ PALETTE = {
     "error": "#b91c1c",
     "error_bg": "#fee2e2",
     "warn_bg": "#fef3c7",
+    "mention_bg": "#fde68a",
     "status_bg": "#e5e7eb",
 }
 
@@ -83,6 +86,10 @@ class App:
         self._tick: str | None = None
         self._closed = False
         self._discovery: Discovery | None = None
+        self.attention = Attention()
+        self._urgent = False
+        """Whether the window's urgency hint is set."""
+        self._focus_check: str | None = None
         self.fonts = _fonts(root)
         _style(root, self.fonts)
         root.title("chatsecure")
@@ -94,6 +101,8 @@ class App:
         self.connect_view = self._build_connect()
         self.chat_view = self._build_chat()
         root.protocol("WM_DELETE_WINDOW", self.close)
+        for sequence in ("<FocusIn>", "<FocusOut>"):  # on every widget of every window of ours
+            root.bind_all(sequence, self._focus_moved, add="+")
         self._fill_defaults()
         self._start_discovery()
         self._render()
@@ -293,6 +302,7 @@ class App:
         text.tag_configure("own", background=PALETTE["own_bg"])
         text.tag_configure("own-nick", foreground=PALETTE["accent_dark"])
         text.tag_configure("chat-nick", foreground=PALETTE["text"])
+        text.tag_configure("mention", background=PALETTE["mention_bg"])  # made last, shown on top
 
     # -- what the user does --------------------------------------------------------------
 
@@ -356,7 +366,7 @@ class App:
         if out.clear:
             self.message.delete(0, "end")
         if out.line is not None:
-            self._append([out.line])
+            self._append([out.line], [False])
         self._render()
 
     def _selected_server(self) -> ServerRow | None:
@@ -383,10 +393,12 @@ class App:
         with contextlib.suppress(tk.TclError):
             if self._tick is not None:
                 self.root.after_cancel(self._tick)
+            if self._focus_check is not None:
+                self.root.after_cancel(self._focus_check)
             if self._dialog is not None:
                 self._dialog.destroy()
             self.root.withdraw()
-        self._tick = self._dialog = None
+        self._tick = self._dialog = self._focus_check = None
         self.controller.close()
         if self._discovery is not None:
             self._discovery.stop()
@@ -404,7 +416,7 @@ class App:
                 if self._view == "connect":
                     self._focus_first_error()  # the server refused a field (the password)
             if update.lines:
-                self._append(update.lines)
+                self._arrived(update.lines)
             self._ask_trust()
             if self._discovery is not None and self._discovery.poll(self.servers):
                 self._render_servers()
@@ -436,7 +448,7 @@ class App:
         view = model.phase.view
         if view != self._view:
             self._switch(view)
-        self.root.title(model.title())
+        self.root.title(self.attention.title(model.title()))
         self.status.configure(text=model.status())
         if view == "connect":
             self._render_connect()
@@ -445,6 +457,8 @@ class App:
 
     def _switch(self, view: str) -> None:
         self._view = view
+        self.attention.reset()  # what was unread belongs to the room left behind
+        self._show_urgency()
         if view == "chat":
             self.connect_view.pack_forget()
             self._clear_transcript()
@@ -529,20 +543,53 @@ class App:
         self.transcript.delete("1.0", "end")
         self.transcript.configure(state="disabled")
 
-    def _append(self, lines: list[Line]) -> None:
+    def _arrived(self, lines: list[Line]) -> None:
+        """Show lines from the network; count them while the window has no focus."""
+        me = self.controller.model.roster.me
+        named = self.attention.arrived(lines, me.nick if me is not None else None)
+        self._append(lines, named)
+        self.root.title(self.attention.title(self.controller.model.title()))
+        self._show_urgency()
+
+    def _append(self, lines: list[Line], named: list[bool]) -> None:
+        """Add ``lines`` to the transcript, highlighting those that name the user."""
         text = self.transcript
         at_bottom = text.yview()[1] >= 0.999
         text.configure(state="normal")
-        for line in lines:
+        for line, mention in zip(lines, named, strict=True):
+            extra = ("mention",) if mention else ()
             for part, style in line.segments():
-                text.insert("end", part, (line.kind, f"{line.kind}-{style}"))
-            text.insert("end", "\n", (line.kind,))
+                text.insert("end", part, (line.kind, f"{line.kind}-{style}", *extra))
+            text.insert("end", "\n", (line.kind, *extra))
         excess = int(text.index("end-1c").split(".")[0]) - 1 - MAX_TRANSCRIPT_LINES
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
         text.configure(state="disabled")
         if at_bottom:
             text.see("end")
+
+    # -- attention -----------------------------------------------------------------------
+
+    def _focus_moved(self, _event: object) -> None:
+        # Within the window focus moves out of one widget and into another: look once both
+        # events are handled, then only a change of window counts.
+        if self._focus_check is None and not self._closed:
+            self._focus_check = self.root.after_idle(self._check_focus)
+
+    def _check_focus(self) -> None:
+        self._focus_check = None
+        if self._closed:
+            return
+        focused = bool(self.root.tk.call("focus"))  # "" unless a window of ours has the focus
+        if self.attention.focus(focused):
+            self.root.title(self.attention.title(self.controller.model.title()))
+        self._show_urgency()
+
+    def _show_urgency(self) -> None:
+        urgent = self.attention.urgent
+        if urgent != self._urgent:
+            self._urgent = urgent
+            set_urgent(self.root, urgent)
 
     # -- discovery -----------------------------------------------------------------------
 
