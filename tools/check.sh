@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run every check: lint, types and the whole test suite.
 # Usage: bash tools/check.sh [pytest arguments]
-# As root (or with sudo) it first installs the Debian packages the tests use: Xvfb and
-# xdotool for the real-window GUI tests, iproute2 for the network-namespace tests.
+# As root (or with sudo) it first installs the Debian packages the tests use: Xvfb, xdotool
+# and x11-utils for the real-window GUI tests, iproute2 for the network-namespace tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v Xvfb >/dev/null || need+=(xvfb)
 command -v xdotool >/dev/null || need+=(xdotool)
+command -v xprop >/dev/null || need+=(x11-utils)  # xprop, xwininfo: the urgency hint test
 command -v ip >/dev/null || need+=(iproute2)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v openssl >/dev/null || need+=(openssl)  # s_client probes the TLS policy

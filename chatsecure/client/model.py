@@ -53,6 +53,8 @@ class Notice:
 
     kind: Literal["info", "error"]
     text: str
+    fields: frozenset[FormField] = frozenset()
+    """The form fields it is about: editing one of them makes it stale."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,10 @@ class Outgoing:
     line: Line | None = None
     clear: bool = False
     """Whether the message box should be emptied."""
+
+
+_ADDRESS: frozenset[FormField] = frozenset({"host", "port"})
+"""The fields a failed connection is about (its notice names the address)."""
 
 
 class ChatModel:
@@ -86,6 +92,16 @@ class ChatModel:
     def invalid(self, errors: dict[FormField, str]) -> None:
         """The connect form did not pass its check: show why, next to each field."""
         self.form_errors = dict(errors)
+
+    def edited(self, name: FormField) -> bool:
+        """The user changed a field of the connect form: its error, and a notice about it, go.
+
+        Returns whether anything shown changed.
+        """
+        stale = self.notice is not None and name in self.notice.fields
+        if stale:
+            self.notice = None
+        return self.form_errors.pop(name, None) is not None or stale
 
     def connecting(self, request: ConnectRequest) -> None:
         self.form_errors = {}
@@ -205,7 +221,7 @@ class ChatModel:
             if code == ErrorCode.AUTH_FAILED:
                 self._password_refused()
             else:
-                self.notice = Notice("error", self._failure(reason))
+                self.notice = Notice("error", self._failure(reason), _ADDRESS)
             return []
         if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
             self.phase = Phase.ENDED
@@ -222,7 +238,7 @@ class ChatModel:
         else:
             self.form_errors = {"password": "This room needs a password."}
             text = f"Not connected: {where} asks for a room password. Type it and connect again."
-        self.notice = Notice("error", text)
+        self.notice = Notice("error", text, frozenset({"password"}))
 
     def _failure(self, reason: str) -> str:
         where = self.where

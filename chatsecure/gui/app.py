@@ -26,6 +26,7 @@ from tkinter import font as tkfont
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
+from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
 from chatsecure.client.core import parse_target
 from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
@@ -34,6 +35,7 @@ from chatsecure.client.servers import ServerList, ServerRow
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES, Line
 from chatsecure.client.trust_dialog import PendingQuestion
 from chatsecure.errors import ConfigError
+from chatsecure.gui.urgency import set_urgent
 from chatsecure.protocol import limits
 from chatsecure.tls.trust import KnownServers
 
@@ -46,6 +48,10 @@ ENTRY_MASK = "•"
 """What the Password field shows for each character typed."""
 OPTIONAL_NOTE = "(if the room has one)"
 """Next to the Password field while there is nothing wrong with it."""
+BANNER_PADDING = (10, 6)
+"""Room around the text of the chat view's banner (left and right, top and bottom)."""
+LABEL_CHROME = 4
+"""Pixels a ttk label (the clam theme's border and padding) adds to the width of its text."""
 
 PALETTE = {
     "window": "#f3f4f6",
@@ -60,6 +66,7 @@ PALETTE = {
     "error": "#b91c1c",
     "error_bg": "#fee2e2",
     "warn_bg": "#fef3c7",
+    "mention_bg": "#fde68a",
     "status_bg": "#e5e7eb",
 }
 
@@ -79,6 +86,10 @@ class App:
         self._tick: str | None = None
         self._closed = False
         self._discovery: Discovery | None = None
+        self.attention = Attention()
+        self._urgent = False
+        """Whether the window's urgency hint is set."""
+        self._focus_check: str | None = None
         self.fonts = _fonts(root)
         _style(root, self.fonts)
         root.title("chatsecure")
@@ -90,6 +101,8 @@ class App:
         self.connect_view = self._build_connect()
         self.chat_view = self._build_chat()
         root.protocol("WM_DELETE_WINDOW", self.close)
+        for sequence in ("<FocusIn>", "<FocusOut>"):  # on every widget of every window of ours
+            root.bind_all(sequence, self._focus_moved, add="+")
         self._fill_defaults()
         self._start_discovery()
         self._render()
@@ -100,16 +113,17 @@ class App:
     # -- layout --------------------------------------------------------------------------
 
     def _build_connect(self) -> ttk.Frame:
-        view = ttk.Frame(self.root, name="connect", padding=(28, 20, 28, 12))
+        # Everything but the server list keeps its size; the list takes what is left, so a
+        # small window shrinks the list and never hides a field, a button or a message.
+        view = ttk.Frame(self.root, name="connect", padding=(24, 14, 24, 8))
         header = ttk.Frame(view, name="header")
-        header.pack(fill="x")
+        header.pack(side="top", fill="x")
         ttk.Label(header, text="chatsecure", style="Title.TLabel").pack(side="left")
         ttk.Label(header, text="secure chat on your network", style="Muted.TLabel").pack(
             side="left", padx=(12, 0), pady=(8, 0)
         )
 
         servers = ttk.LabelFrame(view, name="servers", text=" Servers on this network ")
-        servers.pack(fill="both", expand=True, pady=(16, 12))
         self.server_list = ttk.Treeview(
             servers,
             name="list",
@@ -118,13 +132,13 @@ class App:
             height=5,
             selectmode="browse",
         )
-        for column, heading, width in (
-            ("name", "Name", 260),
-            ("address", "Address", 180),
-            ("fingerprint", "Fingerprint", 200),
+        for column, heading, width in (  # together as wide as the list at the smallest window
+            ("name", "Name", 220),
+            ("address", "Address", 150),
+            ("fingerprint", "Fingerprint", 180),
         ):
             self.server_list.heading(column, text=heading, anchor="w")
-            self.server_list.column(column, width=width, anchor="w")
+            self.server_list.column(column, width=width, minwidth=60, anchor="w")
         bar = ttk.Scrollbar(servers, orient="vertical", command=self.server_list.yview)
         self.server_list.configure(yscrollcommand=bar.set)
         self.servers_hint = ttk.Label(servers, name="hint", style="Muted.TLabel")
@@ -135,11 +149,13 @@ class App:
         self.server_list.bind("<Double-1>", self._on_server_chosen)
         self.server_list.bind("<Return>", self._on_server_chosen)
 
-        form = ttk.LabelFrame(view, name="form", text=" Or type an address ", padding=(12, 8))
-        form.pack(fill="x")
+        form = ttk.LabelFrame(view, name="form", text=" Or type an address ", padding=(12, 4))
+        form.pack(side="bottom", fill="x")
+        servers.pack(side="top", fill="both", expand=True, pady=(10, 10))
         form.columnconfigure(2, weight=1)
         self.entries: dict[FormField, ttk.Entry] = {}
         self.field_errors: dict[FormField, ttk.Label] = {}
+        self._texts: dict[FormField, tk.StringVar] = {}
         rows: tuple[tuple[FormField, str, int], ...] = (
             ("host", "Host or IP", 28),
             ("port", "Port", 8),
@@ -147,31 +163,41 @@ class App:
             ("password", "Password", 20),
         )
         for row, (name, label, width) in enumerate(rows):
-            ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=4)
+            ttk.Label(form, text=label).grid(row=row, column=0, sticky="w", pady=3)
+            text = tk.StringVar(form)
             entry = ttk.Entry(
                 form,
                 name=name,
                 width=width,
                 font=self.fonts["body"],
                 show=ENTRY_MASK if name == "password" else "",
+                textvariable=text,
             )
-            entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=4)
+            entry.grid(row=row, column=1, sticky="w", padx=(12, 12), pady=3)
             entry.bind("<Return>", lambda _e: self._connect())
+            _select_all_on_ctrl_a(entry)
             error = ttk.Label(form, name=f"{name}_error", style="FieldError.TLabel")
-            error.grid(row=row, column=2, sticky="w")
+            error.grid(row=row, column=2, sticky="ew")
+            _wrap_to_width(error)
             self.entries[name] = entry
             self.field_errors[name] = error
+            self._texts[name] = text
 
         buttons = ttk.Frame(form, name="buttons")
-        buttons.grid(row=len(rows), column=1, columnspan=2, sticky="w", padx=(12, 0), pady=(8, 2))
+        buttons.grid(row=len(rows), column=1, columnspan=2, sticky="ew", padx=(12, 0), pady=(6, 2))
         self.connect_button = ttk.Button(
             buttons, name="connect", text="Connect", style="Accent.TButton", command=self._connect
         )
-        self.connect_button.pack(side="left")
+        self.connect_button.pack(side="left", anchor="n")
         self.cancel_button = ttk.Button(buttons, name="cancel", text="Cancel", command=self._cancel)
-        self.notice = ttk.Label(view, name="notice", style="Notice.TLabel", wraplength=820)
-        self.notice.pack(fill="x", pady=(10, 0))
+        # The notice sits beside the button it answers, as wide as the form lets it be. It is
+        # the view's child (``connect.notice``) laid out in the buttons row.
+        self.notice = ttk.Label(view, name="notice", style="Notice.TLabel", justify="left")
+        self.notice.pack(in_=buttons, side="left", fill="x", expand=True, padx=(14, 0))
+        _wrap_to_width(self.notice)
         self.root.bind("<Escape>", lambda _e: self._cancel())
+        for name, text in self._texts.items():
+            text.trace_add("write", lambda *_a, field=name: self._edited(field))
         return view
 
     def _build_chat(self) -> ttk.Frame:
@@ -186,12 +212,14 @@ class App:
             top, name="leave", text="Leave", width=8, command=self._leave
         )
         self.leave_button.pack(side="right")
-        self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", wraplength=840)
+        self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", justify="left")
+        _wrap_to_width(self.banner, padding=BANNER_PADDING[0] * 2)
 
         # Packed before the body, so that a small window shrinks the transcript, not this.
         bottom = ttk.Frame(view, name="bottom")
         bottom.pack(side="bottom", fill="x")
         self.message = ttk.Entry(bottom, name="message", font=self.fonts["body"])
+        _select_all_on_ctrl_a(self.message)
         self.message.pack(side="left", fill="x", expand=True, ipady=3)
         self.message.bind("<Return>", lambda _e: self._send())
         self.send_button = ttk.Button(
@@ -274,6 +302,7 @@ class App:
         text.tag_configure("own", background=PALETTE["own_bg"])
         text.tag_configure("own-nick", foreground=PALETTE["accent_dark"])
         text.tag_configure("chat-nick", foreground=PALETTE["text"])
+        text.tag_configure("mention", background=PALETTE["mention_bg"])  # made last, shown on top
 
     # -- what the user does --------------------------------------------------------------
 
@@ -311,6 +340,10 @@ class App:
         self.controller.connect(result.request)
         self._render()
 
+    def _edited(self, name: FormField) -> None:
+        if not self._closed and self.controller.model.edited(name):
+            self._render()
+
     def _focus_first_error(self) -> None:
         errors = self.controller.model.form_errors
         if errors:
@@ -333,7 +366,7 @@ class App:
         if out.clear:
             self.message.delete(0, "end")
         if out.line is not None:
-            self._append([out.line])
+            self._append([out.line], [False])
         self._render()
 
     def _selected_server(self) -> ServerRow | None:
@@ -360,10 +393,12 @@ class App:
         with contextlib.suppress(tk.TclError):
             if self._tick is not None:
                 self.root.after_cancel(self._tick)
+            if self._focus_check is not None:
+                self.root.after_cancel(self._focus_check)
             if self._dialog is not None:
                 self._dialog.destroy()
             self.root.withdraw()
-        self._tick = self._dialog = None
+        self._tick = self._dialog = self._focus_check = None
         self.controller.close()
         if self._discovery is not None:
             self._discovery.stop()
@@ -381,7 +416,7 @@ class App:
                 if self._view == "connect":
                     self._focus_first_error()  # the server refused a field (the password)
             if update.lines:
-                self._append(update.lines)
+                self._arrived(update.lines)
             self._ask_trust()
             if self._discovery is not None and self._discovery.poll(self.servers):
                 self._render_servers()
@@ -413,7 +448,7 @@ class App:
         view = model.phase.view
         if view != self._view:
             self._switch(view)
-        self.root.title(model.title())
+        self.root.title(self.attention.title(model.title()))
         self.status.configure(text=model.status())
         if view == "connect":
             self._render_connect()
@@ -422,6 +457,8 @@ class App:
 
     def _switch(self, view: str) -> None:
         self._view = view
+        self.attention.reset()  # what was unread belongs to the room left behind
+        self._show_urgency()
         if view == "chat":
             self.connect_view.pack_forget()
             self._clear_transcript()
@@ -439,7 +476,7 @@ class App:
         connecting = model.phase is Phase.CONNECTING
         self.connect_button.state(["disabled"] if connecting else ["!disabled"])
         if connecting:
-            self.cancel_button.pack(side="left", padx=(8, 0))
+            self.cancel_button.pack(side="left", anchor="n", padx=(8, 0), after=self.connect_button)
         else:
             self.cancel_button.pack_forget()
         for name, label in self.field_errors.items():
@@ -506,20 +543,53 @@ class App:
         self.transcript.delete("1.0", "end")
         self.transcript.configure(state="disabled")
 
-    def _append(self, lines: list[Line]) -> None:
+    def _arrived(self, lines: list[Line]) -> None:
+        """Show lines from the network; count them while the window has no focus."""
+        me = self.controller.model.roster.me
+        named = self.attention.arrived(lines, me.nick if me is not None else None)
+        self._append(lines, named)
+        self.root.title(self.attention.title(self.controller.model.title()))
+        self._show_urgency()
+
+    def _append(self, lines: list[Line], named: list[bool]) -> None:
+        """Add ``lines`` to the transcript, highlighting those that name the user."""
         text = self.transcript
         at_bottom = text.yview()[1] >= 0.999
         text.configure(state="normal")
-        for line in lines:
+        for line, mention in zip(lines, named, strict=True):
+            extra = ("mention",) if mention else ()
             for part, style in line.segments():
-                text.insert("end", part, (line.kind, f"{line.kind}-{style}"))
-            text.insert("end", "\n", (line.kind,))
+                text.insert("end", part, (line.kind, f"{line.kind}-{style}", *extra))
+            text.insert("end", "\n", (line.kind, *extra))
         excess = int(text.index("end-1c").split(".")[0]) - 1 - MAX_TRANSCRIPT_LINES
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
         text.configure(state="disabled")
         if at_bottom:
             text.see("end")
+
+    # -- attention -----------------------------------------------------------------------
+
+    def _focus_moved(self, _event: object) -> None:
+        # Within the window focus moves out of one widget and into another: look once both
+        # events are handled, then only a change of window counts.
+        if self._focus_check is None and not self._closed:
+            self._focus_check = self.root.after_idle(self._check_focus)
+
+    def _check_focus(self) -> None:
+        self._focus_check = None
+        if self._closed:
+            return
+        focused = bool(self.root.tk.call("focus"))  # "" unless a window of ours has the focus
+        if self.attention.focus(focused):
+            self.root.title(self.attention.title(self.controller.model.title()))
+        self._show_urgency()
+
+    def _show_urgency(self) -> None:
+        urgent = self.attention.urgent
+        if urgent != self._urgent:
+            self._urgent = urgent
+            set_urgent(self.root, urgent)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -643,6 +713,32 @@ class TrustDialog:
         self.window.destroy()
 
 
+def _wrap_to_width(label: ttk.Label, padding: int = 0) -> None:
+    """Wrap ``label``'s text to the width the layout gives it, whatever the window's size.
+
+    ``padding`` is what the label's style puts left and right of the text, together.
+    """
+
+    def wrap(event: tk.Event[ttk.Label]) -> None:
+        width = max(1, event.width - LABEL_CHROME - padding)
+        if str(label.cget("wraplength")) != str(width):  # the same value would relayout again
+            label.configure(wraplength=width)
+
+    label.bind("<Configure>", wrap, add="+")
+
+
+def _select_all_on_ctrl_a(entry: ttk.Entry) -> None:
+    """Ctrl+A selects all the text, as on every desktop (Tk on X11 moves to the line start)."""
+
+    def select_all(_event: object) -> str:
+        entry.selection_range(0, "end")
+        entry.icursor("end")
+        return "break"  # not the class binding's move to the line start as well
+
+    for sequence in ("<Control-a>", "<Control-A>"):
+        entry.bind(sequence, select_all)
+
+
 def _center(window: tk.Toplevel, over: tk.Misc) -> None:
     """Put ``window`` over the middle of ``over`` (window managers may still move it)."""
     window.update_idletasks()
@@ -691,9 +787,9 @@ def _style(root: tk.Tk, fonts: dict[str, tkfont.Font]) -> None:
     style.configure("FieldError.TLabel", foreground=p["error"])
     style.configure("Notice.TLabel", foreground=p["muted"])
     style.configure("NoticeError.TLabel", foreground=p["error"])
-    style.configure("Warn.TLabel", background=p["warn_bg"], padding=(10, 6))
+    style.configure("Warn.TLabel", background=p["warn_bg"], padding=BANNER_PADDING)
     style.configure(
-        "Error.TLabel", background=p["error_bg"], foreground=p["error"], padding=(10, 6)
+        "Error.TLabel", background=p["error_bg"], foreground=p["error"], padding=BANNER_PADDING
     )
     style.configure(
         "Status.TLabel", background=p["status_bg"], foreground="#374151", padding=(10, 4)
