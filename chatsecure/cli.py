@@ -14,8 +14,8 @@ from pathlib import Path
 
 from chatsecure import __version__
 from chatsecure.errors import ChatError
-from chatsecure.protocol import limits
 from chatsecure.history.cli import add_history_arguments, cmd_history
+from chatsecure.protocol import limits
 from chatsecure.settings import add_server_arguments
 from chatsecure.tls import certs
 

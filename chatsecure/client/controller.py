@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from chatsecure.client.core import ChatClient, Connected, Disconnected
 from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick
 from chatsecure.client.model import ChatModel, Outgoing, Phase
+from chatsecure.client.resume import LastSeen, client_id
 from chatsecure.client.transcript import Line, notice
 from chatsecure.client.trust_dialog import PendingQuestion, TrustBridge
 from chatsecure.errors import LocalProtocolError
@@ -61,6 +62,8 @@ class Controller:
             policy,
             password=request.password,
             reconnect=self.options.reconnect,
+            client_id=client_id(),
+            last_seen=LastSeen(),
         )
         self.model.connecting(request)
         self.client, self.bridge = client, bridge
@@ -90,6 +93,14 @@ class Controller:
                 said = exc.message[:1].upper() + exc.message[1:]
                 return Outgoing(line=notice("error", f"{said}.", now))
         return out
+
+    def load_older(self, limit: int = 100) -> bool:
+        """Ask the server for lines older than those shown (the user scrolled to the top)."""
+        before = self.model.wants_older()
+        if before is None or self.client is None:
+            return False
+        self.client.request_history(before, limit)
+        return True
 
     def next_question(self) -> PendingQuestion | None:
         return self.bridge.next() if self.bridge is not None else None

@@ -13,8 +13,10 @@ from chatsecure.client.core import (
     Connected,
     Disconnected,
     NotSent,
+    Queued,
     Received,
     Reconnecting,
+    Sent,
     clock,
     describe,
     host_port,
@@ -23,9 +25,9 @@ from chatsecure.client.core import (
     short_fingerprint,
 )
 from chatsecure.client.form import ConnectRequest, FormField
-from chatsecure.client.transcript import LEAVE_REASONS, Line, Roster, chat_line, notice
+from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
+from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown
 from chatsecure.tls.trust import TrustQuestion
 
 
@@ -86,6 +88,13 @@ class ChatModel:
         self.banner: str | None = None
         """The chat view's warning while reconnecting or after the connection ended."""
         self.declined: TrustQuestion | None = None
+        self.pending: dict[str, str] = {}
+        """Own lines sent but not yet stored by the server, by ref."""
+        self.oldest_seq: int | None = None
+        """The oldest line shown, for loading older ones; None before any sequenced line."""
+        self.loading_older = False
+        self.all_loaded = False
+        """The server has nothing older than ``oldest_seq``."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -133,11 +142,21 @@ class ChatModel:
             return Outgoing(quit=True, clear=True)
         if not text.strip():
             return Outgoing(clear=True)
-        if self.phase is not Phase.CHAT or self.roster.me is None:
+        if self.phase not in {Phase.CHAT, Phase.RECONNECTING} or self.roster.me is None:
             return Outgoing(line=notice("error", "Not connected: the message was not sent.", ts))
         # How long a text may be is the server's to say (text_too_long); the core refuses
-        # what cannot be sent at all (Controller.submit).
-        return Outgoing(send=text, line=chat_line(self.roster.me, text, ts, own=True), clear=True)
+        # what cannot be sent at all (Controller.submit). While reconnecting, the line waits
+        # and goes out after the reconnect: it shows as pending (``Queued``) meanwhile.
+        return Outgoing(send=text, clear=True)
+
+    def wants_older(self) -> int | None:
+        """The ``before`` of a request for older lines, if one should be made now."""
+        if self.phase is not Phase.CHAT or self.loading_older or self.all_loaded:
+            return None
+        if self.oldest_seq is None or self.oldest_seq <= 1:
+            return None
+        self.loading_older = True
+        return self.oldest_seq
 
     # -- what the network said -----------------------------------------------------------
 
@@ -146,6 +165,8 @@ class ChatModel:
         match event:
             case Connected():
                 return self._connected(event, ts)
+            case Received(message=Chat() as chat, replayed=replayed, older=older):
+                return self._chat(chat, replayed=replayed, older=older)
             case Received(message=message):
                 return self._received(message, ts)
             case Reconnecting(attempt=attempt, delay=delay, reason=reason):
@@ -157,11 +178,24 @@ class ChatModel:
                 return [notice("error", self.banner, ts)]
             case Disconnected(reason=reason, error=error, code=code):
                 return self._disconnected(reason, error, code, ts)
+            case Queued(ref=ref, text=text) if self.roster.me is not None:
+                self.pending[ref] = text
+                me = self.roster.me
+                return [Line("pending", clock(ts), text, me.nick, me.addr, ref=ref)]
+            case Sent(ref=ref, text=text, seq=seq, ts=sent) if self.roster.me is not None:
+                self.pending.pop(ref, None)
+                self._saw(seq)
+                me = self.roster.me
+                return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref)]
             case NotSent(text=text):
                 return [
-                    notice("error", f"Not sent, the connection was lost: {safe_text(text)}", ts)
+                    notice("error", f"Not sent: the server never stored it: {safe_text(text)}", ts)
                 ]
         return []
+
+    def _saw(self, seq: int) -> None:
+        if seq and (self.oldest_seq is None or seq < self.oldest_seq):
+            self.oldest_seq = seq
 
     def _connected(self, event: Connected, ts: float | None) -> list[Line]:
         again = self.phase is Phase.RECONNECTING
@@ -172,6 +206,7 @@ class ChatModel:
         welcome = event.welcome
         self.roster.reset(welcome.you, welcome.peers)
         verb = "Reconnected to" if again else "Connected to"
+        self.pending.clear()  # the core sends them again: each comes back as Sent
         lines = [
             notice(
                 "info",
@@ -180,6 +215,12 @@ class ChatModel:
                 ts,
             )
         ]
+        if not again:
+            self.oldest_seq, self.loading_older, self.all_loaded = None, False, False
+        if event.resumed:
+            lines.append(notice("info", self._resume_text(event, again), ts))
+        elif welcome.replay:
+            lines.append(notice("info", "Earlier in this room:", ts))
         if self.request is not None and welcome.you.nick != self.request.nick:
             lines.append(
                 notice(
@@ -194,11 +235,34 @@ class ChatModel:
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
         return lines
 
+    @staticmethod
+    def _resume_text(event: Connected, again: bool) -> str:
+        missed, skipped = event.missed, event.welcome.skipped
+        if not missed:
+            said = "Nothing was said while you were away."
+        elif again:
+            said = f"{missed} missed message{'' if missed == 1 else 's'} restored."
+        else:
+            said = f"{missed} message{'' if missed == 1 else 's'} while you were away."
+        if skipped:
+            said += f" The oldest {skipped} are not shown (scroll up for them)."
+        if event.resent:
+            said += f" {event.resent} of your lines sent again."
+        return said + (" ─── new since you left ───" if missed else "")
+
+    def _chat(self, chat: Chat, *, replayed: bool, older: bool) -> list[Line]:
+        self._saw(chat.seq)
+        own = self.roster.me is not None and chat.sender.id == self.roster.me.id
+        kind: LineKind = "history" if replayed or older else "own" if own else "chat"
+        sender = chat.sender
+        return [Line(kind, clock(chat.ts), chat.text, sender.nick, sender.addr, older=older)]
+
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
-            case Chat(sender=sender, text=text, ts=sent):
-                own = self.roster.me is not None and sender.id == self.roster.me.id
-                return [chat_line(sender, text, sent, own=own)]
+            case HistoryEnd(count=count):
+                self.loading_older = False
+                self.all_loaded = self.all_loaded or count == 0
+                return []
             case Join(peer=peer):
                 self.roster.join(peer)
                 return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]

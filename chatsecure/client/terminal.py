@@ -20,8 +20,8 @@ from chatsecure.client.core import (
     is_quit,
     safe_text,
 )
-from chatsecure.protocol.messages import Chat
 from chatsecure.errors import LocalProtocolError
+from chatsecure.protocol.messages import Chat
 from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
 
 
@@ -123,7 +123,9 @@ def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=stderr)
         case NotSent(text=text):
-            print(f"chatsecure: not sent (the server never stored it): {safe_text(text)}", file=stderr)
+            print(
+                f"chatsecure: not sent (the server never stored it): {safe_text(text)}", file=stderr
+            )
         case Disconnected(reason=reason, error=True):
             print(f"chatsecure: {reason}", file=stderr, flush=True)
         case Disconnected(reason=reason):

@@ -12,7 +12,9 @@ from chatsecure.protocol.messages import Peer
 MAX_TRANSCRIPT_LINES = 5000
 """Lines the transcript keeps; older ones are dropped from the top."""
 
-LineKind = Literal["chat", "own", "join", "leave", "error", "info"]
+LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info"]
+"""``pending``: an own line the server has not stored yet; ``history``: a line said before we
+came (or while we were away), replayed or loaded by scrolling up."""
 
 LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS); others shown raw
     "quit": "left",
@@ -34,6 +36,10 @@ class Line:
     text: str
     nick: str | None = None
     addr: str | None = None
+    ref: str | None = None
+    """For an own line: the ref it was sent with, so that ``Sent`` can replace ``pending``."""
+    older: bool = False
+    """Loaded by scrolling up: it goes above every line shown."""
 
     def segments(self) -> tuple[tuple[str, str], ...]:
         """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""
@@ -42,7 +48,7 @@ class Line:
             parts.append((self.text, "body"))
             return tuple(parts)
         who = [(safe_text(self.nick), "nick"), (f" ({safe_text(self.addr or '')})", "addr")]
-        if self.kind in {"chat", "own"}:
+        if self.kind in {"chat", "own", "pending", "history"}:
             parts += [*who, (": ", "body"), (safe_text(self.text), "body")]
         else:
             arrow = "→ " if self.kind == "join" else "← "
