@@ -39,6 +39,8 @@ def describe_error(exc: BaseException) -> str:
     match exc:
         case ChatError():
             return str(exc)
+        case socket.gaierror(errno=socket.EAI_AGAIN):
+            return f"the host name cannot be looked up now ({exc.strerror}): is the network up?"
         case socket.gaierror():
             return f"unknown host ({exc.strerror}): is the name spelled right?"
         case ConnectionRefusedError():
