@@ -296,10 +296,15 @@ def _chat_on_terminal(client: ChatClient, screen: _Screen) -> int:
 async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _Screen) -> int:
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[int] = loop.create_future()
-    _start_printer(client, screen, lambda code: loop.call_soon_threadsafe(ended.set_result, code))
-    interrupted = False
-    while not ended.done():
-        prompt = asyncio.ensure_future(session.prompt_async(PROMPT))
+
+    def end(code: int) -> None:  # on the printer's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(ended.set_result, code)
+
+    _start_printer(client, screen, end)
+    left: int | None = None  # the exit code the user asked for, by Ctrl-C or Ctrl-D
+    while left is None and not ended.done():
+        prompt = asyncio.ensure_future(_typed(session))
         either: list[asyncio.Future[Any]] = [prompt, ended]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not prompt.done():  # the server went while the user was typing
@@ -307,19 +312,26 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
             with contextlib.suppress(asyncio.CancelledError):
                 await prompt
             break
-        try:
-            text = prompt.result()
-        except KeyboardInterrupt:
-            interrupted = True
-            break
-        except EOFError:
-            break
-        if is_quit(text):
-            break
-        _send(client, text, screen.stderr)
-    client.quit()  # Ctrl-C, Ctrl-D or quit; nothing to do if the connection is gone already
+        typed = prompt.result()
+        if isinstance(typed, int):
+            left = typed
+        elif is_quit(typed):
+            left = 0
+        else:
+            _send(client, typed, screen.stderr)
+    client.quit()  # nothing to do if the connection is gone already
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(ended), QUIT_WAIT)
-    if interrupted:
+    if left == INTERRUPTED:
         return INTERRUPTED
     return ended.result() if ended.done() else 1
+
+
+async def _typed(session: PromptSession[str]) -> str | int:
+    """The next line typed, or the exit code that Ctrl-C (130) or Ctrl-D (0) asks for."""
+    try:
+        return await session.prompt_async(PROMPT)
+    except KeyboardInterrupt:  # caught here: out of a task it would stop the event loop
+        return INTERRUPTED
+    except EOFError:
+        return 0
