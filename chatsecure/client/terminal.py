@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import queue
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -244,7 +245,10 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
 
     _start_printer(client, screen, end)
     threading.Thread(
-        target=_pump_input, args=(client, stdin, ended), name="chatsecure-stdin", daemon=True
+        target=_pump_input,
+        args=(client, stdin, screen.stderr, ended),
+        name="chatsecure-stdin",
+        daemon=True,
     ).start()
     try:
         ended.wait()
@@ -255,7 +259,7 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     return codes[0]
 
 
-def _pump_input(client: ChatClient, stdin: TextIO, ended: threading.Event) -> None:
+def _pump_input(client: ChatClient, stdin: TextIO, stderr: TextIO, ended: threading.Event) -> None:
     try:
         for line in stdin:
             text = line.rstrip("\r\n")
@@ -263,18 +267,18 @@ def _pump_input(client: ChatClient, stdin: TextIO, ended: threading.Event) -> No
                 return
             if is_quit(text):
                 break
-            _send(client, text)
+            _send(client, text, stderr)
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
-        print(f"chatsecure: cannot read the input: {exc}", file=sys.stderr, flush=True)
+        print(f"chatsecure: cannot read the input: {exc}", file=stderr, flush=True)
     finally:
         client.quit()  # `quit`, end of input, or input that cannot be read
 
 
-def _send(client: ChatClient, text: str, stderr: TextIO | None = None) -> None:
+def _send(client: ChatClient, text: str, stderr: TextIO) -> None:
     try:
         client.send(text)
     except LocalProtocolError as exc:
-        print(f"chatsecure: {exc.message}", file=stderr or sys.stderr, flush=True)
+        print(f"chatsecure: {exc.message}", file=stderr, flush=True)
 
 
 def _chat_on_terminal(client: ChatClient, screen: _Screen) -> int:
@@ -283,14 +287,34 @@ def _chat_on_terminal(client: ChatClient, screen: _Screen) -> int:
     from prompt_toolkit.patch_stdout import patch_stdout
 
     session: PromptSession[str] = PromptSession()
+    terminal = sys.stderr
     with patch_stdout():
-        # What the printer writes goes above the input line, which is then drawn again.
+        # What the printer writes, and what is logged, goes above the input line, which is
+        # then drawn again: sys.stdout and sys.stderr are prompt_toolkit's proxies here.
         screen = replace(screen, stdout=sys.stdout, stderr=sys.stderr)
-        try:
-            return asyncio.run(_chat_async(client, session, screen))
-        except KeyboardInterrupt:  # a SIGINT from outside, not the Ctrl-C key
-            client.quit()
-            return INTERRUPTED
+        with _logging_to(sys.stderr, instead_of=terminal):
+            try:
+                return asyncio.run(_chat_async(client, session, screen))
+            except KeyboardInterrupt:  # a SIGINT from outside, not the Ctrl-C key
+                client.quit()
+                return INTERRUPTED
+
+
+@contextlib.contextmanager
+def _logging_to(stream: TextIO, *, instead_of: TextIO) -> Iterator[None]:
+    """Log records go to ``stream`` (above the input line) instead of straight to the terminal."""
+    moved = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is instead_of
+    ]
+    for handler in moved:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(instead_of)
 
 
 async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _Screen) -> int:
