@@ -12,11 +12,13 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import gc
 import hmac
 import ipaddress
 import itertools
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -51,6 +53,7 @@ from chatsecure.room import Member, Room, split
 from chatsecure.settings import ServerConfig
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
+from chatsecure.tls.trust import host_port
 
 log = logging.getLogger(__name__)
 
@@ -718,9 +721,24 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
             address, family=family, dualstack_ipv6=dualstack, backlog=LISTEN_BACKLOG
         )
     except OSError as exc:
-        where = format_address(host or address[0] or "*", port)
-        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
+        raise ConfigError(_listen_failure(exc, host or address[0], port)) from exc
     return [sock]
+
+
+def _listen_failure(exc: OSError, host: str, port: int) -> str:
+    """What went wrong binding ``host:port``, in words, naming the address once."""
+    on = "this machine" if host in {"", "::", "0.0.0.0"} else host  # noqa: S104
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"another program (perhaps another chatsecure server) is already using port {port} "
+            f"on {on}: stop it, or choose another port with --port"
+        )
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return f"port {port} needs root (ports below 1024 do): choose another port with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host_port(host, port)}: {host} is not an address of this machine"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"cannot listen on {host_port(host or '*', port)}: {reason}"
 
 
 def raise_open_file_limit() -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chatsecure.client.errors import describe_error
 from chatsecure.errors import (
     ChatError,
     ConnectionClosed,
@@ -284,29 +284,6 @@ def require_sendable(text: str, what: str) -> str:
             f"{what} holds a character that is not valid text (a byte that is not UTF-8?)",
         )
     return text
-
-
-def describe_error(exc: BaseException) -> str:
-    """A sentence for a connection failure; the one place low-level errors become words."""
-    match exc:
-        case ChatError():
-            return str(exc)
-        case socket.gaierror():
-            return f"unknown host ({exc.strerror})"
-        case ConnectionRefusedError():
-            return "connection refused: no chatsecure server on that address and port"
-        case TimeoutError():
-            return "timed out: the server did not answer"
-        case ssl.SSLCertVerificationError():
-            return f"certificate verification failed: {exc.verify_message}"
-        case ssl.SSLError():
-            # Errors from OpenSSL carry ``reason``; an SSLError made in Python code does not.
-            return f"TLS failure: {getattr(exc, 'reason', None) or exc}"
-        case ConnectionResetError() | BrokenPipeError():
-            return "the connection was reset"
-        case OSError():
-            return exc.strerror or str(exc)
-    return f"internal error ({type(exc).__name__}: {exc})"
 
 
 # --- the client -------------------------------------------------------------------------

@@ -1,11 +1,25 @@
-"""``chatsecure connect``: chat from a terminal, or from a script through a pipe."""
+"""``chatsecure connect``: chat from a terminal, or from a script through a pipe.
+
+On a terminal (stdin and stdout both one), prompt_toolkit keeps the line being typed intact
+below the incoming lines, with line editing and history. Through pipes the client reads and
+writes plain lines, as scripts expect.
+
+Whatever the mode, the main thread owns the terminal: the trust question is asked there too,
+so that Ctrl-C and Ctrl-D reach it and leave at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import logging
+import queue
 import sys
 import threading
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chatsecure.client.core import (
     ChatClient,
@@ -22,114 +36,342 @@ from chatsecure.client.core import (
 )
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.messages import Chat
-from chatsecure.tls.trust import Ask, KnownServers, TrustQuestion, changed_message
+from chatsecure.tls.trust import (
+    TRUST_QUESTION,
+    KnownServers,
+    TrustQuestion,
+    host_port,
+    new_server_message,
+)
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+INTERRUPTED = 130
+"""Exit code after Ctrl-C, as shells report a SIGINT."""
+
+PROMPT = "> "
+"""The input line's prompt on a terminal."""
+
+QUIT_WAIT = 5.0
+"""Seconds to wait for the server to close the connection after ``quit``."""
+
+POLL = 0.05
+"""Seconds between looks for a trust question while waiting for the connection."""
 
 
-def tty_ask(store: KnownServers) -> Ask:
-    """A y/N prompt on the terminal, for when stdin is one."""
+# --- the trust question -----------------------------------------------------------------
 
-    def ask(question: TrustQuestion) -> bool:
+
+@dataclass(slots=True)
+class _Pending:
+    question: TrustQuestion
+    answer: bool = False
+    answered: threading.Event = field(default_factory=threading.Event)
+
+
+class TerminalAsk:
+    """The y/N trust question, put by ``run`` on the main thread.
+
+    The client calls this on one of its worker threads; the question waits there until
+    ``run`` asks it (``serve``) or ends (``close``, which answers no to everything).
+    """
+
+    def __init__(self, store: KnownServers) -> None:
+        self.store = store
+        self._pending: queue.Queue[_Pending] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self, question: TrustQuestion) -> bool:
         if question.changed:
-            print(changed_message(question, store), file=sys.stderr)
-            return False
-        print(
-            f"The server {question.host}:{question.port} is not known yet.\n"
-            f"Its certificate fingerprint is {question.fingerprint}\n"
-            "Compare it with the fingerprint the server printed when it started.",
-            file=sys.stderr,
-        )
-        answer = input("Trust this server and remember it? [y/N] ")
-        return answer.strip().lower() in {"y", "yes"}
+            return False  # the refusal (changed_message) says it all, once
+        pending = _Pending(question)
+        with self._lock:
+            if self._closed:
+                return False
+            self._pending.put(pending)
+        pending.answered.wait()
+        return pending.answer
 
-    return ask
+    def serve(self, stdin: TextIO, stderr: TextIO) -> None:
+        """Ask the question waiting, if one is; Ctrl-C (KeyboardInterrupt) goes through."""
+        try:
+            pending = self._pending.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            print(new_server_message(pending.question), file=stderr)
+            print(TRUST_QUESTION, end="", file=stderr, flush=True)
+            line = stdin.readline()
+            if not line:  # Ctrl-D: no answer is no; end the prompt's line
+                print(file=stderr, flush=True)
+            pending.answer = line.strip().lower() in {"y", "yes"}
+        finally:
+            pending.answered.set()
 
-
-def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    """Chat until ``quit``, end of input or the server goes; return the exit code."""
-    if isinstance(stdin, io.TextIOWrapper):
-        # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
-        stdin.reconfigure(errors="replace")
-    client.start()
-    first = client.events.get()
-    if not isinstance(first, Connected):
-        _report(first, stdout, stderr)
-        client.close()
-        return 1
-    _report(first, stdout, stderr)
-    done = threading.Event()
-    result: list[int] = []
-
-    def printer() -> None:
+    def close(self) -> None:
+        """Answer no to the questions waiting and to any that come later."""
+        with self._lock:
+            self._closed = True
         while True:
-            event = client.events.get()
-            _report(event, stdout, stderr)
-            if isinstance(event, Disconnected):
-                result.append(1 if event.error else 0)
-                done.set()
-                return
-
-    threading.Thread(target=printer, name="chatsecure-printer", daemon=True).start()
-    reader = threading.Thread(
-        target=_pump_input, args=(client, stdin, done), name="chatsecure-stdin", daemon=True
-    )
-    reader.start()
-    done.wait()
-    client.close()
-    return result[0] if result else 0
-
-
-def _pump_input(client: ChatClient, stdin: TextIO, done: threading.Event) -> None:
-    try:
-        for line in stdin:
-            text = line.rstrip("\r\n")
-            if done.is_set():
-                return
-            if is_quit(text):
-                done.set()
-                break
             try:
-                client.send(text)
-            except LocalProtocolError as exc:
-                print(f"chatsecure: {exc.message}", file=sys.stderr, flush=True)
-    except (OSError, ValueError) as exc:  # a read error, or undecodable input
-        print(f"chatsecure: cannot read the input: {exc}", file=sys.stderr, flush=True)
-    finally:
-        # End of input leaves once every line is stored (after a reconnect, if need be);
-        # `quit` typed, or input that cannot be read, leaves at once.
-        if done.is_set():
-            client.quit()
-        else:
-            client.finish()
+                self._pending.get_nowait().answered.set()
+            except queue.Empty:
+                return
 
 
-def _report(event: ClientEvent, stdout: TextIO, stderr: TextIO) -> None:
+def tty_ask(store: KnownServers) -> TerminalAsk:
+    """A y/N prompt on the terminal, for when stdin is one; ``run`` puts the questions."""
+    return TerminalAsk(store)
+
+
+# --- what the client shows --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Screen:
+    stdout: TextIO
+    stderr: TextIO
+    where: str
+    """The server's address, to name it in a failure to connect."""
+
+
+def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
+    """Show one client event; ``joined`` is False until the server has let us in."""
+    out, err = screen.stdout, screen.stderr
     match event:
         case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
             names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
             print(
                 f"connected to {safe_text(welcome.server.name)!r} as "
                 f"{safe_text(welcome.you.nick)} ({version}, {fp})\nonline: {names}",
-                file=stdout,
+                file=out,
                 flush=True,
             )
             if event.resumed:
-                print(resume_notice(event), file=stdout, flush=True)
+                print(resume_notice(event), file=out, flush=True)
         case Received(message=Chat(), older=True):
             pass  # the terminal never asks for older lines
         case Received(message=message):
             line = format_message(message)
             if line is not None:
-                print(line, file=stdout, flush=True)
+                print(line, file=out, flush=True)
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
-            print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=stderr)
+            print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=err)
         case NotSent(text=text):
-            print(
-                f"chatsecure: not sent (the server never stored it): {safe_text(text)}", file=stderr
-            )
+            print(f"chatsecure: not sent, never stored: {safe_text(text)}", file=err)
+        case Disconnected(reason=reason, error=True) if not joined:
+            print(f"chatsecure: {_not_connected(reason, screen.where)}", file=err, flush=True)
         case Disconnected(reason=reason, error=True):
-            print(f"chatsecure: {reason}", file=stderr, flush=True)
+            print(f"chatsecure: {reason}", file=err, flush=True)
         case Disconnected(reason=reason):
-            print(f"disconnected: {reason}", file=stdout, flush=True)
+            print(f"disconnected: {reason}", file=out, flush=True)
+
+
+def _not_connected(reason: str, where: str) -> str:
+    """Why the client never got in, naming the server once (a trust refusal names it itself)."""
+    if where.lower() in reason.lower():
+        return reason
+    return f"cannot connect to {where}: {reason}"
+
+
+# --- the session ------------------------------------------------------------------------
+
+
+def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Chat until ``quit``, end of input, Ctrl-C or the server goes; return the exit code."""
+    if isinstance(stdin, io.TextIOWrapper):
+        # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
+        stdin.reconfigure(errors="replace")
+    screen = _Screen(stdout, stderr, host_port(client.target.host, client.target.port))
+    asker = client.policy.ask if isinstance(client.policy.ask, TerminalAsk) else None
+    client.start()
+    first: ClientEvent | None = None
+    try:
+        first = _first_event(client, asker, stdin, stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if asker is not None:
+            asker.close()  # no question may wait for an answer nobody will give
+    if first is None:  # Ctrl-C while connecting, or at the trust question
+        print(file=stderr, flush=True)
+        client.close()
+        return INTERRUPTED
+    _report(first, screen, joined=False)
+    if not isinstance(first, Connected):
+        client.close()
+        return 1
+    if stdin.isatty() and stdout.isatty():
+        code = _chat_on_terminal(client, screen)
+    else:
+        code = _chat_through_pipes(client, stdin, screen)
+    client.close()
+    return code
+
+
+def _first_event(
+    client: ChatClient, asker: TerminalAsk | None, stdin: TextIO, stderr: TextIO
+) -> ClientEvent:
+    """Wait for the connection (or its failure), asking the trust question if it comes."""
+    if asker is None:
+        return client.events.get()
+    while True:
+        try:
+            return client.events.get(timeout=POLL)
+        except queue.Empty:
+            asker.serve(stdin, stderr)
+
+
+def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object]) -> None:
+    """Show events until the last one (``Disconnected``), then call ``on_end(exit_code)``."""
+    while True:
+        event = client.events.get()
+        _report(event, screen)
+        if isinstance(event, Disconnected):
+            on_end(1 if event.error else 0)
+            return
+
+
+def _start_printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object]) -> None:
+    threading.Thread(
+        target=_printer, args=(client, screen, on_end), name="chatsecure-printer", daemon=True
+    ).start()
+
+
+def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> int:
+    ended = threading.Event()
+    codes: list[int] = []
+
+    def end(code: int) -> None:
+        codes.append(code)
+        ended.set()
+
+    _start_printer(client, screen, end)
+    threading.Thread(
+        target=_pump_input,
+        args=(client, stdin, screen.stderr, ended),
+        name="chatsecure-stdin",
+        daemon=True,
+    ).start()
+    try:
+        ended.wait()
+    except KeyboardInterrupt:
+        client.quit()
+        ended.wait(QUIT_WAIT)
+        return INTERRUPTED
+    return codes[0]
+
+
+def _pump_input(client: ChatClient, stdin: TextIO, stderr: TextIO, ended: threading.Event) -> None:
+    end_of_input = False
+    try:
+        for line in stdin:
+            text = line.rstrip("\r\n")
+            if ended.is_set():
+                return
+            if is_quit(text):
+                break
+            _send(client, text, stderr)
+        else:
+            end_of_input = True
+    except (OSError, ValueError) as exc:  # a read error, or undecodable input
+        print(f"chatsecure: cannot read the input: {exc}", file=stderr, flush=True)
+    finally:
+        # End of input leaves once every line is stored (after a reconnect, if need be);
+        # `quit`, or input that cannot be read, leaves at once.
+        if end_of_input:
+            client.finish()
+        else:
+            client.quit()
+
+
+def _send(client: ChatClient, text: str, stderr: TextIO) -> None:
+    try:
+        client.send(text)
+    except LocalProtocolError as exc:
+        print(f"chatsecure: {exc.message}", file=stderr, flush=True)
+
+
+def _chat_on_terminal(client: ChatClient, screen: _Screen) -> int:
+    """The line being typed stays whole below incoming lines (prompt_toolkit)."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+    terminal = sys.stderr
+    with patch_stdout():
+        # What the printer writes, and what is logged, goes above the input line, which is
+        # then drawn again: sys.stdout and sys.stderr are prompt_toolkit's proxies here.
+        screen = replace(screen, stdout=sys.stdout, stderr=sys.stderr)
+        with _logging_to(sys.stderr, instead_of=terminal):
+            try:
+                return asyncio.run(_chat_async(client, session, screen))
+            except KeyboardInterrupt:  # a SIGINT from outside, not the Ctrl-C key
+                client.quit()
+                return INTERRUPTED
+
+
+@contextlib.contextmanager
+def _logging_to(stream: TextIO, *, instead_of: TextIO) -> Iterator[None]:
+    """Log records go to ``stream`` (above the input line) instead of straight to the terminal."""
+    moved = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is instead_of
+    ]
+    for handler in moved:
+        handler.setStream(stream)
+    try:
+        yield
+    finally:
+        for handler in moved:
+            handler.setStream(instead_of)
+
+
+async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _Screen) -> int:
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[int] = loop.create_future()
+
+    def end(code: int) -> None:  # on the printer's thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(ended.set_result, code)
+
+    _start_printer(client, screen, end)
+    left: int | None = None  # the exit code the user asked for, by Ctrl-C or Ctrl-D
+    while left is None and not ended.done():
+        prompt = asyncio.ensure_future(_typed(session))
+        either: list[asyncio.Future[Any]] = [prompt, ended]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not prompt.done():  # the server went while the user was typing
+            prompt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prompt
+            break
+        typed = prompt.result()
+        if isinstance(typed, int):
+            left = typed
+        elif is_quit(typed):
+            left = 0
+        else:
+            _send(client, typed, screen.stderr)
+    client.quit()  # nothing to do if the connection is gone already
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(ended), QUIT_WAIT)
+    if left == INTERRUPTED:
+        return INTERRUPTED
+    return ended.result() if ended.done() else 1
+
+
+async def _typed(session: PromptSession[str]) -> str | int:
+    """The next line typed, or the exit code that Ctrl-C (130) or Ctrl-D (0) asks for."""
+    try:
+        return await session.prompt_async(PROMPT)
+    except KeyboardInterrupt:  # caught here: out of a task it would stop the event loop
+        return INTERRUPTED
+    except EOFError:
+        return 0
 
 
 def resume_notice(event: Connected) -> str:

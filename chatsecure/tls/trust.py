@@ -26,10 +26,15 @@ def config_home() -> Path:
     return Path(xdg) / "chatsecure"
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:7467``): how every address is shown."""
+    host = host.removeprefix("[").removesuffix("]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def server_key(host: str, port: int) -> str:
     """How a server is named in the store: ``host:port``, IPv6 in brackets, lower case."""
-    host = host.lower().strip("[]")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host.lower(), port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,19 @@ class KnownServers:
             if found:
                 self._save(pins)
             return found
+
+
+TRUST_QUESTION = "Trust this server and remember it? [y/N] "
+"""The terminal's question after ``new_server_message``; only ``y`` or ``yes`` pins."""
+
+
+def new_server_message(question: TrustQuestion) -> str:
+    """What a terminal shows before it asks whether to trust a server met for the first time."""
+    return (
+        f"The server {host_port(question.host, question.port)} is not known yet.\n"
+        f"Its certificate fingerprint is {question.fingerprint}\n"
+        "Compare it with the fingerprint the server printed when it started."
+    )
 
 
 def changed_message(question: TrustQuestion, store: KnownServers) -> str:

@@ -1,0 +1,87 @@
+"""What ``chatsecure connect`` and ``chatsecure server`` say when they cannot do their job."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.test_errors import closed_port, ipv6_loopback, plain_tcp_server
+from tests.helpers import Terminal
+from tests.netns import Lab, lab
+
+__all__ = ["lab"]
+
+
+def connect(target: str) -> str:
+    """Run ``chatsecure connect TARGET`` to its end; return what it printed on stderr."""
+    result = Terminal.run_cli("connect", target, "--nick", "bob", "--accept-new")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_a_closed_port_is_refused_naming_the_address_once() -> None:
+    port = closed_port()
+    assert connect(f"127.0.0.1:{port}") == (
+        f"chatsecure: cannot connect to 127.0.0.1:{port}: "
+        "connection refused: no chatsecure server is listening on that port\n"
+    )
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_address_is_shown_in_brackets() -> None:
+    port = closed_port("::1")
+    assert connect(f"[::1]:{port}").startswith(f"chatsecure: cannot connect to [::1]:{port}: ")
+
+
+def test_a_server_that_is_not_tls_is_named_as_such() -> None:
+    with plain_tcp_server() as port:
+        assert connect(f"127.0.0.1:{port}") == (
+            f"chatsecure: cannot connect to 127.0.0.1:{port}: "
+            "that address answers, but not with TLS — is it a chatsecure server?\n"
+        )
+
+
+def test_a_port_in_use_names_the_other_program_and_the_address_once(cert_dir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = Terminal.run_cli(
+            "server", "--host", "127.0.0.1", "--port", str(port), "--no-discovery",
+            "--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key"),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"chatsecure: another program (perhaps another chatsecure server) is already using "
+        f"port {port} on 127.0.0.1: stop it, or choose another port with --port\n"
+    )
+
+
+def lone_connect(lab: Lab, target: str) -> str:
+    """``chatsecure connect`` in a namespace with nothing but loopback: nothing leaves it."""
+    alone = lab.host("alone")
+    result = alone.run(
+        sys.executable, "-m", "chatsecure", "connect", target, "--nick", "bob", "--accept-new",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("target", ["192.0.2.77:21002", "[2001:db8::77]:21002"])
+def test_an_unreachable_address_is_said_so_with_the_address(lab: Lab, target: str) -> None:
+    assert lone_connect(lab, target) == (
+        f"chatsecure: cannot connect to {target}: "
+        "the address is unreachable (network is unreachable): check it\n"
+    )
+
+
+@pytest.mark.netns
+def test_a_host_name_that_cannot_be_looked_up_is_repeated(lab: Lab) -> None:
+    said = lone_connect(lab, "chat.invalid:7467")
+    assert said.startswith("chatsecure: cannot connect to chat.invalid:7467: "), said
+    assert "Errno" not in said

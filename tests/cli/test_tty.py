@@ -1,0 +1,259 @@
+"""`chatsecure connect` on a real pseudo-terminal, its screen read by a terminal emulator (pyte)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyte
+import pytest
+
+from chatsecure.testing import RawClient, ServerThread
+from chatsecure.tls import certs
+from chatsecure.tls.trust import KnownServers
+from tests.cli.test_connect import TIME
+from tests.helpers import CHATSECURE
+
+ROWS, COLS = 24, 120
+
+CONTROLLING_TTY = (
+    "import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+"""Run the rest of argv with the pseudo-terminal on stdin as its controlling terminal, as a
+shell would: so that Ctrl-C, typed, becomes a SIGINT when the terminal is in cooked mode."""
+
+
+class Answering(pyte.Screen):  # type: ignore[misc]
+    """A screen that answers the terminal's queries (cursor position) as a real one does."""
+
+    def __init__(self, reply: Callable[[bytes], None]) -> None:
+        super().__init__(COLS, ROWS)
+        self._reply = reply
+
+    def write_process_input(self, data: str) -> None:
+        self._reply(data.encode())
+
+
+class Pty:
+    """``chatsecure connect ARGS`` on a pseudo-terminal of ROWS x COLS."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CONTROLLING_TTY, *CHATSECURE[1:], "connect", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, "TERM": "xterm"},
+        )
+        os.close(slave)
+        self.raw = b""
+        self._lock = threading.Lock()
+        self.screen = Answering(lambda data: os.write(self.master, data))
+        self._stream = pyte.ByteStream(self.screen)
+        self._reader = threading.Thread(target=self._read, name="pty-reader")
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every process with the terminal open has gone
+                return
+            if not data:
+                return
+            with self._lock:
+                self.raw += data
+                self._stream.feed(data)
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def lines(self) -> list[str]:
+        """The screen's lines, without trailing blanks and blank lines at the end."""
+        with self._lock:
+            lines = [line.rstrip() for line in self.screen.display]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    def text(self) -> str:
+        with self._lock:
+            return self.raw.decode(errors="replace")
+
+    def wait_for(self, check: Callable[[list[str]], Any], what: str, timeout: float = 10) -> Any:
+        """Wait until ``check(lines)`` is true; return what it returned."""
+        deadline = time.monotonic() + timeout
+        while not (found := check(self.lines())):
+            if time.monotonic() > deadline:
+                screen = "\n".join(self.lines())
+                raise AssertionError(f"no {what} in {timeout} s; screen:\n{screen}")
+            time.sleep(0.02)
+        return found
+
+    def shows(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+        """Wait for a screen line matching ``pattern``."""
+        match: re.Match[str] = self.wait_for(
+            lambda lines: next(filter(None, (re.search(pattern, line) for line in lines)), None),
+            repr(pattern),
+            timeout,
+        )
+        return match
+
+    def wait(self, timeout: float = 5) -> int:
+        """The exit code, within ``timeout`` seconds (a hang fails the test)."""
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)
+        os.close(self.master)
+
+
+@pytest.fixture
+def pty_connect() -> Any:
+    started: list[Pty] = []
+
+    def start(server: ServerThread, nick: str, *options: str) -> Pty:
+        term = Pty(f"127.0.0.1:{server.port}", "--nick", nick, *options)
+        started.append(term)
+        return term
+
+    yield start
+    for term in started:
+        term.close()
+
+
+QUESTION = r"Trust this server and remember it\? \[y/N\]"
+
+
+# --- the trust question -----------------------------------------------------------------
+
+
+def test_ctrl_c_at_the_trust_question_leaves_at_once(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    bob = pty_connect(server, "bob")
+    bob.shows(rf"^The server 127\.0\.0\.1:{server.port} is not known yet\.$")
+    bob.shows(QUESTION)
+    bob.type("\x03")
+    assert bob.wait() == 130
+    assert "Traceback" not in bob.text()
+    assert server.online() == []
+    assert not KnownServers().path.exists()
+
+
+def test_ctrl_d_at_the_trust_question_is_no(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    bob = pty_connect(server, "bob")
+    bob.shows(QUESTION)
+    bob.type("\x04")
+    assert bob.wait() == 1
+    said = bob.text()
+    assert "is not a known server" in said
+    assert "internal error" not in said
+    assert "Traceback" not in said
+    assert server.online() == []
+
+
+def test_yes_at_the_trust_question_pins_and_connects(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    bob = pty_connect(server, "bob")
+    bob.shows(QUESTION)
+    bob.type("y\r")
+    bob.shows(r"^connected to 'test' as bob")
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+    bob.type("quit\r")
+    assert bob.wait() == 0
+
+
+def test_a_changed_certificate_is_shown_once(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    KnownServers().pin("127.0.0.1", server.port, certs.fingerprint(b"the old certificate"))
+    bob = pty_connect(server, "bob")
+    assert bob.wait() == 1
+    assert bob.text().count("HAS CHANGED") == 1, bob.text()
+
+
+# --- the chat prompt --------------------------------------------------------------------
+
+
+def joined_alice(server: ServerThread) -> RawClient:
+    alice = RawClient(server.host, server.port)
+    alice.join("alice")
+    return alice
+
+
+def test_typed_text_stays_whole_below_an_incoming_line(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    with joined_alice(server) as alice:
+        bob = pty_connect(server, "bob", "--accept-new")
+        bob.shows(r"^online: alice \(127\.0\.0\.1\)$")
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob.type("hello wor")
+        bob.wait_for(lambda lines: lines[-1].endswith("hello wor"), "the typed text")
+
+        alice.send({"type": "msg", "text": "hi bob, how are you?"})
+        lines = bob.wait_for(
+            lambda lines: len(lines) > 1 and "hi bob, how are you?" in lines[-2] and lines,
+            "the incoming line above the input line",
+        )
+        assert re.fullmatch(rf"{TIME} alice \(127\.0\.0\.1\): hi bob, how are you\?", lines[-2])
+        assert lines[-1] == "> hello wor", lines
+
+        bob.type("ld\r")
+        assert alice.expect("msg")["text"] == "hello world"
+        bob.type("\x1b[A\r")  # the up arrow brings the line back from the history
+        assert alice.expect("msg")["text"] == "hello world"
+        bob.type("quit\r")
+        assert bob.wait() == 0
+        assert alice.expect("leave")["reason"] == "quit"
+
+
+@pytest.mark.parametrize(("key", "code"), [("\x03", 130), ("\x04", 0)])
+def test_ctrl_c_or_ctrl_d_at_the_chat_prompt_quits(
+    server: ServerThread, pty_connect: Callable[..., Pty], key: str, code: int
+) -> None:
+    with joined_alice(server) as alice:
+        bob = pty_connect(server, "bob", "--accept-new")
+        bob.shows(r"^online: alice")
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob.type(key)
+        assert bob.wait() == code
+        assert alice.expect("leave")["reason"] == "quit"
+        assert "Traceback" not in bob.text()
+
+
+def test_the_server_going_ends_the_prompt(
+    start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
+) -> None:
+    server = start_server()
+    bob = pty_connect(server, "bob", "--accept-new")
+    bob.shows(r"^online: nobody else yet$")
+    bob.type("half a thought")
+    stopper = threading.Thread(target=server.stop, name="stopper")
+    stopper.start()
+    try:
+        bob.shows(r"the server is shutting down")
+        assert bob.wait() == 0
+    finally:
+        stopper.join(15)
