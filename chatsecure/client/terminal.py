@@ -149,7 +149,7 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
                 file=out,
                 flush=True,
             )
-            if event.resumed:
+            if event.resumed or event.resent:
                 print(resume_notice(event), file=out, flush=True)
         case Received(message=Chat(), older=True):
             pass  # the terminal never asks for older lines

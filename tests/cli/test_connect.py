@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,21 +192,47 @@ def test_bad_target_exits_1(target: str) -> None:
     assert result.stderr.startswith("chatsecure: ")
 
 
-def test_server_shutdown_is_shown_and_the_client_exits_0(
+def test_a_server_restart_is_a_drop_the_client_comes_back_from_and_no_line_is_lost(
     start_server: Callable[..., ServerThread],
 ) -> None:
     server = start_server()
+    port = server.port
     bob = terminal(server, "bob", "--accept-new")
     try:
         bob.expect(r"^connected to")
-        stopper = threading.Thread(target=server.stop, name="stopper")
-        stopper.start()
+        server.stop()
         bob.expect(rf"^{TIME} ! the server is shutting down$")
-        bob.expect(r"^disconnected: ")
+        bob.say("typed while it was away")  # queued, sent after the reconnect
+        again = start_server(port=port)
+        bob.expect(r"^connected to", timeout=15)
+        bob.expect(r"^\* back in the room: nothing missed; 1 of your lines sent again$")
+        with RawClient(again.host, again.port) as alice:
+            welcome = alice.join("alice")
+            assert [m["text"] for m in alice.replayed] == ["typed while it was away"]
+            assert [p["nick"] for p in welcome["peers"]] == ["bob"]
+        bob.end_input()
         assert bob.wait() == 0
-        stopper.join(10)
+        assert any("the server is restarting" in line for line in bob.stderr)
     finally:
         bob.kill()
+
+
+def test_end_of_input_waits_until_every_line_is_stored(server: ServerThread) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = terminal(server, "bob", "--accept-new")
+        try:
+            bob.expect(r"^connected to")
+            for n in range(20):
+                bob.say(f"line {n}")
+            bob.end_input()
+            assert bob.wait() == 0
+            alice.expect("join")
+            assert [alice.expect("msg")["text"] for _ in range(20)] == [
+                f"line {n}" for n in range(20)
+            ]
+        finally:
+            bob.kill()
 
 
 def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:

@@ -243,7 +243,7 @@ def test_ctrl_c_or_ctrl_d_at_the_chat_prompt_quits(
         assert "Traceback" not in bob.text()
 
 
-def test_the_server_going_ends_the_prompt(
+def test_the_server_going_keeps_the_prompt_and_what_was_typed(
     start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
 ) -> None:
     server = start_server()
@@ -254,6 +254,8 @@ def test_the_server_going_ends_the_prompt(
     stopper.start()
     try:
         bob.shows(r"the server is shutting down")
+        bob.shows(r"half a thought")  # still there: a shutdown is a drop, not the end
+        bob.type("\x15\x04")  # Ctrl-U empties the line, Ctrl-D leaves
         assert bob.wait() == 0
     finally:
         stopper.join(15)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.client.core import Connected, Disconnected, Received, Reconnecting
+from chatsecure.client.core import Connected, Disconnected, Queued, Received, Reconnecting, Sent
 from chatsecure.client.state import (
     MAX_PASSWORD,
     ChatModel,
@@ -41,6 +41,7 @@ from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
     Chat,
     Error,
+    HistoryEnd,
     Join,
     Leave,
     Peer,
@@ -228,12 +229,40 @@ def test_server_errors_and_shutdown_are_error_lines() -> None:
 # --- own messages -----------------------------------------------------------------------
 
 
-def test_own_message_is_sent_and_shown_as_own() -> None:
+def test_own_message_is_pending_until_the_server_stored_it() -> None:
     model = chatting(BOB)
     out = model.outgoing("hello bob", T)
     assert out.send == "hello bob"
     assert out.clear
-    assert out.line == Line("own", STAMP, "hello bob", "alice", "192.168.1.20")
+    assert out.line is None  # the core says Queued, then Sent
+    assert model.apply(Queued("r1", "hello bob"), T) == [
+        Line("pending", STAMP, "hello bob", "alice", "192.168.1.20", ref="r1")
+    ]
+    assert model.pending == {"r1": "hello bob"}
+    assert model.apply(Sent("r1", "hello bob", 12, T), T) == [
+        Line("own", STAMP, "hello bob", "alice", "192.168.1.20", ref="r1")
+    ]
+    assert model.pending == {}
+    assert model.oldest_seq == 12
+
+
+def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
+    model = chatting(BOB)
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=9, replay=2)
+    lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, 2, 1), T)
+    said = next(line.text for line in lines if "missed" in line.text)
+    assert "2 missed messages restored" in said
+    assert "1 of your lines sent again" in said
+    (line,) = model.apply(Received(Chat(BOB, "while away", T, seq=8), replayed=True), T)
+    assert line.kind == "history"
+    assert model.wants_older() == 8
+    assert model.wants_older() is None  # one request at a time
+    (older,) = model.apply(Received(Chat(BOB, "long ago", T, seq=3, history=True), older=True))
+    assert older.older
+    assert older.kind == "history"
+    model.apply(Received(HistoryEnd(8, 0)), T)
+    assert model.wants_older() is None  # the server has nothing older
 
 
 def test_quit_alone_quits_and_other_texts_do_not() -> None:
@@ -250,11 +279,14 @@ def test_text_limit_is_the_servers_to_enforce() -> None:
     assert out.send == "x" * (limits.MAX_TEXT + 1)
 
 
-def test_message_while_reconnecting_is_refused_and_kept() -> None:
+def test_message_while_reconnecting_is_queued_for_the_reconnect() -> None:
     model = chatting()
     model.apply(Reconnecting(1, 1.0, "the connection was reset"), T)
     out = model.outgoing("anyone?")
-    assert (out.send, out.clear) == (None, False)
+    assert (out.send, out.clear, out.line) == ("anyone?", True, None)
+    model.apply(Disconnected("gone", error=True), T)
+    out = model.outgoing("too late")
+    assert out.send is None
     assert out.line is not None
     assert "Not connected" in out.line.text
 
@@ -577,10 +609,19 @@ def test_controller_connects_chats_and_quits(server: ServerThread) -> None:
         assert lines[0].text.startswith("Connected to 'test' at 127.0.0.1:")
         assert remembered_nick() == "alice"
         bob.expect("join")
-        out = controller.submit("hi bob")
-        assert out.line is not None
-        assert out.line.kind == "own"
+        controller.submit("hi bob")
         assert bob.expect("msg")["text"] == "hi bob"
+        shown: list[Line] = []
+
+        def stored() -> bool:
+            shown.extend(controller.poll().lines)
+            return any(line.kind == "own" for line in shown)
+
+        wait_for(stored)
+        assert [(line.kind, line.text) for line in shown if line.ref] == [
+            ("pending", "hi bob"),
+            ("own", "hi bob"),
+        ]
         bob.send({"type": "msg", "text": "hi alice"})
         seen: list[Line] = []
 
@@ -628,11 +669,11 @@ def test_controller_shows_a_line_lost_as_the_connection_ended(server: ServerThre
     poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
     server.call(lambda: next(iter(server.server.sessions.values())).drop(ErrorCode.FLOODING, "x"))
     wait_for(lambda: queued(controller, Disconnected))
-    assert controller.submit("last words").line is not None
+    controller.submit("last words")  # the window does not know yet: the core says NotSent
     lines = controller.poll().lines  # the end of the connection, and what it cost
     assert controller.model.phase is Phase.ENDED
     assert [line.text for line in lines if line.kind == "error"][-1] == (
-        "Not sent, the connection was lost: last words"
+        "Not sent: the server never stored it: last words"
     )
     wait_for(lambda: not controller.busy)
 
