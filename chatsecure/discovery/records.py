@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +47,11 @@ DISCOVER_TIMEOUT: Final = 3.0
 """Seconds ``chatsecure discover`` listens before it lists what it found."""
 RESOLVE_TIMEOUT: Final = 3.0
 """Seconds a browser waits for a service's SRV, TXT and addresses once it saw its name."""
+SETTLE_QUIET: Final = 0.2
+"""Seconds without a change after which a browser takes an address set that is not whole
+(see ``addresses_settled``) as all there is."""
+SETTLE_MAX: Final = 1.0
+"""Longest a browser waits, once a service is resolved, for its address set to be whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +312,25 @@ def order_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
 def connectable_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     """``order_addresses`` without IPv6 link-local addresses that lack their interface."""
     return tuple(a for a in order_addresses(addresses) if not _needs_scope(a))
+
+
+def addresses_settled(addresses: Iterable[str], denied: Collection[int] = ()) -> bool:
+    """Whether a service's address set is whole, so that a browser may show it.
+
+    Whole: an address of each IP version, or a denial of that version (``denied`` holds 4
+    and/or 6, from an NSEC record, RFC 6762 section 6.1); and no IPv6 link-local address
+    still waiting for its interface, which comes with the copy of the answer that arrives
+    over IPv6.
+    """
+    versions: set[int] = set()
+    for text in addresses:
+        ip = _ip(text)
+        if ip is None:
+            continue
+        if _needs_scope(text):
+            return False
+        versions.add(ip.version)
+    return all(version in versions or version in denied for version in (4, 6))
 
 
 def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list[str]:

@@ -20,6 +20,7 @@ from chatsecure.discovery.records import (
     ServerRemoved,
     ServerUpdated,
     address_rank,
+    addresses_settled,
     advertised_addresses,
     connectable_addresses,
     decode_txt,
@@ -330,6 +331,29 @@ def test_preferred_address_is_a_best_ranked_one_and_never_unscoped(addresses: li
     assert chosen in addresses
     assert chosen != "fe80::5"
     assert address_rank(chosen, HERE) == min(ranks)
+
+
+# --- a resolved address set -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addresses", "denied", "settled"),
+    [
+        (("10.0.0.5", "fd00::5"), (), True),
+        (("10.0.0.5", "fe80::5%2"), (), True),
+        (("10.0.0.5",), (), False),  # the AAAA answer may still be on its way
+        (("fd00::5",), (), False),  # ... or the A answer
+        (("10.0.0.5",), (6,), True),  # the server said it has no IPv6 address (NSEC)
+        (("fd00::5",), (4,), True),
+        (("10.0.0.5", "fe80::5"), (), False),  # its interface comes with the IPv6 copy
+        (("10.0.0.5", "fd00::5", "fe80::5"), (), False),
+        ((), (4, 6), True),
+    ],
+)
+def test_addresses_settled(
+    addresses: tuple[str, ...], denied: tuple[int, ...], settled: bool
+) -> None:
+    assert addresses_settled(addresses, denied) is settled
 
 
 def test_connectable_addresses_drop_link_local_without_interface() -> None:
