@@ -14,6 +14,7 @@ from chatsecure.discovery.records import (
     ServerAdded,
     ServerRemoved,
     ServerUpdated,
+    connectable_addresses,
     preferred_address,
 )
 
@@ -59,9 +60,9 @@ class ServerList:
                 self._rows.pop(key.lower(), None)
 
     def put(self, server: DiscoveredServer) -> ServerRow | None:
-        """Add or update ``server``; one without an address is left out."""
+        """Add or update ``server``; one without an address to connect to is left out."""
         key = server.key.lower()
-        if not server.addresses:
+        if not connectable_addresses(server.addresses):
             self._rows.pop(key, None)
             return None
         host = preferred_address(server, self.networks)

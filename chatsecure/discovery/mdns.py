@@ -38,11 +38,14 @@ from chatsecure.discovery.records import (
     DISCOVER_TIMEOUT,
     RESOLVE_TIMEOUT,
     SERVICE_TYPE,
+    SETTLE_MAX,
+    SETTLE_QUIET,
     DiscoveredServer,
     DiscoveryEvent,
     ServerAdded,
     ServerRemoved,
     ServerUpdated,
+    addresses_settled,
     advertised_addresses,
     encode_txt,
     host_name,
@@ -81,6 +84,12 @@ STOP_TIMEOUT = 5.0
 """Seconds ``stop()`` waits for goodbye packets and the zeroconf shutdown."""
 
 NO_MULTICAST = "no network interface other than loopback"
+
+SETTLE_POLL = 0.02
+"""Seconds between looks at zeroconf's cache while a service's addresses settle."""
+
+TYPE_A, TYPE_AAAA, TYPE_NSEC, CLASS_IN = 1, 28, 47, 1
+"""DNS record types and class (RFC 1035, 3596, 4034)."""
 
 QM = DNSQuestionType.QM
 """Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
@@ -453,12 +462,37 @@ class Browser:
         if not found or not info.port:
             log.debug("could not resolve %s in time", name)
             return None
-        addresses = [
-            *info.parsed_addresses(IPVersion.V4Only),
-            *info.parsed_scoped_addresses(IPVersion.V6Only),
-        ]
-        server = server_from_records(name, info.port, info.properties, addresses)
+        info = await self._settle(info)
+        if not info.port:
+            return None
+        server = server_from_records(name, info.port, info.properties, _addresses(info))
         return server if server.addresses else None
+
+    async def _settle(self, info: AsyncServiceInfo) -> AsyncServiceInfo:
+        """``info`` once its address set is whole, or has not changed for ``SETTLE_QUIET``.
+
+        zeroconf calls a service resolved at its first address, but the rest may follow:
+        the A and AAAA answers can come apart, and a dual-stack browser gets each answer
+        twice, first over IPv4, where a link-local AAAA record has no interface, then over
+        IPv6 with it. Showing the first state would show a server without its IPv4 address
+        or with one nobody can connect to, and an update a millisecond later.
+        """
+        assert self._zc is not None  # noqa: S101 - set in _open()
+        zc = self._zc.zeroconf
+        loop = asyncio.get_running_loop()
+        started = changed = loop.time()
+        seen = _addresses(info)
+        while not addresses_settled(seen, _denied(zc, info.server)):
+            if loop.time() - changed >= SETTLE_QUIET or loop.time() - started >= SETTLE_MAX:
+                log.debug("taking %s with addresses %s", info.name, ", ".join(seen))
+                break
+            await asyncio.sleep(SETTLE_POLL)
+            fresh = AsyncServiceInfo(SERVICE_TYPE, info.name)
+            if fresh.load_from_cache(zc) and fresh.port:
+                info = fresh
+            if (now := _addresses(info)) != seen:
+                seen, changed = now, loop.time()
+        return info
 
     def _publish(self, key: str, server: DiscoveredServer) -> None:
         old = self._known.get(key)
@@ -466,6 +500,23 @@ class Browser:
             return
         self._known[key] = server
         self.events.put(ServerAdded(server) if old is None else ServerUpdated(server))
+
+
+def _addresses(info: AsyncServiceInfo) -> list[str]:
+    """A resolved service's addresses, IPv6 link-local ones with their interface if known."""
+    return [
+        *info.parsed_addresses(IPVersion.V4Only),
+        *info.parsed_scoped_addresses(IPVersion.V6Only),
+    ]
+
+
+def _denied(zc: Zeroconf, host: str | None) -> set[int]:
+    """The IP versions ``host`` has no address of, as its NSEC record says (RFC 6762 6.1)."""
+    record = zc.cache.get_by_details(host, TYPE_NSEC, CLASS_IN) if host else None
+    present = getattr(record, "rdtypes", None)  # DNSNsec, which zeroconf does not export
+    if not isinstance(present, list):
+        return set()
+    return {version for version, kind in ((4, TYPE_A), (6, TYPE_AAAA)) if kind not in present}
 
 
 def apply_event(servers: dict[str, DiscoveredServer], event: DiscoveryEvent) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +47,11 @@ DISCOVER_TIMEOUT: Final = 3.0
 """Seconds ``chatsecure discover`` listens before it lists what it found."""
 RESOLVE_TIMEOUT: Final = 3.0
 """Seconds a browser waits for a service's SRV, TXT and addresses once it saw its name."""
+SETTLE_QUIET: Final = 0.2
+"""Seconds without a change after which a browser takes an address set that is not whole
+(see ``addresses_settled``) as all there is."""
+SETTLE_MAX: Final = 1.0
+"""Longest a browser waits, once a service is resolved, for its address set to be whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,7 @@ class DiscoveredServer:
     name: str
     """Friendly name: TXT ``name``, else the instance label."""
     addresses: tuple[str, ...]
-    """Resolved addresses, IPv4 first, then IPv6."""
+    """Resolved addresses, IPv4 first, then IPv6; IPv6 link-local ones with their interface."""
     port: int
     fingerprint: str | None
     """TXT ``fp`` if it is a well-formed fingerprint, in the format the server prints."""
@@ -249,7 +254,7 @@ def server_from_records(
     return DiscoveredServer(
         key=key,
         name=txt.name or _one_line(instance_label_of(key)) or key,
-        addresses=order_addresses(addresses),
+        addresses=connectable_addresses(addresses),
         port=port,
         fingerprint=txt.fingerprint,
         version=txt.version,
@@ -292,10 +297,40 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _needs_scope(text: str) -> bool:
+    """An IPv6 link-local address without ``%interface``: no way to know where to send."""
+    ip = _ip(text)
+    return ip is not None and ip.version == 6 and ip.is_link_local and not text.partition("%")[2]
+
+
 def order_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     """Distinct valid addresses, IPv4 first, then IPv6, each family in the given order."""
     unique = [a for a in dict.fromkeys(addresses) if _ip(a) is not None]
     return tuple(sorted(unique, key=lambda a: ":" in a))
+
+
+def connectable_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """``order_addresses`` without IPv6 link-local addresses that lack their interface."""
+    return tuple(a for a in order_addresses(addresses) if not _needs_scope(a))
+
+
+def addresses_settled(addresses: Iterable[str], denied: Collection[int] = ()) -> bool:
+    """Whether a service's address set is whole, so that a browser may show it.
+
+    Whole: an address of each IP version, or a denial of that version (``denied`` holds 4
+    and/or 6, from an NSEC record, RFC 6762 section 6.1); and no IPv6 link-local address
+    still waiting for its interface, which comes with the copy of the answer that arrives
+    over IPv6.
+    """
+    versions: set[int] = set()
+    for text in addresses:
+        ip = _ip(text)
+        if ip is None:
+            continue
+        if _needs_scope(text):
+            return False
+        versions.add(ip.version)
+    return all(version in versions or version in denied for version in (4, 6))
 
 
 def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list[str]:
@@ -322,21 +357,48 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
     return usable or [a for a, ip in ordered if ip.is_loopback]
 
 
+def address_rank(
+    text: str, local_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> int | None:
+    """How good ``text`` is to connect to, lower is better; ``None``: never.
+
+    0. IPv4 or routable IPv6 on a network this host is on: it answers without a router.
+    1. IPv6 link-local with its interface (``fe80::1%eth0``): on the link, surely.
+    2. Any other IPv4 or routable IPv6 address: perhaps through a router.
+
+    An IPv6 link-local address without an interface cannot be connected to at all.
+    """
+    ip = _ip(text)
+    if ip is None or _needs_scope(text):
+        return None
+    if ip.version == 6 and ip.is_link_local:
+        return 1
+    if any(ip in net for net in local_networks):
+        return 0
+    return 2
+
+
 def preferred_address(
     server: DiscoveredServer,
     local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> str:
-    """The address to connect to: the first on a network this host is on, else the first.
+    """The address to connect to: the best by ``address_rank``, IPv4 first among equals.
 
     A server on two networks advertises the addresses of both on each; the one on a
-    network this host shares is the one that answers without a router.
+    network this host shares is the one that answers without a router. Raises
+    ``ConfigError`` when the server advertises no address that can be connected to.
     """
     networks = list(local_networks)
-    for text in server.addresses:
-        ip = _ip(text)
-        if ip is not None and any(ip in net for net in networks):
-            return text
-    return server.addresses[0]
+    ranked = [
+        (rank, i, text)
+        for i, text in enumerate(order_addresses(server.addresses))
+        if (rank := address_rank(text, networks)) is not None
+    ]
+    if not ranked:
+        raise ConfigError(
+            f"the server {server.name!r} advertises no address this machine can connect to"
+        )
+    return min(ranked)[2]
 
 
 def match_servers(servers: Iterable[DiscoveredServer], wanted: str) -> list[DiscoveredServer]:

@@ -29,6 +29,10 @@ CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
 DEFAULT_CERT_DIR = Path("certs")
 """Where the server looks for its certificate and key, relative to the working directory."""
+BACKDATE = dt.timedelta(minutes=5)
+"""How far before its making a certificate starts to be valid: a peer whose clock runs a
+little slow must not see a fresh certificate as "not yet valid". The end moves back by as
+much, so that a certificate made for N days lasts N days, as ``gencert`` says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +119,21 @@ def _sign(
     extensions: list[tuple[x509.ExtensionType, bool]],
     issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
 ) -> x509.Certificate:
-    """A certificate for ``key``, valid from 5 minutes ago (clock skew) for ``days``.
+    """A certificate for ``key``, valid for exactly ``days`` from ``BACKDATE`` ago.
 
     Self-signed unless ``issuer`` (its name and key) is given.
     """
     issuer_name, signer = issuer or (subject, key)
-    now = dt.datetime.now(dt.UTC)
+    # Whole seconds, as X.509 stores them, so the lifetime is exact to the second.
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - BACKDATE
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)

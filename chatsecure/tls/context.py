@@ -2,20 +2,116 @@
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
+import functools
+import logging
 import ssl
+import sys
 from pathlib import Path
+from typing import Final
 
 from chatsecure.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 # Forward secrecy and AEAD only on TLS 1.2; TLS 1.3 suites are all of that already.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+GROUPS: Final = "X25519:P-256:P-384"
+"""Key-exchange groups offered and accepted, in order of preference (Mozilla "intermediate").
+
+OpenSSL's default adds P-521, X448 and the finite-field groups, which that profile rejects."""
+FALLBACK_CURVE: Final = "prime256v1"
+"""The one group left when ``GROUPS`` cannot be set: P-256, which every TLS 1.3 peer has."""
+
+_SSL_CTRL_SET_GROUPS_LIST: Final = 92
+"""``SSL_CTX_set1_groups_list`` is a macro over ``SSL_CTX_ctrl`` with this command (ssl.h)."""
+_SSL_VERIFY: Final = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
+"""OpenSSL's ``SSL_VERIFY_*`` flags for each of Python's verify modes (``_ssl.c``)."""
 
 
 def _harden(ctx: ssl.SSLContext, *, tls13_only: bool) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls13_only else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    _set_groups(ctx)
     return ctx
+
+
+def _set_groups(ctx: ssl.SSLContext) -> None:
+    """Limit key exchange to ``GROUPS``; never wider, at worst P-256 alone.
+
+    Python gains ``SSLContext.set_groups`` in 3.15. Before that the ``ssl`` module has only
+    ``set_ecdh_curve``, which keeps one curve, so ``GROUPS`` goes through OpenSSL's own
+    ``SSL_CTX_ctrl`` (see ``_set_groups_native``). Should that be impossible, P-256 alone is
+    kept: narrower than wanted but inside the policy, where failing open would not be.
+    """
+    setter = getattr(ctx, "set_groups", None)
+    if setter is not None:
+        setter(GROUPS)
+        return
+    if _set_groups_native(ctx, GROUPS):
+        return
+    _warn_narrowed()
+    ctx.set_ecdh_curve(FALLBACK_CURVE)
+
+
+@functools.cache
+def _warn_narrowed() -> None:
+    log.warning("cannot set the TLS groups %s here; offering P-256 only", GROUPS)
+
+
+def _set_groups_native(ctx: ssl.SSLContext, groups: str) -> bool:
+    """``SSL_CTX_set1_groups_list(ctx, groups)`` through ctypes; False if it cannot be done.
+
+    The ``SSL_CTX`` pointer is the first field after the object header in CPython's
+    ``PySSLContext`` (unchanged since Python 3.2). Before anything is written through it,
+    the pointer must give back the context's own options and verify mode as OpenSSL holds
+    them, so a changed layout means the fallback, not a write to the wrong place. The
+    functions come from the ``_ssl`` module's own handle: the very libssl Python uses.
+    """
+    lib = _libssl()
+    if lib is None:
+        return False
+    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not pointer:
+        return False
+    if (
+        lib.SSL_CTX_get_options(pointer) != ctx.options
+        or lib.SSL_CTX_get_verify_mode(pointer) != _SSL_VERIFY[ctx.verify_mode]
+    ):
+        return False
+    if lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) == 1:
+        return True
+    lib.ERR_clear_error()  # or Python's next SSLError would report this failure as its own
+    return False
+
+
+@functools.cache
+def _libssl() -> ctypes.CDLL | None:
+    """The libssl behind Python's ``ssl`` module, with the functions used typed; or None."""
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        lib = ctypes.CDLL(getattr(_ssl, "__file__", None))  # None: built into python itself
+        get_options, get_verify, ctrl, clear = (
+            lib.SSL_CTX_get_options,
+            lib.SSL_CTX_get_verify_mode,
+            lib.SSL_CTX_ctrl,
+            lib.ERR_clear_error,
+        )
+    except (OSError, AttributeError):
+        return None
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    get_verify.argtypes = [ctypes.c_void_p]
+    get_verify.restype = ctypes.c_int
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ctrl.restype = ctypes.c_long
+    clear.argtypes = []
+    clear.restype = None
+    return lib
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:

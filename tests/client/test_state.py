@@ -836,6 +836,15 @@ def test_server_list_prefers_an_address_on_our_network() -> None:
     assert v6.address == "[fd00::7]:7467"
 
 
+def test_server_list_uses_link_local_with_interface_but_never_without() -> None:
+    servers = ServerList([ipaddress.ip_network("192.168.7.0/24")])
+    row = servers.put(found("x._chatsecure._tcp.local.", "x", "192.0.2.5", "fe80::5%eth0"))
+    assert row is not None
+    assert row.address == "[fe80::5%eth0]:7467"
+    assert servers.put(found("y._chatsecure._tcp.local.", "y", "fe80::6")) is None
+    assert [r.name for r in servers.rows()] == ["x"]
+
+
 def test_server_names_cannot_fake_lines() -> None:
     row = ServerList().put(found("z._chatsecure._tcp.local.", "evil\nname", "10.0.0.5"))
     assert row is not None

@@ -17,7 +17,7 @@ import pytest
 from chatsecure.protocol.limits import PROTOCOL_VERSION
 from chatsecure.tls.certs import fingerprint
 from tests.discovery.procs import chatsecure, discover, env, found, start_discover, start_server
-from tests.netns import Lab
+from tests.netns import Host, Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
@@ -255,3 +255,52 @@ def test_server_without_a_multicast_interface_serves_and_warns(lab: Lab, cert_di
     browse = host.run(*chatsecure("discover", "--timeout", "1"), env=env(), check=False)
     assert browse.returncode == 1
     assert "cannot look for servers on this network" in browse.stderr
+
+
+def link_local(host: Host) -> str:
+    """The IPv6 link-local address the kernel gave ``host``'s first interface."""
+    shown = host.ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout
+    match = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", shown)
+    assert match is not None, shown
+    return match.group(1)
+
+
+@pytest.mark.parametrize("global6", [False, True], ids=["link-local-v6", "global-v6"])
+def test_first_event_has_every_address_and_connect_picks_ipv4_every_time(
+    lab: Lab, cert_dir: Path, global6: bool
+) -> None:
+    server_host, client_host = lab.host("srv"), lab.host("cli")
+    subnet6 = "fd77:1::/64" if global6 else None
+    server_ip, client_ip = lab.lan("10.77.1.0/24", server_host, client_host, subnet6=subnet6)
+    own = link_local(server_host)
+    advertised = [server_ip, *(["fd77:1::1"] if global6 else []), own]
+    # Like responders that announce every address they have, link-local included. Its
+    # records reach the browser twice: over IPv4 without the interface they came by, and
+    # (when sent from the link-local address) over IPv6 with it, a moment later.
+    watcher = client_host.popen(*chatsecure("discover", "--watch", "--timeout", "4"), env=env())
+    server = start_server(server_host, cert_dir, "pick me",
+                          *[arg for a in advertised for arg in ("--advertise-ip", a)])  # fmt: skip
+
+    assert watcher.wait(15) == 0, watcher.err
+    events = [json.loads(line) for line in watcher.out.splitlines()]
+    assert [e["event"] for e in events] == ["added"], events  # complete at once: no "updated"
+    addresses = events[0]["addresses"]
+    # A link-local address is only usable with its interface: scoped, or left out.
+    assert all(a.startswith(f"{own}%") for a in addresses if a.startswith("fe80:")), addresses
+    assert [a for a in addresses if not a.startswith("fe80:")] == advertised[:-1]
+    if not global6:  # sent from the link-local address, so its scope is known
+        assert addresses[-1].startswith(f"{own}%"), addresses
+
+    for attempt in range(4):
+        nick = f"try{attempt}"
+        client = client_host.popen(
+            *chatsecure("connect", "--discovered", "pick me", "--nick", nick, "--accept-new"),
+            stdin=True,
+            env=env(),
+        )
+        client.expect(rf"connected to 'pick me' as {nick}")
+        server.proc.expect(rf"{nick} joined from ([^\s;]+)", stream="stderr")
+        joined_from = re.findall(rf"{nick} joined from ([^\s;]+)", server.proc.err)
+        assert joined_from == [client_ip], server.proc.err
+        client.close_stdin()
+        assert client.wait() == 0

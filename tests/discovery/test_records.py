@@ -19,7 +19,10 @@ from chatsecure.discovery.records import (
     ServerAdded,
     ServerRemoved,
     ServerUpdated,
+    address_rank,
+    addresses_settled,
     advertised_addresses,
+    connectable_addresses,
     decode_txt,
     describe_server,
     encode_txt,
@@ -35,6 +38,7 @@ from chatsecure.discovery.records import (
     renamed,
     server_from_records,
 )
+from chatsecure.errors import ConfigError
 from chatsecure.protocol.limits import PROTOCOL_VERSION
 from chatsecure.tls.certs import fingerprint
 
@@ -274,6 +278,94 @@ def test_preferred_address_is_one_on_a_shared_network() -> None:
     assert preferred_address(found, here) == "10.0.0.5"
     assert preferred_address(found, [ipaddress.ip_network("fd00::/64")]) == "fd00::5"
     assert preferred_address(found, []) == "192.168.1.5"
+
+
+HERE = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
+"""The networks of the machine that connects, in the tests below."""
+
+
+@pytest.mark.parametrize(
+    ("addresses", "chosen"),
+    [
+        # on our network first, IPv4 before IPv6 among those, whatever order they came in
+        (("fd00::5", "fe80::5%eth0", "10.0.0.5"), "10.0.0.5"),
+        (("192.0.2.5", "fe80::5%eth0", "fd00::5"), "fd00::5"),
+        # then link-local with its interface, before an address off our networks
+        (("192.0.2.5", "2001:db8::5", "fe80::5%eth0"), "fe80::5%eth0"),
+        (("fe80::5", "192.0.2.5"), "192.0.2.5"),  # link-local without an interface: never
+        (("fe80::5", "fe80::6%3"), "fe80::6%3"),
+        (("2001:db8::5", "192.0.2.5"), "192.0.2.5"),
+    ],
+)
+def test_preferred_address_order(addresses: tuple[str, ...], chosen: str) -> None:
+    assert preferred_address(server(addresses=addresses), HERE) == chosen
+
+
+def test_only_unscoped_link_local_addresses_cannot_be_connected_to() -> None:
+    with pytest.raises(ConfigError, match="no address this machine can connect to"):
+        preferred_address(server(name="far", addresses=("fe80::5", "fe80::6")), HERE)
+
+
+def test_address_rank() -> None:
+    assert [address_rank(a, HERE) for a in ("10.0.0.9", "fd00::9", "fe80::9%eth1")] == [0, 0, 1]
+    assert [address_rank(a, HERE) for a in ("192.0.2.9", "2001:db8::9", "169.254.0.9")] == [2] * 3
+    assert [address_rank(a, HERE) for a in ("fe80::9", "fe80::9%", "not an ip")] == [None] * 3
+
+
+addresses_here = st.lists(
+    st.sampled_from(
+        ["10.0.0.5", "192.0.2.5", "fd00::5", "2001:db8::5", "fe80::5", "fe80::6%eth0", "::1"]
+    ),
+    min_size=1,
+)
+
+
+@given(addresses_here)
+def test_preferred_address_is_a_best_ranked_one_and_never_unscoped(addresses: list[str]) -> None:
+    ranks = [r for a in addresses if (r := address_rank(a, HERE)) is not None]
+    try:
+        chosen = preferred_address(server(addresses=tuple(addresses)), HERE)
+    except ConfigError:
+        assert ranks == []
+        return
+    assert chosen in addresses
+    assert chosen != "fe80::5"
+    assert address_rank(chosen, HERE) == min(ranks)
+
+
+# --- a resolved address set -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addresses", "denied", "settled"),
+    [
+        (("10.0.0.5", "fd00::5"), (), True),
+        (("10.0.0.5", "fe80::5%2"), (), True),
+        (("10.0.0.5",), (), False),  # the AAAA answer may still be on its way
+        (("fd00::5",), (), False),  # ... or the A answer
+        (("10.0.0.5",), (6,), True),  # the server said it has no IPv6 address (NSEC)
+        (("fd00::5",), (4,), True),
+        (("10.0.0.5", "fe80::5"), (), False),  # its interface comes with the IPv6 copy
+        (("10.0.0.5", "fd00::5", "fe80::5"), (), False),
+        ((), (4, 6), True),
+    ],
+)
+def test_addresses_settled(
+    addresses: tuple[str, ...], denied: tuple[int, ...], settled: bool
+) -> None:
+    assert addresses_settled(addresses, denied) is settled
+
+
+def test_connectable_addresses_drop_link_local_without_interface() -> None:
+    given_ = ["fe80::1", "fd00::1", "fe80::2%eth0", "10.0.0.1", "169.254.0.1", "bogus"]
+    assert connectable_addresses(given_) == ("10.0.0.1", "169.254.0.1", "fd00::1", "fe80::2%eth0")
+
+
+def test_a_resolved_server_never_carries_an_address_without_its_interface() -> None:
+    found = server_from_records(
+        "chat._chatsecure._tcp.local.", 7467, {}, ["fe80::1", "fe80::2%3", "10.0.0.1"]
+    )
+    assert found.addresses == ("10.0.0.1", "fe80::2%3")
 
 
 # --- what to advertise ------------------------------------------------------------------

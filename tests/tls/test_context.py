@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
 import ssl
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,3 +71,95 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, cert_dir: Path) -> N
         server_context(tmp_path / "bad.crt", cert_dir / "server.key")
     with pytest.raises(ConfigError, match="cannot load CA file"):
         client_context(tmp_path / "none.pem")
+
+
+# --- key-exchange groups: X25519, P-256 and P-384 only (Mozilla "intermediate") -------------
+
+OPENSSL = shutil.which("openssl")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command")
+
+
+def s_client_groups(port: int, group: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``openssl s_client`` offering only ``group`` to 127.0.0.1:port; it exits at EOF."""
+    assert OPENSSL is not None
+    return subprocess.run(
+        [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-groups", group, *flags],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    ("group", "shown"), [("X25519", "X25519"), ("P-256", "prime256v1"), ("P-384", "secp384r1")]
+)
+def test_server_agrees_on_x25519_p256_and_p384(
+    server: ServerThread, group: str, shown: str
+) -> None:
+    result = s_client_groups(server.port, group, "-tls1_3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # s_client names the group it used, e.g. "Server Temp Key: X25519, 253 bits".
+    assert re.search(rf"Server Temp Key: (ECDH, )?{shown}\b", result.stdout), result.stdout
+
+
+@needs_openssl
+@pytest.mark.parametrize("group", ["P-521", "X448", "ffdhe2048"])
+def test_server_refuses_other_groups(server: ServerThread, group: str) -> None:
+    control = s_client_groups(server.port, "X25519", "-tls1_3")
+    assert control.returncode == 0, "control: the same command with X25519 connects"
+    result = s_client_groups(server.port, group, "-tls1_3")
+    assert result.returncode != 0, result.stdout
+    assert "Cipher is (NONE)" in result.stdout
+
+
+@needs_openssl
+def test_tls_1_2_client_offering_refused_groups_first_gets_p256(server: ServerThread) -> None:
+    # In TLS 1.2 the client's group list also limits the curve of the server's ECDSA
+    # certificate (P-256), so a TLS 1.2 client must list P-256; the others are passed over.
+    result = s_client_groups(server.port, "P-521:X448:ffdhe2048:P-256", "-tls1_2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Server Temp Key: ECDH, prime256v1\b", result.stdout), result.stdout
+
+
+def one_group_server(cert_dir: Path, curve: str) -> tuple[socket.socket, ssl.SSLContext]:
+    """A listening socket on 127.0.0.1 and a plain server context offering only ``curve``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_dir / "server.crt", cert_dir / "server.key")
+    ctx.set_ecdh_curve(curve)
+    listener = socket.create_server(("127.0.0.1", 0))
+    return listener, ctx
+
+
+@pytest.mark.parametrize(
+    ("curve", "agrees"), [("prime256v1", True), ("secp384r1", True), ("secp521r1", False)]
+)
+def test_client_offers_only_the_allowed_groups(cert_dir: Path, curve: str, agrees: bool) -> None:
+    listener, server_ctx = one_group_server(cert_dir, curve)
+    outcome: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    outcome.append(tls.version() or "")
+            except (ssl.SSLError, OSError) as exc:
+                outcome.append(type(exc).__name__)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        if agrees:
+            assert handshake(client_context(), port) == "TLSv1.3"
+        else:
+            with pytest.raises(ssl.SSLError):
+                handshake(client_context(), port)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert (outcome[0] == "TLSv1.3") is agrees, outcome

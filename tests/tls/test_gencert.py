@@ -92,8 +92,8 @@ def test_key_is_p256_and_readable_by_its_owner_only(
 
 def test_default_validity_is_825_days(made: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     cert = certs.load_cert(made[0] / "server.crt")
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert abs(lifetime - dt.timedelta(days=CERT_DAYS)) < dt.timedelta(hours=1)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=CERT_DAYS)
+    assert f"valid {CERT_DAYS} days" in made[1].stdout
     assert cert.not_valid_before_utc <= dt.datetime.now(dt.UTC)
 
 
@@ -118,12 +118,25 @@ def test_force_replaces_the_pair(tmp_path: Path) -> None:
     assert stat.S_IMODE((out / "server.key").stat().st_mode) == 0o600
 
 
-def test_days_is_honoured(tmp_path: Path) -> None:
+def test_days_is_honoured_exactly(tmp_path: Path) -> None:
+    started = dt.datetime.now(dt.UTC)
     result = run(CHATSECURE, "gencert", "--out", str(tmp_path), "--days", "3")
     assert result.returncode == 0, result.stderr
+    assert "valid 3 days" in result.stdout
     cert = certs.load_cert(tmp_path / "server.crt")
-    lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    assert dt.timedelta(days=2, hours=23) < lifetime <= dt.timedelta(days=3)
+    # Exactly the days promised, from a start a few minutes back (for clocks running slow).
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=3)
+    assert started - dt.timedelta(minutes=10) < cert.not_valid_before_utc <= started
+    assert cert.not_valid_after_utc <= started + dt.timedelta(days=3)
+
+
+def test_client_certificate_and_its_ca_last_exactly_the_days_given(tmp_path: Path) -> None:
+    result = run(CHATSECURE, "gencert", "--client", "alice", "--ca", str(tmp_path), "--days", "5")
+    assert result.returncode == 0, result.stderr
+    for name in ("alice.crt", "ca.crt"):
+        cert = certs.load_cert(tmp_path / name)
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        assert lifetime == dt.timedelta(days=5), name
 
 
 @pytest.mark.parametrize("days", ["0", "-5"])
