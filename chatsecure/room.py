@@ -251,11 +251,12 @@ class Room:
             said = [item for item in batch if isinstance(item, _Said)]
             try:
                 results = await self._history.append([s.draft for s in said]) if said else []
-            except Exception as exc:
+            except Exception:
                 # A full disk, a broken database: those lines are refused, not lost in silence,
                 # and the room goes on (a later commit may work again).
                 log.exception("could not store %d lines", len(said))
-                error = encode(Error(ErrorCode.NOT_STORED, f"the server could not store it: {exc}"))
+                # The details (a file name, a disk) are for the server's log, not its clients.
+                error = encode(Error(ErrorCode.NOT_STORED, "the server could not store your line"))
                 for item in said:
                     item.member.send(error)
                 results = []

@@ -39,7 +39,10 @@ def client_id(home: Path | None = None) -> str:
     made = secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(made + "\n", encoding="ascii")
+        # Private: whoever knows it could make lines of ours look like re-sends.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(made + "\n")
     except OSError as exc:
         log.debug("cannot keep the client id in %s: %s", path, exc)
     return made

@@ -250,6 +250,7 @@ class App:
         scroll.pack(side="right", fill="y")
         self.transcript.pack(side="left", fill="both", expand=True)
         self._tag_transcript()
+        self._clear_transcript()
         body.add(log_frame, weight=4)
 
         side = ttk.Frame(body, name="side", style="Panel.TFrame", padding=(10, 8))
@@ -290,6 +291,8 @@ class App:
             "leave": PALETTE["leave"],
             "error": PALETTE["error"],
             "info": PALETTE["muted"],
+            "pending": PALETTE["muted"],
+            "history": PALETTE["muted"],
         }
         for kind, colour in colours.items():
             text.tag_configure(kind, foreground=colour)
@@ -299,7 +302,9 @@ class App:
             text.tag_configure(f"{kind}-body")
         for kind in ("join", "leave", "info"):
             text.tag_configure(f"{kind}-body", font=italic)
+        text.tag_configure("pending-body", font=italic)
         text.tag_configure("own", background=PALETTE["own_bg"])
+        text.tag_configure("pending", background=PALETTE["own_bg"])
         text.tag_configure("own-nick", foreground=PALETTE["accent_dark"])
         text.tag_configure("chat-nick", foreground=PALETTE["text"])
         text.tag_configure("mention", background=PALETTE["mention_bg"])  # made last, shown on top
@@ -417,6 +422,8 @@ class App:
                     self._focus_first_error()  # the server refused a field (the password)
             if update.lines:
                 self._arrived(update.lines)
+            if self._view == "chat":
+                self._load_older_at_top()
             self._ask_trust()
             if self._discovery is not None and self._discovery.poll(self.servers):
                 self._render_servers()
@@ -539,9 +546,13 @@ class App:
         self.servers_hint.configure(text=hint)
 
     def _clear_transcript(self) -> None:
-        self.transcript.configure(state="normal")
-        self.transcript.delete("1.0", "end")
-        self.transcript.configure(state="disabled")
+        text = self.transcript
+        text.configure(state="normal")
+        text.delete("1.0", "end")
+        # Lines arrive above the "pending" mark: below it wait own lines not yet stored.
+        text.mark_set("pending", "end")
+        text.mark_gravity("pending", "right")
+        text.configure(state="disabled")
 
     def _arrived(self, lines: list[Line]) -> None:
         """Show lines from the network; count them while the window has no focus."""
@@ -552,21 +563,42 @@ class App:
         self._show_urgency()
 
     def _append(self, lines: list[Line], named: list[bool]) -> None:
-        """Add ``lines`` to the transcript, highlighting those that name the user."""
+        """Add ``lines`` to the transcript, highlighting those that name the user.
+
+        Own lines wait below the "pending" mark until the server stored them; then they take
+        their place above it, in the order the server gave. Older lines (scrolling up) go on top.
+        """
         text = self.transcript
         at_bottom = text.yview()[1] >= 0.999
         text.configure(state="normal")
+        text.mark_set("older", "1.0")
+        text.mark_gravity("older", "right")
+        prepended = 0
         for line, mention in zip(lines, named, strict=True):
-            extra = ("mention",) if mention else ()
+            tags: tuple[str, ...] = ("mention",) if mention else ()
+            if line.ref is not None:
+                tags += (f"ref-{line.ref}",)
+                for start, end in _pairs(text.tag_ranges(f"ref-{line.ref}")):
+                    text.delete(start, end)  # its pending line: it is stored now
+            where = "older" if line.older else "end" if line.kind == "pending" else "pending"
+            prepended += line.older
             for part, style in line.segments():
-                text.insert("end", part, (line.kind, f"{line.kind}-{style}", *extra))
-            text.insert("end", "\n", (line.kind, *extra))
+                text.insert(where, part, (line.kind, f"{line.kind}-{style}", *tags))
+            text.insert(where, "\n", (line.kind, *tags))
         excess = int(text.index("end-1c").split(".")[0]) - 1 - MAX_TRANSCRIPT_LINES
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
         text.configure(state="disabled")
-        if at_bottom:
+        if prepended:
+            text.yview(f"{prepended + 1}.0")  # what was on top stays in view
+        elif at_bottom:
             text.see("end")
+
+    def _load_older_at_top(self) -> None:
+        """Scrolled to the top of a transcript that scrolls: ask for the lines before it."""
+        first, last = self.transcript.yview()
+        if first <= 0.0 and last < 1.0:
+            self.controller.load_older()
 
     # -- attention -----------------------------------------------------------------------
 
@@ -711,6 +743,11 @@ class TrustDialog:
 
     def destroy(self) -> None:
         self.window.destroy()
+
+
+def _pairs(ranges: tuple[Any, ...]) -> list[tuple[Any, Any]]:
+    """``tag_ranges`` as (start, end) pairs, last first, so deleting keeps the others valid."""
+    return list(zip(ranges[::2], ranges[1::2], strict=True))[::-1]
 
 
 def _wrap_to_width(label: ttk.Label, padding: int = 0) -> None:

@@ -251,21 +251,46 @@ def test_room_password_wrong_is_said_next_to_the_field_then_right_gets_in(
     assert alice.w("connect.form.password_error").cget("text") == "(if the room has one)"
 
 
-def test_server_shutdown_is_shown_and_back_returns_to_connect_view(
-    server: ServerThread, gui: GuiFactory
+def test_server_restart_is_a_drop_the_window_comes_back_from(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
+    server = start_server()
+    port = server.port
     alice = gui(nick="alice", accept_new=True)
-    connect_trusting(alice, "127.0.0.1", server.port)
+    connect_trusting(alice, "127.0.0.1", port)
     server.stop()
-    alice.pump(lambda: alice.phase is Phase.ENDED)
+    alice.pump(lambda: alice.phase is Phase.RECONNECTING)
     assert alice.view() == "chat"  # the transcript stays readable
     assert "The server is shutting down." in alice.transcript()
-    assert "the server shut down" in alice.w("chat.banner").cget("text")
-    assert alice.w("chat.banner").winfo_ismapped()
-    assert alice.w("chat.bottom.message").instate(["disabled"])
-    assert alice.w("chat.top.leave").cget("text") == "Back"
+    assert "the server is restarting" in alice.w("chat.banner").cget("text")
+    start_server(port=port)
+    alice.pump(lambda: alice.phase is Phase.CHAT, timeout=10)
+    assert "Reconnected to 'test'" in alice.transcript()
     alice.click("chat.top.leave")
     assert alice.view() == "connect"
+
+
+def test_stored_lines_are_greyed_on_join_and_older_ones_load_when_scrolling_up(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(replay=5, msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n in range(1, 81):
+            bob.send({"type": "msg", "text": f"old {n}", "ref": f"r{n}"})
+            bob.expect("ack")
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    alice.pump(lambda: "old 80" in alice.transcript())
+    assert "Earlier in this room:" in alice.transcript()
+    assert "history" in alice.tags_of_line_with("old 76")
+    assert "old 75" not in alice.transcript()
+    text = alice.w("chat.body.log.transcript")
+    text.yview_moveto(0.0)  # the user scrolls to the top
+    alice.pump(lambda: "old 1" in alice.transcript() and "old 75" in alice.transcript())
+    lines = alice.transcript_lines()
+    olds = [int(line.rsplit(" ", 1)[1]) for line in lines if ": old " in line]
+    assert olds == list(range(1, 81)), "older lines go on top, in order, each once"
 
 
 def test_dropped_connection_reconnects_with_backoff_and_says_so(
@@ -279,19 +304,23 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         banner = alice.w("chat.banner").cget("text")
         assert "Reconnecting in 1 s (attempt 1 of" in banner
         assert "Reconnecting" in alice.status()
-        alice.say("while away")  # refused politely, kept in the box
-        assert alice.w("chat.bottom.message").get() == "while away"
-        assert "Not connected" in alice.transcript()
+        alice.say("while away")  # pending, and sent after the reconnect
+        assert alice.w("chat.bottom.message").get() == ""
+        alice.pump(lambda: "while away" in alice.transcript())
+        assert "pending" in alice.tags_of_line_with("while away")
         alice.pump(lambda: alice.phase is Phase.CHAT, timeout=5)
         assert "Reconnected to 'test'" in alice.transcript()
+        alice.pump(lambda: "own" in alice.tags_of_line_with("while away"))
+        assert alice.transcript().count("while away") == 1
         assert not alice.w("chat.banner").winfo_ismapped()
         assert proxy.accepted == 2
         server.wait_online(1)
 
-        # A second drop starts the backoff afresh; leaving meanwhile ends it at once.
+        # A second drop soon after goes on counting (a session must last 30 s before the
+        # count starts afresh); leaving meanwhile ends it at once.
         proxy.drop()
         alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        assert "Reconnecting in 1 s (attempt 1 of" in alice.w("chat.banner").cget("text")
+        assert "Reconnecting in 2 s (attempt 2 of" in alice.w("chat.banner").cget("text")
         started = time.monotonic()
         alice.click("chat.top.leave")
         assert alice.view() == "connect"
@@ -300,7 +329,7 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         assert proxy.accepted == 2
 
 
-def test_line_sent_as_the_connection_dropped_is_marked_not_sent(
+def test_line_sent_as_the_connection_dropped_is_sent_after_the_reconnect(
     server: ServerThread, gui: GuiFactory
 ) -> None:
     with Proxy((server.host, server.port)) as proxy:
@@ -313,14 +342,15 @@ def test_line_sent_as_the_connection_dropped_is_marked_not_sent(
         while not any(isinstance(e, Reconnecting) for e in list(client.events.queue)):
             assert time.monotonic() < deadline, "the client did not notice the drop"
             time.sleep(0.005)
-        # The window has not heard of it yet: it takes the line as sent, and shows it so.
         alice.type("chat.bottom.message", "into the void")
         alice.click("chat.bottom.send")
-        assert "own" in alice.tags_of_line_with("into the void")
-        alice.pump(lambda: "Not sent" in alice.transcript())
-        lost = "Not sent, the connection was lost: into the void"
-        assert "error" in alice.tags_of_line_with(lost)
-        assert alice.phase is Phase.RECONNECTING
+        alice.pump(lambda: "into the void" in alice.transcript())
+        assert "pending" in alice.tags_of_line_with("into the void")
+        alice.pump(lambda: "own" in alice.tags_of_line_with("into the void"), timeout=10)
+        assert "Not sent" not in alice.transcript()
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob")
+            assert [m["text"] for m in bob.replayed] == ["into the void"]
 
 
 def test_text_that_cannot_be_sent_is_explained_and_kept_in_the_box(
