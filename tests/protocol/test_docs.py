@@ -40,6 +40,7 @@ def test_the_codes_documented_as_keeping_the_connection_are_the_non_fatal_ones()
         ErrorCode.TEXT_TOO_LONG,
         ErrorCode.ALREADY_JOINED,
         ErrorCode.RATE_LIMITED,
+        ErrorCode.NOT_STORED,
     }
 
 
