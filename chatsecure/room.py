@@ -41,6 +41,7 @@ from chatsecure.protocol.messages import (
     encode_chat,
     encode_peer,
     encode_welcome,
+    with_ref,
 )
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Room:
         self._history = history
         self._replay = replay
         self._replay_max = replay_max
-        self._tail: collections.deque[bytes] = collections.deque(maxlen=max(replay, replay_max))
+        self._tail: collections.deque[_Stored] = collections.deque(maxlen=max(replay, replay_max))
         """The newest stored lines as ``history`` frames, ending at ``seq``: every replay after
         a ``welcome`` comes from here, with no database read while others wait."""
         self._queue: list[_Said | bytes] = []
@@ -134,7 +135,7 @@ class Room:
             return 0
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
-        self._tail.extend(_history_frame(record) for record in opened.tail)
+        self._tail.extend(_Stored(_history_frame(r), r.client, r.ref) for r in opened.tail)
         return opened.max_peer_id
 
     async def drain(self) -> None:
@@ -158,7 +159,7 @@ class Room:
         nick = self._unique_nick(wanted)
         peer = member.peer = Peer(member.id, nick, addr)
         member.peer_json = encode_peer(peer)
-        replayed, skipped = self._replay_for(hello.since)
+        replayed, skipped = self._replay_for(hello.since, hello.client)
         welcome = encode_welcome(
             member.peer_json,
             self._peers_json.values(),
@@ -210,8 +211,11 @@ class Room:
                 return candidate
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _replay_for(self, since: int | None) -> tuple[list[bytes], int]:
-        """The stored lines a joining client gets, and how many the cap left out."""
+    def _replay_for(self, since: int | None, client: str | None) -> tuple[list[bytes], int]:
+        """The stored lines a joining client gets, and how many the cap left out.
+
+        Its own lines carry their ``ref``: an ack lost with the connection is found again there,
+        so the client neither shows its line twice nor takes it for someone else's."""
         tail = self._tail
         if since is None or since > self.seq:
             # A newcomer; or a client whose last seq this log never reached (a new database):
@@ -220,7 +224,13 @@ class Room:
         else:
             wanted = self.seq - since
             count = min(wanted, self._replay_max, len(tail))
-        replayed = list(itertools.islice(tail, len(tail) - count, None)) if count else []
+        stored = itertools.islice(tail, len(tail) - count, None) if count else ()
+        replayed = [
+            with_ref(s.frame, s.ref)
+            if client is not None and s.client == client and s.ref is not None
+            else s.frame
+            for s in stored
+        ]
         return replayed, 0 if wanted is None else wanted - count
 
     # -- what members say ----------------------------------------------------------------
@@ -278,7 +288,7 @@ class Room:
                 continue  # a re-send after a reconnect: stored and broadcast the first time
             frame = encode_chat(item.peer_json, record.text, record.ts, record.seq)
             self.seq = record.seq
-            self._tail.append(as_history(frame))
+            self._tail.append(_Stored(as_history(frame), item.draft.client, item.draft.ref))
             self.broadcast(frame, exclude=member)
 
     def history(self, member: Member, request: HistoryRequest) -> None:
@@ -362,6 +372,15 @@ class Room:
             return []  # not joined (yet, or any more): broadcasts are not for it
         skip = self.frames_skip
         return [f for i, f in enumerate(self.frames[start:], start) if skip[i] is not member]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A stored line as the replay sends it, and whose it is (to give its sender the ref)."""
+
+    frame: bytes
+    client: str | None
+    ref: str | None
 
 
 @dataclass(frozen=True, slots=True)

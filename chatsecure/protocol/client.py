@@ -323,6 +323,10 @@ class ClientSession:
             return Ignored("msg", "a chat line before welcome")
         if chat.history and self._replay_left:
             self._replay_left -= 1
+            if chat.ref is not None and chat.ref in self.outbox:
+                # Our own line, stored before the connection broke, its ack lost with it: this
+                # is the ack (the re-send that follows is a duplicate the server only acks).
+                return self._ack(Ack(chat.ref, chat.seq, chat.ts))
             return self._seen(chat, replayed=True)
         if chat.history:
             return Line(chat, older=True)

@@ -223,6 +223,8 @@ class Chat:
     """The line's place in the room's log; 0 for a server that keeps none (v1)."""
     history: bool = False
     """A stored line sent again (replay after ``welcome``, or an answer to ``history``)."""
+    ref: str | None = None
+    """In a replay to the client that sent the line: its ref (its ack may have been lost)."""
     type: Literal["msg"] = field(default="msg", init=False)
 
 
@@ -359,13 +361,15 @@ def to_json(message: Message) -> dict[str, Any]:
             if before is None:
                 return {"type": "history", "limit": limit}
             return {"type": "history", "before": before, "limit": limit}
-        case Chat(sender=sender, text=text, ts=ts, seq=seq, history=history):
+        case Chat(sender=sender, text=text, ts=ts, seq=seq, history=history, ref=ref):
             chat: dict[str, Any] = {"type": "msg"}
             if seq:
                 chat["seq"] = seq
             chat |= {"from": sender.to_json(), "text": text, "ts": ts}
             if history:
                 chat["history"] = True
+            if ref is not None:
+                chat["ref"] = ref
             return chat
         case Ack(ref=ref, seq=seq, ts=ts):
             return {"type": "ack", "ref": ref, "seq": seq, "ts": ts}
@@ -480,6 +484,7 @@ def parse_server(frame: bytes) -> ServerMessage:
             _timestamp(obj.get("ts")),
             _optional_count(obj, "seq") or 0,
             obj.get("history") is True,
+            _optional_ref(obj),
         )
     if kind == "ack":
         return Ack(
@@ -528,6 +533,16 @@ def _timestamp(value: object) -> float:
         if 0.0 <= ts <= TS_MAX:  # also false for NaN
             return ts
     return time.time()
+
+
+def _optional_ref(obj: dict[str, Any]) -> str | None:
+    ref = obj.get("ref")
+    return ref if isinstance(ref, str) and valid_ref(ref) else None
+
+
+def with_ref(history_frame: bytes, ref: str) -> bytes:
+    """A frame of ``as_history`` for the line's own sender: with its ``ref``."""
+    return history_frame[:-2] + b',"ref":%b}\n' % _dumps(ref).encode()
 
 
 def _optional_count(obj: dict[str, Any], key: str) -> int | None:
