@@ -289,7 +289,20 @@ class Room:
             frame = encode_chat(item.peer_json, record.text, record.ts, record.seq)
             self.seq = record.seq
             self._tail.append(_Stored(as_history(frame), item.draft.client, item.draft.ref))
+            if member.gone and ref is not None:
+                # The sender's connection broke before this commit: if it is back already,
+                # its new connection gets the line with its ref, which it takes as the ack.
+                back = self._member_of(item.draft.client)
+                if back is not None:
+                    back.send(with_ref(frame, ref))
+                    member = back
             self.broadcast(frame, exclude=member)
+
+    def _member_of(self, client: str | None) -> Member | None:
+        """The member connected as ``client`` (rare: only after a sender's connection broke)."""
+        if client is None:
+            return None
+        return next((m for m in self.members.values() if m.client_id == client), None)
 
     def history(self, member: Member, request: HistoryRequest) -> None:
         """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``."""

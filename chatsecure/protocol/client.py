@@ -321,12 +321,13 @@ class ClientSession:
     def _chat(self, chat: Chat) -> SessionEvent | None:
         if self.state is not ClientState.JOINED:
             return Ignored("msg", "a chat line before welcome")
+        if chat.ref is not None and chat.ref in self.outbox:
+            # Our own line, stored as the connection broke, its ack lost with it: this is the
+            # ack (the re-send that follows is a duplicate the server only acknowledges).
+            self._replay_left -= bool(chat.history and self._replay_left)
+            return self._ack(Ack(chat.ref, chat.seq, chat.ts))
         if chat.history and self._replay_left:
             self._replay_left -= 1
-            if chat.ref is not None and chat.ref in self.outbox:
-                # Our own line, stored before the connection broke, its ack lost with it: this
-                # is the ack (the re-send that follows is a duplicate the server only acks).
-                return self._ack(Ack(chat.ref, chat.seq, chat.ts))
             return self._seen(chat, replayed=True)
         if chat.history:
             return Line(chat, older=True)

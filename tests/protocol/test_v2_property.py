@@ -16,7 +16,6 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -319,11 +318,6 @@ OWN_LINE_LOST_ACK: Script = [("type", 0), ("up", 0, LOTS * 100), ("drop", 0)]
 """Client 0's line reaches the room, then its connection drops before the ack arrives."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stored line whose ack was lost comes back to its sender twice after the "
-    "reconnect: in the replay (as a received line) and as the ack of its re-send",
-)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(script=OWN_LINE_LOST_ACK)
 @given(script=actions)
