@@ -21,18 +21,24 @@ BENCH = [sys.executable, str(ROOT / "tools" / "bench.py")]
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
-def bench(*args: str) -> list[dict[str, Any]]:
-    """Run tools/bench.py with ``args``; return its JSON lines (it must exit 0)."""
+def run_bench(*args: str) -> str:
+    """Run tools/bench.py with ``args``; return what it printed (it must exit 0)."""
     done = subprocess.run(
-        [*BENCH, *args, "--json-only", "--no-discovery"],
+        [*BENCH, *args, "--no-discovery"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
         cwd=ROOT,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done.stdout
+
+
+def bench(*args: str) -> list[dict[str, Any]]:
+    """Run tools/bench.py with ``args``; return its JSON lines."""
+    out = run_bench(*args, "--json-only")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def test_fanout_reaches_every_receiver_on_chatsecure_and_the_naive_baseline() -> None:
@@ -70,3 +76,43 @@ def test_fanout_on_uvloop() -> None:
     (r,) = bench("fanout", "-n", "4", "-s", "1", "-m", "20", "--loop", "uvloop")
     assert r["server"] == "chatsecure+uvloop"
     assert (r["deliveries"], r["lost"]) == (20 * 3, 0)
+
+
+def test_fanout_senders_get_an_ack_per_line_with_and_without_the_room_log() -> None:
+    args = ("fanout", "-n", "4", "-s", "2", "-m", "30", "--loop", "asyncio", "--history", "both")
+    results = bench(*args)
+    assert [r["server"] for r in results] == ["chatsecure", "chatsecure-nolog"]
+    for r in results:
+        assert (r["deliveries"], r["lost"], r["error"]) == (2 * 30 * 3, 0, None)
+        assert r["acks"] == 2 * 30
+        assert r["server_us_per_delivery"] == pytest.approx(
+            r["server_cpu_s"] * 1e6 / r["deliveries"], abs=0.01
+        )
+
+
+def test_summary_gives_the_log_its_ratio_to_the_server_without_it_and_to_another_tree() -> None:
+    out = run_bench(
+        *("fanout", "-n", "3", "-s", "1", "-m", "20", "--loop", "asyncio"),
+        *("--history", "both", "--against-tree", str(ROOT)),
+    )
+    (line,) = [x for x in out.splitlines() if x.startswith("chatsecure ") and "median" in x]
+    assert "us/delivery" in line
+    assert "x chatsecure-nolog" in line
+    assert "x chatsecure@" in line
+    runs = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert len(runs) == 3
+    assert all(r["lost"] == 0 and r["acks"] == 20 for r in runs)
+
+
+def test_store_counts_acked_lines_at_both_durabilities() -> None:
+    results = bench("store", "-m", "50", "--loop", "asyncio", "--durability", "both")
+    assert [r["server"] for r in results] == ["chatsecure", "chatsecure-full"]
+    for r in results:
+        assert (r["clients"], r["acks"], r["lost"], r["error"]) == (2, 100, 0, None)
+        assert r["acked_per_s"] > 0
+
+
+def test_replay_resumes_a_client_with_every_stored_line() -> None:
+    (r,) = bench("replay", "-m", "300", "--resumes", "2", "--loop", "asyncio")
+    assert (r["acks"], r["replayed"], r["error"]) == (300, 300, None)
+    assert 0 < r["resume_ms"] <= r["resume_max_ms"] < 10_000

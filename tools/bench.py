@@ -1,13 +1,21 @@
-"""Load generator for chatsecure: real TLS clients speaking protocol v1 (or IRC), one process.
+"""Load generator for chatsecure: real TLS clients speaking protocol v2 (or IRC), one process.
 
     python tools/bench.py fanout --clients 50 --senders 5 --messages 2000 --baseline --runs 3
+    python tools/bench.py fanout --history both --against-tree ../old-checkout --runs 3
     python tools/bench.py paced --clients 1000 --rate 0.2 --duration 30
     python tools/bench.py hold --clients 10000
+    python tools/bench.py store --durability both       # acked lines/s, 2 senders
+    python tools/bench.py replay --messages 10000       # a client that missed them resumes
 
 Each run starts the server under test as a subprocess on 127.0.0.1 with an ephemeral port
 (limits off, no discovery), drives it, stops it, and prints a table row and one JSON line.
 ``--baseline`` runs the same workload against ``benchmarks/naive_server.py`` in the same
-invocation, ``--against ngircd`` against ngircd, and the summary gives medians and ratios.
+invocation, ``--against ngircd`` against ngircd, ``--against-tree DIR`` against the chatsecure
+server of another checkout, ``--history both`` against this one with and without its room log;
+the summary gives medians and ratios.
+
+Every client names itself (``client`` in hello) and every line it sends (``ref``), as a v2
+client does, so a v2 server acknowledges each line; a v1 server ignores both fields.
 
 The generator must stay cheap per delivery or it becomes what is measured: receivers only
 count complete lines (``bytearray.count`` on one shared receive buffer, no copy, no parse);
@@ -50,6 +58,8 @@ TEXT_LEN = 64
 MARK = b"=t"
 """Opens the send time in a sampled message text (``END`` closes it); nowhere else in a line."""
 END = b"="
+ACK = b'{"type":"ack"'
+"""How every ``ack`` frame starts (the server encodes it with this key order)."""
 RECV_BUFFER = 256 * 1024
 PROBES = 16
 """Receivers that look for timestamps; the others only count lines."""
@@ -86,11 +96,12 @@ class Dialect:
 
     name = "chatsecure"
 
-    def hello(self, nick: str) -> bytes:
-        return b'{"type":"hello","nick":"' + nick.encode() + b'"}\n'
+    def hello(self, nick: str, client_id: str, since: int | None = None) -> bytes:
+        frame = b'{"type":"hello","nick":"' + nick.encode() + b'","client":"' + client_id.encode()
+        return frame + (b'"}\n' if since is None else b'","since":%d}\n' % since)
 
-    def msg(self, text: bytes) -> bytes:
-        return b'{"type":"msg","text":"' + text + b'"}\n'
+    def msg(self, text: bytes, ref: bytes) -> bytes:
+        return b'{"type":"msg","text":"' + text + b'","ref":"' + ref + b'"}\n'
 
     def welcomed(self, head: bytes) -> bool | None:
         """True once ``head`` (everything received so far) holds the welcome; False if refused."""
@@ -109,12 +120,12 @@ class IrcDialect(Dialect):
 
     name = "irc"
 
-    def hello(self, nick: str) -> bytes:
+    def hello(self, nick: str, client_id: str, since: int | None = None) -> bytes:
         n = nick.encode()
         join = b"JOIN " + IRC_CHANNEL + b"\r\n"
         return b"NICK " + n + b"\r\nUSER " + n + b" 0 * :" + n + b"\r\n" + join
 
-    def msg(self, text: bytes) -> bytes:
+    def msg(self, text: bytes, ref: bytes) -> bytes:
         return b"PRIVMSG " + IRC_CHANNEL + b" :" + text + b"\r\n"
 
     def welcomed(self, head: bytes) -> bool | None:
@@ -138,11 +149,19 @@ class IrcDialect(Dialect):
 
 
 class Client(asyncio.BufferedProtocol):
-    """A benchmark client: counts complete lines; a probe also records latencies."""
+    """A benchmark client: counts complete lines; a probe also records latencies.
 
-    def __init__(self, bench: Bench, nick: str, *, greet: bool = True) -> None:
+    A sender also counts the ``ack``s it gets (``count_acks``); a resuming client (``since``)
+    finishes once it has every line the welcome announced.
+    """
+
+    def __init__(
+        self, bench: Bench, nick: str, *, greet: bool = True, since: int | None = None
+    ) -> None:
         self.bench = bench
         self.nick = nick
+        self.client_id = f"bench-{nick}-{bench.token}"
+        self.since = since
         self.greets = greet
         self.transport: asyncio.Transport | None = None
         self.lines = 0
@@ -150,9 +169,26 @@ class Client(asyncio.BufferedProtocol):
         self.probe = False
         self.head = b""
         self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.welcome_line = b""
+        self.reached: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        """Resolves with the ``perf_counter`` at which ``target`` was reached."""
         self.lost_connection = False
+        self.count_acks = False
+        self.acks = 0
+        self.sent = 0
+        self._ack_tail = b""
         self._tail = b""
         self._writable: asyncio.Future[None] | None = None
+
+    @property
+    def v2(self) -> bool:
+        """True if the welcome came from a protocol v2 server (it says the room's ``seq``)."""
+        return b'"seq":' in self.welcome_line
+
+    def msg(self, text: bytes) -> bytes:
+        """One ``msg`` frame with the next ``ref`` of this client (a v2 server acks it)."""
+        self.sent += 1
+        return self.bench.dialect.msg(text, b"%x" % self.sent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
@@ -162,7 +198,7 @@ class Client(asyncio.BufferedProtocol):
 
     def greet(self) -> None:
         """Send hello (or NICK/USER/JOIN); ``welcome`` resolves when the server answers."""
-        self.send(self.bench.dialect.hello(self.nick))
+        self.send(self.bench.dialect.hello(self.nick, self.client_id, self.since))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _SHARED_VIEW
@@ -172,11 +208,29 @@ class Client(asyncio.BufferedProtocol):
             self._before_welcome(bytes(_SHARED_VIEW[:nbytes]))
             return
         self.lines += _SHARED.count(b"\n", 0, nbytes)
+        if self.count_acks:
+            self._count_acks(nbytes)
         if self.probe:
             self._scan(bytes(_SHARED_VIEW[:nbytes]))
         if self.lines >= self.target >= 0:
-            self.target = -1
-            self.bench.receiver_done()
+            self._reached()
+
+    def _reached(self) -> None:
+        self.target = -1
+        if not self.reached.done():
+            self.reached.set_result(time.perf_counter())
+        self.bench.receiver_done()
+
+    def _count_acks(self, nbytes: int) -> None:
+        """Count ``ACK`` in the shared buffer, and the one that straddles the last read."""
+        keep = len(ACK) - 1
+        self.acks += _SHARED.count(ACK, 0, nbytes)
+        if self._ack_tail:
+            # Too short to hold a whole ACK on either side: any match here straddles the two.
+            self.acks += (self._ack_tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(ACK)
+        self._ack_tail = (self._ack_tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[
+            -keep:
+        ]
 
     def _before_welcome(self, data: bytes) -> None:
         self.head += data
@@ -187,8 +241,12 @@ class Client(asyncio.BufferedProtocol):
         if not ok:
             return  # keep what the server said, for the error message
         if self.bench.dialect.name == "chatsecure":
-            _, _, rest = self.head.partition(b"\n")
+            self.welcome_line, _, rest = self.head.partition(b"\n")
             self.lines += rest.count(b"\n")
+            if self.since is not None:
+                self.target = welcome_count(self.welcome_line, b"replay")
+                if self.lines >= self.target:
+                    self._reached()
         self.head = b""
 
     def _scan(self, data: bytes) -> None:
@@ -247,6 +305,15 @@ class Client(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
+def welcome_count(welcome: bytes, key: bytes) -> int:
+    """The integer field ``key`` of a welcome frame (0 if absent: a v1 server)."""
+    _, found, rest = welcome.partition(b'"' + key + b'":')
+    if not found:
+        return 0
+    digits = rest[: len(rest) - len(rest.lstrip(b"0123456789"))]
+    return int(digits or b"0")
+
+
 # --- servers under test ---------------------------------------------------------------------
 
 
@@ -277,6 +344,12 @@ class ServerUnderTest:
     ready_marker: str | None
     """A line on stdout that says where it listens; None: poll ``port`` instead."""
     env: dict[str, str] = field(default_factory=dict)
+    v2: bool = False
+    """It acknowledges lines (protocol v2): the ``store`` workload needs that."""
+    keeps_log: bool = False
+    """It stores lines and replays them to a returning client: ``replay`` needs that."""
+    compare_to: list[str] = field(default_factory=list)
+    """Labels of the servers the summary gives this one's ratio to (when they ran)."""
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     log: Any = None
@@ -363,17 +436,30 @@ def _readline(stream: IO[str], timeout: float) -> str | None:
     return line or None
 
 
-def server_flags() -> set[str]:
-    """The options this checkout's ``chatsecure server`` knows (they grow over time)."""
+def server_flags(tree: Path = ROOT) -> set[str]:
+    """The options the ``chatsecure server`` of checkout ``tree`` knows (they grow over time)."""
     out = subprocess.run(
         [sys.executable, "-m", "chatsecure", "server", "--help"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,
         timeout=30,
         check=True,
     ).stdout
     return {word.rstrip(",") for word in out.split() if word.startswith("--")}
+
+
+def tree_name(tree: Path) -> str:
+    """A short name for a checkout: its commit if it is a git work tree, else its folder."""
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else tree.name
 
 
 LIMIT_FLAGS = (
@@ -392,8 +478,38 @@ LIMIT_FLAGS = (
 )
 
 
-def chatsecure_server(loop: str, flags: set[str]) -> ServerUnderTest:
-    label = "chatsecure" if loop == "asyncio" else f"chatsecure+{loop}"
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """How a chatsecure server under test keeps its room log."""
+
+    history: bool = True
+    """Store every line (``--db`` a fresh file per run); False: ``--history 0``."""
+    durability: str = "normal"
+    keep: int | None = None
+    """``--history N`` (lines kept), if not the server's default."""
+    replay_max: int | None = None
+    """``--replay-max N``, if not the server's default."""
+    db_dir: Path | None = None
+    """Where the databases go (default: the run's temporary folder)."""
+
+
+def chatsecure_base(loop: str) -> str:
+    return "chatsecure" if loop == "asyncio" else f"chatsecure+{loop}"
+
+
+def chatsecure_server(
+    loop: str,
+    flags: set[str],
+    log: LogOptions | None = None,
+    *,
+    tree: Path = ROOT,
+    label: str | None = None,
+) -> ServerUnderTest:
+    """``chatsecure server`` of checkout ``tree``, every limit off, with ``log`` for its history."""
+    log = log or LogOptions()
+    label = label or chatsecure_base(loop)
+    v2 = "--history" in flags
+    keeps_log = v2 and log.history
 
     def argv(workdir: Path) -> list[str]:
         cmd = [sys.executable, "-m", "chatsecure", "server", "--host", HOST, "--port", "0"]
@@ -403,9 +519,30 @@ def chatsecure_server(loop: str, flags: set[str]) -> ServerUnderTest:
             cmd.append("--no-discovery")
         if "--loop" in flags:
             cmd += ["--loop", loop]
+        if v2 and not log.history:
+            cmd += ["--history", "0"]
+        elif keeps_log:
+            cmd += ["--db", str(fresh_db(log.db_dir or workdir, label))]
+            cmd += ["--durability", log.durability]
+            if log.keep is not None:
+                cmd += ["--history", str(log.keep)]
+            if log.replay_max is not None:
+                cmd += ["--replay-max", str(log.replay_max)]
         return cmd
 
-    return ServerUnderTest(label, Dialect(), argv, "listening on")
+    env = {"PYTHONPATH": str(tree)}
+    return ServerUnderTest(
+        label, Dialect(), argv, "listening on", env=env, v2=v2, keeps_log=keeps_log
+    )
+
+
+def fresh_db(folder: Path, label: str) -> Path:
+    """A database path for one run of ``label``: nothing left of the previous run's file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / f"bench-{label.replace('+', '-').replace('@', '-')}.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return db
 
 
 def naive_server() -> ServerUnderTest:
@@ -468,6 +605,8 @@ class Result:
     max_ms: float | None = None
     lost: int = 0
     server_cpu_s: float | None = None
+    server_us_per_delivery: float | None = None
+    """Server CPU microseconds per delivery (fanout, paced) or per acked line (store)."""
     gen_cpu_s: float = 0.0
     gen_loop: str = "asyncio"
     rate: float | None = None
@@ -477,14 +616,23 @@ class Result:
     rss_per_conn_kib: float | None = None
     tls_rss_per_conn_kib: float | None = None
     server_rss_mib: float | None = None
+    acks: int | None = None
+    """``ack``s the senders received (None: the server sends none, protocol v1)."""
+    acked_per_s: float | None = None
+    replayed: int | None = None
+    """Lines each resuming client got after its welcome (``replay``)."""
+    resume_ms: float | None = None
+    """Median time from a resuming client's hello to its last replayed line."""
+    resume_max_ms: float | None = None
     error: str | None = None
 
 
 class Bench:
     """The shared state of one run: the clients, the latency samples, the finish line."""
 
-    def __init__(self, dialect: Dialect, host: str, port: int) -> None:
+    def __init__(self, dialect: Dialect, host: str, port: int, *, acks: bool | None = None) -> None:
         self.dialect = dialect
+        self._acks = acks
         self.host = host
         self.port = port
         self.clients: list[Client] = []
@@ -493,7 +641,19 @@ class Bench:
         self.all_received: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost_connections = 0
         self.measuring = False
+        self.token = os.urandom(4).hex()
+        """Makes this run's client ids its own."""
         self._ctx = client_context()
+
+    @property
+    def acks(self) -> bool:
+        """The server acknowledges lines: known for a server we started, else from its welcome.
+
+        (The naive baseline sends a v2 welcome, since it borrows our encoder, but no acks.)
+        """
+        if self._acks is not None:
+            return self._acks
+        return bool(self.clients) and all(c.v2 for c in self.clients)
 
     def receiver_done(self) -> None:
         self.pending_receivers -= 1
@@ -508,7 +668,6 @@ class Bench:
 
     async def connect(self, count: int, timeout: float, *, greet: bool = True) -> float:
         """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken."""
-        loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         start = time.perf_counter()
 
@@ -516,14 +675,19 @@ class Bench:
             async with gate:
                 client = Client(self, f"b{i}", greet=greet)
                 self.clients.append(client)
-                await loop.create_connection(
-                    lambda: client, self.host, self.port, ssl=self._ctx, server_hostname=None
-                )
+                await self.open(client)
                 if greet and not await client.welcome:
                     raise RuntimeError(f"client {client.nick} was refused: {client.head[:200]!r}")
 
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), timeout)
         return time.perf_counter() - start
+
+    async def open(self, client: Client) -> None:
+        """Make ``client``'s TLS connection to the server."""
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(
+            lambda: client, self.host, self.port, ssl=self._ctx, server_hostname=None
+        )
 
     async def greet_in_waves(self, wave: int, timeout: float) -> float:
         """Send hello from every client, ``wave`` at a time; return the seconds until welcomed."""
@@ -613,26 +777,94 @@ def percentiles(samples: list[float]) -> tuple[float | None, float | None, float
 
 
 async def fanout(bench: Bench, result: Result, senders: int, messages: int) -> None:
-    """S senders each send M messages as fast as the server takes them."""
+    """S senders each send M messages as fast as the server takes them.
+
+    A sender is done once it has every other sender's lines and, from a v2 server, an ``ack``
+    for each of its own; a receiver once it has everyone's lines.
+    """
     n = result.clients
     await bench.connect(n, timeout=60 + n / 20)
     await bench.settle(timeout=60)
     bench.choose_probes(skip=senders)
     total = senders * messages
-    bench.expect([total - (messages if i < senders else 0) for i in range(n)])
-    batch = 20  # messages per write; the last one of each carries its send time
-    plain = bench.dialect.msg(PLAIN_TEXT)
-
-    async def send(client: Client) -> None:
-        for start in range(0, messages, batch):
-            size = min(batch, messages - start)
-            stamped = bench.dialect.msg(stamped_text(time.perf_counter()))
-            client.send(plain * (size - 1) + stamped)
-            await client.writable()  # as fast as the server takes them: TCP flow control
-
+    acks = messages if bench.acks else 0
+    bench.expect([total - (messages - acks if i < senders else 0) for i in range(n)])
     result.senders, result.messages = senders, messages
     result.deliveries = total * (n - 1)
-    await measure(bench, result, [send(c) for c in bench.clients[:senders]], 60 + total / 1000)
+    sending = [send_as_fast(c, messages) for c in bench.clients[:senders]]
+    await measure(bench, result, sending, 60 + total / 1000)
+
+
+BATCH = 20
+"""Messages per write of a fast sender; the last one of each carries its send time."""
+
+
+async def send_as_fast(client: Client, messages: int) -> None:
+    """Send ``messages`` lines as fast as the server takes them (TCP flow control)."""
+    client.count_acks = client.bench.acks
+    for start in range(0, messages, BATCH):
+        size = min(BATCH, messages - start)
+        frames = [client.msg(PLAIN_TEXT) for _ in range(size - 1)]
+        frames.append(client.msg(stamped_text(time.perf_counter())))
+        client.send(b"".join(frames))
+        await client.writable()
+
+
+async def store(bench: Bench, result: Result, messages: int) -> None:
+    """Every client sends M lines as fast as the server acknowledges them; nobody else is in.
+
+    Acked lines per second is what the room log takes: each iteration's lines are one commit.
+    """
+    n = result.clients
+    await bench.connect(n, timeout=60 + n / 20)
+    await bench.settle(timeout=60)
+    if not bench.acks:
+        raise RuntimeError("the server sends no acks (protocol v1): nothing to measure")
+    total = n * messages
+    # Each sender gets an ack for each of its lines and the others' lines.
+    bench.expect([total] * n)
+    result.senders, result.messages = n, messages
+    result.deliveries = total * (n - 1)
+    await measure(
+        bench, result, [send_as_fast(c, messages) for c in bench.clients], 60 + total / 500
+    )
+    result.acked_per_s = round((result.acks or 0) / result.seconds)
+    if result.server_cpu_s is not None and result.acks:
+        result.server_us_per_delivery = round(result.server_cpu_s * 1e6 / result.acks, 2)
+
+
+RESUME_TIMEOUT = 60.0
+"""Seconds a resuming client has for its welcome and replay."""
+
+
+async def replay(bench: Bench, result: Result, messages: int, resumes: int) -> None:
+    """Store M lines, then let clients that saw none of them (``since: 0``) resume, one by one.
+
+    Each resume is timed from the hello to the last replayed line (the TLS handshake comes
+    before, untimed): the welcome and the replay that follows it, straight from the room's
+    in-memory tail.
+    """
+    await store(bench, result, messages)
+    if result.error:
+        return
+    times: list[float] = []
+    for i in range(resumes):
+        client = Client(bench, f"r{i}", greet=False, since=0)
+        await asyncio.wait_for(bench.open(client), RESUME_TIMEOUT)
+        start = time.perf_counter()
+        client.greet()
+        if not await asyncio.wait_for(client.welcome, RESUME_TIMEOUT):
+            raise RuntimeError(f"the resuming client was refused: {client.head[:200]!r}")
+        done = await asyncio.wait_for(client.reached, RESUME_TIMEOUT)
+        times.append(done - start)
+        result.replayed = welcome_count(client.welcome_line, b"replay")
+        skipped = welcome_count(client.welcome_line, b"skipped")
+        client.close()
+        if result.replayed + skipped != messages or skipped:
+            result.error = f"replayed {result.replayed} of {messages} lines ({skipped} skipped)"
+            return
+    result.resume_ms = round(statistics.median(times) * 1000, 1)
+    result.resume_max_ms = round(max(times) * 1000, 1)
 
 
 async def paced(bench: Bench, result: Result, rate: float, duration: float) -> None:
@@ -643,7 +875,8 @@ async def paced(bench: Bench, result: Result, rate: float, duration: float) -> N
     bench.choose_probes(skip=0)
     per_client = max(1, round(rate * duration))
     total = per_client * n
-    bench.expect([total - per_client] * n)
+    acks = per_client if bench.acks else 0  # counted as lines, not one by one: cheaper
+    bench.expect([total - per_client + acks] * n)
     interval = 1 / rate
     # Client i sends at offset + k * interval, the offsets spread over one interval.
     schedule = sorted(
@@ -657,7 +890,7 @@ async def paced(bench: Bench, result: Result, rate: float, duration: float) -> N
             now = time.perf_counter() - start
             while pos < len(schedule) and schedule[pos][0] <= now:
                 client = bench.clients[schedule[pos][1]]
-                client.send(bench.dialect.msg(stamped_text(time.perf_counter())))
+                client.send(client.msg(stamped_text(time.perf_counter())))
                 pos += 1
             if pos < len(schedule):
                 await asyncio.sleep(min(0.002, max(0.0, schedule[pos][0] - now)))
@@ -688,6 +921,10 @@ async def measure(bench: Bench, result: Result, senders: list[Any], timeout: flo
     cpu1 = server_cpu()
     result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
     result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
+    if result.server_cpu_s is not None and result.deliveries:
+        result.server_us_per_delivery = round(result.server_cpu_s * 1e6 / result.deliveries, 3)
+    if any(c.count_acks for c in bench.clients):
+        result.acks = sum(c.acks for c in bench.clients)
     result.lost = bench.missing()
     if bench.lost_connections:
         result.error = f"{bench.lost_connections} connections lost"
@@ -780,7 +1017,8 @@ def run_one(
         _SERVER_PID = args.server_pid
         dialect = IrcDialect() if args.irc else Dialect()
     try:
-        asyncio_run(drive(args, result, dialect, host, port), args.gen_loop)
+        acks = server.v2 if server is not None else None
+        asyncio_run(drive(args, result, dialect, host, port, acks), args.gen_loop)
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -798,14 +1036,23 @@ def run_one(
 
 
 async def drive(
-    args: argparse.Namespace, result: Result, dialect: Dialect, host: str, port: int
+    args: argparse.Namespace,
+    result: Result,
+    dialect: Dialect,
+    host: str,
+    port: int,
+    acks: bool | None = None,
 ) -> None:
-    bench = Bench(dialect, host, port)
+    bench = Bench(dialect, host, port, acks=acks)
     try:
         if args.workload == "fanout":
             await fanout(bench, result, args.senders, args.messages)
         elif args.workload == "paced":
             await paced(bench, result, args.rate, args.duration)
+        elif args.workload == "store":
+            await store(bench, result, args.messages)
+        elif args.workload == "replay":
+            await replay(bench, result, args.messages, args.resumes)
         else:
             await hold(bench, result)
     finally:
@@ -824,7 +1071,7 @@ def asyncio_run(coro: Coroutine[Any, Any, None], loop: str) -> None:
 
 
 COLUMNS = (
-    ("server", "{:<18}"),
+    ("server", "{:<26}"),
     ("run", "{:>3}"),
     ("clients", "{:>7}"),
     ("deliveries_per_s", "{:>12}"),
@@ -834,10 +1081,33 @@ COLUMNS = (
     ("lost", "{:>6}"),
     ("seconds", "{:>8}"),
     ("server_cpu_s", "{:>8}"),
+    ("server_us_per_delivery", "{:>8}"),
     ("gen_cpu_s", "{:>8}"),
 )
+STORE_COLUMNS = (
+    ("server", "{:<26}"),
+    ("run", "{:>3}"),
+    ("clients", "{:>7}"),
+    ("acked_per_s", "{:>9}"),
+    ("acks", "{:>7}"),
+    ("lost", "{:>6}"),
+    ("seconds", "{:>8}"),
+    ("server_cpu_s", "{:>8}"),
+    ("server_us_per_delivery", "{:>8}"),
+    ("gen_cpu_s", "{:>8}"),
+)
+REPLAY_COLUMNS = (
+    ("server", "{:<26}"),
+    ("run", "{:>3}"),
+    ("messages", "{:>8}"),
+    ("acked_per_s", "{:>9}"),
+    ("replayed", "{:>8}"),
+    ("resume_ms", "{:>9}"),
+    ("resume_max_ms", "{:>9}"),
+    ("server_cpu_s", "{:>8}"),
+)
 HOLD_COLUMNS = (
-    ("server", "{:<18}"),
+    ("server", "{:<26}"),
     ("run", "{:>3}"),
     ("clients", "{:>7}"),
     ("handshakes_per_s", "{:>10}"),
@@ -857,11 +1127,19 @@ SHORT = {
     "rss_per_conn_kib": "KiB/conn",
     "tls_rss_per_conn_kib": "KiB/TLS",
     "server_rss_mib": "RSS MiB",
+    "server_us_per_delivery": "srv_us/d",
+    "acked_per_s": "acked/s",
+    "resume_max_ms": "max_ms",
 }
 
 
 def columns(workload: str) -> tuple[tuple[str, str], ...]:
-    return HOLD_COLUMNS if workload == "hold" else COLUMNS
+    by_workload = {"hold": HOLD_COLUMNS, "store": STORE_COLUMNS, "replay": REPLAY_COLUMNS}
+    return by_workload.get(workload, COLUMNS)
+
+
+SUMMARY_KEY = {"hold": "handshakes_per_s", "store": "acked_per_s", "replay": "resume_ms"}
+"""The figure a workload's summary compares (``deliveries_per_s`` if not here)."""
 
 
 def header(workload: str) -> str:
@@ -878,9 +1156,18 @@ def row(result: Result) -> str:
     return f"{line}  ERROR: {result.error}" if result.error else line
 
 
-def summary(results: list[Result], references: Sequence[str]) -> list[str]:
-    """Medians per server, and each server's ratio to the reference servers that ran."""
-    key = "handshakes_per_s" if results and results[0].workload == "hold" else "deliveries_per_s"
+def summary(
+    results: list[Result],
+    references: Sequence[str],
+    compare: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """Medians per server, and each server's ratio to the reference servers that ran.
+
+    ``compare`` adds ratios per server: the chatsecure server with its log against the same
+    server without it, or against another checkout's, each on the same event loop.
+    """
+    workload = results[0].workload if results else "fanout"
+    key = SUMMARY_KEY.get(workload, "deliveries_per_s")
     by_server: dict[str, list[Result]] = {}
     for r in results:
         by_server.setdefault(r.server, []).append(r)
@@ -889,23 +1176,17 @@ def summary(results: list[Result], references: Sequence[str]) -> list[str]:
         s: statistics.median([getattr(r, key) or 0 for r in rs if not r.error] or [0])
         for s, rs in by_server.items()
     }
+    width = max([18, *(len(s) for s in by_server)])
     lines = []
     for server, rs in by_server.items():
         ok = [r for r in rs if not r.error]
-        text = f"{server:<18} median {key} {medians[server]:,.0f} over {len(ok)} run(s)"
+        figure = f"{medians[server]:,.1f}" if key == "resume_ms" else f"{medians[server]:,.0f}"
+        text = f"{server:<{width}} median {key} {figure} over {len(ok)} run(s)"
         if len(ok) < len(rs):
             text += f" ({len(rs) - len(ok)} failed)"
         rs = ok or rs
-        if rs[0].workload == "hold":
-            kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
-            text += f", median RSS/conn {kib} KiB"
-        else:
-            p99 = [r.p99_ms for r in rs if r.p99_ms is not None]
-            if p99:
-                text += f", median p99 {statistics.median(p99)} ms"
-            text += f", median p50 {statistics.median([r.p50_ms or 0 for r in rs])} ms"
-            text += f", lost {sum(r.lost for r in rs)}"
-        for reference in references:
+        text += _summary_details(rs)
+        for reference in [*references, *(compare or {}).get(server, [])]:
             base = medians.get(reference)
             if base and server != reference:
                 text += f", {medians[server] / base:.2f}x {reference}"
@@ -913,14 +1194,43 @@ def summary(results: list[Result], references: Sequence[str]) -> list[str]:
     return lines
 
 
+def _summary_details(rs: list[Result]) -> str:
+    """The medians that go with a workload's main figure."""
+    text = ""
+    if rs[0].workload == "hold":
+        kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
+        return f", median RSS/conn {kib} KiB"
+    if rs[0].workload == "replay":
+        return f", max {max(r.resume_max_ms or 0 for r in rs)} ms, replayed {rs[0].replayed}"
+    cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
+    if cpu:
+        per = "acked line" if rs[0].workload == "store" else "delivery"
+        text += f", server CPU {statistics.median(cpu)} us/{per}"
+    p99 = [r.p99_ms for r in rs if r.p99_ms is not None]
+    if p99:
+        text += f", median p99 {statistics.median(p99)} ms"
+    if rs[0].workload != "store":
+        text += f", median p50 {statistics.median([r.p50_ms or 0 for r in rs])} ms"
+    return text + f", lost {sum(r.lost for r in rs)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="chatsecure load generator (see docs/performance.md)"
     )
-    parser.add_argument("workload", choices=["fanout", "paced", "hold"])
+    parser.add_argument("workload", choices=["fanout", "paced", "hold", "store", "replay"])
     parser.add_argument("-n", "--clients", type=int, default=None)
     parser.add_argument("-s", "--senders", type=int, default=5, help="fanout: senders")
-    parser.add_argument("-m", "--messages", type=int, default=2000, help="fanout: per sender")
+    parser.add_argument(
+        "-m",
+        "--messages",
+        type=int,
+        default=None,
+        help="fanout, store: per sender (default 2000); replay: lines stored (default 10000)",
+    )
+    parser.add_argument(
+        "--resumes", type=int, default=3, help="replay: clients that resume, one by one"
+    )
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
     parser.add_argument("--runs", type=int, default=1, help="runs per server (median shown)")
@@ -935,6 +1245,29 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["asyncio", "uvloop"],
         default="uvloop" if _have_uvloop() else "asyncio",
         help="event loop of this generator",
+    )
+    parser.add_argument(
+        "--history",
+        choices=["on", "off", "both"],
+        default="on",
+        help="chatsecure with its room log (a fresh --db per run), without (--history 0), or both",
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["normal", "full", "both"],
+        default="normal",
+        help="the room log's --durability (both: a server for each)",
+    )
+    parser.add_argument(
+        "--db-dir", type=Path, metavar="DIR", help="put the room logs in DIR (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--against-tree",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also run the chatsecure server of the checkout in DIR (e.g. an older commit)",
     )
     parser.add_argument("--baseline", action="store_true", help="also run the naive server")
     parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
@@ -954,7 +1287,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_CLIENTS = {"fanout": 50, "paced": 1000, "hold": 10000}
+DEFAULT_CLIENTS = {"fanout": 50, "paced": 1000, "hold": 10000, "store": 2, "replay": 1}
+DEFAULT_MESSAGES = {"replay": 10000}
+"""``--messages`` where it is not 2000."""
 
 
 def _have_uvloop() -> bool:
@@ -965,30 +1300,77 @@ def _have_uvloop() -> bool:
     return True
 
 
+def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
+    """This checkout's server per event loop, with and without its log, and other trees'."""
+    flags = server_flags()
+    loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
+    if "--loop" not in flags:
+        loops = loops[:1]
+    histories = {"on": [True], "off": [False], "both": [True, False]}[args.history]
+    durabilities = ["normal", "full"] if args.durability == "both" else [args.durability]
+    trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
+    keep = replay_max = None
+    if args.workload == "replay":
+        keep = replay_max = max(args.messages, 10000)
+    servers = []
+    for loop in loops:
+        base = chatsecure_base(loop)
+        nolog, others = f"{base}-nolog", [f"{base}@{tree_name(t)}" for t, _ in trees]
+        for history in histories:
+            for durability in durabilities if history else ["normal"]:
+                log = LogOptions(history, durability, keep, replay_max, args.db_dir)
+                label = base if history else nolog
+                if history and durability != durabilities[0]:
+                    label = f"{base}-{durability}"
+                server = chatsecure_server(loop, flags, log, label=label)
+                if label == base:
+                    server.compare_to = [nolog, *others]
+                elif history:
+                    server.compare_to = [base]
+                servers.append(server)
+        for (tree, tree_flags), label in zip(trees, others, strict=True):
+            servers.append(chatsecure_server(loop, tree_flags, tree=tree, label=label))
+    return servers
+
+
+def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
+    """The servers under test, in the order each run visits them (None: ``--attach``)."""
+    if args.attach:
+        return [None]
+    servers = chatsecure_servers(args)
+    if args.baseline:
+        servers.append(naive_server())
+    if "ngircd" in args.against or "ngircd" in args.only:
+        servers.append(ngircd_server())
+    if "naive" in args.only and not args.baseline:
+        servers.append(naive_server())
+    if args.only:
+        servers = [s for s in servers if s.label in args.only]
+    need = {"store": "acks (protocol v2)", "replay": "a room log"}.get(args.workload)
+    if need is not None:
+        able = [s for s in servers if (s.keeps_log if args.workload == "replay" else s.v2)]
+        for server in servers:
+            if server not in able:
+                print(f"skipping {server.label}: {args.workload} needs {need}", file=sys.stderr)
+        servers = able
+    return list(servers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.clients is None:
         args.clients = DEFAULT_CLIENTS[args.workload]
+    if args.messages is None:
+        args.messages = DEFAULT_MESSAGES.get(args.workload, 2000)
     if args.workload == "fanout" and not 0 < args.senders <= args.clients:
         raise SystemExit("--senders must be between 1 and --clients")
+    if args.workload == "replay" and args.clients != 1:
+        raise SystemExit("replay has one writer: leave out --clients")
     raise_nofile(args.clients + 256)
-    servers: list[ServerUnderTest | None] = []
-    if args.attach:
-        servers.append(None)
-    else:
-        flags = server_flags()
-        loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
-        if "--loop" not in flags:
-            loops = loops[:1]
-        servers += [chatsecure_server(loop, flags) for loop in loops]
-        if args.baseline:
-            servers.append(naive_server())
-        if "ngircd" in args.against or "ngircd" in args.only:
-            servers.append(ngircd_server())
-        if "naive" in args.only and not args.baseline:
-            servers.append(naive_server())
-        if args.only:
-            servers = [s for s in servers if s is not None and s.label in args.only]
+    servers = servers_to_run(args)
+    if not servers:
+        raise SystemExit("no server to run")
+    compare = {s.label: s.compare_to for s in servers if s is not None and s.compare_to}
     results: list[Result] = []
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="chatsecure-bench-") as tmp:
@@ -1004,7 +1386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(row(result), file=out, flush=True)
                 print(json.dumps(asdict(result)), file=out, flush=True)
     if not args.json_only:
-        for line in summary(results, ("naive", "ngircd")):
+        for line in summary(results, ("naive", "ngircd"), compare):
             print(line, file=out)
     return 1 if any(r.error or r.lost for r in results) else 0
 
