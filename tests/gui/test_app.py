@@ -113,8 +113,11 @@ def test_two_clients_trust_chat_see_each_other_and_quit(
     alice.say("hello bob")
     assert message_box.get() == ""  # sent, so the box is empty again
     bob.pump(has_line(bob, line_re("alice", "hello bob")))
-    assert has_line(alice, line_re("alice", "hello bob"))()  # her own line, marked as hers
-    assert "own" in alice.tags_of_line_with("hello bob")
+    # her own line, marked as hers once the server has stored it
+    alice.pump(
+        lambda: "hello bob" in alice.transcript() and "own" in alice.tags_of_line_with("hello bob")
+    )
+    assert has_line(alice, line_re("alice", "hello bob"))()
     assert "chat" in bob.tags_of_line_with("hello bob")
     bob.say("hi alice")
     alice.pump(has_line(alice, line_re("bob", "hi alice")))
