@@ -116,3 +116,9 @@ def test_replay_resumes_a_client_with_every_stored_line() -> None:
     (r,) = bench("replay", "-m", "300", "--resumes", "2", "--loop", "asyncio")
     assert (r["acks"], r["replayed"], r["error"]) == (300, 300, None)
     assert 0 < r["resume_ms"] <= r["resume_max_ms"] < 10_000
+
+
+def test_fanout_with_a_window_waits_for_acks_and_still_delivers_everything() -> None:
+    args = ("fanout", "-n", "4", "-s", "2", "-m", "100", "--loop", "asyncio", "--window", "20")
+    (r,) = bench(*args)
+    assert (r["deliveries"], r["lost"], r["acks"], r["error"]) == (2 * 100 * 3, 0, 200, None)

@@ -174,9 +174,12 @@ class Client(asyncio.BufferedProtocol):
         """Resolves with the ``perf_counter`` at which ``target`` was reached."""
         self.lost_connection = False
         self.count_acks = False
+        self.window = 0
+        """Most unacknowledged lines this sender lets out (0: no limit)."""
         self.acks = 0
         self.sent = 0
         self._ack_tail = b""
+        self._acked: asyncio.Future[None] | None = None
         self._tail = b""
         self._writable: asyncio.Future[None] | None = None
 
@@ -231,6 +234,14 @@ class Client(asyncio.BufferedProtocol):
         self._ack_tail = (self._ack_tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[
             -keep:
         ]
+        if self._acked is not None and not self._acked.done():
+            self._acked.set_result(None)
+
+    async def within_window(self, window: int) -> None:
+        """Wait until fewer than ``window`` of this client's lines are unacknowledged."""
+        while self.sent - self.acks >= window and not self.lost_connection:
+            self._acked = asyncio.get_running_loop().create_future()
+            await self._acked
 
     def _before_welcome(self, data: bytes) -> None:
         self.head += data
@@ -273,6 +284,8 @@ class Client(asyncio.BufferedProtocol):
             self.welcome.set_result(False)
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if self._acked is not None and not self._acked.done():
+            self._acked.set_result(None)
         self.bench.connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -745,7 +758,8 @@ class Bench:
         the probes' latencies are the same, the generator's CPU is a fraction.
         """
         for client in self.clients:
-            if not client.probe:
+            # A sender that waits for its acks must see each one at once.
+            if not client.probe and not client.window:
                 client.read_at_least(COUNT_BATCH if on else 1)
 
     def choose_probes(self, skip: int) -> None:
@@ -776,7 +790,9 @@ def percentiles(samples: list[float]) -> tuple[float | None, float | None, float
     return at(0.5), at(0.99), round(ordered[-1] * 1000, 2)
 
 
-async def fanout(bench: Bench, result: Result, senders: int, messages: int) -> None:
+async def fanout(
+    bench: Bench, result: Result, senders: int, messages: int, window: int = 0
+) -> None:
     """S senders each send M messages as fast as the server takes them.
 
     A sender is done once it has every other sender's lines and, from a v2 server, an ``ack``
@@ -791,6 +807,9 @@ async def fanout(bench: Bench, result: Result, senders: int, messages: int) -> N
     bench.expect([total - (messages - acks if i < senders else 0) for i in range(n)])
     result.senders, result.messages = senders, messages
     result.deliveries = total * (n - 1)
+    for client in bench.clients[:senders]:
+        client.count_acks = bench.acks
+        client.window = window if bench.acks else 0
     sending = [send_as_fast(c, messages) for c in bench.clients[:senders]]
     await measure(bench, result, sending, 60 + total / 1000)
 
@@ -800,9 +819,14 @@ BATCH = 20
 
 
 async def send_as_fast(client: Client, messages: int) -> None:
-    """Send ``messages`` lines as fast as the server takes them (TCP flow control)."""
+    """Send ``messages`` lines as fast as the server takes them (TCP flow control).
+
+    With a ``window`` (and a server that acks), at most that many lines are unacknowledged.
+    """
     client.count_acks = client.bench.acks
     for start in range(0, messages, BATCH):
+        if client.window:
+            await client.within_window(client.window)
         size = min(BATCH, messages - start)
         frames = [client.msg(PLAIN_TEXT) for _ in range(size - 1)]
         frames.append(client.msg(stamped_text(time.perf_counter())))
@@ -1046,7 +1070,7 @@ async def drive(
     bench = Bench(dialect, host, port, acks=acks)
     try:
         if args.workload == "fanout":
-            await fanout(bench, result, args.senders, args.messages)
+            await fanout(bench, result, args.senders, args.messages, args.window)
         elif args.workload == "paced":
             await paced(bench, result, args.rate, args.duration)
         elif args.workload == "store":
@@ -1205,12 +1229,12 @@ def _summary_details(rs: list[Result]) -> str:
     cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
     if cpu:
         per = "acked line" if rs[0].workload == "store" else "delivery"
-        text += f", server CPU {statistics.median(cpu)} us/{per}"
+        text += f", server CPU {statistics.median(cpu):.3f} us/{per}"
     p99 = [r.p99_ms for r in rs if r.p99_ms is not None]
     if p99:
-        text += f", median p99 {statistics.median(p99)} ms"
+        text += f", median p99 {statistics.median(p99):.1f} ms"
     if rs[0].workload != "store":
-        text += f", median p50 {statistics.median([r.p50_ms or 0 for r in rs])} ms"
+        text += f", median p50 {statistics.median([r.p50_ms or 0 for r in rs]):.1f} ms"
     return text + f", lost {sum(r.lost for r in rs)}"
 
 
@@ -1227,6 +1251,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="fanout, store: per sender (default 2000); replay: lines stored (default 10000)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        metavar="W",
+        help="fanout: a sender waits while W of its lines are unacked (default 0: never)",
     )
     parser.add_argument(
         "--resumes", type=int, default=3, help="replay: clients that resume, one by one"
@@ -1364,6 +1395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.messages = DEFAULT_MESSAGES.get(args.workload, 2000)
     if args.workload == "fanout" and not 0 < args.senders <= args.clients:
         raise SystemExit("--senders must be between 1 and --clients")
+    if args.window < 0 or 0 < args.window < BATCH:
+        raise SystemExit(f"--window must be 0 or at least {BATCH} (lines per write)")
     if args.workload == "replay" and args.clients != 1:
         raise SystemExit("replay has one writer: leave out --clients")
     raise_nofile(args.clients + 256)
