@@ -188,6 +188,10 @@ class ChatModel:
                 me = self.roster.me
                 return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref)]
             case NotSent(text=text):
+                for ref, waiting in self.pending.items():
+                    if waiting == text:
+                        del self.pending[ref]
+                        break
                 return [
                     notice("error", f"Not sent: the server never stored it: {safe_text(text)}", ts)
                 ]
@@ -206,7 +210,7 @@ class ChatModel:
         welcome = event.welcome
         self.roster.reset(welcome.you, welcome.peers)
         verb = "Reconnected to" if again else "Connected to"
-        self.pending.clear()  # the core sends them again: each comes back as Sent
+        # Lines still pending stay so: the core sends them again and each comes back as Sent.
         lines = [
             notice(
                 "info",
@@ -289,6 +293,7 @@ class ChatModel:
             return []
         if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
             self.phase = Phase.ENDED
+            self.pending.clear()  # each unsent line was told as NotSent before this
             self.banner = f"Disconnected: {reason}."
             self.roster.reset(self.roster.me)
             return [notice("error" if error else "info", self.banner, ts)]

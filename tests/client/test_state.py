@@ -246,6 +246,17 @@ def test_own_message_is_pending_until_the_server_stored_it() -> None:
     assert model.oldest_seq == 12
 
 
+def test_a_line_stays_pending_across_a_reconnect_until_the_server_stored_it() -> None:
+    model = chatting(BOB)
+    model.apply(Queued("r1", "still there?"), T)
+    model.apply(Reconnecting(1, 1.0, "connection lost"), T)
+    model.apply(welcome(ALICE, BOB), T)
+    assert model.phase is Phase.CHAT
+    assert model.pending == {"r1": "still there?"}, "the core sends it again"
+    model.apply(Sent("r1", "still there?", 13, T), T)
+    assert model.pending == {}
+
+
 def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     model = chatting(BOB)
     model.apply(Reconnecting(1, 1.0, "reset"), T)
