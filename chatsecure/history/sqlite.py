@@ -64,6 +64,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 _INSERT = (
     "INSERT INTO lines(seq, ts, peer_id, nick, addr, text, client, ref) VALUES (?,?,?,?,?,?,?,?)"
 )
+_INSERT_NEW = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
 _SELECT_REF = (
     "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines WHERE client = ? AND ref = ?"
 )
@@ -198,23 +199,51 @@ class SqliteLog:
         conn = self._require_conn()
         with mapped_errors(self._path), _transaction(conn):
             last_seq, max_peer_id = _meta(conn)
-            results: list[Appended] = []
-            for draft in drafts:
-                original = self._original(conn, draft, last_seq)
-                if original is not None:
-                    results.append(Appended(original, duplicate=True))
-                    continue
-                last_seq += 1
-                record = Record(
-                    last_seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref
-                )
-                conn.execute(_INSERT, _row(record))
-                max_peer_id = max(max_peer_id, peer_number(draft.sender.id))
-                results.append(Appended(record, duplicate=False))
+            results = self._append_new(conn, drafts, last_seq)
+            if results is None:  # a (client, ref) was already stored: line by line instead
+                results = self._append_each(conn, drafts, last_seq)
+            for appended in results:
+                if not appended.duplicate:
+                    last_seq = appended.record.seq
+                    max_peer_id = max(max_peer_id, peer_number(appended.record.sender.id))
             conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
             self._trim(conn, last_seq)
             conn.execute("COMMIT")
         self._last_seq = last_seq
+        return results
+
+    def _append_new(
+        self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int
+    ) -> list[Appended] | None:
+        """Store every draft in one statement, or store none and say None if one was a re-send.
+
+        The common case (no re-sends) costs one ``executemany`` instead of a look-up and an
+        insert per line; ``OR IGNORE`` lets the unique (client, ref) index find re-sends.
+        """
+        records = [
+            Record(seq, d.sender, d.text, d.ts, d.client, d.ref)
+            for seq, d in enumerate(drafts, last_seq + 1)
+        ]
+        before = conn.total_changes
+        conn.executemany(_INSERT_NEW, map(_row, records))
+        if conn.total_changes - before == len(records):
+            return [Appended(record, duplicate=False) for record in records]
+        conn.execute("DELETE FROM lines WHERE seq > ?", (last_seq,))  # nothing above was kept
+        return None
+
+    def _append_each(
+        self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int
+    ) -> list[Appended]:
+        results: list[Appended] = []
+        for draft in drafts:
+            original = self._original(conn, draft, last_seq)
+            if original is not None:
+                results.append(Appended(original, duplicate=True))
+                continue
+            last_seq += 1
+            record = Record(last_seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
+            conn.execute(_INSERT, _row(record))
+            results.append(Appended(record, duplicate=False))
         return results
 
     def _original(self, conn: sqlite3.Connection, draft: Draft, last_seq: int) -> Record | None:
