@@ -26,7 +26,6 @@ from chatsecure.history import Appended, Draft, Record, RoomLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
-    Ack,
     Error,
     Hello,
     HistoryEnd,
@@ -38,6 +37,7 @@ from chatsecure.protocol.messages import (
     ServerInfo,
     as_history,
     encode,
+    encode_ack,
     encode_chat,
     encode_peer,
     encode_welcome,
@@ -242,7 +242,7 @@ class Room:
         ts = time.time()
         if self._history is None:  # no log: broadcast at once, as protocol v1 did
             if message.ref is not None:
-                member.send(encode(Ack(message.ref, 0, ts)))
+                member.send(encode_ack(message.ref, 0, ts))
             self.broadcast(encode_chat(member.peer_json, message.text, ts), exclude=member)
             return
         draft = Draft(member.peer, message.text, ts, member.client_id, message.ref)
@@ -283,7 +283,7 @@ class Room:
             appended = next(results)
             record, member, ref = appended.record, item.member, item.draft.ref
             if ref is not None:
-                member.send(encode(Ack(ref, record.seq, record.ts)))
+                member.send(encode_ack(ref, record.seq, record.ts))
             if appended.duplicate:
                 continue  # a re-send after a reconnect: stored and broadcast the first time
             frame = encode_chat(item.peer_json, record.text, record.ts, record.seq)

@@ -310,6 +310,12 @@ def encode_chat(sender: bytes, text: str, ts: float, seq: int = 0) -> bytes:
     return b'{"type":"msg","from":%b,"text":%b,"ts":%b}\n' % (sender, text_json, ts_json)
 
 
+def encode_ack(ref: str, seq: int, ts: float) -> bytes:
+    """``encode(Ack(ref, seq, ts))``, without building a dict for every line a sender stores."""
+    ts_json = repr(ts).encode() if math.isfinite(ts) else _dumps(ts).encode()
+    return b'{"type":"ack","ref":%b,"seq":%d,"ts":%b}\n' % (_dumps(ref).encode(), seq, ts_json)
+
+
 HISTORY_MARK = b',"history":true}\n'
 
 

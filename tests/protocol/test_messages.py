@@ -36,6 +36,7 @@ from chatsecure.protocol.messages import (
     clean_nick,
     dump,
     encode,
+    encode_ack,
     encode_chat,
     encode_peer,
     encode_welcome,
@@ -354,6 +355,11 @@ def test_clean_nick_result_is_short_visible_and_stable(raw: str) -> None:
 @given(peers, any_text, st.floats() | timestamps.map(float))
 def test_encode_chat_from_a_cached_peer_is_exactly_encode(peer: Peer, text: str, ts: float) -> None:
     assert encode_chat(encode_peer(peer), text, ts) == encode(Chat(peer, text, ts))
+
+
+@given(any_text, st.integers(min_value=0, max_value=2**53), st.floats() | timestamps.map(float))
+def test_encode_ack_is_exactly_encode(ref: str, seq: int, ts: float) -> None:
+    assert encode_ack(ref, seq, ts) == encode(Ack(ref, seq, ts))
 
 
 @given(peers, st.lists(peers, max_size=5), infos)
