@@ -84,6 +84,21 @@ class Member(Protocol):
     @property
     def gone(self) -> bool: ...
 
+    def hold(self) -> None:
+        """Read nothing more from this member until ``release`` (the log is behind)."""
+
+    def release(self) -> None:
+        """Read from this member again."""
+
+
+STORE_HIGH = 1000
+"""Lines waiting for a commit from which a member that says one more is no longer read.
+
+A commit takes the lines of every loop iteration it lasted, and bigger batches cost less per
+line, but without a bound a fast sender grows the batch (and everyone's wait for it) as far as
+its socket lets it. Held members are read again once the log has caught up.
+"""
+
 
 class Room:
     """Presence, sequencing and fan-out of one chat room."""
@@ -122,6 +137,10 @@ class Room:
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""
         self._committing: asyncio.Task[None] | None = None
+        self.unstored = 0
+        """Lines said and not yet stored: in ``_queue`` or in the commit under way."""
+        self._held: set[Member] = set()
+        """Members not read from until the log catches up (``STORE_HIGH``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         """``history`` answers being read from the log."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -247,6 +266,10 @@ class Room:
             return
         draft = Draft(member.peer, message.text, ts, member.client_id, message.ref)
         self._queue.append(_Said(member, draft, member.peer_json))
+        self.unstored += 1
+        if self.unstored >= STORE_HIGH and member not in self._held:
+            self._held.add(member)
+            member.hold()
         if self._committing is None:
             assert self._loop is not None  # noqa: S101 - set in open()
             self._committing = self._loop.create_task(self._store())
@@ -272,6 +295,11 @@ class Room:
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
             self._stored(batch, iter(results))
+            self.unstored -= len(said)
+            if self._held and self.unstored < STORE_HIGH:
+                held, self._held = self._held, set()
+                for member in held:
+                    member.release()
         self._committing = None
 
     def _stored(self, batch: list[_Said | bytes], results: Iterator[Appended]) -> None:

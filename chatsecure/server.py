@@ -297,6 +297,14 @@ class Session(asyncio.BufferedProtocol):
             return  # the limit is off: the transport's default high-water mark means nothing
         asyncio.get_running_loop().call_soon(self.drop, ErrorCode.SLOW_CONSUMER, "too far behind")
 
+    def hold(self) -> None:
+        if not self._closing and self._transport is not None:
+            self._transport.pause_reading()
+
+    def release(self) -> None:
+        if not self._closing and self._transport is not None:
+            self._transport.resume_reading()
+
     # -- sending -------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:

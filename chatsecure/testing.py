@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chatsecure.history import MemoryLog
+from chatsecure.history import MemoryLog, RoomLog
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.server import ChatServer
 from chatsecure.settings import ServerConfig
@@ -29,12 +29,13 @@ T = TypeVar("T")
 class ServerThread:
     """A real ``ChatServer`` on its own event loop thread, listening on 127.0.0.1."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, history: RoomLog | None = None) -> None:
         self.config = config
         # Without a ``db`` of its own, a test server keeps its log in memory: tests share one
         # certificate folder, and must not share a database beside it.
-        memory = MemoryLog(config.history) if config.db is None and config.history else None
-        self.server = ChatServer(config, memory)
+        if history is None and config.db is None and config.history:
+            history = MemoryLog(config.history)
+        self.server = ChatServer(config, history)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server")
         self._failed: BaseException | None = None

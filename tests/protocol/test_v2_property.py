@@ -77,6 +77,12 @@ class Pipe:
     def skip_log(self) -> None:
         self._log_pos = len(self.room.frames)
 
+    def hold(self) -> None:
+        pass  # the room never gets that far behind here
+
+    def release(self) -> None:
+        pass
+
     @property
     def gone(self) -> bool:
         return self.closed

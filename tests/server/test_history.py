@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from chatsecure.testing import RawClient, ServerThread, joined
+from chatsecure import room
+from chatsecure.history import Appended, Draft, MemoryLog
+from chatsecure.testing import RawClient, ServerThread, joined, server_config
 
 Start = Callable[..., ServerThread]
 CLIENT = "testclient01"
@@ -210,3 +215,45 @@ def test_the_sqlite_log_serves_acks_and_replay(
             say(alice, f"l{n}", f"r{n}")
         assert [alice.expect("ack")["seq"] for _ in range(20)] == list(range(1, 21))
         assert [bob.expect("msg")["seq"] for _ in range(20)] == list(range(1, 21))
+
+
+class GatedLog(MemoryLog):
+    """A MemoryLog whose commits wait until the test opens the gate: a slow disk, on demand."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.gate = threading.Event()
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
+        return await super().append(drafts)
+
+
+def test_a_sender_is_not_read_while_the_log_is_far_behind(
+    cert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(room, "STORE_HIGH", 20)
+    lines = 20_000
+    history = GatedLog(lines)
+    server = ServerThread(server_config(cert_dir, msg_rate=0), history).start()
+    try:
+        with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+            data = b"".join(
+                b'{"type":"msg","text":"line %d","ref":"r%d"}\n' % (n, n) for n in range(lines)
+            )
+            sender = threading.Thread(target=alice.send_raw, args=(data,))
+            sender.start()  # blocks once the server stops reading and the buffers are full
+            time.sleep(1.0)
+            # The first commit waits at the gate: the server stopped reading alice at the
+            # 20th line she said, so most of her 1 MB still waits in her socket.
+            unstored = server.call(lambda: server.server.room.unstored)
+            assert 20 <= unstored < lines // 2
+            history.gate.set()
+            sender.join(10)
+            acks = [alice.expect("ack", timeout=10)["seq"] for _ in range(lines)]
+            assert acks == list(range(1, lines + 1))
+            seen = [bob.expect("msg", timeout=10)["text"] for _ in range(lines)]
+            assert seen == [f"line {n}" for n in range(lines)]
+    finally:
+        history.gate.set()
+        server.stop()
