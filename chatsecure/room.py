@@ -289,9 +289,9 @@ class Room:
                 # and the room goes on (a later commit may work again).
                 log.exception("could not store %d lines", len(said))
                 # The details (a file name, a disk) are for the server's log, not its clients.
-                error = encode(Error(ErrorCode.NOT_STORED, "the server could not store your line"))
+                refused = "the server could not store your line"
                 for item in said:
-                    item.member.send(error)
+                    item.member.send(encode(Error(ErrorCode.NOT_STORED, refused, item.draft.ref)))
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
             self._stored(batch, iter(results))

@@ -152,9 +152,11 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class NotSent:
-    """A chat line given to ``send`` did not go out: the connection was gone by then."""
+    """A chat line given to ``send`` did not go out: the connection was gone by then, or the
+    server could not store it."""
 
     text: str
+    ref: str | None = None
 
 
 class ServerRefused(ConnectionClosed):
@@ -668,6 +670,8 @@ class ChatClient:
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):
                     self._emit(Received(message))
+                case ServerError(error=error, dropped=str(text)):
+                    self._emit(NotSent(text, error.ref))
                 case ServerError(error=error):
                     self._emit(Received(error))
                 case HistoryDone(end=end):

@@ -187,11 +187,10 @@ class ChatModel:
                 self._saw(seq)
                 me = self.roster.me
                 return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref)]
-            case NotSent(text=text):
-                for ref, waiting in self.pending.items():
-                    if waiting == text:
-                        del self.pending[ref]
-                        break
+            case NotSent(text=text, ref=ref):
+                if ref is None:  # told by text alone: the first line waiting with it
+                    ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
+                self.pending.pop(ref or "", None)
                 return [
                     notice("error", f"Not sent: the server never stored it: {safe_text(text)}", ts)
                 ]

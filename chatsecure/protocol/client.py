@@ -105,9 +105,14 @@ class Presence:
 
 @dataclass(frozen=True, slots=True)
 class ServerError:
-    """The server refused something we sent; the connection goes on."""
+    """The server refused something we sent; the connection goes on.
+
+    ``dropped`` is the text of the line it refused for good (``not_stored`` naming its
+    ``ref``): it left the outbox, and is not sent again.
+    """
 
     error: Error
+    dropped: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +293,8 @@ class ClientSession:
                 if self.state is ClientState.HELLO:
                     self.state = ClientState.OFFLINE
                     event = Refused(code, text)
+                elif code == ErrorCode.NOT_STORED and message.ref in self.outbox:
+                    event = ServerError(message, self.outbox.pop(message.ref))
                 else:
                     event = ServerError(message)
             case HistoryEnd():

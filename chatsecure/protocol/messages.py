@@ -253,6 +253,8 @@ class Error:
 
     code: str
     message: str
+    ref: str | None = None
+    """The ``ref`` of the line refused, where there is one (``not_stored``)."""
     type: Literal["error"] = field(default="error", init=False)
 
 
@@ -399,8 +401,9 @@ def to_json(message: Message) -> dict[str, Any]:
             return {"type": "join", "peer": peer.to_json()}
         case Leave(peer=peer, reason=reason):
             return {"type": "leave", "peer": peer.to_json(), "reason": reason}
-        case Error(code=code, message=text):
-            return {"type": "error", "code": code, "message": text}
+        case Error(code=code, message=text, ref=ref):
+            error = {"type": "error", "code": code, "message": text}
+            return error if ref is None else error | {"ref": ref}
         case Ping() | Pong() | Quit() | Shutdown():
             return {"type": message.type}
     raise LocalProtocolError(ErrorCode.BAD_MESSAGE, f"cannot encode {message!r}")
@@ -522,7 +525,9 @@ def parse_server(frame: bytes) -> ServerMessage:
             skipped=_optional_count(obj, "skipped") or 0,
         )
     if kind == "error":
-        return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""))
+        ref = obj.get("ref")
+        ref = ref if isinstance(ref, str) and valid_ref(ref) else None
+        return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""), ref)
     if kind == "pong":
         return Pong()
     if kind == "ping":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -11,7 +12,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,10 +31,11 @@ from chatsecure.client.core import (
     Target,
 )
 from chatsecure.errors import LocalProtocolError
+from chatsecure.history import Appended, Draft, MemoryLog
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.limits import MAX_FRAME, MAX_NICK, MAX_SERVER_FRAME, MAX_SESSIONS
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
-from chatsecure.testing import RawClient, ServerThread
+from chatsecure.testing import RawClient, ServerThread, server_config
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
 from chatsecure.tls.trust import KnownServers, TrustPolicy, TrustQuestion
@@ -685,3 +687,27 @@ def test_failure_on_the_network_thread_ends_with_a_disconnected_event(
     finally:
         client.close()
     assert server.online() == []
+
+
+class FullDiskLog(MemoryLog):
+    """A room log on a disk that is full: every commit fails."""
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_line_the_server_cannot_store_is_not_sent_and_the_end_of_input_still_leaves(
+    cert_dir: Path, make_client: MakeClient
+) -> None:
+    full = ServerThread(server_config(cert_dir), FullDiskLog(100)).start()
+    try:
+        client = make_client("bob", target=Target(full.host, full.port), reconnect=True)
+        next_event(client, Connected)
+        client.send("lost to a full disk")
+        ref = next_event(client, Queued).ref
+        assert next_event(client, NotSent) == NotSent("lost to a full disk", ref)
+        client.finish()  # nothing is left to wait for: it leaves at once
+        assert next_event(client, Disconnected).error is False
+        client.close()
+    finally:
+        full.stop()

@@ -22,6 +22,7 @@ from chatsecure.protocol.client import (
     Welcomed,
 )
 from chatsecure.protocol.limits import PING_AFTER, PONG_TIMEOUT
+from chatsecure.protocol.messages import Error
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
 BOB = {"id": "2", "nick": "bob", "addr": "10.0.0.2"}
@@ -203,6 +204,26 @@ def test_refusal_before_welcome_ends_the_attempt() -> None:
     )
     assert events == [Refused("server_full", "full")]
     assert session.state is ClientState.OFFLINE
+
+
+def test_a_line_the_server_could_not_store_leaves_the_outbox_with_its_text() -> None:
+    session = ClientSession("alice")
+    joined(session)
+    lost, kept = session.send("lost"), session.send("kept")
+    sent(session)
+    not_stored = {"type": "error", "code": "not_stored", "message": "disk full", "ref": lost}
+    [event] = session.receive_data(frames(not_stored))
+    assert event == ServerError(Error("not_stored", "disk full", lost), dropped="lost")
+    assert session.outbox == {kept: "kept"}
+    # an error naming no line of ours, or another code, drops nothing
+    other = {"type": "error", "code": "rate_limited", "message": "slow down", "ref": kept}
+    [event] = session.receive_data(frames(not_stored | {"ref": "r-unknown"}))
+    assert isinstance(event, ServerError)
+    assert event.dropped is None
+    assert session.receive_data(frames(other)) == [
+        ServerError(Error("rate_limited", "slow down", kept))
+    ]
+    assert session.outbox == {kept: "kept"}
 
 
 def test_errors_presence_and_shutdown_after_welcome() -> None:
