@@ -214,7 +214,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                 f"{format_address(host, port)} ({where})",
                 flush=True,
             )
+        print(f"certificate: {server.config.cert.absolute()}", flush=True)
         print(f"certificate fingerprint: {server.fingerprint}", flush=True)
+        if server.config.history:
+            print(f"history: {server.config.db_path.absolute()}", flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(config, ready=ready))
