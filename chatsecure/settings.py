@@ -66,8 +66,8 @@ class ServerConfig:
     advertise_ips: list[str] = field(default_factory=list)
     """Addresses to advertise instead of those the server listens on."""
     data_dir: Path | None = None
-    """Where the certificate, its key and the room log live unless given one by one; ``None``:
-    the certificate in ``certs/`` under the working directory, the log beside it."""
+    """The folder of the room log (unless ``db``) and, through ``server_config``, of the
+    certificate and key (unless given); made with mode 0700 at start. ``None``: ``certs/``."""
     db: Path | None = None
     """The room log (SQLite); ``None``: ``history.sqlite3`` in ``data_dir``, else beside the
     certificate."""
