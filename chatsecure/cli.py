@@ -32,7 +32,9 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
     # --accept-new, so a combination is a mistake to point out, not to guess at.
     titled = parser.add_argument_group("server verification (one of)")
     group = titled.add_mutually_exclusive_group()
-    group.add_argument("--cafile", type=Path, help="verify the server with this CA bundle")
+    group.add_argument(
+        "--cafile", type=Path, metavar="FILE", help="verify the server with this CA bundle"
+    )
     group.add_argument(
         "--fingerprint", metavar="SHA256:...", help="trust only this certificate fingerprint"
     )
@@ -42,8 +44,10 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
         help="pin a server seen for the first time without asking",
     )
     auth = parser.add_argument_group("getting in (when the server asks)")
-    auth.add_argument("--cert", type=Path, help="your client certificate (mutual TLS)")
-    auth.add_argument("--key", type=Path, help="the key of --cert")
+    auth.add_argument(
+        "--cert", type=Path, metavar="FILE", help="your client certificate (mutual TLS)"
+    )
+    auth.add_argument("--key", type=Path, metavar="FILE", help="the key of --cert")
     auth.add_argument(
         "--password-file", type=Path, metavar="FILE", help="send the room password in FILE"
     )
@@ -56,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chatsecure {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    server = sub.add_parser("server", help="run a chat server")
+    server = sub.add_parser(
+        "server",
+        help="run a chat server",
+        description="Run a chat server (TLS), announced on this network unless --no-discovery.",
+    )
     add_server_arguments(server)
     _add_discovery(server)
     server.add_argument(
@@ -67,9 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_logging(server)
 
-    connect = sub.add_parser("connect", help="chat from the terminal (stdin lines are messages)")
-    connect.add_argument("target", metavar="HOST[:PORT]", nargs="?")
-    connect.add_argument("--nick", required=True, help="your nick (1-32 characters)")
+    connect = sub.add_parser(
+        "connect",
+        help="chat from the terminal (stdin lines are messages)",
+        description="Chat from the terminal: each line you type (or pipe in) is a message.",
+    )
+    connect.add_argument(
+        "target",
+        metavar="HOST[:PORT]",
+        nargs="?",
+        help=f"the server's host name or IP address, and its port if not {limits.DEFAULT_PORT} "
+        f"(an IPv6 address with a port goes in brackets: [::1]:{limits.DEFAULT_PORT})",
+    )
+    connect.add_argument(
+        "--nick", required=True, metavar="NICK", help="your nick (1-32 characters)"
+    )
     connect.add_argument(
         "--discovered",
         metavar="NAME",
@@ -79,11 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust(connect)
     _add_logging(connect)
 
-    gui = sub.add_parser("gui", help="the desktop client (what runs without a COMMAND)")
+    gui = sub.add_parser(
+        "gui",
+        help="the desktop client (what runs without a COMMAND)",
+        description="The desktop client: find or type a server, connect, chat.",
+    )
     gui.add_argument(
         "target", metavar="HOST[:PORT]", nargs="?", help="fill in this server and connect at once"
     )
-    gui.add_argument("--nick", help="your nick (default: the one you used last time)")
+    gui.add_argument(
+        "--nick", metavar="NICK", help="your nick (default: the one you used last time)"
+    )
     gui.add_argument(
         "--no-discovery",
         action="store_true",
@@ -92,18 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust(gui)
     _add_logging(gui)
 
-    gencert = sub.add_parser("gencert", help="make a self-signed server certificate")
+    gencert = sub.add_parser(
+        "gencert",
+        help="make a self-signed server certificate",
+        description="Make a self-signed server certificate, or a client certificate and its CA.",
+    )
     add_gencert_arguments(gencert)
 
     history = sub.add_parser(
-        "history", help="print the room's stored lines (no running server needed)"
+        "history",
+        help="print the room's stored lines (no running server needed)",
+        description="Print the newest lines of a server's history (read-only).",
     )
     add_history_arguments(history)
 
-    forget = sub.add_parser("forget", help="remove a server's pinned certificate")
-    forget.add_argument("target", metavar="HOST[:PORT]")
+    forget = sub.add_parser(
+        "forget",
+        help="remove a server's pinned certificate",
+        description="Remove a server's pinned certificate, so that the next connection asks.",
+    )
+    forget.add_argument("target", metavar="HOST[:PORT]", help="the server, as you connected to it")
 
-    discover = sub.add_parser("discover", help="list the servers on this network (mDNS)")
+    discover = sub.add_parser(
+        "discover",
+        help="list the servers on this network (mDNS)",
+        description="List the chatsecure servers on this network (mDNS/DNS-SD).",
+    )
     discover.add_argument(
         "--timeout", type=_seconds, metavar="S", help="listen S seconds (default 3; --watch: ever)"
     )
@@ -150,10 +190,18 @@ def _seconds(text: str) -> float:
 def add_gencert_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``chatsecure gencert``, shared with ``tools/gencert.py``."""
     parser.add_argument(
-        "--out", type=Path, default=certs.DEFAULT_CERT_DIR, help="folder (default %(default)s)"
+        "--out",
+        type=Path,
+        default=certs.DEFAULT_CERT_DIR,
+        metavar="DIR",
+        help="folder (default %(default)s)",
     )
     parser.add_argument(
-        "--days", type=int, default=limits.CERT_DAYS, help="validity (default %(default)s)"
+        "--days",
+        type=int,
+        default=limits.CERT_DAYS,
+        metavar="N",
+        help="validity in days (default %(default)s)",
     )
     parser.add_argument(
         "--san", action="append", default=[], metavar="NAME_OR_IP", help="extra name (repeatable)"
@@ -214,7 +262,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                 f"{format_address(host, port)} ({where})",
                 flush=True,
             )
+        print(f"certificate: {server.config.cert.absolute()}", flush=True)
         print(f"certificate fingerprint: {server.fingerprint}", flush=True)
+        if server.config.history:
+            print(f"history: {server.config.db_path.absolute()}", flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(config, ready=ready))

@@ -500,40 +500,61 @@ class ChatServer:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load (or make) the certificate, bind and start accepting connections."""
+        """Bind, load (or make) the certificate, open the log and start accepting connections.
+
+        Binding comes first: a server that cannot listen (a port in use) leaves nothing
+        behind, no data folder, certificate, key or history file.
+        """
         config = self.config
-        if certs.ensure(certs.CertFiles(config.cert, config.key)):
-            log.info("no certificate found: generated %s and %s", config.cert, config.key)
-        certs.check_key_permissions(config.key)
-        certs.check_expiry(config.cert, limits.CERT_WARN_DAYS)
-        ctx = server_context(
-            config.cert, config.key, tls13_only=config.tls13_only, client_ca=config.client_ca
-        )
-        self.fingerprint = certs.cert_fingerprint(config.cert)
-        self._loop = asyncio.get_running_loop()
-        # Ids go on from the highest in the log, so no stored line names a newcomer.
-        self._ids = itertools.count(await self.room.open() + 1)
-        trim_asyncio_tls_buffer()
+        sockets = listen_sockets(config.host, config.port)
+        try:
+            config.make_data_dir()
+            ctx = self._load_certificate()
+            self._loop = asyncio.get_running_loop()
+            # Ids go on from the highest in the log, so no stored line names a newcomer.
+            self._ids = itertools.count(await self.room.open() + 1)
+            trim_asyncio_tls_buffer()
+            await self._listen(ctx, sockets)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            await self.room.close()
+            raise
         if config.idle_timeout:
             self._sweeper = self._loop.call_later(
                 config.idle_timeout / IDLE_CHECKS, self._sweep_idle
             )
-        try:
-            await self._listen(ctx)
-        except BaseException:
-            await self.room.close()
-            raise
         log.info(
-            "listening on %s as %r, fingerprint %s",
+            "listening on %s as %r, certificate %s, fingerprint %s",
             ", ".join(format_address(*a) for a in self.addresses),
             self.config.name,
+            config.cert.absolute(),
             self.fingerprint,
         )
 
-    async def _listen(self, ctx: ssl.SSLContext) -> None:
+    def _load_certificate(self) -> ssl.SSLContext:
+        """The server's TLS context; a certificate is made (and said so, loudly) if missing."""
+        config = self.config
+        made = certs.ensure(certs.CertFiles(config.cert, config.key))
+        self.fingerprint = certs.cert_fingerprint(config.cert)
+        if made:
+            log.warning(
+                "generated a new certificate with fingerprint %s at %s (key %s); clients that "
+                "trusted an earlier certificate of this server will be warned that it changed",
+                self.fingerprint,
+                config.cert.absolute(),
+                config.key.absolute(),
+            )
+        certs.check_key_permissions(config.key)
+        certs.check_expiry(config.cert, limits.CERT_WARN_DAYS)
+        return server_context(
+            config.cert, config.key, tls13_only=config.tls13_only, client_ca=config.client_ca
+        )
+
+    async def _listen(self, ctx: ssl.SSLContext, sockets: list[socket.socket]) -> None:
         config = self.config
         assert self._loop is not None  # noqa: S101 - set in start()
-        for sock in listen_sockets(self.config.host, self.config.port):
+        for sock in sockets:
             server = await self._loop.create_server(
                 self._new_session,
                 sock=sock,

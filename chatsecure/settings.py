@@ -21,6 +21,8 @@ from chatsecure.tls import certs
 
 HISTORY_DB = "history.sqlite3"
 """The room log's file name, kept beside the certificate unless ``--db`` says otherwise."""
+DATA_DIR_MODE = 0o700
+"""A data folder the server makes is its owner's alone: it holds the private key."""
 
 
 def default_name() -> str:
@@ -63,8 +65,12 @@ class ServerConfig:
     """Advertise over mDNS/DNS-SD while serving (``chatsecure server`` turns it on)."""
     advertise_ips: list[str] = field(default_factory=list)
     """Addresses to advertise instead of those the server listens on."""
+    data_dir: Path | None = None
+    """The folder of the room log (unless ``db``) and, through ``server_config``, of the
+    certificate and key (unless given); made with mode 0700 at start. ``None``: ``certs/``."""
     db: Path | None = None
-    """The room log (SQLite); ``None``: ``history.sqlite3`` beside the certificate."""
+    """The room log (SQLite); ``None``: ``history.sqlite3`` in ``data_dir``, else beside the
+    certificate."""
     history: int = limits.HISTORY_KEEP
     """Lines the log keeps; 0 keeps none, in memory or on disk (no file is made)."""
     replay: int = limits.REPLAY
@@ -75,7 +81,20 @@ class ServerConfig:
 
     @property
     def db_path(self) -> Path:
-        return self.db if self.db is not None else self.cert.parent / HISTORY_DB
+        if self.db is not None:
+            return self.db
+        return (self.data_dir or self.cert.parent) / HISTORY_DB
+
+    def make_data_dir(self) -> None:
+        """Create ``data_dir`` (mode 0700) if it is missing; the server calls it once bound."""
+        if self.data_dir is None:
+            return
+        try:
+            self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot make the data folder {self.data_dir}: {exc.strerror or exc}"
+            ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +113,43 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("host", str, "address to listen on (default: every interface, IPv4 and IPv6)"),
-    Setting("port", int, f"TCP port (default {limits.DEFAULT_PORT}; 0 picks a free one)"),
-    Setting("name", str, "server name shown to clients (default: chat on <host name>)"),
-    Setting("cert", Path, "certificate file (default certs/server.crt; made if missing)"),
-    Setting("key", Path, "private key file (default certs/server.key; must be mode 0600)"),
-    Setting("password_file", Path, "clients must send the password in this file's first line"),
-    Setting("client_ca", Path, "admit only clients with a certificate from this CA (mutual TLS)"),
+    Setting("host", str, "address to listen on (default: every interface, IPv4 and IPv6)", "HOST"),
+    Setting("port", int, f"TCP port (default {limits.DEFAULT_PORT}; 0 picks a free one)", "PORT"),
+    Setting("name", str, "server name shown to clients (default: chat on <host name>)", "NAME"),
+    Setting(
+        "data_dir",
+        Path,
+        "folder for the certificate, its key and the history, made with mode 0700 if missing "
+        "(default: certs/ under the current folder); for running as a service",
+        "DIR",
+    ),
+    Setting(
+        "cert",
+        Path,
+        "certificate file (default server.crt in --data-dir, else certs/; made if missing)",
+        "FILE",
+    ),
+    Setting(
+        "key",
+        Path,
+        "private key file (default server.key beside the default certificate; mode 0600)",
+        "FILE",
+    ),
+    Setting(
+        "password_file", Path, "clients must send the password in this file's first line", "FILE"
+    ),
+    Setting(
+        "client_ca",
+        Path,
+        "admit only clients with a certificate from this CA (mutual TLS)",
+        "FILE",
+    ),
     Setting("tls13_only", bool, "refuse TLS 1.2 clients"),
     Setting(
-        "db", Path, f"the room's history database (default {HISTORY_DB} beside --cert)", "FILE"
+        "db",
+        Path,
+        f"the room's history database (default {HISTORY_DB} in --data-dir, else beside --cert)",
+        "FILE",
     ),
     Setting(
         "history",
@@ -132,6 +178,7 @@ SETTINGS = (
         "msg_burst",
         int,
         f"frames a client may send at once (default {limits.MSG_BURST}; 0: one at a time)",
+        "N",
     ),
     Setting(
         "idle_timeout", float, f"drop clients silent for S s (default {limits.IDLE_TIMEOUT:g})", "S"
@@ -139,10 +186,13 @@ SETTINGS = (
     Setting(
         "handshake_timeout",
         float,
-        f"seconds to finish TLS (default {limits.HANDSHAKE_TIMEOUT:g}; "
+        f"S seconds to finish TLS (default {limits.HANDSHAKE_TIMEOUT:g}; "
         f"0: {limits.HANDSHAKE_TIMEOUT_OFF:g} s, the event loop's own limit)",
+        "S",
     ),
-    Setting("hello_timeout", float, f"seconds to send hello (default {limits.HELLO_TIMEOUT})"),
+    Setting(
+        "hello_timeout", float, f"S seconds to send hello (default {limits.HELLO_TIMEOUT})", "S"
+    ),
     Setting("max_frame", int, f"longest frame in bytes (default {limits.MAX_FRAME})", "BYTES"),
     Setting("max_text", int, f"longest message in characters (default {limits.MAX_TEXT})", "N"),
     Setting(
@@ -234,6 +284,10 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             raise ConfigError(f"{key.replace('_', '-')} cannot be negative")
     if not 0 <= values.get("port", 0) < 65536:
         raise ConfigError(f"port must be from 0 to 65535, not {values['port']}")
+    data_dir = values.get("data_dir")
+    if data_dir is not None:  # a --cert or --key given one by one still wins
+        values.setdefault("cert", data_dir / certs.CERT_NAME)
+        values.setdefault("key", data_dir / certs.KEY_NAME)
     password_file = values.pop("password_file", None)
     config = ServerConfig(**values)
     if password_file is not None:

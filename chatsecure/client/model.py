@@ -87,6 +87,8 @@ class ChatModel:
         """What is wrong with each field of the connect form: from checking it, or the server."""
         self.banner: str | None = None
         """The chat view's warning while reconnecting or after the connection ended."""
+        self._lost_reason = ""
+        """Why the connection was lost, while reconnecting (attempts may fail otherwise)."""
         self.declined: TrustQuestion | None = None
         self.pending: dict[str, str] = {}
         """Own lines sent but not yet stored by the server, by ref."""
@@ -169,13 +171,8 @@ class ChatModel:
                 return self._chat(chat, replayed=replayed, older=older)
             case Received(message=message):
                 return self._received(message, ts)
-            case Reconnecting(attempt=attempt, delay=delay, reason=reason):
-                self.phase = Phase.RECONNECTING
-                self.banner = (
-                    f"Connection lost ({reason}). Reconnecting in {delay:.0f} s "
-                    f"(attempt {attempt} of {MAX_RETRIES})…"
-                )
-                return [notice("error", self.banner, ts)]
+            case Reconnecting():
+                return self._reconnecting(event, ts)
             case Disconnected(reason=reason, error=error, code=code):
                 return self._disconnected(reason, error, code, ts)
             case Queued(ref=ref, text=text) if self.roster.me is not None:
@@ -195,6 +192,21 @@ class ChatModel:
                     notice("error", f"Not sent: the server never stored it: {safe_text(text)}", ts)
                 ]
         return []
+
+    def _reconnecting(self, event: Reconnecting, ts: float | None) -> list[Line]:
+        """One transcript line per outage; the banner follows each attempt."""
+        first = self.phase is not Phase.RECONNECTING
+        if first:
+            self.phase = Phase.RECONNECTING
+            self._lost_reason = event.reason
+        lost = f"Connection lost ({self._lost_reason})"
+        if event.reason != self._lost_reason:  # why the last attempt failed, if not the same
+            lost += f"; last try: {event.reason}"
+        self.banner = (
+            f"{lost}. Reconnecting in {event.delay:.0f} s, attempt {event.attempt} of "
+            f"{MAX_RETRIES}…"
+        )
+        return [notice("error", f"Connection lost ({event.reason}).", ts)] if first else []
 
     def _saw(self, seq: int) -> None:
         if seq and (self.oldest_seq is None or seq < self.oldest_seq):

@@ -371,8 +371,9 @@ def test_drop_reconnect_and_recover() -> None:
     assert model.phase is Phase.RECONNECTING
     assert model.phase.view == "chat"
     assert line.kind == "error"
+    assert line.text == "Connection lost (the connection was reset)."
     assert model.banner == (
-        "Connection lost (the connection was reset). Reconnecting in 4 s (attempt 2 of 20)…"
+        "Connection lost (the connection was reset). Reconnecting in 4 s, attempt 2 of 20…"
     )
     assert model.status().startswith("Reconnecting… · lab at 192.168.1.5:7467")
     lines = model.apply(welcome(ALICE, CAROL), T)
@@ -380,6 +381,38 @@ def test_drop_reconnect_and_recover() -> None:
     assert model.banner is None
     assert lines[0].text.startswith("Reconnected to 'lab'")
     assert [r.peer_id for r in model.roster.rows()] == ["1", "3"]  # who is here now
+
+
+def test_an_outage_is_one_transcript_line_and_a_banner_that_follows_each_attempt() -> None:
+    model = chatting(BOB)
+    transcript = model.apply(Reconnecting(1, 1.0, "the connection was reset"), T)
+    assert model.banner == (
+        "Connection lost (the connection was reset). Reconnecting in 1 s, attempt 1 of 20…"
+    )
+    for attempt, delay in [(2, 2.0), (3, 4.0), (4, 8.0)]:
+        transcript += model.apply(Reconnecting(attempt, delay, "the connection was refused"), T)
+        assert model.phase is Phase.RECONNECTING
+        assert model.banner == (
+            "Connection lost (the connection was reset); last try: the connection was refused. "
+            f"Reconnecting in {delay:.0f} s, attempt {attempt} of 20…"
+        )
+    transcript += model.apply(welcome(ALICE, BOB), T)
+    assert model.banner is None
+    texts = [line.text for line in transcript]
+    assert texts[0] == "Connection lost (the connection was reset)."
+    assert [t for t in texts if "Connection lost" in t or "Reconnecting" in t] == [texts[0]]
+    assert texts[1].startswith("Reconnected to 'lab' at 192.168.1.5:7467")
+
+
+def test_a_second_outage_after_a_reconnect_gets_its_own_line() -> None:
+    model = chatting(BOB)
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    model.apply(welcome(ALICE, BOB), T)
+    (line,) = model.apply(Reconnecting(2, 2.0, "timed out"), T)
+    assert line.text == "Connection lost (timed out)."
+    assert model.banner == "Connection lost (timed out). Reconnecting in 2 s, attempt 2 of 20…"
+    assert model.apply(Reconnecting(3, 4.0, "timed out"), T) == []
+    assert model.banner == "Connection lost (timed out). Reconnecting in 4 s, attempt 3 of 20…"
 
 
 def test_connection_ending_keeps_the_chat_view_until_back() -> None:

@@ -265,7 +265,16 @@ def test_server_restart_is_a_drop_the_window_comes_back_from(
     alice.pump(lambda: alice.phase is Phase.RECONNECTING)
     assert alice.view() == "chat"  # the transcript stays readable
     assert "The server is shutting down." in alice.transcript()
-    assert "the server is restarting" in alice.w("chat.banner").cget("text")
+    banner = alice.w("chat.banner")
+    assert "the server is restarting" in banner.cget("text")
+    # Nobody listens until the server is back: the next attempt fails, and the banner, not
+    # the transcript, says so.
+    alice.pump(lambda: "attempt 2 of" in banner.cget("text"), timeout=10)
+    assert banner.winfo_ismapped()
+    assert banner.cget("text").startswith("Connection lost (the server is restarting); last try:")
+    assert "Reconnecting in 2 s, attempt 2 of 20…" in banner.cget("text")
+    assert alice.transcript().count("Connection lost") == 1
+    assert "Reconnecting" not in alice.transcript()
     start_server(port=port)
     alice.pump(lambda: alice.phase is Phase.CHAT, timeout=10)
     assert "Reconnected to 'test'" in alice.transcript()
@@ -305,7 +314,7 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         proxy.drop()
         alice.pump(lambda: alice.phase is Phase.RECONNECTING)
         banner = alice.w("chat.banner").cget("text")
-        assert "Reconnecting in 1 s (attempt 1 of" in banner
+        assert "Reconnecting in 1 s, attempt 1 of" in banner
         assert "Reconnecting" in alice.status()
         alice.say("while away")  # pending, and sent after the reconnect
         assert alice.w("chat.bottom.message").get() == ""
@@ -323,7 +332,7 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         # count starts afresh); leaving meanwhile ends it at once.
         proxy.drop()
         alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        assert "Reconnecting in 2 s (attempt 2 of" in alice.w("chat.banner").cget("text")
+        assert "Reconnecting in 2 s, attempt 2 of" in alice.w("chat.banner").cget("text")
         started = time.monotonic()
         alice.click("chat.top.leave")
         assert alice.view() == "connect"

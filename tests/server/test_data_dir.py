@@ -1,0 +1,186 @@
+"""Where the server keeps its certificate and history: ``certs/`` or ``--data-dir``, said aloud."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chatsecure.cli import build_parser
+from chatsecure.settings import HISTORY_DB, server_config
+from chatsecure.testing import joined
+from chatsecure.tls import certs
+from tests.helpers import CHATSECURE, ServerProcess
+
+SERVER = [*CHATSECURE, "server"]
+
+
+def everything_under(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*"))
+
+
+def printed(server: ServerProcess) -> list[str]:
+    """Every line the server printed on stdout, up to its exit."""
+    return "\n".join(server.stdout).splitlines()
+
+
+def stored_texts(db: Path) -> list[str]:
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        return [text for (text,) in conn.execute("SELECT text FROM lines ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("data_dir", [False, True], ids=["default-certs", "data-dir"])
+def test_port_in_use_exits_1_and_makes_nothing(tmp_path: Path, data_dir: bool) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    extra = ["--data-dir", str(tmp_path / "cwd" / "state")] if data_dir else []
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVER, "--host", "127.0.0.1", "--port", str(port), "--no-discovery", *extra],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        "chatsecure: another program (perhaps another chatsecure server) is already using "
+        f"port {port} on 127.0.0.1"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert everything_under(cwd) == []
+    assert "generated" not in result.stderr
+
+
+def test_default_folder_is_certs_in_the_working_directory_printed_absolute(
+    tmp_path: Path,
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    server = ServerProcess(SERVER, cwd=cwd)
+    try:
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0, log
+    cert = cwd / "certs" / certs.CERT_NAME
+    assert f"certificate: {cert}" in printed(server)
+    assert f"history: {cwd / 'certs' / HISTORY_DB}" in printed(server)
+    assert server.fingerprint == certs.cert_fingerprint(cert)
+
+
+def test_data_dir_holds_certificate_and_history_and_keeps_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "var" / "chatsecure"
+    first_cwd, second_cwd = tmp_path / "first", tmp_path / "second"
+    first_cwd.mkdir()
+    second_cwd.mkdir()
+    first = ServerProcess([*SERVER, "--data-dir", str(data)], cwd=first_cwd)
+    try:
+        with joined("127.0.0.1", first.port, "alice", "bob") as (alice, bob):
+            alice.send({"type": "msg", "text": "kept in the data folder"})
+            bob.expect("msg")
+        code, first_log = first.stop()
+    finally:
+        first.kill()
+    assert code == 0, first_log
+
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / certs.KEY_NAME).stat().st_mode) == 0o600
+    assert first.fingerprint == certs.cert_fingerprint(data / certs.CERT_NAME)
+    assert stored_texts(data / HISTORY_DB) == ["kept in the data folder"]
+    assert everything_under(first_cwd) == []
+    assert f"certificate: {data / certs.CERT_NAME}" in printed(first)
+    assert f"history: {data / HISTORY_DB}" in printed(first)
+    warning = (
+        f"WARNING chatsecure.server: generated a new certificate with fingerprint "
+        f"{first.fingerprint} at {data / certs.CERT_NAME}"
+    )
+    assert warning in first_log
+    assert "clients that trusted an earlier certificate of this server will be warned" in first_log
+
+    second = ServerProcess([*SERVER, "--data-dir", str(data)], cwd=second_cwd)
+    try:
+        code, second_log = second.stop()
+    finally:
+        second.kill()
+    assert code == 0, second_log
+    assert second.fingerprint == first.fingerprint
+    assert "generated" not in second_log
+    assert f"certificate: {data / certs.CERT_NAME}" in printed(second)
+    assert everything_under(second_cwd) == []
+
+
+def test_data_dir_from_the_config_file_is_relative_to_that_file(tmp_path: Path) -> None:
+    etc, cwd = tmp_path / "etc", tmp_path / "cwd"
+    etc.mkdir()
+    cwd.mkdir()
+    (etc / "server.toml").write_text('[server]\ndata-dir = "state"\n')
+    server = ServerProcess([*SERVER, "--config", str(etc / "server.toml")], cwd=cwd)
+    try:
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0, log
+    assert server.fingerprint == certs.cert_fingerprint(etc / "state" / certs.CERT_NAME)
+    assert (etc / "state" / HISTORY_DB).is_file()
+    assert everything_under(cwd) == []
+
+
+def test_data_dir_sets_certificate_key_and_database() -> None:
+    config = server_config(build_parser().parse_args(["server", "--data-dir", "/srv/chat"]))
+    assert config.cert == Path("/srv/chat") / certs.CERT_NAME
+    assert config.key == Path("/srv/chat") / certs.KEY_NAME
+    assert config.db_path == Path("/srv/chat") / HISTORY_DB
+
+
+def test_explicit_cert_key_and_db_win_over_data_dir() -> None:
+    argv = ["--data-dir", "/srv/chat", "--cert", "/etc/c.crt", "--key", "/etc/c.key"]
+    config = server_config(build_parser().parse_args(["server", *argv]))
+    assert (config.cert, config.key) == (Path("/etc/c.crt"), Path("/etc/c.key"))
+    assert config.db_path == Path("/srv/chat") / HISTORY_DB
+    with_db = server_config(build_parser().parse_args(["server", *argv, "--db", "/var/h.db"]))
+    assert with_db.db_path == Path("/var/h.db")
+
+
+def test_data_dir_on_the_command_line_wins_over_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "server.toml").write_text('data_dir = "from-file"\n')
+    argv = ["server", "--config", str(tmp_path / "server.toml"), "--data-dir", "/srv/chat"]
+    config = server_config(build_parser().parse_args(argv))
+    assert config.cert == Path("/srv/chat") / certs.CERT_NAME
+    from_file = server_config(
+        build_parser().parse_args(["server", "--config", str(tmp_path / "server.toml")])
+    )
+    assert from_file.cert == tmp_path / "from-file" / certs.CERT_NAME
+
+
+def test_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("in the way\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    blocked = ["--data-dir", str(tmp_path / "a-file" / "state")]
+    result = subprocess.run(
+        [*SERVER, "--host", "127.0.0.1", "--port", "0", "--no-discovery", *blocked],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"chatsecure: cannot make the data folder {tmp_path / 'a-file' / 'state'}: "
+    ), result.stderr
+    assert everything_under(cwd) == []
