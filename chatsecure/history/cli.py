@@ -24,12 +24,18 @@ _NEWEST = "SELECT seq, ts, peer_id, nick, addr, text FROM lines ORDER BY seq DES
 
 def add_history_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``chatsecure history``."""
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--db",
         type=Path,
-        default=DEFAULT_DB,
-        metavar="PATH",
+        metavar="FILE",
         help=f"the server's history database (default: {DEFAULT_DB})",
+    )
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"the server's --data-dir: read {DEFAULT_DB.name} in it",
     )
     parser.add_argument(
         "--last", type=_positive, default=50, metavar="N", help="how many lines (default: 50)"
@@ -39,7 +45,7 @@ def add_history_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print the newest ``args.last`` lines of ``args.db``, oldest first."""
-    path: Path = args.db
+    path: Path = args.db or (args.data_dir / DEFAULT_DB.name if args.data_dir else DEFAULT_DB)
     rows = _newest(path, args.last)
     for seq, ts, peer_id, nick, addr, text in reversed(rows):
         if args.json:

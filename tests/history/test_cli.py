@@ -123,8 +123,18 @@ def parser() -> argparse.ArgumentParser:
 
 def test_defaults() -> None:
     args = parser().parse_args([])
-    assert (args.db, args.last, args.json) == (DEFAULT_DB, 50, False)
+    assert (args.db, args.data_dir, args.last, args.json) == (None, None, 50, False)
     assert Path("certs") / "history.sqlite3" == DEFAULT_DB
+
+
+@pytest.mark.asyncio
+async def test_data_dir_reads_the_history_in_it(running: Path) -> None:
+    result = history("--data-dir", str(running.parent), "--last", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("ann (127.0.0.1:50001): bye")
+    both = history("--data-dir", str(running.parent), "--db", str(running))
+    assert both.returncode == 2
+    assert "not allowed with" in both.stderr
 
 
 @pytest.mark.asyncio
