@@ -36,6 +36,19 @@ def stored_texts(db: Path) -> list[str]:
         conn.close()
 
 
+def start_failing(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``chatsecure server`` on 127.0.0.1 with ``args``, run to its end (it cannot start)."""
+    return subprocess.run(
+        [*SERVER, "--host", "127.0.0.1", "--no-discovery", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("data_dir", [False, True], ids=["default-certs", "data-dir"])
 def test_port_in_use_exits_1_and_makes_nothing(tmp_path: Path, data_dir: bool) -> None:
     cwd = tmp_path / "cwd"
@@ -43,15 +56,7 @@ def test_port_in_use_exits_1_and_makes_nothing(tmp_path: Path, data_dir: bool) -
     extra = ["--data-dir", str(tmp_path / "cwd" / "state")] if data_dir else []
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*SERVER, "--host", "127.0.0.1", "--port", str(port), "--no-discovery", *extra],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = start_failing(cwd, "--port", str(port), *extra)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(
         "chatsecure: another program (perhaps another chatsecure server) is already using "
@@ -170,15 +175,7 @@ def test_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     blocked = ["--data-dir", str(tmp_path / "a-file" / "state")]
-    result = subprocess.run(
-        [*SERVER, "--host", "127.0.0.1", "--port", "0", "--no-discovery", *blocked],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = start_failing(cwd, "--port", "0", *blocked)
     assert result.returncode == 1
     assert result.stderr.startswith(
         f"chatsecure: cannot make the data folder {tmp_path / 'a-file' / 'state'}: "
