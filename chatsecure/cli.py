@@ -247,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from chatsecure.server import ChatServer, format_address, serve
+    from chatsecure.server import ChatServer, serve
     from chatsecure.settings import server_config
+    from chatsecure.tls.trust import host_port
 
     config = server_config(args)
     config.discovery = not args.no_discovery
@@ -259,7 +260,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             where = "every interface, IPv4 and IPv6" if host in {"::", "0.0.0.0"} else host  # noqa: S104
             print(
                 f"chatsecure server {server.config.name!r} listening on "
-                f"{format_address(host, port)} ({where})",
+                f"{host_port(host, port)} ({where})",
                 flush=True,
             )
         print(f"certificate: {server.config.cert.absolute()}", flush=True)

@@ -526,7 +526,7 @@ class ChatServer:
             )
         log.info(
             "listening on %s as %r, certificate %s, fingerprint %s",
-            ", ".join(format_address(*a) for a in self.addresses),
+            ", ".join(host_port(*a) for a in self.addresses),
             self.config.name,
             config.cert.absolute(),
             self.fingerprint,
@@ -726,10 +726,6 @@ def trim_asyncio_tls_buffer() -> None:
     own TLS layer, which does not touch memory it does not use, and ignores this.
     """
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_SIZE)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:

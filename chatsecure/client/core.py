@@ -243,11 +243,6 @@ def short_fingerprint(fp: str) -> str:
     return f"{prefix}:{body[:SHORT_FINGERPRINT]}…"
 
 
-def host_port(host: str, port: int) -> str:
-    """``host:port`` with an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def clock(ts: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 

@@ -19,7 +19,6 @@ from chatsecure.client.core import (
     Sent,
     clock,
     describe,
-    host_port,
     is_quit,
     safe_text,
     short_fingerprint,
@@ -28,7 +27,7 @@ from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown
-from chatsecure.tls.trust import TrustQuestion
+from chatsecure.tls.trust import TrustQuestion, host_port
 
 
 class Phase(enum.Enum):

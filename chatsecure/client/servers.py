@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from chatsecure.client.core import host_port, safe_text, short_fingerprint
+from chatsecure.client.core import safe_text, short_fingerprint
 from chatsecure.discovery.records import (
     DiscoveredServer,
     DiscoveryEvent,
@@ -17,6 +17,7 @@ from chatsecure.discovery.records import (
     connectable_addresses,
     preferred_address,
 )
+from chatsecure.tls.trust import host_port
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -10,13 +10,15 @@ named below; the Tk module only lays out widgets and wires them to these. No tki
 - ``trust_dialog``: the text of the trust dialogs, and the bridge that lets the network
   thread ask the Tk thread a trust question;
 - ``servers``: the list of servers discovery found;
-- ``controller``: the ``Controller`` that owns the model and the ``ChatClient``.
+- ``controller``: the ``Controller`` that owns the model and the ``ChatClient``;
+- ``attention``: the unread count in the title and the urgency of a line naming the user.
 """
 
 from __future__ import annotations
 
+from chatsecure.client.attention import Attention
 from chatsecure.client.controller import EVENTS_PER_TICK, Controller, Update
-from chatsecure.client.core import SHORT_FINGERPRINT, host_port, short_fingerprint
+from chatsecure.client.core import SHORT_FINGERPRINT, short_fingerprint
 from chatsecure.client.form import (
     MAX_PASSWORD,
     NICK_FILE,
@@ -47,6 +49,7 @@ from chatsecure.client.trust_dialog import (
     TrustPrompt,
     trust_prompt,
 )
+from chatsecure.tls.trust import host_port
 
 __all__ = [
     "EVENTS_PER_TICK",
@@ -56,6 +59,7 @@ __all__ = [
     "NICK_FILE",
     "SHORT_FINGERPRINT",
     "TRUST_ANSWER_TIMEOUT",
+    "Attention",
     "ChatModel",
     "ConnectRequest",
     "Controller",

@@ -153,5 +153,5 @@ def test_the_client_core_uses_the_one_describe_error() -> None:
 )
 def test_every_address_is_shown_one_way(host: str, expected: str) -> None:
     assert host_port(host, 21002) == expected
-    assert core.host_port(host.strip("[]"), 21002) == expected
+    assert host_port(host.strip("[]"), 21002) == expected
     assert server_key(host.upper(), 21002) == expected.lower()
