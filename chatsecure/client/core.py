@@ -121,14 +121,9 @@ class Queued:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """The server stored our line ``ref`` (as ``seq``; 0 for a server that keeps no log)."""
-
-    ref: str
-    text: str
-    seq: int
-    ts: float
+Sent = Acked
+"""The server stored our line ``ref`` (as ``seq``; 0 for a server that keeps no log): the
+protocol's ``Acked``, under the name the front ends know it by."""
 
 
 @dataclass(frozen=True, slots=True)
