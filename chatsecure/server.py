@@ -417,7 +417,9 @@ class Session(asyncio.BufferedProtocol):
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
         peer = self.room.join(self, nick, hello, self.addr)
-        self.log.info("%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members))
+        self.server.presence(
+            self, "%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members)
+        )
         # What the client sent after its hello waited for the welcome; now it counts.
         self._handle(self.protocol.accept(), asyncio.get_running_loop().time())
 
@@ -481,6 +483,10 @@ class ChatServer:
         )
         """Wrong passwords by ``backoff_key``: (count, monotonic time of the last), oldest first."""
         self._warnings = WarningBudget()
+        self._presence_budgets: collections.OrderedDict[str, WarningBudget] = (
+            collections.OrderedDict()
+        )
+        """Join/leave lines logged per address (see ``presence``), the last used last."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
         self._accepted = 0
@@ -617,6 +623,36 @@ class ChatServer:
                 log.warning("(%d similar warnings were not logged)", dropped)
             session.log.warning(msg, *args)
 
+    def presence(self, session: Session, msg: str, *args: object) -> None:
+        """An INFO line of a join or leave, at most ``PRESENCE_LOG_LINES`` per address in
+        ``PRESENCE_LOG_PERIOD``; the rest are counted, and the counts logged by the sweep."""
+        assert self._loop is not None  # noqa: S101
+        budgets, addr = self._presence_budgets, session.addr
+        budget = budgets.pop(addr, None) or WarningBudget(
+            limits.PRESENCE_LOG_LINES, limits.PRESENCE_LOG_PERIOD
+        )
+        budgets[addr] = budget
+        allowed, dropped = budget.allow(self._loop.time())
+        if allowed:
+            self._presence_summary(addr, dropped)
+            session.log.info(msg, *args)
+        while len(budgets) > limits.AUTH_TRACKED:
+            oldest, budget = budgets.popitem(last=False)
+            self._presence_summary(oldest, budget.suppressed)
+
+    @staticmethod
+    def _presence_summary(addr: str, dropped: int) -> None:
+        if dropped:
+            log.info("%s: %d more joins and leaves not logged", addr, dropped)
+
+    def _summarise_presence(self, now: float) -> None:
+        """Log the join/leave lines left out since the last sweep; forget quiet addresses."""
+        for addr, budget in list(self._presence_budgets.items()):
+            dropped, budget.suppressed = budget.suppressed, 0
+            self._presence_summary(addr, dropped)
+            if budget.expired(now):
+                del self._presence_budgets[addr]
+
     def auth_failed(self, addr: str) -> float:
         """Count a wrong password from ``addr``; return how long to wait before answering."""
         now = time.monotonic()
@@ -662,6 +698,7 @@ class ChatServer:
                 session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
             elif silent >= timeout / 2:
                 session.ping()
+        self._summarise_presence(now)
         if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
@@ -674,9 +711,8 @@ class ChatServer:
             if not self._per_ip[session.addr]:
                 del self._per_ip[session.addr]
         if self.room.remove(session, reason) and session.peer is not None:
-            session.log.info(
-                "%s left (%s); %d online", session.peer.nick, reason, len(self.room.members)
-            )
+            online = len(self.room.members)
+            self.presence(session, "%s left (%s); %d online", session.peer.nick, reason, online)
 
 
 def open_history(config: ServerConfig) -> RoomLog | None:
