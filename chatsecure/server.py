@@ -172,6 +172,8 @@ class Session(asyncio.BufferedProtocol):
         self.lost = False
         """True once the connection is gone (``connection_lost`` ran)."""
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        """Set by ``close``: cuts a connection whose close does not finish in time."""
         self._bucket: TokenBucket | None = None
         self._flood: FloodMeter | None = None
         self._blanks_charged = 0
@@ -281,14 +283,19 @@ class Session(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.closing.discard(self)
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        for timer in (self._hello_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
         self._closing = True
         self._pending.clear()
         reason = "closed" if exc is None else "error"
         if exc is not None:
             self.log.debug("connection lost: %s", exc)
         self.server.remove(self, reason)
+        # asyncio's TLS protocol keeps our bound methods: through the transport, this session
+        # would be in a reference cycle that only the cyclic gc frees, so that thousands of
+        # clients gone at once would keep their memory until a collection comes. Break it.
+        self._transport = None
 
     def pause_writing(self) -> None:
         # More than send_buffer_limit bytes are waiting for this client: it is not reading.
@@ -365,7 +372,9 @@ class Session(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.close()
             # A client that stops reading never lets close() finish; do not wait forever.
-            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._transport.abort)
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                SHUTDOWN_GRACE, self._transport.abort
+            )
 
     def drop(self, code: ErrorCode, message: str, reason: str | None = None) -> None:
         """Send a last ``error`` and close. Used when the client broke a rule or a limit bit.
