@@ -172,6 +172,8 @@ class Session(asyncio.BufferedProtocol):
         self.lost = False
         """True once the connection is gone (``connection_lost`` ran)."""
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        """Set by ``close``: cuts a connection whose close does not finish in time."""
         self._bucket: TokenBucket | None = None
         self._flood: FloodMeter | None = None
         self._blanks_charged = 0
@@ -281,14 +283,19 @@ class Session(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.closing.discard(self)
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        for timer in (self._hello_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
         self._closing = True
         self._pending.clear()
         reason = "closed" if exc is None else "error"
         if exc is not None:
             self.log.debug("connection lost: %s", exc)
         self.server.remove(self, reason)
+        # asyncio's TLS protocol keeps our bound methods: through the transport, this session
+        # would be in a reference cycle that only the cyclic gc frees, so that thousands of
+        # clients gone at once would keep their memory until a collection comes. Break it.
+        self._transport = None
 
     def pause_writing(self) -> None:
         # More than send_buffer_limit bytes are waiting for this client: it is not reading.
@@ -373,7 +380,9 @@ class Session(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.close()
             # A client that stops reading never lets close() finish; do not wait forever.
-            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._transport.abort)
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                SHUTDOWN_GRACE, self._transport.abort
+            )
 
     def drop(self, code: ErrorCode, message: str, reason: str | None = None) -> None:
         """Send a last ``error`` and close. Used when the client broke a rule or a limit bit.
@@ -425,7 +434,9 @@ class Session(asyncio.BufferedProtocol):
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
         peer = self.room.join(self, nick, hello, self.addr)
-        self.log.info("%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members))
+        self.server.presence(
+            self, "%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members)
+        )
         # What the client sent after its hello waited for the welcome; now it counts.
         self._handle(self.protocol.accept(), asyncio.get_running_loop().time())
 
@@ -489,6 +500,10 @@ class ChatServer:
         )
         """Wrong passwords by ``backoff_key``: (count, monotonic time of the last), oldest first."""
         self._warnings = WarningBudget()
+        self._presence_budgets: collections.OrderedDict[str, WarningBudget] = (
+            collections.OrderedDict()
+        )
+        """Join/leave lines logged per address (see ``presence``), the last used last."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
         self._accepted = 0
@@ -646,6 +661,36 @@ class ChatServer:
                 log.warning("(%d similar warnings were not logged)", dropped)
             session.log.warning(msg, *args)
 
+    def presence(self, session: Session, msg: str, *args: object) -> None:
+        """An INFO line of a join or leave, at most ``PRESENCE_LOG_LINES`` per address in
+        ``PRESENCE_LOG_PERIOD``; the rest are counted, and the counts logged by the sweep."""
+        assert self._loop is not None  # noqa: S101
+        budgets, addr = self._presence_budgets, session.addr
+        budget = budgets.pop(addr, None) or WarningBudget(
+            limits.PRESENCE_LOG_LINES, limits.PRESENCE_LOG_PERIOD
+        )
+        budgets[addr] = budget
+        allowed, dropped = budget.allow(self._loop.time())
+        if allowed:
+            self._presence_summary(addr, dropped)
+            session.log.info(msg, *args)
+        while len(budgets) > limits.AUTH_TRACKED:
+            oldest, budget = budgets.popitem(last=False)
+            self._presence_summary(oldest, budget.suppressed)
+
+    @staticmethod
+    def _presence_summary(addr: str, dropped: int) -> None:
+        if dropped:
+            log.info("%s: %d more joins and leaves not logged", addr, dropped)
+
+    def _summarise_presence(self, now: float) -> None:
+        """Log the join/leave lines left out since the last sweep; forget quiet addresses."""
+        for addr, budget in list(self._presence_budgets.items()):
+            dropped, budget.suppressed = budget.suppressed, 0
+            self._presence_summary(addr, dropped)
+            if budget.expired(now):
+                del self._presence_budgets[addr]
+
     def auth_failed(self, addr: str) -> float:
         """Count a wrong password from ``addr``; return how long to wait before answering."""
         now = time.monotonic()
@@ -691,6 +736,7 @@ class ChatServer:
                 session.drop(ErrorCode.IDLE_TIMEOUT, "nothing heard for too long", "timeout")
             elif silent >= timeout / 2:
                 session.ping()
+        self._summarise_presence(now)
         if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
@@ -703,9 +749,8 @@ class ChatServer:
             if not self._per_ip[session.addr]:
                 del self._per_ip[session.addr]
         if self.room.remove(session, reason) and session.peer is not None:
-            session.log.info(
-                "%s left (%s); %d online", session.peer.nick, reason, len(self.room.members)
-            )
+            online = len(self.room.members)
+            self.presence(session, "%s left (%s); %d online", session.peer.nick, reason, online)
 
 
 def open_history(config: ServerConfig) -> RoomLog | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import itertools
 import json
 import socket
 import ssl
@@ -15,13 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from chatsecure.history import MemoryLog, RoomLog
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.server import ChatServer
 from chatsecure.settings import ServerConfig
-from chatsecure.tls.context import client_context
+from chatsecure.tls.certs import cert_fingerprint
+from chatsecure.tls.context import client_context, server_context
 
 T = TypeVar("T")
 
@@ -212,3 +215,224 @@ def joined(host: str, port: int, *nicks: str) -> Iterator[list[RawClient]]:
     finally:
         for client in clients:
             client.close()
+
+
+# --- a server that misbehaves -----------------------------------------------------------
+
+
+class Mode(enum.Enum):
+    """How a ``FakeServer`` misbehaves after (or instead of) a plain ``welcome``."""
+
+    BAD_FIELDS = "bad_fields"
+    """Chat lines with a ``ts`` of 1e20, -1e300 or a string, a ``text`` or ``from`` of the
+    wrong type; then the line ``after the bad fields``."""
+    SILENT = "silent"
+    """``welcome``, then never a byte more, and never a close."""
+    FLOOD = "flood"
+    """``count`` chat lines at once (``flood 1`` ...), then ``end of the flood``."""
+    UNKNOWN_FLOOD = "unknown_flood"
+    """``count`` frames of an unknown type, then the line ``end of the flood``."""
+    MOTD = "motd"
+    """A frame of an unknown type (``motd``) before ``welcome``; then ``after the motd``."""
+    SHUTDOWN = "shutdown"
+    """The first session gets ``welcome``, then ``shutdown`` and a close; later ones are
+    served plainly (a graceful restart)."""
+    FAIL_AFTER_WELCOME = "fail_after_welcome"
+    """Every session is closed right after its ``welcome``."""
+    PLAIN = "plain"
+    """A minimal honest server: ``welcome``, an ``ack`` for each line, a close on ``quit``."""
+
+
+FAKE_PEER: Final = {"id": "2", "nick": "eve", "addr": "127.0.0.1"}
+"""Who speaks in a ``FakeServer``'s chat lines."""
+
+
+def fake_chat(text: str, seq: int = 0, **fields: object) -> bytes:
+    """A ``msg`` frame from ``FAKE_PEER``, with ``fields`` added or replaced."""
+    frame: dict[str, object] = {"type": "msg", "from": FAKE_PEER, "text": text, "ts": 1.7e9}
+    if seq:
+        frame["seq"] = seq
+    frame.update(fields)
+    return json.dumps(frame).encode() + b"\n"
+
+
+BAD_FIELDS: Final = (
+    fake_chat("ts far in the future", ts=1e20),
+    fake_chat("ts far in the past", ts=-1e300),
+    fake_chat("ts a string", ts="noon"),
+    fake_chat("ts null", ts=None),
+    json.dumps({"type": "msg", "from": FAKE_PEER, "text": 5, "ts": 1}).encode() + b"\n",
+    json.dumps({"type": "msg", "from": "eve", "text": "from a string"}).encode() + b"\n",
+    json.dumps({"type": "msg", "from": {"id": 2, "nick": [], "addr": 1}, "text": "x"}).encode()
+    + b"\n",
+    json.dumps({"type": "join", "peer": None}).encode() + b"\n",
+    b'{"type":"msg","text":"ts overflows","ts":1e999,"from":'
+    + json.dumps(FAKE_PEER).encode()
+    + b"}\n",
+    fake_chat("after the bad fields"),
+)
+"""What ``Mode.BAD_FIELDS`` sends after ``welcome``: four lines with a bad ``ts`` (shown with
+the time of arrival), four frames that cannot be shown, a ``ts`` of infinity, a good line."""
+
+
+class FakeServer:
+    """A TLS listener on 127.0.0.1 that behaves as ``mode`` says, for testing clients.
+
+    Sessions are served one thread each, for as long as the client stays (or ``stop``).
+    ``received`` keeps every frame the clients sent; ``sessions`` counts connections that
+    said hello. Use as a context manager, or call ``stop``.
+    """
+
+    def __init__(self, cert_dir: Path, mode: Mode, *, count: int = 0, name: str = "fake") -> None:
+        self.mode = mode
+        self.count = count
+        self.name = name
+        self._ctx = server_context(cert_dir / "server.crt", cert_dir / "server.key")
+        self.fingerprint = cert_fingerprint(cert_dir / "server.crt")
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self.received: list[dict[str, Any]] = []
+        self.sessions = 0
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, name="fake-server")
+        self._accepter.start()
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts of the chat lines the clients sent, in order."""
+        with self._lock:
+            return [f.get("text", "") for f in self.received if f.get("type") == "msg"]
+
+    def wait_for(self, test: Callable[[FakeServer], bool], timeout: float = 10.0) -> None:
+        """Wait until ``test(self)`` holds; ``AssertionError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not test(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not in {timeout} s; received {self.received[-5:]}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Close the listener and every connection; wait for the threads."""
+        self._stop.set()
+        self._accepter.join(10)
+        for thread in self._threads:
+            thread.join(10)
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the threads ---------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        with self._listener:
+            while not self._stop.is_set():
+                try:
+                    raw, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                thread = threading.Thread(target=self._serve, args=(raw,), name="fake-session")
+                self._threads.append(thread)
+                thread.start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError), raw:
+            raw.settimeout(5)
+            with self._ctx.wrap_socket(raw, server_side=True) as conn:
+                conn.settimeout(0.1)  # reads wake up to see stop()
+                decoder = FrameDecoder(0)
+                if self._read_hello(conn, decoder):
+                    with self._lock:
+                        self.sessions += 1
+                        first = self.sessions == 1
+                    conn.settimeout(30)  # a flood waits while the client holds back
+                    go_on = self._script(conn, first=first)
+                    conn.settimeout(0.1)
+                    if go_on:
+                        self._converse(conn, decoder)
+
+    def _read_hello(self, conn: ssl.SSLSocket, decoder: FrameDecoder) -> bool:
+        while not self._stop.is_set():
+            frames = self._recv(conn, decoder)
+            if frames is None:
+                return False
+            if frames:
+                return True
+        return False
+
+    def _recv(self, conn: ssl.SSLSocket, decoder: FrameDecoder) -> list[dict[str, Any]] | None:
+        """Frames that came (perhaps none), or None at the end of the connection."""
+        try:
+            data = conn.recv(65536)
+        except TimeoutError:
+            return []
+        if not data:
+            return None
+        frames = [json.loads(frame) for frame in decoder.feed(data)]
+        with self._lock:
+            self.received += frames
+        return frames
+
+    def _welcome(self) -> bytes:
+        frame = {
+            "type": "welcome",
+            "you": {"id": "1", "nick": "bob", "addr": "127.0.0.1"},
+            "peers": [FAKE_PEER],
+            "server": {"name": self.name, "version": "fake", "protocol": 2},
+            "seq": 0,
+            "replay": 0,
+        }
+        return json.dumps(frame).encode() + b"\n"
+
+    def _script(self, conn: ssl.SSLSocket, *, first: bool) -> bool:
+        """Send what the mode says after the hello; False to close the connection now."""
+        mode, count = self.mode, self.count
+        if mode is Mode.MOTD:
+            conn.sendall(b'{"type":"motd","text":"welcome to the fake"}\n')
+        conn.sendall(self._welcome())
+        if mode is Mode.BAD_FIELDS:
+            conn.sendall(b"".join(BAD_FIELDS))
+        elif mode is Mode.FLOOD:
+            for start in range(0, count, 1000):
+                end = min(start + 1000, count)
+                chunk = b"".join(fake_chat(f"flood {n}") for n in range(start + 1, end + 1))
+                conn.sendall(chunk)
+            conn.sendall(fake_chat("end of the flood"))
+        elif mode is Mode.UNKNOWN_FLOOD:
+            frame = b'{"type":"zzz","n":1}\n'
+            for start in range(0, count, 1000):
+                conn.sendall(frame * (min(start + 1000, count) - start))
+            conn.sendall(fake_chat("end of the flood"))
+        elif mode is Mode.MOTD:
+            conn.sendall(fake_chat("after the motd"))
+        elif mode is Mode.SHUTDOWN and first:
+            conn.sendall(b'{"type":"shutdown"}\n')
+            return False
+        elif mode is Mode.FAIL_AFTER_WELCOME:
+            return False
+        return True
+
+    def _converse(self, conn: ssl.SSLSocket, decoder: FrameDecoder) -> None:
+        """Answer the client until it goes (a silent server only reads, and never closes)."""
+        silent = self.mode is Mode.SILENT
+        while not self._stop.is_set():
+            frames = self._recv(conn, decoder)
+            if frames is None:
+                return
+            for frame in frames:
+                kind = frame.get("type")
+                if kind == "quit" and not silent:
+                    return
+                if silent:
+                    continue
+                if kind == "ping":
+                    conn.sendall(b'{"type":"pong"}\n')
+                elif kind == "msg" and isinstance(frame.get("ref"), str):
+                    ack = {"type": "ack", "ref": frame["ref"], "seq": next(self._seq), "ts": 1.7e9}
+                    conn.sendall(json.dumps(ack).encode() + b"\n")

@@ -310,14 +310,24 @@ class ChatClient:
         events: queue.Queue[ClientEvent] | None = None,
         client_id: str | None = None,
         last_seen: LastSeen | None = None,
+        ping_after: float = limits.PING_AFTER,
+        pong_timeout: float = limits.PONG_TIMEOUT,
     ) -> None:
+        """``ping_after``/``pong_timeout``: how soon a silent server is pinged and given up
+        (``limits.PING_AFTER``, ``limits.PONG_TIMEOUT``); tests shorten them."""
         self.target = target
         self.nick = require_sendable(nick, "the nick")
         self.policy = policy
         self.password = password if password is None else require_sendable(password, "the password")
         self.reconnect = reconnect
         self.events: queue.Queue[ClientEvent] = events if events is not None else queue.Queue()
-        self.session = ClientSession(self.nick, password=self.password, client_id=client_id)
+        self.session = ClientSession(
+            self.nick,
+            password=self.password,
+            client_id=client_id,
+            ping_after=ping_after,
+            pong_timeout=pong_timeout,
+        )
         """The protocol; touched only on the network thread."""
         self._last_seen = last_seen
         self._fingerprint: str | None = None
@@ -643,8 +653,10 @@ class ChatClient:
     async def _ticker(self) -> None:
         """Ping a quiet server; give the connection up when it stopped answering."""
         loop = asyncio.get_running_loop()
+        # Shortened timings (tests) need finer ticks to be kept to.
+        every = min(TICK, self.session.ping_after / 4, self.session.pong_timeout / 4)
         while True:
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(every)
             if not self.session.tick(loop.time()):
                 self._dead = "the server stopped answering"
                 self._abort()

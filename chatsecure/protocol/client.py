@@ -162,7 +162,11 @@ class ClientSession:
         client_id: str | None = None,
         last_seq: int | None = None,
         max_frame: int = MAX_SERVER_FRAME,
+        ping_after: float = PING_AFTER,
+        pong_timeout: float = PONG_TIMEOUT,
     ) -> None:
+        """``ping_after`` and ``pong_timeout`` replace ``PING_AFTER`` and ``PONG_TIMEOUT``
+        (tests shorten them to see a dead server noticed in seconds)."""
         self.nick = nick
         self.password = password
         self.client_id = client_id
@@ -184,6 +188,8 @@ class ClientSession:
         """Whether the server keeps a log and acknowledges lines (protocol 2)."""
         self._last_heard = 0.0
         self._ping_sent: float | None = None
+        self.ping_after = ping_after
+        self.pong_timeout = pong_timeout
 
     # -- what the adapter calls ----------------------------------------------------------
 
@@ -256,14 +262,14 @@ class ClientSession:
     def tick(self, now: float) -> bool:
         """Keep a quiet connection checked; False when the server must be taken for dead.
 
-        After ``PING_AFTER`` seconds of silence we ping; no answer (no byte at all) within
-        ``PONG_TIMEOUT`` seconds more, and the connection is dead.
+        After ``ping_after`` seconds of silence we ping; no answer (no byte at all) within
+        ``pong_timeout`` seconds more, and the connection is dead.
         """
         if self.state is ClientState.OFFLINE:
             return True
         if self._ping_sent is not None:
-            return now - self._ping_sent < PONG_TIMEOUT
-        if now - self._last_heard >= PING_AFTER:
+            return now - self._ping_sent < self.pong_timeout
+        if now - self._last_heard >= self.ping_after:
             self._ping_sent = now
             self._out.append(encode(Ping()))
         return True

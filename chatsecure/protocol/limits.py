@@ -111,3 +111,11 @@ PING_AFTER: Final = 30.0
 
 PONG_TIMEOUT: Final = 15.0
 """Seconds a client waits for any answer to its ping before it takes the server for dead."""
+
+PRESENCE_LOG_LINES: Final = 20
+"""Join and leave lines the server logs (INFO) per client address in ``PRESENCE_LOG_PERIOD``;
+past that they are counted, and the count is logged at the next idle sweep: a client that
+connects and quits in a loop cannot grow the log without bound."""
+
+PRESENCE_LOG_PERIOD: Final = 60.0
+"""Seconds over which ``PRESENCE_LOG_LINES`` join and leave lines per address are logged."""

@@ -70,3 +70,7 @@ class WarningBudget:
         self._sent += 1
         dropped, self.suppressed = self.suppressed, 0
         return True, dropped
+
+    def expired(self, now: float) -> bool:
+        """Whether the period of the last warning has ended (the budget is full again)."""
+        return now - self._start >= self._period

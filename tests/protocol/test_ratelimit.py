@@ -138,3 +138,11 @@ def test_warnings_logged_never_exceed_the_budget(gaps: list[float]) -> None:
     for start in logged:
         assert sum(start <= t < start + 60 for t in logged) <= 40  # two periods may overlap
     assert len(logged) + dropped_total + budget.suppressed == len(gaps)
+
+
+def test_warning_budget_expires_a_period_after_its_first_warning() -> None:
+    budget = WarningBudget(count=1, period=60.0)
+    assert budget.expired(0.0)
+    budget.allow(100.0)
+    assert not budget.expired(159.9)
+    assert budget.expired(160.0)

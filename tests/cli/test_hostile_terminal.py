@@ -1,0 +1,147 @@
+"""`chatsecure connect` in a subprocess against servers that lie, go silent, flood or restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatsecure.testing import FakeServer, Mode
+from tests.helpers import Terminal
+
+TIME = r"\[\d\d:\d\d:\d\d\]"
+EVE = r"eve \(127\.0\.0\.1\)"
+Fake = Callable[..., FakeServer]
+
+
+@pytest.fixture
+def fake(cert_dir: Path) -> Iterator[Fake]:
+    started: list[FakeServer] = []
+
+    def start(mode: Mode, **options: Any) -> FakeServer:
+        server = FakeServer(cert_dir, mode, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def connect(fake: Fake) -> Iterator[Callable[..., tuple[FakeServer, Terminal]]]:
+    """A FakeServer in ``mode`` and the terminal client connected to it (killed at the end)."""
+    terminals: list[Terminal] = []
+
+    def start(mode: Mode, **options: Any) -> tuple[FakeServer, Terminal]:
+        server = fake(mode, **options)
+        term = Terminal(f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new")
+        terminals.append(term)
+        return server, term
+
+    yield start
+    for term in terminals:
+        term.kill()
+
+
+def leaves_within(term: Terminal, seconds: float) -> int:
+    """The exit code, once the client has left within ``seconds``."""
+    started = time.monotonic()
+    code = term.wait(seconds + 5)
+    assert time.monotonic() - started < seconds, f"took {time.monotonic() - started:.1f} s"
+    return code
+
+
+def test_bad_fields_neither_kill_nor_silence_the_terminal_client(
+    connect: Callable[..., Any],
+) -> None:
+    _, term = connect(Mode.BAD_FIELDS)
+    term.expect(r"^connected to 'fake' as bob")
+    for text in ("ts far in the future", "ts far in the past", "ts a string", "ts null"):
+        term.expect(rf"^{TIME} {EVE}: {text}$")
+    term.expect(rf"^{TIME} {EVE}: ts overflows$")
+    term.expect(rf"^{TIME} {EVE}: after the bad fields$")
+    term.say("quit")
+    assert leaves_within(term, 3.0) == 0, term.stderr
+    assert len(term.stderr) <= 2, term.stderr
+
+
+@pytest.mark.parametrize("how", ["quit", "end of input"])
+def test_leaves_within_3_s_when_the_server_never_closes(
+    connect: Callable[..., Any], how: str
+) -> None:
+    _, term = connect(Mode.SILENT)
+    term.expect(r"^connected to 'fake' as bob")
+    if how == "quit":
+        term.say("quit")
+    else:
+        term.end_input()
+    assert leaves_within(term, 3.0) == 0, term.stderr
+
+
+def test_a_flood_of_lines_is_shown_whole_and_in_order(connect: Callable[..., Any]) -> None:
+    count = 20_000
+    _, term = connect(Mode.FLOOD, count=count)
+    term.expect(r"^connected to 'fake' as bob")
+    term.expect(rf"^{TIME} {EVE}: end of the flood$", timeout=60)
+    flood = [line.rsplit(": ", 1)[1] for line in term.seen if ": flood " in line]
+    assert flood == [f"flood {n}" for n in range(1, count + 1)]
+    term.say("quit")
+    assert leaves_within(term, 3.0) == 0, term.stderr
+    assert term.stderr == []
+
+
+def test_a_flood_of_unknown_frames_writes_one_warning(connect: Callable[..., Any]) -> None:
+    _, term = connect(Mode.UNKNOWN_FLOOD, count=100_000)
+    term.expect(r"^connected to 'fake' as bob")
+    term.expect(rf"^{TIME} {EVE}: end of the flood$", timeout=60)
+    term.end_input()
+    assert leaves_within(term, 3.0) == 0, term.stderr
+    assert len(term.stderr) == 1, term.stderr
+    assert "unknown type 'zzz'" in term.stderr[0]
+    assert sum(map(len, term.stderr)) < 200
+
+
+def test_an_unknown_frame_before_welcome_is_ignored(connect: Callable[..., Any]) -> None:
+    _, term = connect(Mode.MOTD)
+    term.expect(r"^connected to 'fake' as bob")
+    term.expect(rf"^{TIME} {EVE}: after the motd$")
+    term.end_input()
+    assert leaves_within(term, 3.0) == 0, term.stderr
+
+
+def test_a_graceful_restart_reconnects_and_a_piped_line_is_not_lost(
+    connect: Callable[..., Any],
+) -> None:
+    server, term = connect(Mode.SHUTDOWN)
+    term.say("said as the server stopped")
+    term.expect(r"^connected to 'fake' as bob")
+    term.expect(r"! the server is shutting down$")
+    term.expect(r"^connected to 'fake' as bob")  # the same server, back
+    term.say("said after it came back")
+    term.end_input()
+    assert leaves_within(term, 5.0) == 0, term.stderr
+    assert server.sessions == 2
+    stored = [text for text in server.texts if text.startswith("said")]
+    assert stored[-2:] == ["said as the server stopped", "said after it came back"]
+    assert any("retry 1 in 1 s" in line for line in term.stderr), term.stderr
+    assert not any("Broken pipe" in line for line in term.stderr), term.stderr
+
+
+def test_a_server_that_fails_every_session_after_welcome_counts_the_retries(
+    connect: Callable[..., Any],
+) -> None:
+    _, term = connect(Mode.FAIL_AFTER_WELCOME)
+    for _ in range(3):
+        term.expect(r"^connected to 'fake' as bob")
+    deadline = time.monotonic() + 10
+    while not any("retry 3 in 4 s" in line for line in term.stderr):
+        assert time.monotonic() < deadline, term.stderr
+        time.sleep(0.05)
+    retries = [line for line in term.stderr if "retry" in line]
+    assert [line.split("retry ")[1] for line in retries] == ["1 in 1 s", "2 in 2 s", "3 in 4 s"]
+    term.say("quit")
+    assert leaves_within(term, 3.0) == 0, term.stderr

@@ -1,0 +1,84 @@
+"""Peak memory of the clients under a flood of 200,000 chat lines from a FakeServer.
+
+Each client runs in a child process of its own, whose peak RSS (VmHWM) is read at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chatsecure.testing import FakeServer, Mode
+from tests.helpers import CHATSECURE
+
+PROBE = [sys.executable, "-m", "tests.client.rss_probe"]
+FLOOD = 200_000
+LIMIT_MIB = 120
+
+
+@pytest.mark.slow
+def test_client_core_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) -> None:
+    with FakeServer(cert_dir, Mode.FLOOD, count=FLOOD) as server:
+        done = subprocess.run(
+            [*PROBE, str(server.port), "end of the flood", "3"],
+            capture_output=True,
+            text=True,
+            timeout=110,
+            check=True,
+        )
+    match = re.search(r"lines=(\d+) maxrss_kib=(\d+)", done.stdout)
+    assert match, (done.stdout, done.stderr)
+    assert int(match.group(1)) == FLOOD + 1
+    peak_mib = int(match.group(2)) / 1024
+    print(f"client core: peak RSS {peak_mib:.1f} MiB under {FLOOD} lines")
+    assert peak_mib < LIMIT_MIB
+
+
+@pytest.mark.slow
+def test_terminal_client_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) -> None:
+    with FakeServer(cert_dir, Mode.FLOOD, count=FLOOD) as server:
+        proc = subprocess.Popen(
+            [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        lines = 0
+        stderr: list[bytes] = []
+        err_reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), name="err")
+        err_reader.start()
+        try:
+            for line in proc.stdout:  # counted, not kept: the test's memory is not measured
+                lines += b": flood " in line
+                if line.endswith(b": end of the flood\n"):
+                    break
+            proc.stdin.write(b"quit\n")
+            proc.stdin.flush()
+            started = time.monotonic()
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS, in KiB
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            left_in = time.monotonic() - started
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.read()
+            err_reader.join(10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                stream.close()
+    assert lines == FLOOD
+    assert proc.returncode == 0, stderr
+    assert left_in < 3.0
+    peak_mib = usage.ru_maxrss / 1024
+    print(f"terminal client: peak RSS {peak_mib:.1f} MiB under {FLOOD} lines")
+    assert peak_mib < LIMIT_MIB

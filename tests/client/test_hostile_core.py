@@ -1,0 +1,216 @@
+"""The client core against servers that lie, go silent, flood or restart (FakeServer, real TLS).
+
+The front end here is the test itself, reading ``events`` as the GUI's poll does.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from chatsecure.client.core import (
+    EVENT_QUEUE_HIGH,
+    ChatClient,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    Queued,
+    Received,
+    Reconnecting,
+    Sent,
+    Target,
+    format_message,
+)
+from chatsecure.protocol.messages import Chat, Shutdown
+from chatsecure.testing import FakeServer, Mode
+from chatsecure.tls.trust import KnownServers, TrustPolicy
+
+E = TypeVar("E")
+Fake = Callable[..., FakeServer]
+MakeClient = Callable[..., ChatClient]
+
+
+@pytest.fixture
+def fake(cert_dir: Path) -> Iterator[Fake]:
+    """Start FakeServers; all are stopped at the end of the test."""
+    started: list[FakeServer] = []
+
+    def start(mode: Mode, **options: Any) -> FakeServer:
+        server = FakeServer(cert_dir, mode, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_client() -> Iterator[MakeClient]:
+    clients: list[ChatClient] = []
+
+    def make(server: FakeServer, **options: Any) -> ChatClient:
+        options.setdefault("reconnect", False)
+        client = ChatClient(
+            Target("127.0.0.1", server.port),
+            "bob",
+            TrustPolicy(KnownServers(), accept_new=True),
+            **options,
+        )
+        clients.append(client)
+        client.start()
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+        assert not client.alive
+
+
+def next_event(client: ChatClient, kind: type[E], timeout: float = 10.0) -> E:
+    try:
+        event: ClientEvent = client.events.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no {kind.__name__} event in {timeout} s") from None
+    assert isinstance(event, kind), f"expected {kind.__name__}, got {event!r}"
+    return event
+
+
+def chat_texts_until(client: ChatClient, last: str, timeout: float = 60.0) -> list[str]:
+    """Texts of the chat lines received up to and including ``last``."""
+    texts: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not texts or texts[-1] != last:
+        event = client.events.get(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(event, Received) and isinstance(event.message, Chat):
+            texts.append(event.message.text)
+    return texts
+
+
+def test_bad_fields_are_shown_with_the_time_of_arrival_or_skipped_with_one_warning(
+    fake: Fake, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "chatsecure.client.core")
+    client = make_client(fake(Mode.BAD_FIELDS))
+    next_event(client, Connected)
+    before = time.time()
+    shown: list[Chat] = []
+    while not shown or shown[-1].text != "after the bad fields":
+        message = next_event(client, Received).message
+        assert isinstance(message, Chat)
+        shown.append(message)
+        assert format_message(message) is not None  # the front end can show every one
+    assert [m.text for m in shown] == [
+        "ts far in the future",
+        "ts far in the past",
+        "ts a string",
+        "ts null",
+        "ts overflows",
+        "after the bad fields",
+    ]
+    assert all(abs(m.ts - before) < 60 for m in shown[:5]), "a bad ts is taken as now"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # one per kind a minute, not one per frame
+    client.quit()
+    assert next_event(client, Disconnected).error is False
+
+
+def test_a_silent_server_is_pinged_given_up_and_the_pending_line_resent(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    server = fake(Mode.SILENT)
+    client = make_client(server, reconnect=True, ping_after=0.4, pong_timeout=0.4)
+    next_event(client, Connected)
+    started = time.monotonic()
+    client.send("are you there")
+    assert next_event(client, Queued).text == "are you there"
+    dropped = next_event(client, Reconnecting, timeout=5)
+    assert dropped.reason == "the server stopped answering"
+    assert 0.8 <= time.monotonic() - started < 3.0
+    assert any(frame["type"] == "ping" for frame in server.received)
+    next_event(client, Connected, timeout=5)
+    server.wait_for(lambda s: s.texts == ["are you there", "are you there"])  # same ref
+    refs = {f["ref"] for f in server.received if f["type"] == "msg"}
+    assert len(refs) == 1
+
+
+@pytest.mark.parametrize("leave", ["quit", "finish"])
+def test_quit_and_end_of_input_leave_promptly_when_the_server_never_closes(
+    fake: Fake, make_client: MakeClient, leave: str
+) -> None:
+    client = make_client(fake(Mode.SILENT))
+    next_event(client, Connected)
+    started = time.monotonic()
+    getattr(client, leave)()
+    final = next_event(client, Disconnected, timeout=5)
+    assert final.error is False
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_flood_is_held_back_by_a_bounded_queue_and_nothing_is_lost(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    count = 30_000
+    client = make_client(fake(Mode.FLOOD, count=count))
+    next_event(client, Connected)
+    time.sleep(1.5)  # a front end that does not read for a while
+    # One read (64 KiB, some 650 lines) may land on top of the mark, never more.
+    assert EVENT_QUEUE_HIGH <= client.events.qsize() <= EVENT_QUEUE_HIGH + 1000
+    texts = chat_texts_until(client, "end of the flood")
+    assert texts == [f"flood {n}" for n in range(1, count + 1)] + ["end of the flood"]
+
+
+def test_a_flood_of_unknown_frames_is_skipped_with_one_warning_a_minute(
+    fake: Fake, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "chatsecure.client.core")
+    client = make_client(fake(Mode.UNKNOWN_FLOOD, count=100_000))
+    next_event(client, Connected)
+    assert chat_texts_until(client, "end of the flood") == ["end of the flood"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "unknown type 'zzz'" in warnings[0]
+
+
+def test_an_unknown_frame_before_welcome_is_ignored(fake: Fake, make_client: MakeClient) -> None:
+    client = make_client(fake(Mode.MOTD))
+    next_event(client, Connected)
+    assert chat_texts_until(client, "after the motd", timeout=5) == ["after the motd"]
+
+
+def test_a_graceful_restart_is_a_drop_and_lines_typed_meanwhile_are_sent_after_it(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    server = fake(Mode.SHUTDOWN)
+    client = make_client(server, reconnect=True)
+    next_event(client, Connected)
+    assert isinstance(next_event(client, Received).message, Shutdown)
+    assert next_event(client, Reconnecting).reason == "the server is restarting"
+    client.send("typed while it restarted")
+    next_event(client, Queued)
+    next_event(client, Connected)
+    assert next_event(client, Sent).text == "typed while it restarted"
+    assert server.texts == ["typed while it restarted"]
+    assert server.sessions == 2
+
+
+def test_a_server_that_fails_every_session_after_welcome_uses_up_the_retries(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    client = make_client(fake(Mode.FAIL_AFTER_WELCOME), reconnect=True)
+    attempts = []
+    for _ in range(3):
+        next_event(client, Connected)
+        attempts.append(next_event(client, Reconnecting).attempt)
+    assert attempts == [1, 2, 3], "a welcome alone does not start the count afresh"
+    started = time.monotonic()
+    client.quit()
+    while not isinstance(client.events.get(timeout=5), Disconnected):
+        pass
+    assert time.monotonic() - started < 2.0
