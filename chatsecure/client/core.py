@@ -70,8 +70,9 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 MAX_RETRIES = 20
 """Reconnect attempts before the client gives up."""
 STABLE_SESSION = 30.0
-"""Seconds a session must last before a drop starts the reconnect count afresh: a server that
-fails every session right after welcoming must not keep a client retrying for ever."""
+"""Seconds a session must go on working (the server heard from that long after its welcome)
+before a drop starts the reconnect count afresh: a server that fails every session right after
+welcoming, or welcomes and then says nothing, must not keep a client retrying for ever."""
 EVENT_QUEUE_HIGH = 2000
 """Events waiting for the front end above which the client stops reading from the server (the
 server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
@@ -344,6 +345,8 @@ class ChatClient:
         self._joined = False
         """Whether the current session was welcomed (``Connected`` went out)."""
         self._welcomed_at: float | None = None
+        self._heard_at = 0.0
+        """When the server last sent anything (loop time)."""
         self._dead: str | None = None
         """Why the current connection was given up from our side (a server gone silent)."""
         self._attempt = 0
@@ -454,7 +457,6 @@ class ChatClient:
         """Connect, chat and reconnect until done; return the final event for the front end."""
         left = Disconnected("you left the chat", error=False)
         self._stop_requested = asyncio.Event()
-        loop = asyncio.get_running_loop()
         while True:
             if self._stopping:  # quit came before the first attempt began
                 return left
@@ -482,7 +484,8 @@ class ChatClient:
                 return left
             if self._stopping:
                 return left
-            if self._welcomed_at is not None and loop.time() - self._welcomed_at >= STABLE_SESSION:
+            welcomed = self._welcomed_at
+            if welcomed is not None and self._heard_at - welcomed >= STABLE_SESSION:
                 self._attempt = 0  # that session worked: a new drop starts the count afresh
             self._welcomed_at = None
             if not (self.reconnect and self.session.me is not None) or self._attempt >= MAX_RETRIES:
@@ -630,7 +633,8 @@ class ChatClient:
         data = await reader.read(65536)
         if not data:
             raise ConnectionClosed(self._dead or "the server closed the connection")
-        events = self.session.receive_data(data, asyncio.get_running_loop().time())
+        self._heard_at = now = asyncio.get_running_loop().time()
+        events = self.session.receive_data(data, now)
         self._flush_out()  # pongs, and the outbox after a welcome
         return events
 

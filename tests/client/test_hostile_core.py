@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from chatsecure.client import core
 from chatsecure.client.core import (
     EVENT_QUEUE_HIGH,
     ChatClient,
@@ -214,3 +215,18 @@ def test_a_server_that_fails_every_session_after_welcome_uses_up_the_retries(
     while not isinstance(client.events.get(timeout=5), Disconnected):
         pass
     assert time.monotonic() - started < 2.0
+
+
+def test_a_server_that_welcomes_then_says_nothing_uses_up_the_retries(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each silent session lasts longer than STABLE_SESSION before the client gives it up; it
+    # still counts as failed, since nothing was heard from the server after its welcome.
+    monkeypatch.setattr(core, "STABLE_SESSION", 0.5)
+    monkeypatch.setattr(core, "RETRY_DELAYS", (0.05,))
+    client = make_client(fake(Mode.SILENT), reconnect=True, ping_after=0.3, pong_timeout=0.3)
+    attempts = []
+    for _ in range(3):
+        next_event(client, Connected)
+        attempts.append(next_event(client, Reconnecting, timeout=5).attempt)
+    assert attempts == [1, 2, 3]
