@@ -150,6 +150,11 @@ class ChatModel:
         # and goes out after the reconnect: it shows as pending (``Queued``) meanwhile.
         return Outgoing(send=text, clear=True)
 
+    def dropped_before(self, seq: int) -> None:
+        """The transcript dropped its oldest lines: ``seq`` is the oldest stored line left."""
+        self.oldest_seq = seq
+        self.all_loaded = False
+
     def wants_older(self) -> int | None:
         """The ``before`` of a request for older lines, if one should be made now."""
         if self.phase is not Phase.CHAT or self.loading_older or self.all_loaded:
@@ -182,7 +187,7 @@ class ChatModel:
                 self.pending.pop(ref, None)
                 self._saw(seq)
                 me = self.roster.me
-                return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref)]
+                return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref, seq=seq)]
             case NotSent(text=text, ref=ref):
                 if ref is None:  # told by text alone: the first line waiting with it
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
@@ -269,7 +274,11 @@ class ChatModel:
         own = self.roster.me is not None and chat.sender.id == self.roster.me.id
         kind: LineKind = "history" if replayed or older else "own" if own else "chat"
         sender = chat.sender
-        return [Line(kind, clock(chat.ts), chat.text, sender.nick, sender.addr, older=older)]
+        return [
+            Line(
+                kind, clock(chat.ts), chat.text, sender.nick, sender.addr, older=older, seq=chat.seq
+            )
+        ]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:

@@ -10,7 +10,11 @@ from chatsecure.client.core import clock, describe, safe_text
 from chatsecure.protocol.messages import Peer
 
 MAX_TRANSCRIPT_LINES = 5000
-"""Lines the transcript keeps; older ones are dropped from the top."""
+"""Lines the transcript keeps while the user follows the newest: older ones are dropped from
+the top, and come back by scrolling up (``history`` pages)."""
+MAX_SCROLLBACK_LINES = 2 * MAX_TRANSCRIPT_LINES
+"""Lines the transcript may hold while the user reads older ones: no page is loaded past it,
+and live lines then drop the oldest anyway."""
 
 LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info"]
 """``pending``: an own line the server has not stored yet; ``history``: a line said before we
@@ -40,6 +44,8 @@ class Line:
     """For an own line: the ref it was sent with, so that ``Sent`` can replace ``pending``."""
     older: bool = False
     """Loaded by scrolling up: it goes above every line shown."""
+    seq: int = 0
+    """The stored line's ``seq``; 0 for notices and for servers that keep no log."""
 
     def segments(self) -> tuple[tuple[str, str], ...]:
         """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""

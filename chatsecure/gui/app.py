@@ -32,7 +32,7 @@ from chatsecure.client.core import parse_target
 from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
 from chatsecure.client.model import Phase
 from chatsecure.client.servers import ServerList, ServerRow
-from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES, Line
+from chatsecure.client.transcript import MAX_SCROLLBACK_LINES, MAX_TRANSCRIPT_LINES, Line
 from chatsecure.client.trust_dialog import PendingQuestion
 from chatsecure.errors import ConfigError
 from chatsecure.gui.urgency import set_urgent
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 POLL_MS = 40
 """How often the Tk thread looks at the client's and discovery's queues."""
+OLDER_PAGE = 100
+"""Lines asked for at a time when the user scrolls to the top."""
 ENTRY_MASK = "•"
 """What the Password field shows for each character typed."""
 OPTIONAL_NOTE = "(if the room has one)"
@@ -569,13 +571,16 @@ class App:
         their place above it, in the order the server gave. Older lines (scrolling up) go on top.
         """
         text = self.transcript
-        at_bottom = text.yview()[1] >= 0.999
+        # A transcript not on screen yet (the chat view is just being shown) follows the end.
+        at_bottom = not text.winfo_ismapped() or text.yview()[1] >= 0.999
         text.configure(state="normal")
         text.mark_set("older", "1.0")
         text.mark_gravity("older", "right")
         prepended = 0
         for line, mention in zip(lines, named, strict=True):
             tags: tuple[str, ...] = ("mention",) if mention else ()
+            if line.seq:
+                tags += (f"seq-{line.seq}",)
             if line.ref is not None:
                 tags += (f"ref-{line.ref}",)
                 for start, end in _pairs(text.tag_ranges(f"ref-{line.ref}")):
@@ -585,9 +590,18 @@ class App:
             for part, style in line.segments():
                 text.insert(where, part, (line.kind, f"{line.kind}-{style}", *tags))
             text.insert(where, "\n", (line.kind, *tags))
-        excess = int(text.index("end-1c").split(".")[0]) - 1 - MAX_TRANSCRIPT_LINES
+        # Bounded: the oldest lines go (scrolling up brings them back), but never the lines
+        # on screen while the user reads older ones, unless there are twice as many.
+        count, cap = self._line_count(), MAX_TRANSCRIPT_LINES
+        reading = not at_bottom and int(text.index("@0,0").split(".")[0]) <= count - cap
+        if count > cap and (reading or prepended):
+            cap = MAX_SCROLLBACK_LINES
+        excess = count - cap
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
+            oldest = self._oldest_seq_shown()
+            if oldest is not None:
+                self.controller.model.dropped_before(oldest)
         text.configure(state="disabled")
         if prepended:
             text.yview(f"{prepended + 1}.0")  # what was on top stays in view
@@ -595,10 +609,23 @@ class App:
             text.see("end")
 
     def _load_older_at_top(self) -> None:
-        """Scrolled to the top of a transcript that scrolls: ask for the lines before it."""
-        first, last = self.transcript.yview()
-        if first <= 0.0 and last < 1.0:
-            self.controller.load_older()
+        """The top of the transcript is in view (scrolled up, or too few lines to fill the
+        window): ask for the lines before it."""
+        first = self.transcript.yview()[0]
+        room = MAX_SCROLLBACK_LINES - self._line_count()
+        if first <= 0.0 and room >= OLDER_PAGE:
+            self.controller.load_older(OLDER_PAGE)
+
+    def _line_count(self) -> int:
+        return int(self.transcript.index("end-1c").split(".")[0]) - 1
+
+    def _oldest_seq_shown(self) -> int | None:
+        """The ``seq`` of the first stored line in the transcript (a few notices may come first)."""
+        for row in range(1, min(self._line_count(), 200) + 1):
+            for tag in self.transcript.tag_names(f"{row}.0"):
+                if tag.startswith("seq-"):
+                    return int(tag.removeprefix("seq-"))
+        return None
 
     # -- attention -----------------------------------------------------------------------
 

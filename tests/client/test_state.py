@@ -240,7 +240,7 @@ def test_own_message_is_pending_until_the_server_stored_it() -> None:
     ]
     assert model.pending == {"r1": "hello bob"}
     assert model.apply(Sent("r1", "hello bob", 12, T), T) == [
-        Line("own", STAMP, "hello bob", "alice", "192.168.1.20", ref="r1")
+        Line("own", STAMP, "hello bob", "alice", "192.168.1.20", ref="r1", seq=12)
     ]
     assert model.pending == {}
     assert model.oldest_seq == 12

@@ -1,13 +1,16 @@
-"""The real Tk window under a flood from a FakeServer: the transcript stays bounded."""
+"""The real Tk window under a flood: the transcript stays bounded, and what it dropped comes
+back by scrolling up."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES
-from chatsecure.testing import FakeServer, Mode
+from chatsecure.gui import app
+from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 
 from .conftest import GuiFactory
 from .test_app import connect_trusting
@@ -30,3 +33,37 @@ def test_a_flood_keeps_the_newest_lines_and_drops_the_oldest_past_the_cap(
         assert floods == list(range(FLOOD - len(floods) + 1, FLOOD + 1)), "newest kept, in order"
         assert len(floods) >= MAX_TRANSCRIPT_LINES - 10
         alice.click("chat.top.leave")
+
+
+def test_lines_dropped_past_the_cap_come_back_by_scrolling_up_once_each_in_order(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "MAX_TRANSCRIPT_LINES", 40)
+    monkeypatch.setattr(app, "MAX_SCROLLBACK_LINES", 120)
+    monkeypatch.setattr(app, "OLDER_PAGE", 15)
+    server = start_server(replay=5, msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n in range(1, 31):
+            bob.send({"type": "msg", "text": f"old {n}", "ref": f"o{n}"})
+            bob.expect("ack")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        alice.pump(lambda: "old 30" in alice.transcript())
+        for n in range(1, 61):
+            bob.send({"type": "msg", "text": f"live {n}", "ref": f"l{n}"})
+        alice.pump(lambda: "live 60" in alice.transcript())
+    assert len(alice.transcript_lines()) <= 40
+    assert "live 1\n" not in alice.transcript(), "the oldest lines were dropped"
+
+    def numbered() -> list[str]:
+        return [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": " in line]
+
+    def scrolled_back_to(first: str) -> bool:
+        alice.w("chat.body.log.transcript").yview_moveto(0.0)  # the user scrolls to the top
+        return first in numbered()
+
+    alice.pump(lambda: scrolled_back_to("old 1"), timeout=20)
+    expected = [f"old {n}" for n in range(1, 31)] + [f"live {n}" for n in range(1, 61)]
+    assert numbered() == expected, "every dropped line is back, once, in order"
+    assert len(alice.transcript_lines()) <= 120
