@@ -33,7 +33,9 @@ class ServerThread:
         self.config = config
         # Without a ``db`` of its own, a test server keeps its log in memory: tests share one
         # certificate folder, and must not share a database beside it.
-        memory = MemoryLog(config.history) if config.db is None and config.history else None
+        # A cluster's log is its Redis.
+        alone = config.db is None and config.cluster is None
+        memory = MemoryLog(config.history) if alone and config.history else None
         self.server = ChatServer(config, memory)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server")
