@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from chatsecure.history import Appended, Draft, Record, RoomLog
+from chatsecure.cluster import StreamFeed
+from chatsecure.history import Appended, Draft, Record, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -144,6 +145,13 @@ class Room:
         self._tasks: set[asyncio.Task[None]] = set()
         """``history`` answers being read from the log."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._feed: StreamFeed | None = None
+        """In a cluster: every server's lines, broadcast by ``_followed`` in seq order."""
+        self._due: dict[int, list[tuple[Member | None, bytes]]] = {}
+        """In a cluster: acks (for a member) and presence frames (for all: ``None``) waiting
+        until the feed has broadcast the line of that seq."""
+        self._appended = 0
+        """In a cluster: the newest seq this server's own appends were given."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -155,12 +163,17 @@ class Room:
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
         self._tail.extend(_Stored(_history_frame(r), r.client, r.ref) for r in opened.tail)
+        if isinstance(self._history, SharedLog):
+            self._feed = StreamFeed(self._history, self._followed, lambda: self.seq)
+            self._feed.start()
         return opened.max_peer_id
 
     async def drain(self) -> None:
         """Store, acknowledge and broadcast every line said so far (for a clean shutdown)."""
         while self._committing is not None:
             await asyncio.shield(self._committing)
+        if self._feed is not None:
+            await self._caught_up()
 
     async def close(self) -> None:
         """Finish what is being stored and close the log."""
@@ -168,6 +181,8 @@ class Room:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._feed is not None:
+            await self._feed.stop()
         if self._history is not None:
             await self._history.close()
 
@@ -294,7 +309,7 @@ class Room:
                     item.member.send(encode(Error(ErrorCode.NOT_STORED, refused, item.draft.ref)))
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
-            self._stored(batch, iter(results))
+            (self._stored if self._feed is None else self._acknowledged)(batch, iter(results))
             self.unstored -= len(said)
             if self._held and self.unstored < STORE_HIGH:
                 held, self._held = self._held, set()
@@ -353,6 +368,81 @@ class Room:
         frames = [_history_frame(r) for r in records]
         frames.append(encode(HistoryEnd(request.before, len(records))))
         member.send(b"".join(frames))
+
+    # -- cluster: the feed broadcasts every server's lines -------------------------------
+
+    def _acknowledged(self, batch: list[_Said | bytes], results: Iterator[Appended]) -> None:
+        """In a cluster: a stored batch's acks and presence frames, once the feed is there.
+
+        The lines themselves come back through the feed, like everyone else's. An ack must not
+        overtake a line of a lower seq (a client takes the ack's seq as seen, and would drop
+        that line), so it waits in ``_due`` until the feed has broadcast its seq.
+        """
+        for item in batch:
+            if isinstance(item, bytes):
+                self._after(self._appended, None, item)
+                continue
+            record = next(results).record
+            self._appended = max(self._appended, record.seq)
+            if item.draft.ref is not None:
+                self._after(
+                    record.seq, item.member, encode_ack(item.draft.ref, record.seq, record.ts)
+                )
+
+    def _after(self, seq: int, member: Member | None, frame: bytes) -> None:
+        """Send ``frame`` to ``member`` (``None``: broadcast it) once line ``seq`` is out."""
+        if seq <= self.seq:
+            self._deliver_due(member, frame)
+        else:
+            self._due.setdefault(seq, []).append((member, frame))
+
+    def _deliver_due(self, member: Member | None, frame: bytes) -> None:
+        if member is None:
+            self.broadcast(frame)
+        else:
+            member.send(frame)
+
+    def _followed(self, records: list[Record]) -> None:
+        """In a cluster: broadcast lines any server stored, in seq order, each once."""
+        for record in records:
+            if record.seq <= self.seq:
+                continue  # broadcast already (the feed read on from an older seq)
+            if record.seq != self.seq + 1:
+                log.warning(
+                    "cluster: lines %d to %d were trimmed unread", self.seq + 1, record.seq - 1
+                )
+                for seq in sorted(s for s in self._due if s < record.seq):
+                    for member, due in self._due.pop(seq):
+                        self._deliver_due(member, due)
+            frame = encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq)
+            self.seq = record.seq
+            self._tail.append(_Stored(as_history(frame), record.client, record.ref))
+            self.broadcast(frame, exclude=self._own(record, frame))
+            for member, due in self._due.pop(record.seq, ()):
+                self._deliver_due(member, due)
+
+    def _own(self, record: Record, frame: bytes) -> Member | None:
+        """The member of this server whose line ``record`` is, if any: it is not sent the line.
+
+        Its sender takes the ack instead; a client whose connection broke and came back (here,
+        or here after another server) takes the line with its ``ref`` as the ack.
+        """
+        sender = self.members.get(record.sender.id)  # peer ids are unique in a cluster
+        if sender is not None and not sender.gone:
+            return sender
+        if record.ref is None:
+            return None
+        back = self._member_of(record.client)
+        if back is not None:
+            back.send(with_ref(frame, record.ref))
+        return back
+
+    async def _caught_up(self, timeout: float = 5.0) -> None:
+        """Wait (a while) until the feed has broadcast this server's own lines and their acks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.seq < self._appended and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     # -- fan-out -------------------------------------------------------------------------
 

@@ -754,12 +754,23 @@ class ChatServer:
 
 
 def open_history(config: ServerConfig) -> RoomLog | None:
-    """The room log ``config`` asks for: SQLite, or none at all with ``history`` 0."""
+    """The room log ``config`` asks for: Redis, SQLite, or none at all with ``history`` 0."""
+    if config.cluster is not None:
+        return open_cluster_log(config)
     if not config.history:
         return None
     from chatsecure.history.sqlite import SqliteLog
 
     return SqliteLog(config.db_path, config.history, config.durability)
+
+
+def open_cluster_log(config: ServerConfig) -> RoomLog:
+    """The log shared by the servers of a cluster: in the Redis at ``config.cluster``."""
+    if not config.history:
+        raise ConfigError("--cluster keeps the room's lines in Redis: --history cannot be 0")
+    from chatsecure.history.redis import RedisLog
+
+    return RedisLog(config.cluster or "", config.name, config.history)
 
 
 def trim_asyncio_tls_buffer() -> None:

@@ -78,6 +78,9 @@ class ServerConfig:
     durability: Literal["normal", "full"] = "normal"
     """``normal``: an acknowledged line survives a crash of the process; ``full``: of the
     machine too (a power cut), at the price of a disk flush per commit."""
+    cluster: str | None = None
+    """``redis://HOST:PORT/DB``: the room's log is in this Redis, shared by every server with
+    the same URL and ``name`` (they are one room); ``None``: this server alone (SQLite)."""
 
     @property
     def db_path(self) -> Path:
@@ -170,6 +173,13 @@ SETTINGS = (
         "normal: acknowledged lines survive a crash of the server (default); "
         "full: a power cut too (slower)",
         choices=("normal", "full"),
+    ),
+    Setting(
+        "cluster",
+        str,
+        "one room with every server using this Redis and the same --name "
+        "(needs the cluster extra; the history is kept there instead of --db)",
+        "redis://HOST:PORT/DB",
     ),
     Setting("max_sessions", int, f"connections at once (default {limits.MAX_SESSIONS})", "N"),
     Setting("max_per_ip", int, f"connections per IP address (default {limits.MAX_PER_IP})", "N"),

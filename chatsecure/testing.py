@@ -36,7 +36,9 @@ class ServerThread:
         self.config = config
         # Without a ``db`` of its own, a test server keeps its log in memory: tests share one
         # certificate folder, and must not share a database beside it.
-        if history is None and config.db is None and config.history:
+        # A cluster's log is its Redis.
+        alone = config.db is None and config.cluster is None
+        if history is None and alone and config.history:
             history = MemoryLog(config.history)
         self.server = ChatServer(config, history)
         self._loop = asyncio.new_event_loop()

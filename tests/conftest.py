@@ -11,6 +11,7 @@ import pytest
 
 from chatsecure.testing import ServerThread, server_config
 from chatsecure.tls import certs
+from tests.redis_server import RedisServer, redis_server_fixture
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +43,12 @@ def start_server(cert_dir: Path) -> Iterator[Callable[..., ServerThread]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server on 127.0.0.1 for the whole run (skipped if none is installed)."""
+    yield from redis_server_fixture(tmp_path_factory)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 # Set up and run every check: lint, types and the whole test suite.
 # Usage: bash tools/check.sh [pytest arguments]
 # As root (or with sudo) it first installs the Debian packages the tests use: Xvfb, xdotool
-# and x11-utils for the real-window GUI tests, iproute2 for the network-namespace tests.
+# and x11-utils for the real-window GUI tests, iproute2 for the network-namespace tests,
+# redis-server for the cluster tests (each starts its own instance; the service is not used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v xprop >/dev/null || need+=(x11-utils)  # xprop, xwininfo: the urgency
 command -v ip >/dev/null || need+=(iproute2)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v openssl >/dev/null || need+=(openssl)  # s_client probes the TLS policy
+command -v redis-server >/dev/null || need+=(redis-server)  # the cluster tests' private Redis
 python3 -c 'import tkinter' 2>/dev/null || need+=(python3-tk)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then

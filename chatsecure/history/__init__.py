@@ -10,6 +10,7 @@ from chatsecure.history.log import (
     Opened,
     Record,
     RoomLog,
+    SharedLog,
 )
 from chatsecure.history.memory import MemoryLog
 from chatsecure.history.sqlite import SqliteLog
@@ -23,5 +24,6 @@ __all__ = [
     "Opened",
     "Record",
     "RoomLog",
+    "SharedLog",
     "SqliteLog",
 ]

@@ -5,16 +5,18 @@ stored line, with no gaps and no reuse, not even across a crash and restart. Cli
 for what they missed (``since``) and to page back (``before``); a ``(client, ref)`` pair lets a
 client resend a line after a reconnect without it being stored twice.
 
-Implementations: ``MemoryLog`` (tests, and a server without a database) and ``SqliteLog``
-(durable). A new backend copies their semantics; ``tests/history`` runs the same tests on each.
+Implementations: ``MemoryLog`` (tests, and a server without a database), ``SqliteLog``
+(durable) and ``RedisLog`` (``history/redis.py``: shared by the servers of a cluster, and a
+``SharedLog``). A new backend copies their semantics; ``tests/history`` runs the same tests on
+each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from chatsecure.errors import ConfigError
 from chatsecure.protocol.messages import Peer
@@ -76,7 +78,10 @@ class Opened:
     tail: list[Record]
     """The newest records (as many as ``open`` asked for), ascending seq."""
     max_peer_id: int
-    """Highest numeric ``sender.id`` ever stored, so a restarted server does not reuse ids."""
+    """Highest numeric ``sender.id`` ever stored, so a restarted server does not reuse ids.
+
+    A ``SharedLog`` returns the start of a block of ids reserved for this server alone, above
+    every id any server of the cluster used: peer ids stay unique across servers."""
 
 
 class RoomLog(Protocol):
@@ -118,6 +123,19 @@ class RoomLog(Protocol):
     @property
     def last_seq(self) -> int:
         """Newest seq ever assigned and committed, 0 for a new log."""
+        ...
+
+
+@runtime_checkable
+class SharedLog(RoomLog, Protocol):
+    """A room log that several servers append to: each one follows what all of them store."""
+
+    def follow(self, after: int) -> AsyncIterator[list[Record]]:
+        """Every line stored after seq ``after``, by any server, in seq order, in batches.
+
+        It goes on until cancelled, or a ``HistoryError`` says the log is out of reach (then
+        follow again from the last seq received).
+        """
         ...
 
 

@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from chatsecure.history import Draft, MemoryLog, RoomLog, SqliteLog
 from chatsecure.protocol.messages import Peer
+from tests.redis_server import room_name
 
 ANN = Peer("1", "ann", "127.0.0.1:50001")
 BOB = Peer("2", "bob", "[::1]:50002")
@@ -33,17 +34,33 @@ def lines(*texts: str) -> list[Draft]:
 class Logs:
     """Makes logs of one kind and closes them all at the end of the test.
 
-    ``reopen`` is what a server restart does: a new SqliteLog on the same file; a MemoryLog
-    has no file, so it is the same log (open() again just reports its state).
+    ``reopen`` is what a server restart does: a new SqliteLog on the same file, a new RedisLog
+    on the same room; a MemoryLog has no file, so it is the same log (open() again just
+    reports its state).
     """
 
-    def __init__(self, kind: str, folder: Path) -> None:
+    def __init__(self, kind: str, folder: Path, redis_url: str = "") -> None:
         self.kind = kind
         self.path = folder / "history.sqlite3"
+        self.redis_url = redis_url
+        self.room = room_name()
         self._open: list[RoomLog] = []
 
+    @property
+    def shared(self) -> bool:
+        """Whether the log is shared between servers (then each open reserves its peer ids)."""
+        return self.kind == "redis"
+
     def new(self, keep: int = 1000) -> RoomLog:
-        log: RoomLog = MemoryLog(keep) if self.kind == "memory" else SqliteLog(self.path, keep)
+        log: RoomLog
+        if self.kind == "memory":
+            log = MemoryLog(keep)
+        elif self.kind == "sqlite":
+            log = SqliteLog(self.path, keep)
+        else:
+            from chatsecure.history.redis import RedisLog
+
+            log = RedisLog(self.redis_url, self.room, keep)
         self._open.append(log)
         return log
 
@@ -58,9 +75,10 @@ class Logs:
             await log.close()
 
 
-@pytest_asyncio.fixture(params=["memory", "sqlite"])
+@pytest_asyncio.fixture(params=["memory", "sqlite", "redis"])
 async def logs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Logs]:
-    made = Logs(request.param, tmp_path)
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+    made = Logs(request.param, tmp_path, url)
     yield made
     await made.close_all()
 

@@ -1,0 +1,297 @@
+"""``RedisLog``: the room log in Redis, shared by every server of one room (``--cluster``).
+
+Why these choices:
+- A Redis **stream** holds the lines, one entry per line with the stream id ``SEQ-0``: it is
+  ordered, persistent and re-readable from any point, so a node that blinks reads on from where
+  it stopped (pub/sub would lose what it missed). ``follow`` reads it with ``XREAD BLOCK``.
+- One Lua script stores a whole batch: for each draft it looks up the ``(client, ref)``
+  dedup hash, ``HINCRBY``s the room's counter and ``XADD``s the entry, and trims the stream to
+  the newest ``keep`` (forgetting the trimmed lines' refs). Redis runs a script alone, so seqs
+  are gapless and cluster-wide however many nodes append at once, and a batch is one round trip.
+- Keys share the hash tag ``{ROOM}`` (``chatsecure:{ROOM}:log`` ...), so a Redis Cluster keeps a
+  room's keys on one shard, as a script that touches several keys needs.
+- Peer ids must be unique across nodes (clients tell their own lines by the sender's id): each
+  ``open`` reserves a block of ``ID_BLOCK`` ids from a shared counter, and reports its start as
+  ``max_peer_id``, so the server numbers its connections from there.
+- No retries inside redis-py: a batch whose reply was lost may or may not be stored, and only
+  the room (through ``not_stored`` and the clients' re-sends with the same ``ref``) may decide
+  what happens next. Reads and ``follow`` are retried by their callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from chatsecure.history.log import Appended, Draft, HistoryError, Opened, Record, check_limit
+from chatsecure.protocol.messages import Peer
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
+    raise HistoryError(
+        "--cluster needs the redis package: pip install 'chatsecure[cluster]'"
+    ) from exc
+
+log = logging.getLogger(__name__)
+
+ID_BLOCK = 1_000_000_000
+"""Peer ids a node reserves when it opens the log: its connections are numbered inside them."""
+
+FOLLOW_BLOCK_MS = 2000
+"""How long one ``XREAD BLOCK`` waits for new lines before it asks again."""
+
+FOLLOW_COUNT = 1000
+"""Most stream entries one ``XREAD`` returns."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to reach Redis before the node says it cannot."""
+
+SOCKET_TIMEOUT = 10.0
+"""Seconds a Redis reply may take (more than ``FOLLOW_BLOCK_MS``) before the call fails."""
+
+_APPEND = """
+local meta, stream, refs = KEYS[1], KEYS[2], KEYS[3]
+local keep = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 2 do
+  local key, payload = ARGV[i], ARGV[i + 1]
+  local original = nil
+  if key ~= '' then
+    local seq = redis.call('HGET', refs, key)
+    if seq then
+      local found = redis.call('XRANGE', stream, seq .. '-0', seq .. '-0')
+      if #found > 0 then original = {tonumber(seq), found[1][2][2]} end
+    end
+  end
+  if original then
+    out[#out + 1] = original
+  else
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    if key ~= '' then
+      redis.call('XADD', stream, seq .. '-0', 'r', payload, 'k', key)
+      redis.call('HSET', refs, key, seq)
+    else
+      redis.call('XADD', stream, seq .. '-0', 'r', payload)
+    end
+    local excess = redis.call('XLEN', stream) - keep
+    if excess > 0 then
+      for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
+        local old = entry[2][4]
+        if old and redis.call('HGET', refs, old) == string.sub(entry[1], 1, -3) then
+          redis.call('HDEL', refs, old)
+        end
+      end
+      redis.call('XTRIM', stream, 'MAXLEN', keep)
+    end
+    out[#out + 1] = {seq}
+  end
+end
+return out
+"""
+"""Store a batch: ARGV is ``keep``, then per draft its dedup key ('' for none) and payload.
+
+Returns per draft ``{seq}`` for a new line, or ``{seq, payload}`` of the original for a
+duplicate. A trimmed entry's ref is forgotten only if it still points at that entry.
+"""
+
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def room_prefix(room: str) -> str:
+    """The keys' prefix for ``room``: ``chatsecure:{ROOM}:``, the name percent-encoded.
+
+    Encoding keeps any name (spaces, braces) from breaking the ``{...}`` hash tag.
+    """
+    return f"chatsecure:{{{quote(room, safe='')}}}:"
+
+
+def public_url(url: str) -> str:
+    """``url`` without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisLog:
+    """The log of room ``room`` in the Redis at ``url``, keeping the newest ``keep`` lines.
+
+    Every node of a cluster opens one with the same URL, room and ``keep``. ``last_seq`` is
+    the newest seq this node has seen (stored itself or read in ``follow``); the log's own
+    counter in Redis is the cluster's.
+    """
+
+    def __init__(self, url: str, room: str, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, not {keep} (keep 0 means no log at all)")
+        self._url = public_url(url)
+        self._keep = keep
+        prefix = room_prefix(room)
+        self._meta = prefix + "meta"
+        self._stream = prefix + "log"
+        self._refs = prefix + "refs"
+        try:
+            self._redis: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+                # RESP2 replies have one shape in every redis-py from 5 on (8 defaults to RESP3,
+                # where XREAD answers a map).
+                protocol=2,
+            )
+        except ValueError as exc:
+            raise HistoryError(f"--cluster {self._url} is not a Redis URL ({exc})") from exc
+        self._append = self._redis.register_script(_APPEND)
+        self._last_seq = 0
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    async def open(self, tail: int) -> Opened:
+        """Reach Redis, reserve a block of peer ids, and return the newest ``tail`` lines."""
+        check_limit("tail", tail)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(self._meta, "ids", ID_BLOCK)
+                pipe.hget(self._meta, "seq")
+                pipe.xrevrange(self._stream, "+", "-", count=max(tail, 1))
+                ids_end, seq, newest = await pipe.execute()
+        except RedisError as exc:
+            raise HistoryError(
+                f"cannot use the Redis at {self._url} ({_reason(exc)}): start it, or fix --cluster"
+            ) from exc
+        self._last_seq = int(seq or 0)
+        entries = cast(list[_Entry], newest)
+        records = [_entry_record(entry) for entry in reversed(entries)] if tail else []
+        log.info("history: the room's log is in Redis at %s, seq %d", self._url, self._last_seq)
+        return Opened(self._last_seq, records, int(ids_end) - ID_BLOCK)
+
+    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        if not drafts:
+            return []
+        args: list[str | int] = [self._keep]
+        for draft in drafts:
+            args += [_dedup_key(draft.client, draft.ref), _payload(draft)]
+        with self._mapped("could not store lines"):
+            replies = await self._append(keys=[self._meta, self._stream, self._refs], args=args)
+        results = []
+        for draft, reply in zip(drafts, cast(list[list[Any]], replies), strict=True):
+            seq = int(reply[0])
+            if len(reply) > 1:
+                results.append(Appended(_record(seq, reply[1]), duplicate=True))
+            else:
+                record = Record(seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
+                results.append(Appended(record, duplicate=False))
+                self._last_seq = max(self._last_seq, seq)
+        return results
+
+    async def before(self, seq: int | None, limit: int) -> list[Record]:
+        check_limit("limit", limit)
+        if limit == 0 or (seq is not None and seq <= 1):
+            return []
+        end = "+" if seq is None else f"({seq}-0"
+        with self._mapped("could not read history"):
+            entries = cast(
+                list[_Entry], await self._redis.xrevrange(self._stream, end, "-", count=limit)
+            )
+        return [_entry_record(entry) for entry in reversed(entries)]
+
+    async def since(self, seq: int, limit: int) -> tuple[list[Record], int]:
+        check_limit("limit", limit)
+        start = f"({seq}-0" if seq > 0 else "-"
+        with self._mapped("could not read history"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(self._stream, "-", "+", count=1)
+                pipe.xrevrange(self._stream, "+", start, count=max(limit, 1))
+                oldest, newest = await pipe.execute()
+        if not newest:
+            return [], 0
+        # Kept seqs are consecutive: how many follow ``seq`` is arithmetic.
+        first, last = _seq(oldest[0][0]), _seq(newest[0][0])
+        available = last - max(seq, first - 1)
+        records = [_entry_record(entry) for entry in reversed(newest[:limit])]
+        return records, available - len(records)
+
+    async def follow(self, after: int) -> AsyncIterator[list[Record]]:
+        """Every line stored after ``after``, by any node, in seq order, batch by batch, forever.
+
+        A ``HistoryError`` ends it (Redis is gone); follow again from the last seq received.
+        Lines trimmed before they were read are missing: the seqs show the gap.
+        """
+        position = f"{after}-0"
+        while True:
+            with self._mapped("lost the room's stream"):
+                reply = await self._redis.xread(
+                    {self._stream: position}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
+                )
+            if not reply:
+                continue
+            entries: list[_Entry] = cast(list[list[Any]], reply)[0][1]
+            records = [_entry_record(entry) for entry in entries]
+            position = entries[-1][0].decode()
+            self._last_seq = max(self._last_seq, records[-1].seq)
+            yield records
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._redis.aclose()
+
+    @contextlib.contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        """Turn a ``RedisError`` into a ``HistoryError`` naming the URL (the one boundary)."""
+        try:
+            yield
+        except RedisError as exc:
+            raise HistoryError(
+                f"history: {doing} in the Redis at {self._url}: {_reason(exc)}"
+            ) from exc
+
+
+def _reason(exc: RedisError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _dedup_key(client: str | None, ref: str | None) -> str:
+    """The refs hash's field for a line, '' when it has no (client, ref); unambiguous."""
+    return "" if client is None or ref is None else f"{len(client)}:{client}{ref}"
+
+
+def _payload(draft: Draft) -> str:
+    sender = draft.sender
+    return json.dumps(
+        [draft.ts, sender.id, sender.nick, sender.addr, draft.text, draft.client, draft.ref],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _record(seq: int, payload: bytes) -> Record:
+    ts, peer_id, nick, addr, text, client, ref = json.loads(payload)
+    return Record(seq, Peer(peer_id, nick, addr), text, float(ts), client, ref)
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _entry_record(entry: _Entry) -> Record:
+    entry_id, fields = entry
+    return _record(_seq(entry_id), fields[b"r"])
