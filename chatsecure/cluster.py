@@ -5,8 +5,13 @@ A server does not broadcast its own lines when they are stored, as it does alone
 broadcasts, to its own clients, every line the log's stream brings it, its own included, in
 seq order, once. ``StreamFeed`` is that reading loop; ``Room`` does the broadcasting.
 
-When the log is out of reach, the feed logs it and tries again, from the newest seq the room
-broadcast, with a growing pause: nothing is skipped and nothing comes twice once it is back.
+When the log is out of reach (Redis stopped, restarted, unreachable), the node keeps its
+clients: it logs the outage once, tells its clients once (a ``notice`` ``cluster_unavailable``),
+and the room refuses new lines (``not_stored``, with their ``ref``) instead of losing them. The
+feed tries again, from the newest seq the room broadcast, with a growing pause; once the log
+answers again (a read or a store), the node logs it and tells its clients
+(``cluster_available``), and the feed brings what was stored meanwhile: nothing is skipped and
+nothing comes twice.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import logging
 from collections.abc import Callable
 
 from chatsecure.history import HistoryError, Record, SharedLog
+from chatsecure.protocol.codes import NoticeCode
+from chatsecure.protocol.messages import Notice, encode
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +34,44 @@ RETRY_MAX = 5.0
 """Longest pause between two tries to read the stream again."""
 
 
+LOST = encode(
+    Notice(
+        NoticeCode.CLUSTER_UNAVAILABLE,
+        "the room's shared log is out of reach: new lines are refused until it is back",
+    )
+)
+"""Told to every client of a node when it loses the shared log (once per outage)."""
+
+BACK = encode(
+    Notice(NoticeCode.CLUSTER_AVAILABLE, "the room's shared log is back: lines are taken again")
+)
+"""Told to every client of a node when the shared log answers again."""
+
+REFUSED = "not stored: the room's shared log is out of reach; send it again when it is back"
+"""The ``not_stored`` error's message for a line said while the shared log is out of reach."""
+
+
 class StreamFeed:
-    """Hands ``deliver`` every batch of lines stored after ``position()``, until stopped."""
+    """Hands ``deliver`` every batch of lines stored after ``position()``, until stopped.
+
+    It also keeps whether the shared log is reachable (``up``): ``lost`` and ``reached`` (from
+    the feed itself or from the room's stores) log a change once and ``tell`` the clients.
+    """
 
     def __init__(
         self,
         shared: SharedLog,
         deliver: Callable[[list[Record]], None],
         position: Callable[[], int],
+        tell: Callable[[bytes], None],
     ) -> None:
         self._log = shared
         self._deliver = deliver
         self._position = position
+        self._tell = tell
         self._task: asyncio.Task[None] | None = None
+        self.up = True
+        """Whether the shared log answered the last time it was used."""
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cluster-feed")
@@ -52,15 +84,33 @@ class StreamFeed:
                 await self._task
             self._task = None
 
+    def lost(self, exc: Exception) -> None:
+        """The shared log failed: log it and tell the clients, once per outage."""
+        if self.up:
+            self.up = False
+            log.warning("cluster: %s; new lines are refused until it is back", exc)
+            self._tell(LOST)
+        else:
+            log.debug("cluster: still out of reach: %s", exc)
+
+    def reached(self) -> None:
+        """The shared log answered: if it was lost, log and tell that it is back."""
+        if not self.up:
+            self.up = True
+            log.warning("cluster: the room's log is back; reading on from seq %d", self._position())
+            self._tell(BACK)
+
     async def _run(self) -> None:
         pause = RETRY_FIRST
         while True:
             try:
                 async for records in self._log.follow(self._position()):
-                    self._deliver(records)
+                    self.reached()
+                    if records:
+                        self._deliver(records)
                     pause = RETRY_FIRST
             except HistoryError as exc:
-                log.warning("cluster: %s; reading on in %.1f s", exc, pause)
+                self.lost(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
 

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from chatsecure.cluster import StreamFeed
-from chatsecure.history import Appended, Draft, Record, RoomLog, SharedLog
+from chatsecure.cluster import REFUSED, StreamFeed
+from chatsecure.history import Appended, Draft, HistoryError, Record, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -164,7 +164,7 @@ class Room:
         self.seq = opened.last_seq
         self._tail.extend(_Stored(_history_frame(r), r.client, r.ref) for r in opened.tail)
         if isinstance(self._history, SharedLog):
-            self._feed = StreamFeed(self._history, self._followed, lambda: self.seq)
+            self._feed = StreamFeed(self._history, self._followed, lambda: self.seq, self.broadcast)
             self._feed.start()
         return opened.max_peer_id
 
@@ -299,16 +299,16 @@ class Room:
             said = [item for item in batch if isinstance(item, _Said)]
             try:
                 results = await self._history.append([s.draft for s in said]) if said else []
-            except Exception:
-                # A full disk, a broken database: those lines are refused, not lost in silence,
-                # and the room goes on (a later commit may work again).
-                log.exception("could not store %d lines", len(said))
-                # The details (a file name, a disk) are for the server's log, not its clients.
-                refused = "the server could not store your line"
+            except Exception as exc:
+                # A full disk, a broken database, Redis lost: those lines are refused, not lost
+                # in silence, and the room goes on (a later commit may work again).
+                refused = self._refusal(exc, len(said))
                 for item in said:
                     item.member.send(encode(Error(ErrorCode.NOT_STORED, refused, item.draft.ref)))
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
+            if self._feed is not None and said and results:
+                self._feed.reached()
             (self._stored if self._feed is None else self._acknowledged)(batch, iter(results))
             self.unstored -= len(said)
             if self._held and self.unstored < STORE_HIGH:
@@ -316,6 +316,15 @@ class Room:
                 for member in held:
                     member.release()
         self._committing = None
+
+    def _refusal(self, exc: Exception, count: int) -> str:
+        """Log a failed commit (an outage of the shared log once); the clients' error text."""
+        if self._feed is not None and isinstance(exc, HistoryError):
+            self._feed.lost(exc)
+            return REFUSED
+        log.exception("could not store %d lines", count)
+        # The details (a file name, a disk) are for the server's log, not its clients.
+        return "the server could not store your line"
 
     def _stored(self, batch: list[_Said | bytes], results: Iterator[Appended]) -> None:
         """Acknowledge and broadcast a stored batch, presence frames in their places."""

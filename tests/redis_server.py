@@ -1,4 +1,7 @@
-"""A private redis-server for the tests: loopback only, no persistence, stopped at the end.
+"""A private redis-server for the tests: loopback only, stopped at the end.
+
+No persistence unless asked (``persistent``: AOF with ``appendfsync always``, so a ``kill()``
+loses nothing acknowledged and ``restart()`` on the same port finds it all).
 
 Never the system's Redis service: each run starts its own process on a free 127.0.0.1 port,
 with its files in a temporary folder.
@@ -29,9 +32,10 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process bound to 127.0.0.1."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
         self.folder = folder
         self.port = 0
+        self.persistent = persistent
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,22 +46,44 @@ class RedisServer:
         assert REDIS_SERVER is not None
         for _ in range(5):  # another process may take the free port first: try another
             self.port = free_port()
-            self._process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port", str(self.port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.folder),
-                    "--logfile", str(self.folder / "redis.log"),
-                ],
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            if self._wait_ready():
+            if self._spawn():
                 return self
             self.stop()
         raise AssertionError(f"redis-server did not start: {self.log()}")
+
+    def _spawn(self) -> bool:
+        assert REDIS_SERVER is not None
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else []
+        self._process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                *aof,
+                "--dir", str(self.folder),
+                "--logfile", str(self.folder / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        return self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, no final save."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait(10)
+        self._process = None
+
+    def restart(self) -> None:
+        """Start it again on the same port and folder (after ``kill``)."""
+        assert self._process is None
+        deadline = time.monotonic() + 10
+        while not self._spawn():  # the port may linger a moment after the kill
+            self.stop()
+            assert time.monotonic() < deadline, f"redis-server did not restart: {self.log()}"
+            time.sleep(0.2)
 
     def _wait_ready(self) -> bool:
         assert self._process is not None

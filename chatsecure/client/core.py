@@ -35,6 +35,7 @@ from chatsecure.protocol.client import (
     HistoryDone,
     Ignored,
     Line,
+    Noticed,
     Presence,
     Refused,
     ServerError,
@@ -47,6 +48,7 @@ from chatsecure.protocol.messages import (
     Error,
     Join,
     Leave,
+    Notice,
     Peer,
     SendMsg,
     ServerMessage,
@@ -259,6 +261,8 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
             return f"[{clock(ts)}] * {describe(peer)} left ({safe_text(reason)})"
         case Error(code=code, message=text):
             return f"[{clock(ts)}] ! server refused: {safe_text(text)} ({safe_text(code)})"
+        case Notice(message=text):
+            return f"[{clock(ts)}] ! {safe_text(text)}"
         case Shutdown():
             return f"[{clock(ts)}] ! the server is shutting down"
     return None
@@ -676,6 +680,8 @@ class ChatClient:
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):
                     self._emit(Received(message))
+                case Noticed(notice=notice):
+                    self._emit(Received(notice))
                 case ServerError(error=error, dropped=str(text)):
                     self._emit(NotSent(text, error.ref))
                 case ServerError(error=error):

@@ -25,8 +25,9 @@ from chatsecure.client.core import (
 )
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
-from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown
+from chatsecure.protocol.messages import Notice as ServerNotice
 from chatsecure.tls.trust import TrustQuestion, host_port
 
 
@@ -296,6 +297,11 @@ class ChatModel:
             case Error(code=code, message=text):
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
+            case ServerNotice(code=code, message=text):
+                kind: Literal["info", "error"] = (
+                    "error" if code == NoticeCode.CLUSTER_UNAVAILABLE else "info"
+                )
+                return [notice(kind, safe_text(text), ts)]
             case Shutdown():
                 return [notice("error", "The server is shutting down.", ts)]
         return []

@@ -134,7 +134,8 @@ class SharedLog(RoomLog, Protocol):
         """Every line stored after seq ``after``, by any server, in seq order, in batches.
 
         It goes on until cancelled, or a ``HistoryError`` says the log is out of reach (then
-        follow again from the last seq received).
+        follow again from the last seq received). An empty batch says the log answered with
+        nothing new (so a follower knows it is reachable again).
         """
         ...
 

@@ -231,6 +231,8 @@ class RedisLog:
     async def follow(self, after: int) -> AsyncIterator[list[Record]]:
         """Every line stored after ``after``, by any node, in seq order, batch by batch, forever.
 
+        An empty batch says the log answered with nothing new (every ``FOLLOW_BLOCK_MS``).
+
         A ``HistoryError`` ends it (Redis is gone); follow again from the last seq received.
         Lines trimmed before they were read are missing: the seqs show the gap.
         """
@@ -241,6 +243,7 @@ class RedisLog:
                     {self._stream: position}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
                 )
             if not reply:
+                yield []  # the log answered, with nothing new: it is reachable
                 continue
             entries: list[_Entry] = cast(list[list[Any]], reply)[0][1]
             records = [_entry_record(entry) for entry in entries]

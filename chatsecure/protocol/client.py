@@ -13,6 +13,7 @@ connection resumes where the old one stopped (``since``), re-sends what was not 
     HELLO/JOINED shutdown                  OFFLINE: Ended (the server is stopping)
     JOINED       msg                       Line (a seq seen before is dropped)
     JOINED       ack                       Acked (the line leaves the outbox)
+    JOINED       notice                    Noticed (news about the server, e.g. Redis lost)
     any          ping                      pong queued
     any          unknown type, bad field   Ignored (the adapter logs it, rate-limited)
     any          connection_lost()         OFFLINE (the outbox is kept)
@@ -41,6 +42,7 @@ from chatsecure.protocol.messages import (
     HistoryRequest,
     Join,
     Leave,
+    Notice,
     Peer,
     Ping,
     Pong,
@@ -104,6 +106,13 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class Noticed:
+    """The server told us about its state (``notice``): to show, nothing to do."""
+
+    notice: Notice
+
+
+@dataclass(frozen=True, slots=True)
 class ServerError:
     """The server refused something we sent; the connection goes on.
 
@@ -144,7 +153,16 @@ class Ignored:
 
 
 SessionEvent = (
-    Welcomed | Line | Acked | Presence | ServerError | HistoryDone | Refused | Ended | Ignored
+    Welcomed
+    | Line
+    | Acked
+    | Presence
+    | Noticed
+    | ServerError
+    | HistoryDone
+    | Refused
+    | Ended
+    | Ignored
 )
 
 
@@ -295,6 +313,9 @@ class ClientSession:
             case Join() | Leave():
                 if self.state is ClientState.JOINED:
                     event = Presence(message)
+            case Notice():
+                if self.state is ClientState.JOINED:
+                    event = Noticed(message)
             case Error(code=code, message=text):
                 if self.state is ClientState.HELLO:
                     self.state = ClientState.OFFLINE

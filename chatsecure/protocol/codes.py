@@ -47,6 +47,16 @@ class ErrorCode(enum.StrEnum):
     """The server could not store a line (a full disk): it was not delivered. Kept."""
 
 
+class NoticeCode(enum.StrEnum):
+    """The ``code`` of a ``notice`` frame. Clients may switch on these; never rename one."""
+
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    """The room's shared log (Redis) is out of reach: new lines are refused (``not_stored``)
+    until ``cluster_available``. The connection is kept; lines stored before are safe."""
+    CLUSTER_AVAILABLE = "cluster_available"
+    """The shared log is back: lines are taken again, and what others said meanwhile follows."""
+
+
 LEAVE_REASONS: Final = frozenset(
     {
         "quit",

@@ -259,6 +259,18 @@ class Error:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """News about the server's state, not an answer to anything; ``code`` is machine-readable.
+
+    A client shows ``message``; a code it does not know it shows all the same.
+    """
+
+    code: str
+    message: str
+    type: Literal["notice"] = field(default="notice", init=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """The server is stopping; the connection closes next."""
 
@@ -266,7 +278,7 @@ class Shutdown:
 
 
 ServerMessage: TypeAlias = (
-    Welcome | Join | Leave | Chat | Ack | HistoryEnd | Ping | Pong | Error | Shutdown
+    Welcome | Join | Leave | Chat | Ack | HistoryEnd | Ping | Pong | Error | Notice | Shutdown
 )
 Message: TypeAlias = ClientMessage | ServerMessage
 
@@ -404,6 +416,8 @@ def to_json(message: Message) -> dict[str, Any]:
         case Error(code=code, message=text, ref=ref):
             error = {"type": "error", "code": code, "message": text}
             return error if ref is None else error | {"ref": ref}
+        case Notice(code=code, message=text):
+            return {"type": "notice", "code": code, "message": text}
         case Ping() | Pong() | Quit() | Shutdown():
             return {"type": message.type}
     raise LocalProtocolError(ErrorCode.BAD_MESSAGE, f"cannot encode {message!r}")
@@ -528,6 +542,8 @@ def parse_server(frame: bytes) -> ServerMessage:
         ref = obj.get("ref")
         ref = ref if isinstance(ref, str) and valid_ref(ref) else None
         return Error(_optional_str(obj, "code", "error"), _optional_str(obj, "message", ""), ref)
+    if kind == "notice":
+        return Notice(_optional_str(obj, "code", "notice"), _optional_str(obj, "message", ""))
     if kind == "pong":
         return Pong()
     if kind == "ping":

@@ -16,13 +16,14 @@ from chatsecure.protocol.client import (
     HistoryDone,
     Ignored,
     Line,
+    Noticed,
     Presence,
     Refused,
     ServerError,
     Welcomed,
 )
 from chatsecure.protocol.limits import PING_AFTER, PONG_TIMEOUT
-from chatsecure.protocol.messages import Error
+from chatsecure.protocol.messages import Error, Notice, encode
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
 BOB = {"id": "2", "nick": "bob", "addr": "10.0.0.2"}
@@ -290,3 +291,26 @@ def test_events_do_not_depend_on_how_the_bytes_were_split(cut: int) -> None:
         got += split.receive_data(stream[i : i + cut])
     assert got == expected
     assert split.last_seq == whole.last_seq == 3
+
+
+def test_a_notice_is_shown_and_changes_nothing_else() -> None:
+    session = ClientSession("alice", client_id="client-alice-1")
+    joined(session, seq=3)
+    ref = session.send("hi")
+    sent(session)
+    notice = {"type": "notice", "code": "cluster_unavailable", "message": "out of reach"}
+    [event] = session.receive_data(frames(notice))
+    assert event == Noticed(Notice("cluster_unavailable", "out of reach"))
+    assert encode(event.notice) == frames(notice).replace(b", ", b",").replace(b": ", b":")
+    assert session.outbox == {ref: "hi"}  # a notice takes no line out of the outbox
+    assert session.state is ClientState.JOINED
+    # A code this client does not know, or no code at all, is shown all the same.
+    [odd] = session.receive_data(frames({"type": "notice", "message": "m", "extra": 1}))
+    assert odd == Noticed(Notice("notice", "m"))
+
+
+def test_a_notice_before_welcome_is_not_shown() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    assert session.receive_data(frames({"type": "notice", "code": "x", "message": "m"})) == []

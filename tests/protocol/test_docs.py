@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from chatsecure.client.state import LEAVE_REASONS as SHOWN_REASONS
-from chatsecure.protocol.codes import LEAVE_REASONS, ErrorCode
+from chatsecure.protocol.codes import LEAVE_REASONS, ErrorCode, NoticeCode
 
 PROTOCOL_MD = Path(__file__).parents[2] / "docs" / "protocol.md"
 
@@ -57,3 +57,8 @@ def test_server_ping_and_the_duty_to_answer_are_documented() -> None:
     assert '{"type":"pong"}' in client_frames
     assert "required" in client_frames['{"type":"pong"}']
     assert "## Staying connected" in text
+
+
+def test_every_notice_code_is_documented() -> None:
+    assert set(table_after("Notices")) == {code.value for code in NoticeCode}
+    assert '{"type":"notice"' in "".join(table_after("Server → client"))
