@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "target",
         metavar="HOST[:PORT]",
-        nargs="?",
+        nargs="*",
         help=f"the server's host name or IP address, and its port if not {limits.DEFAULT_PORT} "
-        f"(an IPv6 address with a port goes in brackets: [::1]:{limits.DEFAULT_PORT})",
+        f"(an IPv6 address with a port goes in brackets: [::1]:{limits.DEFAULT_PORT}); "
+        "several: the servers of one cluster, tried in order (the next when one is gone)",
     )
     connect.add_argument(
         "--nick", required=True, metavar="NICK", help="your nick (1-32 characters)"
@@ -295,20 +296,22 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from chatsecure.tls.trust import KnownServers, TrustPolicy
 
     advertised = None
-    if args.discovered is not None and args.target is None:
+    others: tuple[tuple[str, int], ...] = ()
+    if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
         from chatsecure.discovery.records import preferred_address
 
         found = find_server(args.discovered)
         host, port = preferred_address(found, local_networks()), found.port
         advertised = found.fingerprint
-    elif args.target is None or args.discovered is not None:
-        raise ChatError("give either HOST[:PORT] or --discovered NAME")
+    elif not args.target or args.discovered is not None:
+        raise ChatError("give either HOST[:PORT] (one or more) or --discovered NAME")
     else:
         try:
-            host, port = parse_target(args.target)
+            (host, port), *rest = [parse_target(text) for text in args.target]
         except ValueError as exc:
             raise ChatError(str(exc)) from None
+        others = tuple(dict.fromkeys(a for a in rest if a != (host, port)))
     store = KnownServers()
     expected = certs.normalize_fingerprint(args.fingerprint) if args.fingerprint else None
     policy = TrustPolicy(
@@ -319,7 +322,13 @@ def cmd_connect(args: argparse.Namespace) -> int:
     )
     password = read_password(args.password_file) if args.password_file else None
     target = Target(
-        host, port, cafile=args.cafile, cert=args.cert, key=args.key, advertised=advertised
+        host,
+        port,
+        cafile=args.cafile,
+        cert=args.cert,
+        key=args.key,
+        advertised=advertised,
+        others=others,
     )
     client = ChatClient(
         target,

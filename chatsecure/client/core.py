@@ -60,7 +60,7 @@ from chatsecure.protocol.messages import (
 from chatsecure.protocol.ratelimit import WarningBudget
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
-from chatsecure.tls.trust import TrustPolicy, TrustQuestion, server_key
+from chatsecure.tls.trust import TrustPolicy, TrustQuestion, host_port, server_key
 
 if TYPE_CHECKING:
     from chatsecure.client.resume import LastSeen
@@ -188,6 +188,15 @@ class Target:
     cert: Path | None = None
     """Our own certificate, for servers that admit clients by certificate (``--client-ca``)."""
     key: Path | None = None
+    others: tuple[tuple[str, int], ...] = ()
+    """More addresses of the same room (the servers of one cluster), tried in order after
+    ``host:port`` when it cannot be reached; their certificate is the one pinned for any of
+    them (see ``TrustPolicy.check``)."""
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every address of the room, ``host:port`` first."""
+        return ((self.host, self.port), *self.others)
 
 
 def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[str, int]:
@@ -355,6 +364,8 @@ class ChatClient:
         """Why the current connection was given up from our side (a server gone silent)."""
         self._attempt = 0
         """Reconnect attempts since the last session that lasted ``STABLE_SESSION``."""
+        self._index = 0
+        """Which of ``target.addresses`` is tried first: the last one that answered."""
         self._warnings: dict[str, WarningBudget] = {}
         self._started = threading.Event()
         self._call_lock = threading.Lock()
@@ -502,7 +513,39 @@ class ChatClient:
             if self._stopping:
                 return left
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address of the server this client talks to (or tries first next time)."""
+        return self.target.addresses[self._index]
+
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """Connect to the current address or, when it cannot be reached, the next ones.
+
+        The servers of a cluster are one room with one log: whichever answers, the session
+        resumes where it stopped. The one that answered is the first tried next time.
+        """
+        addresses = self.target.addresses
+        for step in range(len(addresses)):
+            index = (self._index + step) % len(addresses)
+            try:
+                opened = await self._open_at(*addresses[index])
+            except OSError as exc:  # refused, unreachable, timed out, a broken handshake
+                if step == len(addresses) - 1:
+                    raise
+                log.info(
+                    "cannot reach %s (%s); trying %s",
+                    host_port(*addresses[index]),
+                    describe_error(exc),
+                    host_port(*addresses[(index + 1) % len(addresses)]),
+                )
+                continue
+            self._index = index
+            return opened
+        raise AssertionError("unreachable")  # pragma: no cover - a target has an address
+
+    async def _open_at(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         target = self.target
         ctx = client_context(target.cafile, cert=target.cert, key=target.key)
         loop = asyncio.get_running_loop()
@@ -513,10 +556,10 @@ class ChatClient:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: protocol,
-                    target.host,
-                    target.port,
+                    host,
+                    port,
                     ssl=ctx,
-                    server_hostname=target.host if target.cafile else None,
+                    server_hostname=host if target.cafile else None,
                 ),
                 limits.CONNECT_TIMEOUT,
             )
@@ -552,13 +595,15 @@ class ChatClient:
     def _judge(self, presented: str) -> TrustQuestion | None:
         """Trust ``presented`` (None), refuse it (``TrustError``) or ask the user (a question)."""
         target = self.target
+        host, port = self.address
         if target.cafile is None:
-            return self.policy.check(target.host, target.port, presented, target.advertised)
+            siblings = [a for a in target.addresses if a != (host, port)]
+            return self.policy.check(host, port, presented, target.advertised, siblings)
         # The CA vouched for the chain and the name already; a server picked from the
         # network must still be the one that advertised itself.
         if target.advertised is not None and presented != target.advertised:
             raise TrustError(
-                f"{server_key(target.host, target.port)} presented {presented}, but the server "
+                f"{server_key(host, port)} presented {presented}, but the server "
                 f"found on the network advertised {target.advertised}; refusing (someone may "
                 "be impersonating it)"
             )
@@ -597,7 +642,7 @@ class ChatClient:
             self._joined = True
             self._welcomed_at = loop.time()
             version = writer.get_extra_info("ssl_object").version() or "TLS"
-            host, port = self.target.host, self.target.port
+            host, port = self.address
             self._emit(
                 Connected(
                     welcomed.welcome,

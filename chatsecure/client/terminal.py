@@ -135,6 +135,8 @@ class _Screen:
     stderr: TextIO
     where: str
     """The server's address, to name it in a failure to connect."""
+    several: bool = False
+    """Whether the client was given several addresses: then each connection names its own."""
 
 
 def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
@@ -143,9 +145,10 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
     match event:
         case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
             names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
+            at = f" at {host_port(event.host, event.port)}" if screen.several else ""
             print(
                 f"connected to {safe_text(welcome.server.name)!r} as "
-                f"{safe_text(welcome.you.nick)} ({version}, {fp})\nonline: {names}",
+                f"{safe_text(welcome.you.nick)}{at} ({version}, {fp})\nonline: {names}",
                 file=out,
                 flush=True,
             )
@@ -184,7 +187,9 @@ def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> in
     if isinstance(stdin, io.TextIOWrapper):
         # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
         stdin.reconfigure(errors="replace")
-    screen = _Screen(stdout, stderr, host_port(client.target.host, client.target.port))
+    addresses = client.target.addresses
+    where = ", ".join(host_port(host, port) for host, port in addresses)
+    screen = _Screen(stdout, stderr, where, several=len(addresses) > 1)
     asker = client.policy.ask if isinstance(client.policy.ask, TerminalAsk) else None
     client.start()
     first: ClientEvent | None = None

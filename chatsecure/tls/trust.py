@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,12 +144,23 @@ class TrustPolicy:
     """A fingerprint learned out of band (``--fingerprint``): the only one accepted."""
 
     def check(
-        self, host: str, port: int, presented: str, advertised: str | None = None
+        self,
+        host: str,
+        port: int,
+        presented: str,
+        advertised: str | None = None,
+        siblings: Sequence[tuple[str, int]] = (),
     ) -> TrustQuestion | None:
         """Decide what needs no user: None when trusted (pinning if the policy says so).
 
         Raises ``TrustError`` for a certain refusal, and returns the question to put to the
         user when only they can decide (a new server, or a changed certificate).
+
+        ``siblings`` are the other addresses of the same room (the servers of one cluster,
+        given together, which share one certificate): an address met for the first time that
+        presents the certificate pinned for one of them is that room, and is pinned without a
+        question. Only a certificate already trusted passes so; a different one is asked
+        about as usual, and an address pinned to another certificate is a changed one.
         """
         name = server_key(host, port)
         if advertised is not None and advertised != presented:
@@ -166,6 +177,9 @@ class TrustPolicy:
             return None
         pinned = self.store.get(host, port)
         if pinned == presented:
+            return None
+        if pinned is None and any(self.store.get(*other) == presented for other in siblings):
+            self.store.pin(host, port, presented)
             return None
         if pinned is None and self.accept_new:
             self.store.pin(host, port, presented)

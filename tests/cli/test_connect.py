@@ -305,3 +305,27 @@ def test_scoped_ipv6_link_local_address_connects(lab: Lab, cert_dir: Path) -> No
     bob.send("quit")
     assert bob.wait() == 0, bob.err
     assert "[fe80::" in KnownServers().path.read_text()  # pinned under its scoped address
+
+
+def test_several_addresses_are_tried_in_order_until_one_answers(server: ServerThread) -> None:
+    from tests.redis_server import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = Terminal(dead, f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new")
+        try:
+            bob.expect(rf"^connected to 'test' as bob at 127\.0\.0\.1:{server.port} \(TLSv1")
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+            bob.say("quit")
+            assert bob.wait() == 0, bob.stderr
+        finally:
+            bob.kill()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_a_bad_address_among_several_is_a_clear_error() -> None:
+    result = Terminal.run_cli("connect", "127.0.0.1:7467", "host:notaport", "--nick", "bob")
+    assert result.returncode != 0
+    assert "notaport" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -188,3 +188,42 @@ def test_advertised_mismatch_is_refused_even_when_pinned(store: KnownServers) ->
 def test_advertised_match_still_needs_trust(store: KnownServers) -> None:
     question = TrustPolicy(store).check("host", 7467, OLD, advertised=OLD)
     assert question == TrustQuestion("host", 7467, OLD, advertised=OLD)
+
+
+FP_ROOM = "SHA256:" + "A" * 43
+FP_OTHER = "SHA256:" + "B" * 43
+
+
+def test_a_sibling_address_showing_the_rooms_pinned_certificate_is_pinned_without_asking(
+    store: KnownServers,
+) -> None:
+    store.pin("10.0.0.1", 7467, FP_ROOM)
+    policy = TrustPolicy(store)  # asks nobody, accepts nothing new
+    assert policy.check("10.0.0.2", 7467, FP_ROOM, siblings=[("10.0.0.1", 7467)]) is None
+    assert store.get("10.0.0.2", 7467) == FP_ROOM
+
+
+def test_a_sibling_address_with_another_certificate_is_asked_about(store: KnownServers) -> None:
+    store.pin("10.0.0.1", 7467, FP_ROOM)
+    question = TrustPolicy(store).check("10.0.0.2", 7467, FP_OTHER, siblings=[("10.0.0.1", 7467)])
+    assert question is not None
+    assert (question.fingerprint, question.changed) == (FP_OTHER, False)
+    assert store.get("10.0.0.2", 7467) is None
+
+
+def test_an_address_pinned_to_another_certificate_stays_a_change_even_for_a_sibling(
+    store: KnownServers,
+) -> None:
+    store.pin("10.0.0.1", 7467, FP_ROOM)
+    store.pin("10.0.0.2", 7467, FP_OTHER)
+    question = TrustPolicy(store).check("10.0.0.2", 7467, FP_ROOM, siblings=[("10.0.0.1", 7467)])
+    assert question is not None
+    assert question.changed
+    assert store.get("10.0.0.2", 7467) == FP_OTHER
+
+
+def test_without_siblings_a_certificate_known_elsewhere_is_still_a_new_server(
+    store: KnownServers,
+) -> None:
+    store.pin("10.0.0.1", 7467, FP_ROOM)
+    assert TrustPolicy(store).check("10.0.0.2", 7467, FP_ROOM) is not None
