@@ -857,10 +857,17 @@ async def serve(
     advertiser = None
     if config.discovery:
         from chatsecure.discovery.mdns import Advertiser
+        from chatsecure.discovery.records import cluster_id
 
         listening = [host for host, _ in server.addresses]
+        cluster = None if config.cluster is None else cluster_id(config.cluster, config.name)
         advertiser = Advertiser(
-            config.name, server.port, server.fingerprint, config.advertise_ips, listening=listening
+            config.name,
+            server.port,
+            server.fingerprint,
+            config.advertise_ips,
+            listening=listening,
+            cluster=cluster,
         )
         advertiser.start()  # returns at once: probing and announcing run on their own thread
     try:

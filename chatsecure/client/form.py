@@ -74,6 +74,8 @@ class ConnectRequest:
     """The fingerprint discovery advertised, when the server was picked from the list."""
     password: str | None = field(default=None, repr=False)
     """The room password sent in ``hello``; never written to disk."""
+    others: tuple[tuple[str, int], ...] = ()
+    """More addresses of the same room: the other nodes of a discovered cluster."""
 
     def target(self, options: GuiOptions) -> Target:
         return Target(
@@ -83,6 +85,7 @@ class ConnectRequest:
             advertised=self.advertised,
             cert=options.cert,
             key=options.key,
+            others=self.others,
         )
 
 

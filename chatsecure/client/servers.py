@@ -1,4 +1,8 @@
-"""The desktop client's "Servers on this network" list, fed by discovery's events."""
+"""The desktop client's "Servers on this network" list, fed by discovery's events.
+
+The nodes of one cluster (the same TXT ``cluster`` and certificate) are one row: one room,
+several addresses, connected to in order (the next when one is gone).
+"""
 
 from __future__ import annotations
 
@@ -31,10 +35,15 @@ class ServerRow:
     host: str
     port: int
     fingerprint: str | None
+    others: tuple[tuple[str, int], ...] = ()
+    """The other nodes of the same cluster room, tried after ``host:port``."""
+    cluster: str | None = None
 
     @property
     def address(self) -> str:
-        return host_port(self.host, self.port)
+        """``host:port``, and how many more nodes the room has (``+2``)."""
+        first = host_port(self.host, self.port)
+        return f"{first} +{len(self.others)}" if self.others else first
 
     @property
     def short_fingerprint(self) -> str:
@@ -51,28 +60,59 @@ class ServerList:
     def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
         self.networks = list(networks)
         """The networks this host is on: an address on one of them is the one to use."""
-        self._rows: dict[str, ServerRow] = {}
+        self._nodes: dict[str, ServerRow] = {}
+        """One row per advertised service, by key; ``rows`` merges a cluster's."""
 
     def apply(self, event: DiscoveryEvent) -> None:
         match event:
             case ServerAdded(server=server) | ServerUpdated(server=server):
                 self.put(server)
             case ServerRemoved(key=key):
-                self._rows.pop(key.lower(), None)
+                self._nodes.pop(key.lower(), None)
 
     def put(self, server: DiscoveredServer) -> ServerRow | None:
-        """Add or update ``server``; one without an address to connect to is left out."""
+        """Add or update ``server``; one without an address to connect to is left out.
+
+        Returns the row that shows it (its cluster's, for a node of a cluster)."""
         key = server.key.lower()
         if not connectable_addresses(server.addresses):
-            self._rows.pop(key, None)
+            self._nodes.pop(key, None)
             return None
         host = preferred_address(server, self.networks)
-        row = ServerRow(key, safe_text(server.name), host, server.port, server.fingerprint)
-        self._rows[key] = row
-        return row
+        name = safe_text(server.name)
+        self._nodes[key] = ServerRow(
+            key, name, host, server.port, server.fingerprint, cluster=server.cluster
+        )
+        return self.get(_row_key(self._nodes[key]))
 
     def get(self, key: str) -> ServerRow | None:
-        return self._rows.get(key.lower())
+        """The row ``key`` (a service's key, or a cluster row's)."""
+        node = self._nodes.get(key.lower())
+        wanted = key if node is None else _row_key(node)
+        return next((row for row in self.rows() if row.key == wanted), None)
 
     def rows(self) -> list[ServerRow]:
-        return sorted(self._rows.values(), key=lambda r: (r.name.casefold(), r.address))
+        groups: dict[str, list[ServerRow]] = {}
+        for node in self._nodes.values():
+            groups.setdefault(_row_key(node), []).append(node)
+        rows = [_merged(key, nodes) for key, nodes in groups.items()]
+        return sorted(rows, key=lambda r: (r.name.casefold(), r.address))
+
+
+def _row_key(node: ServerRow) -> str:
+    """The row a node is shown in: its own, or its cluster's (same id, same certificate)."""
+    if node.cluster is None:
+        return node.key
+    return f"cluster:{node.cluster}:{node.fingerprint or ''}"
+
+
+def _merged(key: str, nodes: list[ServerRow]) -> ServerRow:
+    """One row for the nodes of a cluster: the first address by name, then the others."""
+    if len(nodes) == 1 and nodes[0].cluster is None:
+        return nodes[0]
+    nodes = sorted(nodes, key=lambda n: (n.name.casefold(), n.host, n.port))
+    first = nodes[0]
+    others = tuple((n.host, n.port) for n in nodes[1:])
+    return ServerRow(
+        key, first.name, first.host, first.port, first.fingerprint, others, first.cluster
+    )

@@ -203,8 +203,11 @@ class Advertiser:
         *,
         listening: Sequence[str] = ("::",),
         interfaces: Interfaces | None = None,
+        cluster: str | None = None,
     ) -> None:
         self.name = name
+        self.cluster = cluster
+        """TXT ``cluster``: the room's id when this server is a node of a cluster."""
         self.port = port
         self.fingerprint = fingerprint
         self.addresses = list(addresses) if addresses else None
@@ -293,12 +296,14 @@ class Advertiser:
         await self._zc.zeroconf.async_wait_for_start()
         await self._zc.zeroconf.async_check_service(probe, allow_name_change=True)
         got = instance_label_of(probe.name)
-        friendly = renamed(self.name, wanted, got)
+        # The nodes of a cluster are one room: each keeps the room's name (the instance label
+        # alone gets the "-2" that keeps it unique on the link).
+        friendly = self.name if self.cluster is not None else renamed(self.name, wanted, got)
         info = AsyncServiceInfo(
             SERVICE_TYPE,
             probe.name,
             port=self.port,
-            properties=encode_txt(friendly, self.fingerprint),
+            properties=encode_txt(friendly, self.fingerprint, cluster=self.cluster),
             server=server,
             parsed_addresses=addresses,
         )

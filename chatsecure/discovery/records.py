@@ -5,7 +5,9 @@ A server is one DNS-SD service instance of type ``_chatsecure._tcp.local.``:
 - the instance label is the server's friendly name, made a valid DNS-SD label;
 - SRV points at a host name unique to that server, whose A/AAAA records are its addresses;
 - TXT carries ``v`` (protocol version), ``fp`` (certificate fingerprint) and ``name`` (the
-  friendly name in full, since a label is limited to 63 bytes).
+  friendly name in full, since a label is limited to 63 bytes); a server of a cluster adds
+  ``cluster`` (``cluster_id``): every node of one room advertises the same, so a browser shows
+  them as one room with several addresses.
 
 TXT is not authentication: anyone on the link can advertise anything. Decoding is therefore
 defensive (it never raises) and the fingerprint only serves to refuse a mismatch later.
@@ -13,11 +15,13 @@ defensive (it never raises) and the fingerprint only serves to refuse a mismatch
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
 from chatsecure.errors import ConfigError
 from chatsecure.protocol.limits import PROTOCOL_VERSION
@@ -33,6 +37,10 @@ TXT_FINGERPRINT: Final = "fp"
 """TXT key: the certificate fingerprint, ``SHA256:`` + unpadded base64, as the server prints."""
 TXT_NAME: Final = "name"
 """TXT key: the friendly name in full (the instance label may be shortened)."""
+TXT_CLUSTER: Final = "cluster"
+"""TXT key: the room's id in a cluster (``cluster_id``); absent for a server on its own."""
+CLUSTER_ID_LENGTH: Final = 16
+"""Hex digits of a cluster id (64 bits of a hash)."""
 
 MAX_LABEL: Final = 63
 """Longest DNS label in bytes (RFC 1035); the instance label is one label."""
@@ -69,6 +77,8 @@ class DiscoveredServer:
     """TXT ``fp`` if it is a well-formed fingerprint, in the format the server prints."""
     version: int | None
     """TXT ``v``: the protocol version."""
+    cluster: str | None = None
+    """TXT ``cluster``: the room's id when this server is a node of a cluster."""
 
     @property
     def instance(self) -> str:
@@ -84,7 +94,7 @@ class DiscoveredServer:
             "port": self.port,
             "fingerprint": self.fingerprint,
             "version": self.version,
-        }
+        } | ({} if self.cluster is None else {"cluster": self.cluster})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,7 @@ class TxtInfo:
     name: str | None
     fingerprint: str | None
     version: int | None
+    cluster: str | None = None
 
 
 # --- names ------------------------------------------------------------------------------
@@ -194,14 +205,37 @@ def host_name(hostname: str, token: str) -> str:
 # --- TXT --------------------------------------------------------------------------------
 
 
-def encode_txt(name: str, fingerprint: str, version: int = PROTOCOL_VERSION) -> dict[str, str]:
+def cluster_id(url: str, room: str) -> str:
+    """The id every node of one cluster room advertises: Redis host, port, db and room name.
+
+    Stable (the same on every node and across restarts) and without the URL's password or
+    user: only a hash of ``host:port/db`` and the room name. Nodes that name the same Redis
+    differently (a host name on one, an IP address on another) get different ids.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "localhost").lower()
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    db = unquote(parts.path.strip("/")) or "0"
+    digest = hashlib.sha256(f"{host}\n{port}\n{db}\n{room}".encode()).hexdigest()
+    return digest[:CLUSTER_ID_LENGTH]
+
+
+def encode_txt(
+    name: str, fingerprint: str, version: int = PROTOCOL_VERSION, cluster: str | None = None
+) -> dict[str, str]:
     """TXT properties for zeroconf; ``name`` is cut so that ``name=...`` fits in 255 bytes."""
     room = MAX_TXT_STRING - len(TXT_NAME) - 1
-    return {
+    txt = {
         TXT_VERSION: str(version),
         TXT_FINGERPRINT: fingerprint,
         TXT_NAME: _truncate_utf8(name, room),
     }
+    if cluster is not None:
+        txt[TXT_CLUSTER] = cluster
+    return txt
 
 
 def decode_txt(properties: Mapping[bytes, bytes | None]) -> TxtInfo:
@@ -218,7 +252,16 @@ def decode_txt(properties: Mapping[bytes, bytes | None]) -> TxtInfo:
         name=_decode_name(values.get(TXT_NAME)),
         fingerprint=_decode_fingerprint(values.get(TXT_FINGERPRINT)),
         version=_decode_version(values.get(TXT_VERSION)),
+        cluster=_decode_cluster(values.get(TXT_CLUSTER)),
     )
+
+
+def _decode_cluster(raw: bytes | None) -> str | None:
+    """A cluster id as ``cluster_id`` makes it (lower-case hex), else ``None``."""
+    if raw is None or len(raw) != CLUSTER_ID_LENGTH:
+        return None
+    text = raw.decode("ascii", errors="replace").lower()
+    return text if all(c in "0123456789abcdef" for c in text) else None
 
 
 def _decode_name(raw: bytes | None) -> str | None:
@@ -258,6 +301,7 @@ def server_from_records(
         port=port,
         fingerprint=txt.fingerprint,
         version=txt.version,
+        cluster=txt.cluster,
     )
 
 

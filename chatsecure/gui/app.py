@@ -18,6 +18,7 @@ Widgets have stable names, so tests and tools find them with ``root.nametowidget
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import signal
 import tkinter as tk
@@ -336,7 +337,8 @@ class App:
             return
         host, port = self.entries["host"].get(), self.entries["port"].get()
         row = self._selected_server()
-        advertised = row.fingerprint if row is not None and row.fill() == (host, port) else None
+        picked = row is not None and row.fill() == (host, port)
+        advertised = row.fingerprint if row is not None and picked else None
         nick, password = self.entries["nick"].get(), self.entries["password"].get()
         result = validate_form(host, port, nick, advertised, password)
         if result.request is None:
@@ -344,7 +346,10 @@ class App:
             self._render()
             self._focus_first_error()
             return
-        self.controller.connect(result.request)
+        request = result.request
+        if row is not None and picked and row.others:  # a cluster: every node, in order
+            request = dataclasses.replace(request, others=row.others)
+        self.controller.connect(request)
         self._render()
 
     def _edited(self, name: FormField) -> None:

@@ -893,3 +893,39 @@ def test_server_names_cannot_fake_lines() -> None:
     row = ServerList().put(found("z._chatsecure._tcp.local.", "evil\nname", "10.0.0.5"))
     assert row is not None
     assert row.name == "evil\\nname"
+
+
+def node(key: str, address: str, cluster: str | None, fp: str | None = FP) -> DiscoveredServer:
+    return DiscoveredServer(key, "lab 3", (address,), 7467, fp, 2, cluster)
+
+
+def test_the_nodes_of_one_cluster_are_one_row_with_every_address() -> None:
+    servers = ServerList()
+    servers.apply(ServerAdded(node("lab 3._chatsecure._tcp.local.", "10.0.0.5", "ab" * 8)))
+    servers.apply(ServerAdded(node("lab 3-2._chatsecure._tcp.local.", "10.0.0.6", "ab" * 8)))
+    servers.apply(ServerAdded(node("alone._chatsecure._tcp.local.", "10.0.0.9", None)))
+    rows = servers.rows()
+    assert [(r.name, r.address) for r in rows] == [
+        ("lab 3", "10.0.0.5:7467 +1"),
+        ("lab 3", "10.0.0.9:7467"),
+    ]
+    room = rows[0]
+    assert (room.fill(), room.others) == (("10.0.0.5", "7467"), (("10.0.0.6", 7467),))
+    assert servers.get(room.key) == room
+    assert servers.get("LAB 3-2._chatsecure._tcp.local.") == room  # a node finds its room
+    servers.apply(ServerRemoved("lab 3._chatsecure._tcp.local."))
+    [left, _alone] = servers.rows()
+    assert (left.fill(), left.others) == (("10.0.0.6", "7467"), ())
+
+
+def test_nodes_with_another_certificate_are_not_taken_for_the_same_room() -> None:
+    servers = ServerList()
+    servers.put(node("a._chatsecure._tcp.local.", "10.0.0.5", "ab" * 8))
+    servers.put(node("b._chatsecure._tcp.local.", "10.0.0.6", "ab" * 8, fp="SHA256:" + "Z" * 43))
+    assert sorted(r.address for r in servers.rows()) == ["10.0.0.5:7467", "10.0.0.6:7467"]
+
+
+def test_a_cluster_row_connects_to_every_node_in_order() -> None:
+    request = ConnectRequest("10.0.0.5", 7467, "alice", others=(("10.0.0.6", 7467),))
+    target = request.target(GuiOptions())
+    assert target.addresses == (("10.0.0.5", 7467), ("10.0.0.6", 7467))

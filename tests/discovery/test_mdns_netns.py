@@ -304,3 +304,35 @@ def test_first_event_has_every_address_and_connect_picks_ipv4_every_time(
         assert joined_from == [client_ip], server.proc.err
         client.close_stdin()
         assert client.wait() == 0
+
+
+def test_the_nodes_of_a_cluster_advertise_one_room_id_and_keep_the_rooms_name(
+    lab: Lab, cert_dir: Path, tmp_path: Path
+) -> None:
+    from chatsecure.discovery.records import cluster_id
+    from tests.redis_server import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    nodes_host, browser = lab.host("nodes"), lab.host("browser")
+    nodes_ip, _ = lab.lan("10.77.2.0/24", nodes_host, browser)
+    # Redis on the namespace's own loopback: nothing outside the lab can reach it.
+    redis = nodes_host.popen(
+        REDIS_SERVER, "--port", "6390", "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path),
+    )  # fmt: skip
+    redis.expect(r"Ready to accept connections")
+    url = "redis://127.0.0.1:6390/0"
+    first = start_server(nodes_host, cert_dir, "lab room", "--cluster", url)
+    second = start_server(nodes_host, cert_dir, "lab room", "--cluster", url)
+    alone = start_server(nodes_host, cert_dir, "elsewhere")
+
+    assert (first.instance, second.instance) == ("lab room", "lab room-2")
+    found = {s["instance"]: s for s in discover(browser)}
+    room = cluster_id(url, "lab room")
+    assert {i: (s["name"], s.get("cluster"), s["port"]) for i, s in found.items()} == {
+        "lab room": ("lab room", room, first.port),
+        "lab room-2": ("lab room", room, second.port),  # one room: the name is not renamed
+        "elsewhere": ("elsewhere", None, alone.port),
+    }
+    assert found["lab room"]["addresses"] == [nodes_ip]

@@ -402,3 +402,47 @@ def test_order_addresses_keeps_family_order_and_drops_duplicates() -> None:
         "fd00::2",
         "fd00::1",
     )
+
+
+# --- cluster ----------------------------------------------------------------------------
+
+
+def test_cluster_id_is_the_same_for_every_node_and_hides_the_password() -> None:
+    plain = records.cluster_id("redis://redis.lab:6379/0", "lab 3")
+    assert plain == records.cluster_id("rediss://:s3cret@REDIS.lab/0", "lab 3")
+    assert plain == records.cluster_id("redis://user:pw@redis.lab:6379", "lab 3")
+    assert len(plain) == records.CLUSTER_ID_LENGTH
+    assert int(plain, 16) >= 0
+    assert "s3cret" not in json.dumps(encode_txt("lab 3", FP, cluster=plain))
+    others = {
+        records.cluster_id("redis://redis.lab:6379/1", "lab 3"),  # another db
+        records.cluster_id("redis://redis.lab:6380/0", "lab 3"),  # another Redis
+        records.cluster_id("redis://redis.lab:6379/0", "lab 4"),  # another room
+        records.cluster_id("redis://10.0.0.7:6379/0", "lab 3"),  # named otherwise
+    }
+    assert plain not in others
+    assert len(others) == 4
+
+
+def test_cluster_txt_round_trips_and_a_bad_one_is_dropped() -> None:
+    cluster = records.cluster_id("redis://127.0.0.1:6379/0", "room")
+    txt = encode_txt("room", FP, cluster=cluster)
+    assert txt[records.TXT_CLUSTER] == cluster
+    properties = {k.encode(): v.encode() for k, v in txt.items()}
+    assert decode_txt(properties).cluster == cluster
+    server = server_from_records(instance_name("room-2"), 7467, properties, ["10.0.0.5"])
+    assert server.cluster == cluster
+    assert server.to_json()["cluster"] == cluster
+    assert records.TXT_CLUSTER not in encode_txt("room", FP)
+    assert "cluster" not in server_from_records("k", 1, {}, ["10.0.0.5"]).to_json()
+    for bad in (b"", b"xyz", b"0" * 15, b"g" * 16, b"0" * 17, b"\xff" * 16):
+        assert decode_txt({b"cluster": bad}).cluster is None
+    assert decode_txt({b"CLUSTER": cluster.upper().encode()}).cluster == cluster
+
+
+@given(st.dictionaries(st.binary(max_size=12), st.one_of(st.none(), st.binary(max_size=40))))
+def test_decoding_any_txt_with_a_cluster_key_never_raises(
+    properties: dict[bytes, bytes | None],
+) -> None:
+    cluster = decode_txt({**properties, b"cluster": properties.get(b"x") or b""}).cluster
+    assert cluster is None or len(cluster) == records.CLUSTER_ID_LENGTH
