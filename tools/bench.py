@@ -160,6 +160,8 @@ class Client(asyncio.BufferedProtocol):
     ) -> None:
         self.bench = bench
         self.nick = nick
+        self.node = 0
+        """Which of the bench's ports (the nodes of a cluster) this client connects to."""
         self.client_id = f"bench-{nick}-{bench.token}"
         self.since = since
         self.greets = greet
@@ -517,6 +519,7 @@ def chatsecure_server(
     *,
     tree: Path = ROOT,
     label: str | None = None,
+    extra: Callable[[], list[str]] | None = None,
 ) -> ServerUnderTest:
     """``chatsecure server`` of checkout ``tree``, every limit off, with ``log`` for its history."""
     log = log or LogOptions()
@@ -532,6 +535,8 @@ def chatsecure_server(
             cmd.append("--no-discovery")
         if "--loop" in flags:
             cmd += ["--loop", loop]
+        if extra is not None:
+            return cmd + extra()  # a node of a cluster: its log is in Redis
         if v2 and not log.history:
             cmd += ["--history", "0"]
         elif keeps_log:
@@ -556,6 +561,90 @@ def fresh_db(folder: Path, label: str) -> Path:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     return db
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class ClusterUnderTest(ServerUnderTest):
+    """K ``chatsecure server --cluster`` nodes on one private redis-server (loopback).
+
+    The bench's clients are split across the nodes (client i on node i % K); the server CPU
+    reported is the sum of every node's and Redis's. Redis keeps an append-only file synced
+    every second (``appendfsync everysec``), the setting docs/security.md recommends.
+    """
+
+    def __init__(self, loop: str, flags: set[str], nodes: int) -> None:
+        self.nodes = [
+            chatsecure_server(loop, flags, label=f"node{i}", extra=self._node_args)
+            for i in range(nodes)
+        ]
+        first = self.nodes[0]
+        super().__init__(f"{chatsecure_base(loop)}-cluster{nodes}", first.dialect, first.argv, None)
+        self.v2 = True
+        self.keeps_log = True
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_port = 0
+        self.room = "bench"
+
+    def _node_args(self) -> list[str]:
+        url = f"redis://{HOST}:{self.redis_port}/0"
+        return ["--cluster", url, "--name", self.room, "--history", "10000"]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def pids(self) -> list[int]:
+        pids = [node.pid for node in self.nodes if node.pid is not None]
+        return pids + ([self.redis.pid] if self.redis is not None else [])
+
+    @property
+    def pid(self) -> int | None:
+        return self.nodes[0].pid
+
+    def start(self, workdir: Path) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError(
+                "--cluster needs redis-server (Debian: apt-get install redis-server)"
+            )
+        self.room = f"bench-{os.urandom(4).hex()}"  # every run a room of its own
+        folder = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
+        self.redis_port = _free_port()
+        self.redis = subprocess.Popen(
+            [
+                REDIS_SERVER, "--port", str(self.redis_port), "--bind", HOST, "--save", "",
+                "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(folder),
+                "--logfile", str(folder / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if not _wait_for_port(self.redis_port, time.monotonic() + START_TIMEOUT):
+            self.stop()
+            raise RuntimeError("redis-server did not start")
+        try:
+            for node in self.nodes:
+                node.start(workdir)
+        except RuntimeError:
+            self.stop()
+            raise
+        self.port = self.nodes[0].port
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None:
+            self.redis.terminate()
+            try:
+                self.redis.wait(10)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+                self.redis.wait(5)
+            self.redis = None
+
+    def log_text(self) -> str:
+        return "".join(f"--- {n.label}\n{n.log_text()}" for n in self.nodes)
 
 
 def naive_server() -> ServerUnderTest:
@@ -643,11 +732,21 @@ class Result:
 class Bench:
     """The shared state of one run: the clients, the latency samples, the finish line."""
 
-    def __init__(self, dialect: Dialect, host: str, port: int, *, acks: bool | None = None) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        host: str,
+        port: int,
+        *,
+        acks: bool | None = None,
+        ports: Sequence[int] = (),
+    ) -> None:
         self.dialect = dialect
         self._acks = acks
         self.host = host
         self.port = port
+        self.ports = list(ports) or [port]
+        """The nodes of a cluster: client ``i`` connects to ``ports[i % K]``."""
         self.clients: list[Client] = []
         self.latencies: list[float] = []
         self.pending_receivers = 0
@@ -687,6 +786,7 @@ class Bench:
         async def one(i: int) -> None:
             async with gate:
                 client = Client(self, f"b{i}", greet=greet)
+                client.node = i % len(self.ports)
                 self.clients.append(client)
                 await self.open(client)
                 if greet and not await client.welcome:
@@ -698,8 +798,9 @@ class Bench:
     async def open(self, client: Client) -> None:
         """Make ``client``'s TLS connection to the server."""
         loop = asyncio.get_running_loop()
+        port = self.ports[client.node % len(self.ports)]
         await loop.create_connection(
-            lambda: client, self.host, self.port, ssl=self._ctx, server_hostname=None
+            lambda: client, self.host, port, ssl=self._ctx, server_hostname=None
         )
 
     async def greet_in_waves(self, wave: int, timeout: float) -> float:
@@ -722,7 +823,8 @@ class Bench:
 
     async def settle(self, timeout: float) -> None:
         """Wait until the join notices have all arrived (or nothing arrives for a while)."""
-        expected = self.dialect.join_lines(len(self.clients))
+        # A cluster's presence is not counted here (per node or cluster-wide): wait for quiet.
+        expected = self.dialect.join_lines(len(self.clients)) if len(self.ports) == 1 else None
         deadline = time.monotonic() + timeout
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -958,16 +1060,18 @@ async def measure(bench: Bench, result: Result, senders: list[Any], timeout: flo
 
 
 _SERVER_PID: int | None = None
+_SERVER_PIDS: list[int] = []
+"""Every process of a cluster under test (its nodes and Redis): server CPU is their sum."""
 
 
 def cpu_reader(result: Result) -> Callable[[], float | None]:
-    pid = _SERVER_PID
+    pids = _SERVER_PIDS or ([] if _SERVER_PID is None else [_SERVER_PID])
 
     def read() -> float | None:
-        if pid is None:
+        if not pids:
             return None
         with contextlib.suppress(OSError):
-            return proc_cpu_seconds(pid)
+            return sum(proc_cpu_seconds(pid) for pid in pids)
         return None
 
     return read
@@ -1027,13 +1131,16 @@ def raise_nofile(need: int) -> None:
 def run_one(
     args: argparse.Namespace, server: ServerUnderTest | None, run: int, workdir: Path
 ) -> Result:
-    global _SERVER_PID
+    global _SERVER_PID, _SERVER_PIDS
     label = server.label if server is not None else "attached"
     result = Result(args.workload, label, run, args.clients, gen_loop=args.gen_loop)
+    ports: list[int] = []
     if server is not None:
         server.start(workdir)
         host, port = HOST, server.port
         _SERVER_PID = server.pid
+        if isinstance(server, ClusterUnderTest):
+            ports, _SERVER_PIDS = server.ports, server.pids
         dialect = server.dialect
     else:
         host, _, port_text = args.attach.rpartition(":")
@@ -1042,11 +1149,11 @@ def run_one(
         dialect = IrcDialect() if args.irc else Dialect()
     try:
         acks = server.v2 if server is not None else None
-        asyncio_run(drive(args, result, dialect, host, port, acks), args.gen_loop)
+        asyncio_run(drive(args, result, dialect, host, port, acks, ports), args.gen_loop)
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        _SERVER_PID = None
+        _SERVER_PID, _SERVER_PIDS = None, []
         if server is not None:
             server.stop()
     if args.logs and server is not None:
@@ -1066,8 +1173,9 @@ async def drive(
     host: str,
     port: int,
     acks: bool | None = None,
+    ports: Sequence[int] = (),
 ) -> None:
-    bench = Bench(dialect, host, port, acks=acks)
+    bench = Bench(dialect, host, port, acks=acks, ports=ports)
     try:
         if args.workload == "fanout":
             await fanout(bench, result, args.senders, args.messages, args.window)
@@ -1300,6 +1408,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also run the chatsecure server of the checkout in DIR (e.g. an older commit)",
     )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also run K nodes on one private redis-server, clients split across them "
+        "(ratios against the single server in the same run)",
+    )
     parser.add_argument("--baseline", action="store_true", help="also run the naive server")
     parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
     parser.add_argument(
@@ -1369,6 +1485,11 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
     if args.attach:
         return [None]
     servers = chatsecure_servers(args)
+    if args.cluster:
+        loop = "asyncio" if args.loop == "both" else args.loop
+        cluster = ClusterUnderTest(loop, server_flags(), args.cluster)
+        cluster.compare_to = [s.label for s in servers if s.label == chatsecure_base(loop)]
+        servers.append(cluster)
     if args.baseline:
         servers.append(naive_server())
     if "ngircd" in args.against or "ngircd" in args.only:
