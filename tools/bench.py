@@ -60,6 +60,8 @@ MARK = b"=t"
 END = b"="
 ACK = b'{"type":"ack"'
 """How every ``ack`` frame starts (the server encodes it with this key order)."""
+NICK = b'"nick":'
+"""In every peer a chatsecure server names (welcome, peers, join, joins): counts presence."""
 RECV_BUFFER = 256 * 1024
 PROBES = 16
 """Receivers that look for timestamps; the others only count lines."""
@@ -110,9 +112,13 @@ class Dialect:
             return None
         return b'"type":"welcome"' in line
 
-    def join_lines(self, clients: int) -> int | None:
-        """Lines the whole room receives while ``clients`` join one by one (None: unknown)."""
-        return clients * (clients - 1) // 2
+    def roster_entries(self, clients: int) -> int | None:
+        """Peers named to the whole room once ``clients`` are in (None: unknown).
+
+        Each client is named to itself (``you``) and to each other client once, in a welcome,
+        a ``peers`` or a ``join``/``joins`` frame, however the server groups them.
+        """
+        return clients * clients
 
 
 class IrcDialect(Dialect):
@@ -141,7 +147,7 @@ class IrcDialect(Dialect):
                 return True
         return None
 
-    def join_lines(self, clients: int) -> int | None:
+    def roster_entries(self, clients: int) -> int | None:
         return None
 
 
@@ -179,6 +185,9 @@ class Client(asyncio.BufferedProtocol):
         self.acks = 0
         self.sent = 0
         self._ack_tail = b""
+        self.nicks = 0
+        """Peers named to this client so far (while the bench counts presence)."""
+        self._nick_tail = b""
         self._acked: asyncio.Future[None] | None = None
         self._tail = b""
         self._writable: asyncio.Future[None] | None = None
@@ -211,6 +220,9 @@ class Client(asyncio.BufferedProtocol):
             self._before_welcome(bytes(_SHARED_VIEW[:nbytes]))
             return
         self.lines += _SHARED.count(b"\n", 0, nbytes)
+        if self.bench.counting_nicks:
+            found, self._nick_tail = count_shared(NICK, nbytes, self._nick_tail)
+            self.nicks += found
         if self.count_acks:
             self._count_acks(nbytes)
         if self.probe:
@@ -225,15 +237,8 @@ class Client(asyncio.BufferedProtocol):
         self.bench.receiver_done()
 
     def _count_acks(self, nbytes: int) -> None:
-        """Count ``ACK`` in the shared buffer, and the one that straddles the last read."""
-        keep = len(ACK) - 1
-        self.acks += _SHARED.count(ACK, 0, nbytes)
-        if self._ack_tail:
-            # Too short to hold a whole ACK on either side: any match here straddles the two.
-            self.acks += (self._ack_tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(ACK)
-        self._ack_tail = (self._ack_tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[
-            -keep:
-        ]
+        found, self._ack_tail = count_shared(ACK, nbytes, self._ack_tail)
+        self.acks += found
         if self._acked is not None and not self._acked.done():
             self._acked.set_result(None)
 
@@ -252,6 +257,9 @@ class Client(asyncio.BufferedProtocol):
         if not ok:
             return  # keep what the server said, for the error message
         if self.bench.dialect.name == "chatsecure":
+            if self.bench.counting_nicks:
+                self.nicks += self.head.count(NICK)
+                self._nick_tail = self.head[-(len(NICK) - 1) :]
             self.welcome_line, _, rest = self.head.partition(b"\n")
             self.lines += rest.count(b"\n")
             if self.since is not None:
@@ -316,6 +324,17 @@ class Client(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def count_shared(pattern: bytes, nbytes: int, tail: bytes) -> tuple[int, bytes]:
+    """``pattern`` in the shared buffer's first ``nbytes``, with the one that straddles the
+    previous read (``tail``: its last bytes); return the count and the new tail."""
+    keep = len(pattern) - 1
+    found = _SHARED.count(pattern, 0, nbytes)
+    if tail:
+        # Too short to hold a whole pattern on either side: any match here straddles the two.
+        found += (tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(pattern)
+    return found, (tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[-keep:]
 
 
 def welcome_count(welcome: bytes, key: bytes) -> int:
@@ -626,6 +645,10 @@ class Result:
     duration: float | None = None
     handshakes_per_s: float | None = None
     join_s: float | None = None
+    joins_per_s: float | None = None
+    """``hold``: clients per second from the first hello until everyone knows everyone."""
+    cpu_ms_per_join: float | None = None
+    """``hold``: server CPU milliseconds per join over the same span (TLS not included)."""
     rss_per_conn_kib: float | None = None
     tls_rss_per_conn_kib: float | None = None
     server_rss_mib: float | None = None
@@ -654,6 +677,8 @@ class Bench:
         self.all_received: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost_connections = 0
         self.measuring = False
+        self.counting_nicks = dialect.roster_entries(1) is not None
+        """Count the peers named to each client, until ``settle`` has seen them all."""
         self.token = os.urandom(4).hex()
         """Makes this run's client ids its own."""
         self._ctx = client_context()
@@ -679,9 +704,16 @@ class Bench:
             if not self.all_received.done():
                 self.all_received.set_result(None)
 
-    async def connect(self, count: int, timeout: float, *, greet: bool = True) -> float:
+    async def connect(
+        self,
+        count: int,
+        timeout: float,
+        *,
+        greet: bool = True,
+        concurrency: int = CONNECT_CONCURRENCY,
+    ) -> float:
         """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken."""
-        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        gate = asyncio.Semaphore(concurrency)
         start = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -721,13 +753,14 @@ class Bench:
         return time.perf_counter() - start
 
     async def settle(self, timeout: float) -> None:
-        """Wait until the join notices have all arrived (or nothing arrives for a while)."""
-        expected = self.dialect.join_lines(len(self.clients))
+        """Wait until every client knows everyone (or nothing arrives for a while)."""
+        expected = self.dialect.roster_entries(len(self.clients))
         deadline = time.monotonic() + timeout
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            total = sum(c.lines for c in self.clients)
+            total = sum(c.nicks if expected is not None else c.lines for c in self.clients)
             if expected is not None and total >= expected:
+                self.counting_nicks = False
                 return
             if total != last:
                 last, quiet_since = total, time.monotonic()
@@ -977,12 +1010,16 @@ HOLD_WAVE = 500
 """Clients that send hello together in ``hold``: each wave's joins reach the room as one write."""
 
 
-async def hold(bench: Bench, result: Result) -> None:
+async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
     """Connect C idle clients, then welcome them; report handshakes/s and RSS per connection.
 
     The TLS handshakes come first, all of them, so that handshakes/s measures TLS; then the
-    clients say hello in waves. Every join is announced to everyone already there (protocol
-    v1), so C clients cost C*(C-1)/2 join frames: the waves let the server batch them.
+    clients say hello in waves. Every join is announced to everyone already there, so C
+    clients cost C*(C-1)/2 join notices: the waves let the server batch them.
+
+    With ``storm`` K, clients instead connect and say hello at once, K at a time (a client
+    that is welcomed makes room for the next): a join storm, as after a server restart. Then
+    joins/s and CPU per join include each client's TLS handshake.
     """
     pid = _SERVER_PID
 
@@ -993,14 +1030,35 @@ async def hold(bench: Bench, result: Result) -> None:
     cpu = cpu_reader(result)
     cpu0, gen0 = cpu(), self_cpu_seconds()
     n = result.clients
+    if storm:
+        start = time.perf_counter()
+        result.join_s = round(await bench.connect(n, 300 + n / 20, concurrency=storm), 3)
+        await bench.settle(timeout=300)
+        cpu1 = cpu()
+        result.seconds = round(time.perf_counter() - start, 3)
+        result.joins_per_s = round(n / result.seconds, 1)
+        result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
+        if cpu0 is not None and cpu1 is not None:
+            result.server_cpu_s = round(cpu1 - cpu0, 3)
+            result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / n, 3)
+        await asyncio.sleep(0.5)
+        if pid is not None:
+            result.server_rss_mib = round(rss() / 2**20, 1)
+            result.rss_per_conn_kib = round((rss() - rss0) / n / 1024, 2)
+        return
     seconds = await bench.connect(n, timeout=120 + n / 50, greet=False)
     result.seconds = round(seconds, 3)
     result.handshakes_per_s = round(n / seconds, 1)
     await asyncio.sleep(0.5)
     rss_tls = rss()
+    cpu_tls, start = cpu(), time.perf_counter()
     result.join_s = round(await bench.greet_in_waves(HOLD_WAVE, timeout=300 + n / 20), 3)
     await bench.settle(timeout=300)
     cpu1 = cpu()
+    # Joins are done when everyone knows everyone: the last join notice is part of the cost.
+    result.joins_per_s = round(n / (time.perf_counter() - start), 1)
+    if cpu_tls is not None and cpu1 is not None:
+        result.cpu_ms_per_join = round((cpu1 - cpu_tls) * 1000 / n, 3)
     result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
     result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
     await asyncio.sleep(0.5)
@@ -1078,7 +1136,7 @@ async def drive(
         elif args.workload == "replay":
             await replay(bench, result, args.messages, args.resumes)
         else:
-            await hold(bench, result)
+            await hold(bench, result, args.storm)
     finally:
         bench.close()
         await asyncio.sleep(0.05)
@@ -1140,10 +1198,14 @@ HOLD_COLUMNS = (
     ("server_rss_mib", "{:>9}"),
     ("seconds", "{:>8}"),
     ("join_s", "{:>8}"),
+    ("joins_per_s", "{:>8}"),
+    ("cpu_ms_per_join", "{:>8}"),
     ("server_cpu_s", "{:>8}"),
     ("gen_cpu_s", "{:>8}"),
 )
 SHORT = {
+    "joins_per_s": "joins/s",
+    "cpu_ms_per_join": "ms/join",
     "deliveries_per_s": "deliv/s",
     "server_cpu_s": "srv_cpu",
     "gen_cpu_s": "gen_cpu",
@@ -1223,7 +1285,10 @@ def _summary_details(rs: list[Result]) -> str:
     text = ""
     if rs[0].workload == "hold":
         kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
-        return f", median RSS/conn {kib} KiB"
+        joins = statistics.median([r.joins_per_s or 0 for r in rs])
+        ms = [r.cpu_ms_per_join for r in rs if r.cpu_ms_per_join is not None]
+        cpu = f", server CPU {statistics.median(ms):.3f} ms/join" if ms else ""
+        return f", median RSS/conn {kib} KiB, {joins:,.0f} joins/s{cpu}"
     if rs[0].workload == "replay":
         return f", max {max(r.resume_max_ms or 0 for r in rs)} ms, replayed {rs[0].replayed}"
     cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
@@ -1261,6 +1326,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resumes", type=int, default=3, help="replay: clients that resume, one by one"
+    )
+    parser.add_argument(
+        "--storm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="hold: clients connect and say hello at once, K at a time (a join storm)",
     )
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
