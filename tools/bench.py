@@ -10,9 +10,9 @@
 Each run starts the server under test as a subprocess on 127.0.0.1 with an ephemeral port
 (limits off, no discovery), drives it, stops it, and prints a table row and one JSON line.
 ``--baseline`` runs the same workload against ``benchmarks/naive_server.py`` in the same
-invocation, ``--against ngircd`` against ngircd, ``--against-tree DIR`` against the chatsecure
-server of another checkout, ``--history both`` against this one with and without its room log;
-the summary gives medians and ratios.
+invocation, ``--against ngircd`` (or ``inspircd``) against that IRC server, ``--against-tree
+DIR`` against the chatsecure server of another checkout, ``--history both`` against this one
+with and without its room log; the summary gives medians and ratios.
 
 Every client names itself (``client`` in hello) and every line it sends (``ref``), as a v2
 client does, so a v2 server acknowledges each line; a v1 server ignores both fields.
@@ -604,6 +604,33 @@ def ngircd_server() -> ServerUnderTest:
         )
         (workdir / "ngircd.conf").write_text(conf)
         return [binary, "--nodaemon", "--config", str(workdir / "ngircd.conf")]
+
+    server.argv = argv
+    return server
+
+
+def inspircd_server() -> ServerUnderTest | None:
+    """InspIRCd (C++) with TLS and its flood limits off, from ``benchmarks/inspircd.conf``;
+    None (with a message) when it is not installed."""
+    binary = shutil.which("inspircd") or "/usr/sbin/inspircd"
+    if not Path(binary).exists():
+        print("skipping inspircd: not installed (apt-get install inspircd)", file=sys.stderr)
+        return None
+    server = ServerUnderTest("inspircd", IrcDialect(), lambda workdir: [], None)
+
+    def argv(workdir: Path) -> list[str]:
+        server.port = _free_port()
+        template = (ROOT / "benchmarks" / "inspircd.conf").read_text()
+        conf = template.format(
+            host=HOST,
+            port=server.port,
+            cert=workdir / "server.crt",
+            key=workdir / "server.key",
+            workdir=workdir,
+        )
+        (workdir / "inspircd.conf").write_text(conf)
+        cmd = [binary, "--nofork", "--config", str(workdir / "inspircd.conf")]
+        return cmd + (["--runasroot"] if os.geteuid() == 0 else [])
 
     server.argv = argv
     return server
@@ -1373,13 +1400,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the chatsecure server of the checkout in DIR (e.g. an older commit)",
     )
     parser.add_argument("--baseline", action="store_true", help="also run the naive server")
-    parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
+    parser.add_argument("--against", action="append", choices=["ngircd", "inspircd"], default=[])
     parser.add_argument(
         "--only",
         action="append",
         default=[],
         metavar="SERVER",
-        help="run only these servers (chatsecure, chatsecure+uvloop, naive, ngircd)",
+        help="run only these servers (chatsecure, chatsecure+uvloop, naive, ngircd, inspircd)",
     )
     parser.add_argument("--attach", metavar="HOST:PORT", help="drive a running server instead")
     parser.add_argument("--server-pid", type=int, help="with --attach: its pid, for CPU/RSS")
@@ -1445,6 +1472,10 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
         servers.append(naive_server())
     if "ngircd" in args.against or "ngircd" in args.only:
         servers.append(ngircd_server())
+    if "inspircd" in args.against or "inspircd" in args.only:
+        inspircd = inspircd_server()
+        if inspircd is not None:
+            servers.append(inspircd)
     if "naive" in args.only and not args.baseline:
         servers.append(naive_server())
     if args.only:
@@ -1491,7 +1522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(row(result), file=out, flush=True)
                 print(json.dumps(asdict(result)), file=out, flush=True)
     if not args.json_only:
-        for line in summary(results, ("naive", "ngircd"), compare):
+        for line in summary(results, ("naive", "ngircd", "inspircd"), compare):
             print(line, file=out)
     return 1 if any(r.error or r.lost for r in results) else 0
 
