@@ -105,6 +105,10 @@ class Dialect:
     def msg(self, text: bytes, ref: bytes) -> bytes:
         return b'{"type":"msg","text":"' + text + b'","ref":"' + ref + b'"}\n'
 
+    def after(self, head: bytes) -> bytes | None:
+        """What a client sends once ``head`` shows it registered, before its welcome (if any)."""
+        return None
+
     def welcomed(self, head: bytes) -> bool | None:
         """True once ``head`` (everything received so far) holds the welcome; False if refused."""
         line, sep, _ = head.partition(b"\n")
@@ -151,6 +155,18 @@ class IrcDialect(Dialect):
         return None
 
 
+class LateJoinIrcDialect(IrcDialect):
+    """IRC for a server that refuses JOIN before registration is done (InspIRCd: 451)."""
+
+    def hello(self, nick: str, client_id: str, since: int | None = None) -> bytes:
+        n = nick.encode()
+        return b"NICK " + n + b"\r\nUSER " + n + b" 0 * :" + n + b"\r\n"
+
+    def after(self, head: bytes) -> bytes | None:
+        """What to send once ``head`` holds the welcome (001): the JOIN."""
+        return b"JOIN " + IRC_CHANNEL + b"\r\n" if b" 001 " in head else None
+
+
 # --- one client -----------------------------------------------------------------------------
 
 
@@ -188,6 +204,7 @@ class Client(asyncio.BufferedProtocol):
         self.nicks = 0
         """Peers named to this client so far (while the bench counts presence)."""
         self._nick_tail = b""
+        self._registered = False
         self._acked: asyncio.Future[None] | None = None
         self._tail = b""
         self._writable: asyncio.Future[None] | None = None
@@ -250,6 +267,9 @@ class Client(asyncio.BufferedProtocol):
 
     def _before_welcome(self, data: bytes) -> None:
         self.head += data
+        if not self._registered and (more := self.bench.dialect.after(self.head)) is not None:
+            self._registered = True
+            self.send(more)
         ok = self.bench.dialect.welcomed(self.head)
         if ok is None:
             return
@@ -616,7 +636,7 @@ def inspircd_server() -> ServerUnderTest | None:
     if not Path(binary).exists():
         print("skipping inspircd: not installed (apt-get install inspircd)", file=sys.stderr)
         return None
-    server = ServerUnderTest("inspircd", IrcDialect(), lambda workdir: [], None)
+    server = ServerUnderTest("inspircd", LateJoinIrcDialect(), lambda workdir: [], None)
 
     def argv(workdir: Path) -> list[str]:
         server.port = _free_port()
