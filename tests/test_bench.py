@@ -70,7 +70,7 @@ def test_hold_reports_handshakes_and_memory_per_connection() -> None:
     assert r["server_rss_mib"] > 0
     assert r["rss_per_conn_kib"] is not None
     assert r["joins_per_s"] > 0
-    assert r["cpu_ms_per_join"] > 0
+    assert r["cpu_ms_per_join"] >= 0  # /proc counts CPU in 10 ms ticks: 20 joins may be 0
 
 
 def test_hold_storm_joins_everyone_with_tls_and_hello_together() -> None:
