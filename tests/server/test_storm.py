@@ -14,12 +14,14 @@ from chatsecure.tls.context import client_context
 
 STORM = 400
 """Clients in the storm test: what a CI machine joins in a few seconds."""
-CPU_MS_PER_JOIN = 0.8
-"""Server CPU per join (TLS handshakes made before, not counted) while 400 clients say hello
-one after another, each in a loop iteration of its own: the worst case for announcing joins
-one by one, a write to everyone per join. Measured on 2 shared cores: 1.63-1.90 ms per join
-before joins were batched and paced, 0.29-0.31 ms after (with 4 at a time: 1.13-2.18 against
-0.44-0.53)."""
+JOIN_PER_HANDSHAKE = 5.0
+"""Most server CPU per join, in TLS handshakes' worth of CPU on the same server in the same
+test (the handshakes come first and are not part of the join): a shared machine's speed
+changes from minute to minute, this ratio much less. 400 clients say hello one after another,
+each in a loop iteration of its own: the worst case for announcing joins one by one, a write
+to everyone per join. Measured on 2 shared cores (a handshake: 0.35-0.43 ms): 3.3-4.5 ms per
+join, 8.7-12.2 handshakes, before joins were batched and paced; 0.7-1.0 ms, 1.9-2.9
+handshakes, after. (At a quieter moment: 1.6-1.9 ms before, 0.3 ms after.)"""
 
 
 @dataclass
@@ -44,10 +46,10 @@ class Member:
 
 async def storm(
     server: ServerThread, count: int, concurrency: int, done: Callable[[list[Member]], bool]
-) -> tuple[list[Member], dict[str, Peer], float]:
+) -> tuple[list[Member], dict[str, Peer], float, float]:
     """``count`` v2 clients make their TLS connections, then say hello ``concurrency`` at a
-    time; once ``done``, return them, the server's room (before they leave) and the server's
-    CPU seconds from the first hello on."""
+    time; once ``done``, return them, the server's room (before they leave), and the server's
+    CPU seconds for the TLS handshakes and from the first hello on."""
     ctx = client_context()
     members = [
         Member(ClientSession(f"storm{n}", client_id=f"storm-client-{n:06d}")) for n in range(count)
@@ -75,6 +77,7 @@ async def storm(
             await member.welcomed.wait()
 
     try:
+        start = await asyncio.to_thread(server.call, time.thread_time)
         for first in range(0, count, 64):
             await asyncio.gather(*(connect(m) for m in members[first : first + 64]))
         cpu0 = await asyncio.to_thread(server.call, time.thread_time)
@@ -82,7 +85,7 @@ async def storm(
         while not done(members):
             await asyncio.sleep(0.02)
         cpu = await asyncio.to_thread(server.call, time.thread_time) - cpu0
-        return members, await asyncio.to_thread(room_of, server), cpu
+        return members, await asyncio.to_thread(room_of, server), cpu0 - start, cpu
     finally:
         for task in readers:
             task.cancel()
@@ -104,14 +107,16 @@ def test_a_storm_of_joins_costs_little_cpu_and_every_roster_is_the_servers(
     start_server: Callable[..., ServerThread],
 ) -> None:
     server = start_server(max_per_ip=0, max_sessions=STORM + 10)
-    members, room, cpu = asyncio.run(
+    members, room, tls, cpu = asyncio.run(
         asyncio.wait_for(storm(server, STORM, 1, everyone_knows_everyone(STORM)), 60)
     )
-    cpu_ms = cpu * 1000 / STORM
     assert len(room) == STORM
     for member in members:
         assert member.roster == room
-    assert cpu_ms < CPU_MS_PER_JOIN, f"{cpu_ms:.2f} ms of server CPU per join"
+    per_join, per_handshake = cpu * 1000 / STORM, tls * 1000 / STORM
+    assert per_join < JOIN_PER_HANDSHAKE * per_handshake, (
+        f"{per_join:.2f} ms of server CPU per join, a handshake {per_handshake:.2f} ms"
+    )
 
 
 def test_a_big_room_is_joined_in_chunks_and_a_v1_client_gets_one_welcome(
