@@ -31,8 +31,6 @@ from chatsecure.protocol.messages import (
     Hello,
     HistoryEnd,
     HistoryRequest,
-    Join,
-    Leave,
     Peer,
     SendMsg,
     ServerInfo,
@@ -40,8 +38,13 @@ from chatsecure.protocol.messages import (
     encode,
     encode_ack,
     encode_chat,
+    encode_join,
+    encode_leave,
+    encode_leaves,
     encode_peer,
+    encode_peers,
     encode_welcome,
+    encode_welcome_v2,
     with_ref,
 )
 
@@ -111,13 +114,15 @@ class Room:
         *,
         replay: int = limits.REPLAY,
         replay_max: int = limits.REPLAY_MAX,
+        presence_pace: float = limits.PRESENCE_PACE,
+        presence_hold_max: float = limits.PRESENCE_HOLD_MAX,
     ) -> None:
         self.info = info
         self.members: dict[str, Member] = {}
         """The joined members, by id, in join order: everyone who receives broadcasts."""
         self.seq = 0
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
-        self.frames: list[bytes] = []
+        self.frames: list[bytes | _Presence] = []
         """Frames broadcast in this loop iteration; ``_flush`` writes them to everyone."""
         self.frames_skip: list[Member | None] = []
         """For each frame in ``frames``, the member it is not for (its sender)."""
@@ -128,26 +133,43 @@ class Room:
         """``encode_peer`` of every member, in join order: the welcome's peer list."""
         self._nicks: set[str] = set()
         """The casefolded nicks in use."""
+        self._chunks: list[tuple[bytes, bytes]] = []
+        """The roster's first full ``PEERS_CHUNK``s, each as its peers joined by commas and as
+        a ``peers`` frame: built once, shared by every v2 newcomer until someone leaves."""
+        self._v2: set[str] = set()
+        """Members that get presence as v2 frames (``peers``, ``joins``, ``leaves``)."""
+        self._serial: dict[str, int] = {}
+        """Each member's place in the order of presence events (its join's serial)."""
+        self._serials = itertools.count(1)
+        self._held: list[_Event] = []
+        """Joins and leaves not announced yet (a storm paces them, see ``PRESENCE_PACE``)."""
+        self._release: asyncio.Handle | None = None
+        self._next_release = 0.0
+        self._recent: dict[str, Member] = {}
+        """Newcomers that may not have heard yet of every event before their join: each
+        gets its own cut of the presence batches (``pending_for``)."""
+        self._pace = presence_pace
+        self._hold_max = presence_hold_max
         self._history = history
         self._replay = replay
         self._replay_max = replay_max
         self._tail: collections.deque[_Stored] = collections.deque(maxlen=max(replay, replay_max))
         """The newest stored lines as ``history`` frames, ending at ``seq``: every replay after
         a ``welcome`` comes from here, with no database read while others wait."""
-        self._queue: list[_Said | bytes] = []
+        self._queue: list[_Said | bytes | _Presence] = []
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""
         self._committing: asyncio.Task[None] | None = None
         self.unstored = 0
         """Lines said and not yet stored: in ``_queue`` or in the commit under way."""
-        self._held: set[Member] = set()
+        self._not_read: set[Member] = set()
         """Members not read from until the log catches up (``STORE_HIGH``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         """``history`` answers being read from the log."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: StreamFeed | None = None
         """In a cluster: every server's lines, broadcast by ``_followed`` in seq order."""
-        self._due: dict[int, list[tuple[Member | None, bytes]]] = {}
+        self._due: dict[int, list[tuple[Member | None, bytes | _Presence]]] = {}
         """In a cluster: acks (for a member) and presence frames (for all: ``None``) waiting
         until the feed has broadcast the line of that seq."""
         self._appended = 0
@@ -194,28 +216,79 @@ class Room:
         peer = member.peer = Peer(member.id, nick, addr)
         member.peer_json = encode_peer(peer)
         replayed, skipped = self._replay_for(hello.since, hello.client)
-        welcome = encode_welcome(
-            member.peer_json,
-            self._peers_json.values(),
-            self.info,
-            self.seq,
-            len(replayed),
-            skipped,
-        )
-        member.send(welcome + b"".join(replayed) if replayed else welcome)
-        self._presence(encode(Join(peer)))
+        counts = (self.seq, len(replayed), skipped)
+        v2 = hello.client is not None or hello.since is not None
+        if v2:
+            for part in self._welcome_v2(member.peer_json, *counts):
+                member.send(part)
+        else:
+            welcome = encode_welcome(
+                member.peer_json, self._peers_json.values(), self.info, *counts
+            )
+            member.send(welcome)
+        for frame in replayed:
+            member.send(frame)
         member.skip_log()
+        serial = next(self._serials)
         self.members[member.id] = member
         self._peers_json[member.id] = member.peer_json
         self._nicks.add(nick.casefold())
+        self._serial[member.id] = serial
+        self._recent[member.id] = member
+        if v2:
+            self._v2.add(member.id)
+        self._announce(_Event(serial, member.peer_json))
         return peer
 
-    def _presence(self, frame: bytes) -> None:
-        """Broadcast a join or leave, after the lines said before it are stored and sent."""
-        if self._committing is None:
-            self.broadcast(frame)
+    def _welcome_v2(self, you: bytes, seq: int, replay: int, skipped: int) -> list[bytes]:
+        """A v2 welcome and the ``peers`` frames after it: the roster in ``PEERS_CHUNK``s.
+
+        Full chunks are encoded once and their bytes shared by every newcomer; only the last
+        part of the roster (fewer than ``PEERS_CHUNK`` peers) is encoded for each."""
+        peers, size = self._peers_json, limits.PEERS_CHUNK
+        chunks = self._chunks
+        while (len(chunks) + 1) * size <= len(peers):
+            part = itertools.islice(peers.values(), len(chunks) * size, (len(chunks) + 1) * size)
+            joined = b",".join(part)
+            chunks.append((joined, b'{"type":"peers","peers":[%b]}\n' % joined))
+        tail = list(itertools.islice(peers.values(), len(chunks) * size, None))
+        if chunks:
+            first, more = chunks[0][0], [frame for _, frame in chunks[1:]]
+            if tail:
+                more.append(encode_peers("peers", tail))
         else:
-            self._queue.append(frame)
+            first, more = b",".join(tail), []
+        welcome = encode_welcome_v2(you, first, len(peers), self.info, seq, replay, skipped)
+        return [welcome, *more]
+
+    def _announce(self, event: _Event) -> None:
+        """Tell the room of a join or leave: at the end of this loop iteration, or in a storm
+        with the others of the next ``PRESENCE_PACE`` window (never after a later line)."""
+        self._held.append(event)
+        if self._release is not None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        delay = self._next_release - loop.time()
+        if delay > 0:
+            self._release = loop.call_later(delay, self._release_presence)
+        else:
+            self._release = loop.call_soon(self._release_presence)
+
+    def _release_presence(self) -> None:
+        """Announce the held joins and leaves, after the lines said before them are stored."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if not self._held:
+            return
+        batch, self._held = _Presence(self._held), []
+        loop = self._loop or asyncio.get_running_loop()
+        hold = min(self._hold_max, self._pace * len(self.members))
+        self._next_release = loop.time() + hold
+        if self._committing is None:
+            self.broadcast(batch)
+        else:
+            self._queue.append(batch)
 
     def remove(self, member: Member, reason: str) -> bool:
         """Forget ``member`` and tell the rest it left; False if it was not in. Idempotent."""
@@ -223,7 +296,11 @@ class Room:
             return False
         del self._peers_json[member.id]
         self._nicks.discard(member.peer.nick.casefold())
-        self._presence(encode(Leave(member.peer, reason)))
+        self._v2.discard(member.id)
+        self._serial.pop(member.id, None)
+        self._recent.pop(member.id, None)
+        self._chunks = []  # the roster's order changed: the shared chunks are wrong now
+        self._announce(_Event(next(self._serials), member.peer_json, reason))
         return True
 
     def clear(self) -> list[Member]:
@@ -232,6 +309,13 @@ class Room:
         self.members.clear()
         self._peers_json.clear()
         self._nicks.clear()
+        self._chunks, self._held = [], []
+        self._v2.clear()
+        self._serial.clear()
+        self._recent.clear()
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         return members
 
     def _unique_nick(self, wanted: str) -> str:
@@ -273,6 +357,8 @@ class Room:
         """``member`` said ``message``: store it, then acknowledge and broadcast it."""
         if member.peer is None:  # pragma: no cover - the state machine forbids it
             return
+        if self._held:  # presence stays in its place among the lines
+            self._release_presence()
         ts = time.time()
         if self._history is None:  # no log: broadcast at once, as protocol v1 did
             if message.ref is not None:
@@ -282,8 +368,8 @@ class Room:
         draft = Draft(member.peer, message.text, ts, member.client_id, message.ref)
         self._queue.append(_Said(member, draft, member.peer_json))
         self.unstored += 1
-        if self.unstored >= STORE_HIGH and member not in self._held:
-            self._held.add(member)
+        if self.unstored >= STORE_HIGH and member not in self._not_read:
+            self._not_read.add(member)
             member.hold()
         if self._committing is None:
             assert self._loop is not None  # noqa: S101 - set in open()
@@ -311,8 +397,8 @@ class Room:
                 self._feed.reached()
             (self._stored if self._feed is None else self._acknowledged)(batch, iter(results))
             self.unstored -= len(said)
-            if self._held and self.unstored < STORE_HIGH:
-                held, self._held = self._held, set()
+            if self._not_read and self.unstored < STORE_HIGH:
+                held, self._not_read = self._not_read, set()
                 for member in held:
                     member.release()
         self._committing = None
@@ -326,10 +412,10 @@ class Room:
         # The details (a file name, a disk) are for the server's log, not its clients.
         return "the server could not store your line"
 
-    def _stored(self, batch: list[_Said | bytes], results: Iterator[Appended]) -> None:
+    def _stored(self, batch: list[_Said | bytes | _Presence], results: Iterator[Appended]) -> None:
         """Acknowledge and broadcast a stored batch, presence frames in their places."""
         for item in batch:
-            if isinstance(item, bytes):
+            if not isinstance(item, _Said):
                 self.broadcast(item)
                 continue
             appended = next(results)
@@ -380,7 +466,9 @@ class Room:
 
     # -- cluster: the feed broadcasts every server's lines -------------------------------
 
-    def _acknowledged(self, batch: list[_Said | bytes], results: Iterator[Appended]) -> None:
+    def _acknowledged(
+        self, batch: list[_Said | bytes | _Presence], results: Iterator[Appended]
+    ) -> None:
         """In a cluster: a stored batch's acks and presence frames, once the feed is there.
 
         The lines themselves come back through the feed, like everyone else's. An ack must not
@@ -388,7 +476,7 @@ class Room:
         that line), so it waits in ``_due`` until the feed has broadcast its seq.
         """
         for item in batch:
-            if isinstance(item, bytes):
+            if not isinstance(item, _Said):
                 self._after(self._appended, None, item)
                 continue
             record = next(results).record
@@ -398,17 +486,17 @@ class Room:
                     record.seq, item.member, encode_ack(item.draft.ref, record.seq, record.ts)
                 )
 
-    def _after(self, seq: int, member: Member | None, frame: bytes) -> None:
+    def _after(self, seq: int, member: Member | None, frame: bytes | _Presence) -> None:
         """Send ``frame`` to ``member`` (``None``: broadcast it) once line ``seq`` is out."""
         if seq <= self.seq:
             self._deliver_due(member, frame)
         else:
             self._due.setdefault(seq, []).append((member, frame))
 
-    def _deliver_due(self, member: Member | None, frame: bytes) -> None:
+    def _deliver_due(self, member: Member | None, frame: bytes | _Presence) -> None:
         if member is None:
             self.broadcast(frame)
-        else:
+        elif isinstance(frame, bytes):  # an ack; presence is only ever broadcast
             member.send(frame)
 
     def _followed(self, records: list[Record]) -> None:
@@ -455,7 +543,7 @@ class Room:
 
     # -- fan-out -------------------------------------------------------------------------
 
-    def broadcast(self, frame: bytes, exclude: Member | None = None) -> None:
+    def broadcast(self, frame: bytes | _Presence, exclude: Member | None = None) -> None:
         """Queue one already-encoded frame for every member but ``exclude``.
 
         No per-recipient work here: the frame goes into this iteration's list, and ``_flush``
@@ -490,17 +578,25 @@ class Room:
         """
         self._flush_scheduled = False
         if self.frames:
-            frames = self.frames
-            blob = frames[0] if len(frames) == 1 else b"".join(frames)
-            chunks = split(blob, self.write_chunk())
-            senders = self._senders
+            frames, senders = self.frames, self._senders
+            presence = [f for f in frames if isinstance(f, _Presence)]
+            v1 = v2 = split(_blob(frames, v2=False), self.write_chunk())
+            if presence:
+                v2 = split(_blob(frames, v2=True), self.write_chunk())
+                # Newcomers since the first of these events take only what followed their join.
+                first = presence[0].events[0].serial
+                serial = self._serial
+                senders = senders | {m for i, m in self._recent.items() if serial[i] >= first}
+            chosen = self._v2
             try:
                 # Nothing in here changes the registry (a write that fails closes its
                 # connection later, from the loop), so no copy of it per iteration.
                 for member in self.members.values():
-                    member.end_iteration(chunks, senders)
+                    member.end_iteration(v2 if member.id in chosen else v1, senders)
             finally:
                 self.frames, self.frames_skip, self._senders = [], [], set()
+            if not self._held and not any(isinstance(i, _Presence) for i in self._queue):
+                self._recent.clear()  # every event so far is out: nobody needs a cut
         dirty, self._dirty = self._dirty, []
         no_senders: set[Member] = set()
         for member in dirty:
@@ -510,8 +606,15 @@ class Room:
         """This iteration's broadcasts from ``start`` on that are for ``member``."""
         if self.members.get(member.id) is not member:
             return []  # not joined (yet, or any more): broadcasts are not for it
-        skip = self.frames_skip
-        return [f for i, f in enumerate(self.frames[start:], start) if skip[i] is not member]
+        skip, v2, serial = self.frames_skip, member.id in self._v2, self._serial[member.id]
+        out = []
+        for i, frame in enumerate(self.frames[start:], start):
+            if isinstance(frame, bytes):
+                if skip[i] is not member:
+                    out.append(frame)
+            elif data := frame.render(v2, serial):
+                out.append(data)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +633,69 @@ class _Said:
     member: Member
     draft: Draft
     peer_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A join (``reason`` None) or a leave, and its place in the order of presence."""
+
+    serial: int
+    peer: bytes
+    reason: str | None = None
+
+
+class _Presence:
+    """Joins and leaves announced together, rendered once for v1 and once for v2 members.
+
+    A member hears of the events after its own join only (``serial``): what happened before
+    is in its welcome."""
+
+    __slots__ = ("_whole", "events")
+
+    def __init__(self, events: list[_Event]) -> None:
+        self.events = events
+        self._whole: dict[bool, bytes] = {}
+
+    def render(self, v2: bool, after: int = 0) -> bytes:
+        """The frames for a member that joined as event ``after`` (0: before all of them)."""
+        if after < self.events[0].serial:
+            whole = self._whole.get(v2)
+            if whole is None:
+                whole = self._whole[v2] = _render(self.events, v2)
+            return whole
+        return _render([e for e in self.events if e.serial > after], v2)
+
+
+def _render(events: list[_Event], v2: bool) -> bytes:
+    """v1: a ``join`` or ``leave`` per event; v2: a ``joins``/``leaves`` frame per run of
+    (two or more, up to ``PEERS_CHUNK``) events of a kind."""
+    if not v2:
+        return b"".join(
+            encode_join(e.peer) if e.reason is None else encode_leave(e.peer, e.reason)
+            for e in events
+        )
+    out = []
+    for joins, group in itertools.groupby(events, key=lambda e: e.reason is None):
+        run = list(group)
+        for i in range(0, len(run), limits.PEERS_CHUNK):
+            part = run[i : i + limits.PEERS_CHUNK]
+            if len(part) == 1:
+                e = part[0]
+                out.append(
+                    encode_join(e.peer) if e.reason is None else encode_leave(e.peer, e.reason)
+                )
+            elif joins:
+                out.append(encode_peers("joins", (e.peer for e in part)))
+            else:
+                out.append(encode_leaves((e.peer, e.reason or "") for e in part))
+    return b"".join(out)
+
+
+def _blob(frames: list[bytes | _Presence], *, v2: bool) -> bytes:
+    """The iteration's broadcasts as one piece of bytes, presence rendered for v1 or v2."""
+    if len(frames) == 1 and isinstance(frames[0], bytes):
+        return frames[0]
+    return b"".join(f if isinstance(f, bytes) else f.render(v2) for f in frames)
 
 
 def _history_frame(record: Record) -> bytes:

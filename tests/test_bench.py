@@ -69,6 +69,15 @@ def test_hold_reports_handshakes_and_memory_per_connection() -> None:
     assert r["handshakes_per_s"] > 0
     assert r["server_rss_mib"] > 0
     assert r["rss_per_conn_kib"] is not None
+    assert r["joins_per_s"] > 0
+    assert r["cpu_ms_per_join"] >= 0  # /proc counts CPU in 10 ms ticks: 20 joins may be 0
+
+
+def test_hold_storm_joins_everyone_with_tls_and_hello_together() -> None:
+    (r,) = bench("hold", "-n", "30", "--storm", "4", "--loop", "asyncio")
+    assert (r["clients"], r["error"]) == (30, None)
+    assert r["joins_per_s"] > 0
+    assert r["cpu_ms_per_join"] > 0
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (chatsecure[fast])")

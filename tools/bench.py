@@ -10,9 +10,9 @@
 Each run starts the server under test as a subprocess on 127.0.0.1 with an ephemeral port
 (limits off, no discovery), drives it, stops it, and prints a table row and one JSON line.
 ``--baseline`` runs the same workload against ``benchmarks/naive_server.py`` in the same
-invocation, ``--against ngircd`` against ngircd, ``--against-tree DIR`` against the chatsecure
-server of another checkout, ``--history both`` against this one with and without its room log;
-the summary gives medians and ratios.
+invocation, ``--against ngircd`` (or ``inspircd``) against that IRC server, ``--against-tree
+DIR`` against the chatsecure server of another checkout, ``--history both`` against this one
+with and without its room log; the summary gives medians and ratios.
 
 Every client names itself (``client`` in hello) and every line it sends (``ref``), as a v2
 client does, so a v2 server acknowledges each line; a v1 server ignores both fields.
@@ -60,6 +60,8 @@ MARK = b"=t"
 END = b"="
 ACK = b'{"type":"ack"'
 """How every ``ack`` frame starts (the server encodes it with this key order)."""
+NICK = b'"nick":'
+"""In every peer a chatsecure server names (welcome, peers, join, joins): counts presence."""
 RECV_BUFFER = 256 * 1024
 PROBES = 16
 """Receivers that look for timestamps; the others only count lines."""
@@ -103,6 +105,10 @@ class Dialect:
     def msg(self, text: bytes, ref: bytes) -> bytes:
         return b'{"type":"msg","text":"' + text + b'","ref":"' + ref + b'"}\n'
 
+    def after(self, head: bytes) -> bytes | None:
+        """What a client sends once ``head`` shows it registered, before its welcome (if any)."""
+        return None
+
     def welcomed(self, head: bytes) -> bool | None:
         """True once ``head`` (everything received so far) holds the welcome; False if refused."""
         line, sep, _ = head.partition(b"\n")
@@ -110,9 +116,13 @@ class Dialect:
             return None
         return b'"type":"welcome"' in line
 
-    def join_lines(self, clients: int) -> int | None:
-        """Lines the whole room receives while ``clients`` join one by one (None: unknown)."""
-        return clients * (clients - 1) // 2
+    def roster_entries(self, clients: int) -> int | None:
+        """Peers named to the whole room once ``clients`` are in (None: unknown).
+
+        Each client is named to itself (``you``) and to each other client once, in a welcome,
+        a ``peers`` or a ``join``/``joins`` frame, however the server groups them.
+        """
+        return clients * clients
 
 
 class IrcDialect(Dialect):
@@ -141,8 +151,20 @@ class IrcDialect(Dialect):
                 return True
         return None
 
-    def join_lines(self, clients: int) -> int | None:
+    def roster_entries(self, clients: int) -> int | None:
         return None
+
+
+class LateJoinIrcDialect(IrcDialect):
+    """IRC for a server that refuses JOIN before registration is done (InspIRCd: 451)."""
+
+    def hello(self, nick: str, client_id: str, since: int | None = None) -> bytes:
+        n = nick.encode()
+        return b"NICK " + n + b"\r\nUSER " + n + b" 0 * :" + n + b"\r\n"
+
+    def after(self, head: bytes) -> bytes | None:
+        """What to send once ``head`` holds the welcome (001): the JOIN."""
+        return b"JOIN " + IRC_CHANNEL + b"\r\n" if b" 001 " in head else None
 
 
 # --- one client -----------------------------------------------------------------------------
@@ -181,6 +203,10 @@ class Client(asyncio.BufferedProtocol):
         self.acks = 0
         self.sent = 0
         self._ack_tail = b""
+        self.nicks = 0
+        """Peers named to this client so far (while the bench counts presence)."""
+        self._nick_tail = b""
+        self._registered = False
         self._acked: asyncio.Future[None] | None = None
         self._tail = b""
         self._writable: asyncio.Future[None] | None = None
@@ -213,6 +239,9 @@ class Client(asyncio.BufferedProtocol):
             self._before_welcome(bytes(_SHARED_VIEW[:nbytes]))
             return
         self.lines += _SHARED.count(b"\n", 0, nbytes)
+        if self.bench.counting_nicks:
+            found, self._nick_tail = count_shared(NICK, nbytes, self._nick_tail)
+            self.nicks += found
         if self.count_acks:
             self._count_acks(nbytes)
         if self.probe:
@@ -227,15 +256,8 @@ class Client(asyncio.BufferedProtocol):
         self.bench.receiver_done()
 
     def _count_acks(self, nbytes: int) -> None:
-        """Count ``ACK`` in the shared buffer, and the one that straddles the last read."""
-        keep = len(ACK) - 1
-        self.acks += _SHARED.count(ACK, 0, nbytes)
-        if self._ack_tail:
-            # Too short to hold a whole ACK on either side: any match here straddles the two.
-            self.acks += (self._ack_tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(ACK)
-        self._ack_tail = (self._ack_tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[
-            -keep:
-        ]
+        found, self._ack_tail = count_shared(ACK, nbytes, self._ack_tail)
+        self.acks += found
         if self._acked is not None and not self._acked.done():
             self._acked.set_result(None)
 
@@ -247,6 +269,9 @@ class Client(asyncio.BufferedProtocol):
 
     def _before_welcome(self, data: bytes) -> None:
         self.head += data
+        if not self._registered and (more := self.bench.dialect.after(self.head)) is not None:
+            self._registered = True
+            self.send(more)
         ok = self.bench.dialect.welcomed(self.head)
         if ok is None:
             return
@@ -254,6 +279,9 @@ class Client(asyncio.BufferedProtocol):
         if not ok:
             return  # keep what the server said, for the error message
         if self.bench.dialect.name == "chatsecure":
+            if self.bench.counting_nicks:
+                self.nicks += self.head.count(NICK)
+                self._nick_tail = self.head[-(len(NICK) - 1) :]
             self.welcome_line, _, rest = self.head.partition(b"\n")
             self.lines += rest.count(b"\n")
             if self.since is not None:
@@ -318,6 +346,17 @@ class Client(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def count_shared(pattern: bytes, nbytes: int, tail: bytes) -> tuple[int, bytes]:
+    """``pattern`` in the shared buffer's first ``nbytes``, with the one that straddles the
+    previous read (``tail``: its last bytes); return the count and the new tail."""
+    keep = len(pattern) - 1
+    found = _SHARED.count(pattern, 0, nbytes)
+    if tail:
+        # Too short to hold a whole pattern on either side: any match here straddles the two.
+        found += (tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(pattern)
+    return found, (tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[-keep:]
 
 
 def welcome_count(welcome: bytes, key: bytes) -> int:
@@ -679,6 +718,33 @@ def ngircd_server() -> ServerUnderTest:
     return server
 
 
+def inspircd_server() -> ServerUnderTest | None:
+    """InspIRCd (C++) with TLS and its flood limits off, from ``benchmarks/inspircd.conf``;
+    None (with a message) when it is not installed."""
+    binary = shutil.which("inspircd") or "/usr/sbin/inspircd"
+    if not Path(binary).exists():
+        print("skipping inspircd: not installed (apt-get install inspircd)", file=sys.stderr)
+        return None
+    server = ServerUnderTest("inspircd", LateJoinIrcDialect(), lambda workdir: [], None)
+
+    def argv(workdir: Path) -> list[str]:
+        server.port = _free_port()
+        template = (ROOT / "benchmarks" / "inspircd.conf").read_text()
+        conf = template.format(
+            host=HOST,
+            port=server.port,
+            cert=workdir / "server.crt",
+            key=workdir / "server.key",
+            workdir=workdir,
+        )
+        (workdir / "inspircd.conf").write_text(conf)
+        cmd = [binary, "--nofork", "--config", str(workdir / "inspircd.conf")]
+        return cmd + (["--runasroot"] if os.geteuid() == 0 else [])
+
+    server.argv = argv
+    return server
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -715,6 +781,10 @@ class Result:
     duration: float | None = None
     handshakes_per_s: float | None = None
     join_s: float | None = None
+    joins_per_s: float | None = None
+    """``hold``: clients per second from the first hello until everyone knows everyone."""
+    cpu_ms_per_join: float | None = None
+    """``hold``: server CPU milliseconds per join over the same span (TLS not included)."""
     rss_per_conn_kib: float | None = None
     tls_rss_per_conn_kib: float | None = None
     server_rss_mib: float | None = None
@@ -753,6 +823,8 @@ class Bench:
         self.all_received: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost_connections = 0
         self.measuring = False
+        self.counting_nicks = dialect.roster_entries(1) is not None
+        """Count the peers named to each client, until ``settle`` has seen them all."""
         self.token = os.urandom(4).hex()
         """Makes this run's client ids its own."""
         self._ctx = client_context()
@@ -778,9 +850,16 @@ class Bench:
             if not self.all_received.done():
                 self.all_received.set_result(None)
 
-    async def connect(self, count: int, timeout: float, *, greet: bool = True) -> float:
+    async def connect(
+        self,
+        count: int,
+        timeout: float,
+        *,
+        greet: bool = True,
+        concurrency: int = CONNECT_CONCURRENCY,
+    ) -> float:
         """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken."""
-        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        gate = asyncio.Semaphore(concurrency)
         start = time.perf_counter()
 
         async def one(i: int) -> None:
@@ -822,14 +901,15 @@ class Bench:
         return time.perf_counter() - start
 
     async def settle(self, timeout: float) -> None:
-        """Wait until the join notices have all arrived (or nothing arrives for a while)."""
-        # A cluster's presence is not counted here (per node or cluster-wide): wait for quiet.
-        expected = self.dialect.join_lines(len(self.clients)) if len(self.ports) == 1 else None
+        """Wait until every client knows everyone (or nothing arrives for a while)."""
+        # A cluster's presence is per node: there, wait for quiet instead of counting.
+        expected = self.dialect.roster_entries(len(self.clients)) if len(self.ports) == 1 else None
         deadline = time.monotonic() + timeout
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            total = sum(c.lines for c in self.clients)
+            total = sum(c.nicks if expected is not None else c.lines for c in self.clients)
             if expected is not None and total >= expected:
+                self.counting_nicks = False
                 return
             if total != last:
                 last, quiet_since = total, time.monotonic()
@@ -1081,12 +1161,16 @@ HOLD_WAVE = 500
 """Clients that send hello together in ``hold``: each wave's joins reach the room as one write."""
 
 
-async def hold(bench: Bench, result: Result) -> None:
+async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
     """Connect C idle clients, then welcome them; report handshakes/s and RSS per connection.
 
     The TLS handshakes come first, all of them, so that handshakes/s measures TLS; then the
-    clients say hello in waves. Every join is announced to everyone already there (protocol
-    v1), so C clients cost C*(C-1)/2 join frames: the waves let the server batch them.
+    clients say hello in waves. Every join is announced to everyone already there, so C
+    clients cost C*(C-1)/2 join notices: the waves let the server batch them.
+
+    With ``storm`` K, clients instead connect and say hello at once, K at a time (a client
+    that is welcomed makes room for the next): a join storm, as after a server restart. Then
+    joins/s and CPU per join include each client's TLS handshake.
     """
     pid = _SERVER_PID
 
@@ -1097,14 +1181,35 @@ async def hold(bench: Bench, result: Result) -> None:
     cpu = cpu_reader(result)
     cpu0, gen0 = cpu(), self_cpu_seconds()
     n = result.clients
+    if storm:
+        start = time.perf_counter()
+        result.join_s = round(await bench.connect(n, 300 + n / 20, concurrency=storm), 3)
+        await bench.settle(timeout=300)
+        cpu1 = cpu()
+        result.seconds = round(time.perf_counter() - start, 3)
+        result.joins_per_s = round(n / result.seconds, 1)
+        result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
+        if cpu0 is not None and cpu1 is not None:
+            result.server_cpu_s = round(cpu1 - cpu0, 3)
+            result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / n, 3)
+        await asyncio.sleep(0.5)
+        if pid is not None:
+            result.server_rss_mib = round(rss() / 2**20, 1)
+            result.rss_per_conn_kib = round((rss() - rss0) / n / 1024, 2)
+        return
     seconds = await bench.connect(n, timeout=120 + n / 50, greet=False)
     result.seconds = round(seconds, 3)
     result.handshakes_per_s = round(n / seconds, 1)
     await asyncio.sleep(0.5)
     rss_tls = rss()
+    cpu_tls, start = cpu(), time.perf_counter()
     result.join_s = round(await bench.greet_in_waves(HOLD_WAVE, timeout=300 + n / 20), 3)
     await bench.settle(timeout=300)
     cpu1 = cpu()
+    # Joins are done when everyone knows everyone: the last join notice is part of the cost.
+    result.joins_per_s = round(n / (time.perf_counter() - start), 1)
+    if cpu_tls is not None and cpu1 is not None:
+        result.cpu_ms_per_join = round((cpu1 - cpu_tls) * 1000 / n, 3)
     result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
     result.server_cpu_s = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3)
     await asyncio.sleep(0.5)
@@ -1186,7 +1291,7 @@ async def drive(
         elif args.workload == "replay":
             await replay(bench, result, args.messages, args.resumes)
         else:
-            await hold(bench, result)
+            await hold(bench, result, args.storm)
     finally:
         bench.close()
         await asyncio.sleep(0.05)
@@ -1248,10 +1353,14 @@ HOLD_COLUMNS = (
     ("server_rss_mib", "{:>9}"),
     ("seconds", "{:>8}"),
     ("join_s", "{:>8}"),
+    ("joins_per_s", "{:>8}"),
+    ("cpu_ms_per_join", "{:>8}"),
     ("server_cpu_s", "{:>8}"),
     ("gen_cpu_s", "{:>8}"),
 )
 SHORT = {
+    "joins_per_s": "joins/s",
+    "cpu_ms_per_join": "ms/join",
     "deliveries_per_s": "deliv/s",
     "server_cpu_s": "srv_cpu",
     "gen_cpu_s": "gen_cpu",
@@ -1331,7 +1440,10 @@ def _summary_details(rs: list[Result]) -> str:
     text = ""
     if rs[0].workload == "hold":
         kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
-        return f", median RSS/conn {kib} KiB"
+        joins = statistics.median([r.joins_per_s or 0 for r in rs])
+        ms = [r.cpu_ms_per_join for r in rs if r.cpu_ms_per_join is not None]
+        cpu = f", server CPU {statistics.median(ms):.3f} ms/join" if ms else ""
+        return f", median RSS/conn {kib} KiB, {joins:,.0f} joins/s{cpu}"
     if rs[0].workload == "replay":
         return f", max {max(r.resume_max_ms or 0 for r in rs)} ms, replayed {rs[0].replayed}"
     cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
@@ -1369,6 +1481,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resumes", type=int, default=3, help="replay: clients that resume, one by one"
+    )
+    parser.add_argument(
+        "--storm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="hold: clients connect and say hello at once, K at a time (a join storm)",
     )
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
@@ -1417,13 +1536,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(ratios against the single server in the same run)",
     )
     parser.add_argument("--baseline", action="store_true", help="also run the naive server")
-    parser.add_argument("--against", action="append", choices=["ngircd"], default=[])
+    parser.add_argument("--against", action="append", choices=["ngircd", "inspircd"], default=[])
     parser.add_argument(
         "--only",
         action="append",
         default=[],
         metavar="SERVER",
-        help="run only these servers (chatsecure, chatsecure+uvloop, naive, ngircd)",
+        help="run only these servers (chatsecure, chatsecure+uvloop, naive, ngircd, inspircd)",
     )
     parser.add_argument("--attach", metavar="HOST:PORT", help="drive a running server instead")
     parser.add_argument("--server-pid", type=int, help="with --attach: its pid, for CPU/RSS")
@@ -1494,6 +1613,10 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
         servers.append(naive_server())
     if "ngircd" in args.against or "ngircd" in args.only:
         servers.append(ngircd_server())
+    if "inspircd" in args.against or "inspircd" in args.only:
+        inspircd = inspircd_server()
+        if inspircd is not None:
+            servers.append(inspircd)
     if "naive" in args.only and not args.baseline:
         servers.append(naive_server())
     if args.only:
@@ -1540,7 +1663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(row(result), file=out, flush=True)
                 print(json.dumps(asdict(result)), file=out, flush=True)
     if not args.json_only:
-        for line in summary(results, ("naive", "ngircd"), compare):
+        for line in summary(results, ("naive", "ngircd", "inspircd"), compare):
             print(line, file=out)
     return 1 if any(r.error or r.lost for r in results) else 0
 

@@ -9,11 +9,13 @@ connection resumes where the old one stopped (``since``), re-sends what was not 
     -----------  --------------------      ----------------------------------------------
     OFFLINE      connect()                 HELLO: hello queued
     HELLO        welcome                   JOINED: Welcomed, then the replay, the outbox
+                 (v2: once the ``peers`` frames after it brought ``peers_total`` peers)
     HELLO        error                     OFFLINE: Refused
     HELLO/JOINED shutdown                  OFFLINE: Ended (the server is stopping)
     JOINED       msg                       Line (a seq seen before is dropped)
     JOINED       ack                       Acked (the line leaves the outbox)
     JOINED       notice                    Noticed (news about the server, e.g. Redis lost)
+    JOINED       join/leave/joins/leaves   Presence, one per peer
     any          ping                      pong queued
     any          unknown type, bad field   Ignored (the adapter logs it, rate-limited)
     any          connection_lost()         OFFLINE (the outbox is kept)
@@ -24,6 +26,7 @@ The I/O adapter writes ``data_to_send()`` after each call, calls ``tick(now)`` n
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import secrets
@@ -41,9 +44,12 @@ from chatsecure.protocol.messages import (
     HistoryEnd,
     HistoryRequest,
     Join,
+    Joins,
     Leave,
+    Leaves,
     Notice,
     Peer,
+    PeersMore,
     Ping,
     Pong,
     Quit,
@@ -202,6 +208,8 @@ class ClientSession:
         self._decoder = FrameDecoder(max_frame)
         self._out: list[bytes] = []
         self._replay_left = 0
+        self._gathering: tuple[Welcome, list[Peer]] | None = None
+        """A v2 welcome waiting for the rest of the room (``peers`` frames)."""
         self._v2 = False
         """Whether the server keeps a log and acknowledges lines (protocol 2)."""
         self._last_heard = 0.0
@@ -227,6 +235,7 @@ class ClientSession:
         self.state = ClientState.OFFLINE
         self._out.clear()
         self._replay_left = 0
+        self._gathering = None
 
     def data_to_send(self) -> bytes:
         """Bytes the adapter must write now (and forget)."""
@@ -300,6 +309,11 @@ class ClientSession:
     # -- what the server said ------------------------------------------------------------
 
     def _receive(self, message: ServerMessage) -> list[SessionEvent]:
+        if self._gathering is not None:
+            if isinstance(message, PeersMore):
+                return self._more_peers(message)
+            # The server sent fewer peers than it said: the room is what we got.
+            return self._welcomed(self._gathered()) + self._receive(message)
         event: SessionEvent | None = None
         match message:
             case Chat():
@@ -316,6 +330,12 @@ class ClientSession:
             case Notice():
                 if self.state is ClientState.JOINED:
                     event = Noticed(message)
+            case Joins(peers=peers) if self.state is ClientState.JOINED:
+                return [Presence(Join(peer)) for peer in peers]
+            case Leaves(leaves=leaves) if self.state is ClientState.JOINED:
+                return [Presence(leave) for leave in leaves]
+            case PeersMore():
+                event = Ignored("peers", "peers that no welcome announced")
             case Error(code=code, message=text):
                 if self.state is ClientState.HELLO:
                     self.state = ClientState.OFFLINE
@@ -334,6 +354,28 @@ class ClientSession:
     def _welcome(self, welcome: Welcome) -> list[SessionEvent]:
         if self.state is not ClientState.HELLO:
             return [Ignored("welcome", "a second welcome")]
+        if welcome.peers_total is not None and welcome.peers_total > len(welcome.peers):
+            self._gathering = (welcome, list(welcome.peers))
+            return []
+        return self._welcomed(welcome)
+
+    def _more_peers(self, more: PeersMore) -> list[SessionEvent]:
+        assert self._gathering is not None  # noqa: S101 - only called while gathering
+        welcome, peers = self._gathering
+        peers += more.peers
+        if len(peers) < (welcome.peers_total or 0):
+            return []
+        return self._welcomed(self._gathered())
+
+    def _gathered(self) -> Welcome:
+        """The welcome waiting for its peers, with those that came."""
+        assert self._gathering is not None  # noqa: S101
+        welcome, peers = self._gathering
+        self._gathering = None
+        return dataclasses.replace(welcome, peers=tuple(peers))
+
+    def _welcomed(self, welcome: Welcome) -> list[SessionEvent]:
+        """In, with the whole room: say so, then send what waited for this."""
         self.state = ClientState.JOINED
         self.me, self.welcome = welcome.you, welcome
         self._v2 = welcome.server.protocol >= 2

@@ -119,3 +119,16 @@ connects and quits in a loop cannot grow the log without bound."""
 
 PRESENCE_LOG_PERIOD: Final = 60.0
 """Seconds over which ``PRESENCE_LOG_LINES`` join and leave lines per address are logged."""
+
+PEERS_CHUNK = 500
+"""Most peers in one frame (``welcome``, ``peers``, ``joins``, ``leaves``) to a v2 client: a
+room of any size is joined in frames of about 25 KB, far below ``MAX_SERVER_FRAME``."""
+
+PRESENCE_PACE = 0.0001
+"""Seconds a join storm may hold presence back per member in the room: after announcing joins
+or leaves, the room announces the next ones no sooner than this times its size (capped by
+``PRESENCE_HOLD_MAX``). Each announcement costs one write per member, so a storm of joins into
+a big room becomes a few writes per member, not one per join. A lone join goes out at once."""
+
+PRESENCE_HOLD_MAX = 0.5
+"""The longest a join or leave waits to be announced during a storm, in seconds."""

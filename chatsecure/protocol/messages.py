@@ -192,7 +192,34 @@ class Welcome:
     """How many stored lines (``Chat`` with ``history``) follow at once."""
     skipped: int = 0
     """Lines after the client's ``since`` left out of the replay by the server's cap."""
+    peers_total: int | None = None
+    """(v2) How many peers are in the room besides us: ``peers`` holds the first of them and
+    ``PeersMore`` frames bring the rest at once. None: ``peers`` is everyone (v1)."""
     type: Literal["welcome"] = field(default="welcome", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PeersMore:
+    """(v2) More of the room's peers, right after a ``welcome`` whose ``peers_total`` says so."""
+
+    peers: tuple[Peer, ...]
+    type: Literal["peers"] = field(default="peers", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Joins:
+    """(v2) Several people joined at about the same moment, in the order they joined."""
+
+    peers: tuple[Peer, ...]
+    type: Literal["joins"] = field(default="joins", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Leaves:
+    """(v2) Several people left at about the same moment, in order, each with its reason."""
+
+    leaves: tuple[Leave, ...]
+    type: Literal["leaves"] = field(default="leaves", init=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +305,20 @@ class Shutdown:
 
 
 ServerMessage: TypeAlias = (
-    Welcome | Join | Leave | Chat | Ack | HistoryEnd | Ping | Pong | Error | Notice | Shutdown
+    Welcome
+    | PeersMore
+    | Join
+    | Joins
+    | Leave
+    | Leaves
+    | Chat
+    | Ack
+    | HistoryEnd
+    | Ping
+    | Pong
+    | Error
+    | Notice
+    | Shutdown
 )
 Message: TypeAlias = ClientMessage | ServerMessage
 
@@ -355,6 +395,48 @@ def encode_welcome(
     )
 
 
+def encode_welcome_v2(
+    you: bytes,
+    first: bytes,
+    total: int,
+    server: ServerInfo,
+    seq: int = 0,
+    replay: int = 0,
+    skipped: int = 0,
+) -> bytes:
+    """A v2 ``welcome`` whose ``peers`` are ``first`` (encoded peers joined by commas) of
+    ``total``; ``encode_peers`` frames with the others follow it."""
+    info = {"name": server.name, "version": server.version, "protocol": server.protocol}
+    parts = (you, first, total, _dumps(info).encode(), seq, replay, skipped)
+    return (
+        b'{"type":"welcome","you":%b,"peers":[%b],"peers_total":%d,"server":%b,"seq":%d,'
+        b'"replay":%d,"skipped":%d}\n' % parts
+    )
+
+
+def encode_peers(kind: Literal["peers", "joins"], peers: Iterable[bytes]) -> bytes:
+    """A ``peers`` or ``joins`` frame from peers already encoded with ``encode_peer``."""
+    return b'{"type":"%b","peers":[%b]}\n' % (kind.encode(), b",".join(peers))
+
+
+def encode_join(peer: bytes) -> bytes:
+    """``encode(Join(p))`` where ``peer`` is ``encode_peer(p)``."""
+    return b'{"type":"join","peer":%b}\n' % peer
+
+
+def encode_leave(peer: bytes, reason: str) -> bytes:
+    """``encode(Leave(p, reason))`` where ``peer`` is ``encode_peer(p)``."""
+    return b'{"type":"leave","peer":%b,"reason":%b}\n' % (peer, _dumps(reason).encode())
+
+
+def encode_leaves(leaves: Iterable[tuple[bytes, str]]) -> bytes:
+    """A ``leaves`` frame from (encoded peer, reason) pairs."""
+    items = b",".join(
+        b'{"peer":%b,"reason":%b}' % (peer, _dumps(reason).encode()) for peer, reason in leaves
+    )
+    return b'{"type":"leaves","leaves":[%b]}\n' % items
+
+
 def to_json(message: Message) -> dict[str, Any]:
     """The JSON object for ``message``."""
     match message:
@@ -395,6 +477,28 @@ def to_json(message: Message) -> dict[str, Any]:
             return {"type": "ack", "ref": ref, "seq": seq, "ts": ts}
         case HistoryEnd(before=before, count=count):
             return {"type": "history_end", "before": before, "count": count}
+        case Welcome(you=you, peers=peers, server=server, peers_total=int(total)):
+            return {
+                "type": "welcome",
+                "you": you.to_json(),
+                "peers": [p.to_json() for p in peers],
+                "peers_total": total,
+                "server": {
+                    "name": server.name,
+                    "version": server.version,
+                    "protocol": server.protocol,
+                },
+                "seq": message.seq,
+                "replay": message.replay,
+                "skipped": message.skipped,
+            }
+        case PeersMore(peers=peers) | Joins(peers=peers):
+            return {"type": message.type, "peers": [p.to_json() for p in peers]}
+        case Leaves(leaves=leaves):
+            return {
+                "type": "leaves",
+                "leaves": [{"peer": x.peer.to_json(), "reason": x.reason} for x in leaves],
+            }
         case Welcome(you=you, peers=peers, server=server):
             return {
                 "type": "welcome",
@@ -517,6 +621,14 @@ def parse_server(frame: bytes) -> ServerMessage:
         return HistoryEnd(_optional_count(obj, "before"), _optional_count(obj, "count") or 0)
     if kind == "join":
         return Join(Peer.from_json(obj.get("peer")))
+    if kind in ("peers", "joins"):
+        listed = _peer_list(obj.get("peers"))
+        return PeersMore(listed) if kind == "peers" else Joins(listed)
+    if kind == "leaves":
+        items = obj.get("leaves")
+        if not isinstance(items, list):
+            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'leaves' must be a list")
+        return Leaves(tuple(_leave_item(item) for item in items))
     if kind == "leave":
         return Leave(Peer.from_json(obj.get("peer")), _optional_str(obj, "reason", "closed"))
     if kind == "welcome":
@@ -537,6 +649,7 @@ def parse_server(frame: bytes) -> ServerMessage:
             seq=_optional_count(obj, "seq") or 0,
             replay=_optional_count(obj, "replay") or 0,
             skipped=_optional_count(obj, "skipped") or 0,
+            peers_total=_optional_count(obj, "peers_total"),
         )
     if kind == "error":
         ref = obj.get("ref")
@@ -551,6 +664,17 @@ def parse_server(frame: bytes) -> ServerMessage:
     if kind == "shutdown":
         return Shutdown()
     raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:40]!r}")
+
+
+def _leave_item(item: object) -> Leave:
+    data = _require_object(item, "leave")
+    return Leave(Peer.from_json(data.get("peer")), _optional_str(data, "reason", "closed"))
+
+
+def _peer_list(value: object) -> tuple[Peer, ...]:
+    if not isinstance(value, list):
+        raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'peers' must be a list")
+    return tuple(map(Peer.from_json, value))
 
 
 def _timestamp(value: object) -> float:
