@@ -180,8 +180,11 @@ def test_text_too_long_for_a_frame_is_refused_locally_and_the_connection_kept(
     with pytest.raises(LocalProtocolError, match="too long"):
         client.send("x" * MAX_FRAME)
     client.send("still here")
+    next_event(client, Queued)
+    assert next_event(client, Sent).text == "still here"  # stored: alice's replay has it
     with RawClient(server.host, server.port) as alice:
         alice.join("alice")
+        assert [f["text"] for f in alice.replayed] == ["still here"]
         client.send("hello alice")
         assert alice.expect("msg")["text"] == "hello alice"
 
