@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from chatsecure.history import HistoryError, Record, SharedLog
+from chatsecure.history import Fed, HistoryError, SharedLog
 from chatsecure.protocol.codes import NoticeCode
 from chatsecure.protocol.messages import Notice, encode
 
@@ -61,7 +61,7 @@ class StreamFeed:
     def __init__(
         self,
         shared: SharedLog,
-        deliver: Callable[[list[Record]], None],
+        deliver: Callable[[list[Fed]], None],
         position: Callable[[], int],
         tell: Callable[[bytes], None],
     ) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chatsecure.cluster import REFUSED, StreamFeed
-from chatsecure.history import Appended, Draft, HistoryError, Record, RoomLog, SharedLog
+from chatsecure.history import Appended, Draft, Fed, HistoryError, Record, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -499,7 +499,7 @@ class Room:
         elif isinstance(frame, bytes):  # an ack; presence is only ever broadcast
             member.send(frame)
 
-    def _followed(self, records: list[Record]) -> None:
+    def _followed(self, records: list[Fed]) -> None:
         """In a cluster: broadcast lines any server stored, in seq order, each once."""
         for record in records:
             if record.seq <= self.seq:
@@ -511,20 +511,20 @@ class Room:
                 for seq in sorted(s for s in self._due if s < record.seq):
                     for member, due in self._due.pop(seq):
                         self._deliver_due(member, due)
-            frame = encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq)
+            frame = record.frame()  # as the server that stored it encoded it
             self.seq = record.seq
             self._tail.append(_Stored(as_history(frame), record.client, record.ref))
             self.broadcast(frame, exclude=self._own(record, frame))
             for member, due in self._due.pop(record.seq, ()):
                 self._deliver_due(member, due)
 
-    def _own(self, record: Record, frame: bytes) -> Member | None:
+    def _own(self, record: Fed, frame: bytes) -> Member | None:
         """The member of this server whose line ``record`` is, if any: it is not sent the line.
 
         Its sender takes the ack instead; a client whose connection broke and came back (here,
         or here after another server) takes the line with its ``ref`` as the ack.
         """
-        sender = self.members.get(record.sender.id)  # peer ids are unique in a cluster
+        sender = self.members.get(record.sender_id)  # peer ids are unique in a cluster
         if sender is not None and not sender.gone:
             return sender
         if record.ref is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from chatsecure.errors import ConfigError
-from chatsecure.protocol.messages import Peer
+from chatsecure.protocol.messages import Peer, encode_chat, encode_peer
 
 DEFAULT_DB = Path("certs") / "history.sqlite3"
 """Where the server keeps its history unless told otherwise: beside its certificate."""
@@ -126,11 +126,43 @@ class RoomLog(Protocol):
         ...
 
 
+MSG_HEAD = b'{"type":"msg",'
+"""How every ``msg`` frame begins; ``Fed.body`` is what follows it (after the seq)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fed:
+    """A stored line as a cluster's feed brings it: what a server needs to broadcast it.
+
+    ``body`` is the line's ``msg`` frame after ``{"type":"msg",`` and its seq, encoded once by
+    the server that stored it: the others broadcast it without decoding or encoding it again.
+    """
+
+    seq: int
+    sender_id: str
+    client: str | None
+    ref: str | None
+    body: bytes
+
+    @classmethod
+    def of(cls, record: Record) -> Fed:
+        return cls(record.seq, record.sender.id, record.client, record.ref, chat_body(record))
+
+    def frame(self) -> bytes:
+        """The ``msg`` frame of this line."""
+        return b'{"type":"msg","seq":%d,%b' % (self.seq, self.body)
+
+
+def chat_body(line: Record | Draft) -> bytes:
+    """``Fed.body`` of a line: its ``msg`` frame without the head and the seq."""
+    return encode_chat(encode_peer(line.sender), line.text, line.ts)[len(MSG_HEAD) :]
+
+
 @runtime_checkable
 class SharedLog(RoomLog, Protocol):
     """A room log that several servers append to: each one follows what all of them store."""
 
-    def follow(self, after: int) -> AsyncIterator[list[Record]]:
+    def follow(self, after: int) -> AsyncIterator[list[Fed]]:
         """Every line stored after seq ``after``, by any server, in seq order, in batches.
 
         It goes on until cancelled, or a ``HistoryError`` says the log is out of reach (then

@@ -27,7 +27,16 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from chatsecure.history.log import Appended, Draft, HistoryError, Opened, Record, check_limit
+from chatsecure.history.log import (
+    Appended,
+    Draft,
+    Fed,
+    HistoryError,
+    Opened,
+    Record,
+    chat_body,
+    check_limit,
+)
 from chatsecure.protocol.messages import Peer
 
 try:
@@ -61,8 +70,8 @@ _APPEND = """
 local meta, stream, refs = KEYS[1], KEYS[2], KEYS[3]
 local keep = tonumber(ARGV[1])
 local out = {}
-for i = 2, #ARGV, 2 do
-  local key, payload = ARGV[i], ARGV[i + 1]
+for i = 2, #ARGV, 4 do
+  local key, payload, body, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local original = nil
   if key ~= '' then
     local seq = redis.call('HGET', refs, key)
@@ -76,15 +85,15 @@ for i = 2, #ARGV, 2 do
   else
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     if key ~= '' then
-      redis.call('XADD', stream, seq .. '-0', 'r', payload, 'k', key)
+      redis.call('XADD', stream, seq .. '-0', 'r', payload, 'm', body, 'i', sender, 'k', key)
       redis.call('HSET', refs, key, seq)
     else
-      redis.call('XADD', stream, seq .. '-0', 'r', payload)
+      redis.call('XADD', stream, seq .. '-0', 'r', payload, 'm', body, 'i', sender)
     end
     local excess = redis.call('XLEN', stream) - keep
     if excess > 0 then
       for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
-        local old = entry[2][4]
+        local old = entry[2][8]
         if old and redis.call('HGET', refs, old) == string.sub(entry[1], 1, -3) then
           redis.call('HDEL', refs, old)
         end
@@ -96,7 +105,8 @@ for i = 2, #ARGV, 2 do
 end
 return out
 """
-"""Store a batch: ARGV is ``keep``, then per draft its dedup key ('' for none) and payload.
+"""Store a batch: ARGV is ``keep``, then per draft its dedup key ('' for none), its payload
+(``r``: everything, as JSON), its ``Fed.body`` (``m``) and its sender's id (``i``).
 
 Returns per draft ``{seq}`` for a new line, or ``{seq, payload}`` of the original for a
 duplicate. A trimmed entry's ref is forgotten only if it still points at that entry.
@@ -185,9 +195,10 @@ class RedisLog:
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
         if not drafts:
             return []
-        args: list[str | int] = [self._keep]
+        args: list[str | int | bytes] = [self._keep]
         for draft in drafts:
-            args += [_dedup_key(draft.client, draft.ref), _payload(draft)]
+            key = _dedup_key(draft.client, draft.ref)
+            args += [key, _payload(draft), chat_body(draft), draft.sender.id]
         with self._mapped("could not store lines"):
             replies = await self._append(keys=[self._meta, self._stream, self._refs], args=args)
         results = []
@@ -228,7 +239,7 @@ class RedisLog:
         records = [_entry_record(entry) for entry in reversed(newest[:limit])]
         return records, available - len(records)
 
-    async def follow(self, after: int) -> AsyncIterator[list[Record]]:
+    async def follow(self, after: int) -> AsyncIterator[list[Fed]]:
         """Every line stored after ``after``, by any node, in seq order, batch by batch, forever.
 
         An empty batch says the log answered with nothing new (every ``FOLLOW_BLOCK_MS``).
@@ -246,10 +257,10 @@ class RedisLog:
                 yield []  # the log answered, with nothing new: it is reachable
                 continue
             entries: list[_Entry] = cast(list[list[Any]], reply)[0][1]
-            records = [_entry_record(entry) for entry in entries]
+            fed = [_entry_fed(entry) for entry in entries]
             position = entries[-1][0].decode()
-            self._last_seq = max(self._last_seq, records[-1].seq)
-            yield records
+            self._last_seq = max(self._last_seq, fed[-1].seq)
+            yield fed
 
     async def close(self) -> None:
         if self._closed:
@@ -277,12 +288,14 @@ def _dedup_key(client: str | None, ref: str | None) -> str:
     return "" if client is None or ref is None else f"{len(client)}:{client}{ref}"
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""One encoder: ``json.dumps`` with options builds a new one for every call."""
+
+
 def _payload(draft: Draft) -> str:
     sender = draft.sender
-    return json.dumps(
-        [draft.ts, sender.id, sender.nick, sender.addr, draft.text, draft.client, draft.ref],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    return _dumps(
+        [draft.ts, sender.id, sender.nick, sender.addr, draft.text, draft.client, draft.ref]
     )
 
 
@@ -293,6 +306,18 @@ def _record(seq: int, payload: bytes) -> Record:
 
 def _seq(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
+
+
+def _entry_fed(entry: _Entry) -> Fed:
+    """What ``follow`` gives of an entry, read without decoding the line's JSON."""
+    entry_id, fields = entry
+    client: str | None = None
+    ref: str | None = None
+    key = fields.get(b"k")
+    if key is not None:  # "LEN:CLIENTREF" (see _dedup_key)
+        length, _, rest = key.decode().partition(":")
+        client, ref = rest[: int(length)], rest[int(length) :]
+    return Fed(_seq(entry_id), fields[b"i"].decode(), client, ref, fields[b"m"])
 
 
 def _entry_record(entry: _Entry) -> Record:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.history import Appended, Draft, MemoryLog, Record, SharedLog
+from chatsecure.history import Appended, Draft, Fed, MemoryLog, Record, SharedLog
 from chatsecure.server import ChatServer
 from chatsecure.testing import RawClient, ServerThread, server_config
 
@@ -38,9 +38,9 @@ class HeldLog(MemoryLog):
         self._released += count
         self._stream.put_nowait(records)
 
-    async def follow(self, after: int) -> AsyncIterator[list[Record]]:
+    async def follow(self, after: int) -> AsyncIterator[list[Fed]]:
         while True:
-            yield await self._stream.get()
+            yield [Fed.of(record) for record in await self._stream.get()]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatsecure.history import Draft, HistoryError, MemoryLog, Record, SharedLog, SqliteLog
+from chatsecure.history import Draft, Fed, HistoryError, MemoryLog, SharedLog, SqliteLog
 from chatsecure.history.redis import ID_BLOCK, RedisLog, public_url, room_prefix
+from chatsecure.protocol.messages import Chat, encode
 from tests.history.conftest import BOB, draft, lines
 from tests.history.test_property import batches, queries
 from tests.redis_server import RedisServer, free_port, room_name
@@ -96,11 +98,11 @@ async def test_follow_brings_every_nodes_lines_in_seq_order(redis_server: RedisS
     room = room_name()
     async with opened(redis_server.url, room) as a, opened(redis_server.url, room) as b:
         await a.append(lines("before"))
-        got: list[Record] = []
+        got: list[Fed] = []
 
         async def follow() -> None:
-            async for records in b.follow(1):
-                got.extend(records)
+            async for fed in b.follow(1):
+                got.extend(fed)
                 if len(got) >= 4:
                     return
 
@@ -110,7 +112,16 @@ async def test_follow_brings_every_nodes_lines_in_seq_order(redis_server: RedisS
         await b.append(lines("three"))
         await a.append(lines("four"))
         await asyncio.wait_for(follower, 10)
-        assert [(r.seq, r.text) for r in got] == [(2, "one"), (3, "two"), (4, "three"), (5, "four")]
+        assert [(f.seq, json.loads(f.frame())["text"]) for f in got] == [
+            (2, "one"),
+            (3, "two"),
+            (4, "three"),
+            (5, "four"),
+        ]
+        stored = await b.before(None, 4)  # the frames are the lines, exactly as encode gives them
+        assert [f.frame() for f in got] == [
+            encode(Chat(r.sender, r.text, r.ts, r.seq)) for r in stored
+        ]
         assert b.last_seq == 5
 
 
