@@ -131,3 +131,16 @@ def test_fanout_with_a_window_waits_for_acks_and_still_delivers_everything() -> 
     args = ("fanout", "-n", "4", "-s", "2", "-m", "100", "--loop", "asyncio", "--window", "20")
     (r,) = bench(*args)
     assert (r["deliveries"], r["lost"], r["acks"], r["error"]) == (2 * 100 * 3, 0, 200, None)
+
+
+def test_hold_storm_with_talk_times_lines_said_during_the_storm() -> None:
+    (r,) = bench("hold", "-n", "60", "--storm", "8", "--talk", "20", "--loop", "asyncio")
+    assert (r["clients"], r["error"], r["lost"]) == (60, None, 0)
+    assert r["messages"] > 0
+    assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+
+
+def test_restart_brings_every_client_back_with_every_line_and_the_whole_roster() -> None:
+    (r,) = bench("restart", "-n", "40", "--loop", "asyncio")
+    assert (r["clients"], r["error"], r["lost"], r["replayed"]) == (40, None, 0, 10)
+    assert 0 < r["join_s"] <= r["seconds"]

@@ -61,6 +61,8 @@ END = b"="
 ACK = b'{"type":"ack"'
 """How every ``ack`` frame starts (the server encodes it with this key order)."""
 NICK = b'"nick":'
+MSG_SEQ = b'{"type":"msg","seq":'
+"""How a stored line starts (v2): the seq follows."""
 """In every peer a chatsecure server names (welcome, peers, join, joins): counts presence."""
 RECV_BUFFER = 256 * 1024
 PROBES = 16
@@ -205,6 +207,9 @@ class Client(asyncio.BufferedProtocol):
         self._ack_tail = b""
         self.nicks = 0
         """Peers named to this client so far (while the bench counts presence)."""
+        self.last_seq = since or 0
+        """The newest ``seq`` of a line this client got (while the bench tracks them)."""
+        self._seq_tail = b""
         self._nick_tail = b""
         self._registered = False
         self._acked: asyncio.Future[None] | None = None
@@ -244,6 +249,8 @@ class Client(asyncio.BufferedProtocol):
             self.nicks += found
         if self.count_acks:
             self._count_acks(nbytes)
+        if self.bench.tracking_seq:
+            self._track_seq(bytes(_SHARED_VIEW[:nbytes]))
         if self.probe:
             self._scan(bytes(_SHARED_VIEW[:nbytes]))
         if self.lines >= self.target >= 0:
@@ -254,6 +261,11 @@ class Client(asyncio.BufferedProtocol):
         if not self.reached.done():
             self.reached.set_result(time.perf_counter())
         self.bench.receiver_done()
+
+    def _track_seq(self, data: bytes) -> None:
+        data = self._seq_tail + data
+        self._seq_tail = data[data.rfind(b"\n") + 1 :]
+        self.last_seq = max(self.last_seq, last_msg_seq(data))
 
     def _count_acks(self, nbytes: int) -> None:
         found, self._ack_tail = count_shared(ACK, nbytes, self._ack_tail)
@@ -284,6 +296,8 @@ class Client(asyncio.BufferedProtocol):
                 self._nick_tail = self.head[-(len(NICK) - 1) :]
             self.welcome_line, _, rest = self.head.partition(b"\n")
             self.lines += rest.count(b"\n")
+            if self.bench.tracking_seq:
+                self._track_seq(rest)
             if self.since is not None:
                 self.target = welcome_count(self.welcome_line, b"replay")
                 if self.lines >= self.target:
@@ -357,6 +371,16 @@ def count_shared(pattern: bytes, nbytes: int, tail: bytes) -> tuple[int, bytes]:
         # Too short to hold a whole pattern on either side: any match here straddles the two.
         found += (tail + bytes(_SHARED_VIEW[: min(keep, nbytes)])).count(pattern)
     return found, (tail + bytes(_SHARED_VIEW[max(0, nbytes - keep) : nbytes]))[-keep:]
+
+
+def last_msg_seq(data: bytes) -> int:
+    """The ``seq`` of the last complete stored line in ``data`` (0 if none)."""
+    pos = data.rfind(MSG_SEQ, 0, data.rfind(b"\n") + 1)
+    if pos < 0:
+        return 0
+    rest = data[pos + len(MSG_SEQ) : pos + len(MSG_SEQ) + 20]
+    digits = rest[: len(rest) - len(rest.lstrip(b"0123456789"))]
+    return int(digits or b"0")
 
 
 def welcome_count(welcome: bytes, key: bytes) -> int:
@@ -824,6 +848,8 @@ class Bench:
         self.lost_connections = 0
         self.measuring = False
         self.counting_nicks = dialect.roster_entries(1) is not None
+        self.tracking_seq = False
+        """Each client keeps the ``seq`` of the newest stored line it got (``restart``)."""
         """Count the peers named to each client, until ``settle`` has seen them all."""
         self.token = os.urandom(4).hex()
         """Makes this run's client ids its own."""
@@ -857,8 +883,12 @@ class Bench:
         *,
         greet: bool = True,
         concurrency: int = CONNECT_CONCURRENCY,
+        first: int = 0,
     ) -> float:
-        """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken."""
+        """Connect ``count`` clients (and welcome them if ``greet``); return the seconds taken.
+
+        Their nicks are ``b{first}``, ``b{first + 1}`` and so on.
+        """
         gate = asyncio.Semaphore(concurrency)
         start = time.perf_counter()
 
@@ -871,7 +901,9 @@ class Bench:
                 if greet and not await client.welcome:
                     raise RuntimeError(f"client {client.nick} was refused: {client.head[:200]!r}")
 
-        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), timeout)
+        await asyncio.wait_for(
+            asyncio.gather(*(one(i) for i in range(first, first + count))), timeout
+        )
         return time.perf_counter() - start
 
     async def open(self, client: Client) -> None:
@@ -1140,6 +1172,9 @@ async def measure(bench: Bench, result: Result, senders: list[Any], timeout: flo
 
 
 _SERVER_PID: int | None = None
+_SERVER: ServerUnderTest | None = None
+"""The server under test (``restart`` restarts it)."""
+_WORKDIR = Path()
 _SERVER_PIDS: list[int] = []
 """Every process of a cluster under test (its nodes and Redis): server CPU is their sum."""
 
@@ -1161,7 +1196,7 @@ HOLD_WAVE = 500
 """Clients that send hello together in ``hold``: each wave's joins reach the room as one write."""
 
 
-async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
+async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) -> None:
     """Connect C idle clients, then welcome them; report handshakes/s and RSS per connection.
 
     The TLS handshakes come first, all of them, so that handshakes/s measures TLS; then the
@@ -1171,6 +1206,10 @@ async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
     With ``storm`` K, clients instead connect and say hello at once, K at a time (a client
     that is welcomed makes room for the next): a join storm, as after a server restart. Then
     joins/s and CPU per join include each client's TLS handshake.
+
+    With ``talk`` R (and a storm), ``PROBES`` + 1 clients are in the room before the storm
+    begins, and one of them says R lines a second until everyone knows everyone: the others
+    time each line (p50, p99, max; ``lost`` counts lines a probe never got).
     """
     pid = _SERVER_PID
 
@@ -1182,20 +1221,37 @@ async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
     cpu0, gen0 = cpu(), self_cpu_seconds()
     n = result.clients
     if storm:
+        early = PROBES + 1 if talk else 0
+        if early:
+            await bench.connect(early, 60)
+            await bench.settle(timeout=60)
+            bench.counting_nicks = True
+            for client in bench.clients[1:]:
+                client.probe = True
+            talking = asyncio.ensure_future(talk_until_cancelled(bench.clients[0], talk))
+            rss0, cpu0, gen0 = rss(), cpu(), self_cpu_seconds()
         start = time.perf_counter()
-        result.join_s = round(await bench.connect(n, 300 + n / 20, concurrency=storm), 3)
+        joined = await bench.connect(n - early, 300 + n / 20, concurrency=storm, first=early)
+        result.join_s = round(joined, 3)
         await bench.settle(timeout=300)
         cpu1 = cpu()
+        if early:
+            talking.cancel()
+            result.messages = await talking
+            await asyncio.sleep(1.0)
+            result.lost = result.messages * PROBES - len(bench.latencies)
+            result.p50_ms, result.p99_ms, result.max_ms = percentiles(bench.latencies)
         result.seconds = round(time.perf_counter() - start, 3)
-        result.joins_per_s = round(n / result.seconds, 1)
+        joins = n - early
+        result.joins_per_s = round(joins / result.seconds, 1)
         result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
         if cpu0 is not None and cpu1 is not None:
             result.server_cpu_s = round(cpu1 - cpu0, 3)
-            result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / n, 3)
+            result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / joins, 3)
         await asyncio.sleep(0.5)
         if pid is not None:
             result.server_rss_mib = round(rss() / 2**20, 1)
-            result.rss_per_conn_kib = round((rss() - rss0) / n / 1024, 2)
+            result.rss_per_conn_kib = round((rss() - rss0) / joins / 1024, 2)
         return
     seconds = await bench.connect(n, timeout=120 + n / 50, greet=False)
     result.seconds = round(seconds, 3)
@@ -1220,6 +1276,101 @@ async def hold(bench: Bench, result: Result, storm: int = 0) -> None:
         result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
 
 
+RESTART_LINES = 20
+"""Lines said before the restart: half seen by everyone, half stored just before it."""
+
+
+async def restart(bench: Bench, result: Result, storm: int = 0) -> None:
+    """C clients in the room; the server restarted (same ``--db``, same port); all come back.
+
+    Every client then reconnects at once (``storm`` handshakes in flight, default
+    ``CONNECT_CONCURRENCY``) with ``since``: the seq of the newest line it got. Half the lines
+    are said just before the restart, stored but maybe not delivered. ``seconds`` runs from
+    the new server listening until every client is welcomed, has every line (its newest seq
+    is the room's) and knows every other client; ``join_s`` until every client is welcomed.
+    """
+    server = _SERVER
+    if server is None or not server.keeps_log:
+        raise RuntimeError("restart needs a server the bench starts, with its room log")
+    n, workdir = result.clients, _WORKDIR
+    bench.tracking_seq = True
+    await bench.connect(n, 300 + n / 20, concurrency=storm or CONNECT_CONCURRENCY)
+    await bench.settle(timeout=300)
+    sender = bench.clients[0]
+    sender.count_acks = True
+    base = welcome_count(bench.clients[-1].welcome_line, b"seq")
+    half = RESTART_LINES // 2
+    for _ in range(half):
+        sender.send(sender.msg(PLAIN_TEXT))
+    seen = base + half
+    await _until(lambda: all(c.last_seq >= seen for c in bench.clients[1:]), 60, "lines")
+    for _ in range(RESTART_LINES - half):
+        sender.send(sender.msg(PLAIN_TEXT))
+    await _until(lambda: sender.acks >= RESTART_LINES, 60, "acks")
+    final = base + RESTART_LINES
+    sender.last_seq = final
+    # The same command again: the same database (argv() would make a fresh one) and port.
+    if server.proc is None:
+        raise RuntimeError("the server is not running")
+    cmd = [str(arg) for arg in cast(list[Any], server.proc.args)]
+    cmd[cmd.index("--port") + 1] = str(server.port)
+    server.stop()
+    server.argv = lambda _workdir: cmd
+    server.start(workdir)
+    global _SERVER_PID
+    _SERVER_PID = server.pid
+    cpu = cpu_reader(result)
+    cpu0, start = cpu(), time.perf_counter()
+    old, bench.clients = bench.clients, []
+    bench.counting_nicks = True
+    gate = asyncio.Semaphore(storm or CONNECT_CONCURRENCY)
+
+    async def back(client: Client) -> None:
+        async with gate:
+            again = Client(bench, client.nick, since=client.last_seq)
+            again.node = client.node
+            bench.clients.append(again)
+            await bench.open(again)
+            if not await again.welcome:
+                raise RuntimeError(f"{again.nick} was refused: {again.head[:200]!r}")
+
+    await asyncio.wait_for(asyncio.gather(*(back(c) for c in old)), 300)
+    result.join_s = round(time.perf_counter() - start, 3)
+    await _until(lambda: all(c.last_seq >= final for c in bench.clients), 300, "replays")
+    await bench.settle(timeout=300)
+    cpu1 = cpu()
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.joins_per_s = round(n / result.seconds, 1)
+    result.messages, result.replayed = RESTART_LINES, RESTART_LINES - half
+    result.lost = sum(final - c.last_seq for c in bench.clients if c.last_seq < final)
+    skipped = sum(welcome_count(c.welcome_line, b"skipped") for c in bench.clients)
+    if skipped:
+        result.error = f"{skipped} lines skipped in replays"
+    if cpu0 is not None and cpu1 is not None:
+        result.server_cpu_s = round(cpu1 - cpu0, 3)
+        result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / n, 3)
+
+
+async def _until(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not arrive within {timeout:.0f} s")
+        await asyncio.sleep(0.02)
+
+
+async def talk_until_cancelled(client: Client, rate: float) -> int:
+    """Say ``rate`` stamped lines a second, evenly spaced, until cancelled; return how many."""
+    said, start = 0, time.perf_counter()
+    try:
+        while True:
+            client.send(client.msg(stamped_text(time.perf_counter())))
+            said += 1
+            await asyncio.sleep(max(0.0, start + said / rate - time.perf_counter()))
+    except asyncio.CancelledError:
+        return said
+
+
 # --- running --------------------------------------------------------------------------------
 
 
@@ -1236,14 +1387,14 @@ def raise_nofile(need: int) -> None:
 def run_one(
     args: argparse.Namespace, server: ServerUnderTest | None, run: int, workdir: Path
 ) -> Result:
-    global _SERVER_PID, _SERVER_PIDS
+    global _SERVER_PID, _SERVER_PIDS, _SERVER, _WORKDIR
     label = server.label if server is not None else "attached"
     result = Result(args.workload, label, run, args.clients, gen_loop=args.gen_loop)
     ports: list[int] = []
     if server is not None:
         server.start(workdir)
         host, port = HOST, server.port
-        _SERVER_PID = server.pid
+        _SERVER_PID, _SERVER, _WORKDIR = server.pid, server, workdir
         if isinstance(server, ClusterUnderTest):
             ports, _SERVER_PIDS = server.ports, server.pids
         dialect = server.dialect
@@ -1258,7 +1409,7 @@ def run_one(
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        _SERVER_PID, _SERVER_PIDS = None, []
+        _SERVER_PID, _SERVER_PIDS, _SERVER = None, [], None
         if server is not None:
             server.stop()
     if args.logs and server is not None:
@@ -1290,8 +1441,10 @@ async def drive(
             await store(bench, result, args.messages)
         elif args.workload == "replay":
             await replay(bench, result, args.messages, args.resumes)
+        elif args.workload == "restart":
+            await restart(bench, result, args.storm)
         else:
-            await hold(bench, result, args.storm)
+            await hold(bench, result, args.storm, args.talk)
     finally:
         bench.close()
         await asyncio.sleep(0.05)
@@ -1357,6 +1510,21 @@ HOLD_COLUMNS = (
     ("cpu_ms_per_join", "{:>8}"),
     ("server_cpu_s", "{:>8}"),
     ("gen_cpu_s", "{:>8}"),
+    ("p50_ms", "{:>8}"),
+    ("p99_ms", "{:>8}"),
+)
+RESTART_COLUMNS = (
+    ("server", "{:<26}"),
+    ("run", "{:>3}"),
+    ("clients", "{:>7}"),
+    ("join_s", "{:>8}"),
+    ("seconds", "{:>8}"),
+    ("joins_per_s", "{:>8}"),
+    ("cpu_ms_per_join", "{:>8}"),
+    ("replayed", "{:>8}"),
+    ("lost", "{:>6}"),
+    ("server_cpu_s", "{:>8}"),
+    ("gen_cpu_s", "{:>8}"),
 )
 SHORT = {
     "joins_per_s": "joins/s",
@@ -1375,11 +1543,21 @@ SHORT = {
 
 
 def columns(workload: str) -> tuple[tuple[str, str], ...]:
-    by_workload = {"hold": HOLD_COLUMNS, "store": STORE_COLUMNS, "replay": REPLAY_COLUMNS}
+    by_workload = {
+        "hold": HOLD_COLUMNS,
+        "restart": RESTART_COLUMNS,
+        "store": STORE_COLUMNS,
+        "replay": REPLAY_COLUMNS,
+    }
     return by_workload.get(workload, COLUMNS)
 
 
-SUMMARY_KEY = {"hold": "handshakes_per_s", "store": "acked_per_s", "replay": "resume_ms"}
+SUMMARY_KEY = {
+    "hold": "handshakes_per_s",
+    "restart": "seconds",
+    "store": "acked_per_s",
+    "replay": "resume_ms",
+}
 """The figure a workload's summary compares (``deliveries_per_s`` if not here)."""
 
 
@@ -1421,7 +1599,11 @@ def summary(
     lines = []
     for server, rs in by_server.items():
         ok = [r for r in rs if not r.error]
-        figure = f"{medians[server]:,.1f}" if key == "resume_ms" else f"{medians[server]:,.0f}"
+        figure = (
+            f"{medians[server]:,.1f}"
+            if key in ("resume_ms", "seconds")
+            else f"{medians[server]:,.0f}"
+        )
         text = f"{server:<{width}} median {key} {figure} over {len(ok)} run(s)"
         if len(ok) < len(rs):
             text += f" ({len(rs) - len(ok)} failed)"
@@ -1444,6 +1626,9 @@ def _summary_details(rs: list[Result]) -> str:
         ms = [r.cpu_ms_per_join for r in rs if r.cpu_ms_per_join is not None]
         cpu = f", server CPU {statistics.median(ms):.3f} ms/join" if ms else ""
         return f", median RSS/conn {kib} KiB, {joins:,.0f} joins/s{cpu}"
+    if rs[0].workload == "restart":
+        back = statistics.median([r.join_s or 0 for r in rs])
+        return f" (all welcomed in {back} s), lost {sum(r.lost for r in rs)}"
     if rs[0].workload == "replay":
         return f", max {max(r.resume_max_ms or 0 for r in rs)} ms, replayed {rs[0].replayed}"
     cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
@@ -1462,7 +1647,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="chatsecure load generator (see docs/performance.md)"
     )
-    parser.add_argument("workload", choices=["fanout", "paced", "hold", "store", "replay"])
+    parser.add_argument(
+        "workload", choices=["fanout", "paced", "hold", "store", "replay", "restart"]
+    )
     parser.add_argument("-n", "--clients", type=int, default=None)
     parser.add_argument("-s", "--senders", type=int, default=5, help="fanout: senders")
     parser.add_argument(
@@ -1488,6 +1675,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="hold: clients connect and say hello at once, K at a time (a join storm)",
+    )
+    parser.add_argument(
+        "--talk",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="hold --storm: a member says R lines/s during the storm; latency at 16 others",
     )
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
@@ -1553,7 +1747,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_CLIENTS = {"fanout": 50, "paced": 1000, "hold": 10000, "store": 2, "replay": 1}
+DEFAULT_CLIENTS = {
+    "fanout": 50,
+    "paced": 1000,
+    "hold": 10000,
+    "store": 2,
+    "replay": 1,
+    "restart": 10000,
+}
 DEFAULT_MESSAGES = {"replay": 10000}
 """``--messages`` where it is not 2000."""
 
@@ -1621,9 +1822,11 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
         servers.append(naive_server())
     if args.only:
         servers = [s for s in servers if s.label in args.only]
-    need = {"store": "acks (protocol v2)", "replay": "a room log"}.get(args.workload)
+    need = {"store": "acks (protocol v2)", "replay": "a room log", "restart": "a room log"}.get(
+        args.workload
+    )
     if need is not None:
-        able = [s for s in servers if (s.keeps_log if args.workload == "replay" else s.v2)]
+        able = [s for s in servers if (s.v2 if args.workload == "store" else s.keeps_log)]
         for server in servers:
             if server not in able:
                 print(f"skipping {server.label}: {args.workload} needs {need}", file=sys.stderr)
