@@ -79,15 +79,15 @@ SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to take ``shutdown`` (or an error) before it aborts."""
 
 RELEASE_EVERY = 256
-"""Connections accepted between two hand-backs of the memory closed connections held.
+"""Connections accepted or gone between two hand-backs of the memory closed connections held.
 
 A connection whose TLS handshake fails (a port scan, a client that vanishes, a flood of
 half-open handshakes) stays in memory as a reference cycle inside asyncio (the exception, its
 traceback, the TLS objects), until a full garbage collection, which may be long in coming;
 and glibc keeps freed memory for itself. Each 1,000 such clients left the server about
 20 MB bigger. A collection and ``malloc_trim`` give it back: a pause of a few milliseconds,
-some tens with thousands of clients online, at most once a second, and at the idle sweep
-after any connection.
+some tens with thousands of clients online, at most once a second (a second after a burst of
+connections or of clients gone), and at the idle sweep after any connection.
 """
 
 
@@ -511,10 +511,11 @@ class ChatServer:
         """Join/leave lines logged per address (see ``presence``), the last used last."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
-        self._accepted = 0
+        self._churn = 0
+        """Connections accepted and connections gone: what may have left memory behind."""
         """Connections accepted so far (TLS finished or not)."""
         self._released_at = 0
-        """``_accepted`` when memory was last released (see ``RELEASE_EVERY``)."""
+        """``_churn`` when memory was last released (see ``RELEASE_EVERY``)."""
         self._release: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -629,16 +630,20 @@ class ChatServer:
     # -- registry ------------------------------------------------------------------------
 
     def _new_session(self) -> Session:
-        self._accepted += 1
-        if self._accepted - self._released_at >= RELEASE_EVERY and self._release is None:
-            assert self._loop is not None  # noqa: S101 - set in start()
-            # A second later this burst is mostly closed; at most one pause (ms) a second.
-            self._release = self._loop.call_later(1.0, self._release_memory)
+        self._churned()
         return Session(self, str(next(self._ids)))
+
+    def _churned(self) -> None:
+        """A connection came or went: after a burst of them, hand the memory back."""
+        self._churn += 1
+        if self._churn - self._released_at >= RELEASE_EVERY and self._release is None:
+            assert self._loop is not None  # noqa: S101 - set in start()
+            # A second later this burst is mostly over; at most one pause (ms) a second.
+            self._release = self._loop.call_later(1.0, self._release_memory)
 
     def _release_memory(self) -> None:
         self._release = None
-        self._released_at = self._accepted
+        self._released_at = self._churn
         release_memory()
 
     def admit(self, session: Session) -> tuple[ErrorCode, str] | None:
@@ -742,7 +747,7 @@ class ChatServer:
             elif silent >= timeout / 2:
                 session.ping()
         self._summarise_presence(now)
-        if self._accepted != self._released_at and self._release is None:
+        if self._churn != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
 
@@ -750,6 +755,8 @@ class ChatServer:
         """Forget ``session``; if it had joined, the room tells the rest. Idempotent."""
         if session in self.connections:
             self.connections.discard(session)
+            if not self._stopping:
+                self._churned()  # thousands gone at once must not keep their memory
             self._per_ip[session.addr] -= 1
             if not self._per_ip[session.addr]:
                 del self._per_ip[session.addr]
