@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chatsecure.history import HistoryError, Record, SharedLog
 from chatsecure.protocol.codes import NoticeCode
-from chatsecure.protocol.messages import Notice, encode
+from chatsecure.protocol.messages import Notice, Peer, encode
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ BACK = encode(
 
 REFUSED = "not stored: the room's shared log is out of reach; send it again when it is back"
 """The ``not_stored`` error's message for a line said while the shared log is out of reach."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A join (``reason`` None) or a leave on any server of the cluster (``chatsecure.presence``).
+
+    ``after`` is its place among the lines: every server announces it after line ``after`` and
+    before line ``after + 1``.
+    """
+
+    peer: Peer
+    after: int
+    reason: str | None = None
 
 
 class StreamFeed:
