@@ -34,6 +34,9 @@ RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
 """Longest pause between two tries to read the stream again."""
 
+STOP_AGAIN = 0.5
+"""Seconds after which a feed that was told to stop and still runs is told again."""
+
 
 LOST = encode(
     Notice(
@@ -93,7 +96,11 @@ class StreamFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # A cancellation that lands as a reply arrives can be lost inside redis-py (seen
+            # with redis 8.1 on Python 3.11: the feed reads on, "cancelling" for ever): again.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=STOP_AGAIN)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

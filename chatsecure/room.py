@@ -218,10 +218,11 @@ class Room:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._cluster is not None:
-            await self._cluster.close()
         if self._feed is not None:
             await self._feed.stop()
+        if self._cluster is not None:
+            # After the feed: its own leaves would wake the feed's read as it is cancelled.
+            await self._cluster.close()
         if self._history is not None:
             await self._history.close()
 
