@@ -445,10 +445,9 @@ class Room:
     ) -> None:
         """Acknowledge and broadcast a stored batch, presence frames in their places."""
         for item in batch:
-            if isinstance(item, _Gone):  # pragma: no cover - only a cluster queues those
-                continue
             if not isinstance(item, _Said):
-                self.broadcast(item)
+                if not isinstance(item, _Gone):  # (only a cluster queues a _Gone)
+                    self.broadcast(item)
                 continue
             appended = next(results)
             record, member, ref = appended.record, item.member, item.draft.ref
