@@ -20,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from chatsecure.history import Fed, HistoryError, SharedLog
 from chatsecure.protocol.codes import NoticeCode
-from chatsecure.protocol.messages import Notice, encode
+from chatsecure.protocol.messages import Notice, Peer, encode
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ RETRY_FIRST = 0.1
 
 RETRY_MAX = 5.0
 """Longest pause between two tries to read the stream again."""
+
+STOP_AGAIN = 0.5
+"""Seconds after which a feed that was told to stop and still runs is told again."""
 
 
 LOST = encode(
@@ -49,6 +53,19 @@ BACK = encode(
 
 REFUSED = "not stored: the room's shared log is out of reach; send it again when it is back"
 """The ``not_stored`` error's message for a line said while the shared log is out of reach."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A join (``reason`` None) or a leave on any server of the cluster (``chatsecure.presence``).
+
+    ``after`` is its place among the lines: every server announces it after line ``after`` and
+    before line ``after + 1``.
+    """
+
+    peer: Peer
+    after: int
+    reason: str | None = None
 
 
 class StreamFeed:
@@ -79,7 +96,11 @@ class StreamFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # A cancellation that lands as a reply arrives can be lost inside redis-py (seen
+            # with redis 8.1 on Python 3.11: the feed reads on, "cancelling" for ever): again.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=STOP_AGAIN)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -18,11 +18,11 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from chatsecure.cluster import REFUSED, StreamFeed
+from chatsecure.cluster import REFUSED, PresenceEvent, StreamFeed
 from chatsecure.history import Appended, Draft, Fed, HistoryError, Record, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
@@ -47,6 +47,9 @@ from chatsecure.protocol.messages import (
     encode_welcome_v2,
     with_ref,
 )
+
+if TYPE_CHECKING:
+    from chatsecure.presence import ClusterPresence
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,7 @@ class Room:
         replay_max: int = limits.REPLAY_MAX,
         presence_pace: float = limits.PRESENCE_PACE,
         presence_hold_max: float = limits.PRESENCE_HOLD_MAX,
+        cluster: ClusterPresence | None = None,
     ) -> None:
         self.info = info
         self.members: dict[str, Member] = {}
@@ -156,7 +160,7 @@ class Room:
         self._tail: collections.deque[_Stored] = collections.deque(maxlen=max(replay, replay_max))
         """The newest stored lines as ``history`` frames, ending at ``seq``: every replay after
         a ``welcome`` comes from here, with no database read while others wait."""
-        self._queue: list[_Said | bytes | _Presence] = []
+        self._queue: list[_Said | bytes | _Presence | _Gone] = []
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""
         self._committing: asyncio.Task[None] | None = None
@@ -169,9 +173,13 @@ class Room:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: StreamFeed | None = None
         """In a cluster: every server's lines, broadcast by ``_followed`` in seq order."""
-        self._due: dict[int, list[tuple[Member | None, bytes | _Presence]]] = {}
-        """In a cluster: acks (for a member) and presence frames (for all: ``None``) waiting
-        until the feed has broadcast the line of that seq."""
+        self._due: dict[int, list[tuple[Member | None, bytes | _Presence | PresenceEvent]]] = {}
+        """In a cluster: acks (for a member) and presence (for all: ``None``) waiting until
+        the feed has broadcast the line of that seq."""
+        self._cluster = cluster
+        """In a cluster: presence on every server (the roster is theirs, joins go through it)."""
+        self._joining: dict[str, _Joining] = {}
+        """In a cluster: members whose join is on its way through the feed, by id."""
         self._appended = 0
         """In a cluster: the newest seq this server's own appends were given."""
 
@@ -182,12 +190,19 @@ class Room:
         self._loop = asyncio.get_running_loop()
         if self._history is None:
             return 0
+        if self._cluster is not None:
+            # Before the log: presence added meanwhile comes through the feed, not lost.
+            for peer in await self._cluster.open(self._fed_presence):
+                self._peers_json[peer.id] = encode_peer(peer)
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
         self._tail.extend(_Stored(_history_frame(r), r.client, r.ref) for r in opened.tail)
         if isinstance(self._history, SharedLog):
-            self._feed = StreamFeed(self._history, self._followed, lambda: self.seq, self.broadcast)
+            deliver = self._followed if self._cluster is None else self._fed_lines
+            self._feed = StreamFeed(self._history, deliver, lambda: self.seq, self.broadcast)
             self._feed.start()
+        if self._cluster is not None:
+            self._cluster.start()
         return opened.max_peer_id
 
     async def drain(self) -> None:
@@ -205,6 +220,9 @@ class Room:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._feed is not None:
             await self._feed.stop()
+        if self._cluster is not None:
+            # After the feed: its own leaves would wake the feed's read as it is cancelled.
+            await self._cluster.close()
         if self._history is not None:
             await self._history.close()
 
@@ -212,8 +230,18 @@ class Room:
 
     def join(self, member: Member, wanted: str, hello: Hello, addr: str) -> Peer:
         """Let ``member`` in as ``wanted`` (or a free variant): welcome, replay, tell the rest."""
-        nick = self._unique_nick(wanted)
-        peer = member.peer = Peer(member.id, nick, addr)
+        peer = Peer(member.id, self._unique_nick(wanted), addr)
+        serial = self._welcome(member, peer, hello)
+        self._peers_json[member.id] = member.peer_json
+        self._nicks.add(peer.nick.casefold())
+        self._announce(_Event(serial, member.peer_json))
+        return peer
+
+    def _welcome(self, member: Member, peer: Peer, hello: Hello) -> int:
+        """Welcome ``member`` as ``peer`` to the room as it is, replay, and count it in.
+
+        Returns its place in the order of presence events (its join's serial)."""
+        member.peer = peer
         member.peer_json = encode_peer(peer)
         replayed, skipped = self._replay_for(hello.since, hello.client)
         counts = (self.seq, len(replayed), skipped)
@@ -231,14 +259,11 @@ class Room:
         member.skip_log()
         serial = next(self._serials)
         self.members[member.id] = member
-        self._peers_json[member.id] = member.peer_json
-        self._nicks.add(nick.casefold())
         self._serial[member.id] = serial
         self._recent[member.id] = member
         if v2:
             self._v2.add(member.id)
-        self._announce(_Event(serial, member.peer_json))
-        return peer
+        return serial
 
     def _welcome_v2(self, you: bytes, seq: int, replay: int, skipped: int) -> list[bytes]:
         """A v2 welcome and the ``peers`` frames after it: the roster in ``PEERS_CHUNK``s.
@@ -285,13 +310,15 @@ class Room:
         loop = self._loop or asyncio.get_running_loop()
         hold = min(self._hold_max, self._pace * len(self.members))
         self._next_release = loop.time() + hold
-        if self._committing is None:
-            self.broadcast(batch)
+        if self._committing is None or self._cluster is not None:
+            self.broadcast(batch)  # (in a cluster, the feed put it in its place)
         else:
             self._queue.append(batch)
 
     def remove(self, member: Member, reason: str) -> bool:
         """Forget ``member`` and tell the rest it left; False if it was not in. Idempotent."""
+        if self._cluster is not None:
+            return self._leave_cluster(member, reason)
         if self.members.pop(member.id, None) is None or member.peer is None:
             return False
         del self._peers_json[member.id]
@@ -313,6 +340,7 @@ class Room:
         self._v2.clear()
         self._serial.clear()
         self._recent.clear()
+        self._joining.clear()
         if self._release is not None:
             self._release.cancel()
             self._release = None
@@ -412,11 +440,14 @@ class Room:
         # The details (a file name, a disk) are for the server's log, not its clients.
         return "the server could not store your line"
 
-    def _stored(self, batch: list[_Said | bytes | _Presence], results: Iterator[Appended]) -> None:
+    def _stored(
+        self, batch: list[_Said | bytes | _Presence | _Gone], results: Iterator[Appended]
+    ) -> None:
         """Acknowledge and broadcast a stored batch, presence frames in their places."""
         for item in batch:
             if not isinstance(item, _Said):
-                self.broadcast(item)
+                if not isinstance(item, _Gone):  # (only a cluster queues a _Gone)
+                    self.broadcast(item)
                 continue
             appended = next(results)
             record, member, ref = appended.record, item.member, item.draft.ref
@@ -467,7 +498,7 @@ class Room:
     # -- cluster: the feed broadcasts every server's lines -------------------------------
 
     def _acknowledged(
-        self, batch: list[_Said | bytes | _Presence], results: Iterator[Appended]
+        self, batch: list[_Said | bytes | _Presence | _Gone], results: Iterator[Appended]
     ) -> None:
         """In a cluster: a stored batch's acks and presence frames, once the feed is there.
 
@@ -476,6 +507,10 @@ class Room:
         that line), so it waits in ``_due`` until the feed has broadcast its seq.
         """
         for item in batch:
+            if isinstance(item, _Gone):
+                if self._cluster is not None:  # its lines before are stored: now the leave
+                    self._cluster.leave(item.peer_id, item.reason)
+                continue
             if not isinstance(item, _Said):
                 self._after(self._appended, None, item)
                 continue
@@ -493,8 +528,11 @@ class Room:
         else:
             self._due.setdefault(seq, []).append((member, frame))
 
-    def _deliver_due(self, member: Member | None, frame: bytes | _Presence) -> None:
-        if member is None:
+    def _deliver_due(self, member: Member | None, frame: bytes | _Presence | PresenceEvent) -> None:
+        if isinstance(frame, PresenceEvent):
+            self._apply_presence(frame)
+            self._release_presence()  # the next line must not overtake it
+        elif member is None:
             self.broadcast(frame)
         elif isinstance(frame, bytes):  # an ack; presence is only ever broadcast
             member.send(frame)
@@ -540,6 +578,102 @@ class Room:
         deadline = loop.time() + timeout
         while self.seq < self._appended and loop.time() < deadline:
             await asyncio.sleep(0.01)
+
+    # -- cluster: presence on every server, in the feed's order ----------------------------
+
+    @property
+    def clustered(self) -> bool:
+        """Whether joins go through the cluster (``enter``) instead of ``join``."""
+        return self._cluster is not None
+
+    def enter(
+        self,
+        member: Member,
+        wanted: str,
+        hello: Hello,
+        addr: str,
+        then: Callable[[Peer | None], None],
+    ) -> None:
+        """In a cluster: let ``member`` in as ``wanted`` (or a variant free on every server).
+
+        Its welcome comes when the feed brings its join back (see ``chatsecure.presence``),
+        then ``then(peer)``; ``then(None)`` if the cluster cannot take it (Redis out of reach).
+        """
+        if self._cluster is None or (self._feed is not None and not self._feed.up):
+            then(None)
+            return
+        self._joining[member.id] = _Joining(member, hello, then)
+        assert self._loop is not None  # noqa: S101 - set in open()
+        task = self._loop.create_task(self._claim(member, wanted, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim(self, member: Member, wanted: str, addr: str) -> None:
+        assert self._cluster is not None  # noqa: S101 - only called in a cluster
+        try:
+            await self._cluster.join(member.id, wanted, addr)
+        except HistoryError as exc:
+            if self._feed is not None:
+                self._feed.lost(exc)
+            joining = self._joining.pop(member.id, None)
+            if joining is None:
+                return  # welcomed (it was stored) or gone (its leave is on its way)
+            self._cluster.leave(member.id, "error")  # stored after all, its answer lost?
+            joining.then(None)
+
+    def _leave_cluster(self, member: Member, reason: str) -> bool:
+        """In a cluster: ``member`` is gone; its leave reaches everyone through the feed."""
+        assert self._cluster is not None  # noqa: S101 - only called in a cluster
+        joined = self.members.pop(member.id, None) is not None
+        if not joined and self._joining.pop(member.id, None) is None:
+            return False
+        self._v2.discard(member.id)
+        self._serial.pop(member.id, None)
+        self._recent.pop(member.id, None)
+        if self._committing is None:
+            self._cluster.leave(member.id, reason)
+        else:  # after the lines it said before: nobody may see them after its leave
+            self._queue.append(_Gone(member.id, reason))
+        return joined
+
+    def _fed_presence(self, events: list[PresenceEvent]) -> None:
+        """Joins and leaves from the feed: each after the line it follows, once that is out."""
+        for event in events:
+            if event.after <= self.seq:
+                self._apply_presence(event)
+            else:
+                self._due.setdefault(event.after, []).append((None, event))
+
+    def _fed_lines(self, records: list[Fed]) -> None:
+        """Lines from the feed, in a cluster: after the presence held back (paced) so far."""
+        if self._held:
+            self._release_presence()
+        self._followed(records)
+
+    def _apply_presence(self, event: PresenceEvent) -> None:
+        """A join or leave on any server: the roster changes and the room is told.
+
+        A join of this server's is the moment its member is welcomed."""
+        peer = event.peer
+        if event.reason is not None:
+            peer_json = self._peers_json.pop(peer.id, None)
+            if peer_json is not None:
+                self._chunks = []  # the roster's order changed: the shared chunks are wrong now
+                self._announce(_Event(next(self._serials), peer_json, event.reason))
+            return
+        joining = self._joining.pop(peer.id, None)
+        if joining is not None and joining.member.gone:
+            joining = None
+        serial = (
+            next(self._serials)
+            if joining is None
+            else self._welcome(joining.member, peer, joining.hello)
+        )
+        peer_json = encode_peer(peer)
+        self._peers_json[peer.id] = peer_json
+        self._announce(_Event(serial, peer_json))
+        if joining is not None:
+            joining.then(peer)
 
     # -- fan-out -------------------------------------------------------------------------
 
@@ -633,6 +767,23 @@ class _Said:
     member: Member
     draft: Draft
     peer_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Joining:
+    """In a cluster: a member whose join is on its way, and what to do once it is in."""
+
+    member: Member
+    hello: Hello
+    then: Callable[[Peer | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """In a cluster: a leave to add once the lines said before it are stored."""
+
+    peer_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,11 @@ import sys
 import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from chatsecure import __version__
 from chatsecure.errors import ConfigError, RemoteProtocolError
-from chatsecure.history import RoomLog
+from chatsecure.history import RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -54,6 +54,9 @@ from chatsecure.settings import ServerConfig
 from chatsecure.tls import certs
 from chatsecure.tls.context import server_context
 from chatsecure.tls.trust import host_port
+
+if TYPE_CHECKING:
+    from chatsecure.presence import ClusterPresence
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +441,16 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
-        peer = self.room.join(self, nick, hello, self.addr)
+        if self.room.clustered:  # welcomed once every server knows (``then``)
+            self.room.enter(self, nick, hello, self.addr, self._entered)
+            return
+        self._entered(self.room.join(self, nick, hello, self.addr))
+
+    def _entered(self, peer: Peer | None) -> None:
+        """The room let this client in as ``peer`` (``None``: the cluster could not)."""
+        if peer is None:
+            self.drop(ErrorCode.CLUSTER_UNAVAILABLE, "the room's shared log is out of reach")
+            return
         self.server.presence(
             self, "%s joined from %s; %d online", peer.nick, self.addr, len(self.room.members)
         )
@@ -483,11 +495,13 @@ class ChatServer:
         """``history`` replaces the log that ``config`` describes (tests give a memory one)."""
         self.config = config
         info = ServerInfo(config.name, __version__, limits.PROTOCOL_VERSION)
+        shared = history if history is not None else open_history(config)
         self.room = Room(
             info,
-            history if history is not None else open_history(config),
+            shared,
             replay=config.replay,
             replay_max=config.replay_max,
+            cluster=open_cluster_presence(shared),
         )
         self.connections: set[Session] = set()
         """Every open connection, joined or not."""
@@ -783,6 +797,16 @@ def open_cluster_log(config: ServerConfig) -> RoomLog:
     from chatsecure.history.redis import RedisLog
 
     return RedisLog(config.cluster or "", config.name, config.history)
+
+
+def open_cluster_presence(shared: RoomLog | None) -> ClusterPresence | None:
+    """Presence shared by the servers of a cluster, when the log is a cluster's (Redis)."""
+    if not isinstance(shared, SharedLog):
+        return None
+    from chatsecure.history.redis import RedisLog
+    from chatsecure.presence import ClusterPresence
+
+    return ClusterPresence(shared) if isinstance(shared, RedisLog) else None
 
 
 def trim_asyncio_tls_buffer() -> None:

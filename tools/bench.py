@@ -934,8 +934,8 @@ class Bench:
 
     async def settle(self, timeout: float) -> None:
         """Wait until every client knows everyone (or nothing arrives for a while)."""
-        # A cluster's presence is per node: there, wait for quiet instead of counting.
-        expected = self.dialect.roster_entries(len(self.clients)) if len(self.ports) == 1 else None
+        # A cluster's presence spans its nodes: every client is told of everyone there too.
+        expected = self.dialect.roster_entries(len(self.clients))
         deadline = time.monotonic() + timeout
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:

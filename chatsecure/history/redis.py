@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from chatsecure.history.log import (
@@ -115,6 +115,22 @@ duplicate. A trimmed entry's ref is forgotten only if it still points at that en
 _Entry = tuple[bytes, dict[bytes, bytes]]
 
 
+class Companion(Protocol):
+    """Another stream that ``follow`` reads in the same ``XREAD`` as the lines.
+
+    One ``XREAD`` is one snapshot of both streams: what the companion adds is ordered against
+    the lines by what its entries say (the presence of ``chatsecure.presence``).
+    """
+
+    key: str
+    """The companion stream's key."""
+    position: str
+    """The id of its last entry taken: ``follow`` reads on after it."""
+
+    def take(self, entries: list[_Entry]) -> None:
+        """New entries of the companion stream, before the lines of the same read."""
+
+
 def room_prefix(room: str) -> str:
     """The keys' prefix for ``room``: ``chatsecure:{ROOM}:``, the name percent-encoded.
 
@@ -168,6 +184,20 @@ class RedisLog:
         self._append = self._redis.register_script(_APPEND)
         self._last_seq = 0
         self._closed = False
+        self.prefix = prefix
+        """The keys' prefix (``room_prefix``): other keys of the room start with it too."""
+        self.also: Companion | None = None
+        """A stream ``follow`` reads along with the lines (cluster presence), if any."""
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client (and its connection pool), for other keys of the same room."""
+        return self._redis
+
+    @property
+    def url(self) -> str:
+        """The Redis URL without its password, for logs and errors."""
+        return self._url
 
     @property
     def last_seq(self) -> int:
@@ -249,14 +279,25 @@ class RedisLog:
         """
         position = f"{after}-0"
         while True:
+            streams: dict[Any, Any] = {self._stream: position}
+            if (also := self.also) is not None:
+                streams[also.key] = also.position
             with self._mapped("lost the room's stream"):
-                reply = await self._redis.xread(
-                    {self._stream: position}, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS
-                )
-            if not reply:
-                yield []  # the log answered, with nothing new: it is reachable
+                reply = await self._redis.xread(streams, count=FOLLOW_COUNT, block=FOLLOW_BLOCK_MS)
+            entries: list[_Entry] = []
+            for key, got in cast(list[list[Any]], reply or []):
+                if also is not None and key.decode() == also.key:
+                    also.take(got)
+                    if len(got) >= FOLLOW_COUNT:
+                        # Cut at the count: some of its entries may belong before these
+                        # lines. They come again in the next read, after the rest of it.
+                        entries = []
+                        break
+                else:
+                    entries = got
+            if not entries:
+                yield []  # the log answered, with no new line: it is reachable
                 continue
-            entries: list[_Entry] = cast(list[list[Any]], reply)[0][1]
             fed = [_entry_fed(entry) for entry in entries]
             position = entries[-1][0].decode()
             self._last_seq = max(self._last_seq, fed[-1].seq)

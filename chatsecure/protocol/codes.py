@@ -45,6 +45,9 @@ class ErrorCode(enum.StrEnum):
     """The server is stopping and takes no new sessions. Closed."""
     NOT_STORED = "not_stored"
     """The server could not store a line (a full disk): it was not delivered. Kept."""
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    """A server of a cluster cannot let anyone in while the room's shared log (Redis) is out
+    of reach: try again later, or another server of the cluster. Closed."""
 
 
 class NoticeCode(enum.StrEnum):
@@ -66,8 +69,10 @@ LEAVE_REASONS: Final = frozenset(
         ErrorCode.SLOW_CONSUMER,
         ErrorCode.FLOODING,
         ErrorCode.FRAME_TOO_LONG,
+        "node_lost",
     }
 )
 """The ``reason`` of a ``leave``: how the session ended (``quit``; ``closed``, EOF; ``error``,
-a broken connection; ``timeout``, idle) or the error code it was dropped with. Never
+a broken connection; ``timeout``, idle) or the error code it was dropped with; in a cluster,
+``node_lost``: the server the peer was on stopped or died. Never
 ``shutdown``: at shutdown everyone gets ``shutdown`` and nobody a ``leave``."""

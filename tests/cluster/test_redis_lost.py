@@ -99,7 +99,8 @@ def test_redis_killed_and_restarted_keeps_clients_refuses_lines_and_loses_nothin
         next_of(carol, Connected, seen)
         with RawClient(a.host, a.port) as alice, RawClient(b.host, b.port) as bob:
             alice.join("alice")
-            bob.join("bob")  # presence is per node: alice is told of nobody, bob of nobody
+            bob.join("bob")  # carol and alice are in bob's welcome, carol in alice's
+            assert alice.expect("join")["peer"]["nick"] == "bob"
             # Before the kill: lines said on both nodes, each acknowledged.
             for n in range(5):
                 alice.send({"type": "msg", "text": f"a{n}", "ref": f"a{n}"})
