@@ -324,7 +324,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {step + 1}")
-            log.info("history: %s migrated to schema %d", path, step + 1)
+            if step == 0:
+                log.info("history: made %s (schema %d)", path.absolute(), step + 1)
+            else:
+                log.info("history: %s migrated to schema %d", path.absolute(), step + 1)
         conn.execute("COMMIT")
 
 
