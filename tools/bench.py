@@ -1606,11 +1606,12 @@ async def talk_until_cancelled(client: Client, rate: float) -> int:
 # --- running --------------------------------------------------------------------------------
 
 
-def raise_nofile(need: int) -> None:
-    """Raise the soft open-file limit towards ``need`` (up to the hard limit).
+def raise_nofile(need: int) -> int:
+    """Raise the soft open-file limit towards ``need`` (up to the hard limit); return it.
 
-    As root, raise the hard limit too if it is below ``need`` (up to ``fs.nr_open``): the
-    server under test and the generators are started from here and inherit both limits.
+    With CAP_SYS_RESOURCE (root, unless a container dropped it), raise the hard limit too
+    if it is below ``need`` (up to ``fs.nr_open``): the server under test and the generators
+    are started from here and inherit both limits.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need and os.geteuid() == 0:
@@ -1623,6 +1624,7 @@ def raise_nofile(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     if want < need:
         print(f"warning: open-file limit {want} is below the {need} needed", file=sys.stderr)
+    return int(want)
 
 
 def run_one(
@@ -2115,7 +2117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise_nofile(share(args.clients, args.procs, args.worker)[1] + 256)
         asyncio_run(hold_worker(args, host, int(port)), args.gen_loop)
         return 0
-    raise_nofile(args.clients + 256)
+    limit = raise_nofile(args.clients + 256)
+    if args.procs > 1 and limit < args.clients + 256:
+        # The server needs a descriptor per client: past its limit, accept() fails and the
+        # generators would wait for handshakes that never come.
+        raise SystemExit(
+            f"the server may open {limit} files, too few for {args.clients} clients; raising"
+            " the hard limit (ulimit -Hn) needs CAP_SYS_RESOURCE"
+        )
     servers = servers_to_run(args)
     if not servers:
         raise SystemExit("no server to run")
