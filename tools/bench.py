@@ -1358,7 +1358,8 @@ async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
     over the generators; once each of them knows all C clients it says ``settled``, and
     closes them on the next line or end of stdin.
     """
-    bench = Bench(Dialect(), host, port)
+    ports = [int(p) for p in args.ports.split(",")] if args.ports else []
+    bench = Bench(Dialect(), host, port, ports=ports)
     bench.source, bench.room = source_address(args.worker), args.clients
     first, count = share(args.clients, args.procs, args.worker)
     timeout = 300 + args.clients / 20
@@ -1399,14 +1400,18 @@ async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
 class Generators:
     """The ``--procs`` generator processes of one ``hold`` run, and their JSON lines."""
 
-    def __init__(self, args: argparse.Namespace, host: str, port: int) -> None:
+    def __init__(
+        self, args: argparse.Namespace, host: str, port: int, ports: Sequence[int]
+    ) -> None:
         script = str(Path(__file__).resolve())
+        nodes = ["--ports", ",".join(map(str, ports))] if ports else []
         self.procs = [
             subprocess.Popen(
                 [
                     sys.executable, script, "hold", "--attach", f"{host}:{port}",
                     "--worker", str(i), "--procs", str(args.procs), "-n", str(args.clients),
                     "--storm", str(args.storm), "--gen-loop", args.gen_loop, "--no-discovery",
+                    *nodes,
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -1455,22 +1460,25 @@ class Generators:
                 proc.stdout.close()
 
 
-def hold_procs(args: argparse.Namespace, result: Result, host: str, port: int) -> None:
+def hold_procs(
+    args: argparse.Namespace, result: Result, host: str, port: int, ports: Sequence[int] = ()
+) -> None:
     """``hold`` with ``--procs P``: P generator processes share the room (``hold_worker``).
 
     The figures are ``hold``'s, summed over the generators: handshakes/s over the slowest
     generator's handshakes, joins/s from ``go`` until every generator's clients know all C,
-    server CPU and RSS read here, generator CPU summed.
+    server CPU and RSS read here (a cluster's: every node's and Redis's), generator CPU summed.
     """
     pid, n = _SERVER_PID, result.clients
+    pids = _SERVER_PIDS or ([] if pid is None else [pid])
     cpu = cpu_reader(result)
 
     def rss() -> int:
-        return proc_rss_bytes(pid) if pid is not None else 0
+        return sum(proc_rss_bytes(p) for p in pids)
 
     result.procs = args.procs
     rss0 = rss()
-    generators = Generators(args, host, port)
+    generators = Generators(args, host, port, ports)
     try:
         ready = generators.gather("ready", 120 + n / 50)
         if not args.storm:
@@ -1649,7 +1657,7 @@ def run_one(
     try:
         acks = server.v2 if server is not None else None
         if args.procs > 1:
-            hold_procs(args, result, host, port)
+            hold_procs(args, result, host, port, ports)
         else:
             asyncio_run(drive(args, result, dialect, host, port, acks, ports), args.gen_loop)
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
@@ -1943,6 +1951,7 @@ def build_parser() -> argparse.ArgumentParser:
         "address (127.0.0.2, 127.0.0.3, ...): rooms bigger than one address's ports",
     )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
     parser.add_argument("--runs", type=int, default=1, help="runs per server (median shown)")
@@ -2108,8 +2117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("replay has one writer: leave out --clients")
     if not 1 <= args.procs <= MAX_PROCS:
         raise SystemExit(f"--procs must be between 1 and {MAX_PROCS}")
-    if args.procs > 1 and (args.workload != "hold" or args.talk or args.cluster):
-        raise SystemExit("--procs goes with hold (without --talk or --cluster) only")
+    if args.procs > 1 and (args.workload != "hold" or args.talk):
+        raise SystemExit("--procs goes with hold (without --talk) only")
     if args.procs > 1 and args.attach and not args.attach.startswith("127."):
         raise SystemExit("--procs needs a server on loopback: its generators leave from 127.0.0.x")
     if args.worker is not None:
@@ -2118,9 +2127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio_run(hold_worker(args, host, int(port)), args.gen_loop)
         return 0
     limit = raise_nofile(args.clients + 256)
-    if args.procs > 1 and limit < args.clients + 256:
-        # The server needs a descriptor per client: past its limit, accept() fails and the
-        # generators would wait for handshakes that never come.
+    # A server (a node of a cluster: its share) needs a descriptor per client: past its limit,
+    # accept() fails and the generators would wait for handshakes that never come.
+    per_server = -(-args.clients // max(1, args.cluster)) + 256
+    if args.procs > 1 and limit < per_server:
         raise SystemExit(
             f"the server may open {limit} files, too few for {args.clients} clients; raising"
             " the hard limit (ulimit -Hn) needs CAP_SYS_RESOURCE"
