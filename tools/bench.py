@@ -839,6 +839,8 @@ class Result:
     roster_max: int | None = None
     welcome_frames: int | None = None
     """``hold``: the longest welcome, in frames (the welcome and the ``peers`` after it)."""
+    gen_rss_mib: float | None = None
+    """``hold --procs``: the generators' peak RSS, summed."""
     acks: int | None = None
     """``ack``s the senders received (None: the server sends none, protocol v1)."""
     acked_per_s: float | None = None
@@ -1388,6 +1390,7 @@ async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
             peers_total=total,
             lost=sum(c.lost_connection for c in bench.clients),
             gen_cpu_s=self_cpu_seconds() - gen0,
+            rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
         await asyncio.to_thread(sys.stdin.readline)
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
@@ -1421,20 +1424,31 @@ class Generators:
         ]  # fmt: skip
 
     def gather(self, event: str, timeout: float) -> list[dict[str, Any]]:
-        """Each generator's next report, which must be ``event``, within ``timeout`` seconds."""
+        """Each generator's next report, which must be ``event``, within ``timeout`` seconds.
+
+        Whichever generator speaks first is read first: one that fails stops the run at once.
+        """
         deadline = time.monotonic() + timeout
-        reports = []
-        for i, proc in enumerate(self.procs):
-            if proc.stdout is None:  # pragma: no cover - stdout=PIPE above
-                raise RuntimeError("no stdout")
-            line = _readline(proc.stdout, deadline - time.monotonic())
-            if line is None:
-                raise RuntimeError(f"generator {i} did not say {event!r} within {timeout:.0f} s")
-            report: dict[str, Any] = json.loads(line)
-            if report.get("event") != event:
-                raise RuntimeError(f"generator {i}: {report.get('error', report)}")
-            reports.append(report)
-        return reports
+        reports: dict[int, dict[str, Any]] = {}
+        with selectors.DefaultSelector() as sel:
+            for i, proc in enumerate(self.procs):
+                if proc.stdout is not None:
+                    sel.register(proc.stdout, selectors.EVENT_READ, i)
+            while len(reports) < len(self.procs):
+                ready = sel.select(max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise RuntimeError(
+                        f"generators {sorted(set(range(len(self.procs))) - set(reports))}"
+                        f" did not say {event!r} within {timeout:.0f} s"
+                    )
+                for key, _ in ready:
+                    i, line = key.data, cast(IO[str], key.fileobj).readline()
+                    report: dict[str, Any] = json.loads(line) if line else {"error": "it quit"}
+                    if report.get("event") != event:
+                        raise RuntimeError(f"generator {i}: {report.get('error', report)}")
+                    reports[i] = report
+                    sel.unregister(key.fileobj)
+        return [reports[i] for i in range(len(self.procs))]
 
     def say(self, word: str) -> None:
         for proc in self.procs:
@@ -1504,6 +1518,7 @@ def hold_procs(
             if not args.storm:
                 result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
         result.gen_cpu_s = round(sum(r["gen_cpu_s"] for r in settled), 3)
+        result.gen_rss_mib = round(sum(r["rss_mib"] for r in settled), 1)
         low = min(r["roster_min"] for r in settled)
         high = max(r["roster_max"] for r in settled)
         check_roster(result, low, high, max(r["welcome_frames"] for r in settled))
@@ -2105,6 +2120,8 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (``timeout``, a watchdog) unwinds like Ctrl-C: the server and generators stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.clients is None:
         args.clients = DEFAULT_CLIENTS[args.workload]
     if args.messages is None:
