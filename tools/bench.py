@@ -884,6 +884,8 @@ class Bench:
         """Makes this run's client ids its own."""
         self.source: str | None = None
         """The loopback address this generator's sockets leave from (None: the kernel's)."""
+        self.rcvbuf = 0
+        """SO_RCVBUF of each client socket (0: the kernel's): ``--gen-rcvbuf``."""
         self.room: int | None = None
         """Clients in the room in all (``--procs``: every generator's); None: this one's."""
         self._ctx = client_context()
@@ -944,9 +946,13 @@ class Bench:
         loop = asyncio.get_running_loop()
         port = self.ports[client.node % len(self.ports)]
         local = None if self.source is None else (self.source, 0)
-        await loop.create_connection(
+        transport, _ = await loop.create_connection(
             lambda: client, self.host, port, ssl=self._ctx, server_hostname=None, local_addr=local
         )
+        if self.rcvbuf:
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
 
     async def greet_in_waves(self, wave: int, timeout: float) -> float:
         """Send hello from every client, ``wave`` at a time; return the seconds until welcomed."""
@@ -1363,6 +1369,7 @@ async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
     ports = [int(p) for p in args.ports.split(",")] if args.ports else []
     bench = Bench(Dialect(), host, port, ports=ports)
     bench.source, bench.room = source_address(args.worker), args.clients
+    bench.rcvbuf = args.gen_rcvbuf
     first, count = share(args.clients, args.procs, args.worker)
     timeout = 300 + args.clients / 20
     gen0 = self_cpu_seconds()
@@ -1414,7 +1421,7 @@ class Generators:
                     sys.executable, script, "hold", "--attach", f"{host}:{port}",
                     "--worker", str(i), "--procs", str(args.procs), "-n", str(args.clients),
                     "--storm", str(args.storm), "--gen-loop", args.gen_loop, "--no-discovery",
-                    *nodes,
+                    "--gen-rcvbuf", str(args.gen_rcvbuf), *nodes,
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -1964,6 +1971,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="hold: P generator processes share the clients, each from its own source "
         "address (127.0.0.2, 127.0.0.3, ...): rooms bigger than one address's ports",
+    )
+    parser.add_argument(
+        "--gen-rcvbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="hold --procs: SO_RCVBUF of each generator socket (default: the kernel's); "
+        "16384 keeps the generators' memory down in rooms of tens of thousands",
     )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
