@@ -144,3 +144,19 @@ def test_restart_brings_every_client_back_with_every_line_and_the_whole_roster()
     (r,) = bench("restart", "-n", "40", "--loop", "asyncio")
     assert (r["clients"], r["error"], r["lost"], r["replayed"]) == (40, None, 0, 10)
     assert 0 < r["join_s"] <= r["seconds"]
+
+
+def test_hold_from_two_processes_gives_every_client_the_whole_room() -> None:
+    (r,) = bench("hold", "-n", "40", "--procs", "2", "--loop", "asyncio")
+    assert (r["clients"], r["procs"], r["error"], r["lost"]) == (40, 2, None, 0)
+    assert (r["roster_min"], r["roster_max"], r["welcome_frames"]) == (40, 40, 1)
+    assert r["handshakes_per_s"] > 0
+    assert r["joins_per_s"] > 0
+    assert r["server_rss_mib"] > 0
+
+
+def test_hold_storm_from_two_processes_joins_everyone() -> None:
+    (r,) = bench("hold", "-n", "40", "--procs", "2", "--storm", "4", "--loop", "asyncio")
+    assert (r["clients"], r["procs"], r["error"]) == (40, 2, None)
+    assert (r["roster_min"], r["roster_max"]) == (40, 40)
+    assert r["cpu_ms_per_join"] > 0

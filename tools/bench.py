@@ -62,6 +62,8 @@ ACK = b'{"type":"ack"'
 """How every ``ack`` frame starts (the server encodes it with this key order)."""
 NICK = b'"nick":'
 MSG_SEQ = b'{"type":"msg","seq":'
+PEERS_FRAME = b'{"type":"peers"'
+"""How a ``peers`` frame (more of the room, right after a v2 welcome) starts."""
 """How a stored line starts (v2): the seq follows."""
 """In every peer a chatsecure server names (welcome, peers, join, joins): counts presence."""
 RECV_BUFFER = 256 * 1024
@@ -207,6 +209,9 @@ class Client(asyncio.BufferedProtocol):
         self._ack_tail = b""
         self.nicks = 0
         """Peers named to this client so far (while the bench counts presence)."""
+        self.peers_frames = 0
+        """``peers`` frames this client got (while the bench counts presence): its welcome's."""
+        self._peers_tail = b""
         self.last_seq = since or 0
         """The newest ``seq`` of a line this client got (while the bench tracks them)."""
         self._seq_tail = b""
@@ -247,6 +252,8 @@ class Client(asyncio.BufferedProtocol):
         if self.bench.counting_nicks:
             found, self._nick_tail = count_shared(NICK, nbytes, self._nick_tail)
             self.nicks += found
+            found, self._peers_tail = count_shared(PEERS_FRAME, nbytes, self._peers_tail)
+            self.peers_frames += found
         if self.count_acks:
             self._count_acks(nbytes)
         if self.bench.tracking_seq:
@@ -294,7 +301,10 @@ class Client(asyncio.BufferedProtocol):
             if self.bench.counting_nicks:
                 self.nicks += self.head.count(NICK)
                 self._nick_tail = self.head[-(len(NICK) - 1) :]
-            self.welcome_line, _, rest = self.head.partition(b"\n")
+                self.peers_frames += self.head.count(PEERS_FRAME)
+                self._peers_tail = self.head[-(len(PEERS_FRAME) - 1) :]
+            welcome, _, rest = self.head.partition(b"\n")
+            self.welcome_line = without_peers(welcome)
             self.lines += rest.count(b"\n")
             if self.bench.tracking_seq:
                 self._track_seq(rest)
@@ -360,6 +370,16 @@ class Client(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def without_peers(welcome: bytes) -> bytes:
+    """A welcome line with its ``peers`` list emptied: the fields the bench reads, not the
+    500 peers (24 KiB) that 50,000 clients would otherwise keep in the generators."""
+    start = welcome.find(b'"peers":[')
+    end = welcome.find(b'],"peers_total":')
+    if start < 0 or end < start:
+        return welcome  # v1: no peers_total, and a small room in a test
+    return welcome[: start + len(b'"peers":[')] + welcome[end:]
 
 
 def count_shared(pattern: bytes, nbytes: int, tail: bytes) -> tuple[int, bytes]:
@@ -812,6 +832,15 @@ class Result:
     rss_per_conn_kib: float | None = None
     tls_rss_per_conn_kib: float | None = None
     server_rss_mib: float | None = None
+    procs: int = 1
+    """``hold --procs``: generator processes, each from its own loopback address."""
+    roster_min: int | None = None
+    """``hold``: the fewest peers (itself included) any client was told of; must be C."""
+    roster_max: int | None = None
+    welcome_frames: int | None = None
+    """``hold``: the longest welcome, in frames (the welcome and the ``peers`` after it)."""
+    gen_rss_mib: float | None = None
+    """``hold --procs``: the generators' peak RSS, summed."""
     acks: int | None = None
     """``ack``s the senders received (None: the server sends none, protocol v1)."""
     acked_per_s: float | None = None
@@ -853,6 +882,12 @@ class Bench:
         """Count the peers named to each client, until ``settle`` has seen them all."""
         self.token = os.urandom(4).hex()
         """Makes this run's client ids its own."""
+        self.source: str | None = None
+        """The loopback address this generator's sockets leave from (None: the kernel's)."""
+        self.rcvbuf = 0
+        """SO_RCVBUF of each client socket (0: the kernel's): ``--gen-rcvbuf``."""
+        self.room: int | None = None
+        """Clients in the room in all (``--procs``: every generator's); None: this one's."""
         self._ctx = client_context()
 
     @property
@@ -910,9 +945,14 @@ class Bench:
         """Make ``client``'s TLS connection to the server."""
         loop = asyncio.get_running_loop()
         port = self.ports[client.node % len(self.ports)]
-        await loop.create_connection(
-            lambda: client, self.host, port, ssl=self._ctx, server_hostname=None
+        local = None if self.source is None else (self.source, 0)
+        transport, _ = await loop.create_connection(
+            lambda: client, self.host, port, ssl=self._ctx, server_hostname=None, local_addr=local
         )
+        if self.rcvbuf:
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
 
     async def greet_in_waves(self, wave: int, timeout: float) -> float:
         """Send hello from every client, ``wave`` at a time; return the seconds until welcomed."""
@@ -936,6 +976,8 @@ class Bench:
         """Wait until every client knows everyone (or nothing arrives for a while)."""
         # A cluster's presence spans its nodes: every client is told of everyone there too.
         expected = self.dialect.roster_entries(len(self.clients))
+        if expected is not None and self.room is not None:
+            expected = len(self.clients) * self.room
         deadline = time.monotonic() + timeout
         last, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -1242,6 +1284,8 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
             result.lost = result.messages * PROBES - len(bench.latencies)
             result.p50_ms, result.p99_ms, result.max_ms = percentiles(bench.latencies)
         result.seconds = round(time.perf_counter() - start, 3)
+        if not talk:
+            check_roster(result, *roster(bench))
         joins = n - early
         result.joins_per_s = round(joins / result.seconds, 1)
         result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
@@ -1262,6 +1306,7 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
     result.join_s = round(await bench.greet_in_waves(HOLD_WAVE, timeout=300 + n / 20), 3)
     await bench.settle(timeout=300)
     cpu1 = cpu()
+    check_roster(result, *roster(bench))
     # Joins are done when everyone knows everyone: the last join notice is part of the cost.
     result.joins_per_s = round(n / (time.perf_counter() - start), 1)
     if cpu_tls is not None and cpu1 is not None:
@@ -1274,6 +1319,223 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
         result.server_rss_mib = round(rss1 / 2**20, 1)
         result.rss_per_conn_kib = round((rss1 - rss0) / n / 1024, 2)
         result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
+
+
+def roster(bench: Bench) -> tuple[int, int, int]:
+    """The fewest and most peers any client was told of, and the most frames a welcome took."""
+    nicks = [c.nicks for c in bench.clients]
+    frames = max((c.peers_frames for c in bench.clients), default=0)
+    return min(nicks, default=0), max(nicks, default=0), 1 + frames
+
+
+def check_roster(result: Result, low: int, high: int, frames: int) -> None:
+    """Record what ``roster`` found; an error unless every client knows exactly everyone."""
+    result.roster_min, result.roster_max, result.welcome_frames = low, high, frames
+    if (low, high) != (result.clients, result.clients):
+        result.error = f"rosters of {low} to {high} peers, not {result.clients} each"
+
+
+# --- hold from several processes ------------------------------------------------------------
+
+MAX_PROCS = 200
+"""Generator processes at most: each takes one source address from 127.0.0.2 on."""
+
+
+def share(clients: int, procs: int, index: int) -> tuple[int, int]:
+    """The first client (nick number) and the number of clients of generator ``index``."""
+    first = clients * index // procs
+    return first, clients * (index + 1) // procs - first
+
+
+def source_address(index: int) -> str:
+    """Generator ``index``'s loopback source address: one source address has only about
+    28,000 ephemeral ports toward one server port (``ip_local_port_range``)."""
+    return f"127.0.0.{index + 2}"
+
+
+def tell(**event: object) -> None:
+    """A generator process's report to the bench that started it: one JSON line on stdout."""
+    print(json.dumps(event), flush=True)
+
+
+async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
+    """Generator ``--worker I`` of ``hold --procs P``: its share of the room, on cue.
+
+    It makes its TLS handshakes (unless ``--storm``) and says ``ready``; on ``go`` (stdin)
+    its clients say hello, in waves or as a storm, as ``hold`` does in one process, split
+    over the generators; once each of them knows all C clients it says ``settled``, and
+    closes them on the next line or end of stdin.
+    """
+    ports = [int(p) for p in args.ports.split(",")] if args.ports else []
+    bench = Bench(Dialect(), host, port, ports=ports)
+    bench.source, bench.room = source_address(args.worker), args.clients
+    bench.rcvbuf = args.gen_rcvbuf
+    first, count = share(args.clients, args.procs, args.worker)
+    timeout = 300 + args.clients / 20
+    gen0 = self_cpu_seconds()
+    try:
+        tls_s = None
+        if not args.storm:
+            tls_s = await bench.connect(count, timeout, greet=False, first=first)
+        tell(event="ready", tls_s=tls_s)
+        if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
+            return
+        if args.storm:
+            storm = max(1, args.storm // args.procs)
+            join_s = await bench.connect(count, timeout, concurrency=storm, first=first)
+        else:
+            join_s = await bench.greet_in_waves(max(1, HOLD_WAVE // args.procs), timeout)
+        await bench.settle(timeout)
+        low, high, frames = roster(bench)
+        total = max(welcome_count(c.welcome_line, b"peers_total") for c in bench.clients)
+        tell(
+            event="settled",
+            join_s=join_s,
+            roster_min=low,
+            roster_max=high,
+            welcome_frames=frames,
+            peers_total=total,
+            lost=sum(c.lost_connection for c in bench.clients),
+            gen_cpu_s=self_cpu_seconds() - gen0,
+            rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+        await asyncio.to_thread(sys.stdin.readline)
+    except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
+        tell(event="error", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        bench.close()
+        await asyncio.sleep(0.05)
+
+
+class Generators:
+    """The ``--procs`` generator processes of one ``hold`` run, and their JSON lines."""
+
+    def __init__(
+        self, args: argparse.Namespace, host: str, port: int, ports: Sequence[int]
+    ) -> None:
+        script = str(Path(__file__).resolve())
+        nodes = ["--ports", ",".join(map(str, ports))] if ports else []
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable, script, "hold", "--attach", f"{host}:{port}",
+                    "--worker", str(i), "--procs", str(args.procs), "-n", str(args.clients),
+                    "--storm", str(args.storm), "--gen-loop", args.gen_loop, "--no-discovery",
+                    "--gen-rcvbuf", str(args.gen_rcvbuf), *nodes,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(args.procs)
+        ]  # fmt: skip
+
+    def gather(self, event: str, timeout: float) -> list[dict[str, Any]]:
+        """Each generator's next report, which must be ``event``, within ``timeout`` seconds.
+
+        Whichever generator speaks first is read first: one that fails stops the run at once.
+        """
+        deadline = time.monotonic() + timeout
+        reports: dict[int, dict[str, Any]] = {}
+        with selectors.DefaultSelector() as sel:
+            for i, proc in enumerate(self.procs):
+                if proc.stdout is not None:
+                    sel.register(proc.stdout, selectors.EVENT_READ, i)
+            while len(reports) < len(self.procs):
+                ready = sel.select(max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise RuntimeError(
+                        f"generators {sorted(set(range(len(self.procs))) - set(reports))}"
+                        f" did not say {event!r} within {timeout:.0f} s"
+                    )
+                for key, _ in ready:
+                    i, line = key.data, cast(IO[str], key.fileobj).readline()
+                    report: dict[str, Any] = json.loads(line) if line else {"error": "it quit"}
+                    if report.get("event") != event:
+                        raise RuntimeError(f"generator {i}: {report.get('error', report)}")
+                    reports[i] = report
+                    sel.unregister(key.fileobj)
+        return [reports[i] for i in range(len(self.procs))]
+
+    def say(self, word: str) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.write(word + "\n")
+                    proc.stdin.flush()
+
+    def stop(self) -> None:
+        """Let every generator close its clients and leave; kill those that do not in 30 s."""
+        for proc in self.procs:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        deadline = time.monotonic() + 30
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def hold_procs(
+    args: argparse.Namespace, result: Result, host: str, port: int, ports: Sequence[int] = ()
+) -> None:
+    """``hold`` with ``--procs P``: P generator processes share the room (``hold_worker``).
+
+    The figures are ``hold``'s, summed over the generators: handshakes/s over the slowest
+    generator's handshakes, joins/s from ``go`` until every generator's clients know all C,
+    server CPU and RSS read here (a cluster's: every node's and Redis's), generator CPU summed.
+    """
+    pid, n = _SERVER_PID, result.clients
+    pids = _SERVER_PIDS or ([] if pid is None else [pid])
+    cpu = cpu_reader(result)
+
+    def rss() -> int:
+        return sum(proc_rss_bytes(p) for p in pids)
+
+    result.procs = args.procs
+    rss0 = rss()
+    generators = Generators(args, host, port, ports)
+    try:
+        ready = generators.gather("ready", 120 + n / 50)
+        if not args.storm:
+            result.seconds = round(max(r["tls_s"] for r in ready), 3)
+            result.handshakes_per_s = round(n / result.seconds, 1)
+        time.sleep(0.5)
+        rss_tls, cpu0, start = rss(), cpu(), time.perf_counter()
+        generators.say("go")
+        settled = generators.gather("settled", 300 + n / 20 + 60)
+        cpu1, elapsed = cpu(), time.perf_counter() - start
+        result.join_s = round(max(r["join_s"] for r in settled), 3)
+        if args.storm:
+            result.seconds = round(elapsed, 3)
+        result.joins_per_s = round(n / elapsed, 1)
+        if cpu0 is not None and cpu1 is not None:
+            result.server_cpu_s = round(cpu1 - cpu0, 3)
+            result.cpu_ms_per_join = round(result.server_cpu_s * 1000 / n, 3)
+        time.sleep(0.5)
+        if pid is not None:
+            rss1 = rss()
+            result.server_rss_mib = round(rss1 / 2**20, 1)
+            result.rss_per_conn_kib = round((rss1 - rss0) / n / 1024, 2)
+            if not args.storm:
+                result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
+        result.gen_cpu_s = round(sum(r["gen_cpu_s"] for r in settled), 3)
+        result.gen_rss_mib = round(sum(r["rss_mib"] for r in settled), 1)
+        low = min(r["roster_min"] for r in settled)
+        high = max(r["roster_max"] for r in settled)
+        check_roster(result, low, high, max(r["welcome_frames"] for r in settled))
+        lost = sum(r["lost"] for r in settled)
+        if lost:
+            result.error = f"{lost} connections lost"
+        if max(r["peers_total"] for r in settled) != n - 1:
+            result.error = f"no welcome had peers_total {n - 1}"
+    finally:
+        generators.stop()
 
 
 RESTART_LINES = 20
@@ -1374,14 +1636,25 @@ async def talk_until_cancelled(client: Client, rate: float) -> int:
 # --- running --------------------------------------------------------------------------------
 
 
-def raise_nofile(need: int) -> None:
-    """Raise the soft open-file limit towards ``need`` (up to the hard limit)."""
+def raise_nofile(need: int) -> int:
+    """Raise the soft open-file limit towards ``need`` (up to the hard limit); return it.
+
+    With CAP_SYS_RESOURCE (root, unless a container dropped it), raise the hard limit too
+    if it is below ``need`` (up to ``fs.nr_open``): the server under test and the generators
+    are started from here and inherit both limits.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need and os.geteuid() == 0:
+        with contextlib.suppress(OSError, ValueError):
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, min(need, ceiling)))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else max(need, soft)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     if want < need:
         print(f"warning: open-file limit {want} is below the {need} needed", file=sys.stderr)
+    return int(want)
 
 
 def run_one(
@@ -1405,7 +1678,10 @@ def run_one(
         dialect = IrcDialect() if args.irc else Dialect()
     try:
         acks = server.v2 if server is not None else None
-        asyncio_run(drive(args, result, dialect, host, port, acks, ports), args.gen_loop)
+        if args.procs > 1:
+            hold_procs(args, result, host, port, ports)
+        else:
+            asyncio_run(drive(args, result, dialect, host, port, acks, ports), args.gen_loop)
     except (RuntimeError, OSError, ssl.SSLError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -1500,6 +1776,9 @@ HOLD_COLUMNS = (
     ("server", "{:<26}"),
     ("run", "{:>3}"),
     ("clients", "{:>7}"),
+    ("procs", "{:>5}"),
+    ("roster_min", "{:>7}"),
+    ("welcome_frames", "{:>6}"),
     ("handshakes_per_s", "{:>10}"),
     ("rss_per_conn_kib", "{:>9}"),
     ("tls_rss_per_conn_kib", "{:>9}"),
@@ -1539,6 +1818,8 @@ SHORT = {
     "server_us_per_delivery": "srv_us/d",
     "acked_per_s": "acked/s",
     "resume_max_ms": "max_ms",
+    "roster_min": "roster",
+    "welcome_frames": "frames",
 }
 
 
@@ -1683,6 +1964,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="hold --storm: a member says R lines/s during the storm; latency at 16 others",
     )
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        metavar="P",
+        help="hold: P generator processes share the clients, each from its own source "
+        "address (127.0.0.2, 127.0.0.3, ...): rooms bigger than one address's ports",
+    )
+    parser.add_argument(
+        "--gen-rcvbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="hold --procs: SO_RCVBUF of each generator socket (default: the kernel's); "
+        "16384 keeps the generators' memory down in rooms of tens of thousands",
+    )
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.2, help="paced: msgs/s per client")
     parser.add_argument("--duration", type=float, default=30.0, help="paced: seconds")
     parser.add_argument("--runs", type=int, default=1, help="runs per server (median shown)")
@@ -1836,6 +2135,8 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (``timeout``, a watchdog) unwinds like Ctrl-C: the server and generators stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.clients is None:
         args.clients = DEFAULT_CLIENTS[args.workload]
     if args.messages is None:
@@ -1846,7 +2147,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--window must be 0 or at least {BATCH} (lines per write)")
     if args.workload == "replay" and args.clients != 1:
         raise SystemExit("replay has one writer: leave out --clients")
-    raise_nofile(args.clients + 256)
+    if not 1 <= args.procs <= MAX_PROCS:
+        raise SystemExit(f"--procs must be between 1 and {MAX_PROCS}")
+    if args.procs > 1 and (args.workload != "hold" or args.talk):
+        raise SystemExit("--procs goes with hold (without --talk) only")
+    if args.procs > 1 and args.attach and not args.attach.startswith("127."):
+        raise SystemExit("--procs needs a server on loopback: its generators leave from 127.0.0.x")
+    if args.worker is not None:
+        host, _, port = args.attach.rpartition(":")
+        raise_nofile(share(args.clients, args.procs, args.worker)[1] + 256)
+        asyncio_run(hold_worker(args, host, int(port)), args.gen_loop)
+        return 0
+    limit = raise_nofile(args.clients + 256)
+    # A server (a node of a cluster: its share) needs a descriptor per client: past its limit,
+    # accept() fails and the generators would wait for handshakes that never come.
+    per_server = -(-args.clients // max(1, args.cluster)) + 256
+    if args.procs > 1 and limit < per_server:
+        raise SystemExit(
+            f"the server may open {limit} files, too few for {args.clients} clients; raising"
+            " the hard limit (ulimit -Hn) needs CAP_SYS_RESOURCE"
+        )
     servers = servers_to_run(args)
     if not servers:
         raise SystemExit("no server to run")
