@@ -525,11 +525,15 @@ class ChatServer:
         """Join/leave lines logged per address (see ``presence``), the last used last."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._accepted = 0
+        """Connections accepted so far (TLS finished or not)."""
         self._churn = 0
         """Connections accepted and connections gone: what may have left memory behind."""
-        """Connections accepted so far (TLS finished or not)."""
-        self._released_at = 0
+        self._released_churn = 0
         """``_churn`` when memory was last released (see ``RELEASE_EVERY``)."""
+        self._released_at = 0
+        """``_accepted`` when memory was last released: the idle sweep releases it after any
+        connection (not after every departure: a collection there would delay the sweep)."""
         self._release: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -644,20 +648,21 @@ class ChatServer:
     # -- registry ------------------------------------------------------------------------
 
     def _new_session(self) -> Session:
+        self._accepted += 1
         self._churned()
         return Session(self, str(next(self._ids)))
 
     def _churned(self) -> None:
         """A connection came or went: after a burst of them, hand the memory back."""
         self._churn += 1
-        if self._churn - self._released_at >= RELEASE_EVERY and self._release is None:
+        if self._churn - self._released_churn >= RELEASE_EVERY and self._release is None:
             assert self._loop is not None  # noqa: S101 - set in start()
             # A second later this burst is mostly over; at most one pause (ms) a second.
             self._release = self._loop.call_later(1.0, self._release_memory)
 
     def _release_memory(self) -> None:
         self._release = None
-        self._released_at = self._churn
+        self._released_at, self._released_churn = self._accepted, self._churn
         release_memory()
 
     def admit(self, session: Session) -> tuple[ErrorCode, str] | None:
@@ -761,7 +766,7 @@ class ChatServer:
             elif silent >= timeout / 2:
                 session.ping()
         self._summarise_presence(now)
-        if self._churn != self._released_at and self._release is None:
+        if self._accepted != self._released_at and self._release is None:
             self._release_memory()  # after fewer than RELEASE_EVERY, or the end of a burst
         self._sweeper = self._loop.call_later(every, self._sweep_idle)
 
