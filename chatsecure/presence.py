@@ -38,13 +38,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, PresenceEvent
 from chatsecure.history import HistoryError
-from chatsecure.history.redis import RedisLog
+from chatsecure.history.redis import RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
 
@@ -211,7 +211,7 @@ class ClusterPresence:
                 replies = await pipe.execute()
         except RedisError as exc:
             raise HistoryError(
-                f"cannot use the Redis at {self._shared.url} ({_reason(exc)}): start it, "
+                f"cannot use the Redis at {self._shared.url} ({redis_reason(exc)}): start it, "
                 "or fix --cluster"
             ) from exc
         members = cast(dict[bytes, bytes], replies[2])
@@ -356,19 +356,8 @@ class ClusterPresence:
     def _beat_key(self, node: str) -> str:
         return f"{self._prefix}node:{node}"
 
-    @contextlib.contextmanager
-    def _mapped(self, doing: str) -> Iterator[None]:
-        """Turn a ``RedisError`` into a ``HistoryError`` naming the URL (the one boundary)."""
-        try:
-            yield
-        except RedisError as exc:
-            raise HistoryError(
-                f"cluster: {doing} in the Redis at {self._shared.url}: {_reason(exc)}"
-            ) from exc
-
-
-def _reason(exc: RedisError) -> str:
-    return str(exc) or type(exc).__name__
+    def _mapped(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return redis_errors("cluster", doing, self._shared.url)
 
 
 def _order(entry_id: str) -> tuple[int, int]:

@@ -214,7 +214,8 @@ class RedisLog:
                 ids_end, seq, newest = await pipe.execute()
         except RedisError as exc:
             raise HistoryError(
-                f"cannot use the Redis at {self._url} ({_reason(exc)}): start it, or fix --cluster"
+                f"cannot use the Redis at {self._url} ({redis_reason(exc)}): "
+                "start it, or fix --cluster"
             ) from exc
         self._last_seq = int(seq or 0)
         entries = cast(list[_Entry], newest)
@@ -309,18 +310,20 @@ class RedisLog:
         self._closed = True
         await self._redis.aclose()
 
-    @contextlib.contextmanager
-    def _mapped(self, doing: str) -> Iterator[None]:
-        """Turn a ``RedisError`` into a ``HistoryError`` naming the URL (the one boundary)."""
-        try:
-            yield
-        except RedisError as exc:
-            raise HistoryError(
-                f"history: {doing} in the Redis at {self._url}: {_reason(exc)}"
-            ) from exc
+    def _mapped(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return redis_errors("history", doing, self._url)
 
 
-def _reason(exc: RedisError) -> str:
+@contextlib.contextmanager
+def redis_errors(who: str, doing: str, url: str) -> Iterator[None]:
+    """Turn a ``RedisError`` into a ``HistoryError`` naming the URL (the one boundary)."""
+    try:
+        yield
+    except RedisError as exc:
+        raise HistoryError(f"{who}: {doing} in the Redis at {url}: {redis_reason(exc)}") from exc
+
+
+def redis_reason(exc: RedisError) -> str:
     return str(exc) or type(exc).__name__
 
 
