@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chatsecure.testing import ServerThread, server_config
+from chatsecure.testing import FakeServer, Mode, ServerThread, server_config
 from chatsecure.tls import certs
 from tests.redis_server import RedisServer, redis_server_fixture
 
@@ -49,6 +49,21 @@ def start_server(cert_dir: Path) -> Iterator[Callable[..., ServerThread]]:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server on 127.0.0.1 for the whole run (skipped if none is installed)."""
     yield from redis_server_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def fake(cert_dir: Path) -> Iterator[Callable[..., FakeServer]]:
+    """Start FakeServers; all are stopped at the end of the test."""
+    started: list[FakeServer] = []
+
+    def start(mode: Mode, **options: Any) -> FakeServer:
+        server = FakeServer(cert_dir, mode, **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

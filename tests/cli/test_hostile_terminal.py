@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,20 +14,6 @@ from tests.helpers import Terminal
 TIME = r"\[\d\d:\d\d:\d\d\]"
 EVE = r"eve \(127\.0\.0\.1\)"
 Fake = Callable[..., FakeServer]
-
-
-@pytest.fixture
-def fake(cert_dir: Path) -> Iterator[Fake]:
-    started: list[FakeServer] = []
-
-    def start(mode: Mode, **options: Any) -> FakeServer:
-        server = FakeServer(cert_dir, mode, **options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -35,21 +34,6 @@ from chatsecure.tls.trust import KnownServers, TrustPolicy
 E = TypeVar("E")
 Fake = Callable[..., FakeServer]
 MakeClient = Callable[..., ChatClient]
-
-
-@pytest.fixture
-def fake(cert_dir: Path) -> Iterator[Fake]:
-    """Start FakeServers; all are stopped at the end of the test."""
-    started: list[FakeServer] = []
-
-    def start(mode: Mode, **options: Any) -> FakeServer:
-        server = FakeServer(cert_dir, mode, **options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture
