@@ -182,6 +182,12 @@ class Room:
         """In a cluster: members whose join is on its way through the feed, by id."""
         self._appended = 0
         """In a cluster: the newest seq this server's own appends were given."""
+        self._unacked: dict[tuple[str, str], list[_Said]] = {}
+        """In a cluster: lines with a ``ref`` being stored, by (sender id, ref), not acked yet.
+
+        The feed may bring a line before its store's answer comes (both are replies from the
+        log, read in whichever order the loop sees them): the line's ack goes out then, in its
+        place among the lines, not after lines of higher seqs."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -411,6 +417,8 @@ class Room:
         while self._queue:
             batch, self._queue = self._queue, []
             said = [item for item in batch if isinstance(item, _Said)]
+            if self._feed is not None:
+                self._expect_acks(said)
             try:
                 results = await self._history.append([s.draft for s in said]) if said else []
             except Exception as exc:
@@ -418,6 +426,7 @@ class Room:
                 # in silence, and the room goes on (a later commit may work again).
                 refused = self._refusal(exc, len(said))
                 for item in said:
+                    self._unexpect(item)
                     item.member.send(encode(Error(ErrorCode.NOT_STORED, refused, item.draft.ref)))
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
@@ -504,7 +513,9 @@ class Room:
 
         The lines themselves come back through the feed, like everyone else's. An ack must not
         overtake a line of a lower seq (a client takes the ack's seq as seen, and would drop
-        that line), so it waits in ``_due`` until the feed has broadcast its seq.
+        that line), so it waits in ``_due`` until the feed has broadcast its seq. Nor may it come
+        late, after lines of higher seqs: if the feed was first, it sent the ack then
+        (``_ack_fed``), and only a duplicate's ack (its line came long ago) is sent here.
         """
         for item in batch:
             if isinstance(item, _Gone):
@@ -514,12 +525,47 @@ class Room:
             if not isinstance(item, _Said):
                 self._after(self._appended, None, item)
                 continue
-            record = next(results).record
+            appended = next(results)
+            record, ref = appended.record, item.draft.ref
             self._appended = max(self._appended, record.seq)
+            if ref is None:
+                continue
+            if not self._unexpect(item) and not appended.duplicate:
+                continue  # the feed brought it first, and acknowledged it then
+            self._after(record.seq, item.member, encode_ack(ref, record.seq, record.ts))
+
+    def _expect_acks(self, said: list[_Said]) -> None:
+        for item in said:
             if item.draft.ref is not None:
-                self._after(
-                    record.seq, item.member, encode_ack(item.draft.ref, record.seq, record.ts)
-                )
+                self._unacked.setdefault((item.member.id, item.draft.ref), []).append(item)
+
+    def _unexpect(self, item: _Said) -> bool:
+        """Stop waiting for ``item``'s ack; whether it was waited for (not acked yet)."""
+        if item.draft.ref is None:
+            return False
+        key = (item.member.id, item.draft.ref)
+        waiting = self._unacked.get(key)
+        if waiting is None:
+            return False
+        for i, other in enumerate(waiting):
+            if other is item:
+                del waiting[i]
+                if not waiting:
+                    del self._unacked[key]
+                return True
+        return False
+
+    def _ack_fed(self, record: Fed) -> None:
+        """The feed brought a line of this server whose store has not answered: ack it now."""
+        assert record.ref is not None  # noqa: S101 - checked by the caller
+        key = (record.sender_id, record.ref)
+        waiting = self._unacked.get(key)
+        if waiting is None:
+            return
+        item = waiting.pop(0)
+        if not waiting:
+            del self._unacked[key]
+        item.member.send(encode_ack(record.ref, record.seq, item.draft.ts))
 
     def _after(self, seq: int, member: Member | None, frame: bytes | _Presence) -> None:
         """Send ``frame`` to ``member`` (``None``: broadcast it) once line ``seq`` is out."""
@@ -553,6 +599,8 @@ class Room:
             self.seq = record.seq
             self._tail.append(_Stored(as_history(frame), record.client, record.ref))
             self.broadcast(frame, exclude=self._own(record, frame))
+            if record.ref is not None and self._unacked:
+                self._ack_fed(record)
             for member, due in self._due.pop(record.seq, ()):
                 self._deliver_due(member, due)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure.history import Appended, Draft, Fed, MemoryLog, Record, SharedLog
+from chatsecure.protocol.messages import Peer
 from chatsecure.server import ChatServer
 from chatsecure.testing import RawClient, ServerThread, server_config
 
@@ -25,11 +26,26 @@ class HeldLog(MemoryLog):
         self.stored: list[Record] = []
         self._released = 0
         self._stream: asyncio.Queue[list[Record]] = asyncio.Queue()
+        self.answering = asyncio.Event()
+        """Cleared: stores are made, but their answers wait (a slow reply from the log)."""
+        self.answering.set()
+        self._elsewhere: set[asyncio.Task[list[Appended]]] = set()
 
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+        results = await self._store(drafts)
+        await self.answering.wait()
+        return results
+
+    async def _store(self, drafts: Sequence[Draft]) -> list[Appended]:
         results = await super().append(drafts)
         self.stored += [a.record for a in results if not a.duplicate]
         return results
+
+    def store_elsewhere(self, draft: Draft) -> None:
+        """Store ``draft`` as another server of the cluster would (on the server's loop)."""
+        task = asyncio.get_running_loop().create_task(self._store([draft]))
+        self._elsewhere.add(task)
+        task.add_done_callback(self._elsewhere.discard)
 
     def release(self, count: int) -> None:
         """Let the next ``count`` stored lines reach the followers (on the server's loop)."""
@@ -78,6 +94,37 @@ def test_an_ack_waits_until_the_lines_before_it_are_broadcast(
         assert (ann.expect("ack")["seq"], bob.expect("msg")["seq"]) == (2, 2)
         assert ann.silent()
         assert bob.silent()
+
+
+def test_an_ack_comes_in_its_place_when_the_stream_brings_the_line_before_the_store_answers(
+    held: tuple[ServerThread, HeldLog],
+) -> None:
+    server, log = held
+    with RawClient(server.host, server.port) as ann, RawClient(server.host, server.port) as bob:
+        ann.join("ann")
+        bob.join("bob")
+        ann.expect("join")
+        server.call(log.answering.clear)
+        ann.send({"type": "msg", "text": "mine", "ref": "a1"})
+        waited = 50
+        while not server.call(lambda: list(log.stored)) and waited:
+            ann.silent(0.05)
+            waited -= 1
+        other = Draft(Peer("4000000001", "zoe", "127.0.0.2"), "from elsewhere", 1.0e9)
+        server.call(log.store_elsewhere, other)
+        while len(server.call(lambda: list(log.stored))) < 2 and waited:
+            ann.silent(0.05)
+            waited -= 1
+        server.call(log.release, 2)  # the stream is quicker than ann's store's answer
+        ack, line = ann.recv(), ann.recv()
+        assert (ack["type"], ack["ref"], ack["seq"]) == ("ack", "a1", 1)
+        assert (line["type"], line["seq"], line["text"]) == ("msg", 2, "from elsewhere")
+        assert [(m["seq"], m["text"]) for m in (bob.expect("msg") for _ in range(2))] == [
+            (1, "mine"),
+            (2, "from elsewhere"),
+        ]
+        server.call(log.answering.set)
+        assert ann.silent()  # the store's answer does not ack it again
 
 
 def test_a_line_the_stream_brings_twice_is_broadcast_once(
