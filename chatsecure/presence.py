@@ -119,10 +119,11 @@ nothing added) if it is not in the roster any more (swept already)."""
 
 _SWEEP = """
 local meta, stream, members, nicks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local nodes, beat = KEYS[5], KEYS[6]
+local nodes, beat, read = KEYS[5], KEYS[6], KEYS[7]
 local node, reason, keep = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', beat) == 1 then return -1 end
 if redis.call('SREM', nodes, node) == 0 then return -1 end
+redis.call('HDEL', read, node)
 local after = redis.call('HGET', meta, 'seq') or '0'
 local all = redis.call('HGETALL', members)
 local gone = 0
@@ -138,7 +139,8 @@ for i = 1, #all, 2 do
 end
 return gone
 """
-"""Claim lost node ARGV[1] (its heartbeat KEYS[6] gone) and add a leave for each of its users.
+"""Claim lost node ARGV[1] (its heartbeat KEYS[6] gone) and add a leave for each of its users;
+the lines it has not read are no longer kept for it (KEYS[7]).
 
 -1: nothing to do (the node is alive, or another node claimed it first); else how many left."""
 
@@ -193,6 +195,7 @@ class ClusterPresence:
         self._deliver: Callable[[list[PresenceEvent]], None] = lambda events: None
         self._changes: asyncio.Queue[_Change] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._position: Callable[[], int] = lambda: 0
         self._beating_since: float | None = None
         """Loop time of the first of this node's unbroken run of heartbeats (None: broken)."""
 
@@ -221,8 +224,12 @@ class ClusterPresence:
         log.info("cluster: node %s; %d in the room on every node", self.node, len(rows))
         return [Peer(row[1], row[2], row[3]) for row in rows]
 
-    def start(self) -> None:
-        """Follow the presence stream with the lines; start the heartbeat and the changes."""
+    def start(self, position: Callable[[], int]) -> None:
+        """Follow the presence stream with the lines; start the heartbeat and the changes.
+
+        Each heartbeat also says how far this node has read the lines (``position()``): the
+        log keeps what it has not read yet (``RedisLog.read_key``)."""
+        self._position = position
         self._shared.also = self
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -323,8 +330,9 @@ class ClusterPresence:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(self._beat_key(self.node), 1, px=int(NODE_TTL * 1000))
                 pipe.sadd(self._nodes, self.node)
+                pipe.hset(self._shared.read_key, self.node, self._position())
                 pipe.smembers(self._nodes)
-                _, added, nodes = await pipe.execute()
+                _, added, _, nodes = await pipe.execute()
         if added:
             log.warning(
                 "cluster: this node was taken for lost (no heartbeat for %.0f s): the others "
@@ -349,7 +357,7 @@ class ClusterPresence:
     async def _claim(self, node: str) -> int:
         """Sweep ``node`` if its heartbeat is gone and nobody did yet: its users' count, or -1."""
         with self._mapped(f"could not sweep node {node}"):
-            keys = [*self._keys, self._nodes, self._beat_key(node)]
+            keys = [*self._keys, self._nodes, self._beat_key(node), self._shared.read_key]
             args: list[str | int] = [node, NODE_LOST, KEEP]
             return int(await self._sweep(keys=keys, args=args))
 

@@ -208,7 +208,7 @@ class Room:
             self._feed = StreamFeed(self._history, deliver, lambda: self.seq, self.broadcast)
             self._feed.start()
         if self._cluster is not None:
-            self._cluster.start()
+            self._cluster.start(lambda: self.seq)
         return opened.max_peer_id
 
     async def drain(self) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import CHATSECURE, ServerProcess
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -130,3 +132,18 @@ def redis_server_fixture(factory: pytest.TempPathFactory) -> Iterator[RedisServe
 def room_name() -> str:
     """A room of its own for one test, so tests sharing a Redis never see each other's lines."""
     return f"test {uuid.uuid4().hex[:12]}"
+
+
+def cluster_node(redis: RedisServer, room: str, cert_dir: Path, *options: str) -> ServerProcess:
+    """``chatsecure server --cluster`` of ``room`` in a subprocess, on loopback, no discovery."""
+    return ServerProcess(
+        [
+            *CHATSECURE, "server",
+            "--cluster", redis.url,
+            "--name", room,
+            "--cert", str(cert_dir / "server.crt"),
+            "--key", str(cert_dir / "server.key"),
+            "--msg-rate", "0",
+            *options,
+        ]
+    )  # fmt: skip

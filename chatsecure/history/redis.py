@@ -6,8 +6,10 @@ Why these choices:
   it stopped (pub/sub would lose what it missed). ``follow`` reads it with ``XREAD BLOCK``.
 - One Lua script stores a whole batch: for each draft it looks up the ``(client, ref)``
   dedup hash, ``HINCRBY``s the room's counter and ``XADD``s the entry, and trims the stream to
-  the newest ``keep`` (forgetting the trimmed lines' refs). Redis runs a script alone, so seqs
-  are gapless and cluster-wide however many nodes append at once, and a batch is one round trip.
+  the newest ``keep`` (forgetting the trimmed lines' refs), but never a line some live node has
+  not read yet (each node's heartbeat says how far it read), up to ``LAG_KEEP`` more. Redis
+  runs a script alone, so seqs are gapless and cluster-wide however many nodes append at once,
+  and a batch is one round trip.
 - Keys share the hash tag ``{ROOM}`` (``chatsecure:{ROOM}:log`` ...), so a Redis Cluster keeps a
   room's keys on one shard, as a script that touches several keys needs.
 - Peer ids must be unique across nodes (clients tell their own lines by the sender's id): each
@@ -63,14 +65,18 @@ FOLLOW_COUNT = 1000
 CONNECT_TIMEOUT = 5.0
 """Seconds to reach Redis before the node says it cannot."""
 
+LAG_KEEP = 100_000
+"""Lines kept beyond ``keep`` while a node has not read them (it lags, or is paused): a node
+further behind than this misses the oldest of them (its log says which)."""
+
 SOCKET_TIMEOUT = 10.0
 """Seconds a Redis reply may take (more than ``FOLLOW_BLOCK_MS``) before the call fails."""
 
 _APPEND = """
-local meta, stream, refs = KEYS[1], KEYS[2], KEYS[3]
-local keep = tonumber(ARGV[1])
+local meta, stream, refs, read = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local keep, most = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local key, payload, body, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local original = nil
   if key ~= '' then
@@ -90,7 +96,20 @@ for i = 2, #ARGV, 4 do
     else
       redis.call('XADD', stream, seq .. '-0', 'r', payload, 'm', body, 'i', sender)
     end
-    local excess = redis.call('XLEN', stream) - keep
+    local length = redis.call('XLEN', stream)
+    local excess = length - keep
+    if excess > 0 then
+      local floor = nil
+      for _, position in ipairs(redis.call('HVALS', read)) do
+        local n = tonumber(position)
+        if floor == nil or n < floor then floor = n end
+      end
+      if floor ~= nil then
+        local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+        local read_by_all = floor - tonumber(string.sub(oldest[1][1], 1, -3)) + 1
+        excess = math.max(math.min(excess, read_by_all), length - most)
+      end
+    end
     if excess > 0 then
       for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
         local old = entry[2][8]
@@ -98,18 +117,20 @@ for i = 2, #ARGV, 4 do
           redis.call('HDEL', refs, old)
         end
       end
-      redis.call('XTRIM', stream, 'MAXLEN', keep)
+      redis.call('XTRIM', stream, 'MAXLEN', length - excess)
     end
     out[#out + 1] = {seq}
   end
 end
 return out
 """
-"""Store a batch: ARGV is ``keep``, then per draft its dedup key ('' for none), its payload
-(``r``: everything, as JSON), its ``Fed.body`` (``m``) and its sender's id (``i``).
+"""Store a batch: ARGV is ``keep`` and ``most``, then per draft its dedup key ('' for none),
+its payload (``r``: everything, as JSON), its ``Fed.body`` (``m``) and its sender's id (``i``).
 
 Returns per draft ``{seq}`` for a new line, or ``{seq, payload}`` of the original for a
-duplicate. A trimmed entry's ref is forgotten only if it still points at that entry.
+duplicate. The stream keeps the newest ``keep`` lines, and more (up to ``most``) while a node
+has not read them (its position in the ``read`` hash, see ``LAG_KEEP``). A trimmed entry's ref
+is forgotten only if it still points at that entry.
 """
 
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -169,6 +190,8 @@ class RedisLog:
         self._meta = prefix + "meta"
         self._stream = prefix + "log"
         self._refs = prefix + "refs"
+        self.read_key = prefix + "read"
+        """A hash of node -> the newest seq it has read: lines no node has read are kept."""
         try:
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
                 url,
@@ -226,12 +249,14 @@ class RedisLog:
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
         if not drafts:
             return []
-        args: list[str | int | bytes] = [self._keep]
+        args: list[str | int | bytes] = [self._keep, self._keep + LAG_KEEP]
         for draft in drafts:
             key = _dedup_key(draft.client, draft.ref)
             args += [key, _payload(draft), chat_body(draft), draft.sender.id]
         with self._mapped("could not store lines"):
-            replies = await self._append(keys=[self._meta, self._stream, self._refs], args=args)
+            replies = await self._append(
+                keys=[self._meta, self._stream, self._refs, self.read_key], args=args
+            )
         results = []
         for draft, reply in zip(drafts, cast(list[list[Any]], replies), strict=True):
             seq = int(reply[0])

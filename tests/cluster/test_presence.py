@@ -21,8 +21,8 @@ from chatsecure.protocol.client import ClientSession, Presence, SessionEvent, We
 from chatsecure.protocol.messages import Join, Leave, Peer
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls.context import client_context
-from tests.helpers import CHATSECURE, ServerProcess
-from tests.redis_server import RedisServer, room_name
+from tests.helpers import ServerProcess
+from tests.redis_server import RedisServer, cluster_node, room_name
 
 Start = Callable[..., ServerThread]
 Nodes = Callable[[int], list[ServerThread]]
@@ -221,26 +221,12 @@ def _line(frame: dict[str, Any]) -> bytes:
     return json.dumps(frame).encode() + b"\n"
 
 
-def node(redis: RedisServer, room: str, cert_dir: Path) -> ServerProcess:
-    """``chatsecure server --cluster`` in a subprocess, on loopback, without discovery."""
-    return ServerProcess(
-        [
-            *CHATSECURE, "server",
-            "--cluster", redis.url,
-            "--name", room,
-            "--cert", str(cert_dir / "server.crt"),
-            "--key", str(cert_dir / "server.key"),
-            "--msg-rate", "0",
-        ]
-    )  # fmt: skip
-
-
 @pytest.fixture
 def three_nodes(redis_server: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
     room = room_name()
     started: list[ServerProcess] = []
     try:
-        started.extend(node(redis_server, room, cert_dir) for _ in range(3))
+        started.extend(cluster_node(redis_server, room, cert_dir) for _ in range(3))
         yield started
     finally:
         for process in started:
