@@ -657,13 +657,16 @@ class ClusterUnderTest(ServerUnderTest):
     every second (``appendfsync everysec``), the setting docs/security.md recommends.
     """
 
-    def __init__(self, loop: str, flags: set[str], nodes: int) -> None:
+    def __init__(self, loop: str, flags: set[str], nodes: int, tree: Path = ROOT) -> None:
         self.nodes = [
-            chatsecure_server(loop, flags, label=f"node{i}", extra=self._node_args)
+            chatsecure_server(loop, flags, tree=tree, label=f"node{i}", extra=self._node_args)
             for i in range(nodes)
         ]
         first = self.nodes[0]
-        super().__init__(f"{chatsecure_base(loop)}-cluster{nodes}", first.dialect, first.argv, None)
+        label = f"{chatsecure_base(loop)}-cluster{nodes}"
+        if tree != ROOT:
+            label += f"@{tree_name(tree)}"
+        super().__init__(label, first.dialect, first.argv, None)
         self.v2 = True
         self.keeps_log = True
         self.redis: subprocess.Popen[bytes] | None = None
@@ -2107,8 +2110,13 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
     if args.cluster:
         loop = "asyncio" if args.loop == "both" else args.loop
         cluster = ClusterUnderTest(loop, server_flags(), args.cluster)
+        older = [
+            ClusterUnderTest(loop, server_flags(tree.resolve()), args.cluster, tree.resolve())
+            for tree in args.against_tree
+        ]
         cluster.compare_to = [s.label for s in servers if s.label == chatsecure_base(loop)]
-        servers.append(cluster)
+        cluster.compare_to += [o.label for o in older]
+        servers += [cluster, *older]
     if args.baseline:
         servers.append(naive_server())
     if "ngircd" in args.against or "ngircd" in args.only:
