@@ -799,7 +799,7 @@ class Room:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per line: not frozen, for speed (see history.log)
 class _Stored:
     """A stored line as the replay sends it, and whose it is (to give its sender the ref)."""
 
@@ -808,7 +808,7 @@ class _Stored:
     ref: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per line: not frozen, for speed (see history.log)
 class _Said:
     """A line waiting for its commit: who said it, and their peer JSON at that moment."""
 

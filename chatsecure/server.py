@@ -241,7 +241,6 @@ class Session(asyncio.BufferedProtocol):
                     return
                 continue
             if isinstance(event, SendMsg):  # by far the most common
-                self.log.debug("msg of %d characters", len(event.text))
                 self.room.say(self, event)
             elif isinstance(event, RemoteProtocolError):
                 self._refuse(event)

@@ -202,10 +202,11 @@ class SqliteLog:
             results = self._append_new(conn, drafts, last_seq)
             if results is None:  # a (client, ref) was already stored: line by line instead
                 results = self._append_each(conn, drafts, last_seq)
-            for appended in results:
-                if not appended.duplicate:
-                    last_seq = appended.record.seq
-                    max_peer_id = max(max_peer_id, peer_number(appended.record.sender.id))
+            stored = [a.record for a in results if not a.duplicate]
+            if stored:
+                last_seq = stored[-1].seq
+                senders = {record.sender.id for record in stored}  # few: a batch's speakers
+                max_peer_id = max(max_peer_id, *map(peer_number, senders))
             conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
             self._trim(conn, last_seq)
             conn.execute("COMMIT")

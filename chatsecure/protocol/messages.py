@@ -121,7 +121,7 @@ class Hello:
             raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "since must be >= 0")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per line on the server: not frozen, for speed (see history.log)
 class SendMsg:
     """A chat line from a client; the server adds the sender, the time and the ``seq``."""
 
