@@ -82,7 +82,8 @@ SHUTDOWN_GRACE = 2.0
 """Seconds the server waits for clients to take ``shutdown`` (or an error) before it aborts."""
 
 RELEASE_EVERY = 256
-"""Connections accepted or gone between two hand-backs of the memory closed connections held.
+"""Connections gone, or accepted and never made (their TLS handshake failed or is under way),
+between two hand-backs of the memory closed connections held.
 
 A connection whose TLS handshake fails (a port scan, a client that vanishes, a flood of
 half-open handshakes) stays in memory as a reference cycle inside asyncio (the exception, its
@@ -90,7 +91,9 @@ traceback, the TLS objects), until a full garbage collection, which may be long 
 and glibc keeps freed memory for itself. Each 1,000 such clients left the server about
 20 MB bigger. A collection and ``malloc_trim`` give it back: a pause of a few milliseconds,
 some tens with thousands of clients online, at most once a second (a second after a burst of
-connections or of clients gone), and at the idle sweep after any connection.
+connections or of clients gone), and at the idle sweep after any connection. A connection
+whose handshake succeeds is not counted once made: a storm of clients coming back after a
+restart left nothing to give back, and collected a heap of thousands of sessions every second.
 """
 
 
@@ -527,7 +530,8 @@ class ChatServer:
         self._accepted = 0
         """Connections accepted so far (TLS finished or not)."""
         self._churn = 0
-        """Connections accepted and connections gone: what may have left memory behind."""
+        """Connections accepted and never made, and connections gone: what may have left
+        memory behind."""
         self._released_churn = 0
         """``_churn`` when memory was last released (see ``RELEASE_EVERY``)."""
         self._released_at = 0
@@ -677,6 +681,7 @@ class ChatServer:
                 f"at most {config.max_per_ip} connections from one address",
             )
         self.connections.add(session)
+        self._churn -= 1  # made: its handshake left nothing behind (its departure will count)
         self._per_ip[session.addr] += 1
         return None
 
