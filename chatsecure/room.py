@@ -426,8 +426,11 @@ class Room:
                 # in silence, and the room goes on (a later commit may work again).
                 refused = self._refusal(exc, len(said))
                 for item in said:
-                    self._unexpect(item)
-                    item.member.send(encode(Error(ErrorCode.NOT_STORED, refused, item.draft.ref)))
+                    # In a cluster the batch may be stored after all, and the feed may have
+                    # brought (and acknowledged) a line of it already: no refusal for that one.
+                    if self._feed is None or self._still_to_ack(item):
+                        error = Error(ErrorCode.NOT_STORED, refused, item.draft.ref)
+                        item.member.send(encode(error))
                 results = []
                 batch = [item for item in batch if not isinstance(item, _Said)]
             if self._feed is not None and said and results:
@@ -530,19 +533,25 @@ class Room:
             self._appended = max(self._appended, record.seq)
             if ref is None:
                 continue
-            if not self._unexpect(item) and not appended.duplicate:
+            if not self._still_to_ack(item):
                 continue  # the feed brought it first, and acknowledged it then
             self._after(record.seq, item.member, encode_ack(ref, record.seq, record.ts))
 
     def _expect_acks(self, said: list[_Said]) -> None:
+        """Lines of the batch going out whose ack the feed may give (``_ack_fed``).
+
+        Only lines with a ``client`` as well as a ``ref``: the shared log keeps a line's ref
+        only with its client (the dedup key), so the feed cannot tell the others apart; their
+        ack comes with the store's answer, possibly after lines of higher seqs."""
         for item in said:
-            if item.draft.ref is not None:
+            if item.draft.ref is not None and item.draft.client is not None:
                 self._unacked.setdefault((item.member.id, item.draft.ref), []).append(item)
 
-    def _unexpect(self, item: _Said) -> bool:
-        """Stop waiting for ``item``'s ack; whether it was waited for (not acked yet)."""
-        if item.draft.ref is None:
-            return False
+    def _still_to_ack(self, item: _Said) -> bool:
+        """Whether ``item``'s ack is still to be sent (the feed did not send it); in either
+        case, stop waiting for it."""
+        if item.draft.ref is None or item.draft.client is None:
+            return True  # never waited for (see ``_expect_acks``)
         key = (item.member.id, item.draft.ref)
         waiting = self._unacked.get(key)
         if waiting is None:
@@ -558,6 +567,8 @@ class Room:
     def _ack_fed(self, record: Fed) -> None:
         """The feed brought a line of this server whose store has not answered: ack it now."""
         assert record.ref is not None  # noqa: S101 - checked by the caller
+        if record.seq <= self._appended:
+            return  # a line of a batch already answered: what waits is a re-send of it
         key = (record.sender_id, record.ref)
         waiting = self._unacked.get(key)
         if waiting is None:

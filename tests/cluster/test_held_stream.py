@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.history import Appended, Draft, Fed, MemoryLog, Record, SharedLog
+from chatsecure.history import Appended, Draft, Fed, HistoryError, MemoryLog, Record, SharedLog
 from chatsecure.protocol.messages import Peer
 from chatsecure.server import ChatServer
 from chatsecure.testing import RawClient, ServerThread, server_config
@@ -29,16 +29,23 @@ class HeldLog(MemoryLog):
         self.answering = asyncio.Event()
         """Cleared: stores are made, but their answers wait (a slow reply from the log)."""
         self.answering.set()
+        self.failing = False
+        """True: a store's answer is lost (as when Redis stored it and the reply timed out)."""
+        self.stores = 0
+        """How many batches were stored (re-sends included)."""
         self._elsewhere: set[asyncio.Task[list[Appended]]] = set()
 
     async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
         results = await self._store(drafts)
         await self.answering.wait()
+        if self.failing:
+            raise HistoryError("the answer to a store was lost")
         return results
 
     async def _store(self, drafts: Sequence[Draft]) -> list[Appended]:
         results = await super().append(drafts)
         self.stored += [a.record for a in results if not a.duplicate]
+        self.stores += 1
         return results
 
     def store_elsewhere(self, draft: Draft) -> None:
@@ -66,7 +73,19 @@ def held(cert_dir: Path) -> Iterator[tuple[ServerThread, HeldLog]]:
     thread = ServerThread(server_config(cert_dir, msg_rate=0))
     thread.server = ChatServer(thread.config, log)
     with thread:
-        yield thread, log
+        try:
+            yield thread, log
+        finally:  # a store still waiting would hold up the server's shutdown
+            thread.call(log.answering.set)
+
+
+def stores(server: ServerThread, log: HeldLog, count: int, waiter: RawClient) -> None:
+    """Wait (a while) until ``log`` has stored ``count`` batches."""
+    for _ in range(100):
+        if server.call(lambda: log.stores) >= count:
+            return
+        waiter.silent(0.05)
+    raise AssertionError(f"{server.call(lambda: log.stores)} batches stored, not {count}")
 
 
 def test_an_ack_waits_until_the_lines_before_it_are_broadcast(
@@ -101,7 +120,7 @@ def test_an_ack_comes_in_its_place_when_the_stream_brings_the_line_before_the_st
 ) -> None:
     server, log = held
     with RawClient(server.host, server.port) as ann, RawClient(server.host, server.port) as bob:
-        ann.join("ann")
+        ann.join("ann", client="client-ann-01")
         bob.join("bob")
         ann.expect("join")
         server.call(log.answering.clear)
@@ -125,6 +144,41 @@ def test_an_ack_comes_in_its_place_when_the_stream_brings_the_line_before_the_st
         ]
         server.call(log.answering.set)
         assert ann.silent()  # the store's answer does not ack it again
+
+
+def test_a_resend_while_the_stream_lags_gets_one_ack_per_send(
+    held: tuple[ServerThread, HeldLog],
+) -> None:
+    server, log = held
+    with RawClient(server.host, server.port) as ann:
+        ann.join("ann", client="client-ann-01")
+        ann.send({"type": "msg", "text": "mine", "ref": "a1"})
+        stores(server, log, 1, ann)  # answered: its ack waits for the stream
+        server.call(log.answering.clear)
+        ann.send({"type": "msg", "text": "mine", "ref": "a1"})  # sent again, same connection
+        stores(server, log, 2, ann)  # a duplicate, its answer held
+        server.call(log.release, 1)
+        assert (ann.expect("ack")["seq"], ann.silent()) == (1, True)
+        server.call(log.answering.set)
+        assert (ann.expect("ack")["seq"], ann.silent()) == (1, True)
+
+
+def test_a_line_the_stream_acked_is_not_refused_when_the_store_answer_is_lost(
+    held: tuple[ServerThread, HeldLog],
+) -> None:
+    server, log = held
+    with RawClient(server.host, server.port) as ann:
+        ann.join("ann", client="client-ann-01")
+        server.call(log.answering.clear)
+        ann.send({"type": "msg", "text": "mine", "ref": "a1"})
+        stores(server, log, 1, ann)
+        server.call(log.release, 1)  # stored: the stream brings it before the answer
+        assert ann.expect("ack")["seq"] == 1
+        server.call(setattr, log, "failing", True)
+        server.call(log.answering.set)  # the answer is lost after all
+        told = ann.expect("notice")  # the room's log seems out of reach: said once
+        assert told["code"] == "cluster_unavailable"
+        assert ann.silent()  # but no not_stored for a line everyone has
 
 
 def test_a_line_the_stream_brings_twice_is_broadcast_once(
