@@ -109,6 +109,8 @@ for i = 3, #ARGV, 4 do
         local read_by_all = floor - tonumber(string.sub(oldest[1][1], 1, -3)) + 1
         excess = math.max(math.min(excess, read_by_all), length - most)
       end
+      -- Once a node far behind has caught up, shrink back a little per line, not all at once.
+      excess = math.min(excess, 1000)
     end
     if excess > 0 then
       for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
@@ -129,8 +131,9 @@ its payload (``r``: everything, as JSON), its ``Fed.body`` (``m``) and its sende
 
 Returns per draft ``{seq}`` for a new line, or ``{seq, payload}`` of the original for a
 duplicate. The stream keeps the newest ``keep`` lines, and more (up to ``most``) while a node
-has not read them (its position in the ``read`` hash, see ``LAG_KEEP``). A trimmed entry's ref
-is forgotten only if it still points at that entry.
+has not read them (its position in the ``read`` hash, see ``LAG_KEEP``); each line trims at
+most 1,000 (a script that trimmed 100,000 at once would stall Redis for everyone). A trimmed
+entry's ref is forgotten only if it still points at that entry.
 """
 
 _Entry = tuple[bytes, dict[bytes, bytes]]
