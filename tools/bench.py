@@ -2110,9 +2110,11 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
     if args.cluster:
         loop = "asyncio" if args.loop == "both" else args.loop
         cluster = ClusterUnderTest(loop, server_flags(), args.cluster)
-        older = [
-            ClusterUnderTest(loop, server_flags(tree.resolve()), args.cluster, tree.resolve())
-            for tree in args.against_tree
+        trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
+        older = [  # an older tree's cluster, if it has one
+            ClusterUnderTest(loop, flags, args.cluster, tree)
+            for tree, flags in trees
+            if "--cluster" in flags
         ]
         cluster.compare_to = [s.label for s in servers if s.label == chatsecure_base(loop)]
         cluster.compare_to += [o.label for o in older]
