@@ -124,9 +124,11 @@ def fix_mmap_threshold() -> None:
     block's size and serves the next ones from the heap, out of memory that earlier
     connections dirtied. ``hold -n 5000 --storm 32 --loop uvloop``: 62.9 KiB per client, 31.8
     with the threshold fixed (setting it turns glibc's adjustment off). The environment's
-    ``MALLOC_MMAP_THRESHOLD_`` wins; elsewhere than glibc this does nothing.
+    ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` threshold wins; elsewhere than glibc
+    this does nothing.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in tunables:
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt

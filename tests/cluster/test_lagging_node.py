@@ -56,7 +56,7 @@ def test_a_node_that_lags_far_behind_loses_no_line(
         ann.join("ann")
         bob.join("bob", client="client-bob-01")
         ann.expect("join")
-        time.sleep(1.5)  # a heartbeat of b's since bob's join: it has read up to seq 0
+        read_by_all(redis_server, room, 0)  # both nodes' heartbeats say where they read
         b.proc.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
@@ -72,11 +72,23 @@ def test_a_node_that_lags_far_behind_loses_no_line(
         assert got == [(n + 1, f"line {n}") for n in range(count)]
         assert bob.silent()
         # Once b has read them (its next heartbeat says so), the next store trims the log.
-        time.sleep(1.5)
+        read_by_all(redis_server, room, count)
         ann.send({"type": "msg", "text": "after", "ref": "r-after"})
         assert ann.expect("ack")["seq"] == count + 1
         assert redis_length(redis_server, stream) == KEEP
         assert bob.expect("msg")["text"] == "after"
+
+
+def read_by_all(server: RedisServer, room: str, seq: int, timeout: float = 10.0) -> None:
+    """Wait until both nodes' heartbeats say they have read up to ``seq``."""
+    deadline = time.monotonic() + timeout
+    with redis.Redis.from_url(server.url) as client:
+        while time.monotonic() < deadline:
+            positions = client.hvals(room_prefix(room) + "read")
+            if len(positions) == 2 and min(int(p) for p in positions) >= seq:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"the nodes have not both read up to {seq} within {timeout} s")
 
 
 def redis_length(server: RedisServer, stream: str) -> int:

@@ -44,7 +44,11 @@ def mapped_bytes(mode: str) -> int:
         text=True,
         timeout=60,
         check=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+        },
     )
     return int(json.loads(done.stdout)["mapped"])
 
