@@ -30,14 +30,16 @@ if sys.argv[1] == "fixed":
     fix_mmap_threshold()
 libc.free(libc.malloc(1 << 20))  # a mapped block freed: glibc would raise its threshold
 before = libc.mallinfo2().hblkhd
-buffer = libc.malloc(256 << 10)  # what uvloop takes for every TLS connection
+# What uvloop takes for every TLS connection, for 64 of them: more than the heap has spare.
+buffers = [libc.malloc(256 << 10) for _ in range(64)]
 print(json.dumps({"mapped": libc.mallinfo2().hblkhd - before}))
-libc.free(buffer)
+for buffer in buffers:
+    libc.free(buffer)
 """
 
 
 def mapped_bytes(mode: str) -> int:
-    """Bytes newly mapped for a 256 KiB ``malloc`` after a 1 MiB block was freed."""
+    """Bytes newly mapped for 64 ``malloc`` of 256 KiB after a 1 MiB block was freed."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, mode],
         capture_output=True,
@@ -56,4 +58,5 @@ def mapped_bytes(mode: str) -> int:
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc 2.33 or later only")
 def test_big_buffers_stay_fresh_mappings_once_the_threshold_is_fixed() -> None:
     assert mapped_bytes("default") == 0  # glibc's own way: from the heap, maybe dirty
-    assert mapped_bytes("fixed") >= 256 << 10
+    # Fixed: fresh mappings, but for what the heap's free top may still serve.
+    assert mapped_bytes("fixed") >= 32 * (256 << 10)
