@@ -42,18 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.exceptions import RedisError  # if missing, history.redis (imported first) says so
+
 from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, PresenceEvent
 from chatsecure.history import HistoryError
 from chatsecure.history.redis import RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
-
-try:
-    from redis.exceptions import RedisError
-except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
-    raise HistoryError(
-        "--cluster needs the redis package: pip install 'chatsecure[cluster]'"
-    ) from exc
 
 log = logging.getLogger(__name__)
 

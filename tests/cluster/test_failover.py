@@ -28,33 +28,19 @@ from chatsecure.client.core import (
 from chatsecure.protocol.messages import Chat
 from chatsecure.testing import RawClient
 from chatsecure.tls.trust import KnownServers, TrustPolicy
-from tests.helpers import CHATSECURE, ServerProcess
-from tests.redis_server import RedisServer, room_name
+from tests.helpers import ServerProcess
+from tests.redis_server import RedisServer, cluster_node, room_name
 
 E = TypeVar("E")
 HOST = "127.0.0.1"
 
 
-def node(redis: RedisServer, room: str, cert_dir: Path) -> ServerProcess:
-    """``chatsecure server --cluster`` in a subprocess, on loopback, without discovery."""
-    return ServerProcess(
-        [
-            *CHATSECURE, "server",
-            "--cluster", redis.url,
-            "--name", room,
-            "--cert", str(cert_dir / "server.crt"),
-            "--key", str(cert_dir / "server.key"),
-            "--msg-rate", "0",
-        ]
-    )  # fmt: skip
-
-
 @pytest.fixture
 def two_nodes(redis_server: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
     room = room_name()
-    started = [node(redis_server, room, cert_dir)]
+    started = [cluster_node(redis_server, room, cert_dir)]
     try:
-        started.append(node(redis_server, room, cert_dir))
+        started.append(cluster_node(redis_server, room, cert_dir))
         yield started
     finally:
         for process in started:

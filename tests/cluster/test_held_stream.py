@@ -79,13 +79,20 @@ def held(cert_dir: Path) -> Iterator[tuple[ServerThread, HeldLog]]:
             thread.call(log.answering.set)
 
 
-def stores(server: ServerThread, log: HeldLog, count: int, waiter: RawClient) -> None:
-    """Wait (a while) until ``log`` has stored ``count`` batches."""
+def until(
+    server: ServerThread, log: HeldLog, waiter: RawClient, *, lines: int = 0, stores: int = 0
+) -> None:
+    """Wait (a while) until ``log`` holds ``lines`` lines and has stored ``stores`` batches."""
+
+    def counts() -> tuple[int, int]:
+        return len(log.stored), log.stores
+
     for _ in range(100):
-        if server.call(lambda: log.stores) >= count:
+        if server.call(counts) >= (lines, stores):
             return
         waiter.silent(0.05)
-    raise AssertionError(f"{server.call(lambda: log.stores)} batches stored, not {count}")
+    have = server.call(counts)
+    raise AssertionError(f"{have[0]} lines in {have[1]} batches, not {lines} in {stores}")
 
 
 def test_an_ack_waits_until_the_lines_before_it_are_broadcast(
@@ -99,10 +106,7 @@ def test_an_ack_waits_until_the_lines_before_it_are_broadcast(
         bob.send({"type": "msg", "text": "first", "ref": "b1"})
         assert ann.silent()  # not broadcast: the stream has not brought it yet
         ann.send({"type": "msg", "text": "second", "ref": "a1"})
-        deadline = 50
-        while len(server.call(lambda: list(log.stored))) < 2 and deadline:
-            ann.silent(0.05)
-            deadline -= 1
+        until(server, log, ann, lines=2)
         assert [r.text for r in log.stored] == ["first", "second"]  # both stored...
         assert ann.silent()  # ...but ann's ack (seq 2) must not come before line 1
         assert bob.silent()
@@ -125,15 +129,10 @@ def test_an_ack_comes_in_its_place_when_the_stream_brings_the_line_before_the_st
         ann.expect("join")
         server.call(log.answering.clear)
         ann.send({"type": "msg", "text": "mine", "ref": "a1"})
-        waited = 50
-        while not server.call(lambda: list(log.stored)) and waited:
-            ann.silent(0.05)
-            waited -= 1
+        until(server, log, ann, lines=1)
         other = Draft(Peer("4000000001", "zoe", "127.0.0.2"), "from elsewhere", 1.0e9)
         server.call(log.store_elsewhere, other)
-        while len(server.call(lambda: list(log.stored))) < 2 and waited:
-            ann.silent(0.05)
-            waited -= 1
+        until(server, log, ann, lines=2)
         server.call(log.release, 2)  # the stream is quicker than ann's store's answer
         ack, line = ann.recv(), ann.recv()
         assert (ack["type"], ack["ref"], ack["seq"]) == ("ack", "a1", 1)
@@ -153,10 +152,10 @@ def test_a_resend_while_the_stream_lags_gets_one_ack_per_send(
     with RawClient(server.host, server.port) as ann:
         ann.join("ann", client="client-ann-01")
         ann.send({"type": "msg", "text": "mine", "ref": "a1"})
-        stores(server, log, 1, ann)  # answered: its ack waits for the stream
+        until(server, log, ann, stores=1)  # answered: its ack waits for the stream
         server.call(log.answering.clear)
         ann.send({"type": "msg", "text": "mine", "ref": "a1"})  # sent again, same connection
-        stores(server, log, 2, ann)  # a duplicate, its answer held
+        until(server, log, ann, stores=2)  # a duplicate, its answer held
         server.call(log.release, 1)
         assert (ann.expect("ack")["seq"], ann.silent()) == (1, True)
         server.call(log.answering.set)
@@ -171,7 +170,7 @@ def test_a_line_the_stream_acked_is_not_refused_when_the_store_answer_is_lost(
         ann.join("ann", client="client-ann-01")
         server.call(log.answering.clear)
         ann.send({"type": "msg", "text": "mine", "ref": "a1"})
-        stores(server, log, 1, ann)
+        until(server, log, ann, stores=1)
         server.call(log.release, 1)  # stored: the stream brings it before the answer
         assert ann.expect("ack")["seq"] == 1
         server.call(setattr, log, "failing", True)
@@ -190,8 +189,7 @@ def test_a_line_the_stream_brings_twice_is_broadcast_once(
         ann.join("ann")
         bob.expect("join")
         bob.send({"type": "msg", "text": "once"})
-        while not server.call(lambda: list(log.stored)):
-            ann.silent(0.05)
+        until(server, log, ann, lines=1)
         server.call(log.release, 1)
         assert ann.expect("msg")["text"] == "once"
         # A feed that reads on from an older seq (after losing Redis) brings it again.
