@@ -746,23 +746,12 @@ def ngircd_server() -> ServerUnderTest:
     binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
     if not Path(binary).exists():
         raise SystemExit("ngircd is not installed (apt-get install ngircd)")
-    server = ServerUnderTest("ngircd", IrcDialect(), lambda workdir: [], None)
-
-    def argv(workdir: Path) -> list[str]:
-        server.port = _free_port()
-        template = (ROOT / "benchmarks" / "ngircd.conf").read_text()
-        conf = template.format(
-            host=HOST,
-            port=server.port,
-            plain_port=_free_port(),
-            cert=workdir / "server.crt",
-            key=workdir / "server.key",
-        )
-        (workdir / "ngircd.conf").write_text(conf)
-        return [binary, "--nodaemon", "--config", str(workdir / "ngircd.conf")]
-
-    server.argv = argv
-    return server
+    return irc_server(
+        "ngircd",
+        IrcDialect(),
+        lambda conf: [binary, "--nodaemon", "--config", str(conf)],
+        plain_port=lambda workdir: _free_port(),
+    )
 
 
 def inspircd_server() -> ServerUnderTest | None:
@@ -772,21 +761,39 @@ def inspircd_server() -> ServerUnderTest | None:
     if not Path(binary).exists():
         print("skipping inspircd: not installed (apt-get install inspircd)", file=sys.stderr)
         return None
-    server = ServerUnderTest("inspircd", LateJoinIrcDialect(), lambda workdir: [], None)
+    root = ["--runasroot"] if os.geteuid() == 0 else []
+    return irc_server(
+        "inspircd",
+        LateJoinIrcDialect(),
+        lambda conf: [binary, "--nofork", "--config", str(conf), *root],
+        workdir=lambda workdir: workdir,
+    )
+
+
+def irc_server(
+    name: str,
+    dialect: Dialect,
+    command: Callable[[Path], list[str]],
+    **fields: Callable[[Path], object],
+) -> ServerUnderTest:
+    """An IRC server run from ``benchmarks/NAME.conf``, filled in for a free port and the
+    bench's certificate (and ``fields``, each made from the run's folder) at every start."""
+    server = ServerUnderTest(name, dialect, lambda workdir: [], None)
 
     def argv(workdir: Path) -> list[str]:
         server.port = _free_port()
-        template = (ROOT / "benchmarks" / "inspircd.conf").read_text()
-        conf = template.format(
-            host=HOST,
-            port=server.port,
-            cert=workdir / "server.crt",
-            key=workdir / "server.key",
-            workdir=workdir,
+        template = (ROOT / "benchmarks" / f"{name}.conf").read_text()
+        conf = workdir / f"{name}.conf"
+        conf.write_text(
+            template.format(
+                host=HOST,
+                port=server.port,
+                cert=workdir / "server.crt",
+                key=workdir / "server.key",
+                **{key: make(workdir) for key, make in fields.items()},
+            )
         )
-        (workdir / "inspircd.conf").write_text(conf)
-        cmd = [binary, "--nofork", "--config", str(workdir / "inspircd.conf")]
-        return cmd + (["--runasroot"] if os.geteuid() == 0 else [])
+        return command(conf)
 
     server.argv = argv
     return server
@@ -1908,11 +1915,11 @@ def _summary_details(rs: list[Result]) -> str:
         kib = statistics.median([r.rss_per_conn_kib or 0 for r in rs])
         joins = statistics.median([r.joins_per_s or 0 for r in rs])
         ms = [r.cpu_ms_per_join for r in rs if r.cpu_ms_per_join is not None]
-        cpu = f", server CPU {statistics.median(ms):.3f} ms/join" if ms else ""
-        return f", median RSS/conn {kib} KiB, {joins:,.0f} joins/s{cpu}"
+        per_join = f", server CPU {statistics.median(ms):.3f} ms/join" if ms else ""
+        return f", median RSS/conn {kib:.1f} KiB, {joins:,.0f} joins/s{per_join}"
     if rs[0].workload == "restart":
         back = statistics.median([r.join_s or 0 for r in rs])
-        return f" (all welcomed in {back} s), lost {sum(r.lost for r in rs)}"
+        return f" (all welcomed in {back:.1f} s), lost {sum(r.lost for r in rs)}"
     if rs[0].workload == "replay":
         return f", max {max(r.resume_max_ms or 0 for r in rs)} ms, replayed {rs[0].replayed}"
     cpu = [r.server_us_per_delivery for r in rs if r.server_us_per_delivery is not None]
