@@ -18,12 +18,12 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from chatsecure.cluster import REFUSED, PresenceEvent, StreamFeed
-from chatsecure.history import Appended, Draft, Fed, HistoryError, Record, RoomLog, SharedLog
+from chatsecure.history import Appends, Draft, Fed, HistoryError, Record, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -158,8 +158,9 @@ class Room:
         self._replay = replay
         self._replay_max = replay_max
         self._tail: collections.deque[_Stored] = collections.deque(maxlen=max(replay, replay_max))
-        """The newest stored lines as ``history`` frames, ending at ``seq``: every replay after
-        a ``welcome`` comes from here, with no database read while others wait."""
+        """The newest stored lines (``msg`` frames, and whose they are), ending at ``seq``:
+        every replay after a ``welcome`` comes from here, with no database read while others
+        wait."""
         self._queue: list[_Said | bytes | _Presence | _Gone] = []
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""
@@ -202,7 +203,7 @@ class Room:
                 self._peers_json[peer.id] = encode_peer(peer)
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
-        self._tail.extend(_Stored(_history_frame(r), r.client, r.ref) for r in opened.tail)
+        self._tail.extend(_tail_entry(r) for r in opened.tail)
         if isinstance(self._history, SharedLog):
             deliver = self._followed if self._cluster is None else self._fed_lines
             self._feed = StreamFeed(self._history, deliver, lambda: self.seq, self.broadcast)
@@ -378,10 +379,10 @@ class Room:
             count = min(wanted, self._replay_max, len(tail))
         stored = itertools.islice(tail, len(tail) - count, None) if count else ()
         replayed = [
-            with_ref(s.frame, s.ref)
-            if client is not None and s.client == client and s.ref is not None
-            else s.frame
-            for s in stored
+            with_ref(as_history(frame), ref)
+            if client is not None and by == client and ref is not None
+            else as_history(frame)
+            for frame, by, ref in stored
         ]
         return replayed, 0 if wanted is None else wanted - count
 
@@ -399,8 +400,16 @@ class Room:
                 member.send(encode_ack(message.ref, 0, ts))
             self.broadcast(encode_chat(member.peer_json, message.text, ts), exclude=member)
             return
-        draft = Draft(member.peer, message.text, ts, member.client_id, message.ref)
-        self._queue.append(_Said(member, draft, member.peer_json))
+        said = _Said(
+            member.peer,
+            message.text,
+            ts,
+            member.client_id,
+            message.ref,
+            member=member,
+            peer_json=member.peer_json,
+        )
+        self._queue.append(said)
         self.unstored += 1
         if self.unstored >= STORE_HIGH and member not in self._not_read:
             self._not_read.add(member)
@@ -420,7 +429,7 @@ class Room:
             if self._feed is not None:
                 self._expect_acks(said)
             try:
-                results = await self._history.append([s.draft for s in said]) if said else []
+                appends = await self._history.append(said) if said else Appends(said, 0)
             except Exception as exc:
                 # A full disk, a broken database, Redis lost: those lines are refused, not lost
                 # in silence, and the room goes on (a later commit may work again).
@@ -429,13 +438,13 @@ class Room:
                     # In a cluster the batch may be stored after all, and the feed may have
                     # brought (and acknowledged) a line of it already: no refusal for that one.
                     if self._feed is None or self._still_to_ack(item):
-                        error = Error(ErrorCode.NOT_STORED, refused, item.draft.ref)
+                        error = Error(ErrorCode.NOT_STORED, refused, item.ref)
                         item.member.send(encode(error))
-                results = []
+                appends = Appends([], 0)
                 batch = [item for item in batch if not isinstance(item, _Said)]
-            if self._feed is not None and said and results:
+            if self._feed is not None and appends.drafts:
                 self._feed.reached()
-            (self._stored if self._feed is None else self._acknowledged)(batch, iter(results))
+            (self._stored if self._feed is None else self._acknowledged)(batch, appends)
             self.unstored -= len(said)
             if self._not_read and self.unstored < STORE_HIGH:
                 held, self._not_read = self._not_read, set()
@@ -452,28 +461,34 @@ class Room:
         # The details (a file name, a disk) are for the server's log, not its clients.
         return "the server could not store your line"
 
-    def _stored(
-        self, batch: list[_Said | bytes | _Presence | _Gone], results: Iterator[Appended]
-    ) -> None:
-        """Acknowledge and broadcast a stored batch, presence frames in their places."""
+    def _stored(self, batch: list[_Said | bytes | _Presence | _Gone], appends: Appends) -> None:
+        """Acknowledge and broadcast a stored batch, presence frames in their places.
+
+        The common path of every line: no object is made for it here but its frames.
+        """
+        seq, originals, index = appends.first, appends.originals, -1
         for item in batch:
             if not isinstance(item, _Said):
                 if not isinstance(item, _Gone):  # (only a cluster queues a _Gone)
                     self.broadcast(item)
                 continue
-            appended = next(results)
-            record, member, ref = appended.record, item.member, item.draft.ref
+            index += 1
+            member, ref = item.member, item.ref
+            if originals and (original := originals.get(index)) is not None:
+                # A re-send after a reconnect: stored and broadcast the first time.
+                if ref is not None:
+                    member.send(encode_ack(ref, original.seq, original.ts))
+                continue
             if ref is not None:
-                member.send(encode_ack(ref, record.seq, record.ts))
-            if appended.duplicate:
-                continue  # a re-send after a reconnect: stored and broadcast the first time
-            frame = encode_chat(item.peer_json, record.text, record.ts, record.seq)
-            self.seq = record.seq
-            self._tail.append(_Stored(as_history(frame), item.draft.client, item.draft.ref))
+                member.send(encode_ack(ref, seq, item.ts))
+            frame = encode_chat(item.peer_json, item.text, item.ts, seq)
+            self.seq = seq
+            seq += 1
+            self._tail.append((frame, item.client, ref))
             if member.gone and ref is not None:
                 # The sender's connection broke before this commit: if it is back already,
                 # its new connection gets the line with its ref, which it takes as the ack.
-                back = self._member_of(item.draft.client)
+                back = self._member_of(item.client)
                 if back is not None:
                     back.send(with_ref(frame, ref))
                     member = back
@@ -510,7 +525,7 @@ class Room:
     # -- cluster: the feed broadcasts every server's lines -------------------------------
 
     def _acknowledged(
-        self, batch: list[_Said | bytes | _Presence | _Gone], results: Iterator[Appended]
+        self, batch: list[_Said | bytes | _Presence | _Gone], appends: Appends
     ) -> None:
         """In a cluster: a stored batch's acks and presence frames, once the feed is there.
 
@@ -520,6 +535,7 @@ class Room:
         late, after lines of higher seqs: if the feed was first, it sent the ack then
         (``_ack_fed``), and only a duplicate's ack (its line came long ago) is sent here.
         """
+        results = iter(appends)
         for item in batch:
             if isinstance(item, _Gone):
                 if self._cluster is not None:  # its lines before are stored: now the leave
@@ -529,7 +545,7 @@ class Room:
                 self._after(self._appended, None, item)
                 continue
             appended = next(results)
-            record, ref = appended.record, item.draft.ref
+            record, ref = appended.record, item.ref
             self._appended = max(self._appended, record.seq)
             if ref is None:
                 continue
@@ -544,15 +560,15 @@ class Room:
         only with its client (the dedup key), so the feed cannot tell the others apart; their
         ack comes with the store's answer, possibly after lines of higher seqs."""
         for item in said:
-            if item.draft.ref is not None and item.draft.client is not None:
-                self._unacked.setdefault((item.member.id, item.draft.ref), []).append(item)
+            if item.ref is not None and item.client is not None:
+                self._unacked.setdefault((item.member.id, item.ref), []).append(item)
 
     def _still_to_ack(self, item: _Said) -> bool:
         """Whether ``item``'s ack is still to be sent (the feed did not send it); in either
         case, stop waiting for it."""
-        if item.draft.ref is None or item.draft.client is None:
+        if item.ref is None or item.client is None:
             return True  # never waited for (see ``_expect_acks``)
-        key = (item.member.id, item.draft.ref)
+        key = (item.member.id, item.ref)
         waiting = self._unacked.get(key)
         if waiting is None:
             return False
@@ -576,7 +592,7 @@ class Room:
         item = waiting.pop(0)
         if not waiting:
             del self._unacked[key]
-        item.member.send(encode_ack(record.ref, record.seq, item.draft.ts))
+        item.member.send(encode_ack(record.ref, record.seq, item.ts))
 
     def _after(self, seq: int, member: Member | None, frame: bytes | _Presence) -> None:
         """Send ``frame`` to ``member`` (``None``: broadcast it) once line ``seq`` is out."""
@@ -608,7 +624,7 @@ class Room:
                         self._deliver_due(member, due)
             frame = record.frame()  # as the server that stored it encoded it
             self.seq = record.seq
-            self._tail.append(_Stored(as_history(frame), record.client, record.ref))
+            self._tail.append((frame, record.client, record.ref))
             self.broadcast(frame, exclude=self._own(record, frame))
             if record.ref is not None and self._unacked:
                 self._ack_fed(record)
@@ -810,21 +826,17 @@ class Room:
         return out
 
 
-@dataclass(slots=True)  # made per line: not frozen, for speed (see history.log)
-class _Stored:
-    """A stored line as the replay sends it, and whose it is (to give its sender the ref)."""
-
-    frame: bytes
-    client: str | None
-    ref: str | None
+_Stored = tuple[bytes, str | None, str | None]
+"""A stored line as the replay sends it (its ``msg`` frame) and whose it is (``client`` and
+``ref``: its sender gets the ref back). A tuple: one is made per line."""
 
 
-@dataclass(slots=True)  # made per line: not frozen, for speed (see history.log)
-class _Said:
-    """A line waiting for its commit: who said it, and their peer JSON at that moment."""
+@dataclass(slots=True, kw_only=True)  # made per line: not frozen, for speed (see history.log)
+class _Said(Draft):
+    """A line waiting for its commit: the draft the log stores, who said it, and their peer
+    JSON at that moment (one object per line, not two)."""
 
     member: Member
-    draft: Draft
     peer_json: bytes
 
 
@@ -909,7 +921,12 @@ def _blob(frames: list[bytes | _Presence], *, v2: bool) -> bytes:
 
 
 def _history_frame(record: Record) -> bytes:
-    return as_history(encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq))
+    return as_history(_tail_entry(record)[0])
+
+
+def _tail_entry(record: Record) -> _Stored:
+    frame = encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq)
+    return frame, record.client, record.ref
 
 
 def split(data: bytes, size: int) -> list[bytes] | list[memoryview]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from chatsecure.history.log import (
     DEFAULT_DB,
     Appended,
+    Appends,
     Draft,
     Fed,
     HistoryError,
@@ -19,6 +20,7 @@ from chatsecure.history.sqlite import SqliteLog
 __all__ = [
     "DEFAULT_DB",
     "Appended",
+    "Appends",
     "Draft",
     "Fed",
     "HistoryError",

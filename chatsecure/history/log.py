@@ -13,8 +13,8 @@ each.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -72,6 +72,41 @@ class Appended:
     duplicate: bool
 
 
+@dataclass(slots=True)
+class Appends:
+    """What became of a batch of drafts: the answer of ``RoomLog.append``.
+
+    The drafts that were not duplicates got consecutive seqs in order, the first of them
+    ``first``; ``originals`` holds, by its index in the batch, the stored original of each draft
+    that was a duplicate. So the answer costs nothing per line: a server reads ``first`` and
+    ``originals`` as it goes through its batch. Iterating gives an ``Appended`` per draft.
+    """
+
+    drafts: Sequence[Draft]
+    first: int
+    originals: dict[int, Record] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.drafts)
+
+    def __iter__(self) -> Iterator[Appended]:
+        seq = self.first
+        for index, draft in enumerate(self.drafts):
+            original = self.originals.get(index)
+            if original is not None:
+                yield Appended(original, duplicate=True)
+                continue
+            record = Record(seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
+            yield Appended(record, duplicate=False)
+            seq += 1
+
+    @property
+    def last(self) -> int | None:
+        """The seq of the last line stored, ``None`` if none was (all were duplicates)."""
+        stored = len(self.drafts) - len(self.originals)
+        return self.first + stored - 1 if stored else None
+
+
 @dataclass(frozen=True, slots=True)
 class Opened:
     """The state of a log just opened, for the server to carry on from."""
@@ -99,8 +134,8 @@ class RoomLog(Protocol):
         """Open (or create) the log and return its state with the newest ``tail`` records."""
         ...
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
-        """Store ``drafts`` in one transaction; one result per draft, in order.
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
+        """Store ``drafts`` in one transaction; say what became of each.
 
         Non-duplicate drafts get consecutive seqs in order. Durable when it returns. A
         ``(client, ref)`` repeated inside the batch is a duplicate of its first occurrence.

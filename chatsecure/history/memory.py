@@ -6,7 +6,7 @@ import itertools
 from collections import deque
 from collections.abc import Sequence
 
-from chatsecure.history.log import Appended, Draft, Opened, Record, check_limit, peer_number
+from chatsecure.history.log import Appends, Draft, Opened, Record, check_limit, peer_number
 
 
 class MemoryLog:
@@ -34,13 +34,19 @@ class MemoryLog:
     async def open(self, tail: int) -> Opened:
         return Opened(self._last_seq, await self.before(None, tail), self._max_peer_id)
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
-        return [self._append_one(draft) for draft in drafts]
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
+        appends = Appends(drafts, self._last_seq + 1)
+        for index, draft in enumerate(drafts):
+            original = self._append_one(draft)
+            if original is not None:
+                appends.originals[index] = original
+        return appends
 
-    def _append_one(self, draft: Draft) -> Appended:
+    def _append_one(self, draft: Draft) -> Record | None:
+        """Store ``draft``; or, if it is a duplicate, return the original and store nothing."""
         key = _ref_key(draft.client, draft.ref)
         if key is not None and (original := self._by_ref.get(key)) is not None:
-            return Appended(original, duplicate=True)
+            return original
         self._last_seq += 1
         record = Record(self._last_seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
         self._records.append(record)
@@ -52,7 +58,7 @@ class MemoryLog:
             old_key = _ref_key(old.client, old.ref)
             if old_key is not None:
                 del self._by_ref[old_key]
-        return Appended(record, duplicate=False)
+        return None
 
     async def before(self, seq: int | None, limit: int) -> list[Record]:
         check_limit("limit", limit)

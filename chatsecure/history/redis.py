@@ -30,7 +30,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from chatsecure.history.log import (
-    Appended,
+    Appends,
     Draft,
     Fed,
     HistoryError,
@@ -249,9 +249,10 @@ class RedisLog:
         log.info("history: the room's log is in Redis at %s, seq %d", self._url, self._last_seq)
         return Opened(self._last_seq, records, int(ids_end) - ID_BLOCK)
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
+        appends = Appends(drafts, self._last_seq + 1)
         if not drafts:
-            return []
+            return appends
         args: list[str | int | bytes] = [self._keep, self._keep + LAG_KEEP]
         for draft in drafts:
             key = _dedup_key(draft.client, draft.ref)
@@ -260,16 +261,17 @@ class RedisLog:
             replies = await self._append(
                 keys=[self._meta, self._stream, self._refs, self.read_key], args=args
             )
-        results = []
-        for draft, reply in zip(drafts, cast(list[list[Any]], replies), strict=True):
+        first = None
+        for index, reply in enumerate(cast(list[list[Any]], replies)):
             seq = int(reply[0])
             if len(reply) > 1:
-                results.append(Appended(_record(seq, reply[1]), duplicate=True))
-            else:
-                record = Record(seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
-                results.append(Appended(record, duplicate=False))
-                self._last_seq = max(self._last_seq, seq)
-        return results
+                appends.originals[index] = _record(seq, reply[1])
+            elif first is None:
+                first = seq  # the others follow it: the script runs alone in Redis
+        if first is not None:
+            appends.first = first
+            self._last_seq = max(self._last_seq, cast(int, appends.last))
+        return appends
 
     async def before(self, seq: int | None, limit: int) -> list[Record]:
         check_limit("limit", limit)

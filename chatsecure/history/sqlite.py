@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from chatsecure.history.log import (
-    Appended,
+    Appends,
     Draft,
     HistoryError,
     Opened,
@@ -131,7 +131,7 @@ class SqliteLog:
             await self.close()  # an unusable log keeps no thread behind it
             raise
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
         return await self._run(self._append, list(drafts))
 
     async def before(self, seq: int | None, limit: int) -> list[Record]:
@@ -195,57 +195,51 @@ class SqliteLog:
             conn.execute("UPDATE meta SET last_seq = last_seq")
             conn.execute("ROLLBACK")
 
-    def _append(self, drafts: list[Draft]) -> list[Appended]:
+    def _append(self, drafts: list[Draft]) -> Appends:
         conn = self._require_conn()
         with mapped_errors(self._path), _transaction(conn):
             last_seq, max_peer_id = _meta(conn)
-            results = self._append_new(conn, drafts, last_seq)
-            if results is None:  # a (client, ref) was already stored: line by line instead
-                results = self._append_each(conn, drafts, last_seq)
-            stored = [a.record for a in results if not a.duplicate]
-            if stored:
-                last_seq = stored[-1].seq
-                senders = {record.sender.id for record in stored}  # few: a batch's speakers
+            appends = self._append_new(conn, drafts, last_seq)
+            if appends is None:  # a (client, ref) was already stored: line by line instead
+                appends = self._append_each(conn, drafts, last_seq)
+            if appends.last is not None:
+                last_seq = appends.last
+                # (a duplicate's sender counts too: it is here now, its id taken)
+                senders = {draft.sender.id for draft in drafts}  # few: a batch's speakers
                 max_peer_id = max(max_peer_id, *map(peer_number, senders))
             conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
             self._trim(conn, last_seq)
             conn.execute("COMMIT")
         self._last_seq = last_seq
-        return results
+        return appends
 
     def _append_new(
         self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int
-    ) -> list[Appended] | None:
+    ) -> Appends | None:
         """Store every draft in one statement, or store none and say None if one was a re-send.
 
         The common case (no re-sends) costs one ``executemany`` instead of a look-up and an
-        insert per line; ``OR IGNORE`` lets the unique (client, ref) index find re-sends.
+        insert per line; ``OR IGNORE`` lets the unique (client, ref) index find re-sends. No
+        object is made per line but the row itself.
         """
-        records = [
-            Record(seq, d.sender, d.text, d.ts, d.client, d.ref)
-            for seq, d in enumerate(drafts, last_seq + 1)
-        ]
+        rows = (_draft_row(seq, draft) for seq, draft in enumerate(drafts, last_seq + 1))
         before = conn.total_changes
-        conn.executemany(_INSERT_NEW, map(_row, records))
-        if conn.total_changes - before == len(records):
-            return [Appended(record, duplicate=False) for record in records]
+        conn.executemany(_INSERT_NEW, rows)
+        if conn.total_changes - before == len(drafts):
+            return Appends(drafts, last_seq + 1)
         conn.execute("DELETE FROM lines WHERE seq > ?", (last_seq,))  # nothing above was kept
         return None
 
-    def _append_each(
-        self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int
-    ) -> list[Appended]:
-        results: list[Appended] = []
-        for draft in drafts:
+    def _append_each(self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int) -> Appends:
+        appends = Appends(drafts, last_seq + 1)
+        for index, draft in enumerate(drafts):
             original = self._original(conn, draft, last_seq)
             if original is not None:
-                results.append(Appended(original, duplicate=True))
+                appends.originals[index] = original
                 continue
             last_seq += 1
-            record = Record(last_seq, draft.sender, draft.text, draft.ts, draft.client, draft.ref)
-            conn.execute(_INSERT, _row(record))
-            results.append(Appended(record, duplicate=False))
-        return results
+            conn.execute(_INSERT, _draft_row(last_seq, draft))
+        return appends
 
     def _original(self, conn: sqlite3.Connection, draft: Draft, last_seq: int) -> Record | None:
         """The kept line with ``draft``'s (client, ref), if any; forget an older one's ref."""
@@ -400,18 +394,10 @@ def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
     return int(last_seq), int(max_peer_id)
 
 
-def _row(record: Record) -> _Row:
-    sender = record.sender
-    return (
-        record.seq,
-        record.ts,
-        sender.id,
-        sender.nick,
-        sender.addr,
-        record.text,
-        record.client,
-        record.ref,
-    )
+def _draft_row(seq: int, draft: Draft) -> _Row:
+    """The row that stores ``draft`` as line ``seq``."""
+    sender = draft.sender
+    return (seq, draft.ts, sender.id, sender.nick, sender.addr, draft.text, draft.client, draft.ref)
 
 
 def _record(row: _Row) -> Record:
