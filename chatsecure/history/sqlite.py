@@ -204,8 +204,12 @@ class SqliteLog:
                 appends = self._append_each(conn, drafts, last_seq)
             if appends.last is not None:
                 last_seq = appends.last
-                # (a duplicate's sender counts too: it is here now, its id taken)
-                senders = {draft.sender.id for draft in drafts}  # few: a batch's speakers
+                originals = appends.originals
+                senders = {  # few: a batch's speakers
+                    draft.sender.id
+                    for index, draft in enumerate(drafts)
+                    if not originals or index not in originals
+                }
                 max_peer_id = max(max_peer_id, *map(peer_number, senders))
             conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
             self._trim(conn, last_seq)

@@ -127,7 +127,12 @@ def test_lines_said_at_once_on_both_nodes_are_one_gapless_order_everywhere(
 def test_an_ack_never_overtakes_a_line_of_a_lower_seq(nodes: Nodes) -> None:
     a, b = nodes(2)
     count = 60
-    with client(a, "alice") as alice, client(b, "bob") as bob:
+    # With a client id, as every v2 client sends: the feed can tell a line of its own sender
+    # only by (client, ref), and docs/protocol.md promises the ack's place only for those.
+    with (
+        client(a, "alice", client="client-alice-01") as alice,
+        client(b, "bob", client="client-bob-01") as bob,
+    ):
         heard(alice, "join", "bob")
         for n in range(count):
             say(alice, f"alice {n}", f"a{n}")
