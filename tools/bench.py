@@ -1295,7 +1295,7 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
             result.p50_ms, result.p99_ms, result.max_ms = percentiles(bench.latencies)
         result.seconds = round(time.perf_counter() - start, 3)
         if not talk:
-            check_roster(result, *roster(bench))
+            check_roster(result, roster(bench))
         joins = n - early
         result.joins_per_s = round(joins / result.seconds, 1)
         result.gen_cpu_s = round(self_cpu_seconds() - gen0, 3)
@@ -1316,7 +1316,7 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
     result.join_s = round(await bench.greet_in_waves(HOLD_WAVE, timeout=300 + n / 20), 3)
     await bench.settle(timeout=300)
     cpu1 = cpu()
-    check_roster(result, *roster(bench))
+    check_roster(result, roster(bench))
     # Joins are done when everyone knows everyone: the last join notice is part of the cost.
     result.joins_per_s = round(n / (time.perf_counter() - start), 1)
     if cpu_tls is not None and cpu1 is not None:
@@ -1331,15 +1331,21 @@ async def hold(bench: Bench, result: Result, storm: int = 0, talk: float = 0.0) 
         result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
 
 
-def roster(bench: Bench) -> tuple[int, int, int]:
-    """The fewest and most peers any client was told of, and the most frames a welcome took."""
+def roster(bench: Bench) -> tuple[int, int, int] | None:
+    """The fewest and most peers any client was told of, and the most frames a welcome took;
+    None for a server whose rosters are not counted (IRC: NAMES replies are not parsed)."""
+    if bench.dialect.roster_entries(1) is None:
+        return None
     nicks = [c.nicks for c in bench.clients]
     frames = max((c.peers_frames for c in bench.clients), default=0)
     return min(nicks, default=0), max(nicks, default=0), 1 + frames
 
 
-def check_roster(result: Result, low: int, high: int, frames: int) -> None:
+def check_roster(result: Result, found: tuple[int, int, int] | None) -> None:
     """Record what ``roster`` found; an error unless every client knows exactly everyone."""
+    if found is None:
+        return
+    low, high, frames = found
     result.roster_min, result.roster_max, result.welcome_frames = low, high, frames
     if (low, high) != (result.clients, result.clients):
         result.error = f"rosters of {low} to {high} peers, not {result.clients} each"
@@ -1396,7 +1402,7 @@ async def hold_worker(args: argparse.Namespace, host: str, port: int) -> None:
         else:
             join_s = await bench.greet_in_waves(max(1, HOLD_WAVE // args.procs), timeout)
         await bench.settle(timeout)
-        low, high, frames = roster(bench)
+        low, high, frames = roster(bench) or (None, None, None)
         total = max(welcome_count(c.welcome_line, b"peers_total") for c in bench.clients)
         tell(
             event="settled",
@@ -1536,9 +1542,10 @@ def hold_procs(
                 result.tls_rss_per_conn_kib = round((rss_tls - rss0) / n / 1024, 2)
         result.gen_cpu_s = round(sum(r["gen_cpu_s"] for r in settled), 3)
         result.gen_rss_mib = round(sum(r["rss_mib"] for r in settled), 1)
-        low = min(r["roster_min"] for r in settled)
-        high = max(r["roster_max"] for r in settled)
-        check_roster(result, low, high, max(r["welcome_frames"] for r in settled))
+        if all(r["roster_min"] is not None for r in settled):
+            low = min(r["roster_min"] for r in settled)
+            high = max(r["roster_max"] for r in settled)
+            check_roster(result, (low, high, max(r["welcome_frames"] for r in settled)))
         lost = sum(r["lost"] for r in settled)
         if lost:
             result.error = f"{lost} connections lost"
