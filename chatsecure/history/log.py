@@ -77,8 +77,9 @@ class Appends:
     """What became of a batch of drafts: the answer of ``RoomLog.append``.
 
     The drafts that were not duplicates got consecutive seqs in order, the first of them
-    ``first``; ``originals`` holds, by its index in the batch, the stored original of each draft
-    that was a duplicate. So the answer costs nothing per line: a server reads ``first`` and
+    ``first`` (which means nothing when none was stored: ``last`` is None then);
+    ``originals`` holds, by its index in the batch, the stored original of each draft that was
+    a duplicate. So the answer costs nothing per line: a server reads ``first`` and
     ``originals`` as it goes through its batch. Iterating gives an ``Appended`` per draft.
     """
 

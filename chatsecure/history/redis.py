@@ -261,8 +261,11 @@ class RedisLog:
             replies = await self._append(
                 keys=[self._meta, self._stream, self._refs, self.read_key], args=args
             )
+        replies = cast(list[list[Any]], replies)
+        if len(replies) != len(drafts):  # never: the script answers each draft
+            raise HistoryError(f"Redis answered {len(replies)} of {len(drafts)} lines stored")
         first = None
-        for index, reply in enumerate(cast(list[list[Any]], replies)):
+        for index, reply in enumerate(replies):
             seq = int(reply[0])
             if len(reply) > 1:
                 appends.originals[index] = _record(seq, reply[1])

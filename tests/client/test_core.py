@@ -31,7 +31,7 @@ from chatsecure.client.core import (
     Target,
 )
 from chatsecure.errors import LocalProtocolError
-from chatsecure.history import Appended, Draft, MemoryLog
+from chatsecure.history import Appends, Draft, MemoryLog
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.limits import MAX_FRAME, MAX_NICK, MAX_SERVER_FRAME, MAX_SESSIONS
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Shutdown
@@ -695,7 +695,7 @@ def test_failure_on_the_network_thread_ends_with_a_disconnected_event(
 class FullDiskLog(MemoryLog):
     """A room log on a disk that is full: every commit fails."""
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 

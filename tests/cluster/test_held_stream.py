@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.history import Appended, Draft, Fed, HistoryError, MemoryLog, Record, SharedLog
+from chatsecure.history import Appends, Draft, Fed, HistoryError, MemoryLog, Record, SharedLog
 from chatsecure.protocol.messages import Peer
 from chatsecure.server import ChatServer
 from chatsecure.testing import RawClient, ServerThread, server_config
@@ -33,16 +33,16 @@ class HeldLog(MemoryLog):
         """True: a store's answer is lost (as when Redis stored it and the reply timed out)."""
         self.stores = 0
         """How many batches were stored (re-sends included)."""
-        self._elsewhere: set[asyncio.Task[list[Appended]]] = set()
+        self._elsewhere: set[asyncio.Task[Appends]] = set()
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
         results = await self._store(drafts)
         await self.answering.wait()
         if self.failing:
             raise HistoryError("the answer to a store was lost")
         return results
 
-    async def _store(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def _store(self, drafts: Sequence[Draft]) -> Appends:
         results = await super().append(drafts)
         self.stored += [a.record for a in results if not a.duplicate]
         self.stores += 1

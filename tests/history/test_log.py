@@ -47,6 +47,35 @@ async def test_seqs_are_consecutive_from_one_across_batches(opened_log: OpenLog)
 
 
 @pytest.mark.asyncio
+async def test_the_answer_gives_the_first_seq_and_each_duplicate_by_its_place(
+    opened_log: OpenLog,
+) -> None:
+    log = await opened_log()
+    await log.append([draft("one", client="client-0001", ref="r1")])
+    appends = await log.append(
+        [
+            draft("one again", client="client-0001", ref="r1"),  # of an earlier batch
+            draft("two", client="client-0001", ref="r2"),
+            draft("two again", client="client-0001", ref="r2"),  # of this batch
+            draft("three"),
+        ]
+    )
+    assert (appends.first, appends.last) == (2, 3)
+    assert {index: record.seq for index, record in appends.originals.items()} == {0: 1, 2: 2}
+    assert [(a.record.seq, a.record.text, a.duplicate) for a in appends] == [
+        (1, "one", True),
+        (2, "two", False),
+        (2, "two", True),
+        (3, "three", False),
+    ]
+    assert log.last_seq == 3
+    only_duplicates = await log.append([draft("two?", client="client-0001", ref="r2")])
+    assert (only_duplicates.last, list(only_duplicates.originals)) == (None, [0])
+    assert (await log.append([])).last is None
+    assert log.last_seq == 3
+
+
+@pytest.mark.asyncio
 async def test_records_keep_what_the_draft_said(opened_log: OpenLog) -> None:
     log = await opened_log()
     sent = draft("hello", client="client-0001", ref="r1", sender=BOB)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure import room
-from chatsecure.history import Appended, Draft, MemoryLog
+from chatsecure.history import Appends, Draft, MemoryLog
 from chatsecure.testing import RawClient, ServerThread, joined, server_config
 
 Start = Callable[..., ServerThread]
@@ -224,7 +224,7 @@ class GatedLog(MemoryLog):
         super().__init__(keep)
         self.gate = threading.Event()
 
-    async def append(self, drafts: Sequence[Draft]) -> list[Appended]:
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
         await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
         return await super().append(drafts)
 
