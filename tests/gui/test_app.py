@@ -2,7 +2,8 @@
 
 Discovery is off in every test here (it may only run inside a test's network namespace).
 Widgets are driven through Tk (insert, invoke, event_generate) or through the X server with
-xdotool; nothing calls the app's private methods.
+xdotool (and, to close a window, an X client message: ``x11.py``); nothing calls the app's
+private methods.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chatsecure.tls.trust import KnownServers
 
 from .conftest import Gui, GuiFactory, settle
 from .proxy import Proxy
+from .x11 import close_window
 
 pytestmark = pytest.mark.gui
 
@@ -524,7 +526,7 @@ def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, ho
                 timeout=10,
                 check=True,
             )
-            subprocess.run(["xdotool", "windowclose", found.stdout.split()[0]], timeout=10)
+            close_window(display, int(found.stdout.split()[0]))  # as a close button does
         _, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
