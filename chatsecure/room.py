@@ -920,13 +920,16 @@ def _blob(frames: list[bytes | _Presence], *, v2: bool) -> bytes:
     return b"".join(f if isinstance(f, bytes) else f.render(v2) for f in frames)
 
 
+def _msg_frame(record: Record) -> bytes:
+    return encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq)
+
+
 def _history_frame(record: Record) -> bytes:
-    return as_history(_tail_entry(record)[0])
+    return as_history(_msg_frame(record))
 
 
 def _tail_entry(record: Record) -> _Stored:
-    frame = encode_chat(encode_peer(record.sender), record.text, record.ts, record.seq)
-    return frame, record.client, record.ref
+    return _msg_frame(record), record.client, record.ref
 
 
 def split(data: bytes, size: int) -> list[bytes] | list[memoryview]:
