@@ -65,6 +65,26 @@ _INSERT = (
     "INSERT INTO lines(seq, ts, peer_id, nick, addr, text, client, ref) VALUES (?,?,?,?,?,?,?,?)"
 )
 _INSERT_NEW = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+_COLUMNS = 8
+"""Values per row of ``lines`` (``_Row``)."""
+ROWS_PER_INSERT = 256
+"""The most rows one ``INSERT`` stores.
+
+SQLite binds a statement's values with the GIL held, then runs it with the GIL released. One
+statement per row (``executemany``) gives the GIL away and takes it back for every line, and
+each time the event loop's thread waits for it; one per 256 rows, about once per commit.
+"""
+
+
+def _inserts(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """``INSERT OR IGNORE`` statements of 256, 128, ... 1 rows (fewer if this SQLite takes
+    fewer values per statement): a few of them store any batch, and SQLite keeps few."""
+    most = min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS)
+    row = "(?,?,?,?,?,?,?,?)"
+    sizes = [1 << bit for bit in reversed(range(most.bit_length()))]
+    return [(rows, _INSERT_NEW.replace(row, ",".join([row] * rows))) for rows in sizes]
+
+
 _SELECT_REF = (
     "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines WHERE client = ? AND ref = ?"
 )
@@ -112,6 +132,7 @@ class SqliteLog:
         self._durability = durability
         self._max_pages = max_pages
         self._conn: sqlite3.Connection | None = None
+        self._inserts: list[tuple[int, str]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="chatsecure-history")
         self._last_seq = 0  # written by the worker after each commit
         self._closed = False
@@ -165,6 +186,7 @@ class SqliteLog:
         try:
             with mapped_errors(self._path):
                 self._prepare(conn)
+                self._inserts = _inserts(conn)
                 last_seq, max_peer_id = _meta(conn)
                 self._trim(conn, last_seq)
                 self._conn = conn
@@ -220,15 +242,22 @@ class SqliteLog:
     def _append_new(
         self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int
     ) -> Appends | None:
-        """Store every draft in one statement, or store none and say None if one was a re-send.
+        """Store every draft, or store none and say None if one was a re-send.
 
-        The common case (no re-sends) costs one ``executemany`` instead of a look-up and an
-        insert per line; ``OR IGNORE`` lets the unique (client, ref) index find re-sends. No
-        object is made per line but the row itself.
+        The common case (no re-sends) costs an ``INSERT`` per ``ROWS_PER_INSERT`` lines instead
+        of a look-up and an insert per line; ``OR IGNORE`` lets the unique (client, ref) index
+        find re-sends.
         """
-        rows = (_draft_row(seq, draft) for seq, draft in enumerate(drafts, last_seq + 1))
+        values: list[object] = []
+        for seq, draft in enumerate(drafts, last_seq + 1):
+            values += _draft_row(seq, draft)
         before = conn.total_changes
-        conn.executemany(_INSERT_NEW, rows)
+        left, start = len(drafts), 0
+        for rows, statement in self._inserts:  # the most rows first
+            while left >= rows:
+                end = start + rows * _COLUMNS
+                conn.execute(statement, values[start:end])
+                left, start = left - rows, end
         if conn.total_changes - before == len(drafts):
             return Appends(drafts, last_seq + 1)
         conn.execute("DELETE FROM lines WHERE seq > ?", (last_seq,))  # nothing above was kept

@@ -76,6 +76,25 @@ async def test_the_answer_gives_the_first_seq_and_each_duplicate_by_its_place(
 
 
 @pytest.mark.asyncio
+async def test_a_big_batch_keeps_every_line_in_its_place(opened_log: OpenLog) -> None:
+    """101 lines, more than one statement stores (SqliteLog: 64 + 32 + 4 + 1 rows), then 101
+    with a re-send last: each line once, in order, with what it said."""
+    log = await opened_log()
+    first = [draft(f"line {n}", client="client-0001", ref=f"r{n}") for n in range(1, 102)]
+    appends = await log.append(first)
+    assert (appends.first, appends.last, appends.originals) == (1, 101, {})
+    more = [draft(f"more {n}", client="client-0001", ref=f"m{n}") for n in range(1, 101)]
+    resent = draft("line 4 again", client="client-0001", ref="r4")
+    appends = await log.append([*more, resent])
+    assert (appends.first, appends.last) == (102, 201)
+    assert {index: record.seq for index, record in appends.originals.items()} == {100: 4}
+    stored = await log.before(None, 200) + await log.before(2, 1)
+    assert sorted((r.seq, r.text, r.ts, r.ref) for r in stored) == [
+        (seq, line.text, line.ts, line.ref) for seq, line in enumerate(first + more, start=1)
+    ]
+
+
+@pytest.mark.asyncio
 async def test_records_keep_what_the_draft_said(opened_log: OpenLog) -> None:
     log = await opened_log()
     sent = draft("hello", client="client-0001", ref="r1", sender=BOB)
