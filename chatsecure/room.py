@@ -98,6 +98,13 @@ class Member(Protocol):
         """Read from this member again."""
 
 
+MAX_BATCH = 256
+"""The most lines one commit stores (without a cluster).
+
+While the event loop acknowledges and broadcasts a batch, the log's thread commits the next
+one. Without a bound, the lines read during one long commit all waited for the next, and the
+loop had nothing to do meanwhile: in a burst of 10,000 lines, most of them were one batch.
+"""
 STORE_HIGH = 1000
 """Lines waiting for a commit from which a member that says one more is no longer read.
 
@@ -165,8 +172,16 @@ class Room:
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""
         self._committing: asyncio.Task[None] | None = None
+        self._answered: collections.deque[
+            tuple[list[_Said | bytes | _Presence | _Gone], int, Appends]
+        ] = collections.deque()
+        """Batches stored (and how many lines each had) not yet acknowledged and broadcast."""
+        self._answer_scheduled = False
+        self._presence_queued = 0
+        """Presence batches in ``_queue`` or ``_answered``: broadcast after the lines before."""
         self.unstored = 0
-        """Lines said and not yet stored: in ``_queue`` or in the commit under way."""
+        """Lines said and not yet broadcast: in ``_queue``, in the commit under way, or
+        stored and waiting in ``_answered``."""
         self._not_read: set[Member] = set()
         """Members not read from until the log catches up (``STORE_HIGH``)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -321,6 +336,7 @@ class Room:
             self.broadcast(batch)  # (in a cluster, the feed put it in its place)
         else:
             self._queue.append(batch)
+            self._presence_queued += 1
 
     def remove(self, member: Member, reason: str) -> bool:
         """Forget ``member`` and tell the rest it left; False if it was not in. Idempotent."""
@@ -419,13 +435,16 @@ class Room:
             self._committing = self._loop.create_task(self._store())
 
     async def _store(self) -> None:
-        """Store the lines of (at least) one loop iteration in one commit, then the next."""
+        """Store the lines said so far, ``MAX_BATCH`` at most per commit, then the next.
+
+        Without a cluster, a batch's acks and broadcasts wait for the next loop iteration when
+        more lines are waiting: the worker commits those meanwhile.
+        """
         assert self._history is not None  # noqa: S101 - only called with a log
         # A task's first step runs in the next loop iteration: every line read in this one
         # is in the batch by then.
         while self._queue:
-            batch, self._queue = self._queue, []
-            said = [item for item in batch if isinstance(item, _Said)]
+            batch, said = self._take()
             if self._feed is not None:
                 self._expect_acks(said)
             try:
@@ -444,13 +463,42 @@ class Room:
                 batch = [item for item in batch if not isinstance(item, _Said)]
             if self._feed is not None and appends.drafts:
                 self._feed.reached()
+            self._answered.append((batch, len(said), appends))
+            if self._queue and self._feed is None:
+                if not self._answer_scheduled:
+                    assert self._loop is not None  # noqa: S101 - set in open()
+                    self._loop.call_soon(self._answer)
+                    self._answer_scheduled = True
+            else:
+                self._answer()
+        self._committing = None
+
+    def _take(self) -> tuple[list[_Said | bytes | _Presence | _Gone], list[_Said]]:
+        """The next batch from the queue, and its lines: ``MAX_BATCH`` lines at most (in a
+        cluster, everything queued: a commit there is a round trip to the shared log)."""
+        queue = self._queue
+        most = MAX_BATCH if self._feed is None else len(queue)
+        said: list[_Said] = []
+        for end, item in enumerate(queue):
+            if isinstance(item, _Said):
+                if len(said) == most:
+                    self._queue = queue[end:]
+                    return queue[:end], said
+                said.append(item)
+        self._queue = []
+        return queue, said
+
+    def _answer(self) -> None:
+        """Acknowledge and broadcast the batches stored so far, in order."""
+        self._answer_scheduled = False
+        while self._answered:
+            batch, count, appends = self._answered.popleft()
             (self._stored if self._feed is None else self._acknowledged)(batch, appends)
-            self.unstored -= len(said)
+            self.unstored -= count
             if self._not_read and self.unstored < STORE_HIGH:
                 held, self._not_read = self._not_read, set()
                 for member in held:
                     member.release()
-        self._committing = None
 
     def _refusal(self, exc: Exception, count: int) -> str:
         """Log a failed commit (an outage of the shared log once); the clients' error text."""
@@ -469,6 +517,8 @@ class Room:
         seq, originals, index = appends.first, appends.originals, -1
         for item in batch:
             if not isinstance(item, _Said):
+                if isinstance(item, _Presence):
+                    self._presence_queued -= 1
                 if not isinstance(item, _Gone):  # (only a cluster queues a _Gone)
                     self.broadcast(item)
                 continue
@@ -804,7 +854,7 @@ class Room:
                     member.end_iteration(v2 if member.id in chosen else v1, senders)
             finally:
                 self.frames, self.frames_skip, self._senders = [], [], set()
-            if not self._held and not any(isinstance(i, _Presence) for i in self._queue):
+            if not self._held and not self._presence_queued:
                 self._recent.clear()  # every event so far is out: nobody needs a cut
         dirty, self._dirty = self._dirty, []
         no_senders: set[Member] = set()

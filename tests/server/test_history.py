@@ -257,3 +257,47 @@ def test_a_sender_is_not_read_while_the_log_is_far_behind(
     finally:
         history.gate.set()
         server.stop()
+
+
+class PacedLog(MemoryLog):
+    """A MemoryLog whose commits take a moment, as a disk's do; it notes each batch's size and
+    the newest seq the room had broadcast when its commit began."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.room: room.Room | None = None
+        self.batches: list[tuple[int, int]] = []
+
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
+        assert self.room is not None
+        self.batches.append((len(drafts), self.room.seq))
+        await asyncio.sleep(0.002)
+        return await super().append(drafts)
+
+
+def test_a_burst_is_stored_in_bounded_batches_each_while_the_last_is_broadcast(
+    cert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(room, "MAX_BATCH", 8)
+    lines = 200
+    history = PacedLog(lines)
+    server = ServerThread(server_config(cert_dir, msg_rate=0), history).start()
+    history.room = server.server.room
+    try:
+        with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+            frame = b'{"type":"msg","text":"l%d","ref":"r%d"}\n'
+            alice.send_raw(b"".join(frame % (n, n) for n in range(lines)))
+            acks = [alice.expect("ack")["seq"] for _ in range(lines)]
+            assert acks == list(range(1, lines + 1))
+            seen = [(m["seq"], m["text"]) for m in (bob.expect("msg") for _ in range(lines))]
+            assert seen == [(n + 1, f"l{n}") for n in range(lines)]
+    finally:
+        server.stop()
+    sizes = [size for size, _ in history.batches]
+    assert (sum(sizes), max(sizes)) == (lines, 8)
+    # A commit that began before the batch before it was broadcast ran beside that broadcast.
+    stored, overlapped = 0, 0
+    for size, broadcast in history.batches:
+        overlapped += broadcast < stored
+        stored += size
+    assert overlapped >= len(sizes) // 2, history.batches
