@@ -113,6 +113,28 @@ def test_summary_gives_the_log_its_ratio_to_the_server_without_it_and_to_another
     assert all(r["lost"] == 0 and r["acks"] == 20 for r in runs)
 
 
+def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "tools" / "bench.py")
+    assert spec is not None
+    assert spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_tool", tool)  # its dataclasses look themselves up
+    spec.loader.exec_module(tool)
+    # a is twice as fast as b in every round; a's median also counts a round b failed in.
+    speeds = {"a": [200, 300, 100], "b": [100, 150, 50]}
+    results = [
+        tool.Result("fanout", server, run, 3, deliveries_per_s=speed)
+        for server, figures in speeds.items()
+        for run, speed in enumerate(figures, start=1)
+    ]
+    results.append(tool.Result("fanout", "a", 4, 3, deliveries_per_s=250))  # b failed here
+    results.append(tool.Result("fanout", "b", 4, 3, deliveries_per_s=1, error="gone"))
+    line = tool.summary(results, (), {"a": ["b"]})[0]
+    assert "2.25x b (per run: median 2.00, 2.00-2.00)" in line
+
+
 def test_store_counts_acked_lines_at_both_durabilities() -> None:
     results = bench("store", "-m", "50", "--loop", "asyncio", "--durability", "both")
     assert [r["server"] for r in results] == ["chatsecure", "chatsecure-full"]

@@ -1913,8 +1913,22 @@ def summary(
             base = medians.get(reference)
             if base and server != reference:
                 text += f", {medians[server] / base:.2f}x {reference}"
+                text += _paired(rs, by_server[reference], key)
         lines.append(text)
     return lines
+
+
+def _paired(rs: list[Result], references: list[Result], key: str) -> str:
+    """The ratios of the runs of one round (the two servers ran one after the other, on the
+    machine as it was then): their median and range, steadier than the ratio of the medians
+    on a host whose speed drifts from one minute to the next."""
+    base = {r.run: getattr(r, key) for r in references if not r.error}
+    ratios = sorted(
+        getattr(r, key) / base[r.run] for r in rs if base.get(r.run) and getattr(r, key) is not None
+    )
+    if len(ratios) < 2:
+        return ""
+    return f" (per run: median {statistics.median(ratios):.2f}, {ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def _summary_details(rs: list[Result]) -> str:
