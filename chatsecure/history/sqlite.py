@@ -7,8 +7,11 @@ Why these choices:
 - One worker thread owns the connection and does all SQLite work, so the event loop never blocks
   on disk and the connection is only ever used by the thread that made it.
 - ``meta`` keeps the last seq ever assigned, so a seq is never reused, even once every line
-  was trimmed away; it is read inside each write transaction, so the worker keeps no state that
-  could go stale.
+  was trimmed away. It is read when the log opens; after that the worker knows it (and the
+  oldest seq kept), so a commit is no more statements than it must write: each statement gives
+  the GIL away and must take it back from a busy event loop. The file has one writer, its
+  server: lines another process stored meanwhile would collide on their seqs, and that commit
+  would fail (a ``HistoryError``), never store two lines under one seq.
 - ``application_id`` marks the file as ours and ``user_version`` is the schema version: a
   foreign, damaged or newer file is refused with a message, never silently started afresh.
 """
@@ -135,6 +138,9 @@ class SqliteLog:
         self._inserts: list[tuple[int, str]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="chatsecure-history")
         self._last_seq = 0  # written by the worker after each commit
+        self._max_peer_id = 0  # the worker's, like everything below
+        self._oldest: int | None = None
+        """The oldest seq stored (None: nothing is), as of the last commit."""
         self._closed = False
 
     @property
@@ -188,9 +194,10 @@ class SqliteLog:
                 self._prepare(conn)
                 self._inserts = _inserts(conn)
                 last_seq, max_peer_id = _meta(conn)
-                self._trim(conn, last_seq)
+                oldest = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
+                oldest = self._trim(conn, last_seq, oldest)
                 self._conn = conn
-                self._last_seq = last_seq
+                self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
                 return Opened(last_seq, self._before(None, tail), max_peer_id)
         except BaseException:
             self._conn = None
@@ -219,8 +226,8 @@ class SqliteLog:
 
     def _append(self, drafts: list[Draft]) -> Appends:
         conn = self._require_conn()
+        last_seq, max_peer_id, oldest = self._last_seq, self._max_peer_id, self._oldest
         with mapped_errors(self._path), _transaction(conn):
-            last_seq, max_peer_id = _meta(conn)
             appends = self._append_new(conn, drafts, last_seq)
             if appends is None:  # a (client, ref) was already stored: line by line instead
                 appends = self._append_each(conn, drafts, last_seq)
@@ -233,10 +240,12 @@ class SqliteLog:
                     if not originals or index not in originals
                 }
                 max_peer_id = max(max_peer_id, *map(peer_number, senders))
-            conn.execute("UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id))
-            self._trim(conn, last_seq)
+                conn.execute(
+                    "UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id)
+                )
+                oldest = self._trim(conn, last_seq, appends.first if oldest is None else oldest)
             conn.execute("COMMIT")
-        self._last_seq = last_seq
+        self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
         return appends
 
     def _append_new(
@@ -260,6 +269,11 @@ class SqliteLog:
                 left, start = left - rows, end
         if conn.total_changes - before == len(drafts):
             return Appends(drafts, last_seq + 1)
+        if _meta(conn)[0] != last_seq:  # not a re-send: someone else took these seqs
+            raise HistoryError(
+                f"{self._path} was written by another program while this server used it; "
+                "stop the other one, or give each its own --db"
+            )
         conn.execute("DELETE FROM lines WHERE seq > ?", (last_seq,))  # nothing above was kept
         return None
 
@@ -286,11 +300,13 @@ class SqliteLog:
         conn.execute("UPDATE lines SET ref = NULL WHERE seq = ?", (row[0],))
         return None
 
-    def _trim(self, conn: sqlite3.Connection, last_seq: int) -> None:
-        """Delete lines older than the newest ``keep`` once about 10% too many are stored."""
-        oldest = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
+    def _trim(self, conn: sqlite3.Connection, last_seq: int, oldest: int | None) -> int | None:
+        """Delete lines older than the newest ``keep`` once about 10% too many are stored;
+        the oldest seq left (``oldest``: the oldest stored)."""
         if oldest is not None and last_seq - oldest + 1 > self._keep + max(1, self._keep // 10):
             conn.execute("DELETE FROM lines WHERE seq <= ?", (last_seq - self._keep,))
+            return last_seq - self._keep + 1
+        return oldest
 
     def _before(self, seq: int | None, limit: int) -> list[Record]:
         conn = self._require_conn()

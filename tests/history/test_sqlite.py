@@ -74,6 +74,28 @@ async def test_seq_is_never_reused_even_with_every_line_gone(tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
+async def test_lines_another_program_stored_meanwhile_are_kept_and_the_commit_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, keep=100)
+    await log.open(5)
+    await log.append(lines("ours"))
+    with sqlite3.connect(path) as other:  # a second server on the same file
+        other.execute(
+            "INSERT INTO lines(seq, ts, peer_id, nick, addr, text) VALUES (2, 1.0, '9', 'x', '',"
+            " 'theirs')"
+        )
+        other.execute("UPDATE meta SET last_seq = 2")
+    other.close()
+    with pytest.raises(HistoryError, match="written by another program"):
+        await log.append(lines("ours again"))
+    await log.close()
+    last_seq, records = await stored(path)
+    assert (last_seq, [text for _, text in records]) == (2, ["ours", "theirs"])
+
+
+@pytest.mark.asyncio
 async def test_kill_9_loses_no_acknowledged_line_and_leaves_no_gap(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     writer = subprocess.Popen(
