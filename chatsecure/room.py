@@ -98,12 +98,17 @@ class Member(Protocol):
         """Read from this member again."""
 
 
-MAX_BATCH = 256
-"""The most lines one commit stores (without a cluster).
+BATCH_START = 256
+BATCH_MAX = 4096
+"""The most lines one commit stores (without a cluster): ``BATCH_START`` once the log has
+caught up, then twice as many as the commit before while lines keep waiting, up to
+``BATCH_MAX``.
 
-While the event loop acknowledges and broadcasts a batch, the log's thread commits the next
-one. Without a bound, the lines read during one long commit all waited for the next, and the
-loop had nothing to do meanwhile: in a burst of 10,000 lines, most of them were one batch.
+While the event loop acknowledges and broadcasts a batch, the log's thread commits the next.
+Without a bound, the lines read during one commit all waited for the next, and the loop had
+nothing to do meanwhile: a burst of 10,000 lines was 3 or 4 commits, the largest of 8,840. A
+small first commit gets the broadcasts going; growing ones keep a long burst to few commits
+(each costs the two threads about 0.8 ms of CPU in hand-overs).
 """
 STORE_HIGH = 1000
 """Lines waiting for a commit from which a member that says one more is no longer read.
@@ -177,6 +182,8 @@ class Room:
         ] = collections.deque()
         """Batches stored (and how many lines each had) not yet acknowledged and broadcast."""
         self._answer_scheduled = False
+        self._batch = BATCH_START
+        """The most lines the next commit takes (see ``BATCH_START``)."""
         self._presence_queued = 0
         """Presence batches in ``_queue`` or ``_answered``: broadcast after the lines before."""
         self.unstored = 0
@@ -435,7 +442,7 @@ class Room:
             self._committing = self._loop.create_task(self._store())
 
     async def _store(self) -> None:
-        """Store the lines said so far, ``MAX_BATCH`` at most per commit, then the next.
+        """Store the lines said so far, a batch (``BATCH_START``) per commit, then the next.
 
         Without a cluster, a batch's acks and broadcasts wait for the next loop iteration when
         more lines are waiting: the worker commits those meanwhile.
@@ -474,18 +481,20 @@ class Room:
         self._committing = None
 
     def _take(self) -> tuple[list[_Said | bytes | _Presence | _Gone], list[_Said]]:
-        """The next batch from the queue, and its lines: ``MAX_BATCH`` lines at most (in a
+        """The next batch from the queue, and its lines: ``_batch`` lines at most (in a
         cluster, everything queued: a commit there is a round trip to the shared log)."""
         queue = self._queue
-        most = MAX_BATCH if self._feed is None else len(queue)
+        most = self._batch if self._feed is None else len(queue)
         said: list[_Said] = []
         for end, item in enumerate(queue):
             if isinstance(item, _Said):
                 if len(said) == most:
                     self._queue = queue[end:]
+                    self._batch = min(2 * most, BATCH_MAX)
                     return queue[:end], said
                 said.append(item)
         self._queue = []
+        self._batch = BATCH_START
         return queue, said
 
     def _answer(self) -> None:

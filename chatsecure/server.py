@@ -2,7 +2,7 @@
 
 Run it with ``chatsecure server`` or ``python -m chatsecure.server``. The path of one chat line:
 ``Session.data_received`` -> ``ServerSession`` (frames, validation, state) -> ``Room.say``
-(stored in the room's log, up to 256 lines a commit) -> ``Room.broadcast`` (encoded once,
+(stored in the room's log, in commits of up to 4,096 lines) -> ``Room.broadcast`` (encoded once,
 into the loop iteration's frames) -> ``Room.flush`` -> one write per recipient per iteration.
 """
 

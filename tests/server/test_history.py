@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -275,10 +276,11 @@ class PacedLog(MemoryLog):
         return await super().append(drafts)
 
 
-def test_a_burst_is_stored_in_bounded_batches_each_while_the_last_is_broadcast(
+def test_a_burst_is_stored_in_growing_batches_each_while_the_last_is_broadcast(
     cert_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(room, "MAX_BATCH", 8)
+    monkeypatch.setattr(room, "BATCH_START", 8)
+    monkeypatch.setattr(room, "BATCH_MAX", 32)
     lines = 200
     history = PacedLog(lines)
     server = ServerThread(server_config(cert_dir, msg_rate=0), history).start()
@@ -294,7 +296,9 @@ def test_a_burst_is_stored_in_bounded_batches_each_while_the_last_is_broadcast(
     finally:
         server.stop()
     sizes = [size for size, _ in history.batches]
-    assert (sum(sizes), max(sizes)) == (lines, 8)
+    assert (sum(sizes), max(sizes)) == (lines, 32), sizes
+    assert sizes[0] <= 8
+    assert all(size <= max(8, 2 * before) for before, size in itertools.pairwise(sizes)), sizes
     # A commit that began before the batch before it was broadcast ran beside that broadcast.
     stored, overlapped = 0, 0
     for size, broadcast in history.batches:
