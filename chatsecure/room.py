@@ -442,7 +442,7 @@ class Room:
             self._committing = self._loop.create_task(self._store())
 
     async def _store(self) -> None:
-        """Store the lines said so far, a batch (``BATCH_START``) per commit, then the next.
+        """Store the lines said so far, a batch per commit (see ``BATCH_START``).
 
         Without a cluster, a batch's acks and broadcasts wait for the next loop iteration when
         more lines are waiting: the worker commits those meanwhile.
