@@ -100,9 +100,9 @@ class Member(Protocol):
 
 BATCH_START = 256
 BATCH_MAX = 4096
-"""The most lines one commit stores (without a cluster): ``BATCH_START`` once the log has
-caught up, then twice as many as the commit before while lines keep waiting, up to
-``BATCH_MAX``.
+"""The most lines one commit stores: ``BATCH_START`` once the log has caught up, then twice
+as many as the commit before while lines keep waiting, up to ``BATCH_MAX`` (with a shared log,
+whose commit is a round trip, everything queued).
 
 While the event loop acknowledges and broadcasts a batch, the log's thread commits the next.
 Without a bound, the lines read during one commit all waited for the next, and the loop had
@@ -111,11 +111,11 @@ small first commit gets the broadcasts going; growing ones keep a long burst to 
 (each costs the two threads about 0.8 ms of CPU in hand-overs).
 """
 STORE_HIGH = 1000
-"""Lines waiting for a commit from which a member that says one more is no longer read.
+"""Lines said and not yet broadcast (``Room.unstored``) from which a member that says one more
+is no longer read.
 
-A commit takes the lines of every loop iteration it lasted, and bigger batches cost less per
-line, but without a bound a fast sender grows the batch (and everyone's wait for it) as far as
-its socket lets it. Held members are read again once the log has caught up.
+Without a bound a fast sender grows the queue (and everyone's wait for their lines) as far as
+its socket lets it. Held members are read again once fewer lines wait.
 """
 
 
@@ -180,12 +180,14 @@ class Room:
         self._answered: collections.deque[
             tuple[list[_Said | bytes | _Presence | _Gone], int, Appends]
         ] = collections.deque()
-        """Batches stored (and how many lines each had) not yet acknowledged and broadcast."""
+        """Batches stored (or refused: then only their presence is left), and how many lines
+        each had, not yet acknowledged and broadcast."""
         self._answer_scheduled = False
         self._batch = BATCH_START
         """The most lines the next commit takes (see ``BATCH_START``)."""
         self._presence_queued = 0
-        """Presence batches in ``_queue`` or ``_answered``: broadcast after the lines before."""
+        """Presence batches queued behind lines (in ``_queue``, the commit under way,
+        ``_answered`` or ``_due``) and not broadcast yet."""
         self.unstored = 0
         """Lines said and not yet broadcast: in ``_queue``, in the commit under way, or
         stored and waiting in ``_answered``."""
@@ -444,12 +446,12 @@ class Room:
     async def _store(self) -> None:
         """Store the lines said so far, a batch per commit (see ``BATCH_START``).
 
-        Without a cluster, a batch's acks and broadcasts wait for the next loop iteration when
-        more lines are waiting: the worker commits those meanwhile.
+        Without a shared log, a batch's acks and broadcasts wait for the next loop iteration
+        when more lines are waiting: the worker commits those meanwhile.
         """
         assert self._history is not None  # noqa: S101 - only called with a log
         # A task's first step runs in the next loop iteration: every line read in this one
-        # is in the batch by then.
+        # is queued by then.
         while self._queue:
             batch, said = self._take()
             if self._feed is not None:
@@ -481,8 +483,8 @@ class Room:
         self._committing = None
 
     def _take(self) -> tuple[list[_Said | bytes | _Presence | _Gone], list[_Said]]:
-        """The next batch from the queue, and its lines: ``_batch`` lines at most (in a
-        cluster, everything queued: a commit there is a round trip to the shared log)."""
+        """The next batch from the queue, and its lines: ``_batch`` lines at most (with a
+        shared log, everything queued: a commit there is a round trip)."""
         queue = self._queue
         most = self._batch if self._feed is None else len(queue)
         said: list[_Said] = []
@@ -665,6 +667,8 @@ class Room:
             self._apply_presence(frame)
             self._release_presence()  # the next line must not overtake it
         elif member is None:
+            if isinstance(frame, _Presence):
+                self._presence_queued -= 1
             self.broadcast(frame)
         elif isinstance(frame, bytes):  # an ack; presence is only ever broadcast
             member.send(frame)
