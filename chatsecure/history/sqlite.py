@@ -10,8 +10,9 @@ Why these choices:
   was trimmed away. It is read when the log opens; after that the worker knows it (and the
   oldest seq kept), so a commit is no more statements than it must write: each statement gives
   the GIL away and must take it back from a busy event loop. The file has one writer, its
-  server: lines another process stored meanwhile would collide on their seqs, and that commit
-  would fail (a ``HistoryError``), never store two lines under one seq.
+  server. If another program stores lines meanwhile, the commit finds ``meta`` changed and
+  fails (a ``HistoryError`` naming the file) without writing; the next one goes on from what
+  the file says.
 - ``application_id`` marks the file as ours and ``user_version`` is the schema version: a
   foreign, damaged or newer file is refused with a message, never silently started afresh.
 """
@@ -194,8 +195,7 @@ class SqliteLog:
                 self._prepare(conn)
                 self._inserts = _inserts(conn)
                 last_seq, max_peer_id = _meta(conn)
-                oldest = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
-                oldest = self._trim(conn, last_seq, oldest)
+                oldest = self._trim(conn, last_seq, _oldest(conn))
                 self._conn = conn
                 self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
                 return Opened(last_seq, self._before(None, tail), max_peer_id)
@@ -226,7 +226,19 @@ class SqliteLog:
 
     def _append(self, drafts: list[Draft]) -> Appends:
         conn = self._require_conn()
-        last_seq, max_peer_id, oldest = self._last_seq, self._max_peer_id, self._oldest
+        try:
+            return self._append_known(conn, drafts)
+        except HistoryError:
+            # Nothing was written. Take what the file says: if another program wrote to it,
+            # the next commit goes on from there once it has stopped.
+            with contextlib.suppress(sqlite3.Error):
+                (self._last_seq, self._max_peer_id), self._oldest = _meta(conn), _oldest(conn)
+            raise
+
+    def _append_known(self, conn: sqlite3.Connection, drafts: list[Draft]) -> Appends:
+        """``_append`` from the state the worker knows, refused if the file has another."""
+        known = last_seq = self._last_seq
+        max_peer_id, oldest = self._max_peer_id, self._oldest
         with mapped_errors(self._path), _transaction(conn):
             appends = self._append_new(conn, drafts, last_seq)
             if appends is None:  # a (client, ref) was already stored: line by line instead
@@ -240,9 +252,12 @@ class SqliteLog:
                     if not originals or index not in originals
                 }
                 max_peer_id = max(max_peer_id, *map(peer_number, senders))
-                conn.execute(
-                    "UPDATE meta SET last_seq = ?, max_peer_id = ?", (last_seq, max_peer_id)
+                updated = conn.execute(
+                    "UPDATE meta SET last_seq = ?, max_peer_id = ? WHERE last_seq = ?",
+                    (last_seq, max_peer_id, known),
                 )
+                if updated.rowcount != 1:  # someone else stored lines meanwhile
+                    raise self._written_by_another()
                 oldest = self._trim(conn, last_seq, appends.first if oldest is None else oldest)
             conn.execute("COMMIT")
         self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
@@ -270,12 +285,15 @@ class SqliteLog:
         if conn.total_changes - before == len(drafts):
             return Appends(drafts, last_seq + 1)
         if _meta(conn)[0] != last_seq:  # not a re-send: someone else took these seqs
-            raise HistoryError(
-                f"{self._path} was written by another program while this server used it; "
-                "stop the other one, or give each its own --db"
-            )
+            raise self._written_by_another()
         conn.execute("DELETE FROM lines WHERE seq > ?", (last_seq,))  # nothing above was kept
         return None
+
+    def _written_by_another(self) -> HistoryError:
+        return HistoryError(
+            f"{self._path} was written by another program while this server used it; "
+            "stop the other one, or give each its own --db"
+        )
 
     def _append_each(self, conn: sqlite3.Connection, drafts: list[Draft], last_seq: int) -> Appends:
         appends = Appends(drafts, last_seq + 1)
@@ -441,6 +459,11 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> It
 def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
     last_seq, max_peer_id = conn.execute("SELECT last_seq, max_peer_id FROM meta").fetchone()
     return int(last_seq), int(max_peer_id)
+
+
+def _oldest(conn: sqlite3.Connection) -> int | None:
+    oldest: int | None = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
+    return oldest
 
 
 def _draft_row(seq: int, draft: Draft) -> _Row:

@@ -73,26 +73,37 @@ async def test_seq_is_never_reused_even_with_every_line_gone(tmp_path: Path) -> 
     await log.close()
 
 
+@pytest.mark.parametrize("trimmed", [False, True], ids=["kept", "trimmed"])
 @pytest.mark.asyncio
 async def test_lines_another_program_stored_meanwhile_are_kept_and_the_commit_refused(
-    tmp_path: Path,
+    tmp_path: Path, trimmed: bool
 ) -> None:
+    """A second server on the same file: its lines take the seqs ours would (or it trimmed
+    them away again). Our commit is refused, nothing of theirs is lost, and once it has
+    stopped ours go on after its last seq."""
     path = tmp_path / "h.sqlite3"
     log = SqliteLog(path, keep=100)
     await log.open(5)
     await log.append(lines("ours"))
-    with sqlite3.connect(path) as other:  # a second server on the same file
-        other.execute(
-            "INSERT INTO lines(seq, ts, peer_id, nick, addr, text) VALUES (2, 1.0, '9', 'x', '',"
-            " 'theirs')"
-        )
-        other.execute("UPDATE meta SET last_seq = 2")
+    with sqlite3.connect(path) as other:
+        for seq in range(2, 8):
+            other.execute(
+                "INSERT INTO lines(seq, ts, peer_id, nick, addr, text) VALUES (?, 1.0, '9', 'x',"
+                " '', ?)",
+                (seq, f"theirs {seq}"),
+            )
+        if trimmed:
+            other.execute("DELETE FROM lines WHERE seq BETWEEN 2 AND 5")
+        other.execute("UPDATE meta SET last_seq = 7")
     other.close()
     with pytest.raises(HistoryError, match="written by another program"):
         await log.append(lines("ours again"))
+    [appended] = await log.append(lines("ours, after"))
+    assert appended.record.seq == 8
     await log.close()
     last_seq, records = await stored(path)
-    assert (last_seq, [text for _, text in records]) == (2, ["ours", "theirs"])
+    theirs = [f"theirs {seq}" for seq in range(6 if trimmed else 2, 8)]
+    assert (last_seq, [text for _, text in records]) == (8, ["ours", *theirs, "ours, after"])
 
 
 @pytest.mark.asyncio
