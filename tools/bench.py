@@ -1924,7 +1924,9 @@ def _paired(rs: list[Result], references: list[Result], key: str) -> str:
     on a host whose speed drifts from one minute to the next."""
     base = {r.run: getattr(r, key) for r in references if not r.error}
     ratios = sorted(
-        getattr(r, key) / base[r.run] for r in rs if base.get(r.run) and getattr(r, key) is not None
+        getattr(r, key) / base[r.run]
+        for r in rs
+        if base.get(r.run) and not r.error and getattr(r, key) is not None
     )
     if len(ratios) < 2:
         return ""
