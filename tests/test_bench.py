@@ -132,7 +132,7 @@ def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
     results.append(tool.Result("fanout", "a", 4, 3, deliveries_per_s=250))  # b failed here
     results.append(tool.Result("fanout", "b", 4, 3, deliveries_per_s=1, error="gone"))
     line = tool.summary(results, (), {"a": ["b"]})[0]
-    assert "2.25x b (per run: median 2.00, 2.00-2.00)" in line
+    assert "2.25x b (per round: median 2.00, 2.00-2.00)" in line
 
 
 def test_store_counts_acked_lines_at_both_durabilities() -> None:

@@ -1930,7 +1930,7 @@ def _paired(rs: list[Result], references: list[Result], key: str) -> str:
     )
     if len(ratios) < 2:
         return ""
-    return f" (per run: median {statistics.median(ratios):.2f}, {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    return f" (per round: median {statistics.median(ratios):.2f}, {ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def _summary_details(rs: list[Result]) -> str:

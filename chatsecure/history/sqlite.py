@@ -76,7 +76,7 @@ ROWS_PER_INSERT = 256
 
 SQLite binds a statement's values with the GIL held, then runs it with the GIL released. One
 statement per row (``executemany``) gives the GIL away and takes it back for every line, and
-each time the event loop's thread waits for it; one per 256 rows, about once per commit.
+each time the event loop's thread waits for it; this is once per 256 lines.
 """
 
 
