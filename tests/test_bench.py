@@ -113,6 +113,20 @@ def test_summary_gives_the_log_its_ratio_to_the_server_without_it_and_to_another
     assert all(r["lost"] == 0 and r["acks"] == 20 for r in runs)
 
 
+def test_every_other_round_runs_the_servers_in_the_other_order() -> None:
+    runs = bench(
+        *("fanout", "-n", "3", "-s", "1", "-m", "20", "--loop", "asyncio"),
+        *("--history", "both", "--runs", "2"),
+    )
+    order = [(r["run"], r["server"]) for r in runs]
+    assert order == [
+        (1, "chatsecure"),
+        (1, "chatsecure-nolog"),
+        (2, "chatsecure-nolog"),
+        (2, "chatsecure"),
+    ]
+
+
 def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

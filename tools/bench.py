@@ -2135,7 +2135,8 @@ def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
 
 
 def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
-    """The servers under test, in the order each run visits them (None: ``--attach``)."""
+    """The servers under test, in the order odd runs visit them, even runs the other way round
+    (None: ``--attach``)."""
     if args.attach:
         return [None]
     servers = chatsecure_servers(args)
@@ -2221,7 +2222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json_only:
             print(header(args.workload), file=out, flush=True)
         for run in range(1, args.runs + 1):
-            for server in servers:
+            # Every other round in the other order: the first server of a round tends to be
+            # the slower one on a busy host, and that must not favour one side.
+            for server in servers if run % 2 else servers[::-1]:
                 result = run_one(args, server, run, workdir)
                 results.append(result)
                 if not args.json_only:
