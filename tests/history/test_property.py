@@ -1,4 +1,5 @@
-"""MemoryLog and SqliteLog agree on any sequence of batches, repeated refs and small keeps."""
+"""MemoryLog and SqliteLog agree on any sequence of batches, repeated refs, small keeps and
+restarts of the SqliteLog (which must recognise a re-send from what the file holds)."""
 
 from __future__ import annotations
 
@@ -23,26 +24,38 @@ drafts = st.builds(
     ref=st.sampled_from([None, "r1", "r2", "r3", "r4", "r5"]),
 )
 batches = st.lists(st.lists(drafts, max_size=6), max_size=10)
+restarts_and_batches = st.lists(st.tuples(st.booleans(), st.lists(drafts, max_size=6)), max_size=10)
+"""Batches, each after a restart of the SqliteLog or not."""
 queries = st.lists(st.tuples(st.integers(-2, 70), st.integers(0, 15)), max_size=6)
 
 
 @settings(max_examples=150, deadline=None)
-@given(keep=st.integers(1, 12), batches=batches, queries=queries, tail=st.integers(0, 15))
+@given(
+    keep=st.integers(1, 12), batches=restarts_and_batches, queries=queries, tail=st.integers(0, 15)
+)
 def test_memory_and_sqlite_logs_agree(
-    keep: int, batches: list[list[Draft]], queries: list[tuple[int, int]], tail: int
+    keep: int, batches: list[tuple[bool, list[Draft]]], queries: list[tuple[int, int]], tail: int
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         asyncio.run(compare(Path(folder) / "h.sqlite3", keep, batches, queries, tail))
 
 
 async def compare(
-    path: Path, keep: int, batches: list[list[Draft]], queries: list[tuple[int, int]], tail: int
+    path: Path,
+    keep: int,
+    batches: list[tuple[bool, list[Draft]]],
+    queries: list[tuple[int, int]],
+    tail: int,
 ) -> None:
     memory = MemoryLog(keep)
     sqlite: RoomLog = SqliteLog(path, keep)
     try:
         await sqlite.open(0)
-        for batch in batches:
+        for restart, batch in batches:
+            if restart:
+                await sqlite.close()
+                sqlite = SqliteLog(path, keep)
+                await sqlite.open(0)
             expected = await memory.append(batch)
             assert await sqlite.append(batch) == expected
             new = [a.record.seq for a in expected if not a.duplicate]
