@@ -127,15 +127,21 @@ def test_every_other_round_runs_the_servers_in_the_other_order() -> None:
     ]
 
 
-def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def load_tool(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """tools/bench.py as a module, to call its functions."""
     spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "tools" / "bench.py")
     assert spec is not None
     assert spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_tool", tool)  # its dataclasses look themselves up
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tool = load_tool(monkeypatch)
     # a is twice as fast as b in every round; a's median also counts a round b failed in.
     speeds = {"a": [200, 300, 100], "b": [100, 150, 50]}
     results = [
@@ -147,6 +153,44 @@ def test_summary_gives_the_ratios_of_each_round_beside_the_ratio_of_the_medians(
     results.append(tool.Result("fanout", "b", 4, 3, deliveries_per_s=1, error="gone"))
     line = tool.summary(results, (), {"a": ["b"]})[0]
     assert "2.25x b (per round: median 2.00, 2.00-2.00)" in line
+
+
+def test_trees_at_one_commit_keep_their_runs_apart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two checkouts of one commit, one with a change: each gets a name of its own."""
+    tool = load_tool(monkeypatch)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    first, second, changed = tmp_path / "first", tmp_path / "second", tmp_path / "changed"
+    git("init", "-q", str(first))
+    (first / "server.py").write_text("speed = 1\n")
+    git("-C", str(first), "add", "server.py")
+    git("-C", str(first), "commit", "-qm", "one")
+    commit = git("-C", str(first), "rev-parse", "--short", "HEAD")
+    git("-C", str(first), "worktree", "add", "-q", "--detach", str(second))
+    git("-C", str(first), "worktree", "add", "-q", "--detach", str(changed))
+    (changed / "server.py").write_text("speed = 2\n")
+    (second / "notes.txt").write_text("not tracked: the code is the commit's\n")
+
+    assert tool.tree_name(first) == commit
+    assert tool.tree_name(second) == commit
+    assert tool.tree_name(changed) == f"{commit}+changes"
+    assert tool.tree_name(tmp_path) == tmp_path.name  # not a git work tree
+    assert tool.tree_names([first, changed, second]) == [
+        f"{commit}:first",
+        f"{commit}+changes",
+        f"{commit}:second",
+    ]
 
 
 def test_store_counts_acked_lines_at_both_durabilities() -> None:

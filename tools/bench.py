@@ -549,15 +549,31 @@ def server_flags(tree: Path = ROOT) -> set[str]:
 
 
 def tree_name(tree: Path) -> str:
-    """A short name for a checkout: its commit if it is a git work tree, else its folder."""
+    """A short name for a checkout: its commit if it is a git work tree (``+changes`` when a
+    tracked file differs from it), else its folder."""
+    commit = _git(tree, "rev-parse", "--short", "HEAD")
+    if not commit:
+        return tree.name
+    changed = _git(tree, "status", "--porcelain", "--untracked-files=no")
+    return f"{commit}+changes" if changed else commit
+
+
+def tree_names(trees: Sequence[Path]) -> list[str]:
+    """``tree_name`` of each tree, with its folder's name after it where two would share one:
+    each tree's runs must stay apart in the summary."""
+    names = [tree_name(tree) for tree in trees]
+    return [
+        f"{name}:{tree.name}" if names.count(name) > 1 else name
+        for name, tree in zip(names, trees, strict=True)
+    ]
+
+
+def _git(tree: Path, *args: str) -> str:
+    """What ``git -C tree args`` printed, stripped; empty if it failed."""
     done = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        ["git", "-C", str(tree), *args], capture_output=True, text=True, timeout=30, check=False
     )
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else tree.name
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 LIMIT_FLAGS = (
@@ -2110,13 +2126,14 @@ def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
     histories = {"on": [True], "off": [False], "both": [True, False]}[args.history]
     durabilities = ["normal", "full"] if args.durability == "both" else [args.durability]
     trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
+    names = tree_names([tree for tree, _ in trees])
     keep = replay_max = None
     if args.workload == "replay":
         keep = replay_max = max(args.messages, 10000)
     servers = []
     for loop in loops:
         base = chatsecure_base(loop)
-        nolog, others = f"{base}-nolog", [f"{base}@{tree_name(t)}" for t, _ in trees]
+        nolog, others = f"{base}-nolog", [f"{base}@{name}" for name in names]
         for history in histories:
             for durability in durabilities if history else ["normal"]:
                 log = LogOptions(history, durability, keep, replay_max, args.db_dir)
