@@ -185,7 +185,10 @@ def test_trees_at_one_commit_keep_their_runs_apart(
     assert tool.tree_name(first) == commit
     assert tool.tree_name(second) == commit
     assert tool.tree_name(changed) == f"{commit}+changes"
-    assert tool.tree_name(tmp_path) == tmp_path.name  # not a git work tree
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # wherever tmp_path is
+    assert tool.tree_name(plain) == "plain"  # not a git work tree
     assert tool.tree_names([first, changed, second]) == [
         f"{commit}:first",
         f"{commit}+changes",
