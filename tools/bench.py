@@ -673,7 +673,10 @@ class ClusterUnderTest(ServerUnderTest):
     every second (``appendfsync everysec``), the setting docs/security.md recommends.
     """
 
-    def __init__(self, loop: str, flags: set[str], nodes: int, tree: Path = ROOT) -> None:
+    def __init__(
+        self, loop: str, flags: set[str], nodes: int, tree: Path = ROOT, name: str = ""
+    ) -> None:
+        """``name``: the tree's in labels (``tree_names``), if not this checkout."""
         self.nodes = [
             chatsecure_server(loop, flags, tree=tree, label=f"node{i}", extra=self._node_args)
             for i in range(nodes)
@@ -681,7 +684,7 @@ class ClusterUnderTest(ServerUnderTest):
         first = self.nodes[0]
         label = f"{chatsecure_base(loop)}-cluster{nodes}"
         if tree != ROOT:
-            label += f"@{tree_name(tree)}"
+            label += f"@{name or tree_name(tree)}"
         super().__init__(label, first.dialect, first.argv, None)
         self.v2 = True
         self.keeps_log = True
@@ -2161,9 +2164,10 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
         loop = "asyncio" if args.loop == "both" else args.loop
         cluster = ClusterUnderTest(loop, server_flags(), args.cluster)
         trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
+        names = tree_names([tree for tree, _ in trees])
         older = [  # an older tree's cluster, if it has one
-            ClusterUnderTest(loop, flags, args.cluster, tree)
-            for tree, flags in trees
+            ClusterUnderTest(loop, flags, args.cluster, tree, name)
+            for (tree, flags), name in zip(trees, names, strict=True)
             if "--cluster" in flags
         ]
         cluster.compare_to = [s.label for s in servers if s.label == chatsecure_base(loop)]
