@@ -71,6 +71,15 @@ life: 16 KiB (one whole TLS record) made about a third of an idle client's memor
 short lines, so a bigger record only takes a few more reads.
 """
 
+TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+"""Linux's cork: a write of several TLS records goes out in full-size packets.
+
+Each record is one ``write()``. A client that keeps up (its socket's queue empty) got one packet
+per 16 KiB record; corked, the kernel sends them when the write is done, in packets of up to
+64 KiB on loopback. In fanout N=50 the packets halved (29,000 to 14,000 for 440 MB): less
+kernel work per byte for the server and for every reader. A write of one record is not corked.
+"""
+
 LISTEN_BACKLOG = 1024
 """Connections the kernel holds for the server before it accepts them (a burst of clients)."""
 
@@ -185,6 +194,15 @@ def backoff_key(addr: str) -> str:
     return addr
 
 
+def _cork(sock: socket.socket, on: bool) -> bool:
+    """Set ``TCP_CORK`` on ``sock``; False if the connection is broken."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, cast(int, TCP_CORK), on)
+    except OSError:
+        return False
+    return True
+
+
 class Session(asyncio.BufferedProtocol):
     """One client connection: the transport, its protocol state and its outgoing queue."""
 
@@ -203,6 +221,8 @@ class Session(asyncio.BufferedProtocol):
         self.peer_json = b""
         """``peer`` encoded once at join, for every frame that names this client."""
         self._transport: asyncio.Transport | None = None
+        self._socket: socket.socket | None = None
+        """The TCP socket under the TLS transport, for ``TCP_CORK``; None without the option."""
         self._pending: list[bytes] = []
         """Frames for this client alone (welcome, pong, errors), in order with broadcasts."""
         self._log_pos = 0
@@ -226,6 +246,8 @@ class Session(asyncio.BufferedProtocol):
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
         self._transport = transport = cast(asyncio.Transport, transport)
         self.addr = client_address(transport.get_extra_info("peername"))
+        if TCP_CORK is not None:
+            self._socket = transport.get_extra_info("socket")
         self.log = PeerLog(log, {"peer": f"{self.id}@{self.addr}"})
         config = self.server.config
         loop = asyncio.get_running_loop()
@@ -374,8 +396,7 @@ class Session(asyncio.BufferedProtocol):
         pending = self._pending
         if pending and self._transport is not None and not self._closing:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
-            for chunk in split(data, self.room.write_chunk()):
-                self._transport.write(chunk)
+            self._write(self._transport, split(data, self.room.write_chunk()))
         pending.clear()
 
     def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Member]) -> None:
@@ -388,9 +409,17 @@ class Session(asyncio.BufferedProtocol):
         if self._pending or self._log_pos or self in senders:
             self.flush()
         elif self._transport is not None:
-            for chunk in shared:
-                self._transport.write(chunk)
+            self._write(self._transport, shared)
         self._log_pos = 0
+
+    def _write(self, transport: asyncio.Transport, pieces: list[bytes] | list[memoryview]) -> None:
+        """Write ``pieces``, a TLS record each; several are corked (see ``TCP_CORK``)."""
+        corked = len(pieces) > 1 and self._socket is not None and _cork(self._socket, True)
+        for piece in pieces:
+            transport.write(piece)
+        if corked:
+            # Never left corked: the last packet would wait for the kernel's 200 ms timer.
+            _cork(cast(socket.socket, self._socket), False)
 
     def skip_log(self) -> None:
         """Take none of the broadcasts queued so far in this iteration (its welcome has them)."""

@@ -9,6 +9,7 @@ running them in one callback on the server's loop.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -134,3 +135,35 @@ def test_frames_encoded_once_at_import_are_what_the_encoder_makes() -> None:
     assert encode(Pong()) == server_module.PONG
     rate_limited = parse_server(server_module.RATE_LIMITED)
     assert rate_limited == Error("rate_limited", "too fast; frame dropped")
+
+
+@pytest.mark.skipif(server_module.TCP_CORK is None, reason="TCP_CORK is Linux's")
+def test_a_write_of_several_records_arrives_whole_and_leaves_the_socket_uncorked(
+    server: ServerThread,
+) -> None:
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        chat = server.server
+        texts = [f"{i} " + "x" * 3000 for i in range(20)]  # 60 KB: four 16 KiB records
+
+        def one_iteration() -> None:
+            sessions = {s.peer.nick: s for s in chat.sessions.values() if s.peer}
+            sessions["alice"].send(b'{"type":"pong"}\n')  # alice's write is her own blob
+            for text in texts:
+                chat.room.broadcast(b'{"type":"msg","text":"%s"}\n' % text.encode())
+
+        server.call(one_iteration)
+        alice.expect("pong")
+        for client in (alice, bob):
+            assert [client.expect("msg")["text"] for _ in texts] == texts
+        assert all_silent(alice, bob)
+
+        def corks() -> list[int]:
+            return [
+                s._transport.get_extra_info("socket").getsockopt(
+                    socket.IPPROTO_TCP, server_module.TCP_CORK
+                )
+                for s in chat.connections
+                if s._transport is not None
+            ]
+
+        assert server.call(corks) == [0, 0]
