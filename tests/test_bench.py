@@ -210,6 +210,15 @@ def test_replay_resumes_a_client_with_every_stored_line() -> None:
     assert 0 < r["resume_ms"] <= r["resume_max_ms"] < 10_000
 
 
+def test_replay_against_another_tree_gives_it_the_same_log_options() -> None:
+    # 1,500 lines: more than a server replays by default (--replay-max 1000).
+    args = ("replay", "-m", "1500", "--resumes", "1", "--loop", "asyncio")
+    results = bench(*args, "--against-tree", str(ROOT))
+    assert [r["server"].partition("@")[0] for r in results] == ["chatsecure", "chatsecure"]
+    for r in results:
+        assert (r["replayed"], r["error"]) == (1500, None)
+
+
 def test_fanout_with_a_window_waits_for_acks_and_still_delivers_everything() -> None:
     args = ("fanout", "-n", "4", "-s", "2", "-m", "100", "--loop", "asyncio", "--window", "20")
     (r,) = bench(*args)

@@ -640,10 +640,11 @@ def chatsecure_server(
             cmd += ["--history", "0"]
         elif keeps_log:
             cmd += ["--db", str(fresh_db(log.db_dir or workdir, label))]
-            cmd += ["--durability", log.durability]
+            if "--durability" in flags:
+                cmd += ["--durability", log.durability]
             if log.keep is not None:
                 cmd += ["--history", str(log.keep)]
-            if log.replay_max is not None:
+            if log.replay_max is not None and "--replay-max" in flags:
                 cmd += ["--replay-max", str(log.replay_max)]
         return cmd
 
@@ -2149,8 +2150,10 @@ def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
                 elif history:
                     server.compare_to = [base]
                 servers.append(server)
+        # Another tree keeps its log like this one's first (a replay needs its --replay-max).
+        log = LogOptions(True, durabilities[0], keep, replay_max, args.db_dir)
         for (tree, tree_flags), label in zip(trees, others, strict=True):
-            servers.append(chatsecure_server(loop, tree_flags, tree=tree, label=label))
+            servers.append(chatsecure_server(loop, tree_flags, log, tree=tree, label=label))
     return servers
 
 
