@@ -381,11 +381,16 @@ class ClientSession:
         self._v2 = welcome.server.protocol >= 2
         self._replay_left = welcome.replay
         since = self.last_seq
-        resumed = since is not None and welcome.seq >= since and self._v2
+        # (A log at seq 0 is empty, or the server keeps none: there is nothing to resume.)
+        resumed = since is not None and welcome.seq >= since and self._v2 and welcome.seq > 0
         missed = welcome.seq - since if resumed and since is not None else 0
         if since is not None and welcome.seq < since:
             # This log is not the one we saw (a new database): start afresh with it.
             self.last_seq = None
+        if self.last_seq is None and self._v2 and not welcome.replay:
+            # Nothing replayed to a newcomer (an empty room, or --replay 0): it has seen the
+            # room up to here all the same, so that its next return says what came after.
+            self.last_seq = welcome.seq
         events: list[SessionEvent] = [Welcomed(welcome, resumed, missed, len(self.outbox))]
         for ref, text in self.outbox.items():
             self._out.append(encode(SendMsg(text, ref) if self._v2 else SendMsg(text)))

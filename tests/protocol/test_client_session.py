@@ -97,6 +97,36 @@ def test_welcome_then_replay_counts_as_missed_and_sets_last_seq() -> None:
     assert session.last_seq == 14
 
 
+def test_a_newcomer_to_an_empty_room_comes_back_to_what_was_said_since() -> None:
+    session = ClientSession("alice")
+    events = joined(session, seq=0)
+    assert isinstance(events[0], Welcomed)
+    assert not events[0].resumed
+    assert session.last_seq == 0  # remembered, so the next hello says since 0
+    session.connection_lost()
+    session.connect()
+    assert sent(session)[0]["since"] == 0
+    events = session.receive_data(
+        frames(welcome(seq=2, replay=2), msg(1, history=True), msg(2, history=True))
+    )
+    assert isinstance(events[0], Welcomed)
+    assert (events[0].resumed, events[0].missed) == (True, 2)
+    assert [e.chat.seq for e in events if isinstance(e, Line)] == [1, 2]
+
+
+def test_a_newcomer_given_a_replay_sees_it_all_and_no_log_is_no_resume() -> None:
+    replayed = ClientSession("alice")
+    joined(replayed, seq=9, replay=2)
+    assert replayed.last_seq is None  # the replay sets it, line by line
+    lines = replayed.receive_data(frames(msg(8, history=True), msg(9, history=True)))
+    assert [e.chat.seq for e in lines if isinstance(e, Line)] == [8, 9]
+    # A server that keeps no log says seq 0 every time: nothing to resume, nothing missed.
+    no_log = ClientSession("alice", last_seq=0)
+    events = joined(no_log, seq=0)
+    assert isinstance(events[0], Welcomed)
+    assert (events[0].resumed, events[0].missed) == (False, 0)
+
+
 def test_a_line_seen_before_is_never_shown_twice() -> None:
     session = ClientSession("alice", last_seq=5)
     joined(session, seq=5)
@@ -181,7 +211,7 @@ def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
         (Line, True),
         (HistoryDone, None),
     ]
-    assert session.last_seq is None
+    assert session.last_seq == 50  # where the welcome left it
 
 
 def test_unknown_types_and_bad_fields_are_ignored_before_and_after_welcome() -> None:
