@@ -82,6 +82,11 @@ TICK = 1.0
 """Seconds between two checks that a quiet server is still there (see ``ClientSession.tick``)."""
 QUIT_WAIT = 2.0
 """Seconds the client waits for the server to close after ``quit`` before it closes itself."""
+ACK_WAIT = 2.0
+"""Seconds ``quit`` waits for the acks of the lines the server has already been sent.
+
+A script's ``printf 'done\nquit\n'`` sends its line and its ``quit`` together: leaving at once
+would report the line as not stored, although the server stores it an instant later."""
 
 
 # --- events out -------------------------------------------------------------------------
@@ -351,6 +356,8 @@ class ChatClient:
         self._stopping = False
         self._finishing = False
         """``finish`` was called: leave as soon as every line is stored."""
+        self._leave_timer: asyncio.TimerHandle | None = None
+        """``quit`` waits for acks: it leaves when this fires at the latest."""
         self._stop_requested: asyncio.Event | None = None
         """Set by ``quit``, so that a reconnect backoff ends at once instead of sleeping on."""
         self._session_task: asyncio.Task[None] | None = None
@@ -412,8 +419,9 @@ class ChatClient:
         self._call(self._finish)
 
     def quit(self) -> None:
-        """Say ``quit`` to the server and stop."""
-        self._call(self._quit)
+        """Say ``quit`` to the server and stop, once the lines it was sent are acknowledged
+        (``ACK_WAIT`` seconds at most; lines waiting for a reconnect are not waited for)."""
+        self._call(self._leave)
 
     def close(self, timeout: float = 5.0) -> None:
         """Quit and wait for the network thread to end."""
@@ -780,6 +788,16 @@ class ChatClient:
         self._finishing = True
         if not self.session.outbox and self.session.state is not ClientState.HELLO:
             self._quit()
+
+    def _leave(self) -> None:
+        if self._joined and self.session.outbox and not self._stopping:
+            # Like finish, but bounded: a server that does not answer must not keep us.
+            self._finishing = True
+            if self._leave_timer is None:
+                assert self._loop is not None  # noqa: S101
+                self._leave_timer = self._loop.call_later(ACK_WAIT, self._quit)
+            return
+        self._quit()
 
     def _quit(self) -> None:
         if self._stopping:

@@ -235,6 +235,47 @@ def test_end_of_input_waits_until_every_line_is_stored(server: ServerThread) -> 
             bob.kill()
 
 
+def test_back_in_a_room_it_first_found_empty_a_client_hears_what_it_missed(
+    server: ServerThread,
+) -> None:
+    alice = terminal(server, "alice", "--accept-new")
+    try:
+        alice.expect(r"^online: nobody else yet$")
+        alice.say("quit")
+        assert alice.wait() == 0, alice.stderr
+    finally:
+        alice.kill()
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n, text in enumerate(["one", "two"]):
+            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
+            bob.expect("ack")  # stored
+    again = terminal(server, "alice")
+    try:
+        again.expect(r"^\* back in the room: 2 missed messages restored$")
+        again.expect(rf"^{TIME} bob \(127\.0\.0\.1\): one$")
+        again.expect(rf"^{TIME} bob \(127\.0\.0\.1\): two$")
+        again.say("quit")
+        assert again.wait() == 0, again.stderr
+    finally:
+        again.kill()
+
+
+def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread) -> None:
+    """A script's ``printf 'done\\nquit\\n'``: the line is stored, and said to be."""
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        proc = connect_process(server, "bob")
+        try:
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+        finally:
+            err = finish(proc, b"build finished\nall green\nquit\n")
+        assert proc.returncode == 0, err
+        assert b"not sent" not in err, err
+        assert [alice.expect("msg")["text"] for _ in range(2)] == ["build finished", "all green"]
+        assert alice.expect("leave")["reason"] == "quit"
+
+
 def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
     """``chatsecure connect`` with byte pipes, for input that is not UTF-8."""
     return subprocess.Popen(

@@ -20,6 +20,7 @@ from chatsecure.client.core import (
     ClientEvent,
     Connected,
     Disconnected,
+    NotSent,
     Queued,
     Received,
     Reconnecting,
@@ -136,6 +137,23 @@ def test_quit_and_end_of_input_leave_promptly_when_the_server_never_closes(
     final = next_event(client, Disconnected, timeout=5)
     assert final.error is False
     assert time.monotonic() - started < 3.0
+
+
+def test_quit_waits_a_bounded_time_for_the_ack_of_a_line_the_server_never_acknowledges(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    server = fake(Mode.SILENT)
+    client = make_client(server)
+    next_event(client, Connected)
+    client.send("last words")
+    assert next_event(client, Queued).text == "last words"
+    server.wait_for(lambda s: s.texts == ["last words"])
+    started = time.monotonic()
+    client.quit()
+    assert next_event(client, NotSent, timeout=10).text == "last words"  # never in silence
+    assert next_event(client, Disconnected).error is False
+    waited = time.monotonic() - started
+    assert core.ACK_WAIT - 0.2 <= waited < core.ACK_WAIT + core.QUIT_WAIT + 1.0
 
 
 def test_a_flood_is_held_back_by_a_bounded_queue_and_nothing_is_lost(
