@@ -259,16 +259,26 @@ def clock(ts: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
+def sent_clock(sent: float, now: float | None = None) -> str:
+    """When a line was said: ``HH:MM:SS``, with the date if it was not on ``now``'s day (a
+    line replayed from yesterday must not pass for one of today)."""
+    when = time.localtime(sent)
+    if time.localtime(now)[:3] != when[:3]:
+        return time.strftime("%Y-%m-%d %H:%M:%S", when)
+    return time.strftime("%H:%M:%S", when)
+
+
 def describe(peer: Peer) -> str:
     """``nick (addr)``, both from the server, made safe to show."""
     return f"{safe_text(peer.nick)} ({safe_text(peer.addr)})"
 
 
 def format_message(message: ServerMessage, ts: float | None = None) -> str | None:
-    """One transcript line, as the terminal prints it: ``[HH:MM:SS] nick (ip): text``."""
+    """One transcript line, as the terminal prints it: ``[HH:MM:SS] nick (ip): text`` (a
+    line of another day than ``ts``, now by default, with its date)."""
     match message:
         case Chat(sender=sender, text=text, ts=sent):
-            return f"[{clock(sent)}] {describe(sender)}: {safe_text(text)}"
+            return f"[{sent_clock(sent, ts)}] {describe(sender)}: {safe_text(text)}"
         case Join(peer=peer):
             return f"[{clock(ts)}] * {describe(peer)} joined"
         case Leave(peer=peer, reason=reason):

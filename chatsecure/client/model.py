@@ -21,6 +21,7 @@ from chatsecure.client.core import (
     describe,
     is_quit,
     safe_text,
+    sent_clock,
     short_fingerprint,
 )
 from chatsecure.client.form import ConnectRequest, FormField
@@ -173,7 +174,7 @@ class ChatModel:
             case Connected():
                 return self._connected(event, ts)
             case Received(message=Chat() as chat, replayed=replayed, older=older):
-                return self._chat(chat, replayed=replayed, older=older)
+                return self._chat(chat, ts, replayed=replayed, older=older)
             case Received(message=message):
                 return self._received(message, ts)
             case Reconnecting():
@@ -188,7 +189,7 @@ class ChatModel:
                 self.pending.pop(ref, None)
                 self._saw(seq)
                 me = self.roster.me
-                return [Line("own", clock(sent), text, me.nick, me.addr, ref=ref, seq=seq)]
+                return [Line("own", sent_clock(sent, ts), text, me.nick, me.addr, ref=ref, seq=seq)]
             case NotSent(text=text, ref=ref):
                 if ref is None:  # told by text alone: the first line waiting with it
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
@@ -270,14 +271,20 @@ class ChatModel:
             said += f" {event.resent} of your lines sent again."
         return said + (" ─── new since you left ───" if missed else "")
 
-    def _chat(self, chat: Chat, *, replayed: bool, older: bool) -> list[Line]:
+    def _chat(self, chat: Chat, now: float | None, *, replayed: bool, older: bool) -> list[Line]:
         self._saw(chat.seq)
         own = self.roster.me is not None and chat.sender.id == self.roster.me.id
         kind: LineKind = "history" if replayed or older else "own" if own else "chat"
         sender = chat.sender
         return [
             Line(
-                kind, clock(chat.ts), chat.text, sender.nick, sender.addr, older=older, seq=chat.seq
+                kind,
+                sent_clock(chat.ts, now),
+                chat.text,
+                sender.nick,
+                sender.addr,
+                older=older,
+                seq=chat.seq,
             )
         ]
 

@@ -11,7 +11,8 @@ import pytest
 from chatsecure.testing import FakeServer, Mode
 from tests.helpers import Terminal
 
-TIME = r"\[\d\d:\d\d:\d\d\]"
+TIME = r"\[(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\]"
+"""A line's time; the fake server's lines are from 2023, so they show their date too."""
 EVE = r"eve \(127\.0\.0\.1\)"
 Fake = Callable[..., FakeServer]
 

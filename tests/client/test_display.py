@@ -43,8 +43,16 @@ def test_parse_target_refuses(text: str) -> None:
 
 def test_chat_line_has_time_nick_address_and_text() -> None:
     ts = time.mktime((2026, 1, 2, 13, 4, 5, 0, 0, -1))
-    line = format_message(Chat(ALICE, "hello there", ts))
+    now = time.mktime((2026, 1, 2, 23, 59, 0, 0, 0, -1))
+    line = format_message(Chat(ALICE, "hello there", ts), now)
     assert line == "[13:04:05] alice (192.168.1.20): hello there"
+
+
+def test_a_line_said_on_another_day_shows_its_date() -> None:
+    ts = time.mktime((2026, 1, 2, 13, 4, 5, 0, 0, -1))
+    next_day = time.mktime((2026, 1, 3, 0, 0, 1, 0, 0, -1))
+    line = format_message(Chat(ALICE, "said yesterday", ts), next_day)
+    assert line == "[2026-01-02 13:04:05] alice (192.168.1.20): said yesterday"
 
 
 def test_join_leave_error_and_shutdown_lines() -> None:

@@ -257,6 +257,15 @@ def test_a_line_stays_pending_across_a_reconnect_until_the_server_stored_it() ->
     assert model.pending == {}
 
 
+def test_a_replayed_line_of_another_day_shows_its_date() -> None:
+    model = chatting(BOB)
+    day_before = T - 86_400
+    (line,) = model.apply(Received(Chat(BOB, "yesterday", day_before, seq=4), replayed=True), T)
+    assert line.stamp == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(day_before))
+    (line,) = model.apply(Received(Chat(BOB, "today", T, seq=5)), T)
+    assert line.stamp == STAMP
+
+
 def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     model = chatting(BOB)
     model.apply(Reconnecting(1, 1.0, "reset"), T)
