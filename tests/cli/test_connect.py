@@ -265,12 +265,7 @@ def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread)
     """A script's ``printf 'done\\nquit\\n'``: the line is stored, and said to be."""
     with RawClient(server.host, server.port) as alice:
         alice.join("alice")
-        proc = connect_process(server, "bob")
-        try:
-            assert alice.expect("join")["peer"]["nick"] == "bob"
-        finally:
-            err = finish(proc, b"build finished\nall green\nquit\n")
-        assert proc.returncode == 0, err
+        err = piped_bob(server, alice, b"build finished\nall green\nquit\n")
         assert b"not sent" not in err, err
         assert [alice.expect("msg")["text"] for _ in range(2)] == ["build finished", "all green"]
         assert alice.expect("leave")["reason"] == "quit"
@@ -284,6 +279,18 @@ def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def piped_bob(server: ServerThread, alice: RawClient, stdin: bytes) -> bytes:
+    """``chatsecure connect`` as bob, fed ``stdin`` once ``alice`` saw him join; it must exit
+    0. Returns its stderr."""
+    proc = connect_process(server, "bob")
+    try:
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+    finally:
+        err = finish(proc, stdin)
+    assert proc.returncode == 0, err
+    return err
 
 
 def finish(proc: subprocess.Popen[bytes], stdin: bytes = b"") -> bytes:
@@ -311,12 +318,7 @@ def test_input_line_that_is_not_utf8_is_sent_replaced_and_quit_still_works(
 ) -> None:
     with RawClient(server.host, server.port) as alice:
         alice.join("alice")
-        proc = connect_process(server, "bob")
-        try:
-            assert alice.expect("join")["peer"]["nick"] == "bob"
-        finally:
-            err = finish(proc, b"hi\n\xff caf\xe9\nquit\n")
-        assert proc.returncode == 0, err
+        err = piped_bob(server, alice, b"hi\n\xff caf\xe9\nquit\n")
         assert b"Traceback" not in err
         assert alice.expect("msg")["text"] == "hi"
         assert alice.expect("msg")["text"] == "\ufffd caf\ufffd"
