@@ -154,6 +154,9 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             )
             if event.resumed or event.resent:
                 print(resume_notice(event), file=out, flush=True)
+            elif welcome.replay:  # a newcomer: these lines were said before it came
+                said = "line" if welcome.replay == 1 else f"{welcome.replay} lines"
+                print(f"* earlier in the room, the last {said}:", file=out, flush=True)
         case Received(message=Chat(), older=True):
             pass  # the terminal never asks for older lines
         case Received(message=message):

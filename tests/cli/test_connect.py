@@ -261,6 +261,24 @@ def test_back_in_a_room_it_first_found_empty_a_client_hears_what_it_missed(
         again.kill()
 
 
+def test_a_newcomer_is_told_which_lines_were_said_before_it_came(server: ServerThread) -> None:
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n, text in enumerate(["one", "two"]):
+            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
+            bob.expect("ack")
+        carol = terminal(server, "carol", "--accept-new")
+        try:
+            carol.expect(r"^online: bob \(127\.0\.0\.1\)$")
+            carol.expect(r"^\* earlier in the room, the last 2 lines:$")
+            carol.expect(rf"^{TIME} bob \(127\.0\.0\.1\): one$")
+            carol.expect(rf"^{TIME} bob \(127\.0\.0\.1\): two$")
+            carol.say("quit")
+            assert carol.wait() == 0, carol.stderr
+        finally:
+            carol.kill()
+
+
 def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread) -> None:
     """A script's ``printf 'done\\nquit\\n'``: the line is stored, and said to be."""
     with RawClient(server.host, server.port) as alice:
