@@ -266,8 +266,16 @@ def cmd_server(args: argparse.Namespace) -> int:
             )
         print(f"certificate: {server.config.cert.absolute()}", flush=True)
         print(f"certificate fingerprint: {server.fingerprint}", flush=True)
-        if server.config.history:
-            print(f"history: {server.config.db_path.absolute()}", flush=True)
+        running = server.config
+        if running.cluster:
+            from chatsecure.history.redis import public_url  # (the cluster extra is there)
+
+            print(
+                f"history: in Redis at {public_url(running.cluster)}, room {running.name!r}",
+                flush=True,
+            )
+        elif running.history:
+            print(f"history: {running.db_path.absolute()}", flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(config, ready=ready))

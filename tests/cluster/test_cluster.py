@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from chatsecure.history.redis import public_url
 from chatsecure.testing import RawClient, ServerThread
 from tests.helpers import CHATSECURE
-from tests.redis_server import RedisServer, free_port, room_name
+from tests.redis_server import RedisServer, cluster_node, free_port, room_name
 
 Start = Callable[..., ServerThread]
 Nodes = Callable[[int], list[ServerThread]]
@@ -210,6 +211,20 @@ def test_a_node_started_later_replays_what_the_others_said(
             assert [m["text"] for m in bob.replayed] == ["early 0", "early 1", "early 2"]
             say(alice, "later", "l0")
             assert lines(bob, 1) == [(4, "later")]
+
+
+def test_a_node_says_its_history_is_in_redis_not_in_a_file(
+    redis_server: RedisServer, cert_dir: Path
+) -> None:
+    room = room_name()
+    node = cluster_node(redis_server, room, cert_dir)
+    try:
+        node.stop()
+    finally:
+        node.kill()
+    printed = [line for text in node.stdout for line in text.splitlines()]
+    history = [line for line in printed if line.startswith("history: ")]
+    assert history == [f"history: in Redis at {public_url(redis_server.url)}, room {room!r}"]
 
 
 def test_unreachable_redis_stops_the_server_with_the_url_and_exit_1(tmp_path: Path) -> None:
