@@ -276,6 +276,8 @@ def cmd_server(args: argparse.Namespace) -> int:
             )
         elif running.history:
             print(f"history: {running.db_path.absolute()}", flush=True)
+        else:
+            print("history: off (--history 0): nothing said is stored", flush=True)
 
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(config, ready=ready))

@@ -84,6 +84,21 @@ def test_default_folder_is_certs_in_the_working_directory_printed_absolute(
     assert server.fingerprint == certs.cert_fingerprint(cert)
 
 
+def test_history_0_says_so_and_makes_no_file(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    server = ServerProcess([*SERVER, "--history", "0"], cwd=cwd)
+    try:
+        with joined("127.0.0.1", server.port, "alice") as (alice,):
+            alice.send({"type": "msg", "text": "not kept"})
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0, log
+    assert "history: off (--history 0): nothing said is stored" in printed(server)
+    assert [p.name for p in everything_under(cwd / "certs")] == [certs.CERT_NAME, certs.KEY_NAME]
+
+
 def test_data_dir_holds_certificate_and_history_and_keeps_the_fingerprint(
     tmp_path: Path,
 ) -> None:
