@@ -235,48 +235,50 @@ def test_end_of_input_waits_until_every_line_is_stored(server: ServerThread) -> 
             bob.kill()
 
 
+def say_stored(client: RawClient, *texts: str) -> None:
+    """``texts`` said by ``client``, each stored (acknowledged) before the next."""
+    for n, text in enumerate(texts):
+        client.send({"type": "msg", "text": text, "ref": f"r{n}"})
+        client.expect("ack")
+
+
+def sees_then_quits(term: Terminal, *patterns: str) -> None:
+    """``term`` prints lines matching ``patterns`` in order, then leaves on ``quit`` with 0."""
+    try:
+        for pattern in patterns:
+            term.expect(pattern)
+        term.say("quit")
+        assert term.wait() == 0, term.stderr
+    finally:
+        term.kill()
+
+
 def test_back_in_a_room_it_first_found_empty_a_client_hears_what_it_missed(
     server: ServerThread,
 ) -> None:
-    alice = terminal(server, "alice", "--accept-new")
-    try:
-        alice.expect(r"^online: nobody else yet$")
-        alice.say("quit")
-        assert alice.wait() == 0, alice.stderr
-    finally:
-        alice.kill()
+    sees_then_quits(terminal(server, "alice", "--accept-new"), r"^online: nobody else yet$")
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
-        for n, text in enumerate(["one", "two"]):
-            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
-            bob.expect("ack")  # stored
-    again = terminal(server, "alice")
-    try:
-        again.expect(r"^\* back in the room: 2 missed messages restored$")
-        again.expect(rf"^{TIME} bob \(127\.0\.0\.1\): one$")
-        again.expect(rf"^{TIME} bob \(127\.0\.0\.1\): two$")
-        again.say("quit")
-        assert again.wait() == 0, again.stderr
-    finally:
-        again.kill()
+        say_stored(bob, "one", "two")
+    sees_then_quits(
+        terminal(server, "alice"),
+        r"^\* back in the room: 2 missed messages restored$",
+        rf"^{TIME} bob \(127\.0\.0\.1\): one$",
+        rf"^{TIME} bob \(127\.0\.0\.1\): two$",
+    )
 
 
 def test_a_newcomer_is_told_which_lines_were_said_before_it_came(server: ServerThread) -> None:
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
-        for n, text in enumerate(["one", "two"]):
-            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
-            bob.expect("ack")
-        carol = terminal(server, "carol", "--accept-new")
-        try:
-            carol.expect(r"^online: bob \(127\.0\.0\.1\)$")
-            carol.expect(r"^\* earlier in the room, the last 2 lines:$")
-            carol.expect(rf"^{TIME} bob \(127\.0\.0\.1\): one$")
-            carol.expect(rf"^{TIME} bob \(127\.0\.0\.1\): two$")
-            carol.say("quit")
-            assert carol.wait() == 0, carol.stderr
-        finally:
-            carol.kill()
+        say_stored(bob, "one", "two")
+        sees_then_quits(
+            terminal(server, "carol", "--accept-new"),
+            r"^online: bob \(127\.0\.0\.1\)$",
+            r"^\* earlier in the room, the last 2 lines:$",
+            rf"^{TIME} bob \(127\.0\.0\.1\): one$",
+            rf"^{TIME} bob \(127\.0\.0\.1\): two$",
+        )
 
 
 def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread) -> None:
