@@ -235,6 +235,10 @@ def test_end_of_input_waits_until_every_line_is_stored(server: ServerThread) -> 
             bob.kill()
 
 
+BOB_SAID = (rf"^{TIME} bob \(127\.0\.0\.1\): one$", rf"^{TIME} bob \(127\.0\.0\.1\): two$")
+"""What a terminal prints of bob's ``say_stored(bob, "one", "two")``."""
+
+
 def say_stored(client: RawClient, *texts: str) -> None:
     """``texts`` said by ``client``, each stored (acknowledged) before the next."""
     for n, text in enumerate(texts):
@@ -263,8 +267,7 @@ def test_back_in_a_room_it_first_found_empty_a_client_hears_what_it_missed(
     sees_then_quits(
         terminal(server, "alice"),
         r"^\* back in the room: 2 missed messages restored$",
-        rf"^{TIME} bob \(127\.0\.0\.1\): one$",
-        rf"^{TIME} bob \(127\.0\.0\.1\): two$",
+        *BOB_SAID,
     )
 
 
@@ -276,8 +279,7 @@ def test_a_newcomer_is_told_which_lines_were_said_before_it_came(server: ServerT
             terminal(server, "carol", "--accept-new"),
             r"^online: bob \(127\.0\.0\.1\)$",
             r"^\* earlier in the room, the last 2 lines:$",
-            rf"^{TIME} bob \(127\.0\.0\.1\): one$",
-            rf"^{TIME} bob \(127\.0\.0\.1\): two$",
+            *BOB_SAID,
         )
 
 
