@@ -75,6 +75,11 @@ SCRIPT = (
     ("alice", "great, see you"),
 )
 """Who says what, in order (dave leaves right after his line)."""
+WHILE_AWAY = (
+    ("bob", "the data is on the shared drive"),
+    ("carol", "thanks! reading it now"),
+)
+"""What bob and carol say while alice is away (the window's return shows it)."""
 
 Roots = list[tk.Tk]
 
@@ -139,7 +144,8 @@ def in_phase(app: App, phase: Phase) -> Callable[[], bool]:
 
 
 def window_main(args: argparse.Namespace) -> int:
-    """Alice's side: the connect view, trust dialogs and a chat, cueing the others."""
+    """Alice's side: the connect view, trust dialogs, a chat and a return to it, cueing the
+    others."""
     roots: Roots = []
     with window("alice", roots, discovery=args.pick is not None) as (alice, app):
         if args.pick is not None:
@@ -161,6 +167,10 @@ def window_main(args: argparse.Namespace) -> int:
         chat(alice, roots)
         settle(roots, 0.5)
         shoot(alice, args.out / "chat.png")
+        say(alice, "quit")
+        pump(roots, in_phase(app, Phase.CONNECT))
+        away(alice, app, roots)
+        shoot(alice, args.out / "return.png")
         say(alice, "quit")
         cue("quit", "bob")
         cue("quit", "carol")
@@ -214,6 +224,18 @@ def chat(alice: tk.Tk, roots: Roots) -> None:
             cue("quit", "dave")
             pump(roots, lambda: not here("dave")())
     alice.lift()
+
+
+def away(alice: tk.Tk, app: App, roots: Roots) -> None:
+    """Alice has left; bob and carol talk; she comes back to what they said."""
+    for nick, text in WHILE_AWAY:
+        cue("say", nick, text)
+    settle(roots, 1.5)  # (their lines are stored in milliseconds)
+    widget(alice, "connect.form.buttons.connect").invoke()
+    pump(roots, in_phase(app, Phase.CHAT))
+    transcript = widget(alice, "chat.body.log.transcript")
+    pump(roots, lambda: f": {WHILE_AWAY[-1][1]}\n" in transcript.get("1.0", "end"))
+    settle(roots, 0.5)
 
 
 def say(root: tk.Misc, text: str) -> None:
