@@ -677,15 +677,15 @@ class ClusterUnderTest(ServerUnderTest):
     def __init__(
         self, loop: str, flags: set[str], nodes: int, tree: Path = ROOT, name: str = ""
     ) -> None:
-        """``name``: the tree's in labels (``tree_names``), if not this checkout."""
+        """``name``: another tree's name in labels (``OtherTree.name``); empty for this one."""
         self.nodes = [
             chatsecure_server(loop, flags, tree=tree, label=f"node{i}", extra=self._node_args)
             for i in range(nodes)
         ]
         first = self.nodes[0]
         label = f"{chatsecure_base(loop)}-cluster{nodes}"
-        if tree != ROOT:
-            label += f"@{name or tree_name(tree)}"
+        if name:
+            label += f"@{name}"
         super().__init__(label, first.dialect, first.argv, None)
         self.v2 = True
         self.keeps_log = True
@@ -2121,23 +2121,44 @@ def _have_uvloop() -> bool:
     return True
 
 
-def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
-    """This checkout's server per event loop, with and without its log, and other trees'."""
-    flags = server_flags()
+@dataclass(frozen=True, slots=True)
+class OtherTree:
+    """A checkout given with ``--against-tree``."""
+
+    path: Path
+    flags: set[str]
+    """The options its server knows (``server_flags``)."""
+    name: str
+    """Its name in labels (``tree_names``)."""
+
+
+def other_trees(paths: Sequence[Path]) -> list[OtherTree]:
+    """Each ``--against-tree`` checkout, looked at once (its server's options, its commit)."""
+    resolved = [path.resolve() for path in paths]
+    names = tree_names(resolved)
+    return [
+        OtherTree(path, server_flags(path), name)
+        for path, name in zip(resolved, names, strict=True)
+    ]
+
+
+def chatsecure_servers(
+    args: argparse.Namespace, flags: set[str], trees: list[OtherTree]
+) -> list[ServerUnderTest]:
+    """This checkout's server (``flags``: its options) per event loop, with and without its
+    log, and those of the other ``trees``."""
     loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
     if "--loop" not in flags:
         loops = loops[:1]
     histories = {"on": [True], "off": [False], "both": [True, False]}[args.history]
     durabilities = ["normal", "full"] if args.durability == "both" else [args.durability]
-    trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
-    names = tree_names([tree for tree, _ in trees])
     keep = replay_max = None
     if args.workload == "replay":
         keep = replay_max = max(args.messages, 10000)
     servers = []
     for loop in loops:
         base = chatsecure_base(loop)
-        nolog, others = f"{base}-nolog", [f"{base}@{name}" for name in names]
+        nolog, others = f"{base}-nolog", [f"{base}@{tree.name}" for tree in trees]
         for history in histories:
             for durability in durabilities if history else ["normal"]:
                 log = LogOptions(history, durability, keep, replay_max, args.db_dir)
@@ -2152,8 +2173,8 @@ def chatsecure_servers(args: argparse.Namespace) -> list[ServerUnderTest]:
                 servers.append(server)
         # Another tree keeps its log like this one's first (a replay needs its --replay-max).
         log = LogOptions(True, durabilities[0], keep, replay_max, args.db_dir)
-        for (tree, tree_flags), label in zip(trees, others, strict=True):
-            servers.append(chatsecure_server(loop, tree_flags, log, tree=tree, label=label))
+        for tree, label in zip(trees, others, strict=True):
+            servers.append(chatsecure_server(loop, tree.flags, log, tree=tree.path, label=label))
     return servers
 
 
@@ -2162,16 +2183,15 @@ def servers_to_run(args: argparse.Namespace) -> list[ServerUnderTest | None]:
     (None: ``--attach``)."""
     if args.attach:
         return [None]
-    servers = chatsecure_servers(args)
+    flags, trees = server_flags(), other_trees(args.against_tree)
+    servers = chatsecure_servers(args, flags, trees)
     if args.cluster:
         loop = "asyncio" if args.loop == "both" else args.loop
-        cluster = ClusterUnderTest(loop, server_flags(), args.cluster)
-        trees = [(tree.resolve(), server_flags(tree.resolve())) for tree in args.against_tree]
-        names = tree_names([tree for tree, _ in trees])
+        cluster = ClusterUnderTest(loop, flags, args.cluster)
         older = [  # an older tree's cluster, if it has one
-            ClusterUnderTest(loop, flags, args.cluster, tree, name)
-            for (tree, flags), name in zip(trees, names, strict=True)
-            if "--cluster" in flags
+            ClusterUnderTest(loop, tree.flags, args.cluster, tree.path, tree.name)
+            for tree in trees
+            if "--cluster" in tree.flags
         ]
         cluster.compare_to = [s.label for s in servers if s.label == chatsecure_base(loop)]
         cluster.compare_to += [o.label for o in older]
