@@ -1,8 +1,9 @@
 """``chatsecure connect``: chat from a terminal, or from a script through a pipe.
 
 On a terminal (stdin and stdout both one), prompt_toolkit keeps the line being typed intact
-below the incoming lines, with line editing and history. Through pipes the client reads and
-writes plain lines, as scripts expect.
+below the incoming lines, with line editing and history; a line sent waits above it as
+``sending: ...`` until the server has stored it, then shows in its place among the others.
+Through pipes the client reads and writes plain lines, as scripts expect.
 
 Whatever the mode, the main thread owns the terminal: the trust question is asked there too,
 so that Ctrl-C and Ctrl-D reach it and leave at once.
@@ -27,15 +28,17 @@ from chatsecure.client.core import (
     Connected,
     Disconnected,
     NotSent,
+    Queued,
     Received,
     Reconnecting,
+    Sent,
     describe,
     format_message,
     is_quit,
     safe_text,
 )
 from chatsecure.errors import LocalProtocolError
-from chatsecure.protocol.messages import Chat
+from chatsecure.protocol.messages import Chat, Peer
 from chatsecure.tls.trust import (
     TRUST_QUESTION,
     KnownServers,
@@ -46,6 +49,7 @@ from chatsecure.tls.trust import (
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 INTERRUPTED = 130
 """Exit code after Ctrl-C, as shells report a SIGINT."""
@@ -58,6 +62,9 @@ QUIT_WAIT = 5.0
 
 POLL = 0.05
 """Seconds between looks for a trust question while waiting for the connection."""
+
+PENDING_SHOWN = 3
+"""Own lines not stored yet that a terminal shows above the input line (the newest ones)."""
 
 
 # --- the trust question -----------------------------------------------------------------
@@ -129,6 +136,44 @@ def tty_ask(store: KnownServers) -> TerminalAsk:
 # --- what the client shows --------------------------------------------------------------
 
 
+class OwnLines:
+    """On a terminal, the lines you type: pending just above the input line until the server
+    has stored them, then printed in their place among the others, as they show.
+
+    The printer thread changes it and the prompt reads it (``prompt``), hence the lock."""
+
+    def __init__(self, me: Peer) -> None:
+        self.me = me
+        """Who we are in the room (the nick may change from one connection to the next)."""
+        self._pending: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def queued(self, ref: str, text: str) -> None:
+        with self._lock:
+            self._pending[ref] = text
+
+    def done(self, ref: str | None) -> None:
+        """Line ``ref`` is stored, or never will be: it is not pending any more."""
+        with self._lock:
+            self._pending.pop(ref or "", None)
+
+    def line(self, text: str, ts: float) -> str:
+        """Our stored line as the transcript shows everybody's."""
+        return format_message(Chat(self.me, text, ts)) or ""
+
+    def prompt(self) -> StyleAndTextTuples:
+        """The input line's prompt (prompt_toolkit's formatted text), under the pending lines."""
+        with self._lock:
+            waiting = list(self._pending.values())
+        shown = waiting[-PENDING_SHOWN:]
+        parts: StyleAndTextTuples = []
+        if len(waiting) > len(shown):
+            parts.append(("class:pending", f"  (and {len(waiting) - len(shown)} more before)\n"))
+        parts += [("class:pending", f"  sending: {safe_text(text)}\n") for text in shown]
+        parts.append(("", PROMPT))
+        return parts
+
+
 @dataclass(frozen=True, slots=True)
 class _Screen:
     stdout: TextIO
@@ -137,6 +182,10 @@ class _Screen:
     """The server's address, to name it in a failure to connect."""
     several: bool = False
     """Whether the client was given several addresses: then each connection names its own."""
+    own: OwnLines | None = None
+    """On a terminal, the lines typed; through pipes they are not shown."""
+    redraw: Callable[[], object] = lambda: None
+    """Draw the input line again (its prompt shows the pending lines)."""
 
 
 def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
@@ -152,6 +201,8 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
                 file=out,
                 flush=True,
             )
+            if screen.own is not None:
+                screen.own.me = welcome.you
             if event.resumed or event.resent:
                 print(resume_notice(event), file=out, flush=True)
             elif welcome.replay:  # a newcomer: these lines were said before it came
@@ -163,9 +214,18 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             line = format_message(message)
             if line is not None:
                 print(line, file=out, flush=True)
+        case Queued(ref=ref, text=text) if screen.own is not None:
+            screen.own.queued(ref, text)
+            screen.redraw()
+        case Sent(ref=ref, text=text, ts=ts) if screen.own is not None:
+            screen.own.done(ref)
+            print(screen.own.line(text, ts), file=out, flush=True)
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=err)
-        case NotSent(text=text):
+        case NotSent(text=text, ref=ref):
+            if screen.own is not None:
+                screen.own.done(ref)
+                screen.redraw()
             print(f"chatsecure: not sent, never stored: {safe_text(text)}", file=err)
         case Disconnected(reason=reason, error=True) if not joined:
             print(f"chatsecure: {_not_connected(reason, screen.where)}", file=err, flush=True)
@@ -212,7 +272,7 @@ def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> in
         client.close()
         return 1
     if stdin.isatty() and stdout.isatty():
-        code = _chat_on_terminal(client, screen)
+        code = _chat_on_terminal(client, screen, first.welcome.you)
     else:
         code = _chat_through_pipes(client, stdin, screen)
     client.close()
@@ -302,17 +362,26 @@ def _send(client: ChatClient, text: str, stderr: TextIO) -> None:
         print(f"chatsecure: {exc.message}", file=stderr, flush=True)
 
 
-def _chat_on_terminal(client: ChatClient, screen: _Screen) -> int:
-    """The line being typed stays whole below incoming lines (prompt_toolkit)."""
+def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
+    """The line being typed stays whole below incoming lines (prompt_toolkit). A line sent
+    leaves the input line, waits above it while pending, then shows in its place."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
+    from prompt_toolkit.styles import Style
 
-    session: PromptSession[str] = PromptSession()
+    own = OwnLines(me)
+    session: PromptSession[str] = PromptSession(
+        own.prompt,
+        erase_when_done=True,
+        style=Style.from_dict({"pending": "italic fg:ansibrightblack"}),
+    )
     terminal = sys.stderr
     with patch_stdout():
         # What the printer writes, and what is logged, goes above the input line, which is
         # then drawn again: sys.stdout and sys.stderr are prompt_toolkit's proxies here.
-        screen = replace(screen, stdout=sys.stdout, stderr=sys.stderr)
+        screen = replace(
+            screen, stdout=sys.stdout, stderr=sys.stderr, own=own, redraw=session.app.invalidate
+        )
         with _logging_to(sys.stderr, instead_of=terminal):
             try:
                 return asyncio.run(_chat_async(client, session, screen))
@@ -375,7 +444,7 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
 async def _typed(session: PromptSession[str]) -> str | int:
     """The next line typed, or the exit code that Ctrl-C (130) or Ctrl-D (0) asks for."""
     try:
-        return await session.prompt_async(PROMPT)
+        return await session.prompt_async()
     except KeyboardInterrupt:  # caught here: out of a task it would stop the event loop
         return INTERRUPTED
     except EOFError:

@@ -17,6 +17,8 @@ from typing import Any
 import pyte
 import pytest
 
+from chatsecure.client.terminal import OwnLines
+from chatsecure.protocol.messages import Peer
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
@@ -259,3 +261,72 @@ def test_the_server_going_keeps_the_prompt_and_what_was_typed(
         assert bob.wait() == 0
     finally:
         stopper.join(15)
+
+
+def test_an_own_line_shows_once_in_its_place_among_the_others(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    with joined_alice(server) as alice:
+        bob = pty_connect(server, "bob", "--accept-new")
+        bob.shows(r"^online: alice")
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        alice.send({"type": "msg", "text": "first, from alice"})
+        bob.shows(r"first, from alice")
+        bob.type("then bob\r")
+        assert alice.expect("msg")["text"] == "then bob"
+        alice.send({"type": "msg", "text": "last, from alice"})
+        lines = bob.wait_for(
+            lambda lines: "last, from alice" in lines[-2] and lines, "alice's second line"
+        )
+        said = [line for line in lines if re.match(TIME, line)]
+        assert said == [
+            m
+            for m in said
+            if re.fullmatch(rf"{TIME} (alice|bob) \(127\.0\.0\.1\): .*", m)  # the format
+        ]
+        assert [line.split(": ", 1)[1] for line in said] == [
+            "first, from alice",
+            "then bob",
+            "last, from alice",
+        ]
+        assert lines[-1] == ">"  # the line typed left the input line
+        assert not any("then bob" in line and not re.match(TIME, line) for line in lines), lines
+        bob.type("quit\r")
+        assert bob.wait() == 0
+
+
+def test_a_line_typed_while_the_server_is_away_shows_as_sending_until_stored(
+    start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
+) -> None:
+    server = start_server()
+    port = server.port
+    bob = pty_connect(server, "bob", "--accept-new")
+    bob.shows(r"^online: nobody else yet$")
+    bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+    server.stop()
+    bob.shows(r"the server is shutting down")
+    bob.type("typed while it was away\r")
+    lines = bob.wait_for(lambda lines: "sending" in lines[-2] and lines, "the pending line")
+    assert lines[-2:] == ["  sending: typed while it was away", ">"], lines
+    start_server(port=port)
+    bob.shows(r"^\* back in the room: nothing missed; 1 of your lines sent again$", timeout=15)
+    own = rf"{TIME} bob \(127\.0\.0\.1\): typed while it was away"
+    lines = bob.wait_for(
+        lambda lines: any(re.fullmatch(own, line) for line in lines) and lines, "the line, stored"
+    )
+    assert [line for line in lines if "typed while it was away" in line] == [lines[-2]], lines
+    assert lines[-1] == ">"
+    bob.type("quit\r")
+    assert bob.wait() == 0
+
+
+def test_many_pending_lines_show_the_newest_and_how_many_more() -> None:
+    own = OwnLines(Peer("p1", "bob", "127.0.0.1"))
+    for n in range(5):
+        own.queued(f"r{n}", f"line {n}")
+    own.done("r4")
+    own.done("unknown")  # a ref it never saw changes nothing
+    assert "".join(text for _, text, *_ in own.prompt()) == (
+        "  (and 1 more before)\n  sending: line 1\n  sending: line 2\n  sending: line 3\n> "
+    )
