@@ -169,10 +169,13 @@ class Room:
         self._history = history
         self._replay = replay
         self._replay_max = replay_max
-        self._tail: collections.deque[_Stored] = collections.deque(maxlen=max(replay, replay_max))
+        tail = max(replay, replay_max)
+        if history is not None:
+            tail = min(tail, history.keep)
+        self._tail: collections.deque[_Stored] = collections.deque(maxlen=tail)
         """The newest stored lines (``msg`` frames, and whose they are), ending at ``seq``:
         every replay after a ``welcome`` comes from here, with no database read while others
-        wait."""
+        wait. No more than the log keeps: a line it no longer has is replayed to nobody."""
         self._queue: list[_Said | bytes | _Presence | _Gone] = []
         """What happened since the last commit began, in order: lines said, and the presence
         frames (join, leave) that must not overtake them."""

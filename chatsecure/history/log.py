@@ -164,6 +164,11 @@ class RoomLog(Protocol):
         """Newest seq ever assigned and committed, 0 for a new log."""
         ...
 
+    @property
+    def keep(self) -> int:
+        """How many of the newest records are kept (and visible)."""
+        ...
+
 
 MSG_HEAD = b'{"type":"msg",'
 """How every ``msg`` frame begins; ``Fed.body`` is what follows it (after the seq)."""

@@ -31,6 +31,10 @@ class MemoryLog:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def keep(self) -> int:
+        return self._keep
+
     async def open(self, tail: int) -> Opened:
         return Opened(self._last_seq, await self.before(None, tail), self._max_peer_id)
 

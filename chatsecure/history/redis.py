@@ -229,6 +229,10 @@ class RedisLog:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def keep(self) -> int:
+        return self._keep
+
     async def open(self, tail: int) -> Opened:
         """Reach Redis, reserve a block of peer ids, and return the newest ``tail`` lines."""
         check_limit("tail", tail)

@@ -148,6 +148,10 @@ class SqliteLog:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def keep(self) -> int:
+        return self._keep
+
     async def open(self, tail: int) -> Opened:
         """Create or open the file, migrate it, check that it is writable; the newest ``tail``."""
         check_limit("tail", tail)

@@ -91,6 +91,22 @@ def test_the_replay_cap_keeps_the_newest_and_says_how_many_were_skipped(
             assert [m["seq"] for m in bob.replayed] == [8, 9, 10]
 
 
+def test_no_replay_holds_a_line_older_than_the_history_keeps(start_server: Start) -> None:
+    server = start_server(history=3)
+    with joined(server.host, server.port, "alice") as (alice,):
+        for n in range(8):
+            say(alice, f"l{n}", f"r{n}")
+            alice.expect("ack")
+        with RawClient(server.host, server.port) as bob:
+            welcome = bob.join("bob")  # a newcomer, who would see the last 50
+            assert (welcome["seq"], welcome["replay"]) == (8, 3)
+            assert [m["seq"] for m in bob.replayed] == [6, 7, 8]
+        with RawClient(server.host, server.port) as carol:
+            welcome = carol.join("carol", since=1)  # missed 7, of which 3 are kept
+            assert (welcome["replay"], welcome["skipped"]) == (3, 4)
+            assert [m["seq"] for m in carol.replayed] == [6, 7, 8]
+
+
 def test_a_resent_ref_is_acknowledged_with_its_first_seq_and_never_broadcast_twice(
     server: ServerThread,
 ) -> None:
