@@ -44,7 +44,11 @@ class RunningServer:
 def start_server(
     host: Host, cert_dir: Path, name: str, *extra: str, advertised: bool = True
 ) -> RunningServer:
-    """``chatsecure server`` in ``host`` on a free port; waits until it listens (and advertises)."""
+    """``chatsecure server`` in ``host`` on a free port; waits until it listens (and advertises).
+
+    Unless it is a node of a cluster (whose history is in Redis), it keeps none: servers
+    sharing ``cert_dir`` would share the file beside it."""
+    keeps = [] if "--cluster" in extra else ["--history", "0"]
     proc = host.popen(
         *chatsecure(
             "server",
@@ -52,6 +56,7 @@ def start_server(
             "0",
             "--name",
             name,
+            *keeps,
             "--cert",
             str(cert_dir / "server.crt"),
             "--key",

@@ -196,3 +196,30 @@ def test_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
         f"chatsecure: cannot make the data folder {tmp_path / 'a-file' / 'state'}: "
     ), result.stderr
     assert everything_under(cwd) == []
+
+
+def test_a_second_server_on_the_same_history_is_refused_at_its_start(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    first = ServerProcess(SERVER, cwd=cwd)
+    try:
+        second = start_failing(cwd, "--port", "0")
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.startswith(
+            f"chatsecure: certs/{HISTORY_DB} is in use by another chatsecure server; "
+            "stop that one, or give each server its own --db"
+        ), second.stderr
+        assert "Traceback" not in second.stderr
+        assert "listening" not in second.stdout
+        with joined("127.0.0.1", first.port, "alice", "bob") as (alice, bob):
+            alice.send({"type": "msg", "text": "the first goes on", "ref": "r1"})
+            assert alice.expect("ack")["seq"] == 1
+            assert bob.expect("msg")["text"] == "the first goes on"
+        code, log = first.stop()
+        assert code == 0, log
+        again = ServerProcess(SERVER, cwd=cwd)  # once it has stopped, the file is free
+        code, log = again.stop()
+        assert code == 0, log
+    finally:
+        first.kill()
+    assert stored_texts(cwd / "certs" / HISTORY_DB) == ["the first goes on"]
