@@ -229,13 +229,20 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
 # --- display ----------------------------------------------------------------------------
 
 
+JOINERS = frozenset("\u200c\u200d")
+"""Invisible characters shown as they are: ZWNJ and ZWJ only join or pick glyphs (Persian, the
+Indic scripts, emoji sequences such as a family), and can neither break a line nor reorder it.
+The tag characters (U+E0020-E007F) stay visible as escapes: besides the flags of subdivisions,
+they can carry a whole hidden text."""
+
+
 def safe_text(text: str) -> str:
     """``text`` with anything that could fake a new line or reorder the display made visible."""
     if text.isprintable():
         return text
     return "".join(
         c
-        if c.isprintable() or c == " "
+        if c.isprintable() or c == " " or c in JOINERS
         else f"\\u{ord(c):04x}"
         if unicodedata.category(c) != "Cc"
         else repr(c)[1:-1]

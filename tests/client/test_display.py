@@ -89,6 +89,23 @@ def test_plain_text_is_shown_as_it_is() -> None:
     assert safe_text("héllo, wörld ✓ 李") == "héllo, wörld ✓ 李"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "family \U0001f469\u200d\U0001f469\u200d\U0001f467",  # joined by ZWJ
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+        "\u0915\u094d\u200d\u0937",  # Devanagari, with a ZWJ
+    ],
+)
+def test_joiners_that_shape_a_script_or_an_emoji_are_kept(text: str) -> None:
+    assert safe_text(text) == text
+
+
+def test_tag_characters_that_could_hide_a_text_are_shown() -> None:
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in "hi")
+    assert safe_text(f"nothing here{hidden}") == "nothing here\\ue0068\\ue0069"
+
+
 def test_nick_is_made_safe_too() -> None:
     line = format_message(Join(Peer("2", "mal\nlory", "::1")), 0.0)
     assert line is not None
