@@ -17,9 +17,9 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chatsecure.client.errors import describe_error
+from chatsecure.client.resume import SAVE_EVERY, LastSeen
 from chatsecure.errors import (
     ChatError,
     ConnectionClosed,
@@ -61,9 +61,6 @@ from chatsecure.protocol.ratelimit import WarningBudget
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import TrustPolicy, TrustQuestion, host_port, server_key
-
-if TYPE_CHECKING:
-    from chatsecure.client.resume import LastSeen
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +372,8 @@ class ChatClient:
         """``finish`` was called: leave as soon as every line is stored."""
         self._leave_timer: asyncio.TimerHandle | None = None
         """``quit`` waits for acks: it leaves when this fires at the latest."""
+        self._save_timer: asyncio.TimerHandle | None = None
+        """A write of the last seq that ``last_seen`` put off (``_remember``)."""
         self._stop_requested: asyncio.Event | None = None
         """Set by ``quit``, so that a reconnect backoff ends at once instead of sleeping on."""
         self._session_task: asyncio.Task[None] | None = None
@@ -777,8 +776,17 @@ class ChatClient:
 
     def _remember(self, *, force: bool = False) -> None:
         seq = self.session.last_seq
-        if self._last_seen is not None and self._fingerprint is not None and seq is not None:
-            self._last_seen.put(self._fingerprint, seq, force=force)
+        if self._last_seen is None or self._fingerprint is None or seq is None:
+            return
+        saved = self._last_seen.put(self._fingerprint, seq, force=force)
+        if not saved and self._save_timer is None and self._loop is not None:
+            # Put off while lines keep coming: written once they pause, so that a client that
+            # is then killed (or its machine loses power) does not show those lines again.
+            self._save_timer = self._loop.call_later(SAVE_EVERY, self._remember_later)
+
+    def _remember_later(self) -> None:
+        self._save_timer = None
+        self._remember()
 
     def _flush_out(self) -> None:
         """Write what the session has to send, if there is a connection."""

@@ -59,11 +59,12 @@ class LastSeen:
         value = self._load().get(fingerprint)
         return value if isinstance(value, int) and value >= 0 else None
 
-    def put(self, fingerprint: str, seq: int, *, force: bool = False) -> None:
-        """Remember ``seq``; at most once per ``SAVE_EVERY`` seconds unless ``force``."""
+    def put(self, fingerprint: str, seq: int, *, force: bool = False) -> bool:
+        """Remember ``seq``; at most once per ``SAVE_EVERY`` seconds unless ``force``. False
+        when it was put off: the caller puts it again later."""
         now = time.monotonic()
         if not force and now - self._saved_at < SAVE_EVERY:
-            return
+            return False
         self._saved_at = now
         table = self._load()
         table.pop(fingerprint, None)
@@ -77,6 +78,7 @@ class LastSeen:
             os.replace(tmp, self.path)  # a crash mid-write never leaves half a file
         except OSError as exc:
             log.debug("cannot write %s: %s", self.path, exc)
+        return True
 
     def _load(self) -> dict[str, object]:
         try:

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -245,8 +246,40 @@ def _not_connected(reason: str, where: str) -> str:
 # --- the session ------------------------------------------------------------------------
 
 
+LEAVE_ON = ("SIGTERM", "SIGHUP")
+"""Signals that leave as Ctrl-C does: a ``kill``, the terminal window closed, a logout."""
+
+
+@contextlib.contextmanager
+def _leaving_on_signals() -> Iterator[list[int]]:
+    """While in, ``LEAVE_ON`` signals raise ``KeyboardInterrupt`` (Ctrl-C's way out: say
+    ``quit``, wait briefly for acks, remember where we were); yields the signals that came."""
+    came: list[int] = []
+
+    def leave(signum: int, _frame: object) -> None:
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    signums = [getattr(signal, name) for name in LEAVE_ON if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
+        signums = []  # only the main thread may set handlers (run from a test's thread)
+    previous = {signum: signal.signal(signum, leave) for signum in signums}
+    try:
+        yield came
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    """Chat until ``quit``, end of input, Ctrl-C or the server goes; return the exit code."""
+    """Chat until ``quit``, end of input, Ctrl-C or the server goes; return the exit code
+    (128 + the signal's number after a SIGTERM or SIGHUP, as a shell reports it)."""
+    with _leaving_on_signals() as came:
+        code = _run(client, stdin, stdout, stderr)
+    return 128 + came[0] if came else code
+
+
+def _run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     if isinstance(stdin, io.TextIOWrapper):
         # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
         stdin.reconfigure(errors="replace")

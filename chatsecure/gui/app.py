@@ -898,7 +898,11 @@ def run(options: GuiOptions) -> int:
         # Runs on the main thread between Tk events (the poll tick wakes Python up).
         root.after_idle(app.close)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP: the terminal it was started from was closed.
+    signums = [
+        getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+    ]
+    previous = {sig: signal.signal(sig, stop) for sig in signums}
     try:
         root.mainloop()
     finally:

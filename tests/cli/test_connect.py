@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.client.resume import SAVE_EVERY
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
@@ -394,3 +396,42 @@ def test_a_bad_address_among_several_is_a_clear_error() -> None:
     assert result.returncode != 0
     assert "notaport" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_kill_or_a_closed_terminal_leaves_as_quit_does(
+    server: ServerThread, sig: signal.Signals
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = terminal(server, "bob", "--accept-new")
+        try:
+            bob.expect(r"^online: alice")
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+            say_stored(alice, "one")
+            bob.expect(rf"^{TIME} alice \(127\.0\.0\.1\): one$")
+            bob.proc.send_signal(sig)
+            assert bob.wait() == 128 + sig, bob.stderr
+            assert alice.expect("leave")["reason"] == "quit"  # said, not a dropped connection
+            assert not any("Traceback" in line for line in bob.stderr), bob.stderr
+        finally:
+            bob.kill()
+
+
+def test_a_client_killed_in_a_quiet_moment_shows_nothing_again(server: ServerThread) -> None:
+    """The last seq seen is written once lines pause, not only at the end: a ``kill -9``
+    a moment after a burst still finds every line of it seen."""
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = terminal(server, "bob", "--accept-new")
+        try:
+            bob.expect(r"^online: alice")
+            alice.expect("join")
+            say_stored(alice, "one", "two", "three")
+            bob.expect(rf"^{TIME} alice \(127\.0\.0\.1\): three$")
+            time.sleep(SAVE_EVERY + 0.5)
+            bob.proc.kill()
+            bob.wait()
+        finally:
+            bob.kill()
+        sees_then_quits(terminal(server, "bob"), r"^\* back in the room: nothing missed$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -330,3 +331,17 @@ def test_many_pending_lines_show_the_newest_and_how_many_more() -> None:
     assert "".join(text for _, text, *_ in own.prompt()) == (
         "  (and 1 more before)\n  sending: line 1\n  sending: line 2\n  sending: line 3\n> "
     )
+
+
+def test_closing_the_terminal_window_leaves_as_quit_does(
+    server: ServerThread, pty_connect: Callable[..., Pty]
+) -> None:
+    with joined_alice(server) as alice:
+        bob = pty_connect(server, "bob", "--accept-new")
+        bob.shows(r"^online: alice")
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob.proc.send_signal(signal.SIGHUP)  # what the terminal's end sends
+        assert bob.wait() == 128 + signal.SIGHUP
+        assert alice.expect("leave")["reason"] == "quit"
+        assert "Traceback" not in bob.text()

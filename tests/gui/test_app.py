@@ -493,7 +493,7 @@ def test_command_line_host_fills_the_form_and_connects_at_once(
     server.wait_online(1)
 
 
-@pytest.mark.parametrize("how", ["window closed", "SIGTERM"])
+@pytest.mark.parametrize("how", ["window closed", "SIGTERM", "SIGHUP"])
 def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, how: str) -> None:
     """`chatsecure gui HOST:PORT` in its own process joins at once and leaves cleanly."""
     proc = subprocess.Popen(
@@ -516,8 +516,8 @@ def test_chatsecure_gui_runs_as_a_program(server: ServerThread, display: str, ho
     try:
         server.wait_online(1, timeout=15)
         assert server.online() == ["carol"]
-        if how == "SIGTERM":
-            proc.send_signal(signal.SIGTERM)
+        if how.startswith("SIG"):
+            proc.send_signal(getattr(signal, how))
         else:
             found = subprocess.run(
                 ["xdotool", "search", "--sync", "--name", "^carol @ test"],
