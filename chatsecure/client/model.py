@@ -238,10 +238,6 @@ class ChatModel:
         ]
         if not again:
             self.oldest_seq, self.loading_older, self.all_loaded = None, False, False
-        if event.resumed:
-            lines.append(notice("info", self._resume_text(event, again), ts))
-        elif welcome.replay:
-            lines.append(notice("info", "Earlier in this room:", ts))
         if self.request is not None and welcome.you.nick != self.request.nick:
             lines.append(
                 notice(
@@ -254,6 +250,11 @@ class ChatModel:
         others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
         here = ", ".join(describe(p) for p in others)
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
+        # Last, right above the lines it introduces (the replay follows the welcome).
+        if event.resumed:
+            lines.append(notice("info", self._resume_text(event, again), ts))
+        elif welcome.replay:
+            lines.append(notice("info", "Earlier in this room:", ts))
         return lines
 
     @staticmethod

@@ -271,7 +271,8 @@ def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     model.apply(Reconnecting(1, 1.0, "reset"), T)
     welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=9, replay=2)
     lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, 2, 1), T)
-    said = next(line.text for line in lines if "missed" in line.text)
+    said = lines[-1].text  # right above the lines it introduces, after who is here
+    assert "Here: bob" in lines[-2].text
     assert "2 missed messages restored" in said
     assert "1 of your lines sent again" in said
     (line,) = model.apply(Received(Chat(BOB, "while away", T, seq=8), replayed=True), T)
