@@ -158,7 +158,8 @@ _FREE = (Quit, Hello)
 
 PING = encode(Ping())
 PONG = encode(Pong())
-RATE_LIMITED = encode(Error(ErrorCode.RATE_LIMITED, "too fast; frame dropped"))
+RATE_LIMITED_TEXT = "too fast; frame dropped"
+RATE_LIMITED = encode(Error(ErrorCode.RATE_LIMITED, RATE_LIMITED_TEXT))
 """Frames the server sends as they are, encoded once."""
 
 
@@ -315,7 +316,7 @@ class Session(asyncio.BufferedProtocol):
         if isinstance(event, Pong) and self._pings_out:
             self._pings_out -= 1
             return True  # the answer to our ping keeps the session alive, however busy
-        return self._within_rate(now)
+        return self._within_rate(now, event)
 
     def _charge_blank_lines(self, now: float) -> None:
         """Blank lines make no event, but a flood of them costs like any other frame."""
@@ -325,13 +326,17 @@ class Session(asyncio.BufferedProtocol):
             if not self._within_rate(now) and self._closing:
                 return
 
-    def _within_rate(self, now: float) -> bool:
+    def _within_rate(self, now: float, event: Event | None = None) -> bool:
+        """Charge one frame; over the limit, say so (naming a line's ``ref``, so that its
+        client can send it again later) or, for a flood, drop the client."""
         assert self._bucket is not None  # noqa: S101 - only called when rate-limited
         assert self._flood is not None  # noqa: S101
         if self._bucket.take(now):
             return True
         if self._flood.refused(now):
             self.drop(ErrorCode.FLOODING, "kept sending far above the rate limit")
+        elif isinstance(event, SendMsg) and event.ref is not None:
+            self.send(encode(Error(ErrorCode.RATE_LIMITED, RATE_LIMITED_TEXT, event.ref)))
         else:
             self.send(RATE_LIMITED)
         return False
@@ -553,7 +558,13 @@ class ChatServer:
     def __init__(self, config: ServerConfig, history: RoomLog | None = None) -> None:
         """``history`` replaces the log that ``config`` describes (tests give a memory one)."""
         self.config = config
-        info = ServerInfo(config.name, __version__, limits.PROTOCOL_VERSION)
+        info = ServerInfo(
+            config.name,
+            __version__,
+            limits.PROTOCOL_VERSION,
+            msg_rate=config.msg_rate,
+            msg_burst=config.msg_burst,
+        )
         shared = history if history is not None else open_history(config)
         self.room = Room(
             info,

@@ -372,6 +372,8 @@ class ChatClient:
         """``finish`` was called: leave as soon as every line is stored."""
         self._leave_timer: asyncio.TimerHandle | None = None
         """``quit`` waits for acks: it leaves when this fires at the latest."""
+        self._pace_timer: asyncio.TimerHandle | None = None
+        """Sends the next own lines when the pace allows (``_flush_out``)."""
         self._save_timer: asyncio.TimerHandle | None = None
         """A write of the last seq that ``last_seen`` put off (``_remember``)."""
         self._stop_requested: asyncio.Event | None = None
@@ -789,17 +791,29 @@ class ChatClient:
         self._remember()
 
     def _flush_out(self) -> None:
-        """Write what the session has to send, if there is a connection."""
+        """Write what the session has to send, if there is a connection; come back when the
+        pace lets the next own line go."""
         data = self.session.data_to_send()
         if data and self._writer is not None and not self._writer.is_closing():
             self._writer.write(data)
+        if self._pace_timer is None and self._loop is not None:
+            delay = self.session.send_delay(self._loop.time())
+            if delay is not None:
+                self._pace_timer = self._loop.call_later(delay, self._paced)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        assert self._loop is not None  # noqa: S101 - a timer of the loop
+        self.session.pace(self._loop.time())
+        self._flush_out()
 
     def _abort(self) -> None:
         if self._writer is not None:
             self._writer.transport.abort()
 
     def _send_chat(self, text: str) -> None:
-        ref = self.session.send(text)
+        assert self._loop is not None  # noqa: S101 - called on the loop
+        ref = self.session.send(text, self._loop.time())
         self._emit(Queued(ref, text))
         self._flush_out()
         if ref not in self.session.outbox:  # a v1 server: it acknowledges nothing
@@ -820,7 +834,9 @@ class ChatClient:
             self._finishing = True
             if self._leave_timer is None:
                 assert self._loop is not None  # noqa: S101
-                self._leave_timer = self._loop.call_later(ACK_WAIT, self._quit)
+                # Lines still paced go out first: the wait for acks starts after them.
+                wait = ACK_WAIT + self.session.sending_time(self._loop.time())
+                self._leave_timer = self._loop.call_later(wait, self._quit)
             return
         self._quit()
 

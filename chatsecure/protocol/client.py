@@ -22,10 +22,17 @@ connection resumes where the old one stopped (``since``), re-sends what was not 
 
 The I/O adapter writes ``data_to_send()`` after each call, calls ``tick(now)`` now and then
 (it says when a silent server is dead), and ``connection_lost()`` when the connection goes.
+
+Own lines go out no faster than the server takes them: at ``PACE`` of the rate its ``welcome``
+states (its defaults if it states none), so that pasted or piped lines, or an outbox sent again
+after a reconnect, are never refused as a flood. ``send_delay(now)`` says when the adapter must
+call ``pace(now)`` for the next ones; a line refused anyway (``rate_limited`` with its ``ref``)
+waits its turn again.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import itertools
@@ -35,7 +42,13 @@ from dataclasses import dataclass
 from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.frames import FrameDecoder
-from chatsecure.protocol.limits import MAX_SERVER_FRAME, PING_AFTER, PONG_TIMEOUT
+from chatsecure.protocol.limits import (
+    MAX_SERVER_FRAME,
+    MSG_BURST,
+    MSG_RATE,
+    PING_AFTER,
+    PONG_TIMEOUT,
+)
 from chatsecure.protocol.messages import (
     Ack,
     Chat,
@@ -54,12 +67,19 @@ from chatsecure.protocol.messages import (
     Pong,
     Quit,
     SendMsg,
+    ServerInfo,
     ServerMessage,
     Shutdown,
     Welcome,
     encode,
     parse_server,
 )
+from chatsecure.protocol.ratelimit import TokenBucket
+
+PACE = 0.9
+"""Of the server's rate, what own lines are sent at: the slack absorbs the network's jitter."""
+PACE_BURST_SLACK = 2
+"""Frames of the server's burst kept in hand (pings, a history request)."""
 
 
 class ClientState(enum.Enum):
@@ -201,6 +221,10 @@ class ClientSession:
         self.welcome: Welcome | None = None
         self.outbox: dict[str, str] = {}
         """Own lines not acknowledged yet, ref -> text, oldest first."""
+        self._unsent: collections.deque[str] = collections.deque()
+        """Refs of the outbox not sent on this connection yet (paced), oldest first."""
+        self._pace: TokenBucket | None = None
+        """Paces own lines to the server's rate limit; None: it has none (or v1)."""
         self._ref_prefix = secrets.token_hex(4)
         """Refs must be unique per client id for ever: this run's prefix, then a counter."""
         self._refs = itertools.count(1)
@@ -234,6 +258,7 @@ class ClientSession:
         """The connection is gone; the outbox waits for the next one."""
         self.state = ClientState.OFFLINE
         self._out.clear()
+        self._unsent.clear()
         self._replay_left = 0
         self._gathering = None
 
@@ -262,19 +287,42 @@ class ClientSession:
             raise self._decoder.error
         return events
 
-    def send(self, text: str) -> str:
-        """Queue a chat line; return its ref. It goes out now if joined, else after the next
-        welcome, and stays in the outbox until the server acknowledges it."""
+    def send(self, text: str, now: float = 0.0) -> str:
+        """Queue a chat line; return its ref. It goes out now if joined (and the pace allows),
+        else after the next welcome, and stays in the outbox until the server acknowledges it."""
         ref = f"{self._ref_prefix}-{next(self._refs)}"
-        message = SendMsg(text, ref)
         if self.state is not ClientState.JOINED:
             self.outbox[ref] = text
         elif self._v2:
             self.outbox[ref] = text
-            self._out.append(encode(message))
+            self._unsent.append(ref)
+            self.pace(now)
         else:
             self._out.append(encode(SendMsg(text)))  # a v1 server: sent is all we can know
         return ref
+
+    def pace(self, now: float) -> None:
+        """Send the own lines that the pace allows by ``now``."""
+        while self._unsent and self.state is ClientState.JOINED:
+            ref = self._unsent[0]
+            if ref in self.outbox and self._pace is not None and not self._pace.take(now):
+                return
+            self._unsent.popleft()
+            if ref in self.outbox:  # else acknowledged meanwhile (a replay brought it)
+                self._out.append(encode(SendMsg(self.outbox[ref], ref)))
+
+    def send_delay(self, now: float) -> float | None:
+        """Seconds until ``pace`` has a line to send; None when none waits."""
+        if not self._unsent or self.state is not ClientState.JOINED:
+            return None
+        return 0.0 if self._pace is None else self._pace.wait(now)
+
+    def sending_time(self, now: float) -> float:
+        """About how long the lines not sent yet take to go out at the pace."""
+        delay = self.send_delay(now)
+        if delay is None or self._pace is None:
+            return 0.0
+        return delay + (len(self._unsent) - 1) / self._pace.rate
 
     def request_history(self, before: int | None, limit: int) -> None:
         """Ask for up to ``limit`` lines before ``before`` (answered as ``Line(older=True)``)."""
@@ -342,6 +390,11 @@ class ClientSession:
                     event = Refused(code, text)
                 elif code == ErrorCode.NOT_STORED and message.ref in self.outbox:
                     event = ServerError(message, self.outbox.pop(message.ref))
+                elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
+                    # Refused for our pace, not for what it says: it goes again, first.
+                    self._unsent.appendleft(message.ref)
+                    if self._pace is not None:
+                        self._pace.drain(self._last_heard)
                 else:
                     event = ServerError(message)
             case HistoryEnd():
@@ -392,11 +445,14 @@ class ClientSession:
             # room up to here all the same, so that its next return says what came after.
             self.last_seq = welcome.seq
         events: list[SessionEvent] = [Welcomed(welcome, resumed, missed, len(self.outbox))]
-        for ref, text in self.outbox.items():
-            self._out.append(encode(SendMsg(text, ref) if self._v2 else SendMsg(text)))
         if not self._v2:  # a v1 server never acknowledges: sent is all we can know
+            self._out += [encode(SendMsg(text)) for text in self.outbox.values()]
             events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]
             self.outbox.clear()
+            return events
+        self._pace = _pace_for(welcome.server, self._last_heard)
+        self._unsent = collections.deque(self.outbox)
+        self.pace(self._last_heard)
         return events
 
     def _chat(self, chat: Chat) -> SessionEvent | None:
@@ -429,3 +485,12 @@ class ClientSession:
         if ack.seq and (self.last_seq is None or ack.seq > self.last_seq):
             self.last_seq = ack.seq
         return Acked(ack.ref, text, ack.seq, ack.ts)
+
+
+def _pace_for(server: ServerInfo, now: float) -> TokenBucket | None:
+    """A bucket a little slower than the server's: its stated limit, or its defaults."""
+    rate = MSG_RATE if server.msg_rate is None else server.msg_rate
+    burst = MSG_BURST if server.msg_burst is None else server.msg_burst
+    if rate <= 0:
+        return None  # the server takes any rate
+    return TokenBucket(rate * PACE, max(1, burst - PACE_BURST_SLACK), now)

@@ -85,6 +85,22 @@ class ServerInfo:
     name: str
     version: str
     protocol: int = 1
+    msg_rate: float | None = None
+    """Frames a second a client may send (0: no limit); None: the server did not say."""
+    msg_burst: int | None = None
+    """Frames a client may send at once on top of the rate; None: the server did not say."""
+
+    def to_json(self) -> dict[str, object]:
+        info: dict[str, object] = {
+            "name": self.name,
+            "version": self.version,
+            "protocol": self.protocol,
+        }
+        if self.msg_rate is not None:
+            info["msg_rate"] = self.msg_rate
+        if self.msg_burst is not None:
+            info["msg_burst"] = self.msg_burst
+        return info
 
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -387,8 +403,7 @@ def encode_welcome(
     skipped: int = 0,
 ) -> bytes:
     """``encode(Welcome(...))`` from peers already encoded with ``encode_peer``."""
-    info = {"name": server.name, "version": server.version, "protocol": server.protocol}
-    parts = (you, b",".join(peers), _dumps(info).encode(), seq, replay, skipped)
+    parts = (you, b",".join(peers), _dumps(server.to_json()).encode(), seq, replay, skipped)
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"server":%b,"seq":%d,"replay":%d,'
         b'"skipped":%d}\n' % parts
@@ -406,8 +421,7 @@ def encode_welcome_v2(
 ) -> bytes:
     """A v2 ``welcome`` whose ``peers`` are ``first`` (encoded peers joined by commas) of
     ``total``; ``encode_peers`` frames with the others follow it."""
-    info = {"name": server.name, "version": server.version, "protocol": server.protocol}
-    parts = (you, first, total, _dumps(info).encode(), seq, replay, skipped)
+    parts = (you, first, total, _dumps(server.to_json()).encode(), seq, replay, skipped)
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"peers_total":%d,"server":%b,"seq":%d,'
         b'"replay":%d,"skipped":%d}\n' % parts
@@ -483,11 +497,7 @@ def to_json(message: Message) -> dict[str, Any]:
                 "you": you.to_json(),
                 "peers": [p.to_json() for p in peers],
                 "peers_total": total,
-                "server": {
-                    "name": server.name,
-                    "version": server.version,
-                    "protocol": server.protocol,
-                },
+                "server": server.to_json(),
                 "seq": message.seq,
                 "replay": message.replay,
                 "skipped": message.skipped,
@@ -504,11 +514,7 @@ def to_json(message: Message) -> dict[str, Any]:
                 "type": "welcome",
                 "you": you.to_json(),
                 "peers": [p.to_json() for p in peers],
-                "server": {
-                    "name": server.name,
-                    "version": server.version,
-                    "protocol": server.protocol,
-                },
+                "server": server.to_json(),
                 "seq": message.seq,
                 "replay": message.replay,
                 "skipped": message.skipped,
@@ -641,6 +647,8 @@ def parse_server(frame: bytes) -> ServerMessage:
             name=_optional_str(server, "name", ""),
             version=_optional_str(server, "version", ""),
             protocol=protocol if isinstance(protocol, int) else 1,
+            msg_rate=_said_rate(server.get("msg_rate")),
+            msg_burst=_said_burst(server.get("msg_burst")),
         )
         return Welcome(
             Peer.from_json(obj.get("you")),
@@ -694,6 +702,20 @@ def _optional_ref(obj: dict[str, Any]) -> str | None:
 def with_ref(history_frame: bytes, ref: str) -> bytes:
     """A frame of ``as_history`` for the line's own sender: with its ``ref``."""
     return history_frame[:-2] + b',"ref":%b}\n' % _dumps(ref).encode()
+
+
+def _said_rate(value: object) -> float | None:
+    """A ``msg_rate`` of ``welcome``; one that makes no sense is as good as none said."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None
+
+
+def _said_burst(value: object) -> int | None:
+    """A ``msg_burst`` of ``welcome``; one that makes no sense is as good as none said."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return value
+    return None
 
 
 def _optional_count(obj: dict[str, Any], key: str) -> int | None:

@@ -14,6 +14,10 @@ class TokenBucket:
         self._tokens = self._burst
         self._last = now
 
+    @property
+    def rate(self) -> float:
+        return self._rate
+
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False means the frame is over the limit."""
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
@@ -22,6 +26,15 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def wait(self, now: float) -> float:
+        """Seconds until ``take`` would succeed (0: now)."""
+        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        return max(0.0, (1.0 - tokens) / self._rate)
+
+    def drain(self, now: float) -> None:
+        """Spend every token: the other side says we went too fast."""
+        self._tokens, self._last = 0.0, now
 
 
 class FloodMeter:

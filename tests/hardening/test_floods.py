@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from chatsecure.testing import RawClient, ServerThread, joined
+from tests.helpers import CHATSECURE
 
 RATE = 20.0
 BURST = 5
@@ -266,3 +268,41 @@ def test_fatal_error_over_the_rate_still_closes_the_connection(
         if joins:
             assert bob.expect("leave")["reason"] == code
         assert server.online() == ["bob"]
+
+
+def test_a_line_over_the_rate_is_refused_by_its_ref(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = limited(start_server)
+    with joined(server.host, server.port, "bob") as (bob,):
+        lines = [{"type": "msg", "text": f"line {n}", "ref": f"r{n}"} for n in range(BURST + 1)]
+        bob.send_raw(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        refused = bob.expect("error")
+        assert (refused["code"], refused["ref"]) == ("rate_limited", f"r{BURST}")
+        assert [bob.expect("ack")["ref"] for _ in range(BURST)] == [f"r{n}" for n in range(BURST)]
+
+
+def test_a_script_that_pipes_many_lines_gets_every_one_stored_none_refused(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """The client paces itself to the rate the server states: nothing is refused as too fast,
+    nobody is cut off as a flood, and every line arrives once, in order."""
+    server = limited(start_server)
+    count = 3 * int(RATE)  # three times what the server takes in a second
+    with joined(server.host, server.port, "alice") as (alice,):
+        piped = subprocess.run(
+            [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new"],
+            input="".join(f"line {n}\n" for n in range(count)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert piped.returncode == 0, piped.stderr
+        assert "refused" not in piped.stdout + piped.stderr
+        assert "not sent" not in piped.stderr
+        alice.expect("join")
+        assert [alice.expect("msg")["text"] for _ in range(count)] == [
+            f"line {n}" for n in range(count)
+        ]
+        assert alice.expect("leave")["reason"] == "quit"

@@ -22,7 +22,7 @@ from chatsecure.protocol.client import (
     ServerError,
     Welcomed,
 )
-from chatsecure.protocol.limits import PING_AFTER, PONG_TIMEOUT
+from chatsecure.protocol.limits import MSG_BURST, PING_AFTER, PONG_TIMEOUT
 from chatsecure.protocol.messages import Error, Notice, encode
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
@@ -247,14 +247,64 @@ def test_a_line_the_server_could_not_store_leaves_the_outbox_with_its_text() -> 
     assert event == ServerError(Error("not_stored", "disk full", lost), dropped="lost")
     assert session.outbox == {kept: "kept"}
     # an error naming no line of ours, or another code, drops nothing
-    other = {"type": "error", "code": "rate_limited", "message": "slow down", "ref": kept}
+    other = {"type": "error", "code": "bad_message", "message": "odd", "ref": kept}
     [event] = session.receive_data(frames(not_stored | {"ref": "r-unknown"}))
     assert isinstance(event, ServerError)
     assert event.dropped is None
-    assert session.receive_data(frames(other)) == [
-        ServerError(Error("rate_limited", "slow down", kept))
-    ]
+    assert session.receive_data(frames(other)) == [ServerError(Error("bad_message", "odd", kept))]
     assert session.outbox == {kept: "kept"}
+
+
+def paced(session: ClientSession, now: float) -> list[str]:
+    """The texts of the lines that ``pace(now)`` lets go."""
+    session.pace(now)
+    return [frame["text"] for frame in sent(session)]
+
+
+def test_own_lines_go_no_faster_than_the_rate_the_server_states() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    rate = {"msg_rate": 10.0, "msg_burst": 4}
+    session.receive_data(frames(welcome(server=SERVER | rate)), now=100.0)
+    refs = [session.send(f"line {n}", now=100.0) for n in range(6)]
+    # the burst less the slack (2), then one every 1 / (0.9 * 10) s
+    assert [frame["text"] for frame in sent(session)] == ["line 0", "line 1"]
+    assert session.send_delay(100.0) == pytest.approx(1 / 9)
+    assert paced(session, 100.05) == []
+    assert paced(session, 100.0 + 1 / 9 + 1e-9) == ["line 2"]
+    assert paced(session, 100.0 + 3 / 9 + 1e-9) == ["line 3", "line 4"]
+    # refused all the same: the line goes again, first, once the pace allows
+    limited = {"type": "error", "code": "rate_limited", "message": "slow", "ref": refs[3]}
+    assert session.receive_data(frames(limited), now=100.4) == []
+    assert paced(session, 100.4 + 1 / 9 + 1e-9) == ["line 3"]
+    assert paced(session, 100.4 + 2 / 9 + 1e-9) == ["line 5"]
+    assert session.send_delay(101.0) is None
+    assert list(session.outbox) == refs  # none acknowledged yet, none lost
+
+
+def test_without_a_stated_rate_lines_are_paced_to_the_default_and_a_rate_0_not_at_all() -> None:
+    default = ClientSession("alice")
+    joined(default)
+    for n in range(30):
+        default.send(f"line {n}")
+    assert len(sent(default)) == MSG_BURST - 2
+    free = ClientSession("alice")
+    joined(free, server=SERVER | {"msg_rate": 0})
+    for n in range(30):
+        free.send(f"line {n}")
+    assert len(sent(free)) == 30
+    assert free.send_delay(0.0) is None
+
+
+def test_an_outbox_sent_again_after_a_reconnect_is_paced_too() -> None:
+    session = ClientSession("alice")
+    refs = [session.send(f"typed offline {n}") for n in range(5)]
+    session.connect()
+    sent(session)
+    session.receive_data(frames(welcome(server=SERVER | {"msg_rate": 1, "msg_burst": 3})))
+    assert [frame["ref"] for frame in sent(session)] == refs[:1]
+    assert session.sending_time(0.0) == pytest.approx(4 / 0.9)
 
 
 def test_errors_presence_and_shutdown_after_welcome() -> None:

@@ -130,7 +130,9 @@ class World:
 
     def __init__(self) -> None:
         self.log = MemoryLog(LOTS)
-        self.room = Room(ServerInfo("lab", "test", 2), self.log, replay=LOTS, replay_max=LOTS)
+        # msg_rate 0: no pacing (its clock is the tests' of ClientSession; here time stands).
+        info = ServerInfo("lab", "test", 2, msg_rate=0)
+        self.room = Room(info, self.log, replay=LOTS, replay_max=LOTS)
         self.clients = [
             Client(ClientSession(f"user{n}", client_id=f"client-{n:04d}")) for n in range(CLIENTS)
         ]

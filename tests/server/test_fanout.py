@@ -26,7 +26,13 @@ def test_join_reaches_exactly_the_earlier_clients(server: ServerThread) -> None:
         assert welcome["peers"] == []
         assert welcome["you"]["nick"] == "alice"
         assert welcome["you"]["addr"] == "127.0.0.1"
-        assert welcome["server"] == {"name": "test", "version": __version__, "protocol": 2}
+        assert welcome["server"] == {
+            "name": "test",
+            "version": __version__,
+            "protocol": 2,
+            "msg_rate": 5.0,  # what a client paces its lines to
+            "msg_burst": 20,
+        }
         with RawClient(server.host, server.port) as bob:
             bob_welcome = bob.join("bob")
             assert bob_welcome["peers"] == [welcome["you"]]
