@@ -314,10 +314,10 @@ def test_a_line_typed_while_the_server_is_away_shows_as_sending_until_stored(
     bob.shows(r"^\* back in the room: nothing missed; 1 of your lines sent again$", timeout=15)
     own = rf"{TIME} bob \(127\.0\.0\.1\): typed while it was away"
     lines = bob.wait_for(
-        lambda lines: any(re.fullmatch(own, line) for line in lines) and lines, "the line, stored"
+        lambda lines: re.fullmatch(own, lines[-2]) and lines[-1] == ">" and lines,
+        "the line, stored, above the prompt drawn again",
     )
     assert [line for line in lines if "typed while it was away" in line] == [lines[-2]], lines
-    assert lines[-1] == ">"
     bob.type("quit\r")
     assert bob.wait() == 0
 
