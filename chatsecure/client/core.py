@@ -85,6 +85,10 @@ ACK_WAIT = 2.0
 A script's ``printf 'done\nquit\n'`` sends its line and its ``quit`` together: leaving at once
 would report the line as not stored, although the server stores it an instant later."""
 
+PACED_WAIT_MAX = 60.0
+"""Seconds ``quit`` waits at most, on top of ``ACK_WAIT``, for lines still held back by the
+pace (a server stating an absurdly slow rate must not keep a client that wants to leave)."""
+
 
 # --- events out -------------------------------------------------------------------------
 
@@ -835,7 +839,8 @@ class ChatClient:
             if self._leave_timer is None:
                 assert self._loop is not None  # noqa: S101
                 # Lines still paced go out first: the wait for acks starts after them.
-                wait = ACK_WAIT + self.session.sending_time(self._loop.time())
+                paced = self.session.sending_time(self._loop.time())
+                wait = ACK_WAIT + min(paced, PACED_WAIT_MAX)
                 self._leave_timer = self._loop.call_later(wait, self._quit)
             return
         self._quit()
