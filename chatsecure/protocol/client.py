@@ -391,8 +391,11 @@ class ClientSession:
                 elif code == ErrorCode.NOT_STORED and message.ref in self.outbox:
                     event = ServerError(message, self.outbox.pop(message.ref))
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
-                    # Refused for our pace, not for what it says: it goes again, first.
+                    # Refused for our pace, not for what it says: it goes again, first, at the
+                    # default pace if the server said it had no limit.
                     self._unsent.appendleft(message.ref)
+                    if self._pace is None:
+                        self._pace = _pace_for(ServerInfo("", ""), self._last_heard)
                     if self._pace is not None:
                         self._pace.drain(self._last_heard)
                 else:

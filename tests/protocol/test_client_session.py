@@ -22,7 +22,7 @@ from chatsecure.protocol.client import (
     ServerError,
     Welcomed,
 )
-from chatsecure.protocol.limits import MSG_BURST, PING_AFTER, PONG_TIMEOUT
+from chatsecure.protocol.limits import MSG_BURST, MSG_RATE, PING_AFTER, PONG_TIMEOUT
 from chatsecure.protocol.messages import Error, Notice, encode
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
@@ -295,6 +295,12 @@ def test_without_a_stated_rate_lines_are_paced_to_the_default_and_a_rate_0_not_a
         free.send(f"line {n}")
     assert len(sent(free)) == 30
     assert free.send_delay(0.0) is None
+    # a server that said so and refuses all the same gets the line again at the default pace
+    [ref, *_] = free.outbox
+    limited = {"type": "error", "code": "rate_limited", "message": "slow", "ref": ref}
+    assert free.receive_data(frames(limited), now=5.0) == []
+    assert sent(free) == []
+    assert free.send_delay(5.0) == pytest.approx(1 / (MSG_RATE * 0.9))
 
 
 def test_an_outbox_sent_again_after_a_reconnect_is_paced_too() -> None:
