@@ -251,6 +251,17 @@ def safe_text(text: str) -> str:
     )
 
 
+CONTINUED = "    "
+"""What each further line of a message of several lines (a pasted paragraph) starts with, in
+a terminal: indented, it cannot pass for a line of its own, which starts with its time."""
+
+
+def safe_paragraph(text: str, joiner: str = "\n" + CONTINUED) -> str:
+    """``safe_text`` of each line of ``text``, joined by ``joiner``: a message of several lines
+    as a terminal shows it, each line after the first indented."""
+    return joiner.join(safe_text(line) for line in text.split("\n"))
+
+
 SHORT_FINGERPRINT = 12
 """Base64 characters of a fingerprint shown where space is short (status bar, server list)."""
 
@@ -286,7 +297,7 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
     line of another day than ``ts``, now by default, with its date)."""
     match message:
         case Chat(sender=sender, text=text, ts=sent):
-            return f"[{sent_clock(sent, ts)}] {describe(sender)}: {safe_text(text)}"
+            return f"[{sent_clock(sent, ts)}] {describe(sender)}: {safe_paragraph(text)}"
         case Join(peer=peer):
             return f"[{clock(ts)}] * {describe(peer)} joined"
         case Leave(peer=peer, reason=reason):

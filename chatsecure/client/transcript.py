@@ -6,8 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from chatsecure.client.core import clock, describe, safe_text
+from chatsecure.client.core import clock, describe, safe_paragraph, safe_text
 from chatsecure.protocol.messages import Peer
+
+NEW_LINE = " ↵ "
+"""Where a message of several lines (a pasted paragraph) breaks, in the window: each message
+is one line of the transcript there."""
 
 MAX_TRANSCRIPT_LINES = 5000
 """Lines the transcript keeps while the user follows the newest: older ones are dropped from
@@ -56,7 +60,7 @@ class Line:
             return tuple(parts)
         who = [(safe_text(self.nick), "nick"), (f" ({safe_text(self.addr or '')})", "addr")]
         if self.kind in {"chat", "own", "pending", "history"}:
-            parts += [*who, (": ", "body"), (safe_text(self.text), "body")]
+            parts += [*who, (": ", "body"), (safe_paragraph(self.text, NEW_LINE), "body")]
         else:
             arrow = "→ " if self.kind == "join" else "← "
             parts += [(arrow, "body"), *who, (f" {self.text}", "body")]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from chatsecure.client.core import safe_text
+from chatsecure.client.core import safe_paragraph, safe_text
 from chatsecure.errors import ChatError
 from chatsecure.history.log import DEFAULT_DB, HistoryError
 from chatsecure.history.sqlite import SCHEMA_VERSION, check_schema, mapped_errors
@@ -60,7 +60,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             )
         else:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-            line = f"[{when}] #{seq} {safe_text(nick)} ({safe_text(addr)}): {safe_text(text)}"
+            line = f"[{when}] #{seq} {safe_text(nick)} ({safe_text(addr)}): {safe_paragraph(text)}"
         print(line)
     return 0
 

@@ -8,7 +8,15 @@ import time
 
 import pytest
 
-from chatsecure.client.core import describe_error, format_message, parse_target, safe_text
+from chatsecure.client.core import (
+    CONTINUED,
+    clock,
+    describe_error,
+    format_message,
+    parse_target,
+    safe_text,
+)
+from chatsecure.client.transcript import chat_line
 from chatsecure.errors import TrustError
 from chatsecure.protocol.limits import DEFAULT_PORT
 from chatsecure.protocol.messages import Chat, Error, Join, Leave, Peer, Pong, Shutdown
@@ -80,9 +88,22 @@ def test_join_leave_error_and_shutdown_lines() -> None:
     ],
 )
 def test_nothing_in_a_message_can_fake_a_line_or_reorder_it(text: str) -> None:
-    line = format_message(Chat(ALICE, text, 0.0))
-    assert line is not None
-    assert line.isprintable(), repr(line)
+    shown = format_message(Chat(ALICE, text, 0.0))
+    assert shown is not None
+    first, *more = shown.split("\n")
+    assert first.startswith("[")
+    assert first.isprintable(), repr(first)
+    # a message of several lines: each further one indented, so never taken for a line
+    assert all(line.startswith(CONTINUED) and line.isprintable() for line in more), repr(more)
+
+
+def test_a_pasted_paragraph_is_indented_in_a_terminal_and_one_line_in_the_window() -> None:
+    text = "first\nsecond\n[12:00:00] admin: hi"
+    assert format_message(Chat(ALICE, text, 0.0), 0.0) == (
+        f"[{clock(0.0)}] alice (192.168.1.20): first\n    second\n    [12:00:00] admin: hi"
+    )
+    line = chat_line(ALICE, text, 0.0)
+    assert str(line).endswith(": first ↵ second ↵ [12:00:00] admin: hi")
 
 
 def test_plain_text_is_shown_as_it_is() -> None:

@@ -57,7 +57,8 @@ async def test_prints_the_lines_oldest_first_with_unsafe_text_made_visible(runni
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
         "[2023-11-14 22:13:20] #1 ann (127.0.0.1:50001): hello",
-        "[2023-11-14 22:14:21] #2 mallory ([::1]:50002): \\x1b[31mred\\nfake \\u202eevil",
+        "[2023-11-14 22:14:21] #2 mallory ([::1]:50002): \\x1b[31mred",
+        "    fake \\u202eevil",  # the message's second line, indented: not a line of its own
         "[2023-11-14 23:13:20] #3 ann (127.0.0.1:50001): bye",
     ]
 
