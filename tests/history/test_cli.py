@@ -16,6 +16,7 @@ import pytest_asyncio
 from chatsecure.history import DEFAULT_DB, Draft, SqliteLog
 from chatsecure.history.cli import add_history_arguments, cmd_history
 from chatsecure.protocol.messages import Peer
+from tests.helpers import CHATSECURE
 
 ANN = Peer("1", "ann", "127.0.0.1:50001")
 MALLORY = Peer("2", "mallory", "[::1]:50002")
@@ -142,3 +143,25 @@ async def test_data_dir_reads_the_history_in_it(running: Path) -> None:
 async def test_cmd_history_in_process(running: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cmd_history(parser().parse_args(["--db", str(running), "--last", "1", "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["text"] == "bye"
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_stops_early_ends_it_quietly(tmp_path: Path) -> None:
+    """``chatsecure history | head -1``: the pipe closes long before the output ends."""
+    path = tmp_path / "history.sqlite3"
+    log = SqliteLog(path, 5000)
+    await log.open(0)
+    await log.append([Draft(ANN, f"{n} " + "x" * 200, 1_700_000_000.0) for n in range(2000)])
+    await log.close()
+    proc = subprocess.Popen(
+        [*CHATSECURE, "history", "--db", str(path), "--last", "2000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert b"ann (127.0.0.1:50001): 0 xxx" in proc.stdout.readline()
+    proc.stdout.close()  # far more than a pipe holds is still to come
+    with proc.stderr:
+        assert proc.wait(30) == 141
+        assert proc.stderr.read() == b""
