@@ -330,9 +330,11 @@ class ClientSession:
             self._out.append(encode(HistoryRequest(before, limit)))
 
     def quit(self) -> None:
-        """Say we are leaving; the server closes the connection."""
+        """Say we are leaving; the server closes the connection. Lines not sent yet stay in
+        the outbox, unsent: nothing may follow ``quit``."""
         if self.state is not ClientState.OFFLINE:
             self._out.append(encode(Quit()))
+            self._unsent.clear()
 
     def tick(self, now: float) -> bool:
         """Keep a quiet connection checked; False when the server must be taken for dead.
@@ -391,9 +393,11 @@ class ClientSession:
                 elif code == ErrorCode.NOT_STORED and message.ref in self.outbox:
                     event = ServerError(message, self.outbox.pop(message.ref))
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
-                    # Refused for our pace, not for what it says: it goes again, first, at the
-                    # default pace if the server said it had no limit.
-                    self._unsent.appendleft(message.ref)
+                    # Refused for our pace, not for what it says: it goes again in its place
+                    # among those not sent yet (several may come back at once, in any order),
+                    # at the default pace if the server said it had no limit.
+                    waiting = {*self._unsent, message.ref}
+                    self._unsent = collections.deque(r for r in self.outbox if r in waiting)
                     if self._pace is None:
                         self._pace = _pace_for(ServerInfo("", ""), self._last_heard)
                     if self._pace is not None:

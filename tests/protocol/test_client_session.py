@@ -283,6 +283,37 @@ def test_own_lines_go_no_faster_than_the_rate_the_server_states() -> None:
     assert list(session.outbox) == refs  # none acknowledged yet, none lost
 
 
+def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    session.receive_data(frames(welcome(server=SERVER | {"msg_rate": 10.0, "msg_burst": 6})))
+    refs = [session.send(f"line {n}") for n in range(5)]
+    assert [frame["text"] for frame in sent(session)] == ["line 0", "line 1", "line 2", "line 3"]
+    # the server, paused, refused three of them at once (and one of them twice)
+    limited = [
+        {"type": "error", "code": "rate_limited", "message": "slow", "ref": refs[n]}
+        for n in (1, 3, 2, 3)
+    ]
+    assert session.receive_data(frames(*limited), now=1.0) == []
+    order = []
+    for step in range(1, 10):
+        order += paced(session, 1.0 + step / 9 + 1e-9)
+    assert order == ["line 1", "line 2", "line 3", "line 4"]
+
+
+def test_after_quit_no_line_goes_out() -> None:
+    session = ClientSession("alice")
+    joined(session, server=SERVER | {"msg_rate": 1.0, "msg_burst": 3})
+    session.send("first")
+    session.send("held back")
+    session.quit()
+    assert [frame["type"] for frame in sent(session)] == ["msg", "quit"]
+    assert paced(session, 100.0) == []
+    assert session.send_delay(100.0) is None
+    assert session.unacknowledged == ["first", "held back"]
+
+
 def test_without_a_stated_rate_lines_are_paced_to_the_default_and_a_rate_0_not_at_all() -> None:
     default = ClientSession("alice")
     joined(default)
