@@ -8,7 +8,6 @@ import importlib
 import ipaddress
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -246,11 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # The reader of our output went (`chatsecure history | head`): stop quietly, as
-        # command line tools do, and keep the interpreter from failing to flush at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a shell reports a tool killed by it
+    except BrokenPipeError:  # the reader of our output went (`chatsecure history | head`)
+        from chatsecure.client.terminal import BROKEN_PIPE, silence_stdout
+
+        silence_stdout()
+        return BROKEN_PIPE
 
 
 def cmd_server(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import re
 import ssl
 import threading
 import time
@@ -88,6 +89,10 @@ would report the line as not stored, although the server stores it an instant la
 PACED_WAIT_MAX = 60.0
 """Seconds ``quit`` waits at most, on top of ``ACK_WAIT``, for lines still held back by the
 pace (a server stating an absurdly slow rate must not keep a client that wants to leave)."""
+
+LEAVE_WAIT_MAX = ACK_WAIT + PACED_WAIT_MAX + QUIT_WAIT
+"""Seconds after ``quit`` by which the client has ended, whatever the server does: what a front
+end waits for it before giving up (and losing what it would have said about unsent lines)."""
 
 
 # --- events out -------------------------------------------------------------------------
@@ -259,7 +264,7 @@ a terminal: indented, it cannot pass for a line of its own, which starts with it
 def safe_paragraph(text: str, joiner: str = "\n" + CONTINUED) -> str:
     """``safe_text`` of each line of ``text``, joined by ``joiner``: a message of several lines
     as a terminal shows it, each line after the first indented."""
-    return joiner.join(safe_text(line) for line in text.split("\n"))
+    return joiner.join(safe_text(line) for line in re.split(r"\r?\n", text))
 
 
 SHORT_FINGERPRINT = 12
@@ -451,15 +456,18 @@ class ChatClient:
         """Leave once every line given to ``send`` is stored (the end of a script's input)."""
         self._call(self._finish)
 
-    def quit(self) -> None:
+    def quit(self, *, at_once: bool = False) -> None:
         """Say ``quit`` to the server and stop, once the lines it was sent are acknowledged
-        (``ACK_WAIT`` seconds at most; lines waiting for a reconnect are not waited for)."""
-        self._call(self._leave)
+        (``ACK_WAIT`` seconds at most; lines waiting for a reconnect are not waited for). Lines
+        held back by the pace go out first, unless ``at_once`` (Ctrl-C): then those still held
+        back after ``ACK_WAIT`` are ``NotSent``. Either way the client has ended within
+        ``LEAVE_WAIT_MAX`` seconds."""
+        self._call(self._leave, at_once)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Quit and wait for the network thread to end."""
+        """Quit at once and wait for the network thread to end."""
         if self._thread.is_alive():
-            self.quit()
+            self.quit(at_once=True)
             self._thread.join(timeout)
 
     @property
@@ -701,6 +709,7 @@ class ChatClient:
         finally:
             self._writer = None
             self._joined = False
+            self._stop_pacing()
             session.connection_lost()
             self._remember(force=True)
             await _close_writer(writer)
@@ -822,6 +831,12 @@ class ChatClient:
         self.session.pace(self._loop.time())
         self._flush_out()
 
+    def _stop_pacing(self) -> None:
+        """The connection is over (or we quit): its pace no longer says anything."""
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
+
     def _abort(self) -> None:
         if self._writer is not None:
             self._writer.transport.abort()
@@ -843,16 +858,19 @@ class ChatClient:
         if not self.session.outbox and self.session.state is not ClientState.HELLO:
             self._quit()
 
-    def _leave(self) -> None:
+    def _leave(self, at_once: bool = False) -> None:
         if self._joined and self.session.outbox and not self._stopping:
             # Like finish, but bounded: a server that does not answer must not keep us.
             self._finishing = True
-            if self._leave_timer is None:
-                assert self._loop is not None  # noqa: S101
-                # Lines still paced go out first: the wait for acks starts after them.
-                paced = self.session.sending_time(self._loop.time())
-                wait = ACK_WAIT + min(paced, PACED_WAIT_MAX)
-                self._leave_timer = self._loop.call_later(wait, self._quit)
+            assert self._loop is not None  # noqa: S101
+            # Lines still paced go out first: the wait for acks starts after them.
+            paced = 0.0 if at_once else self.session.sending_time(self._loop.time())
+            wait = ACK_WAIT + min(paced, PACED_WAIT_MAX)
+            if self._leave_timer is not None:  # asked again (Ctrl-C after quit): the sooner
+                if self._leave_timer.when() <= self._loop.time() + wait:
+                    return
+                self._leave_timer.cancel()
+            self._leave_timer = self._loop.call_later(wait, self._quit)
             return
         self._quit()
 
@@ -868,6 +886,7 @@ class ChatClient:
             if self._session_task is not None:
                 self._session_task.cancel()
             return
+        self._stop_pacing()
         self.session.quit()
         self._flush_out()  # the server answers by closing the connection
         # A server that never closes its side must not keep us: give it QUIT_WAIT seconds.

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import queue
 import signal
 import sys
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from chatsecure.client.core import (
+    LEAVE_WAIT_MAX,
     ChatClient,
     ClientEvent,
     Connected,
@@ -260,7 +262,11 @@ def _leaving_on_signals() -> Iterator[list[int]]:
         came.append(signum)
         raise KeyboardInterrupt
 
-    signums = [getattr(signal, name) for name in LEAVE_ON if hasattr(signal, name)]
+    signums = [
+        signum
+        for signum in (getattr(signal, name) for name in LEAVE_ON if hasattr(signal, name))
+        if signal.getsignal(signum) is not signal.SIG_IGN  # `nohup chatsecure connect ...`
+    ]
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         signums = []  # only the main thread may set handlers (run from a test's thread)
     previous = {signum: signal.signal(signum, leave) for signum in signums}
@@ -325,11 +331,27 @@ def _first_event(
             asker.serve(stdin, stderr)
 
 
+BROKEN_PIPE = 141
+"""Exit code when the reader of our output went (128 + SIGPIPE, as shells report it)."""
+
+
+def silence_stdout() -> None:
+    """After a ``BrokenPipeError``: nothing more can reach the reader, and Python's own flush
+    at exit must not fail with a traceback either."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object]) -> None:
     """Show events until the last one (``Disconnected``), then call ``on_end(exit_code)``."""
     while True:
         event = client.events.get()
-        _report(event, screen)
+        try:
+            _report(event, screen)
+        except BrokenPipeError:  # `chatsecure connect ... | head`: the reader went
+            silence_stdout()
+            on_end(BROKEN_PIPE)
+            return
         if isinstance(event, Disconnected):
             on_end(1 if event.error else 0)
             return
@@ -359,7 +381,7 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     try:
         ended.wait()
     except KeyboardInterrupt:
-        client.quit()
+        client.quit(at_once=True)
         ended.wait(QUIT_WAIT)
         return INTERRUPTED
     return codes[0]
@@ -419,7 +441,7 @@ def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
             try:
                 return asyncio.run(_chat_async(client, session, screen))
             except KeyboardInterrupt:  # a SIGINT from outside, not the Ctrl-C key
-                client.quit()
+                client.quit(at_once=True)
                 return INTERRUPTED
 
 
@@ -466,9 +488,12 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
             left = 0
         else:
             _send(client, typed, screen.stderr)
-    client.quit()  # nothing to do if the connection is gone already
+    # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines held
+    # back by the pace go out first; Ctrl-C does not.
+    at_once = left == INTERRUPTED
+    client.quit(at_once=at_once)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(ended), QUIT_WAIT)
+        await asyncio.wait_for(asyncio.shield(ended), QUIT_WAIT if at_once else LEAVE_WAIT_MAX)
     if left == INTERRUPTED:
         return INTERRUPTED
     return ended.result() if ended.done() else 1

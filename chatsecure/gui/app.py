@@ -898,9 +898,12 @@ def run(options: GuiOptions) -> int:
         # Runs on the main thread between Tk events (the poll tick wakes Python up).
         root.after_idle(app.close)
 
-    # SIGHUP: the terminal it was started from was closed.
+    # SIGHUP: the terminal it was started from was closed (unless `nohup` said to ignore it).
+    names = ("SIGTERM", "SIGINT", "SIGHUP")
     signums = [
-        getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+        signum
+        for signum in (getattr(signal, name) for name in names if hasattr(signal, name))
+        if signal.getsignal(signum) is not signal.SIG_IGN
     ]
     previous = {sig: signal.signal(sig, stop) for sig in signums}
     try:

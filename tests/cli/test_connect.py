@@ -435,3 +435,28 @@ def test_a_client_killed_in_a_quiet_moment_shows_nothing_again(server: ServerThr
         finally:
             bob.kill()
         sees_then_quits(terminal(server, "bob"), r"^\* back in the room: nothing missed$")
+
+
+def test_a_reader_of_its_output_that_goes_ends_it_quietly(server: ServerThread) -> None:
+    """``chatsecure connect ... | head -2``: the pipe closes; the client leaves, no traceback."""
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        bob = subprocess.Popen(
+            [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert bob.stdout is not None
+            assert bob.stdout.readline().startswith(b"connected to")
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+            bob.stdout.close()  # the reader went
+            alice.send({"type": "msg", "text": "anyone reading?"})
+            assert bob.wait(10) == 141
+            assert alice.expect("leave")["reason"] == "quit"
+        finally:
+            if bob.poll() is None:
+                bob.kill()
+            _, err = bob.communicate(timeout=10)
+        assert b"Traceback" not in err, err

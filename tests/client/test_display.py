@@ -104,6 +104,8 @@ def test_a_pasted_paragraph_is_indented_in_a_terminal_and_one_line_in_the_window
     )
     line = chat_line(ALICE, text, 0.0)
     assert str(line).endswith(": first ↵ second ↵ [12:00:00] admin: hi")
+    crlf = format_message(Chat(ALICE, "from\r\nwindows\rcr", 0.0), 0.0)
+    assert crlf == f"[{clock(0.0)}] alice (192.168.1.20): from\n    windows\\rcr"
 
 
 def test_plain_text_is_shown_as_it_is() -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
 import statistics
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -306,3 +309,77 @@ def test_a_script_that_pipes_many_lines_gets_every_one_stored_none_refused(
             f"line {n}" for n in range(count)
         ]
         assert alice.expect("leave")["reason"] == "quit"
+
+
+def piped_terminal(server: ServerThread, nick: str, **options: Any) -> subprocess.Popen[str]:
+    """``chatsecure connect`` with its stdin, stdout and stderr as text pipes."""
+    return subprocess.Popen(
+        [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", nick, "--accept-new"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+def test_quit_lets_the_lines_held_back_by_the_pace_go_out_first(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=4.0, msg_burst=3)  # the client: 3.6 a second, 1 at once
+    with joined(server.host, server.port, "alice") as (alice,):
+        bob = piped_terminal(server, "bob")
+        _, err = bob.communicate("".join(f"line {n}\n" for n in range(8)) + "quit\n", 30)
+        assert bob.returncode == 0, err
+        assert "not sent" not in err
+        alice.expect("join")
+        assert [alice.expect("msg")["text"] for _ in range(8)] == [f"line {n}" for n in range(8)]
+
+
+def test_a_kill_leaves_at_once_and_names_every_line_held_back(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=1.0, msg_burst=3)  # the client: 0.9 a second, 1 at once
+    with joined(server.host, server.port, "alice") as (alice,):
+        bob = piped_terminal(server, "bob")
+        try:
+            assert bob.stdin is not None
+            bob.stdin.write("".join(f"line {n}\n" for n in range(10)))
+            bob.stdin.flush()
+            alice.expect("join")
+            assert alice.expect("msg")["text"] == "line 0"
+            started = time.monotonic()
+            bob.send_signal(signal.SIGTERM)
+            _, err = bob.communicate(timeout=15)
+            assert time.monotonic() - started < 8, "it did not wait for the paced lines"
+        finally:
+            if bob.poll() is None:
+                bob.kill()
+                bob.communicate()
+        assert bob.returncode == 128 + signal.SIGTERM, err
+        stored = ["line 0"]
+        while not alice.silent(0.5):
+            frame = alice.recv()
+            if frame["type"] == "msg":
+                stored.append(frame["text"])
+        not_sent = re.findall(r"not sent, never stored: (line \d+)", err)
+        assert stored + not_sent == [f"line {n}" for n in range(10)], err
+
+
+def test_nohup_keeps_a_client_through_a_hangup(server: ServerThread) -> None:
+    with joined(server.host, server.port, "alice") as (alice,):
+        bob = piped_terminal(
+            server, "bob", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        )
+        try:
+            assert alice.expect("join")["peer"]["nick"] == "bob"
+            bob.send_signal(signal.SIGHUP)
+            assert alice.silent(1.0), "bob left on a hangup he was told to ignore"
+            assert bob.poll() is None
+            _, err = bob.communicate("still here\nquit\n", 15)
+        finally:
+            if bob.poll() is None:
+                bob.kill()
+                bob.communicate()
+        assert bob.returncode == 0, err
+        assert alice.expect("msg")["text"] == "still here"
