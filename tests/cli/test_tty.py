@@ -203,14 +203,22 @@ def joined_alice(server: ServerThread) -> RawClient:
     return alice
 
 
+def bob_at_the_prompt(
+    server: ServerThread, pty_connect: Callable[..., Pty], alice: RawClient
+) -> Pty:
+    """Bob's terminal in the room with ``alice``, its prompt drawn."""
+    bob: Pty = pty_connect(server, "bob", "--accept-new")
+    bob.shows(r"^online: alice \(127\.0\.0\.1\)$")
+    assert alice.expect("join")["peer"]["nick"] == "bob"
+    bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+    return bob
+
+
 def test_typed_text_stays_whole_below_an_incoming_line(
     server: ServerThread, pty_connect: Callable[..., Pty]
 ) -> None:
     with joined_alice(server) as alice:
-        bob = pty_connect(server, "bob", "--accept-new")
-        bob.shows(r"^online: alice \(127\.0\.0\.1\)$")
-        assert alice.expect("join")["peer"]["nick"] == "bob"
-        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob = bob_at_the_prompt(server, pty_connect, alice)
         bob.type("hello wor")
         bob.wait_for(lambda lines: lines[-1].endswith("hello wor"), "the typed text")
 
@@ -236,10 +244,7 @@ def test_ctrl_c_or_ctrl_d_at_the_chat_prompt_quits(
     server: ServerThread, pty_connect: Callable[..., Pty], key: str, code: int
 ) -> None:
     with joined_alice(server) as alice:
-        bob = pty_connect(server, "bob", "--accept-new")
-        bob.shows(r"^online: alice")
-        assert alice.expect("join")["peer"]["nick"] == "bob"
-        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob = bob_at_the_prompt(server, pty_connect, alice)
         bob.type(key)
         assert bob.wait() == code
         assert alice.expect("leave")["reason"] == "quit"
@@ -268,10 +273,7 @@ def test_an_own_line_shows_once_in_its_place_among_the_others(
     server: ServerThread, pty_connect: Callable[..., Pty]
 ) -> None:
     with joined_alice(server) as alice:
-        bob = pty_connect(server, "bob", "--accept-new")
-        bob.shows(r"^online: alice")
-        assert alice.expect("join")["peer"]["nick"] == "bob"
-        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob = bob_at_the_prompt(server, pty_connect, alice)
         alice.send({"type": "msg", "text": "first, from alice"})
         bob.shows(r"first, from alice")
         bob.type("then bob\r")
@@ -337,10 +339,7 @@ def test_closing_the_terminal_window_leaves_as_quit_does(
     server: ServerThread, pty_connect: Callable[..., Pty]
 ) -> None:
     with joined_alice(server) as alice:
-        bob = pty_connect(server, "bob", "--accept-new")
-        bob.shows(r"^online: alice")
-        assert alice.expect("join")["peer"]["nick"] == "bob"
-        bob.wait_for(lambda lines: lines[-1] == ">", "the prompt")
+        bob = bob_at_the_prompt(server, pty_connect, alice)
         bob.proc.send_signal(signal.SIGHUP)  # what the terminal's end sends
         assert bob.wait() == 128 + signal.SIGHUP
         assert alice.expect("leave")["reason"] == "quit"
