@@ -281,7 +281,13 @@ def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> in
     """Chat until ``quit``, end of input, Ctrl-C or the server goes; return the exit code
     (128 + the signal's number after a SIGTERM or SIGHUP, as a shell reports it)."""
     with _leaving_on_signals() as came:
-        code = _run(client, stdin, stdout, stderr)
+        try:
+            code = _run(client, stdin, stdout, stderr)
+        except BrokenPipeError:  # `chatsecure connect ... | head`: the reader went
+            silence_stdout()
+            code = BROKEN_PIPE
+        finally:
+            client.close()  # however it ended, the room hears us leave
     return 128 + came[0] if came else code
 
 
