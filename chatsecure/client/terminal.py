@@ -252,15 +252,27 @@ LEAVE_ON = ("SIGTERM", "SIGHUP")
 """Signals that leave as Ctrl-C does: a ``kill``, the terminal window closed, a logout."""
 
 
+@dataclass(slots=True)
+class _Leaving:
+    """The ``LEAVE_ON`` signals that came, and whether the chat has begun."""
+
+    came: list[int] = field(default_factory=list)
+    chatting: bool = False
+
+
 @contextlib.contextmanager
-def _leaving_on_signals() -> Iterator[list[int]]:
-    """While in, ``LEAVE_ON`` signals raise ``KeyboardInterrupt`` (Ctrl-C's way out: say
-    ``quit``, wait briefly for acks, remember where we were); yields the signals that came."""
-    came: list[int] = []
+def _leaving_on_signals(client: ChatClient) -> Iterator[_Leaving]:
+    """While in, a ``LEAVE_ON`` signal leaves as Ctrl-C does: quit at once (naming the lines
+    not sent) and remember where we were. In the chat the client is told to quit and the chat
+    ends when it has; before (connecting, the trust question) the signal raises
+    ``KeyboardInterrupt`` there, as Ctrl-C does, since nothing else would wake that wait."""
+    leaving = _Leaving()
 
     def leave(signum: int, _frame: object) -> None:
-        came.append(signum)
-        raise KeyboardInterrupt
+        leaving.came.append(signum)
+        if not leaving.chatting:
+            raise KeyboardInterrupt
+        client.quit(at_once=True)  # thread-safe; no exception in the middle of a wait
 
     signums = [
         signum
@@ -271,7 +283,7 @@ def _leaving_on_signals() -> Iterator[list[int]]:
         signums = []  # only the main thread may set handlers (run from a test's thread)
     previous = {signum: signal.signal(signum, leave) for signum in signums}
     try:
-        yield came
+        yield leaving
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -280,18 +292,22 @@ def _leaving_on_signals() -> Iterator[list[int]]:
 def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Chat until ``quit``, end of input, Ctrl-C or the server goes; return the exit code
     (128 + the signal's number after a SIGTERM or SIGHUP, as a shell reports it)."""
-    with _leaving_on_signals() as came:
+    with _leaving_on_signals(client) as leaving:
         try:
-            code = _run(client, stdin, stdout, stderr)
+            code = _run(client, stdin, stdout, stderr, leaving)
         except BrokenPipeError:  # `chatsecure connect ... | head`: the reader went
             silence_stdout()
             code = BROKEN_PIPE
+        except KeyboardInterrupt:  # Ctrl-C or a signal, between the places that expect one
+            code = INTERRUPTED
         finally:
             client.close()  # however it ended, the room hears us leave
-    return 128 + came[0] if came else code
+    return 128 + leaving.came[0] if leaving.came else code
 
 
-def _run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+def _run(
+    client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO, leaving: _Leaving
+) -> int:
     if isinstance(stdin, io.TextIOWrapper):
         # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
         stdin.reconfigure(errors="replace")
@@ -316,6 +332,7 @@ def _run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> i
     if not isinstance(first, Connected):
         client.close()
         return 1
+    leaving.chatting = True
     if stdin.isatty() and stdout.isatty():
         code = _chat_on_terminal(client, screen, first.welcome.you)
     else:
