@@ -599,7 +599,7 @@ class App:
         # on screen while the user reads older ones, unless there are twice as many.
         count, cap = self._line_count(), MAX_TRANSCRIPT_LINES
         reading = not at_bottom and int(text.index("@0,0").split(".")[0]) <= count - cap
-        if count > cap and (reading or prepended):
+        if count > cap and (reading or (prepended and not at_bottom)):
             cap = MAX_SCROLLBACK_LINES
         excess = count - cap
         if excess > 0:
@@ -608,10 +608,10 @@ class App:
             if oldest is not None:
                 self.controller.model.dropped_before(oldest)
         text.configure(state="disabled")
-        if prepended:
-            text.yview(f"{prepended + 1}.0")  # what was on top stays in view
-        elif at_bottom:
+        if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
+        elif prepended:
+            text.yview(f"{prepended + 1}.0")  # reading older lines: what was on top stays
 
     def _load_older_at_top(self) -> None:
         """The top of the transcript is in view (scrolled up, or too few lines to fill the
