@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from chatsecure.client.core import (
     is_quit,
     safe_text,
 )
+from chatsecure.client.signals import handled
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.messages import Chat, Peer
 from chatsecure.tls.trust import (
@@ -274,19 +274,8 @@ def _leaving_on_signals(client: ChatClient) -> Iterator[_Leaving]:
             raise KeyboardInterrupt
         client.quit(at_once=True)  # thread-safe; no exception in the middle of a wait
 
-    signums = [
-        signum
-        for signum in (getattr(signal, name) for name in LEAVE_ON if hasattr(signal, name))
-        if signal.getsignal(signum) is not signal.SIG_IGN  # `nohup chatsecure connect ...`
-    ]
-    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
-        signums = []  # only the main thread may set handlers (run from a test's thread)
-    previous = {signum: signal.signal(signum, leave) for signum in signums}
-    try:
+    with handled(LEAVE_ON, leave):
         yield leaving
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def run(client: ChatClient, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:

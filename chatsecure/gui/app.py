@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
-import signal
 import tkinter as tk
 from collections.abc import Callable
 from tkinter import font as tkfont
@@ -33,6 +32,7 @@ from chatsecure.client.core import parse_target
 from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
 from chatsecure.client.model import Phase
 from chatsecure.client.servers import ServerList, ServerRow
+from chatsecure.client.signals import handled
 from chatsecure.client.transcript import MAX_SCROLLBACK_LINES, MAX_TRANSCRIPT_LINES, Line
 from chatsecure.client.trust_dialog import PendingQuestion
 from chatsecure.errors import ConfigError
@@ -898,18 +898,10 @@ def run(options: GuiOptions) -> int:
         # Runs on the main thread between Tk events (the poll tick wakes Python up).
         root.after_idle(app.close)
 
-    # SIGHUP: the terminal it was started from was closed (unless `nohup` said to ignore it).
-    names = ("SIGTERM", "SIGINT", "SIGHUP")
-    signums = [
-        signum
-        for signum in (getattr(signal, name) for name in names if hasattr(signal, name))
-        if signal.getsignal(signum) is not signal.SIG_IGN
-    ]
-    previous = {sig: signal.signal(sig, stop) for sig in signums}
     try:
-        root.mainloop()
+        # SIGHUP: the terminal it was started from was closed.
+        with handled(("SIGTERM", "SIGINT", "SIGHUP"), stop):
+            root.mainloop()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         app.close()
     return 0

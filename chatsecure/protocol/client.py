@@ -67,7 +67,6 @@ from chatsecure.protocol.messages import (
     Pong,
     Quit,
     SendMsg,
-    ServerInfo,
     ServerMessage,
     Shutdown,
     Welcome,
@@ -398,9 +397,8 @@ class ClientSession:
                     # at the default pace if the server said it had no limit.
                     waiting = {*self._unsent, message.ref}
                     self._unsent = collections.deque(r for r in self.outbox if r in waiting)
-                    if self._pace is None:
-                        self._pace = _pace_for(ServerInfo("", ""), self._last_heard)
-                    if self._pace is not None:
+                    self._pace = self._pace or _pace_for(None, None, self._last_heard)
+                    if self._pace is not None:  # (it always is: the defaults limit)
                         self._pace.drain(self._last_heard)
                 else:
                     event = ServerError(message)
@@ -457,7 +455,7 @@ class ClientSession:
             events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]
             self.outbox.clear()
             return events
-        self._pace = _pace_for(welcome.server, self._last_heard)
+        self._pace = _pace_for(welcome.server.msg_rate, welcome.server.msg_burst, self._last_heard)
         self._unsent = collections.deque(self.outbox)
         self.pace(self._last_heard)
         return events
@@ -494,10 +492,11 @@ class ClientSession:
         return Acked(ack.ref, text, ack.seq, ack.ts)
 
 
-def _pace_for(server: ServerInfo, now: float) -> TokenBucket | None:
-    """A bucket a little slower than the server's: its stated limit, or its defaults."""
-    rate = MSG_RATE if server.msg_rate is None else server.msg_rate
-    burst = MSG_BURST if server.msg_burst is None else server.msg_burst
+def _pace_for(rate: float | None, burst: int | None, now: float) -> TokenBucket | None:
+    """A bucket a little slower than the server's limit as it states it (None: its defaults);
+    None for a server that takes any rate."""
+    rate = MSG_RATE if rate is None else rate
+    burst = MSG_BURST if burst is None else burst
     if rate <= 0:
-        return None  # the server takes any rate
+        return None
     return TokenBucket(rate * PACE, max(1, burst - PACE_BURST_SLACK), now)

@@ -6,6 +6,7 @@ versions can add them; unknown types are an error the peer survives.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -351,6 +352,12 @@ def encode(message: Message) -> bytes:
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+@functools.lru_cache(maxsize=8)
+def _server_json(server: ServerInfo) -> bytes:
+    """``welcome``'s ``server`` object, encoded once: it is the same for every join."""
+    return _dumps(server.to_json()).encode()
+
+
 def dump(obj: dict[str, Any]) -> bytes:
     """Serialize an already-built JSON object as one frame."""
     return _dumps(obj).encode() + b"\n"
@@ -403,7 +410,7 @@ def encode_welcome(
     skipped: int = 0,
 ) -> bytes:
     """``encode(Welcome(...))`` from peers already encoded with ``encode_peer``."""
-    parts = (you, b",".join(peers), _dumps(server.to_json()).encode(), seq, replay, skipped)
+    parts = (you, b",".join(peers), _server_json(server), seq, replay, skipped)
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"server":%b,"seq":%d,"replay":%d,'
         b'"skipped":%d}\n' % parts
@@ -421,7 +428,7 @@ def encode_welcome_v2(
 ) -> bytes:
     """A v2 ``welcome`` whose ``peers`` are ``first`` (encoded peers joined by commas) of
     ``total``; ``encode_peers`` frames with the others follow it."""
-    parts = (you, first, total, _dumps(server.to_json()).encode(), seq, replay, skipped)
+    parts = (you, first, total, _server_json(server), seq, replay, skipped)
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"peers_total":%d,"server":%b,"seq":%d,'
         b'"replay":%d,"skipped":%d}\n' % parts
