@@ -294,7 +294,7 @@ class Advertiser:
         # Probe first so that the records announced already carry the name that was got:
         # browsers then see one consistent service, not a rename afterwards.
         await self._zc.zeroconf.async_wait_for_start()
-        await self._zc.zeroconf.async_check_service(probe, allow_name_change=True)
+        await _claim(self._zc.zeroconf, probe)
         got = instance_label_of(probe.name)
         # The nodes of a cluster are one room: each keeps the room's name (the instance label
         # alone gets the "-2" that keeps it unique on the link).
@@ -331,6 +331,29 @@ class Advertiser:
             await goodbye
             log.info("withdrew the mDNS advertisement %s", info.name)
         await zc.async_close()
+
+
+async def _claim(zc: Zeroconf, probe: AsyncServiceInfo) -> None:
+    """Probe for ``probe.name`` on the link, renaming it ("-2", "-3") while another has it.
+
+    zeroconf probes with "QU" questions, whose answers come by unicast to port 5353. Where
+    several responders share a host (two servers on one machine, the nodes of a cluster), the
+    kernel hands each unicast datagram to one of their sockets only, often not ours (RFC 6762
+    §15.1), and the name would be claimed twice. So the probing is done while browsing the
+    type with answers by multicast, which every socket gets: they come during the probing
+    (which takes over a second), and zeroconf renames on any that names us.
+    """
+    browser = AsyncServiceBrowser(zc, SERVICE_TYPE, handlers=[_ignore], question_type=QM)
+    try:
+        await zc.async_check_service(probe, allow_name_change=True)
+    finally:
+        await browser.async_cancel()
+
+
+def _ignore(
+    zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+) -> None:
+    """A browser's handler for changes nobody needs: the cache is what is looked at."""
 
 
 # --- browsing ---------------------------------------------------------------------------

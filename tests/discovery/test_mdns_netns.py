@@ -22,6 +22,7 @@ from tests.netns import Host, Lab
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
 PROBE = Path(__file__).with_name("api_probe.py")
+TWINS = Path(__file__).with_name("twins_probe.py")
 
 
 def test_server_is_found_in_its_namespace_with_port_addresses_and_fingerprint(
@@ -194,6 +195,17 @@ def test_two_servers_with_the_same_name_both_appear_under_distinct_names(
     assert "the name 'twin' is taken on this network; advertising as 'twin-2'" in second.proc.err
     found = {s["instance"]: (s["name"], s["addresses"]) for s in discover(browser)}
     assert found == {"twin": ("twin", [first_ip]), "twin-2": ("twin-2", [second_ip])}
+
+
+def test_servers_of_one_name_on_one_host_get_distinct_names(lab: Lab) -> None:
+    # The nodes of a cluster, or two servers someone started on one machine: each must hear
+    # that the name is taken, though the answers to its probes may reach another's socket.
+    host, other = lab.host("a"), lab.host("b")
+    address, _ = lab.lan("10.77.2.0/24", host, other)
+
+    result = host.run(sys.executable, str(TWINS), address, env=env())
+
+    assert json.loads(result.stdout) == ["twin", "twin-2", "twin-3"]
 
 
 def test_no_discovery_flag_and_advertise_ip_override(lab: Lab, cert_dir: Path) -> None:
