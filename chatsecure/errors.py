@@ -14,13 +14,19 @@ class ChatError(Exception):
 
 
 class ProtocolError(ChatError):
-    """The wire protocol was broken; ``code`` is what goes in the ``error`` frame."""
+    """The wire protocol was broken; ``code`` is what goes in the ``error`` frame.
 
-    def __init__(self, code: ErrorCode, message: str, *, fatal: bool = False) -> None:
+    ``ref`` is that of the ``msg`` refused, when it had a valid one: the ``error`` names it,
+    so that the client can tell which of its lines will never be stored."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, fatal: bool = False, ref: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.ref = ref
 
 
 class LocalProtocolError(ProtocolError):

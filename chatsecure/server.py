@@ -475,7 +475,7 @@ class Session(asyncio.BufferedProtocol):
         if error.fatal:
             self.drop(error.code, error.message)
         else:
-            self.send(encode(Error(error.code, error.message)))
+            self.send(encode(Error(error.code, error.message, error.ref)))
 
     def _joined(self, hello: Hello, *, waited: bool = False) -> None:
         if self._hello_timer is not None:

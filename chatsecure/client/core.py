@@ -94,6 +94,12 @@ LEAVE_WAIT_MAX = ACK_WAIT + PACED_WAIT_MAX + QUIT_WAIT
 """Seconds after ``quit`` by which the client has ended, whatever the server does: what a front
 end waits for it before giving up (and losing what it would have said about unsent lines)."""
 
+NEVER_STORED = "not sent, never stored"
+"""``NotSent.why`` of a line that never reached the server."""
+
+UNCONFIRMED = "sent, but not confirmed: it may or may not be stored"
+"""``NotSent.why`` of a line sent whose ack never came (the connection went, or we left)."""
+
 
 # --- events out -------------------------------------------------------------------------
 
@@ -161,11 +167,14 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class NotSent:
-    """A chat line given to ``send`` did not go out: the connection was gone by then, or the
-    server could not store it."""
+    """A chat line given to ``send`` that the server did not acknowledge: the connection was
+    gone by then, or the server refused it, or the client left before its ack came."""
 
     text: str
     ref: str | None = None
+    why: str = NEVER_STORED
+    """What became of it, for the user: ``NEVER_STORED``, ``UNCONFIRMED``, or the server's
+    reason for refusing it."""
 
 
 class ServerRefused(ConnectionClosed):
@@ -510,8 +519,8 @@ class ChatClient:
                 self._ended = True
             loop.close()
             self._remember(force=True)
-            for text in self.session.unacknowledged:
-                self._emit(NotSent(text))  # never lost in silence
+            for text, sent in self.session.unacknowledged:  # never lost in silence
+                self._emit(NotSent(text, why=UNCONFIRMED if sent else NEVER_STORED))
             self._emit(final)
 
     def _emit(self, event: ClientEvent) -> None:
@@ -778,7 +787,8 @@ class ChatClient:
                 case Noticed(notice=notice):
                     self._emit(Received(notice))
                 case ServerError(error=error, dropped=str(text)):
-                    self._emit(NotSent(text, error.ref))
+                    refused = f"not stored: the server refused it ({error.message}; {error.code})"
+                    self._emit(NotSent(text, error.ref, safe_text(refused)))
                 case ServerError(error=error):
                     self._emit(Received(error))
                 case HistoryDone(end=end):

@@ -190,13 +190,11 @@ class ChatModel:
                 self._saw(seq)
                 me = self.roster.me
                 return [Line("own", sent_clock(sent, ts), text, me.nick, me.addr, ref=ref, seq=seq)]
-            case NotSent(text=text, ref=ref):
+            case NotSent(text=text, ref=ref, why=why):
                 if ref is None:  # told by text alone: the first line waiting with it
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
                 self.pending.pop(ref or "", None)
-                return [
-                    notice("error", f"Not sent: the server never stored it: {safe_text(text)}", ts)
-                ]
+                return [notice("error", f"{why[:1].upper()}{why[1:]}: {safe_text(text)}", ts)]
         return []
 
     def _reconnecting(self, event: Reconnecting, ts: float | None) -> list[Line]:

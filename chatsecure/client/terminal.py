@@ -225,11 +225,11 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             print(screen.own.line(text, ts), file=out, flush=True)
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=err)
-        case NotSent(text=text, ref=ref):
+        case NotSent(text=text, ref=ref, why=why):
             if screen.own is not None:
                 screen.own.done(ref)
                 screen.redraw()
-            print(f"chatsecure: not sent, never stored: {safe_text(text)}", file=err)
+            print(f"chatsecure: {why}: {safe_text(text)}", file=err)
         case Disconnected(reason=reason, error=True) if not joined:
             print(f"chatsecure: {_not_connected(reason, screen.where)}", file=err, flush=True)
         case Disconnected(reason=reason, error=True):

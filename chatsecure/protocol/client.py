@@ -141,8 +141,8 @@ class Noticed:
 class ServerError:
     """The server refused something we sent; the connection goes on.
 
-    ``dropped`` is the text of the line it refused for good (``not_stored`` naming its
-    ``ref``): it left the outbox, and is not sent again.
+    ``dropped`` is the text of the line it refused for good (any error but ``rate_limited``
+    naming its ``ref``): it left the outbox, and is not sent again.
     """
 
     error: Error
@@ -222,6 +222,8 @@ class ClientSession:
         """Own lines not acknowledged yet, ref -> text, oldest first."""
         self._unsent: collections.deque[str] = collections.deque()
         """Refs of the outbox not sent on this connection yet (paced), oldest first."""
+        self._written: set[str] = set()
+        """Refs of the outbox sent at least once: the server may have stored those."""
         self._pace: TokenBucket | None = None
         """Paces own lines to the server's rate limit; None: it has none (or v1)."""
         self._ref_prefix = secrets.token_hex(4)
@@ -309,6 +311,7 @@ class ClientSession:
             self._unsent.popleft()
             if ref in self.outbox:  # else acknowledged meanwhile (a replay brought it)
                 self._out.append(encode(SendMsg(self.outbox[ref], ref)))
+                self._written.add(ref)
 
     def send_delay(self, now: float) -> float | None:
         """Seconds until ``pace`` has a line to send; None when none waits."""
@@ -351,9 +354,10 @@ class ClientSession:
         return True
 
     @property
-    def unacknowledged(self) -> list[str]:
-        """Texts of own lines not yet stored by the server, oldest first."""
-        return list(self.outbox.values())
+    def unacknowledged(self) -> list[tuple[str, bool]]:
+        """Own lines not acknowledged, oldest first: their texts, and whether each was sent
+        (then the server may have stored it, its ack lost with the connection)."""
+        return [(text, ref in self._written) for ref, text in self.outbox.items()]
 
     # -- what the server said ------------------------------------------------------------
 
@@ -389,17 +393,20 @@ class ClientSession:
                 if self.state is ClientState.HELLO:
                     self.state = ClientState.OFFLINE
                     event = Refused(code, text)
-                elif code == ErrorCode.NOT_STORED and message.ref in self.outbox:
-                    event = ServerError(message, self.outbox.pop(message.ref))
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),
                     # at the default pace if the server said it had no limit.
                     waiting = {*self._unsent, message.ref}
+                    self._written.discard(message.ref)  # not stored: refused
                     self._unsent = collections.deque(r for r in self.outbox if r in waiting)
                     self._pace = self._pace or _pace_for(None, None, self._last_heard)
                     if self._pace is not None:  # (it always is: the defaults limit)
                         self._pace.drain(self._last_heard)
+                elif message.ref in self.outbox:
+                    # Refused for good (too long, empty, not stored): it is never sent again.
+                    self._written.discard(message.ref)
+                    event = ServerError(message, self.outbox.pop(message.ref))
                 else:
                     event = ServerError(message)
             case HistoryEnd():
@@ -454,6 +461,7 @@ class ClientSession:
             self._out += [encode(SendMsg(text)) for text in self.outbox.values()]
             events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]
             self.outbox.clear()
+            self._written.clear()
             return events
         self._pace = _pace_for(welcome.server.msg_rate, welcome.server.msg_burst, self._last_heard)
         self._unsent = collections.deque(self.outbox)
@@ -487,6 +495,7 @@ class ClientSession:
         text = self.outbox.pop(ack.ref, None)
         if text is None:
             return None  # the ack of a re-send we already had, or of nothing of ours
+        self._written.discard(ack.ref)
         if ack.seq and (self.last_seq is None or ack.seq > self.last_seq):
             self.last_seq = ack.seq
         return Acked(ack.ref, text, ack.seq, ack.ts)

@@ -566,18 +566,22 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
     obj = load(frame)
     kind = obj["type"]
     if kind == "msg":
-        text = clean_text(_require_str(obj, "text"))
-        if not text.strip():
-            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
-        if max_text and len(text) > max_text:
-            raise RemoteProtocolError(
-                ErrorCode.TEXT_TOO_LONG, f"text longer than {max_text} characters"
-            )
         ref = obj.get("ref")
         if ref is not None and not (isinstance(ref, str) and valid_ref(ref)):
             raise RemoteProtocolError(
                 ErrorCode.BAD_MESSAGE, f"'ref' must be a string of 1 to {MAX_REF} characters"
             )
+        try:
+            text = clean_text(_require_str(obj, "text"))
+            if not text.strip():
+                raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
+            if max_text and len(text) > max_text:
+                raise RemoteProtocolError(
+                    ErrorCode.TEXT_TOO_LONG, f"text longer than {max_text} characters"
+                )
+        except RemoteProtocolError as exc:
+            exc.ref = ref  # the sender's line that will never be stored
+            raise
         return SendMsg(text, ref)
     if kind == "hello":
         password = obj.get("password")

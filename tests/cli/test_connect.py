@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.client.core import safe_text
 from chatsecure.client.resume import SAVE_EVERY
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
@@ -293,6 +294,22 @@ def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread)
         assert b"not sent" not in err, err
         assert [alice.expect("msg")["text"] for _ in range(2)] == ["build finished", "all green"]
         assert alice.expect("leave")["reason"] == "quit"
+
+
+@pytest.mark.parametrize("refused", [b"longer than ten", b"\x07"], ids=["too-long", "empty"])
+def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_end(
+    start_server: Callable[..., ServerThread], refused: bytes
+) -> None:
+    server = start_server(max_text=10)
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        err = piped_bob(server, alice, b"short\n" + refused + b"\nlast\n")  # then end of input
+        assert [alice.expect("msg")["text"] for _ in range(2)] == ["short", "last"]
+        assert alice.expect("leave")["reason"] == "quit"
+    [named] = [line for line in err.decode().splitlines() if "not stored" in line]
+    code = "text_too_long" if len(refused) > 1 else "bad_message"
+    assert named.startswith("chatsecure: not stored: the server refused it ("), err
+    assert named.endswith(f"; {code}): {safe_text(refused.decode())}"), err
 
 
 def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:

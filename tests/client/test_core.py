@@ -708,7 +708,11 @@ def test_a_line_the_server_cannot_store_is_not_sent_and_the_end_of_input_still_l
         next_event(client, Connected)
         client.send("lost to a full disk")
         ref = next_event(client, Queued).ref
-        assert next_event(client, NotSent) == NotSent("lost to a full disk", ref)
+        assert next_event(client, NotSent) == NotSent(
+            "lost to a full disk",
+            ref,
+            "not stored: the server refused it (the server could not store your line; not_stored)",
+        )
         client.finish()  # nothing is left to wait for: it leaves at once
         assert next_event(client, Disconnected).error is False
         client.close()

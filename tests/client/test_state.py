@@ -727,7 +727,7 @@ def test_controller_shows_a_line_lost_as_the_connection_ended(server: ServerThre
     lines = controller.poll().lines  # the end of the connection, and what it cost
     assert controller.model.phase is Phase.ENDED
     assert [line.text for line in lines if line.kind == "error"][-1] == (
-        "Not sent: the server never stored it: last words"
+        "Not sent, never stored: last words"
     )
     wait_for(lambda: not controller.busy)
 

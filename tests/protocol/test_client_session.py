@@ -246,13 +246,35 @@ def test_a_line_the_server_could_not_store_leaves_the_outbox_with_its_text() -> 
     [event] = session.receive_data(frames(not_stored))
     assert event == ServerError(Error("not_stored", "disk full", lost), dropped="lost")
     assert session.outbox == {kept: "kept"}
-    # an error naming no line of ours, or another code, drops nothing
-    other = {"type": "error", "code": "bad_message", "message": "odd", "ref": kept}
+    # an error naming no line of ours, or none at all, drops nothing
     [event] = session.receive_data(frames(not_stored | {"ref": "r-unknown"}))
     assert isinstance(event, ServerError)
     assert event.dropped is None
-    assert session.receive_data(frames(other)) == [ServerError(Error("bad_message", "odd", kept))]
+    odd = {"type": "error", "code": "bad_message", "message": "odd"}
+    assert session.receive_data(frames(odd)) == [ServerError(Error("bad_message", "odd"))]
     assert session.outbox == {kept: "kept"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [("text_too_long", "text longer than 10 characters"), ("bad_message", "'text' is empty")],
+)
+def test_a_line_refused_for_what_it_says_leaves_the_outbox_and_is_not_sent_again(
+    code: str, message: str
+) -> None:
+    # A server's --max-text below ours, or a line that cleans to nothing: waiting for its ack
+    # would keep a piped client from ever finishing.
+    session = ClientSession("alice")
+    joined(session)
+    refused, kept = session.send("refused"), session.send("kept")
+    sent(session)
+    error = {"type": "error", "code": code, "message": message, "ref": refused}
+    [event] = session.receive_data(frames(error))
+    assert event == ServerError(Error(code, message, refused), dropped="refused")
+    assert session.outbox == {kept: "kept"}
+    session.connection_lost()
+    joined(session)  # after a reconnect, only the line still waiting goes again
+    assert sent(session) == [{"type": "msg", "text": "kept", "ref": kept}]
 
 
 def paced(session: ClientSession, now: float) -> list[str]:
@@ -311,7 +333,23 @@ def test_after_quit_no_line_goes_out() -> None:
     assert [frame["type"] for frame in sent(session)] == ["msg", "quit"]
     assert paced(session, 100.0) == []
     assert session.send_delay(100.0) is None
-    assert session.unacknowledged == ["first", "held back"]
+    assert session.unacknowledged == [("first", True), ("held back", False)]  # sent, or not
+
+
+def test_a_line_sent_may_be_stored_until_the_server_answers_for_it() -> None:
+    session = ClientSession("alice")
+    session.send("typed offline")
+    joined(session)
+    limited, stored = session.send("limited"), session.send("stored")
+    sent(session)
+    session.connection_lost()  # their acks may have been lost with the connection
+    assert session.unacknowledged == [("typed offline", True), ("limited", True), ("stored", True)]
+    joined(session)
+    sent(session)
+    rate_limited = {"type": "error", "code": "rate_limited", "message": "slow", "ref": limited}
+    session.receive_data(frames(rate_limited, {"type": "ack", "ref": stored, "seq": 3, "ts": 1.0}))
+    # refused for the pace: surely not stored (it waits to go again); acknowledged: gone
+    assert session.unacknowledged == [("typed offline", True), ("limited", False)]
 
 
 def test_without_a_stated_rate_lines_are_paced_to_the_default_and_a_rate_0_not_at_all() -> None:

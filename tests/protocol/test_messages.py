@@ -254,6 +254,22 @@ def test_text_too_long_is_refused_but_not_fatal() -> None:
     error = error_of(parse_client, frame({"type": "msg", "text": "x" * (MAX_TEXT + 1)}))
     assert error.code is ErrorCode.TEXT_TOO_LONG
     assert not error.fatal
+    assert error.ref is None
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("x" * (MAX_TEXT + 1), ErrorCode.TEXT_TOO_LONG),
+        ("\x07", ErrorCode.BAD_MESSAGE),
+        (5, ErrorCode.BAD_MESSAGE),
+    ],
+)
+def test_a_refused_msg_names_its_valid_ref(text: object, code: ErrorCode) -> None:
+    error = error_of(parse_client, frame({"type": "msg", "text": text, "ref": "r-7"}))
+    assert (error.code, error.ref) == (code, "r-7")
+    bad_ref = error_of(parse_client, frame({"type": "msg", "text": text, "ref": "x" * 65}))
+    assert (bad_ref.code, bad_ref.ref) == (ErrorCode.BAD_MESSAGE, None)
 
 
 @pytest.mark.parametrize("kind", ["dance", "welcome", "MSG", "", "x" * 1000])

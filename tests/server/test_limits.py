@@ -70,6 +70,7 @@ def test_refused_frame_keeps_the_connection(
         error = carol.expect("error")
         assert error["code"] == code
         assert error["message"], "the error explains itself"
+        assert "ref" not in error  # the frame had none
         # Frames keep their order: had the refused frame gone anywhere, it would come first.
         chat_works(carol, pair[0], "carol is still here")
         assert pair[1].expect("msg")["text"] == "carol is still here"
