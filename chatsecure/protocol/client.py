@@ -450,9 +450,11 @@ class ClientSession:
         resumed = since is not None and welcome.seq >= since and self._v2 and welcome.seq > 0
         missed = welcome.seq - since if resumed and since is not None else 0
         if since is not None and welcome.seq < since:
-            # This log is not the one we saw (a new database): start afresh with it.
+            # This log is not the one we saw (a new database): start afresh with it. Unless it
+            # is at 0, that is: a server that keeps no log (--history 0) says 0 too, and a
+            # return to the log we saw must not then show it all again.
             self.last_seq = None
-        if self.last_seq is None and self._v2 and not welcome.replay:
+        if self.last_seq is None and self._v2 and not welcome.replay and (welcome.seq or not since):
             # Nothing replayed to a newcomer (an empty room, or --replay 0): it has seen the
             # room up to here all the same, so that its next return says what came after.
             self.last_seq = welcome.seq

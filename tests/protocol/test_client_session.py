@@ -127,6 +127,18 @@ def test_a_newcomer_given_a_replay_sees_it_all_and_no_log_is_no_resume() -> None
     assert (events[0].resumed, events[0].missed) == (False, 0)
 
 
+def test_a_visit_to_a_server_that_keeps_no_log_forgets_nothing_of_the_log_seen_before() -> None:
+    # The same server (certificate) restarted once with --history 0, then with its log again.
+    session = ClientSession("alice", last_seq=25)
+    events = joined(session, seq=0)
+    assert isinstance(events[0], Welcomed)
+    assert (events[0].resumed, events[0].missed) == (False, 0)
+    assert session.last_seq is None  # nothing to remember: the 25 stays saved
+    # Had it been a new, empty log after all, its lines show from the first and are kept.
+    assert [e.chat.seq for e in session.receive_data(frames(msg(1))) if isinstance(e, Line)] == [1]
+    assert session.last_seq == 1
+
+
 def test_a_line_seen_before_is_never_shown_twice() -> None:
     session = ClientSession("alice", last_seq=5)
     joined(session, seq=5)
