@@ -217,6 +217,7 @@ class SqliteLog:
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Refuse a foreign or newer file, then WAL, durability, migrations and a write probe."""
         check_schema(conn, self._path)  # before anything writes to a file that may not be ours
+        _make_private(self._path)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise HistoryError(
@@ -469,7 +470,7 @@ def _hold(path: Path) -> int | None:
 
 
 def _create_private(path: Path) -> None:
-    """Make the file (and its folder) readable by its owner only, before SQLite opens it.
+    """Make the file (and its folder), readable by its owner only, if it is not there yet.
 
     SQLite gives the -wal and -shm files the main file's permissions, so they follow.
     """
@@ -477,12 +478,32 @@ def _create_private(path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # another process made it first: fine
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            log.warning("history: %s was readable by others (mode %o); now 0600", path, mode)
-            path.chmod(0o600)
     except OSError as exc:
         raise history_error(path, exc) from exc
+
+
+def _make_private(path: Path) -> None:
+    """Take an existing history file (and its -wal and -shm) away from other users.
+
+    Called once the file is known to be ours: a file refused is left as it was."""
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            file.chmod(0o600)
+        except OSError as exc:
+            log.warning(
+                "history: %s is readable by others (mode %o) and could not be made private: %s",
+                file,
+                mode,
+                exc.strerror or exc,
+            )
+        else:
+            log.warning("history: %s was readable by others (mode %o); now 0600", file, mode)
 
 
 @contextlib.contextmanager

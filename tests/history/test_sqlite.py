@@ -156,25 +156,30 @@ async def test_the_file_and_its_wal_are_private_and_the_folder_is_made(tmp_path:
 
 
 @pytest.mark.asyncio
-async def test_a_file_readable_by_others_is_made_private(tmp_path: Path) -> None:
-    path = tmp_path / "h.sqlite3"
-    path.touch()
-    path.chmod(0o644)
+async def test_a_file_readable_by_others_is_made_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, wal = tmp_path / "h.sqlite3", tmp_path / "h.sqlite3-wal"
+    for file in (path, wal):
+        file.touch()
+        file.chmod(0o644)
     log = SqliteLog(path, 10)
     await log.open(0)
     await log.close()
     assert mode(path) == 0o600
+    assert f"{path} was readable by others (mode 644); now 0600" in caplog.text
+    assert not wal.exists() or mode(wal) == 0o600
 
 
 async def refused(path: Path) -> str:
     """The HistoryError message of opening ``path``; the file must be left as it was."""
-    before = path.read_bytes() if path.is_file() else None
+    before = (path.read_bytes(), mode(path)) if path.is_file() else None
     log = SqliteLog(path, 10)
     with pytest.raises(HistoryError) as caught:
         await log.open(0)
     await log.close()
     if before is not None:
-        assert path.read_bytes() == before, "a refused file was changed"
+        assert (path.read_bytes(), mode(path)) == before, "a refused file was changed"
     message = str(caught.value)
     assert str(path) in message
     return message
@@ -184,7 +189,7 @@ async def refused(path: Path) -> str:
 async def test_random_bytes_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite3"
     path.write_bytes(os.urandom(8192))
-    path.chmod(0o600)
+    path.chmod(0o644)  # not ours: left as it is
     message = await refused(path)
     assert "is not a chatsecure history database (file is not a database)" in message
     assert "move it away or give --db another path" in message
@@ -197,7 +202,7 @@ async def test_another_programs_database_is_refused(tmp_path: Path) -> None:
         db.execute("CREATE TABLE contacts(name TEXT)")
         db.execute("INSERT INTO contacts VALUES ('x')")
     db.close()
-    path.chmod(0o600)
+    path.chmod(0o664)  # not ours: left as it is
     assert "a database of another program" in await refused(path)
 
 
