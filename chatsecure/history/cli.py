@@ -96,6 +96,10 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
             conn.close()
 
 
+SQLITE_MAX_INTEGER = 2**63 - 1
+"""The largest number SQLite takes: a larger ``--last`` asks for every line all the same."""
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -103,7 +107,7 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of lines >= 1, not {text!r}")
-    return value
+    return min(value, SQLITE_MAX_INTEGER)  # more than any log holds: all of it
 
 
 if __name__ == "__main__":

@@ -111,6 +111,13 @@ def test_a_file_that_is_not_a_history_is_refused_untouched(
     assert path.read_bytes() == content
 
 
+@pytest.mark.asyncio
+async def test_a_last_beyond_any_number_sqlite_takes_prints_every_line(running: Path) -> None:
+    result = history("--db", str(running), "--last", str(2**63), "--json")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [1, 2, 3]
+
+
 def test_last_must_be_a_positive_number() -> None:
     result = history("--last", "0")
     assert result.returncode == 2
