@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.formatted_text import StyleAndTextTuples
 
+log = logging.getLogger(__name__)
+
 INTERRUPTED = 130
 """Exit code after Ctrl-C, as shells report a SIGINT."""
 
@@ -189,6 +191,8 @@ class _Screen:
     """On a terminal, the lines typed; through pipes they are not shown."""
     redraw: Callable[[], object] = lambda: None
     """Draw the input line again (its prompt shows the pending lines)."""
+    undelivered: list[str] = field(default_factory=list)
+    """Own lines named on stderr as not stored (or not confirmed): the exit code says so."""
 
 
 def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
@@ -226,6 +230,7 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=err)
         case NotSent(text=text, ref=ref, why=why):
+            screen.undelivered.append(text)
             if screen.own is not None:
                 screen.own.done(ref)
                 screen.redraw()
@@ -343,6 +348,10 @@ def _first_event(
             asker.serve(stdin, stderr)
 
 
+NOT_DELIVERED = 3
+"""Exit code of a client that left as asked, but with own lines the server did not confirm:
+a script's ``printf 'build finished\n' | chatsecure connect ...`` can tell."""
+
 BROKEN_PIPE = 141
 """Exit code when the reader of our output went (128 + SIGPIPE, as shells report it)."""
 
@@ -364,8 +373,12 @@ def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object
             silence_stdout()
             on_end(BROKEN_PIPE)
             return
+        except Exception:  # a bug here must not leave the client waiting for ever
+            log.exception("could not show %r", event)
+            on_end(1)
+            return
         if isinstance(event, Disconnected):
-            on_end(1 if event.error else 0)
+            on_end(1 if event.error else NOT_DELIVERED if screen.undelivered else 0)
             return
 
 

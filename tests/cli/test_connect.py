@@ -16,6 +16,7 @@ import pytest
 
 from chatsecure.client.core import safe_text
 from chatsecure.client.resume import SAVE_EVERY
+from chatsecure.client.terminal import NOT_DELIVERED
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
@@ -303,7 +304,8 @@ def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_en
     server = start_server(max_text=10)
     with RawClient(server.host, server.port) as alice:
         alice.join("alice")
-        err = piped_bob(server, alice, b"short\n" + refused + b"\nlast\n")  # then end of input
+        # then end of input; the exit code tells the script that a line was not stored
+        err = piped_bob(server, alice, b"short\n" + refused + b"\nlast\n", NOT_DELIVERED)
         assert [alice.expect("msg")["text"] for _ in range(2)] == ["short", "last"]
         assert alice.expect("leave")["reason"] == "quit"
     [named] = [line for line in err.decode().splitlines() if "not stored" in line]
@@ -322,15 +324,15 @@ def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
     )
 
 
-def piped_bob(server: ServerThread, alice: RawClient, stdin: bytes) -> bytes:
+def piped_bob(server: ServerThread, alice: RawClient, stdin: bytes, code: int = 0) -> bytes:
     """``chatsecure connect`` as bob, fed ``stdin`` once ``alice`` saw him join; it must exit
-    0. Returns its stderr."""
+    with ``code``. Returns its stderr."""
     proc = connect_process(server, "bob")
     try:
         assert alice.expect("join")["peer"]["nick"] == "bob"
     finally:
         err = finish(proc, stdin)
-    assert proc.returncode == 0, err
+    assert proc.returncode == code, err
     return err
 
 
