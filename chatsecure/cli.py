@@ -224,10 +224,15 @@ def configure_logging(args: argparse.Namespace) -> None:
         level = logging.DEBUG
     elif getattr(args, "quiet", False):
         level = logging.WARNING
+    # A server's log is read later, by time and source; a client's stderr is read by its
+    # user now, beside the other lines it prints there ("chatsecure: ...").
+    server = getattr(args, "command", None) == "server"
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        if server
+        else "chatsecure: %(message)s",
     )
 
 

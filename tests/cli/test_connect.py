@@ -407,6 +407,9 @@ def test_several_addresses_are_tried_in_order_until_one_answers(server: ServerTh
             assert bob.wait() == 0, bob.stderr
         finally:
             bob.kill()
+    # said as the client's other news are, not as a server's log line
+    said = rf"chatsecure: cannot reach {dead} \(.*\); trying 127\.0\.0\.1:{server.port}"
+    assert any(re.fullmatch(said, line) for line in bob.stderr), bob.stderr
     assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
 
 
