@@ -195,6 +195,13 @@ class RedisLog:
         self._refs = prefix + "refs"
         self.read_key = prefix + "read"
         """A hash of node -> the newest seq it has read: lines no node has read are kept."""
+        database = urlsplit(url).path.strip("/")
+        if database and not database.isdecimal():
+            # redis-py would quietly use database 0 (another room's, perhaps) instead.
+            raise HistoryError(
+                f"--cluster {self._url}: the database is a number (redis://HOST:PORT/0), "
+                f"not {database!r}"
+            )
         try:
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
                 url,

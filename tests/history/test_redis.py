@@ -161,6 +161,10 @@ async def test_unreachable_redis_is_a_clear_error_naming_the_url() -> None:
 def test_a_bad_url_is_a_clear_error() -> None:
     with pytest.raises(HistoryError, match="not a Redis URL"):
         RedisLog("http://127.0.0.1:1/", "room", 10)
+    with pytest.raises(HistoryError, match=r"the database is a number .*, not 'abc'"):
+        RedisLog("redis://127.0.0.1:1/abc", "room", 10)
+    RedisLog("redis://127.0.0.1:1/2", "room", 10)  # (nothing connects before open())
+    RedisLog("redis://127.0.0.1:1", "room", 10)
 
 
 def test_public_url_hides_the_password() -> None:
