@@ -186,6 +186,8 @@ class Room:
         """Batches stored (or refused: then only their presence is left), and how many lines
         each had, not yet acknowledged and broadcast."""
         self._answer_scheduled = False
+        self._refused = 0
+        """Lines refused since the last commit that worked (a full disk, say)."""
         self._batch = BATCH_START
         """The most lines the next commit takes (see ``BATCH_START``)."""
         self._presence_queued = 0
@@ -473,6 +475,9 @@ class Room:
                         item.member.send(encode(error))
                 appends = Appends([], 0)
                 batch = [item for item in batch if not isinstance(item, _Said)]
+            else:
+                if self._refused:
+                    self._storing_again()
             if self._feed is not None and appends.drafts:
                 self._feed.reached()
             self._answered.append((batch, len(said), appends))
@@ -519,9 +524,18 @@ class Room:
         if self._feed is not None and isinstance(exc, HistoryError):
             self._feed.lost(exc)
             return REFUSED
-        log.exception("could not store %d lines", count)
-        # The details (a file name, a disk) are for the server's log, not its clients.
+        # The details (a file name, a disk) are for the server's log, not its clients; once
+        # per outage, not a traceback per line for as long as the disk is full.
+        if not self._refused:
+            log.exception("could not store %d lines; lines are refused until a commit works", count)
+        else:
+            log.debug("could not store %d more lines: %r", count, exc)
+        self._refused += count
         return "the server could not store your line"
+
+    def _storing_again(self) -> None:
+        log.warning("lines are stored again; %d were refused meanwhile", self._refused)
+        self._refused = 0
 
     def _stored(self, batch: list[_Said | bytes | _Presence | _Gone], appends: Appends) -> None:
         """Acknowledge and broadcast a stored batch, presence frames in their places.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import subprocess
@@ -232,6 +233,49 @@ def test_the_sqlite_log_serves_acks_and_replay(
             say(alice, f"l{n}", f"r{n}")
         assert [alice.expect("ack")["seq"] for _ in range(20)] == list(range(1, 21))
         assert [bob.expect("msg")["seq"] for _ in range(20)] == list(range(1, 21))
+
+
+class FillingDisk(MemoryLog):
+    """A MemoryLog on a disk that is full while ``full`` is set."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.full = threading.Event()
+
+    async def append(self, drafts: Sequence[Draft]) -> Appends:
+        if self.full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await super().append(drafts)
+
+
+def test_a_full_disk_is_logged_once_with_its_cause_and_its_end_with_a_count(
+    cert_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    history = FillingDisk(100)
+    server = ServerThread(server_config(cert_dir), history).start()
+    try:
+        with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+            history.full.set()
+            for n in range(3):
+                say(alice, f"lost {n}", f"r{n}")
+                assert alice.expect("error") == {
+                    "type": "error",
+                    "code": "not_stored",
+                    "message": "the server could not store your line",
+                    "ref": f"r{n}",
+                }
+            history.full.clear()
+            say(alice, "stored", "r3")
+            assert alice.expect("ack")["seq"] == 1
+            assert bob.expect("msg")["text"] == "stored"
+    finally:
+        server.stop()
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert [r.getMessage() for r in tracebacks] == [
+        "could not store 1 lines; lines are refused until a commit works"
+    ]
+    assert "No space left on device" in caplog.text
+    assert "lines are stored again; 3 were refused meanwhile" in caplog.text
 
 
 class GatedLog(MemoryLog):
