@@ -80,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str]]:
+    if path.is_dir():
+        raise HistoryError(
+            f"{path} is a folder; give --db the history file in it ({path / DEFAULT_DB.name}), "
+            "or --data-dir the folder"
+        )
     if not path.is_file():
         raise HistoryError(f"{path} not found: no history there; give --db the server's history")
     with mapped_errors(path):

@@ -92,6 +92,15 @@ def test_a_missing_file_is_a_clear_error_and_is_not_created(tmp_path: Path) -> N
     assert not path.exists()
 
 
+def test_a_folder_given_as_the_file_is_named_a_folder(tmp_path: Path) -> None:
+    result = history("--db", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"chatsecure: {tmp_path} is a folder; give --db the history file in it "
+        f"({tmp_path / 'history.sqlite3'}), or --data-dir the folder\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "error"),
     [
