@@ -35,9 +35,13 @@ def clean_nick(raw: str) -> str:
     """Return ``raw`` as a displayable nick, or raise ``bad_nick``.
 
     Invisible and control characters are removed and surrounding whitespace is trimmed, so
-    that no nick can hide a line break or reorder what others see.
+    that no nick can hide a line break or reorder what others see; the rest is normalized
+    (NFKC, as the PRECIS nickname profile of RFC 8266 does), so that two spellings that look
+    the same (a decomposed "zoë", a full-width "zoe") are one nick, and the room tells
+    them apart with a suffix.
     """
-    nick = "".join(c for c in raw if unicodedata.category(c) not in INVISIBLE_CATEGORIES).strip()
+    visible = "".join(c for c in raw if unicodedata.category(c) not in INVISIBLE_CATEGORIES)
+    nick = unicodedata.normalize("NFKC", visible).strip()
     if not 1 <= len(nick) <= MAX_NICK:
         raise RemoteProtocolError(
             ErrorCode.BAD_NICK,

@@ -326,6 +326,9 @@ def test_load_returns_the_object() -> None:
         ("alice", "alice"),
         ("  alice \t", "alice"),
         ("Zoë", "Zoë"),
+        ("Zoe\u0308", "Zoë"),  # the same, decomposed: one spelling, so that it is one nick
+        ("\uff5a\uff4f\uff45", "zoe"),  # full-width
+        ("\u2126mega", "Ωmega"),  # the ohm sign is an omega
         ("李雷", "李雷"),
         ("a b", "a b"),
         ("ali\nce", "alice"),

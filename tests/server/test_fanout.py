@@ -157,6 +157,15 @@ def test_duplicate_nick_is_renamed_case_insensitively(server: ServerThread) -> N
         alice.expect("join")
 
 
+def test_a_nick_spelled_otherwise_to_look_the_same_is_renamed(server: ServerThread) -> None:
+    with (
+        joined(server.host, server.port, "zoë") as (zoe,),
+        RawClient(server.host, server.port) as lookalike,
+    ):
+        assert lookalike.join("zoe\u0308")["you"]["nick"] == "zoë_2"  # decomposed
+        assert zoe.expect("join")["peer"]["nick"] == "zoë_2"
+
+
 def test_renamed_long_nick_stays_within_the_limit(server: ServerThread) -> None:
     long = "n" * MAX_NICK
     with (
