@@ -136,6 +136,8 @@ class Room:
         self.info = info
         self.members: dict[str, Member] = {}
         """The joined members, by id, in join order: everyone who receives broadcasts."""
+        self._clients: dict[str, Member] = {}
+        """The joined members that gave a ``client`` id, by that id."""
         self.seq = 0
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
         self.frames: list[bytes | _Presence] = []
@@ -295,6 +297,8 @@ class Room:
         member.skip_log()
         serial = next(self._serials)
         self.members[member.id] = member
+        if member.client_id is not None:
+            self._clients[member.client_id] = member
         self._serial[member.id] = serial
         self._recent[member.id] = member
         if v2:
@@ -358,6 +362,7 @@ class Room:
             return self._leave_cluster(member, reason)
         if self.members.pop(member.id, None) is None or member.peer is None:
             return False
+        self._forget_client(member)
         del self._peers_json[member.id]
         self._nicks.discard(member.peer.nick.casefold())
         self._v2.discard(member.id)
@@ -371,6 +376,7 @@ class Room:
         """Everyone out at once, nobody told (the server is stopping); return who was in."""
         members = list(self.members.values())
         self.members.clear()
+        self._clients.clear()
         self._peers_json.clear()
         self._nicks.clear()
         self._chunks, self._held = [], []
@@ -566,17 +572,20 @@ class Room:
             if member.gone and ref is not None:
                 # The sender's connection broke before this commit: if it is back already,
                 # its new connection gets the line with its ref, which it takes as the ack.
-                back = self._member_of(item.client)
+                back = self.member_of(item.client)
                 if back is not None:
                     back.send(with_ref(frame, ref))
                     member = back
             self.broadcast(frame, exclude=member)
 
-    def _member_of(self, client: str | None) -> Member | None:
-        """The member connected as ``client`` (rare: only after a sender's connection broke)."""
-        if client is None:
-            return None
-        return next((m for m in self.members.values() if m.client_id == client), None)
+    def member_of(self, client: str | None) -> Member | None:
+        """The member connected as ``client`` (there is one at most: a client that connects
+        again replaces its old connection)."""
+        return None if client is None else self._clients.get(client)
+
+    def _forget_client(self, member: Member) -> None:
+        if member.client_id is not None and self._clients.get(member.client_id) is member:
+            del self._clients[member.client_id]
 
     def history(self, member: Member, request: HistoryRequest) -> None:
         """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``."""
@@ -722,7 +731,7 @@ class Room:
             return sender
         if record.ref is None:
             return None
-        back = self._member_of(record.client)
+        back = self.member_of(record.client)
         if back is not None:
             back.send(with_ref(frame, record.ref))
         return back
@@ -780,6 +789,7 @@ class Room:
         """In a cluster: ``member`` is gone; its leave reaches everyone through the feed."""
         assert self._cluster is not None  # noqa: S101 - only called in a cluster
         joined = self.members.pop(member.id, None) is not None
+        self._forget_client(member)
         if not joined and self._joining.pop(member.id, None) is None:
             return False
         self._v2.discard(member.id)

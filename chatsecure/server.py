@@ -505,6 +505,19 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
+        old = self.room.member_of(hello.client)
+        if (
+            isinstance(old, Session)
+            and old.peer is not None
+            and old.peer.nick.casefold() == nick.casefold()
+            and not old._closing
+        ):
+            # Its own ghost (a connection that broke unseen) must not keep its nick from it:
+            # routine after a network change, so no warning. (Under another nick it is
+            # another person on the same config folder: both stay.)
+            old.log.info("replaced by a new connection of its client from %s", self.addr)
+            old.send(encode(Error(ErrorCode.REPLACED, f"it connected again from {self.addr}")))
+            old.close(ErrorCode.REPLACED.value)
         if self.room.clustered:  # welcomed once every server knows (``then``)
             self.room.enter(self, nick, hello, self.addr, self._entered)
             return

@@ -181,11 +181,22 @@ class ServerRefused(ConnectionClosed):
     """The server answered ``hello`` with an ``error`` instead of ``welcome``."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"the server refused: {safe_text(message)} ({safe_text(code)})")
+        if code == ErrorCode.REPLACED:
+            said = f"{REPLACED_TEXT} ({safe_text(message)})"
+        else:
+            said = f"the server refused: {safe_text(message)} ({safe_text(code)})"
+        super().__init__(said)
         self.code = code
 
 
-FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK})
+REPLACED_TEXT = (
+    "disconnected: this client connected to the room again with the same nick, from another "
+    "window or program that uses the same config folder"
+)
+"""Why a client ends after ``replaced``: its identity (``client_id``) is in the room anew."""
+
+
+FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK, ErrorCode.REPLACED})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
 
@@ -798,6 +809,8 @@ class ChatClient:
                 case Ended():
                     self._emit(Received(Shutdown()))
                     raise ServerShutdown
+                case Refused(code=code, message=message):  # (replaced by a new connection)
+                    raise ServerRefused(code, message)
         self._remember()
         if self._finishing and not self.session.outbox:
             self._quit()

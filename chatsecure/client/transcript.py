@@ -32,6 +32,7 @@ LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS);
     "slow_consumer": "was dropped (too far behind reading)",
     "flooding": "was dropped for flooding",
     "frame_too_long": "was dropped (sent an over-long frame)",
+    "replaced": "left (reconnecting)",
     "node_lost": "left (their server is gone)",
 }
 

@@ -390,7 +390,8 @@ class ClientSession:
             case PeersMore():
                 event = Ignored("peers", "peers that no welcome announced")
             case Error(code=code, message=text):
-                if self.state is ClientState.HELLO:
+                if self.state is ClientState.HELLO or code == ErrorCode.REPLACED:
+                    # (replaced: this client connected again, and the new connection is in)
                     self.state = ClientState.OFFLINE
                     event = Refused(code, text)
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:

@@ -48,6 +48,11 @@ class ErrorCode(enum.StrEnum):
     CLUSTER_UNAVAILABLE = "cluster_unavailable"
     """A server of a cluster cannot let anyone in while the room's shared log (Redis) is out
     of reach: try again later, or another server of the cluster. Closed."""
+    REPLACED = "replaced"
+    """(v2) A new connection said ``hello`` with this one's ``client`` id and nick: the client
+    came back (its old connection lingering, unseen by the server), or a second program on
+    the same config folder started. This older connection ends; a client does not reconnect
+    after it, or the two would take turns for ever. Closed."""
 
 
 class NoticeCode(enum.StrEnum):
@@ -69,10 +74,12 @@ LEAVE_REASONS: Final = frozenset(
         ErrorCode.SLOW_CONSUMER,
         ErrorCode.FLOODING,
         ErrorCode.FRAME_TOO_LONG,
+        ErrorCode.REPLACED,
         "node_lost",
     }
 )
 """The ``reason`` of a ``leave``: how the session ended (``quit``; ``closed``, EOF; ``error``,
-a broken connection; ``timeout``, idle) or the error code it was dropped with; in a cluster,
+a broken connection; ``timeout``, idle) or the error code it was dropped with (``replaced``:
+the same client is back on a new connection, and joins next); in a cluster,
 ``node_lost``: the server the peer was on stopped or died. Never
 ``shutdown``: at shutdown everyone gets ``shutdown`` and nobody a ``leave``."""

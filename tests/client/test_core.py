@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from chatsecure.client.core import (
+    REPLACED_TEXT,
     ChatClient,
     ClientEvent,
     Connected,
@@ -638,6 +639,23 @@ def test_wrong_password_ends_with_the_server_code_and_no_retry(
     assert disconnected.code == "auth_failed"
     assert "password" in disconnected.reason
     assert no_more_events(client)
+
+
+def test_a_second_program_on_the_same_config_folder_ends_the_first_without_a_retry(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    # One client id (the config folder's): the newer connection is the client now. Were the
+    # first to reconnect, the two would take turns in the room for ever.
+    first = make_client("alice", client_id="sharedfolder01", reconnect=True)
+    next_event(first, Connected)
+    second = make_client("alice", client_id="sharedfolder01", reconnect=True)
+    assert next_event(second, Connected).welcome.you.nick == "alice"
+    disconnected = next_event(first, Disconnected)
+    assert (disconnected.error, disconnected.code) == (True, "replaced")
+    assert disconnected.reason == f"{REPLACED_TEXT} (it connected again from 127.0.0.1)"
+    assert no_more_events(first)
+    assert server.online() == ["alice"]
+    assert second.alive
 
 
 # --- failures on our side ---------------------------------------------------------------

@@ -127,6 +127,16 @@ def test_a_newcomer_given_a_replay_sees_it_all_and_no_log_is_no_resume() -> None
     assert (events[0].resumed, events[0].missed) == (False, 0)
 
 
+def test_replaced_by_a_newer_connection_of_the_same_client_ends_the_session() -> None:
+    session = ClientSession("alice", client_id="sharedfolder01")
+    joined(session)
+    replaced = {"type": "error", "code": "replaced", "message": "it connected again"}
+    assert session.receive_data(frames(replaced, msg(1))) == [
+        Refused("replaced", "it connected again")
+    ]
+    assert session.state is ClientState.OFFLINE  # nothing after it counts
+
+
 def test_a_visit_to_a_server_that_keeps_no_log_forgets_nothing_of_the_log_seen_before() -> None:
     # The same server (certificate) restarted once with --history 0, then with its log again.
     session = ClientSession("alice", last_seq=25)

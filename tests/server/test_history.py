@@ -135,6 +135,49 @@ def test_a_resent_ref_is_acknowledged_with_its_first_seq_and_never_broadcast_twi
             assert carol.expect("ack")["seq"] == first["seq"] + 1
 
 
+def test_a_client_back_before_its_old_connection_ended_replaces_it_and_keeps_its_nick(
+    server: ServerThread,
+) -> None:
+    # Its Wi-Fi blinked: the old connection lingers, unseen by the server, while the client
+    # connects again. Without the replacement it would be alice_2 beside a ghost alice.
+    with (
+        joined(server.host, server.port, "bob") as (bob,),
+        RawClient(server.host, server.port) as old,
+    ):
+        old.join("alice", client=CLIENT)
+        bob.expect("join")
+        say(old, "before", "r1")
+        assert old.expect("ack")["seq"] == 1
+        assert bob.expect("msg")["text"] == "before"
+        with RawClient(server.host, server.port) as new:
+            welcome = new.join("alice", client=CLIENT, since=1)
+            assert welcome["you"]["nick"] == "alice"
+            assert [p["nick"] for p in welcome["peers"]] == ["bob"]  # no ghost
+            error = old.expect("error")
+            assert (error["code"], old.closed()) == ("replaced", True)
+            assert error["message"] == "it connected again from 127.0.0.1"
+            leave, join = bob.expect("leave"), bob.expect("join")
+            assert (leave["peer"]["nick"], leave["reason"]) == ("alice", "replaced")
+            assert join["peer"]["nick"] == "alice"
+            say(new, "after", "r2")
+            assert new.expect("ack")["seq"] == 2
+            assert bob.expect("msg")["text"] == "after"
+            assert server.online() == ["bob", "alice"]
+
+
+def test_two_people_on_one_config_folder_under_two_nicks_both_stay(server: ServerThread) -> None:
+    with (
+        RawClient(server.host, server.port) as bob,
+        RawClient(server.host, server.port) as carol,
+    ):
+        bob.join("bob", client=CLIENT)
+        assert carol.join("carol", client=CLIENT)["you"]["nick"] == "carol"
+        assert bob.expect("join")["peer"]["nick"] == "carol"
+        assert bob.silent()
+        assert carol.silent()
+        assert sorted(server.online()) == ["bob", "carol"]
+
+
 def test_history_pages_backwards_in_ascending_order(start_server: Start) -> None:
     server = start_server(replay=0)
     with joined(server.host, server.port, "alice") as (alice,):
