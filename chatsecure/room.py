@@ -137,7 +137,7 @@ class Room:
         self.members: dict[str, Member] = {}
         """The joined members, by id, in join order: everyone who receives broadcasts."""
         self._clients: dict[str, Member] = {}
-        """The joined members that gave a ``client`` id, by that id."""
+        """The joined members that gave a ``client`` id, by that id (the last one to join)."""
         self.seq = 0
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
         self.frames: list[bytes | _Presence] = []
@@ -579,8 +579,8 @@ class Room:
             self.broadcast(frame, exclude=member)
 
     def member_of(self, client: str | None) -> Member | None:
-        """The member connected as ``client`` (there is one at most: a client that connects
-        again replaces its old connection)."""
+        """The member that joined last as ``client`` (two programs on one config folder may be
+        in under two nicks; under one nick the newer connection replaces the older)."""
         return None if client is None else self._clients.get(client)
 
     def _forget_client(self, member: Member) -> None:

@@ -190,8 +190,8 @@ class ServerRefused(ConnectionClosed):
 
 
 REPLACED_TEXT = (
-    "disconnected: this client connected to the room again with the same nick, from another "
-    "window or program that uses the same config folder"
+    "this client connected to the room again with the same nick, from another window or "
+    "program that uses the same config folder"
 )
 """Why a client ends after ``replaced``: its identity (``client_id``) is in the room anew."""
 
