@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol, cast
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from chatsecure.history.log import (
     Appends,
@@ -195,8 +195,9 @@ class RedisLog:
         self._refs = prefix + "refs"
         self.read_key = prefix + "read"
         """A hash of node -> the newest seq it has read: lines no node has read are kept."""
-        database = urlsplit(url).path.strip("/")
-        if database and not database.isdecimal():
+        parts = urlsplit(url)
+        database = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+        if database and not database.isdecimal() and "db" not in parse_qs(parts.query):
             # redis-py would quietly use database 0 (another room's, perhaps) instead.
             raise HistoryError(
                 f"--cluster {self._url}: the database is a number (redis://HOST:PORT/0), "

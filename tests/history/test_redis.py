@@ -163,8 +163,13 @@ def test_a_bad_url_is_a_clear_error() -> None:
         RedisLog("http://127.0.0.1:1/", "room", 10)
     with pytest.raises(HistoryError, match=r"the database is a number .*, not 'abc'"):
         RedisLog("redis://127.0.0.1:1/abc", "room", 10)
-    RedisLog("redis://127.0.0.1:1/2", "room", 10)  # (nothing connects before open())
-    RedisLog("redis://127.0.0.1:1", "room", 10)
+    for fine in (  # (nothing connects before open())
+        "redis://127.0.0.1:1/2",
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:1/x?db=2",  # the query's db is the one
+        "unix:///run/redis.sock?db=2",  # the path is the socket's
+    ):
+        RedisLog(fine, "room", 10)
 
 
 def test_public_url_hides_the_password() -> None:
