@@ -399,7 +399,7 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     _start_printer(client, screen, end)
     threading.Thread(
         target=_pump_input,
-        args=(client, stdin, screen.stderr, ended),
+        args=(client, stdin, screen, ended),
         name="chatsecure-stdin",
         daemon=True,
     ).start()
@@ -412,7 +412,7 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     return codes[0]
 
 
-def _pump_input(client: ChatClient, stdin: TextIO, stderr: TextIO, ended: threading.Event) -> None:
+def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threading.Event) -> None:
     end_of_input = False
     try:
         for line in stdin:
@@ -421,11 +421,11 @@ def _pump_input(client: ChatClient, stdin: TextIO, stderr: TextIO, ended: thread
                 return
             if is_quit(text):
                 break
-            _send(client, text, stderr)
+            _send(client, text, screen)
         else:
             end_of_input = True
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
-        print(f"chatsecure: cannot read the input: {exc}", file=stderr, flush=True)
+        print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
     finally:
         # End of input leaves once every line is stored (after a reconnect, if need be);
         # `quit`, or input that cannot be read, leaves at once.
@@ -435,11 +435,12 @@ def _pump_input(client: ChatClient, stdin: TextIO, stderr: TextIO, ended: thread
             client.quit()
 
 
-def _send(client: ChatClient, text: str, stderr: TextIO) -> None:
+def _send(client: ChatClient, text: str, screen: _Screen) -> None:
     try:
         client.send(text)
-    except LocalProtocolError as exc:
-        print(f"chatsecure: {exc.message}", file=stderr, flush=True)
+    except LocalProtocolError as exc:  # too long for a frame: named, and counted as undelivered
+        screen.undelivered.append(text)
+        print(f"chatsecure: {exc.message}", file=screen.stderr, flush=True)
 
 
 def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
@@ -512,7 +513,7 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
         elif is_quit(typed):
             left = 0
         else:
-            _send(client, typed, screen.stderr)
+            _send(client, typed, screen)
     # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines held
     # back by the pace go out first; Ctrl-C does not.
     at_once = left == INTERRUPTED

@@ -314,6 +314,16 @@ def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_en
     assert named.endswith(f"; {code}): {safe_text(refused.decode())}"), err
 
 
+def test_a_piped_line_too_long_to_send_at_all_is_named_and_told_by_the_exit_code(
+    server: ServerThread,
+) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        err = piped_bob(server, alice, b"short\n" + b"x" * 20_000 + b"\n", NOT_DELIVERED)
+        assert alice.expect("msg")["text"] == "short"
+    assert b"message not sent: it is too long (20000 characters" in err, err
+
+
 def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
     """``chatsecure connect`` with byte pipes, for input that is not UTF-8."""
     return subprocess.Popen(
