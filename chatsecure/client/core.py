@@ -555,6 +555,8 @@ class ChatClient:
             except TrustError as exc:
                 return Disconnected(str(exc), error=True)
             except ServerRefused as exc:
+                if self._stopping:  # (replaced while leaving: it left all the same)
+                    return left
                 if exc.code in FINAL_REFUSALS or not self.reconnect or self.session.me is None:
                     return Disconnected(str(exc), error=True, code=exc.code)
                 reason = str(exc)

@@ -224,6 +224,9 @@ class ClientSession:
         """Refs of the outbox not sent on this connection yet (paced), oldest first."""
         self._written: set[str] = set()
         """Refs of the outbox sent at least once: the server may have stored those."""
+        self._resume_from: int | None = None
+        """The seq to resume from while ``last_seq`` is None after a server said 0 (see
+        ``_welcomed``)."""
         self._pace: TokenBucket | None = None
         """Paces own lines to the server's rate limit; None: it has none (or v1)."""
         self._ref_prefix = secrets.token_hex(4)
@@ -252,7 +255,8 @@ class ClientSession:
         self._out.clear()
         self.state = ClientState.HELLO
         self._last_heard, self._ping_sent = now, None
-        hello = Hello(self.nick, self.password, self.client_id, self.last_seq)
+        since = self.last_seq if self.last_seq is not None else self._resume_from
+        hello = Hello(self.nick, self.password, self.client_id, since)
         self._out.append(encode(hello))
 
     def connection_lost(self) -> None:
@@ -399,7 +403,6 @@ class ClientSession:
                     # among those not sent yet (several may come back at once, in any order),
                     # at the default pace if the server said it had no limit.
                     waiting = {*self._unsent, message.ref}
-                    self._written.discard(message.ref)  # not stored: refused
                     self._unsent = collections.deque(r for r in self.outbox if r in waiting)
                     self._pace = self._pace or _pace_for(None, None, self._last_heard)
                     if self._pace is not None:  # (it always is: the defaults limit)
@@ -451,10 +454,13 @@ class ClientSession:
         resumed = since is not None and welcome.seq >= since and self._v2 and welcome.seq > 0
         missed = welcome.seq - since if resumed and since is not None else 0
         if since is not None and welcome.seq < since:
-            # This log is not the one we saw (a new database): start afresh with it. Unless it
-            # is at 0, that is: a server that keeps no log (--history 0) says 0 too, and a
-            # return to the log we saw must not then show it all again.
+            # This log is not the one we saw (a new database): start afresh with it. At 0 it
+            # may be a server that keeps no log (--history 0): a return to the log we saw
+            # must not show it all again, so its seq is what the next hello says (and what
+            # stays saved) until a line of a new log comes.
             self.last_seq = None
+            if not welcome.seq:
+                self._resume_from = since
         if self.last_seq is None and self._v2 and not welcome.replay and (welcome.seq or not since):
             # Nothing replayed to a newcomer (an empty room, or --replay 0): it has seen the
             # room up to here all the same, so that its next return says what came after.
