@@ -136,8 +136,9 @@ class Room:
         self.info = info
         self.members: dict[str, Member] = {}
         """The joined members, by id, in join order: everyone who receives broadcasts."""
-        self._clients: dict[str, Member] = {}
-        """The joined members that gave a ``client`` id, by that id (the last one to join)."""
+        self._clients: dict[str, dict[str, Member]] = {}
+        """The joined members that gave a ``client`` id, by that id and their casefolded nick
+        (two programs on one config folder may be in under two nicks)."""
         self.seq = 0
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
         self.frames: list[bytes | _Presence] = []
@@ -298,7 +299,7 @@ class Room:
         serial = next(self._serials)
         self.members[member.id] = member
         if member.client_id is not None:
-            self._clients[member.client_id] = member
+            self._clients.setdefault(member.client_id, {})[peer.nick.casefold()] = member
         self._serial[member.id] = serial
         self._recent[member.id] = member
         if v2:
@@ -482,7 +483,7 @@ class Room:
                 appends = Appends([], 0)
                 batch = [item for item in batch if not isinstance(item, _Said)]
             else:
-                if self._refused:
+                if said and self._refused:  # (a batch of presence alone stores nothing)
                     self._storing_again()
             if self._feed is not None and appends.drafts:
                 self._feed.reached()
@@ -578,14 +579,24 @@ class Room:
                     member = back
             self.broadcast(frame, exclude=member)
 
-    def member_of(self, client: str | None) -> Member | None:
-        """The member that joined last as ``client`` (two programs on one config folder may be
-        in under two nicks; under one nick the newer connection replaces the older)."""
-        return None if client is None else self._clients.get(client)
+    def member_of(self, client: str | None, nick: str | None = None) -> Member | None:
+        """The member joined as ``client`` under ``nick`` (any nick if None: a client's
+        connections are one client, whichever of its programs they are)."""
+        members = None if client is None else self._clients.get(client)
+        if not members:
+            return None
+        if nick is None:
+            return next(iter(members.values()))
+        return members.get(nick.casefold())
 
     def _forget_client(self, member: Member) -> None:
-        if member.client_id is not None and self._clients.get(member.client_id) is member:
-            del self._clients[member.client_id]
+        client, peer = member.client_id, member.peer
+        if client is None or peer is None or (members := self._clients.get(client)) is None:
+            return
+        if members.get(nick := peer.nick.casefold()) is member:
+            del members[nick]
+            if not members:
+                del self._clients[client]
 
     def history(self, member: Member, request: HistoryRequest) -> None:
         """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``."""

@@ -335,7 +335,8 @@ class Session(asyncio.BufferedProtocol):
             return True
         if self._flood.refused(now):
             self.drop(ErrorCode.FLOODING, "kept sending far above the rate limit")
-        elif isinstance(event, SendMsg) and event.ref is not None:
+        elif isinstance(event, SendMsg | RemoteProtocolError) and event.ref is not None:
+            # (a refused msg too: its client sends it again later, and hears why it is refused)
             self.send(encode(Error(ErrorCode.RATE_LIMITED, RATE_LIMITED_TEXT, event.ref)))
         else:
             self.send(RATE_LIMITED)
@@ -505,13 +506,8 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
-        old = self.room.member_of(hello.client)
-        if (
-            isinstance(old, Session)
-            and old.peer is not None
-            and old.peer.nick.casefold() == nick.casefold()
-            and not old._closing
-        ):
+        old = self.room.member_of(hello.client, nick)
+        if isinstance(old, Session) and not old._closing:
             # Its own ghost (a connection that broke unseen) must not keep its nick from it:
             # routine after a network change, so no warning. (Under another nick it is
             # another person on the same config folder: both stay.)

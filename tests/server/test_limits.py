@@ -79,6 +79,24 @@ def test_refused_frame_keeps_the_connection(
     still_fine(pair)
 
 
+def test_a_refused_msg_names_its_ref_also_when_it_came_over_the_rate(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    # Else its client could neither drop it nor send it again: it would wait for it for ever.
+    server = start_server(max_text=5, msg_rate=1, msg_burst=2)
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        for n in range(4):
+            alice.send({"type": "msg", "text": "too long", "ref": f"r{n}"})
+        answers = [alice.expect("error") for _ in range(4)]
+    assert [(e["code"], e["ref"]) for e in answers] == [
+        ("text_too_long", "r0"),
+        ("text_too_long", "r1"),
+        ("rate_limited", "r2"),
+        ("rate_limited", "r3"),
+    ]
+
+
 def test_text_of_exactly_the_limit_is_delivered(pair: Pair) -> None:
     chat_works(pair[0], pair[1], "y" * MAX_TEXT)
 
