@@ -255,8 +255,7 @@ class ClientSession:
         self._out.clear()
         self.state = ClientState.HELLO
         self._last_heard, self._ping_sent = now, None
-        since = self.last_seq if self.last_seq is not None else self._resume_from
-        hello = Hello(self.nick, self.password, self.client_id, since)
+        hello = Hello(self.nick, self.password, self.client_id, self._since())
         self._out.append(encode(hello))
 
     def connection_lost(self) -> None:
@@ -420,6 +419,11 @@ class ClientSession:
                 event = Ended()
         return [] if event is None else [event]
 
+    def _since(self) -> int | None:
+        """What ``hello`` says as ``since``: the last seq seen, or the one kept over a visit
+        to a server at seq 0."""
+        return self.last_seq if self.last_seq is not None else self._resume_from
+
     def _welcome(self, welcome: Welcome) -> list[SessionEvent]:
         if self.state is not ClientState.HELLO:
             return [Ignored("welcome", "a second welcome")]
@@ -449,7 +453,7 @@ class ClientSession:
         self.me, self.welcome = welcome.you, welcome
         self._v2 = welcome.server.protocol >= 2
         self._replay_left = welcome.replay
-        since = self.last_seq
+        since = self._since()
         # (A log at seq 0 is empty, or the server keeps none: there is nothing to resume.)
         resumed = since is not None and welcome.seq >= since and self._v2 and welcome.seq > 0
         missed = welcome.seq - since if resumed and since is not None else 0

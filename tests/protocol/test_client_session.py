@@ -147,7 +147,13 @@ def test_a_visit_to_a_server_that_keeps_no_log_forgets_nothing_of_the_log_seen_b
     session.connection_lost()
     session.connect()  # back to the log it saw, still running
     assert sent(session)[0]["since"] == 25
-    session.receive_data(frames(welcome(seq=0)))
+    events = session.receive_data(frames(welcome(seq=26, replay=1), msg(26, history=True)))
+    assert isinstance(events[0], Welcomed)
+    assert (events[0].resumed, events[0].missed) == (True, 1)
+    assert session.last_seq == 26
+    session.connection_lost()
+    session = ClientSession("alice", last_seq=25)
+    joined(session, seq=0)
     # Had it been a new, empty log after all, its lines show from the first and are kept.
     assert [e.chat.seq for e in session.receive_data(frames(msg(1))) if isinstance(e, Line)] == [1]
     assert session.last_seq == 1
