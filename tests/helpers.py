@@ -54,6 +54,8 @@ class ServerProcess:
             text=True,
         )
         self.stdout: list[str] = []
+        self._partial = b""
+        """The start of a line the banner's last read ended in (the rest comes later)."""
         self.port = 0
         self.fingerprint = ""
         try:
@@ -65,7 +67,7 @@ class ServerProcess:
     def _read_banner(self, deadline: float) -> None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()  # raw reads: select() cannot see a reader's buffer
-        pending = b""
+        pending = self._partial
         while not (self.port and self.fingerprint):
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([fd], [], [], max(remaining, 0))
@@ -82,6 +84,7 @@ class ServerProcess:
                     self.port = int(match.group(1))
                 if match := re.search(r"fingerprint: (SHA256:\S+)", line):
                     self.fingerprint = match.group(1)
+        self._partial = pending
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
         """Send ``sig``; return the exit code and everything the server logged."""
@@ -95,7 +98,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        self.stdout.append(out)
+        # (a line the banner's last read cut is not lost: "history: ..." after the fingerprint)
+        self.stdout.append(self._partial.decode() + out)
+        self._partial = b""
         return self.proc.returncode, err
 
     def kill(self) -> None:
