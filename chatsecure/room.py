@@ -573,20 +573,22 @@ class Room:
             if member.gone and ref is not None:
                 # The sender's connection broke before this commit: if it is back already,
                 # its new connection gets the line with its ref, which it takes as the ack.
-                back = self.member_of(item.client)
+                back = self.member_of(item.client, item.sender.nick)
+                if back is None:  # back under another nick (bob_2, after a failover)
+                    back = self.member_of(item.client)
                 if back is not None:
                     back.send(with_ref(frame, ref))
                     member = back
             self.broadcast(frame, exclude=member)
 
     def member_of(self, client: str | None, nick: str | None = None) -> Member | None:
-        """The member joined as ``client`` under ``nick`` (any nick if None: a client's
-        connections are one client, whichever of its programs they are)."""
+        """The member joined as ``client`` under ``nick`` (if None, the one that joined last:
+        a sender back on a new connection, most likely)."""
         members = None if client is None else self._clients.get(client)
         if not members:
             return None
         if nick is None:
-            return next(iter(members.values()))
+            return next(reversed(members.values()))
         return members.get(nick.casefold())
 
     def _forget_client(self, member: Member) -> None:

@@ -436,3 +436,36 @@ def test_a_burst_is_stored_in_growing_batches_each_while_the_last_is_broadcast(
         overlapped += broadcast < stored
         stored += size
     assert overlapped >= len(sizes) // 2, history.batches
+
+
+def test_a_sender_back_before_its_line_was_stored_gets_it_as_its_ack_not_a_neighbour(
+    cert_dir: Path,
+) -> None:
+    # carol is another program on bob's config folder (same client id, another nick). bob's
+    # line is committed after his connection broke and he came back: the line with its ref
+    # (his ack) goes to bob's new connection, and carol gets it as everyone does.
+    history = GatedLog(100)
+    history.gate.set()
+    server = ServerThread(server_config(cert_dir), history).start()
+    try:
+        with RawClient(server.host, server.port) as carol:
+            carol.join("carol", client=CLIENT)
+            bob = RawClient(server.host, server.port)
+            bob.join("bob", client=CLIENT)
+            assert carol.expect("join")["peer"]["nick"] == "bob"
+            history.gate.clear()
+            say(bob, "hi", "bobref1")
+            bob.close()
+            with RawClient(server.host, server.port) as back:
+                assert back.join("bob", client=CLIENT, since=0)["you"]["nick"] == "bob"
+                history.gate.set()
+                mine = back.expect("msg")
+                assert (mine["text"], mine.get("ref")) == ("hi", "bobref1")
+                # the line first: bob's leave and return wait behind it
+                theirs = carol.expect("msg")
+                assert (theirs["text"], theirs.get("ref")) == ("hi", None)
+                assert carol.expect("leave")["peer"]["nick"] == "bob"
+                assert carol.expect("join")["peer"]["nick"] == "bob"
+    finally:
+        history.gate.set()
+        server.stop()
