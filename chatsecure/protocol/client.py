@@ -463,8 +463,7 @@ class ClientSession:
             # must not show it all again, so its seq is what the next hello says (and what
             # stays saved) until a line of a new log comes.
             self.last_seq = None
-            if not welcome.seq:
-                self._resume_from = since
+            self._resume_from = None if welcome.seq else since
         if self.last_seq is None and self._v2 and not welcome.replay and (welcome.seq or not since):
             # Nothing replayed to a newcomer (an empty room, or --replay 0): it has seen the
             # room up to here all the same, so that its next return says what came after.

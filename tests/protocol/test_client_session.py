@@ -151,6 +151,15 @@ def test_a_visit_to_a_server_that_keeps_no_log_forgets_nothing_of_the_log_seen_b
     assert isinstance(events[0], Welcomed)
     assert (events[0].resumed, events[0].missed) == (True, 1)
     assert session.last_seq == 26
+    # a new log after all (seq 3 < 25): the kept seq is of no use any more, even before its
+    # first replayed line
+    fresh = ClientSession("alice", last_seq=25)
+    joined(fresh, seq=0)
+    fresh.connection_lost()
+    joined(fresh, seq=3, replay=3)
+    fresh.connection_lost()
+    fresh.connect()
+    assert "since" not in sent(fresh)[0]
     session.connection_lost()
     session = ClientSession("alice", last_seq=25)
     joined(session, seq=0)
