@@ -507,7 +507,7 @@ class Session(asyncio.BufferedProtocol):
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
         old = self.room.member_of(hello.client, nick)
-        if isinstance(old, Session) and not old._closing:
+        if isinstance(old, Session) and not old.gone:
             # Its own ghost (a connection that broke unseen) must not keep its nick from it:
             # routine after a network change, so no warning. (Under another nick it is
             # another person on the same config folder: both stay.)
