@@ -12,6 +12,12 @@ feed tries again, from the newest seq the room broadcast, with a growing pause; 
 answers again (a read or a store), the node logs it and tells its clients
 (``cluster_available``), and the feed brings what was stored meanwhile: nothing is skipped and
 nothing comes twice.
+
+When the log comes back *empty* (a Redis restarted without persistence, or flushed: a
+``LogReset``), its seqs and ids start again, and a node that read on would wait for lines of
+its old numbers while new lines went by. The node restarts instead, as a single server does
+after losing its database: it tells its clients ``shutdown`` (they come back by themselves) and
+opens the room again on what Redis holds now (``chatsecure.server.serve``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatsecure.history import Fed, HistoryError, SharedLog
+from chatsecure.history import Fed, HistoryError, LogReset, SharedLog
 from chatsecure.protocol.codes import NoticeCode
 from chatsecure.protocol.messages import Notice, Peer, encode
 
@@ -81,11 +87,13 @@ class StreamFeed:
         deliver: Callable[[list[Fed]], None],
         position: Callable[[], int],
         tell: Callable[[bytes], None],
+        reset: Callable[[LogReset], None],
     ) -> None:
         self._log = shared
         self._deliver = deliver
         self._position = position
         self._tell = tell
+        self._reset = reset
         self._task: asyncio.Task[None] | None = None
         self.up = True
         """Whether the shared log answered the last time it was used."""
@@ -96,18 +104,15 @@ class StreamFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            # A cancellation that lands as a reply arrives can be lost inside redis-py (seen
-            # with redis 8.1 on Python 3.11: the feed reads on, "cancelling" for ever): again.
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait([self._task], timeout=STOP_AGAIN)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
             self._task = None
 
     def lost(self, exc: Exception) -> None:
-        """The shared log failed: log it and tell the clients, once per outage."""
-        if self.up:
+        """The shared log failed: log it and tell the clients, once per outage (or, if it
+        lost what it held, have the server restart)."""
+        if isinstance(exc, LogReset):
+            self._reset(exc)
+        elif self.up:
             self.up = False
             log.warning("cluster: %s; new lines are refused until it is back", exc)
             self._tell(LOST)
@@ -134,6 +139,19 @@ class StreamFeed:
                 self.lost(exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX)
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` (one that talks to Redis) and wait until it has ended.
+
+    A cancellation that lands as a reply arrives can be lost inside redis-py (seen with redis
+    8.1 on Python 3.11: the feed read on, "cancelling" for ever): it is given again until the
+    task ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=STOP_AGAIN)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _report_death(task: asyncio.Task[None]) -> None:

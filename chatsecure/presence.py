@@ -44,9 +44,9 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError  # if missing, history.redis (imported first) says so
 
-from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, PresenceEvent
-from chatsecure.history import HistoryError
-from chatsecure.history.redis import RedisLog, redis_errors, redis_reason
+from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, PresenceEvent, cancel
+from chatsecure.history import HistoryError, LogReset
+from chatsecure.history.redis import SAME_LOG, RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
 
@@ -71,8 +71,11 @@ DRAIN_TIMEOUT = 2.0
 _SUFFIX_LENGTHS = range(2, 8)
 """Lengths of the suffixes ``_2`` ... ``_999999`` the join script may add to a nick."""
 
-_JOIN = """
+_JOIN = (
+    SAME_LOG
+    + """
 local meta, stream, members, nicks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if not same_log(meta, ARGV[#ARGV - 1], ARGV[#ARGV]) then return reset() end
 local node, id, addr, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nick, folded = ARGV[5], ARGV[6]
 if redis.call('HSETNX', nicks, folded, id) == 0 then
@@ -93,11 +96,16 @@ local eid = redis.call('XADD', stream, 'MAXLEN', '~', keep, '*',
 redis.call('HSET', members, id, cjson.encode({node, id, nick, addr, folded, eid}))
 return nick
 """
+)
 """Let peer ARGV[2] of node ARGV[1] in as ARGV[5] or the first free variant; ARGV[7..] are, per
-suffix length, the nick's prefix that leaves room for it and that prefix casefolded."""
+suffix length, the nick's prefix that leaves room for it and that prefix casefolded. The last
+two ARGV of every script here are the node's epoch and newest seq seen (``SAME_LOG``)."""
 
-_LEAVE = """
+_LEAVE = (
+    SAME_LOG
+    + """
 local meta, stream, members, nicks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if not same_log(meta, ARGV[#ARGV - 1], ARGV[#ARGV]) then return reset() end
 local id, reason, keep = ARGV[1], ARGV[2], ARGV[3]
 local found = redis.call('HGET', members, id)
 if not found then return 0 end
@@ -109,12 +117,16 @@ redis.call('XADD', stream, 'MAXLEN', '~', keep, '*',
   'k', 'l', 'a', after, 'i', id, 'n', m[3], 'd', m[4], 'r', reason)
 return 1
 """
+)
 """Peer ARGV[1] left for ARGV[2]: out of the roster, its nick freed, the leave added; 0 (and
 nothing added) if it is not in the roster any more (swept already)."""
 
-_SWEEP = """
+_SWEEP = (
+    SAME_LOG
+    + """
 local meta, stream, members, nicks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local nodes, beat, read = KEYS[5], KEYS[6], KEYS[7]
+if not same_log(meta, ARGV[#ARGV - 1], ARGV[#ARGV]) then return reset() end
 local node, reason, keep = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', beat) == 1 then return -1 end
 if redis.call('SREM', nodes, node) == 0 then return -1 end
@@ -134,10 +146,26 @@ for i = 1, #all, 2 do
 end
 return gone
 """
+)
 """Claim lost node ARGV[1] (its heartbeat KEYS[6] gone) and add a leave for each of its users;
 the lines it has not read are no longer kept for it (KEYS[7]).
 
 -1: nothing to do (the node is alive, or another node claimed it first); else how many left."""
+
+_BEAT = (
+    SAME_LOG
+    + """
+local meta, beat, nodes, read = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local node, ttl, position = ARGV[1], ARGV[2], ARGV[3]
+if not same_log(meta, ARGV[#ARGV - 1], ARGV[#ARGV]) then return reset() end
+redis.call('SET', beat, 1, 'PX', ttl)
+local added = redis.call('SADD', nodes, node)
+redis.call('HSET', read, node, position)
+return {added, redis.call('SMEMBERS', nodes)}
+"""
+)
+"""Refresh node ARGV[1]'s heartbeat KEYS[2] for ARGV[2] ms, say it has read up to seq ARGV[3];
+return whether it had to be added back to the nodes (it was swept) and every node."""
 
 
 def nick_arguments(wanted: str) -> list[str]:
@@ -187,12 +215,16 @@ class ClusterPresence:
         self._join = self._redis.register_script(_JOIN)
         self._leave = self._redis.register_script(_LEAVE)
         self._sweep = self._redis.register_script(_SWEEP)
+        self._beat_script = self._redis.register_script(_BEAT)
         self._deliver: Callable[[list[PresenceEvent]], None] = lambda events: None
         self._changes: asyncio.Queue[_Change] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._position: Callable[[], int] = lambda: 0
         self._beating_since: float | None = None
         """Loop time of the first of this node's unbroken run of heartbeats (None: broken)."""
+        self._reset: Callable[[LogReset], None] = lambda exc: None
+        self.abandoned = False
+        """Whether Redis lost the room (``LogReset``): this node changes nothing there again."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -200,6 +232,7 @@ class ClusterPresence:
         """Become a node of the cluster (an id, a heartbeat); return the room, in join order."""
         self._deliver = deliver
         try:
+            await self._shared.claim_epoch()
             self.node = str(await self._redis.hincrby(self._keys[0], "nodes", 1))
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._beat_key(self.node), 1, px=int(NODE_TTL * 1000))
@@ -219,12 +252,14 @@ class ClusterPresence:
         log.info("cluster: node %s; %d in the room on every node", self.node, len(rows))
         return [Peer(row[1], row[2], row[3]) for row in rows]
 
-    def start(self, position: Callable[[], int]) -> None:
+    def start(self, position: Callable[[], int], reset: Callable[[LogReset], None]) -> None:
         """Follow the presence stream with the lines; start the heartbeat and the changes.
 
         Each heartbeat also says how far this node has read the lines (``position()``): the
-        log keeps what it has not read yet (``RedisLog.read_key``)."""
+        log keeps what it has not read yet (``RedisLog.read_key``). A heartbeat, join, leave
+        or sweep that finds the room lost by Redis calls ``reset``, once."""
         self._position = position
+        self._reset = reset
         self._shared.also = self
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -238,12 +273,10 @@ class ClusterPresence:
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changes.join(), DRAIN_TIMEOUT)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel(task) for task in self._tasks), return_exceptions=True)
         self._tasks = []
-        if not self.node:
-            return
+        if not self.node or self.abandoned:
+            return  # (a node of a room Redis lost would sweep a new node of the same number)
         try:
             with self._mapped("could not stop the heartbeat"):
                 await self._redis.delete(self._beat_key(self.node))
@@ -277,6 +310,11 @@ class ClusterPresence:
                 while True:
                     try:
                         await self._apply(change)
+                    except LogReset as exc:
+                        self.abandon(exc)
+                        if change.done is not None and not change.done.done():
+                            change.done.set_exception(exc)
+                        break
                     except HistoryError as exc:
                         if change.done is not None:
                             if not change.done.done():
@@ -296,10 +334,11 @@ class ClusterPresence:
     async def _apply(self, change: _Change) -> None:
         with self._mapped("could not change the room's presence"):
             if change.done is None:
-                await self._leave(keys=self._keys, args=[change.peer_id, change.reason, KEEP])
+                args: list[str | int] = [change.peer_id, change.reason, KEEP, *self._same()]
+                await self._leave(keys=self._keys, args=args)
             else:
                 nicks = nick_arguments(change.wanted)
-                args: list[str | int] = [self.node, change.peer_id, change.addr, KEEP, *nicks]
+                args = [self.node, change.peer_id, change.addr, KEEP, *nicks, *self._same()]
                 await self._join(keys=self._keys, args=args)
 
     def take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -314,6 +353,9 @@ class ClusterPresence:
         while True:
             try:
                 await self._beat_once(loop.time())
+            except LogReset as exc:
+                self.abandon(exc)
+                return
             except HistoryError as exc:
                 self._beating_since = None
                 log.debug("cluster: heartbeat failed: %s", exc)
@@ -322,12 +364,10 @@ class ClusterPresence:
     async def _beat_once(self, now: float) -> None:
         """Refresh this node's heartbeat; sweep the nodes whose heartbeat is gone."""
         with self._mapped("could not refresh the heartbeat"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._beat_key(self.node), 1, px=int(NODE_TTL * 1000))
-                pipe.sadd(self._nodes, self.node)
-                pipe.hset(self._shared.read_key, self.node, self._position())
-                pipe.smembers(self._nodes)
-                _, added, _, nodes = await pipe.execute()
+            keys = [self._keys[0], self._beat_key(self.node), self._nodes, self._shared.read_key]
+            position = self._position()
+            args = [self.node, int(NODE_TTL * 1000), position, *self._same(position)]
+            added, nodes = await self._beat_script(keys=keys, args=args)
         if added:
             log.warning(
                 "cluster: this node was taken for lost (no heartbeat for %.0f s): the others "
@@ -338,7 +378,7 @@ class ClusterPresence:
             self._beating_since = now
         if now - self._beating_since < NODE_TTL:
             return  # another live node may not have had the time to beat since Redis is back
-        others = sorted(n.decode() for n in cast(set[bytes], nodes) if n.decode() != self.node)
+        others = sorted(n.decode() for n in cast(list[bytes], nodes) if n.decode() != self.node)
         if not others:
             return
         with self._mapped("could not read the heartbeats"):
@@ -353,8 +393,19 @@ class ClusterPresence:
         """Sweep ``node`` if its heartbeat is gone and nobody did yet: its users' count, or -1."""
         with self._mapped(f"could not sweep node {node}"):
             keys = [*self._keys, self._nodes, self._beat_key(node), self._shared.read_key]
-            args: list[str | int] = [node, NODE_LOST, KEEP]
+            args: list[str | int] = [node, NODE_LOST, KEEP, *self._same()]
             return int(await self._sweep(keys=keys, args=args))
+
+    def _same(self, seen: int | None = None) -> list[str | int]:
+        """The last two arguments of every script: what tells the room Redis lost."""
+        return [self._shared.epoch, self._shared.last_seq if seen is None else seen]
+
+    def abandon(self, exc: LogReset) -> None:
+        """Redis lost the room: change nothing there any more, and have the server restart
+        (once, whoever found it: this node, or its room)."""
+        if not self.abandoned:
+            self.abandoned = True
+            self._reset(exc)
 
     def _beat_key(self, node: str) -> str:
         return f"{self._prefix}node:{node}"

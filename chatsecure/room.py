@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from chatsecure.cluster import REFUSED, PresenceEvent, StreamFeed
-from chatsecure.history import Appends, Draft, Fed, HistoryError, Record, RoomLog, SharedLog
+from chatsecure.history import (
+    Appends,
+    Draft,
+    Fed,
+    HistoryError,
+    LogReset,
+    Record,
+    RoomLog,
+    SharedLog,
+)
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -221,6 +230,10 @@ class Room:
         The feed may bring a line before its store's answer comes (both are replies from the
         log, read in whichever order the loop sees them): the line's ack goes out then, in its
         place among the lines, not after lines of higher seqs."""
+        self.lost_log: LogReset | None = None
+        """In a cluster: why the shared log is no longer this room's (Redis lost it), if so."""
+        self.on_lost_log: Callable[[LogReset], None] = lambda exc: None
+        """Called once the shared log is found lost: the server restarts on it."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -238,11 +251,21 @@ class Room:
         self._tail.extend(_tail_entry(r) for r in opened.tail)
         if isinstance(self._history, SharedLog):
             deliver = self._followed if self._cluster is None else self._fed_lines
-            self._feed = StreamFeed(self._history, deliver, lambda: self.seq, self.broadcast)
+            self._feed = StreamFeed(
+                self._history, deliver, lambda: self.seq, self.broadcast, self._lost_log
+            )
             self._feed.start()
         if self._cluster is not None:
-            self._cluster.start(lambda: self.seq)
+            self._cluster.start(lambda: self.seq, self._lost_log)
         return opened.max_peer_id
+
+    def _lost_log(self, exc: LogReset) -> None:
+        """Redis lost the room's log: nothing more goes there from this room (once)."""
+        if self.lost_log is None:
+            self.lost_log = exc
+            if self._cluster is not None:
+                self._cluster.abandon(exc)
+            self.on_lost_log(exc)
 
     async def drain(self) -> None:
         """Store, acknowledge and broadcast every line said so far (for a clean shutdown)."""

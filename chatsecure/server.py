@@ -615,17 +615,24 @@ class ChatServer:
         """``_accepted`` when memory was last released: the idle sweep releases it after any
         connection (not after every departure: a collection there would delay the sweep)."""
         self._release: asyncio.TimerHandle | None = None
+        self._sockets: list[socket.socket] = []
+        self.log_lost = asyncio.Event()
+        """Set when Redis lost the room's log (``Room.lost_log`` says why): ``serve`` restarts."""
+        self.room.on_lost_log = lambda exc: self.log_lost.set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Bind, load (or make) the certificate, open the log and start accepting connections.
 
         Binding comes first: a server that cannot listen (a port in use) leaves nothing
-        behind, no data folder, certificate, key or history file.
+        behind, no data folder, certificate, key or history file. ``sockets``: listen on
+        these instead (those of a server before this one, see ``keep_listening``).
         """
         config = self.config
-        sockets = listen_sockets(config.host, config.port)
+        if sockets is None:
+            sockets = listen_sockets(config.host, config.port)
+        self._sockets = sockets
         try:
             config.make_data_dir()
             ctx = self._load_certificate()
@@ -687,6 +694,12 @@ class ChatServer:
     @property
     def port(self) -> int:
         return self.addresses[0][1]
+
+    def keep_listening(self) -> list[int]:
+        """Copies of the listening sockets' descriptors, open after ``shutdown``: a server
+        started on them (``socket.socket(fileno=...)``) takes the connections that came in
+        meanwhile, on the same port."""
+        return [os.dup(sock.fileno()) for sock in self._sockets]
 
     @property
     def sessions(self) -> dict[str, Member]:
@@ -971,6 +984,7 @@ async def serve(
     fix_mmap_threshold()
     server = ChatServer(config)
     await server.start()  # its errors are ConfigErrors that say what is wrong, from where
+    running: ChatServer | None = server
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -999,15 +1013,35 @@ async def serve(
             result = ready(server)
             if result is not None:
                 await result
-        await stop.wait()
+        while not await _stopped(stop, server):
+            # Redis lost the room: start again on what it holds now, as after a restart.
+            log.error("%s; starting again on it", server.room.lost_log)
+            kept = server.keep_listening()
+            running = None
+            await server.shutdown()
+            server = ChatServer(config)
+            await server.start([socket.socket(fileno=fd) for fd in kept])
+            running = server
         log.info("shutting down; %d online", len(server.sessions))
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        # (None: a restart that failed; its server is shut down, the next one never started.)
+        stopping = [] if running is None else [running.shutdown()]
         if advertiser is not None:  # goodbye packets, off the loop, while clients are told
-            await asyncio.gather(asyncio.to_thread(advertiser.stop), server.shutdown())
-        else:
-            await server.shutdown()
+            stopping.append(asyncio.to_thread(advertiser.stop))
+        await asyncio.gather(*stopping)
+
+
+async def _stopped(stop: asyncio.Event, server: ChatServer) -> bool:
+    """Wait until ``stop`` is set (True) or ``server`` lost its shared log (False)."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.log_lost.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return stop.is_set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,12 @@ class HistoryError(ConfigError):
     """The history database cannot be used; the message names the file and says what to do."""
 
 
+class LogReset(HistoryError):
+    """A shared log is no longer the one this server was using: it lost what it held (a Redis
+    restarted without persistence, or flushed). Its seqs and ids start again, so the server
+    must start again on it, as after a restart of its own."""
+
+
 # The types made once or more per line (here, and ``SendMsg``, ``_Said``, ``_Stored``) are not
 # frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, which costs
 # 4.5 times as much (0.53 against 0.12 us for six fields). Never change one once made.

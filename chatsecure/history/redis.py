@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
@@ -34,6 +35,7 @@ from chatsecure.history.log import (
     Draft,
     Fed,
     HistoryError,
+    LogReset,
     Opened,
     Record,
     chat_body,
@@ -45,7 +47,7 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
     raise HistoryError(
         "--cluster needs the redis package: pip install 'chatsecure[cluster]'"
@@ -72,11 +74,31 @@ further behind than this misses the oldest of them (its log says which)."""
 SOCKET_TIMEOUT = 10.0
 """Seconds a Redis reply may take (more than ``FOLLOW_BLOCK_MS``) before the call fails."""
 
-_APPEND = """
+RESET = "CHATSECURE_LOG_RESET"
+"""The error a script answers when the room's Redis lost what it held (see ``SAME_LOG``)."""
+
+SAME_LOG = f"""
+local function same_log(meta, epoch, seen)
+  return redis.call('HGET', meta, 'epoch') == epoch
+    and tonumber(redis.call('HGET', meta, 'seq') or '0') >= tonumber(seen)
+end
+local function reset() return redis.error_reply('{RESET}') end
+"""
+"""Lua for scripts that change the room: ``same_log(meta, epoch, seen)`` says whether Redis
+still holds the log this node opened: the epoch it read then (``RedisLog.claim_epoch``), and a
+counter at least at the newest seq it has seen. A Redis that restarted empty has neither (or a
+new epoch, written by a node that started since); one that failed over to a replica that lagged
+has a counter behind. Its seqs and ids start again there: a node that went on would store lines
+nobody reads and mix its ids with new ones, so it must start again (``LogReset``)."""
+
+_APPEND = (
+    SAME_LOG
+    + """
 local meta, stream, refs, read = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local keep, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not same_log(meta, ARGV[3], ARGV[4]) then return reset() end
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local key, payload, body, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local original = nil
   if key ~= '' then
@@ -126,8 +148,10 @@ for i = 3, #ARGV, 4 do
 end
 return out
 """
-"""Store a batch: ARGV is ``keep`` and ``most``, then per draft its dedup key ('' for none),
-its payload (``r``: everything, as JSON), its ``Fed.body`` (``m``) and its sender's id (``i``).
+)
+"""Store a batch: ARGV is ``keep`` and ``most``, this node's epoch and newest seq seen (see
+``SAME_LOG``), then per draft its dedup key ('' for none), its payload (``r``: everything, as
+JSON), its ``Fed.body`` (``m``) and its sender's id (``i``).
 
 Returns per draft ``{seq}`` for a new line, or ``{seq, payload}`` of the original for a
 duplicate. The stream keeps the newest ``keep`` lines, and more (up to ``most``) while a node
@@ -217,6 +241,7 @@ class RedisLog:
             raise HistoryError(f"--cluster {self._url} is not a Redis URL ({exc})") from exc
         self._append = self._redis.register_script(_APPEND)
         self._last_seq = 0
+        self._epoch: str | None = None
         self._closed = False
         self.prefix = prefix
         """The keys' prefix (``room_prefix``): other keys of the room start with it too."""
@@ -238,6 +263,23 @@ class RedisLog:
         return self._last_seq
 
     @property
+    def epoch(self) -> str:
+        """The epoch of the log this node opened (``claim_epoch``; "" before)."""
+        return self._epoch or ""
+
+    async def claim_epoch(self) -> str:
+        """This node's epoch of the log: a random id that the first node to open the room's
+        keys (new, or lost by Redis) writes there, and every other node reads. ``RedisError``
+        is the caller's to turn into a ``HistoryError``: this is part of opening."""
+        if self._epoch is None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(self._meta, "epoch", secrets.token_hex(8))
+                pipe.hget(self._meta, "epoch")
+                _, epoch = await pipe.execute()
+            self._epoch = cast(bytes, epoch).decode()
+        return self._epoch
+
+    @property
     def keep(self) -> int:
         return self._keep
 
@@ -245,6 +287,7 @@ class RedisLog:
         """Reach Redis, reserve a block of peer ids, and return the newest ``tail`` lines."""
         check_limit("tail", tail)
         try:
+            await self.claim_epoch()
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hincrby(self._meta, "ids", ID_BLOCK)
                 pipe.hget(self._meta, "seq")
@@ -265,7 +308,12 @@ class RedisLog:
         appends = Appends(drafts, self._last_seq + 1)
         if not drafts:
             return appends
-        args: list[str | int | bytes] = [self._keep, self._keep + LAG_KEEP]
+        args: list[str | int | bytes] = [
+            self._keep,
+            self._keep + LAG_KEEP,
+            self.epoch,
+            self._last_seq,
+        ]
         for draft in drafts:
             key = _dedup_key(draft.client, draft.ref)
             args += [key, _payload(draft), chat_body(draft), draft.sender.id]
@@ -364,6 +412,13 @@ def redis_errors(who: str, doing: str, url: str) -> Iterator[None]:
     """Turn a ``RedisError`` into a ``HistoryError`` naming the URL (the one boundary)."""
     try:
         yield
+    except ResponseError as exc:
+        if RESET in str(exc):
+            raise LogReset(
+                f"{who}: the room's log in the Redis at {url} is not the one this server "
+                "opened: Redis lost what it held (restarted without persistence, or flushed)"
+            ) from exc
+        raise HistoryError(f"{who}: {doing} in the Redis at {url}: {redis_reason(exc)}") from exc
     except RedisError as exc:
         raise HistoryError(f"{who}: {doing} in the Redis at {url}: {redis_reason(exc)}") from exc
 

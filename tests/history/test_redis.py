@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatsecure.history import Draft, Fed, HistoryError, MemoryLog, SharedLog, SqliteLog
+from chatsecure.history import (
+    Draft,
+    Fed,
+    HistoryError,
+    LogReset,
+    MemoryLog,
+    SharedLog,
+    SqliteLog,
+)
 from chatsecure.history.redis import ID_BLOCK, RedisLog, public_url, room_prefix
 from chatsecure.protocol.messages import Chat, encode
 from tests.history.conftest import BOB, draft, lines
@@ -147,6 +155,36 @@ async def test_rooms_do_not_share_lines(redis_server: RedisServer) -> None:
         assert appended.record.seq == 1
         assert [r.text for r in await other.before(None, 10)] == ["c"]
     assert room_prefix("one {room}") == "chatsecure:{one%20%7Broom%7D}:"
+
+
+@pytest.mark.asyncio
+async def test_a_log_redis_lost_refuses_lines_until_opened_again(
+    redis_server: RedisServer,
+) -> None:
+    room = room_name()
+    async with opened(redis_server.url, room) as log:
+        await log.append(lines("a", "b"))
+        await log.redis.delete(*await log.redis.keys(room_prefix(room) + "*"))  # Redis emptied
+        with pytest.raises(LogReset, match=r"Redis lost what it held"):
+            await log.append(lines("c"))
+        assert await log.redis.hget(room_prefix(room) + "meta", "seq") is None  # nothing stored
+        async with opened(redis_server.url, room) as again:  # a new start: the new log's seqs
+            [appended] = await again.append(lines("c"))
+            assert appended.record.seq == 1
+            with pytest.raises(LogReset):  # and the old node is still out (another epoch)
+                await log.append(lines("d"))
+
+
+@pytest.mark.asyncio
+async def test_a_log_whose_counter_went_back_refuses_lines(redis_server: RedisServer) -> None:
+    """A Redis that failed over to a replica that lagged: the same log, an older counter."""
+    room = room_name()
+    async with opened(redis_server.url, room) as log:
+        await log.append(lines("a", "b", "c"))
+        await log.redis.hset(room_prefix(room) + "meta", "seq", 1)
+        with pytest.raises(LogReset):
+            await log.append(lines("d"))
+        assert [r.text for r in await log.before(None, 10)] == ["a", "b", "c"]
 
 
 @pytest.mark.asyncio

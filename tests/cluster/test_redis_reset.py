@@ -1,0 +1,131 @@
+"""Redis restarted empty under running nodes: each node starts again on what Redis holds now.
+
+A Redis without persistence that restarts (or is flushed) loses the room: its seq counter, its
+ids and its presence start again. Nodes that read on from their old seq would acknowledge new
+lines that reach nobody. Two real ``chatsecure server`` processes on a real redis-server that is
+killed and started again empty: both find it, tell their clients ``shutdown``, start again on
+the same ports, and lines said afterwards reach everyone, with the new log's seqs.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from chatsecure.client.core import ChatClient, ClientEvent, Connected, Received, Sent, Target
+from chatsecure.protocol.messages import Chat
+from chatsecure.testing import RawClient
+from chatsecure.tls.trust import KnownServers, TrustPolicy
+from tests.helpers import ServerProcess
+from tests.redis_server import REDIS_SERVER, RedisServer, cluster_node, room_name
+
+E = TypeVar("E")
+HOST = "127.0.0.1"
+WITHIN = 20.0
+"""Seconds for a node to find the reset (a heartbeat a second), start again, and a client to
+come back (its first pause)."""
+
+
+@pytest.fixture
+def empty_on_restart(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test only, with no persistence: a restart finds it empty."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def two_nodes(empty_on_restart: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
+    room = room_name()
+    started = [cluster_node(empty_on_restart, room, cert_dir)]
+    try:
+        started.append(cluster_node(empty_on_restart, room, cert_dir))
+        yield started
+    finally:
+        for process in started:
+            process.kill()
+
+
+def next_of(client: ChatClient, kind: type[E], seen: list[ClientEvent], timeout: float = 10) -> E:
+    """The next event of ``kind``; every event read on the way is added to ``seen``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            event = client.events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {kind.__name__} in {timeout} s: {seen[-5:]}") from None
+        seen.append(event)
+        if isinstance(event, kind):
+            return event
+
+
+def next_chat(client: ChatClient, seen: list[ClientEvent]) -> tuple[int, str]:
+    while True:
+        message = next_of(client, Received, seen).message
+        if isinstance(message, Chat):
+            return message.seq, message.text
+
+
+def frames_until(raw: RawClient, kind: str, timeout: float = WITHIN) -> list[dict[str, Any]]:
+    """Frames ``raw`` gets up to the first of ``kind`` (bounded by ``timeout``)."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not got or got[-1]["type"] != kind:
+        got.append(raw.recv(max(0.1, deadline - time.monotonic())))
+    return got
+
+
+def test_nodes_start_again_on_a_redis_that_restarted_empty_and_lines_reach_everyone(
+    empty_on_restart: RedisServer, two_nodes: list[ServerProcess]
+) -> None:
+    a, b = two_nodes
+    carol = ChatClient(Target(HOST, b.port), "carol", TrustPolicy(KnownServers(), accept_new=True))
+    carol.start()
+    seen: list[ClientEvent] = []
+    try:
+        next_of(carol, Connected, seen)
+        with RawClient(HOST, a.port) as alice:
+            alice.join("alice", client="alice-id-1")
+            for n in range(3):
+                alice.send({"type": "msg", "text": f"before {n}", "ref": f"r{n}"})
+                assert alice.expect("ack")["seq"] == n + 1
+                assert next_chat(carol, seen) == (n + 1, f"before {n}")
+
+            empty_on_restart.kill()
+            empty_on_restart.restart()
+
+            # Node A finds that Redis lost the room and starts again: its clients are told.
+            assert frames_until(alice, "shutdown")[-1] == {"type": "shutdown"}
+
+        # Carol's client comes back to node B by itself, into the new log.
+        back = next_of(carol, Connected, seen, WITHIN)
+        assert back.welcome.seq == 0
+        # Node A listens again on the same port; its roster is the new room's.
+        with RawClient(HOST, a.port, timeout=WITHIN) as alice:
+            welcome = alice.join("alice", client="alice-id-1")
+            assert [p["nick"] for p in welcome["peers"]] == ["carol"]
+            carol.send("after the reset")
+            assert next_of(carol, Sent, seen).seq == 1
+            line = alice.expect("msg", WITHIN)
+            assert (line["seq"], line["text"]) == (1, "after the reset")
+            alice.send({"type": "msg", "text": "heard you", "ref": "r-after"})
+            assert alice.expect("ack")["seq"] == 2
+            assert next_chat(carol, seen) == (2, "heard you")
+    finally:
+        carol.close()
+
+    for node in (a, b):
+        code, err = node.stop()
+        assert code == 0, err
+        assert err.count("Redis lost what it held") == 1, err
