@@ -17,7 +17,9 @@ When the log comes back *empty* (a Redis restarted without persistence, or flush
 ``LogReset``), its seqs and ids start again, and a node that read on would wait for lines of
 its old numbers while new lines went by. The node restarts instead, as a single server does
 after losing its database: it tells its clients ``shutdown`` (they come back by themselves) and
-opens the room again on what Redis holds now (``chatsecure.server.serve``).
+opens the room again on what Redis holds now (``chatsecure.server.serve``). A node that finds
+the others took it for lost (``Evicted``: paused longer than a heartbeat lasts) restarts too:
+its users were told they left, and come back in by reconnecting.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from chatsecure.protocol.codes import NoticeCode
 from chatsecure.protocol.messages import Notice, Peer, encode
 
 log = logging.getLogger(__name__)
+
+
+class Evicted(HistoryError):
+    """The other servers of the cluster took this one for lost (it was paused, or cut off
+    from Redis, for longer than a heartbeat lasts): its users were told they left, and their
+    nicks are free. It must start again, so that they come back into the room."""
+
 
 RETRY_FIRST = 0.1
 """Seconds before the feed reads the stream again after losing it; doubled each time."""
@@ -87,13 +96,13 @@ class StreamFeed:
         deliver: Callable[[list[Fed]], None],
         position: Callable[[], int],
         tell: Callable[[bytes], None],
-        reset: Callable[[LogReset], None],
+        restart: Callable[[HistoryError], None],
     ) -> None:
         self._log = shared
         self._deliver = deliver
         self._position = position
         self._tell = tell
-        self._reset = reset
+        self._restart = restart
         self._task: asyncio.Task[None] | None = None
         self.up = True
         """Whether the shared log answered the last time it was used."""
@@ -111,7 +120,7 @@ class StreamFeed:
         """The shared log failed: log it and tell the clients, once per outage (or, if it
         lost what it held, have the server restart)."""
         if isinstance(exc, LogReset):
-            self._reset(exc)
+            self._restart(exc)
         elif self.up:
             self.up = False
             log.warning("cluster: %s; new lines are refused until it is back", exc)

@@ -44,7 +44,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError  # if missing, history.redis (imported first) says so
 
-from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, PresenceEvent, cancel
+from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, Evicted, PresenceEvent, cancel
 from chatsecure.history import HistoryError, LogReset
 from chatsecure.history.redis import SAME_LOG, RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
@@ -222,7 +222,7 @@ class ClusterPresence:
         self._position: Callable[[], int] = lambda: 0
         self._beating_since: float | None = None
         """Loop time of the first of this node's unbroken run of heartbeats (None: broken)."""
-        self._reset: Callable[[LogReset], None] = lambda exc: None
+        self._restart: Callable[[HistoryError], None] = lambda exc: None
         self.abandoned = False
         """Whether Redis lost the room (``LogReset``): this node changes nothing there again."""
 
@@ -252,14 +252,15 @@ class ClusterPresence:
         log.info("cluster: node %s; %d in the room on every node", self.node, len(rows))
         return [Peer(row[1], row[2], row[3]) for row in rows]
 
-    def start(self, position: Callable[[], int], reset: Callable[[LogReset], None]) -> None:
+    def start(self, position: Callable[[], int], restart: Callable[[HistoryError], None]) -> None:
         """Follow the presence stream with the lines; start the heartbeat and the changes.
 
         Each heartbeat also says how far this node has read the lines (``position()``): the
         log keeps what it has not read yet (``RedisLog.read_key``). A heartbeat, join, leave
-        or sweep that finds the room lost by Redis calls ``reset``, once."""
+        or sweep that finds the room lost by Redis (``LogReset``), or a heartbeat that finds
+        this node swept by the others (``Evicted``), calls ``restart``."""
         self._position = position
-        self._reset = reset
+        self._restart = restart
         self._shared.also = self
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -368,12 +369,14 @@ class ClusterPresence:
             position = self._position()
             args = [self.node, int(NODE_TTL * 1000), position, *self._same(position)]
             added, nodes = await self._beat_script(keys=keys, args=args)
-        if added:
-            log.warning(
-                "cluster: this node was taken for lost (no heartbeat for %.0f s): the others "
-                "were told its users left",
-                NODE_TTL,
+        if added:  # swept: only a sweep takes a node out of the set
+            self._restart(
+                Evicted(
+                    f"cluster: this node was taken for lost (no heartbeat for {NODE_TTL:.0f} s)"
+                    " and the others were told its users left"
+                )
             )
+            return
         if self._beating_since is None:
             self._beating_since = now
         if now - self._beating_since < NODE_TTL:
@@ -405,7 +408,7 @@ class ClusterPresence:
         (once, whoever found it: this node, or its room)."""
         if not self.abandoned:
             self.abandoned = True
-            self._reset(exc)
+            self._restart(exc)
 
     def _beat_key(self, node: str) -> str:
         return f"{self._prefix}node:{node}"

@@ -230,10 +230,11 @@ class Room:
         The feed may bring a line before its store's answer comes (both are replies from the
         log, read in whichever order the loop sees them): the line's ack goes out then, in its
         place among the lines, not after lines of higher seqs."""
-        self.lost_log: LogReset | None = None
-        """In a cluster: why the shared log is no longer this room's (Redis lost it), if so."""
-        self.on_lost_log: Callable[[LogReset], None] = lambda exc: None
-        """Called once the shared log is found lost: the server restarts on it."""
+        self.restart_why: HistoryError | None = None
+        """In a cluster: why this room must start again on the shared log, if it must (Redis
+        lost the room, ``LogReset``; or the other servers took this one for lost, ``Evicted``)."""
+        self.on_restart: Callable[[HistoryError], None] = lambda exc: None
+        """Called once when the room must start again: the server restarts."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -252,20 +253,20 @@ class Room:
         if isinstance(self._history, SharedLog):
             deliver = self._followed if self._cluster is None else self._fed_lines
             self._feed = StreamFeed(
-                self._history, deliver, lambda: self.seq, self.broadcast, self._lost_log
+                self._history, deliver, lambda: self.seq, self.broadcast, self._restart
             )
             self._feed.start()
         if self._cluster is not None:
-            self._cluster.start(lambda: self.seq, self._lost_log)
+            self._cluster.start(lambda: self.seq, self._restart)
         return opened.max_peer_id
 
-    def _lost_log(self, exc: LogReset) -> None:
-        """Redis lost the room's log: nothing more goes there from this room (once)."""
-        if self.lost_log is None:
-            self.lost_log = exc
-            if self._cluster is not None:
+    def _restart(self, exc: HistoryError) -> None:
+        """This room must start again (once); if Redis lost it, nothing more goes there."""
+        if self.restart_why is None:
+            self.restart_why = exc
+            if self._cluster is not None and isinstance(exc, LogReset):
                 self._cluster.abandon(exc)
-            self.on_lost_log(exc)
+            self.on_restart(exc)
 
     async def drain(self) -> None:
         """Store, acknowledge and broadcast every line said so far (for a clean shutdown)."""

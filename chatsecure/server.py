@@ -616,9 +616,9 @@ class ChatServer:
         connection (not after every departure: a collection there would delay the sweep)."""
         self._release: asyncio.TimerHandle | None = None
         self._sockets: list[socket.socket] = []
-        self.log_lost = asyncio.Event()
-        """Set when Redis lost the room's log (``Room.lost_log`` says why): ``serve`` restarts."""
-        self.room.on_lost_log = lambda exc: self.log_lost.set()
+        self.must_restart = asyncio.Event()
+        """Set when the room must start again (``Room.restart_why``): ``serve`` restarts."""
+        self.room.on_restart = lambda exc: self.must_restart.set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -1014,8 +1014,8 @@ async def serve(
             if result is not None:
                 await result
         while not await _stopped(stop, server):
-            # Redis lost the room: start again on what it holds now, as after a restart.
-            log.error("%s; starting again on it", server.room.lost_log)
+            # Redis lost the room, or the cluster this server: start again on what it holds.
+            log.error("%s; starting again on it", server.room.restart_why)
             kept = server.keep_listening()
             running = None
             await server.shutdown()
@@ -1035,7 +1035,7 @@ async def serve(
 
 async def _stopped(stop: asyncio.Event, server: ChatServer) -> bool:
     """Wait until ``stop`` is set (True) or ``server`` lost its shared log (False)."""
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.log_lost.wait())]
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.must_restart.wait())]
     try:
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:

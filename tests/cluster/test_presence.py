@@ -270,3 +270,35 @@ def test_the_users_of_a_killed_node_leave_once_with_node_lost_within_10_s(
         # The lost users' nicks are free again.
         with RawClient(HOST, c.port) as again:
             assert again.join("ann")["you"]["nick"] == "ann"
+
+
+def test_a_node_paused_until_taken_for_lost_starts_again_and_its_users_come_back(
+    three_nodes: list[ServerProcess],
+) -> None:
+    a, b, _ = three_nodes
+    with RawClient(HOST, b.port) as bob:
+        bob.join("bob")
+        with RawClient(HOST, a.port) as ann:
+            ann.join("ann")
+            assert presence(bob.recv()) == [("join", "ann", None)]
+
+            a.proc.send_signal(signal.SIGSTOP)  # a suspended machine, a stalled process
+            try:
+                assert presence(bob.recv(LOST_WITHIN)) == [("leave", "ann", "node_lost")]
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+
+            # Awake, node A finds itself swept: its users were told ann left, and would talk
+            # on unseen in the roster. It starts again instead; ann is told, as at a restart.
+            got = [ann.recv(LOST_WITHIN)]
+            while got[-1]["type"] != "shutdown":
+                got.append(ann.recv(LOST_WITHIN))
+            assert [f["type"] for f in got] == ["leave", "shutdown"][-len(got) :], got
+        with RawClient(HOST, a.port, timeout=LOST_WITHIN) as ann:
+            assert ann.join("ann")["you"]["nick"] == "ann"
+            assert presence(bob.recv()) == [("join", "ann", None)]
+            ann.send({"type": "msg", "text": "back"})
+            assert bob.expect("msg")["text"] == "back"
+    code, err = a.stop()
+    assert code == 0, err
+    assert err.count("this node was taken for lost") == 1, err
