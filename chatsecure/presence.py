@@ -76,13 +76,27 @@ _JOIN = (
     + """
 local meta, stream, members, nicks = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if not same_log(meta, ARGV[#ARGV - 1], ARGV[#ARGV]) then return reset() end
-local node, id, addr, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local nick, folded = ARGV[5], ARGV[6]
+local node, id, addr, keep, client = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local nick, folded = ARGV[6], ARGV[7]
+local holder = redis.call('HGET', nicks, folded)
+if holder and client ~= '' then
+  local found = redis.call('HGET', members, holder)
+  local m = found and cjson.decode(found)
+  if m and m[7] == client then
+    -- Its own client again (its old connection broke unseen, on this node or another): the
+    -- old one leaves, replaced, and the nick is this one's.
+    redis.call('HDEL', members, holder)
+    redis.call('HDEL', nicks, folded)
+    redis.call('XADD', stream, 'MAXLEN', '~', keep, '*', 'k', 'l',
+      'a', redis.call('HGET', meta, 'seq') or '0', 'i', holder, 'n', m[3], 'd', m[4],
+      'r', 'replaced')
+  end
+end
 if redis.call('HSETNX', nicks, folded, id) == 0 then
   nick = false
   for n = 2, 999999 do
     local suffix = '_' .. n
-    local i = 7 + 2 * (#suffix - 2)
+    local i = 8 + 2 * (#suffix - 2)
     local candidate = ARGV[i + 1] .. suffix
     if redis.call('HSETNX', nicks, candidate, id) == 1 then
       nick, folded = ARGV[i] .. suffix, candidate
@@ -93,12 +107,14 @@ end
 local after = redis.call('HGET', meta, 'seq') or '0'
 local eid = redis.call('XADD', stream, 'MAXLEN', '~', keep, '*',
   'k', 'j', 'a', after, 'i', id, 'n', nick, 'd', addr)
-redis.call('HSET', members, id, cjson.encode({node, id, nick, addr, folded, eid}))
+redis.call('HSET', members, id, cjson.encode({node, id, nick, addr, folded, eid, client}))
 return nick
 """
 )
-"""Let peer ARGV[2] of node ARGV[1] in as ARGV[5] or the first free variant; ARGV[7..] are, per
-suffix length, the nick's prefix that leaves room for it and that prefix casefolded. The last
+"""Let peer ARGV[2] of node ARGV[1], of client ARGV[5] ('' for none), in as ARGV[6] or the first
+free variant; ARGV[8..] are, per suffix length, the nick's prefix that leaves room for it and
+that prefix casefolded. A member of the same client under the same nick is replaced (it leaves
+with reason ``replaced``). The last
 two ARGV of every script here are the node's epoch and newest seq seen (``SAME_LOG``)."""
 
 _LEAVE = (
@@ -189,6 +205,7 @@ class _Change:
     reason: str = ""
     wanted: str = ""
     addr: str = ""
+    client: str = ""
     done: asyncio.Future[None] | None = None
 
 
@@ -289,13 +306,15 @@ class ClusterPresence:
 
     # -- joins and leaves ----------------------------------------------------------------
 
-    async def join(self, peer_id: str, wanted: str, addr: str) -> None:
+    async def join(self, peer_id: str, wanted: str, addr: str, client: str | None) -> None:
         """Add the join of ``peer_id`` (as ``wanted`` or a free variant); the feed brings it.
+        A member of the same ``client`` id under ``wanted``, on any node, is replaced.
 
         A ``HistoryError`` says Redis did not answer: the join may or may not be stored, so
         the caller adds a leave after it (which does nothing if it was not)."""
         done = asyncio.get_running_loop().create_future()
-        self._changes.put_nowait(_Change(peer_id, wanted=wanted, addr=addr, done=done))
+        change = _Change(peer_id, wanted=wanted, addr=addr, client=client or "", done=done)
+        self._changes.put_nowait(change)
         await done
 
     def leave(self, peer_id: str, reason: str) -> None:
@@ -339,7 +358,8 @@ class ClusterPresence:
                 await self._leave(keys=self._keys, args=args)
             else:
                 nicks = nick_arguments(change.wanted)
-                args = [self.node, change.peer_id, change.addr, KEEP, *nicks, *self._same()]
+                args = [self.node, change.peer_id, change.addr, KEEP, change.client]
+                args += [*nicks, *self._same()]
                 await self._join(keys=self._keys, args=args)
 
     def take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

@@ -106,6 +106,10 @@ class Member(Protocol):
     def release(self) -> None:
         """Read from this member again."""
 
+    def replace(self, how: str) -> None:
+        """Another connection of this member's client took its place (``how``: "from ADDR",
+        say): tell it, and close it."""
+
 
 BATCH_START = 256
 BATCH_MAX = 4096
@@ -812,7 +816,7 @@ class Room:
     async def _claim(self, member: Member, wanted: str, addr: str) -> None:
         assert self._cluster is not None  # noqa: S101 - only called in a cluster
         try:
-            await self._cluster.join(member.id, wanted, addr)
+            await self._cluster.join(member.id, wanted, addr, member.client_id)
         except HistoryError as exc:
             if self._feed is not None:
                 self._feed.lost(exc)
@@ -858,6 +862,13 @@ class Room:
         A join of this server's is the moment its member is welcomed."""
         peer = event.peer
         if event.reason is not None:
+            if (
+                event.reason == ErrorCode.REPLACED
+                and (member := self.members.get(peer.id)) is not None
+            ):
+                # Its client came back through another server (or this one, queued behind a
+                # commit) before this one saw its connection break.
+                member.replace("through another server of the room")
             peer_json = self._peers_json.pop(peer.id, None)
             if peer_json is not None:
                 self._chunks = []  # the roster's order changed: the shared chunks are wrong now

@@ -457,6 +457,14 @@ class Session(asyncio.BufferedProtocol):
                 SHUTDOWN_GRACE, self._transport.abort
             )
 
+    def replace(self, how: str) -> None:
+        # Routine after a network change: no warning.
+        if self._closing:
+            return
+        self.log.info("replaced by a new connection of its client %s", how)
+        self.send(encode(Error(ErrorCode.REPLACED, f"it connected again {how}")))
+        self.close(ErrorCode.REPLACED.value)
+
     def drop(self, code: ErrorCode, message: str, reason: str | None = None) -> None:
         """Send a last ``error`` and close. Used when the client broke a rule or a limit bit.
 
@@ -507,13 +515,10 @@ class Session(asyncio.BufferedProtocol):
         self.server.auth_succeeded(self.addr)
         self.client_id = hello.client
         old = self.room.member_of(hello.client, nick)
-        if isinstance(old, Session) and not old.gone:
-            # Its own ghost (a connection that broke unseen) must not keep its nick from it:
-            # routine after a network change, so no warning. (Under another nick it is
-            # another person on the same config folder: both stay.)
-            old.log.info("replaced by a new connection of its client from %s", self.addr)
-            old.send(encode(Error(ErrorCode.REPLACED, f"it connected again from {self.addr}")))
-            old.close(ErrorCode.REPLACED.value)
+        if old is not None and not old.gone:
+            # Its own ghost (a connection that broke unseen) must not keep its nick from it.
+            # (Under another nick it is another person on the same config folder: both stay.)
+            old.replace(f"from {self.addr}")
         if self.room.clustered:  # welcomed once every server knows (``then``)
             self.room.enter(self, nick, hello, self.addr, self._entered)
             return

@@ -109,7 +109,10 @@ def test_a_client_whose_node_is_killed_resumes_on_the_next_with_no_gap_and_no_du
             assert store.get(HOST, b.port) == a.fingerprint  # pinned now, without a question
             while len(chats(seen)) < 5:
                 next_of(carol, Received, seen)
-            bob.expect("join")
+            # Her place on the dead node is taken at once: no carol_2 until A is swept.
+            assert back.welcome.you.nick == "carol"
+            assert bob.expect("leave")["reason"] == "replaced"
+            assert bob.expect("join")["peer"]["nick"] == "carol"
             carol.send("carol is back")
             assert next_of(carol, Sent, seen).seq == 9
             line = bob.expect("msg")

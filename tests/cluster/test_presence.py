@@ -302,3 +302,33 @@ def test_a_node_paused_until_taken_for_lost_starts_again_and_its_users_come_back
     code, err = a.stop()
     assert code == 0, err
     assert err.count("this node was taken for lost") == 1, err
+
+
+def test_a_client_back_through_another_node_replaces_its_ghost_and_keeps_its_nick(
+    nodes: Nodes,
+) -> None:
+    a, b = nodes(2)
+    with RawClient(a.host, a.port) as ghost, RawClient(b.host, b.port) as bob:
+        ghost.join("alice", client="client-alice")
+        bob.join("bob")
+        assert ghost.expect("join")["peer"]["nick"] == "bob"
+        # Alice's connection to A broke unseen (a network change); she comes back through B.
+        with RawClient(b.host, b.port) as alice:
+            assert alice.join("alice", client="client-alice")["you"]["nick"] == "alice"
+            error = ghost.expect("error")
+            assert error["code"] == "replaced"
+            assert "another server" in error["message"]
+            assert ghost.closed()
+            got = [bob.recv(), bob.recv()]
+            assert [presence(f) for f in got] == [
+                [("leave", "alice", "replaced")],
+                [("join", "alice", None)],
+            ]
+            # Another client under the same nick is someone else: a suffix, nobody replaced.
+            with RawClient(a.host, a.port) as other:
+                assert other.join("alice", client="client-other")["you"]["nick"] == "alice_2"
+            assert presence(bob.recv()) == [("join", "alice_2", None)]
+            assert alice.expect("join")["peer"]["nick"] == "alice_2"
+        left = presence(bob.recv()) + presence(bob.recv())
+        assert sorted(nick for _, nick, _ in left) == ["alice", "alice_2"]
+        assert bob.silent()  # the ghost's leave came once, as "replaced"
