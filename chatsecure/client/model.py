@@ -9,6 +9,8 @@ from typing import Literal
 
 from chatsecure.client.core import (
     MAX_RETRIES,
+    NEVER_STORED,
+    UNCONFIRMED,
     ClientEvent,
     Connected,
     Disconnected,
@@ -30,6 +32,10 @@ from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown
 from chatsecure.protocol.messages import Notice as ServerNotice
 from chatsecure.tls.trust import TrustQuestion, host_port
+
+UNSENT_SHOWN = 200
+"""Characters of a line not sent that its notice repeats (a 4,000-character paste is not
+shown again in red)."""
 
 
 class Phase(enum.Enum):
@@ -194,7 +200,11 @@ class ChatModel:
                 if ref is None:  # told by text alone: the first line waiting with it
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
                 self.pending.pop(ref or "", None)
-                return [notice("error", f"{why[:1].upper()}{why[1:]}: {safe_text(text)}", ts)]
+                shown = text if len(text) <= UNSENT_SHOWN else f"{text[:UNSENT_SHOWN]}…"
+                said = f"{why[:1].upper()}{why[1:]}: {safe_text(shown)}"
+                refused = why not in {NEVER_STORED, UNCONFIRMED}
+                # In place of its pending line; a refused text is offered back to edit.
+                return [Line("error", clock(ts), said, ref=ref, unsent=text if refused else None)]
         return []
 
     def _reconnecting(self, event: Reconnecting, ts: float | None) -> list[Line]:

@@ -52,6 +52,8 @@ class Line:
     """Loaded by scrolling up: it goes above every line shown."""
     seq: int = 0
     """The stored line's ``seq``; 0 for notices and for servers that keep no log."""
+    unsent: str | None = None
+    """For the notice of a line the server refused: its whole text, to offer back."""
 
     def segments(self) -> tuple[tuple[str, str], ...]:
         """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""

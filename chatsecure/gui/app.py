@@ -93,6 +93,10 @@ class App:
         self._urgent = False
         """Whether the window's urgency hint is set."""
         self._focus_check: str | None = None
+        self._follow = True
+        """Whether the newest line was in view when the transcript's view last changed."""
+        self._size = (0, 0)
+        """The transcript's size when its view last changed."""
         self.fonts = _fonts(root)
         _style(root, self.fonts)
         root.title("chatsecure")
@@ -104,6 +108,8 @@ class App:
         self.connect_view = self._build_connect()
         self.chat_view = self._build_chat()
         root.protocol("WM_DELETE_WINDOW", self.close)
+        # Enter presses the focused button, as Space does (and not the window's default too).
+        root.bind_class("TButton", "<Return>", _press)
         for sequence in ("<FocusIn>", "<FocusOut>"):  # on every widget of every window of ours
             root.bind_all(sequence, self._focus_moved, add="+")
         self._fill_defaults()
@@ -249,7 +255,8 @@ class App:
             cursor="arrow",
         )
         scroll = ttk.Scrollbar(log_frame, orient="vertical", command=self.transcript.yview)
-        self.transcript.configure(yscrollcommand=scroll.set)
+        self._scrollbar = scroll
+        self.transcript.configure(yscrollcommand=self._scrolled)
         scroll.pack(side="right", fill="y")
         self.transcript.pack(side="left", fill="both", expand=True)
         self._tag_transcript()
@@ -552,12 +559,30 @@ class App:
             hint = "Looking for servers… (a server on another subnet needs its address typed)"
         self.servers_hint.configure(text=hint)
 
+    def _scrolled(self, first: float, last: float) -> None:
+        """The transcript's view changed: move the scrollbar, and note whether the newest
+        line is in view. A change of the transcript's size (the banner shown, the window
+        resized) cuts lines at the bottom: that is not the user scrolling up, so if the
+        newest line was in view it is brought back."""
+        self._scrollbar.set(first, last)
+        text = self.transcript
+        size = (text.winfo_width(), text.winfo_height())
+        if size != self._size:
+            self._size = size
+            if self._follow:
+                text.after_idle(text.see, "end")
+            return
+        self._follow = float(last) >= 0.999
+
     def _clear_transcript(self) -> None:
+        self._follow = True
         text = self.transcript
         text.configure(state="normal")
         text.delete("1.0", "end")
         # Lines arrive above the "pending" mark: below it wait own lines not yet stored.
-        text.mark_set("pending", "end")
+        # ("end" is past the last newline, where no insertion can go: the mark would never
+        # be above anything.)
+        text.mark_set("pending", "end-1c")
         text.mark_gravity("pending", "right")
         text.configure(state="disabled")
 
@@ -566,6 +591,9 @@ class App:
         me = self.controller.model.roster.me
         named = self.attention.arrived(lines, me.nick if me is not None else None)
         self._append(lines, named)
+        refused = next((line.unsent for line in lines if line.unsent is not None), None)
+        if refused is not None and not self.message.get():
+            self.message.insert(0, refused)  # back in the box, to shorten or fix
         self.root.title(self.attention.title(self.controller.model.title()))
         self._show_urgency()
 
@@ -592,9 +620,13 @@ class App:
                     text.delete(start, end)  # its pending line: it is stored now
             where = "older" if line.older else "end" if line.kind == "pending" else "pending"
             prepended += line.older
+            # A pending line goes after the mark, which stays before it (with no line pending
+            # yet, both are at the end: the mark's usual gravity would carry it along).
+            text.mark_gravity("pending", "left" if where == "end" else "right")
             for part, style in line.segments():
                 text.insert(where, part, (line.kind, f"{line.kind}-{style}", *tags))
             text.insert(where, "\n", (line.kind, *tags))
+        text.mark_gravity("pending", "right")
         # Bounded: the oldest lines go (scrolling up brings them back), but never the lines
         # on screen while the user reads older ones, unless there are twice as many.
         count, cap = self._line_count(), MAX_TRANSCRIPT_LINES
@@ -775,6 +807,12 @@ class TrustDialog:
 
     def destroy(self) -> None:
         self.window.destroy()
+
+
+def _press(event: tk.Event[tk.Misc]) -> str:
+    if isinstance(event.widget, ttk.Button):
+        event.widget.invoke()
+    return "break"
 
 
 def _pairs(ranges: tuple[Any, ...]) -> list[tuple[Any, Any]]:

@@ -587,3 +587,101 @@ def test_no_display_is_a_clear_error(tmp_path: Path, args: list[str]) -> None:
     assert result.returncode == 1
     assert "cannot open a window" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def own_and_pending_in_order(client: Gui) -> list[str]:
+    """The kinds of alice's own lines, top to bottom, as the transcript shows them."""
+    text = client.w("chat.body.log.transcript")
+    kinds = []
+    for row in range(1, int(text.index("end-1c").split(".")[0]) + 1):
+        tags = set(text.tag_names(f"{row}.0"))
+        kinds += [kind for kind in ("own", "pending") if kind in tags]
+    return kinds
+
+
+def test_own_lines_stored_stay_above_those_still_pending(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=5, msg_burst=2)  # the client paces its lines to this
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    for n in range(8):
+        alice.say(f"wave {n}")
+    orders = []
+
+    def stored() -> bool:
+        kinds = own_and_pending_in_order(alice)
+        orders.append(kinds)
+        return kinds == ["own"] * 8
+
+    alice.pump(stored, timeout=10)
+    mixed = [k for k in orders if "own" in k and "pending" in k]
+    assert mixed, "never caught with some stored and some pending"
+    for kinds in orders:  # at every moment: stored lines first, then those still pending
+        assert kinds == sorted(kinds, key=lambda kind: kind == "pending"), kinds
+    assert [line.split(": ", 1)[1] for line in alice.transcript_lines() if "wave" in line] == [
+        f"wave {n}" for n in range(8)
+    ]
+
+
+def test_a_line_the_server_refuses_is_not_left_pending_and_comes_back_to_edit(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(max_text=300)
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    long = "z" * 1000
+    alice.say(long)
+    alice.pump(lambda: "text_too_long" in alice.transcript())
+    notice = next(line for line in alice.transcript_lines() if "text_too_long" in line)
+    assert "error" in alice.tags_of_line_with("text_too_long")
+    assert len(notice) < 400  # the notice shows the start of the text, not all of it
+    assert long not in alice.transcript()  # and no pending copy is left behind
+    assert alice.w("chat.bottom.message").get() == long  # back in the box, to shorten
+    alice.type("chat.bottom.message", "short")
+    alice.click("chat.bottom.send")
+    alice.pump(lambda: "short" in alice.transcript())
+    alice.pump(lambda: "own" in alice.tags_of_line_with("short"))
+
+
+def test_enter_on_the_focused_connect_button_connects(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice = gui(nick="alice", accept_new=True)
+    alice.type("connect.form.host", "127.0.0.1")
+    alice.type("connect.form.port", str(server.port))
+    alice.press_enter(alice.w("connect.form.buttons.connect"))
+    alice.pump(lambda: alice.dialog() is not None or alice.phase is Phase.CHAT)
+
+
+def test_the_transcript_follows_new_lines_when_the_banner_or_a_resize_shrinks_it(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=0)
+    with Proxy((server.host, server.port)) as proxy, RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        text = alice.w("chat.body.log.transcript")
+
+        def shown(needle: str) -> bool:
+            """Whether the line with ``needle`` is in view (Tk's fractions are estimates)."""
+            index = text.search(needle, "1.0")
+            return bool(index) and text.dlineinfo(index) is not None
+
+        for n in range(60):  # more than a screen, in long lines that wrap
+            bob.send({"type": "msg", "text": f"filler {n} " + "word " * 60})
+        alice.pump(lambda: shown("filler 59"))
+
+        alice.root.geometry("660x440")  # smaller: lines are cut at the bottom, and rewrapped
+        bob.send({"type": "msg", "text": "after the resize"})
+        alice.pump(lambda: "after the resize" in alice.transcript())
+        settle([alice], 0.3)
+        assert shown("after the resize"), text.yview()
+
+        proxy.drop()  # the banner takes room from the transcript
+        alice.pump(lambda: alice.w("chat.banner").winfo_ismapped())
+        alice.say("typed while away")
+        alice.pump(lambda: "typed while away" in alice.transcript())
+        settle([alice], 0.3)
+        assert shown("typed while away"), text.yview()
