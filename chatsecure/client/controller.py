@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatsecure.client.core import ChatClient, Connected, Disconnected
+from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued
 from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick
 from chatsecure.client.model import ChatModel, Outgoing, Phase
 from chatsecure.client.resume import LastSeen, client_id
@@ -45,6 +45,13 @@ class Controller:
         self.bridge: TrustBridge | None = None
         self._retired: list[tuple[ChatClient, TrustBridge]] = []
         self._now = now
+        self._unqueued = 0
+        """Lines handed to the client whose ``Queued`` has not been polled yet."""
+
+    @property
+    def unsent(self) -> int:
+        """Own lines typed and not stored yet (nor told as not sent)."""
+        return self._unqueued + len(self.model.pending)
 
     def connect(self, request: ConnectRequest) -> None:
         """Start connecting; a client still running is retired first."""
@@ -92,6 +99,7 @@ class Controller:
             except LocalProtocolError as exc:  # too long for a frame, or not valid text
                 said = exc.message[:1].upper() + exc.message[1:]
                 return Outgoing(line=notice("error", f"{said}.", now))
+            self._unqueued += 1
         return out
 
     def load_older(self, limit: int = 100) -> bool:
@@ -126,12 +134,14 @@ class Controller:
             except queue.Empty:
                 break
             changed = True
+            if isinstance(event, Queued):
+                self._unqueued = max(self._unqueued - 1, 0)
             lines += self.model.apply(event, self._now())
             if isinstance(event, Connected) and self.model.request is not None:
                 remember_nick(self.model.request.nick)
             # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
             ended = ended or isinstance(event, Disconnected)
-        if ended:
+        if ended:  # (every line it still had was told as NotSent before this)
             self._retire()
         return Update(lines, changed)
 
@@ -150,6 +160,7 @@ class Controller:
         return self.client is not None or bool(self._retired)
 
     def _retire(self) -> None:
+        self._unqueued = 0
         if self.client is not None and self.bridge is not None:
             self.bridge.close()
             self.client.quit()

@@ -88,6 +88,9 @@ class App:
         self._view: str | None = None
         self._tick: str | None = None
         self._closed = False
+        self._after_sent: tuple[Callable[[], None], str] | None = None
+        """Leave or close, asked while own lines were not stored yet: done once they are (or
+        asked again), and what the banner says meanwhile."""
         self._discovery: Discovery | None = None
         self.attention = Attention()
         self._urgent = False
@@ -107,7 +110,7 @@ class App:
         self.status.pack(side="bottom", fill="x")
         self.connect_view = self._build_connect()
         self.chat_view = self._build_chat()
-        root.protocol("WM_DELETE_WINDOW", self.close)
+        root.protocol("WM_DELETE_WINDOW", self._close_asked)
         # Enter presses the focused button, as Space does (and not the window's default too).
         root.bind_class("TButton", "<Return>", _press)
         for sequence in ("<FocusIn>", "<FocusOut>"):  # on every widget of every window of ours
@@ -375,8 +378,29 @@ class App:
         self._render()
 
     def _leave(self) -> None:
+        if self._wait_for_pending(self._leave_now, "leaves", "Leave"):
+            return
+        self._leave_now()
+
+    def _leave_now(self) -> None:
+        self._after_sent = None
         self.controller.leave()
         self._render()
+
+    def _wait_for_pending(self, action: Callable[[], None], does: str, again: str) -> bool:
+        """Whether ``action`` (leave, close) waits for own lines not stored yet. Asked a first
+        time, it does (the banner says so); asked again, it is done at once without them."""
+        pending = self.controller.unsent
+        if not pending or self._after_sent is not None:
+            return False
+        lines = "1 line" if pending == 1 else f"{pending} lines"
+        said = (
+            f"{lines} not sent yet: this window {does} once the server has stored them. "
+            f"{again} again to do it now without them."
+        )
+        self._after_sent = (action, said)
+        self._render()
+        return True
 
     def _send(self) -> None:
         if self.controller.model.phase.view != "chat":
@@ -403,8 +427,17 @@ class App:
         self._on_server_selected()
         self._connect()
 
+    def _close_asked(self) -> None:
+        """The window's close button: close, once the lines typed are stored (see
+        ``_wait_for_pending``)."""
+        if self._closed:
+            return
+        if self._view == "chat" and self._wait_for_pending(self.close, "closes", "Close"):
+            return
+        self.close()
+
     def close(self) -> None:
-        """Quit cleanly: leave the server, stop discovery, close the window."""
+        """Quit cleanly at once: leave the server, stop discovery, close the window."""
         if self._closed:
             return
         self._closed = True
@@ -436,6 +469,13 @@ class App:
                     self._focus_first_error()  # the server refused a field (the password)
             if update.lines:
                 self._arrived(update.lines)
+            if self._after_sent is not None:
+                if any(line.kind == "error" and line.ref for line in update.lines):
+                    self._after_sent = None  # a line was not sent after all: see why first
+                    self._render()
+                elif not self.controller.unsent:
+                    self._after_sent[0]()
+                    return
             if self._view == "chat":
                 self._load_older_at_top()
             self._ask_trust()
@@ -518,9 +558,12 @@ class App:
         if conn is not None:
             self.room_label.configure(text=model.server_name)
             self.where_label.configure(text=model.where)
-        if model.banner:
+        banner = "\n".join(
+            said for said in (model.banner, self._after_sent and self._after_sent[1]) if said
+        )
+        if banner:
             style = "Error.TLabel" if model.phase is Phase.ENDED else "Warn.TLabel"
-            self.banner.configure(text=model.banner, style=style)
+            self.banner.configure(text=banner, style=style)
             self.banner.pack(fill="x", pady=(8, 0), before=self.body)
         else:
             self.banner.pack_forget()

@@ -685,3 +685,46 @@ def test_the_transcript_follows_new_lines_when_the_banner_or_a_resize_shrinks_it
         alice.pump(lambda: "typed while away" in alice.transcript())
         settle([alice], 0.3)
         assert shown("typed while away"), text.yview()
+
+
+def test_closing_the_window_with_lines_not_stored_waits_for_them_unless_asked_again(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=4, msg_burst=1)  # the client paces its lines to this
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    for n in range(6):
+        alice.say(f"last words {n}")
+    alice.pump(lambda: "last words 5" in alice.transcript())
+    alice.close_window()
+    assert alice.root.winfo_exists()  # still open: lines are on their way
+    assert "not sent yet" in alice.w("chat.banner").cget("text")
+    alice.pump(lambda: not alice.root.children, timeout=10)  # closed once they are stored
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        assert [m["text"] for m in bob.replayed] == [f"last words {n}" for n in range(6)]
+
+    carol = gui(nick="carol", accept_new=True)
+    connect_trusting(carol, "127.0.0.1", server.port)
+    for n in range(6):
+        carol.say(f"in a hurry {n}")
+    carol.close_window()
+    carol.close_window()  # asked again: at once, without them
+    assert not carol.root.children
+
+
+def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_them(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    with Proxy((server.host, server.port)) as proxy:
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        alice.say("stuck one")
+        alice.say("stuck two")
+        alice.click("chat.top.leave")
+        assert alice.view() == "chat"
+        assert "2 lines not sent yet" in alice.w("chat.banner").cget("text")
+        alice.click("chat.top.leave")  # again: leave without them
+        assert alice.view() == "connect"
