@@ -30,6 +30,15 @@ INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 """Unicode categories a nick or a server name loses: controls (Cc), format characters such as
 bidi overrides and zero-width joiners (Cf), and line/paragraph separators (Zl, Zp)."""
 
+BLANKS = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+"""Characters that show as nothing, or as a blank, without being format characters: the
+combining grapheme joiner, the Hangul and Khmer fillers, the variation selectors, the braille
+blank. A nick loses them too, or ``alice`` + U+3164 would be a second ``alice``."""
+
 
 def clean_nick(raw: str) -> str:
     """Return ``raw`` as a displayable nick, or raise ``bad_nick``.
@@ -40,8 +49,12 @@ def clean_nick(raw: str) -> str:
     the same (a decomposed "zoë", a full-width "zoe") are one nick, and the room tells
     them apart with a suffix.
     """
-    visible = "".join(c for c in raw if unicodedata.category(c) not in INVISIBLE_CATEGORIES)
-    nick = unicodedata.normalize("NFKC", visible).strip()
+    # (NFKC first: it turns some characters into blanks, U+3164 into U+1160.)
+    nick = "".join(
+        c
+        for c in unicodedata.normalize("NFKC", raw)
+        if c not in BLANKS and unicodedata.category(c) not in INVISIBLE_CATEGORIES
+    ).strip()
     if not 1 <= len(nick) <= MAX_NICK:
         raise RemoteProtocolError(
             ErrorCode.BAD_NICK,

@@ -336,6 +336,10 @@ def test_load_returns_the_object() -> None:
         ("\u202eecila", "ecila"),  # right-to-left override
         ("al\u200dice", "alice"),  # zero-width joiner
         ("al\u2028ice\u2029", "alice"),  # line and paragraph separators
+        ("alice\u3164", "alice"),  # a Hangul filler: alice again, not a second one
+        ("alice\u2800", "alice"),  # the braille blank
+        (" alice\u034f", "alice"),  # the combining grapheme joiner
+        ("al\ufe0fice", "alice"),  # a variation selector
         ("x" * MAX_NICK, "x" * MAX_NICK),
         (" " + "y" * MAX_NICK + " ", "y" * MAX_NICK),
     ],
@@ -346,7 +350,18 @@ def test_clean_nick_keeps_visible_characters(raw: str, nick: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "   ", "\n\t", "\u200b\u200d", "\x00", "x" * (MAX_NICK + 1), "\u202e" + "z" * 33],
+    [
+        "",
+        "   ",
+        "\n\t",
+        "\u200b\u200d",
+        "\x00",
+        "\u3164",
+        "\u2800",
+        "\u034f\u034f",
+        "x" * (MAX_NICK + 1),
+        "\u202e" + "z" * 33,
+    ],
 )
 def test_clean_nick_refuses_empty_or_too_long(raw: str) -> None:
     with pytest.raises(RemoteProtocolError) as info:
