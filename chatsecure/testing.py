@@ -243,6 +243,14 @@ class Mode(enum.Enum):
     """Every session is closed right after its ``welcome``."""
     PLAIN = "plain"
     """A minimal honest server: ``welcome``, an ``ack`` for each line, a close on ``quit``."""
+    NO_ACKS = "no_acks"
+    """``welcome``, a ``pong`` for each ``ping``, but never an ``ack``."""
+    PING_FLOOD = "ping_flood"
+    """``welcome``, then ``count`` batches of 4,096 ``ping`` frames as fast as the client
+    takes them, never reading its ``pong``s; then a close."""
+    PEERS_FLOOD = "peers_flood"
+    """A ``welcome`` that announces 2**62 peers, then ``peers`` frames of 10,000 each, up to
+    ``count`` of them, as fast as the client takes them."""
 
 
 FAKE_PEER: Final = {"id": "2", "nick": "eve", "addr": "127.0.0.1"}
@@ -296,6 +304,8 @@ class FakeServer:
         self.port: int = self._listener.getsockname()[1]
         self.received: list[dict[str, Any]] = []
         self.sessions = 0
+        self.flooded = 0
+        """Bytes of flood the client has taken so far (``PING_FLOOD``, ``PEERS_FLOOD``)."""
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._stop = threading.Event()
@@ -382,6 +392,8 @@ class FakeServer:
         return frames
 
     def _welcome(self) -> bytes:
+        if self.mode is Mode.PEERS_FLOOD:
+            return self._peers_flood_welcome()
         frame = {
             "type": "welcome",
             "you": {"id": "1", "nick": "bob", "addr": "127.0.0.1"},
@@ -398,6 +410,10 @@ class FakeServer:
         if mode is Mode.MOTD:
             conn.sendall(b'{"type":"motd","text":"welcome to the fake"}\n')
         conn.sendall(self._welcome())
+        if mode is Mode.PEERS_FLOOD:
+            peers = [{"id": str(n), "nick": f"p{n}", "addr": "127.0.0.1"} for n in range(10_000)]
+            self._flood(conn, json.dumps({"type": "peers", "peers": peers}).encode() + b"\n", count)
+            return False
         if mode is Mode.BAD_FIELDS:
             conn.sendall(b"".join(BAD_FIELDS))
         elif mode is Mode.FLOOD:
@@ -418,7 +434,41 @@ class FakeServer:
             return False
         elif mode is Mode.FAIL_AFTER_WELCOME:
             return False
+        elif mode is Mode.PING_FLOOD:
+            self._flood(conn, b'{"type":"ping"}\n' * 4096, count)
+            return False
         return True
+
+    def _flood(self, conn: ssl.SSLSocket, batch: bytes, count: int) -> None:
+        """Send ``batch`` ``count`` times, or until ``stop``; ``flooded`` counts the bytes."""
+        conn.settimeout(0.2)
+        view = memoryview(batch)
+        for _ in range(count):
+            done = 0
+            while done < len(batch):
+                if self._stop.is_set():
+                    return
+                try:
+                    done += conn.send(view[done:])
+                except TimeoutError:
+                    continue
+                except ssl.SSLWantWriteError:
+                    time.sleep(0.01)
+                    continue
+            with self._lock:
+                self.flooded += len(batch)
+
+    def _peers_flood_welcome(self) -> bytes:
+        frame = {
+            "type": "welcome",
+            "you": {"id": "1", "nick": "bob", "addr": "127.0.0.1"},
+            "peers": [],
+            "peers_total": 2**62,
+            "server": {"name": self.name, "version": "fake", "protocol": 2},
+            "seq": 0,
+            "replay": 0,
+        }
+        return json.dumps(frame).encode() + b"\n"
 
     def _converse(self, conn: ssl.SSLSocket, decoder: FrameDecoder) -> None:
         """Answer the client until it goes (a silent server only reads, and never closes)."""
@@ -435,6 +485,10 @@ class FakeServer:
                     continue
                 if kind == "ping":
                     conn.sendall(b'{"type":"pong"}\n')
-                elif kind == "msg" and isinstance(frame.get("ref"), str):
+                elif (
+                    kind == "msg"
+                    and isinstance(frame.get("ref"), str)
+                    and self.mode is not Mode.NO_ACKS
+                ):
                     ack = {"type": "ack", "ref": frame["ref"], "seq": next(self._seq), "ts": 1.7e9}
                     conn.sendall(json.dumps(ack).encode() + b"\n")

@@ -78,6 +78,9 @@ EVENT_QUEUE_HIGH = 2000
 server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
 TICK = 1.0
 """Seconds between two checks that a quiet server is still there (see ``ClientSession.tick``)."""
+FINISH_STALL = 60.0
+"""Seconds the end of input waits for the server to confirm any line it was sent, while it
+answers pings all the same: then the client leaves, naming those lines as not confirmed."""
 QUIT_WAIT = 2.0
 """Seconds the client waits for the server to close after ``quit`` before it closes itself."""
 ACK_WAIT = 2.0
@@ -409,6 +412,8 @@ class ChatClient:
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
         self._finishing = False
+        self._acks = 0
+        """Lines the server has confirmed (a count: progress, for ``FINISH_STALL``)."""
         """``finish`` was called: leave as soon as every line is stored."""
         self._leave_timer: asyncio.TimerHandle | None = None
         """``quit`` waits for acks: it leaves when this fires at the latest."""
@@ -769,6 +774,11 @@ class ChatClient:
                 # server's writes then wait in TCP buffers, not in our memory.
                 while self.events.qsize() >= EVENT_QUEUE_HIGH:
                     await asyncio.sleep(0.02)
+                # Nor while the server does not read what we answer (a pong per ping): our
+                # answers wait in its buffers, not ours.
+                if self._writer is not None:
+                    with contextlib.suppress(ConnectionError):
+                        await self._writer.drain()
                 self._handle(await self._read_events(reader))
         finally:
             ticker.cancel()
@@ -780,13 +790,25 @@ class ChatClient:
         loop = asyncio.get_running_loop()
         # Shortened timings (tests) need finer ticks to be kept to.
         every = min(TICK, self.session.ping_after / 4, self.session.pong_timeout / 4)
+        confirmed_at, acks = loop.time(), self._acks
         while True:
             await asyncio.sleep(every)
-            if not self.session.tick(loop.time()):
+            now = loop.time()
+            if not self.session.tick(now):
                 self._dead = "the server stopped answering"
                 self._abort()
                 return
             self._flush_out()
+            waiting = self._finishing and any(sent for _, sent in self.session.unacknowledged)
+            if not waiting or self._acks != acks:
+                confirmed_at, acks = now, self._acks
+            elif now - confirmed_at >= FINISH_STALL:
+                log.warning(
+                    "the server has confirmed none of the lines it was sent for %.0f s: leaving",
+                    FINISH_STALL,
+                )
+                self._quit()
+                return
 
     def _handle(self, events: list[SessionEvent]) -> None:
         for event in events:
@@ -794,6 +816,7 @@ class ChatClient:
                 case Line(chat=chat, replayed=replayed, older=older):
                     self._emit(Received(chat, replayed, older))
                 case Acked(ref=ref, text=text, seq=seq, ts=ts):
+                    self._acks += 1
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):
                     self._emit(Received(message))

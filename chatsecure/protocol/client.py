@@ -43,6 +43,7 @@ from chatsecure.errors import LocalProtocolError, RemoteProtocolError
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.frames import FrameDecoder
 from chatsecure.protocol.limits import (
+    MAX_ROOM,
     MAX_SERVER_FRAME,
     MSG_BURST,
     MSG_RATE,
@@ -428,6 +429,13 @@ class ClientSession:
         if self.state is not ClientState.HELLO:
             return [Ignored("welcome", "a second welcome")]
         if welcome.peers_total is not None and welcome.peers_total > len(welcome.peers):
+            if welcome.peers_total > MAX_ROOM:
+                self.state = ClientState.OFFLINE
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_MESSAGE,
+                    f"the server says the room holds {welcome.peers_total} people, more than "
+                    f"this client takes ({MAX_ROOM})",
+                )
             self._gathering = (welcome, list(welcome.peers))
             return []
         return self._welcomed(welcome)
@@ -435,7 +443,7 @@ class ClientSession:
     def _more_peers(self, more: PeersMore) -> list[SessionEvent]:
         assert self._gathering is not None  # noqa: S101 - only called while gathering
         welcome, peers = self._gathering
-        peers += more.peers
+        peers += more.peers[: (welcome.peers_total or 0) - len(peers)]  # never past the total
         if len(peers) < (welcome.peers_total or 0):
             return []
         return self._welcomed(self._gathered())

@@ -120,6 +120,11 @@ connects and quits in a loop cannot grow the log without bound."""
 PRESENCE_LOG_PERIOD: Final = 60.0
 """Seconds over which ``PRESENCE_LOG_LINES`` join and leave lines per address are logged."""
 
+MAX_ROOM: Final = 200_000
+"""The most people a client takes a room to hold (a welcome's peers, gathered): a server that
+announces more is taken for a hostile one, whose ``peers`` frames would use up the client's
+memory."""
+
 PEERS_CHUNK = 500
 """Most peers in one frame (``welcome``, ``peers``, ``joins``, ``leaves``) to a v2 client: a
 room of any size is joined in frames of about 25 KB, far below ``MAX_SERVER_FRAME``."""

@@ -232,3 +232,45 @@ def test_a_server_that_welcomes_then_says_nothing_uses_up_the_retries(
         next_event(client, Connected)
         attempts.append(next_event(client, Reconnecting, timeout=5).attempt)
     assert attempts == [1, 2, 3]
+
+
+def test_a_server_that_pings_and_never_reads_cannot_grow_the_clients_buffers(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    server = fake(Mode.PING_FLOOD, count=4000)  # 4,000 x 64 KiB of pings, if taken
+    client = make_client(server)
+    next_event(client, Connected)
+    time.sleep(3)  # time for the buffers on the way to fill
+    # The client stops reading while its pongs wait to be read: the flood stops with it.
+    # (Taken as it comes, it grew the client by a pong for each ping, 2.7 MB a second.)
+    taken = server.flooded
+    time.sleep(2)
+    print(f"taken {taken}, then {server.flooded - taken} more in 2 s")
+    assert server.flooded - taken < 256 * 1024, (taken, server.flooded)
+
+
+def test_a_welcome_that_announces_a_room_too_large_to_gather_is_refused(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    client = make_client(fake(Mode.PEERS_FLOOD, count=1000))
+    final = next_event(client, Disconnected, timeout=10)
+    assert final.error
+    assert "more than this client takes" in final.reason
+
+
+def test_end_of_input_gives_up_on_a_server_that_answers_but_never_confirms(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "FINISH_STALL", 2.0)
+    server = fake(Mode.NO_ACKS)
+    client = make_client(server)
+    next_event(client, Connected)
+    client.send("into the void")
+    assert next_event(client, Queued).text == "into the void"
+    server.wait_for(lambda s: s.texts == ["into the void"])
+    started = time.monotonic()
+    client.finish()
+    not_sent = next_event(client, NotSent, timeout=10)
+    assert (not_sent.text, not_sent.why) == ("into the void", core.UNCONFIRMED)
+    assert next_event(client, Disconnected).error is False
+    assert 2.0 - core.TICK <= time.monotonic() - started < 2.0 + core.TICK + core.QUIT_WAIT + 1.0
