@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued
-from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick
+from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick, remember_server
 from chatsecure.client.model import ChatModel, Outgoing, Phase
 from chatsecure.client.resume import LastSeen, client_id
 from chatsecure.client.transcript import Line, notice
@@ -137,8 +137,9 @@ class Controller:
             if isinstance(event, Queued):
                 self._unqueued = max(self._unqueued - 1, 0)
             lines += self.model.apply(event, self._now())
-            if isinstance(event, Connected) and self.model.request is not None:
-                remember_nick(self.model.request.nick)
+            if isinstance(event, Connected) and (request := self.model.request) is not None:
+                remember_nick(request.nick)
+                remember_server(request.host, request.port)
             # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
             ended = ended or isinstance(event, Disconnected)
         if ended:  # (every line it still had was told as NotSent before this)

@@ -12,10 +12,13 @@ from chatsecure.client.core import Target, parse_target, require_sendable
 from chatsecure.errors import ProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import clean_nick
-from chatsecure.tls.trust import config_home
+from chatsecure.tls.trust import config_home, host_port
 
 NICK_FILE = "nick"
 """The file in the config folder that remembers the last nickname used in the desktop client."""
+SERVER_FILE = "server"
+"""The file in the config folder that remembers the last server the desktop client got into
+(``HOST:PORT``), to fill in the form at the next start."""
 MAX_PASSWORD = 1024
 """Longest room password the connect form sends: longer than anyone types, and a frame holds it."""
 
@@ -58,6 +61,22 @@ def remember_nick(nick: str, home: Path | None = None) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(nick + "\n", encoding="utf-8")
+
+
+def remembered_server(home: Path | None = None) -> tuple[str, int] | None:
+    """The server the desktop client last got into, if it remembers one."""
+    path = (home or config_home()) / SERVER_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+        return parse_target(path.read_text(encoding="utf-8").strip())
+    return None
+
+
+def remember_server(host: str, port: int, home: Path | None = None) -> None:
+    """Remember the server got into for the next start; failing to write is not an error."""
+    path = (home or config_home()) / SERVER_FILE
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(host_port(host, port) + "\n", encoding="utf-8")
 
 
 FormField = Literal["host", "port", "nick", "password"]

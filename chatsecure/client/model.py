@@ -33,6 +33,19 @@ from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, S
 from chatsecure.protocol.messages import Notice as ServerNotice
 from chatsecure.tls.trust import TrustQuestion, host_port
 
+
+def _without_blank_edges(text: str) -> str:
+    """``text`` without blank lines before or after it (a paste that ends in a newline)."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines)
+
+
 UNSENT_SHOWN = 200
 """Characters of a line not sent that its notice repeats (a 4,000-character paste is not
 shown again in red)."""
@@ -151,6 +164,7 @@ class ChatModel:
             return Outgoing(quit=True, clear=True)
         if not text.strip():
             return Outgoing(clear=True)
+        text = _without_blank_edges(text)
         if self.phase not in {Phase.CHAT, Phase.RECONNECTING} or self.roster.me is None:
             return Outgoing(line=notice("error", "Not connected: the message was not sent.", ts))
         # How long a text may be is the server's to say (text_too_long); the core refuses
@@ -277,7 +291,8 @@ class ChatModel:
         if skipped:
             said += f" The oldest {skipped} are not shown (scroll up for them)."
         if event.resent:
-            said += f" {event.resent} of your lines sent again."
+            lines = "line" if event.resent == 1 else f"{event.resent} lines"
+            said += f" Sending your waiting {lines}."
         return said + (" ─── new since you left ───" if missed else "")
 
     def _chat(self, chat: Chat, now: float | None, *, replayed: bool, older: bool) -> list[Line]:

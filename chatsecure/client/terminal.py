@@ -543,6 +543,7 @@ def resume_notice(event: Connected) -> str:
         said += f" (the oldest {skipped} are not shown)"
     elif missed:
         said += " restored"
-    if event.resent:
-        said += f"; {event.resent} of your lines sent again"
+    if event.resent:  # (typed while away, or sent and not confirmed)
+        lines = "line" if event.resent == 1 else f"{event.resent} lines"
+        said += f"; sending your waiting {lines}"
     return f"* back in the room: {said}"

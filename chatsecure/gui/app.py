@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
 from chatsecure.client.core import parse_target
-from chatsecure.client.form import FormField, GuiOptions, remembered_nick, validate_form
+from chatsecure.client.form import (
+    FormField,
+    GuiOptions,
+    remembered_nick,
+    remembered_server,
+    validate_form,
+)
 from chatsecure.client.model import Phase
 from chatsecure.client.servers import ServerList, ServerRow
 from chatsecure.client.signals import handled
@@ -74,6 +80,12 @@ PALETTE = {
 }
 
 
+TYPED_KEPT = 100
+"""Lines typed that Up in the message box brings back."""
+CONTROL_MASK = 0x4
+"""The Control key in a key event's ``state``."""
+
+
 class App:
     """The chatsecure window on ``root``: a connect view, a chat view and a status bar."""
 
@@ -88,6 +100,10 @@ class App:
         self._view: str | None = None
         self._tick: str | None = None
         self._closed = False
+        self._typed: list[str] = []
+        """Lines typed in the message box, oldest first (Up and Down bring them back)."""
+        self._recalled: int | None = None
+        """Which of ``_typed`` Up or Down put in the box; None: what is typed now."""
         self._after_sent: tuple[Callable[[], None], str] | None = None
         """Leave or close, asked while own lines were not stored yet: done once they are (or
         asked again), and what the banner says meanwhile."""
@@ -234,6 +250,8 @@ class App:
         _select_all_on_ctrl_a(self.message)
         self.message.pack(side="left", fill="x", expand=True, ipady=3)
         self.message.bind("<Return>", lambda _e: self._send())
+        self.message.bind("<Up>", lambda _e: self._recall(-1))
+        self.message.bind("<Down>", lambda _e: self._recall(1))
         self.send_button = ttk.Button(
             bottom, name="send", text="Send", style="Accent.TButton", command=self._send
         )
@@ -260,6 +278,7 @@ class App:
         scroll = ttk.Scrollbar(log_frame, orient="vertical", command=self.transcript.yview)
         self._scrollbar = scroll
         self.transcript.configure(yscrollcommand=self._scrolled)
+        self.transcript.bind("<Key>", self._type_into_message)
         scroll.pack(side="right", fill="y")
         self.transcript.pack(side="left", fill="both", expand=True)
         self._tag_transcript()
@@ -326,6 +345,8 @@ class App:
 
     def _fill_defaults(self) -> None:
         host, port = "", str(limits.DEFAULT_PORT)
+        if (last := remembered_server()) is not None:
+            host, port = last[0], str(last[1])
         if self.options.target:
             try:
                 host, number = parse_target(self.options.target)
@@ -405,12 +426,43 @@ class App:
     def _send(self) -> None:
         if self.controller.model.phase.view != "chat":
             return
-        out = self.controller.submit(self.message.get())
+        typed = self.message.get()
+        out = self.controller.submit(typed)
         if out.clear:
             self.message.delete(0, "end")
+            if typed.strip() and (not self._typed or self._typed[-1] != typed):
+                self._typed = [*self._typed, typed][-TYPED_KEPT:]
+            self._recalled = None
+            self.transcript.see("end")  # one's own line, in view: back to the newest
         if out.line is not None:
             self._append([out.line], [False])
         self._render()
+
+    def _recall(self, step: int) -> str:
+        """Up and Down in the message box: the lines typed before, as a shell recalls them."""
+        typed = self._typed
+        if not typed:
+            return "break"
+        at = len(typed) if self._recalled is None else self._recalled
+        at = max(0, min(len(typed), at + step))
+        if self._recalled is None and step > 0:
+            return "break"  # already below the newest: nothing to go down to
+        self._recalled = None if at == len(typed) else at
+        self.message.delete(0, "end")
+        self.message.insert(0, "" if self._recalled is None else typed[at])
+        return "break"
+
+    def _type_into_message(self, event: tk.Event[tk.Misc]) -> str | None:
+        """A key typed while the transcript has the focus (after a click in it) goes to the
+        message box, as in other chat windows; keys that select or copy stay."""
+        control = isinstance(event.state, int) and event.state & CONTROL_MASK
+        if not event.char or not event.char.isprintable() or control:
+            return None
+        if str(self.message.cget("state")) == "disabled":
+            return None
+        self.message.focus_set()
+        self.message.insert("insert", event.char)
+        return "break"
 
     def _selected_server(self) -> ServerRow | None:
         selection = self.server_list.selection()

@@ -209,7 +209,7 @@ def test_a_server_restart_is_a_drop_the_client_comes_back_from_and_no_line_is_lo
         bob.say("typed while it was away")  # queued, sent after the reconnect
         again = start_server(port=port)
         bob.expect(r"^connected to", timeout=15)
-        bob.expect(r"^\* back in the room: nothing missed; 1 of your lines sent again$")
+        bob.expect(r"^\* back in the room: nothing missed; sending your waiting line$")
         with RawClient(again.host, again.port) as alice:
             welcome = alice.join("alice")
             assert [m["text"] for m in alice.replayed] == ["typed while it was away"]

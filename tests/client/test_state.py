@@ -274,7 +274,7 @@ def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     said = lines[-1].text  # right above the lines it introduces, after who is here
     assert "Here: bob" in lines[-2].text
     assert "2 missed messages restored" in said
-    assert "1 of your lines sent again" in said
+    assert "Sending your waiting line." in said
     (line,) = model.apply(Received(Chat(BOB, "while away", T, seq=8), replayed=True), T)
     assert line.kind == "history"
     assert model.wants_older() == 8

@@ -728,3 +728,48 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         assert "2 lines not sent yet" in alice.w("chat.banner").cget("text")
         alice.click("chat.top.leave")  # again: leave without them
         assert alice.view() == "connect"
+
+
+def test_the_last_server_is_remembered_between_runs(server: ServerThread, gui: GuiFactory) -> None:
+    first = gui(nick="zoe", accept_new=True)
+    connect_trusting(first, "127.0.0.1", server.port)
+    first.say("quit")
+    second = gui()
+    assert second.w("connect.form.host").get() == "127.0.0.1"
+    assert second.w("connect.form.port").get() == str(server.port)
+
+
+def test_up_and_down_bring_back_lines_typed_and_blank_edges_of_a_paste_are_dropped(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        bob.expect("join")
+        alice.say("first")
+        alice.say("\nsecond\n  \n")  # a paste with blank lines around it
+        assert [bob.expect("msg")["text"] for _ in range(2)] == ["first", "second"]
+        box = alice.w("chat.bottom.message")
+        box.focus_force()
+        box.update()
+        box.event_generate("<Up>")
+        assert box.get() == "\nsecond\n  \n"  # as typed, to edit
+        box.event_generate("<Up>")
+        assert box.get() == "first"
+        box.event_generate("<Up>")
+        assert box.get() == "first"  # the oldest stays
+        box.event_generate("<Down>")
+        box.event_generate("<Down>")
+        assert box.get() == ""  # back below the newest
+
+        # A key typed after a click in the transcript goes to the message box.
+        text = alice.w("chat.body.log.transcript")
+        text.focus_force()
+        text.update()
+        text.event_generate("<KeyPress>", keysym="h")
+        text.event_generate("<KeyPress>", keysym="i")
+        alice.root.update()
+        assert box.get() == "hi"
+        assert alice.root.focus_get() is box
