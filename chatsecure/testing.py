@@ -243,6 +243,8 @@ class Mode(enum.Enum):
     """Every session is closed right after its ``welcome``."""
     PLAIN = "plain"
     """A minimal honest server: ``welcome``, an ``ack`` for each line, a close on ``quit``."""
+    BAD_WELCOME = "bad_welcome"
+    """A ``welcome`` without its fields, then nothing more."""
     NO_ACKS = "no_acks"
     """``welcome``, a ``pong`` for each ``ping``, but never an ``ack``."""
     PING_FLOOD = "ping_flood"
@@ -394,6 +396,8 @@ class FakeServer:
     def _welcome(self) -> bytes:
         if self.mode is Mode.PEERS_FLOOD:
             return self._peers_flood_welcome()
+        if self.mode is Mode.BAD_WELCOME:
+            return b'{"type":"welcome","you":"nobody"}\n'
         frame = {
             "type": "welcome",
             "you": {"id": "1", "nick": "bob", "addr": "127.0.0.1"},

@@ -412,6 +412,8 @@ class ChatClient:
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
         self._finishing = False
+        self._not_understood: str | None = None
+        """Why a frame before the welcome was ignored (a broken or hostile server)."""
         self._acks = 0
         """Lines the server has confirmed (a count: progress, for ``FINISH_STALL``)."""
         """``finish`` was called: leave as soon as every line is stored."""
@@ -703,10 +705,19 @@ class ChatClient:
                     session.last_seq = self._last_seen.get(presented)
             session.connect(loop.time())
             self._flush_out()
+            self._not_understood = None
             try:
                 welcomed, rest = await asyncio.wait_for(
                     self._welcome(reader), limits.CONNECT_TIMEOUT
                 )
+            except TimeoutError:
+                if self._not_understood is None:
+                    raise
+                # It did answer: "the server did not answer" would send the user looking
+                # for a firewall.
+                raise ConnectionClosed(
+                    f"the server's answer was not understood ({self._not_understood})"
+                ) from None
             except asyncio.CancelledError:
                 session.quit()  # hello is out: leave properly, not by a cut
                 self._flush_out()
@@ -753,6 +764,7 @@ class ChatClient:
                 if isinstance(event, Ended):
                     raise ConnectionClosed("the server is shutting down")
                 if isinstance(event, Ignored):
+                    self._not_understood = safe_text(event.reason)
                     self._warn(event)
 
     async def _read_events(self, reader: asyncio.StreamReader) -> list[SessionEvent]:

@@ -28,6 +28,7 @@ from chatsecure.client.core import (
     Target,
     format_message,
 )
+from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Shutdown
 from chatsecure.testing import FakeServer, Mode
 from chatsecure.tls.trust import KnownServers, TrustPolicy
@@ -274,3 +275,14 @@ def test_end_of_input_gives_up_on_a_server_that_answers_but_never_confirms(
     assert (not_sent.text, not_sent.why) == ("into the void", core.UNCONFIRMED)
     assert next_event(client, Disconnected).error is False
     assert 2.0 - core.TICK <= time.monotonic() - started < 2.0 + core.TICK + core.QUIT_WAIT + 1.0
+
+
+def test_a_welcome_that_cannot_be_read_is_named_not_called_no_answer(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "CONNECT_TIMEOUT", 1.0)
+    client = make_client(fake(Mode.BAD_WELCOME))
+    final = next_event(client, Disconnected, timeout=10)
+    assert final.error
+    assert "the server's answer was not understood" in final.reason
+    assert "did not answer" not in final.reason
