@@ -23,7 +23,12 @@ log = logging.getLogger("chatsecure")
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every frame (DEBUG)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log details for debugging (DEBUG; a client: every frame)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
 
 

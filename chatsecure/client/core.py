@@ -78,6 +78,10 @@ EVENT_QUEUE_HIGH = 2000
 server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
 TICK = 1.0
 """Seconds between two checks that a quiet server is still there (see ``ClientSession.tick``)."""
+LOGGED_FRAME = 500
+"""Bytes of a frame that ``-v`` logs."""
+_PASSWORD = re.compile(rb'"password":\s*"(?:[^"\\]|\\.)*"')
+"""A room password in a frame, which ``-v`` does not log."""
 FINISH_STALL = 60.0
 """Seconds the end of input waits for the server to confirm any line it was sent, while it
 answers pings all the same: then the client leaves, naming those lines as not confirmed."""
@@ -772,6 +776,8 @@ class ChatClient:
         if not data:
             raise ConnectionClosed(self._dead or "the server closed the connection")
         self._heard_at = now = asyncio.get_running_loop().time()
+        if log.isEnabledFor(logging.DEBUG):
+            _log_frames("<-", data)
         events = self.session.receive_data(data, now)
         self._flush_out()  # pongs, and the outbox after a welcome
         return events
@@ -879,6 +885,8 @@ class ChatClient:
         pace lets the next own line go."""
         data = self.session.data_to_send()
         if data and self._writer is not None and not self._writer.is_closing():
+            if log.isEnabledFor(logging.DEBUG):
+                _log_frames("->", data)
             self._writer.write(data)
         if self._pace_timer is None and self._loop is not None:
             delay = self.session.send_delay(self._loop.time())
@@ -952,6 +960,15 @@ class ChatClient:
         # A server that never closes its side must not keep us: give it QUIT_WAIT seconds.
         assert self._loop is not None  # noqa: S101
         self._loop.call_later(QUIT_WAIT, self._abort)
+
+
+def _log_frames(way: str, data: bytes) -> None:
+    """``-v``: the frames of ``data`` (as read: a frame may be cut between two reads)."""
+    for line in data.splitlines():
+        line = _PASSWORD.sub(rb'"password":"***"', line)  # (a hello's room password)
+        shown = safe_text(line[:LOGGED_FRAME].decode(errors="replace"))
+        more = f" ... ({len(line)} bytes)" if len(line) > LOGGED_FRAME else ""
+        log.debug("%s %s%s", way, shown, more)
 
 
 class _Protocol(asyncio.StreamReaderProtocol):

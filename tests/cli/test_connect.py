@@ -492,3 +492,24 @@ def test_a_reader_of_its_output_that_goes_ends_it_quietly(server: ServerThread) 
                 bob.kill()
             _, err = bob.communicate(timeout=10)
         assert b"Traceback" not in err, err
+
+
+def test_verbose_logs_every_frame_but_never_the_room_password(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    server = start_server(password="open sesame")
+    secret = tmp_path / "room-password"
+    secret.write_text("open sesame\n")
+    bob = terminal(server, "bob", "--accept-new", "--password-file", str(secret), "-v")
+    try:
+        bob.expect(r"^online: nobody else yet$")
+        bob.say("hello frames")
+        bob.say("quit")
+        assert bob.wait() == 0, bob.stderr
+    finally:
+        bob.kill()
+    err = "\n".join(bob.stderr)
+    assert re.search(r'-> \{"type":"hello".*"password":"\*\*\*"', err), err
+    assert re.search(r'<- \{"type":"welcome"', err)
+    assert re.search(r'-> \{"type":"msg".*hello frames', err)
+    assert "open sesame" not in err
