@@ -276,7 +276,7 @@ def safe_text(text: str) -> str:
     return "".join(
         c
         if c.isprintable() or c == " " or c in JOINERS
-        else f"\\u{ord(c):04x}"
+        else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
         if unicodedata.category(c) != "Cc"
         else repr(c)[1:-1]
         for c in text

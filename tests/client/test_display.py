@@ -126,7 +126,8 @@ def test_joiners_that_shape_a_script_or_an_emoji_are_kept(text: str) -> None:
 
 def test_tag_characters_that_could_hide_a_text_are_shown() -> None:
     hidden = "".join(chr(0xE0000 + ord(c)) for c in "hi")
-    assert safe_text(f"nothing here{hidden}") == "nothing here\\ue0068\\ue0069"
+    # (\U and eight digits: "\ue0068" would read as U+E006 and an 8)
+    assert safe_text(f"nothing here{hidden}") == "nothing here\\U000e0068\\U000e0069"
 
 
 def test_nick_is_made_safe_too() -> None:
