@@ -203,7 +203,7 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
             at = f" at {host_port(event.host, event.port)}" if screen.several else ""
             print(
-                f"connected to {safe_text(welcome.server.name)!r} as "
+                f"connected to '{safe_text(welcome.server.name)}' as "
                 f"{safe_text(welcome.you.nick)}{at} ({version}, {fp})\nonline: {names}",
                 file=out,
                 flush=True,

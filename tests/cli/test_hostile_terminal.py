@@ -131,3 +131,14 @@ def test_a_server_that_fails_every_session_after_welcome_counts_the_retries(
     assert [line.split("retry ")[1] for line in retries] == ["1 in 1 s", "2 in 2 s", "3 in 4 s"]
     term.say("quit")
     assert leaves_within(term, 3.0) == 0, term.stderr
+
+
+def test_a_server_name_with_an_escape_sequence_is_shown_escaped_once(fake: Fake) -> None:
+    server = fake(Mode.PLAIN, name="\x1b]0;owned\x07lab")
+    term = Terminal(f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new")
+    try:
+        term.expect(r"^connected to '\\x1b\]0;owned\\x07lab' as bob")
+        term.say("quit")
+        assert leaves_within(term, 3.0) == 0, term.stderr
+    finally:
+        term.kill()
