@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
-from chatsecure.client.core import parse_target
+from chatsecure.client.core import is_quit, parse_target
 from chatsecure.client.form import (
     FormField,
     GuiOptions,
@@ -427,6 +427,10 @@ class App:
         if self.controller.model.phase.view != "chat":
             return
         typed = self.message.get()
+        if is_quit(typed):  # as Leave: the lines not stored yet are waited for
+            self.message.delete(0, "end")
+            self._leave()
+            return
         out = self.controller.submit(typed)
         if out.clear:
             self.message.delete(0, "end")

@@ -730,6 +730,23 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         assert alice.view() == "connect"
 
 
+def test_quit_typed_with_lines_not_stored_waits_for_them_as_leave_does(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=4, msg_burst=1)  # the client paces its lines to this
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    for n in range(4):
+        alice.say(f"before quit {n}")
+    alice.say("quit")
+    assert alice.view() == "chat"
+    assert "not sent yet" in alice.w("chat.banner").cget("text")
+    alice.pump(lambda: alice.view() == "connect", timeout=10)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        assert [m["text"] for m in bob.replayed] == [f"before quit {n}" for n in range(4)]
+
+
 def test_the_last_server_is_remembered_between_runs(server: ServerThread, gui: GuiFactory) -> None:
     first = gui(nick="zoe", accept_new=True)
     connect_trusting(first, "127.0.0.1", server.port)
