@@ -49,12 +49,14 @@ def clean_nick(raw: str) -> str:
     the same (a decomposed "zoë", a full-width "zoe") are one nick, and the room tells
     them apart with a suffix.
     """
-    # (NFKC first: it turns some characters into blanks, U+3164 into U+1160.)
-    nick = "".join(
+    # NFKC before (it turns some characters into blanks: U+3164 into U+1160) and after (a
+    # character taken out from between "e" and U+0308 leaves them to compose: one "zoë").
+    visible = "".join(
         c
         for c in unicodedata.normalize("NFKC", raw)
         if c not in BLANKS and unicodedata.category(c) not in INVISIBLE_CATEGORIES
-    ).strip()
+    )
+    nick = unicodedata.normalize("NFKC", visible).strip()
     if not 1 <= len(nick) <= MAX_NICK:
         raise RemoteProtocolError(
             ErrorCode.BAD_NICK,

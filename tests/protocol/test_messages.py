@@ -340,6 +340,8 @@ def test_load_returns_the_object() -> None:
         ("alice\u2800", "alice"),  # the braille blank
         (" alice\u034f", "alice"),  # the combining grapheme joiner
         ("al\ufe0fice", "alice"),  # a variation selector
+        ("zoe\u200d\u0308", "zoë"),  # what is taken out leaves the rest to compose
+        ("zoe\u034f\u0308", "zoë"),
         ("x" * MAX_NICK, "x" * MAX_NICK),
         (" " + "y" * MAX_NICK + " ", "y" * MAX_NICK),
     ],
