@@ -46,11 +46,6 @@ def _without_blank_edges(text: str) -> str:
     return "\n".join(lines)
 
 
-UNSENT_SHOWN = 200
-"""Characters of a line not sent that its notice repeats (a 4,000-character paste is not
-shown again in red)."""
-
-
 class Phase(enum.Enum):
     """Which view is shown and what it allows.
 
@@ -214,8 +209,8 @@ class ChatModel:
                 if ref is None:  # told by text alone: the first line waiting with it
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
                 self.pending.pop(ref or "", None)
-                shown = text if len(text) <= UNSENT_SHOWN else f"{text[:UNSENT_SHOWN]}…"
-                said = f"{why[:1].upper()}{why[1:]}: {safe_text(shown)}"
+                # All of it: the transcript is the only place left that holds it.
+                said = f"{why[:1].upper()}{why[1:]}: {safe_text(text)}"
                 refused = why not in {NEVER_STORED, UNCONFIRMED}
                 # In place of its pending line; a refused text is offered back to edit.
                 return [Line("error", clock(ts), said, ref=ref, unsent=text if refused else None)]
