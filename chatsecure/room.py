@@ -266,10 +266,10 @@ class Room:
 
     def _restart(self, exc: HistoryError) -> None:
         """This room must start again (once); if Redis lost it, nothing more goes there."""
+        if self._cluster is not None and isinstance(exc, LogReset):
+            self._cluster.abandon(exc)  # (also after an Evicted: its Redis is not ours now)
         if self.restart_why is None:
             self.restart_why = exc
-            if self._cluster is not None and isinstance(exc, LogReset):
-                self._cluster.abandon(exc)
             self.on_restart(exc)
 
     async def drain(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chatsecure.client.core import clock, describe, safe_paragraph, safe_text
+from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
 
 NEW_LINE = " ↵ "
@@ -105,7 +106,8 @@ class Roster:
             self._peers[me.id] = me
 
     def join(self, peer: Peer) -> None:
-        self._peers[peer.id] = peer
+        if len(self._peers) < limits.MAX_ROOM or peer.id in self._peers:
+            self._peers[peer.id] = peer  # (past it, a hostile server's joins are not kept)
 
     def leave(self, peer: Peer) -> None:
         self._peers.pop(peer.id, None)

@@ -939,3 +939,15 @@ def test_a_cluster_row_connects_to_every_node_in_order() -> None:
     request = ConnectRequest("10.0.0.5", 7467, "alice", others=(("10.0.0.6", 7467),))
     target = request.target(GuiOptions())
     assert target.addresses == (("10.0.0.5", 7467), ("10.0.0.6", 7467))
+
+
+def test_a_roster_stops_growing_at_the_largest_room_a_client_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_ROOM", 3)
+    model = chatting(BOB)  # alice and bob
+    for n in range(5):  # a hostile server's joins, each a new id
+        model.apply(Received(Join(Peer(f"x{n}", f"x{n}", "10.0.0.9"))), T)
+    assert len(model.roster) == 3
+    model.apply(Received(Join(Peer(BOB.id, "bob", BOB.addr))), T)  # one it has: still taken
+    assert len(model.roster) == 3
