@@ -104,7 +104,7 @@ class App:
         """Lines typed in the message box, oldest first (Up and Down bring them back)."""
         self._recalled: int | None = None
         """Which of ``_typed`` Up or Down put in the box; None: what is typed now."""
-        self._after_sent: tuple[Callable[[], None], str] | None = None
+        self._after_sent: tuple[Callable[[], None], str, str] | None = None
         """Leave or close, asked while own lines were not stored yet: done once they are (or
         asked again), and what the banner says meanwhile."""
         self._discovery: Discovery | None = None
@@ -411,17 +411,25 @@ class App:
     def _wait_for_pending(self, action: Callable[[], None], does: str, again: str) -> bool:
         """Whether ``action`` (leave, close) waits for own lines not stored yet. Asked a first
         time, it does (the banner says so); asked again, it is done at once without them."""
-        pending = self.controller.unsent
-        if not pending or self._after_sent is not None:
+        if not self.controller.unsent:
             return False
+        if self._after_sent is not None and self._after_sent[0] == action:
+            return False  # asked again
+        self._after_sent = (action, does, again)  # (Leave, then close: the close waits)
+        self._render()
+        return True
+
+    def _waiting_text(self) -> str | None:
+        """What the banner says while Leave or close waits for lines (their count now)."""
+        if self._after_sent is None:
+            return None
+        _, does, again = self._after_sent
+        pending = self.controller.unsent
         lines = "1 line" if pending == 1 else f"{pending} lines"
-        said = (
+        return (
             f"{lines} not sent yet: this window {does} once the server has stored them. "
             f"{again} again to do it now without them."
         )
-        self._after_sent = (action, said)
-        self._render()
-        return True
 
     def _send(self) -> None:
         if self.controller.model.phase.view != "chat":
@@ -614,9 +622,7 @@ class App:
         if conn is not None:
             self.room_label.configure(text=model.server_name)
             self.where_label.configure(text=model.where)
-        banner = "\n".join(
-            said for said in (model.banner, self._after_sent and self._after_sent[1]) if said
-        )
+        banner = "\n".join(said for said in (model.banner, self._waiting_text()) if said)
         if banner:
             style = "Error.TLabel" if model.phase is Phase.ENDED else "Warn.TLabel"
             self.banner.configure(text=banner, style=style)

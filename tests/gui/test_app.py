@@ -731,6 +731,27 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         assert alice.view() == "connect"
 
 
+def test_closing_while_leave_waits_waits_too_and_the_banner_counts_down(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=2, msg_burst=1)  # the client paces its lines to this
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    for n in range(4):
+        alice.say(f"slowly {n}")
+    alice.pump(lambda: "slowly 3" in alice.transcript())
+    alice.click("chat.top.leave")
+    banner = alice.w("chat.banner")
+    assert "window leaves once" in banner.cget("text")
+    alice.close_window()  # not the same request: this one waits too, in place of Leave
+    assert alice.root.winfo_exists()
+    assert "window closes once" in banner.cget("text")
+    counts = {banner.cget("text").split(" ")[0]}
+    alice.pump(lambda: counts.add(banner.cget("text").split(" ")[0]) or len(counts) > 1)
+    alice.close_window()  # asked again: at once
+    assert not alice.root.children
+
+
 def test_quit_typed_with_lines_not_stored_waits_for_them_as_leave_does(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
