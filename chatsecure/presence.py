@@ -19,7 +19,8 @@ Why these choices:
 - **Nicks are unique across the cluster**: a hash of casefolded nick -> peer id, claimed with
   ``HSETNX`` inside the join script (the same suffixes as one server: ``alice_2``...), freed by
   the leave.
-- **The roster** is a hash of peer id -> [node, id, nick, addr, casefolded nick, join entry id]:
+- **The roster** is a hash of peer id -> [node, id, nick, addr, casefolded nick, join entry id,
+  client id ('' for none)]:
   a starting node reads it together with the stream's newest id (one transaction), in join
   order, and follows the stream from there. Its rooms are the union of every node's members.
 - **A node that dies** stops refreshing its heartbeat key (``SET ... PX``, every
@@ -228,7 +229,8 @@ class ClusterPresence:
         self._keys = [prefix + "meta", self.key, prefix + "members", prefix + "nicks"]
         self._nodes = prefix + "nodes"
         self.node = ""
-        """This node's id in the cluster (from a counter in Redis: never reused)."""
+        """This node's id in the cluster (from a counter in Redis: not reused while Redis keeps
+        the room; a Redis that lost it starts again, and so does every node, see LogReset)."""
         self._join = self._redis.register_script(_JOIN)
         self._leave = self._redis.register_script(_LEAVE)
         self._sweep = self._redis.register_script(_SWEEP)

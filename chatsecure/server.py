@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chatsecure import __version__
 from chatsecure.errors import ConfigError, RemoteProtocolError
-from chatsecure.history import RoomLog, SharedLog
+from chatsecure.history import HistoryError, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -161,6 +161,12 @@ PONG = encode(Pong())
 RATE_LIMITED_TEXT = "too fast; frame dropped"
 RATE_LIMITED = encode(Error(ErrorCode.RATE_LIMITED, RATE_LIMITED_TEXT))
 """Frames the server sends as they are, encoded once."""
+
+
+RESTART_FIRST = 1.0
+"""Seconds before a server that must start again (its Redis lost the room) tries again, if
+the shared log cannot be opened yet; doubled each time, up to ``RESTART_MAX``."""
+RESTART_MAX = 30.0
 
 
 class LoopLogBudget(logging.Filter):
@@ -1055,18 +1061,44 @@ async def _serve(
             kept = server.keep_listening()
             running = None
             await server.shutdown()
-            server = ChatServer(config)
-            await server.start([socket.socket(fileno=fd) for fd in kept])
-            running = server
+            running = await _start_again(config, kept, stop)
+            if running is None:
+                return  # stopped meanwhile
+            server = running
         log.info("shutting down; %d online", len(server.sessions))
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-        # (None: a restart that failed; its server is shut down, the next one never started.)
+        # (None: stopped while starting again; the server before is shut down already.)
         stopping = [] if running is None else [running.shutdown()]
         if advertiser is not None:  # goodbye packets, off the loop, while clients are told
             stopping.append(asyncio.to_thread(advertiser.stop))
         await asyncio.gather(*stopping)
+
+
+async def _start_again(
+    config: ServerConfig, kept: list[int], stop: asyncio.Event
+) -> ChatServer | None:
+    """A new server on the ``kept`` listening sockets, once the shared log opens (Redis may
+    be out of reach for a while yet: tried again with growing pauses); None if ``stop``
+    comes first."""
+    pause = RESTART_FIRST
+    try:
+        while not stop.is_set():
+            server = ChatServer(config)
+            try:  # (a failed start closes the sockets it was given: these are copies)
+                await server.start([socket.socket(fileno=os.dup(fd)) for fd in kept])
+            except HistoryError as exc:
+                log.warning("%s; trying again in %.0f s", exc, pause)
+            else:
+                return server
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            pause = min(2 * pause, RESTART_MAX)
+        return None
+    finally:
+        for fd in kept:
+            os.close(fd)
 
 
 async def _stopped(stop: asyncio.Event, server: ChatServer) -> bool:

@@ -416,7 +416,8 @@ def redis_errors(who: str, doing: str, url: str) -> Iterator[None]:
         if RESET in str(exc):
             raise LogReset(
                 f"{who}: the room's log in the Redis at {url} is not the one this server "
-                "opened: Redis lost what it held (restarted without persistence, or flushed)"
+                "opened: Redis lost what it held (restarted without persistence, flushed, or "
+                "failed over to a replica that lagged)"
             ) from exc
         raise HistoryError(f"{who}: {doing} in the Redis at {url}: {redis_reason(exc)}") from exc
     except RedisError as exc:

@@ -9,7 +9,9 @@ the same ports, and lines said afterwards reach everyone, with the new log's seq
 
 from __future__ import annotations
 
+import asyncio
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any, TypeVar
 import pytest
 
 from chatsecure.client.core import ChatClient, ClientEvent, Connected, Received, Sent, Target
+from chatsecure.cluster import Evicted
 from chatsecure.protocol.messages import Chat
-from chatsecure.testing import RawClient
+from chatsecure.server import ChatServer, serve
+from chatsecure.testing import RawClient, server_config
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 from tests.helpers import ServerProcess
 from tests.redis_server import REDIS_SERVER, RedisServer, cluster_node, room_name
@@ -129,3 +133,52 @@ def test_nodes_start_again_on_a_redis_that_restarted_empty_and_lines_reach_every
         code, err = node.stop()
         assert code == 0, err
         assert err.count("Redis lost what it held") == 1, err
+
+
+def test_a_server_that_cannot_reopen_the_log_at_once_tries_again_on_the_same_port(
+    empty_on_restart: RedisServer, cert_dir: Path
+) -> None:
+    redis = empty_on_restart
+    config = server_config(cert_dir, cluster=redis.url, name=room_name(), discovery=False)
+    stop = asyncio.Event()
+    running: list[ChatServer] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+    failed: list[BaseException] = []
+
+    def ready(server: ChatServer) -> None:
+        running.append(server)
+        loops.append(asyncio.get_running_loop())
+
+    def run() -> None:
+        try:
+            asyncio.run(serve(config, ready=ready, stop=stop))
+        except BaseException as exc:  # the test says what ended it
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="test-serve")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not running:
+            assert not failed, failed
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server, loop = running[0], loops[0]
+        with RawClient(HOST, server.port) as alice:
+            alice.join("alice")
+            redis.kill()
+            # What a heartbeat does when it finds this node swept; Redis is gone meanwhile,
+            # so the new start fails, and is tried again.
+            loop.call_soon_threadsafe(server.room._restart, Evicted("cluster: test"))
+            assert frames_until(alice, "shutdown")[-1] == {"type": "shutdown"}
+        time.sleep(2.5)  # a failed start, and a pause, at least
+        assert not failed, failed
+        redis.restart()
+        with RawClient(HOST, server.port, timeout=WITHIN) as alice:
+            assert alice.join("alice")["you"]["nick"] == "alice"
+    finally:
+        if loops:
+            loops[0].call_soon_threadsafe(stop.set)
+        thread.join(30)
+    assert not thread.is_alive()
+    assert not failed, failed
