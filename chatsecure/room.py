@@ -866,9 +866,9 @@ class Room:
                 event.reason == ErrorCode.REPLACED
                 and (member := self.members.get(peer.id)) is not None
             ):
-                # Its client came back through another server (or this one, queued behind a
-                # commit) before this one saw its connection break.
-                member.replace("through another server of the room")
+                # Its client came back through another server (or this one, its join queued
+                # behind a commit) before this one saw its connection break.
+                member.replace("on another connection to the room")
             peer_json = self._peers_json.pop(peer.id, None)
             if peer_json is not None:
                 self._chunks = []  # the roster's order changed: the shared chunks are wrong now

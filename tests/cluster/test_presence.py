@@ -317,7 +317,7 @@ def test_a_client_back_through_another_node_replaces_its_ghost_and_keeps_its_nic
             assert alice.join("alice", client="client-alice")["you"]["nick"] == "alice"
             error = ghost.expect("error")
             assert error["code"] == "replaced"
-            assert "another server" in error["message"]
+            assert "another connection" in error["message"]
             assert ghost.closed()
             got = [bob.recv(), bob.recv()]
             assert [presence(f) for f in got] == [
