@@ -13,9 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
+from chatsecure.client.core import ChatClient, ClientEvent
 from chatsecure.testing import RawClient
+
+E = TypeVar("E")
 
 CHATSECURE = [sys.executable, "-m", "chatsecure"]
 """The installed command line, independent of PATH."""
@@ -205,3 +208,17 @@ class Terminal:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+def next_of(client: ChatClient, kind: type[E], seen: list[ClientEvent], timeout: float = 10) -> E:
+    """The next event of ``kind`` from ``client``; every event read on the way (that one
+    included) is added to ``seen``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            event = client.events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {kind.__name__} in {timeout} s: {seen[-5:]}") from None
+        seen.append(event)
+        if isinstance(event, kind):
+            return event

@@ -147,3 +147,28 @@ def cluster_node(redis: RedisServer, room: str, cert_dir: Path, *options: str) -
             *options,
         ]
     )  # fmt: skip
+
+
+def private_redis(tmp_path: Path, *, persistent: bool = False) -> Iterator[RedisServer]:
+    """A Redis of one test only (skipped when none is installed), stopped at its end."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder, persistent=persistent).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def cluster_nodes(redis: RedisServer, cert_dir: Path, count: int) -> Iterator[list[ServerProcess]]:
+    """``count`` nodes of one new room on ``redis`` (subprocesses), killed at the end."""
+    room = room_name()
+    started: list[ServerProcess] = []
+    try:
+        started.extend(cluster_node(redis, room, cert_dir) for _ in range(count))
+        yield started
+    finally:
+        for process in started:
+            process.kill()

@@ -7,9 +7,7 @@ the certificate pinned for A (nodes share one), and resumes with no gap and no d
 
 from __future__ import annotations
 
-import queue
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -28,8 +26,8 @@ from chatsecure.client.core import (
 from chatsecure.protocol.messages import Chat
 from chatsecure.testing import RawClient
 from chatsecure.tls.trust import KnownServers, TrustPolicy
-from tests.helpers import ServerProcess
-from tests.redis_server import RedisServer, cluster_node, room_name
+from tests.helpers import ServerProcess, next_of
+from tests.redis_server import RedisServer, cluster_nodes
 
 E = TypeVar("E")
 HOST = "127.0.0.1"
@@ -37,27 +35,7 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 def two_nodes(redis_server: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
-    room = room_name()
-    started = [cluster_node(redis_server, room, cert_dir)]
-    try:
-        started.append(cluster_node(redis_server, room, cert_dir))
-        yield started
-    finally:
-        for process in started:
-            process.kill()
-
-
-def next_of(client: ChatClient, kind: type[E], seen: list[ClientEvent], timeout: float = 10) -> E:
-    """The next event of ``kind``; every event read on the way is added to ``seen``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            event = client.events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"no {kind.__name__} in {timeout} s: {seen[-5:]}") from None
-        seen.append(event)
-        if isinstance(event, kind):
-            return event
+    yield from cluster_nodes(redis_server, cert_dir, 2)
 
 
 def chats(seen: list[ClientEvent]) -> list[tuple[int, str]]:

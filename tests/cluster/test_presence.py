@@ -22,7 +22,7 @@ from chatsecure.protocol.messages import Join, Leave, Peer
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls.context import client_context
 from tests.helpers import ServerProcess
-from tests.redis_server import RedisServer, cluster_node, room_name
+from tests.redis_server import RedisServer, cluster_nodes, room_name
 
 Start = Callable[..., ServerThread]
 Nodes = Callable[[int], list[ServerThread]]
@@ -223,14 +223,7 @@ def _line(frame: dict[str, Any]) -> bytes:
 
 @pytest.fixture
 def three_nodes(redis_server: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
-    room = room_name()
-    started: list[ServerProcess] = []
-    try:
-        started.extend(cluster_node(redis_server, room, cert_dir) for _ in range(3))
-        yield started
-    finally:
-        for process in started:
-            process.kill()
+    yield from cluster_nodes(redis_server, cert_dir, 3)
 
 
 def test_the_users_of_a_killed_node_leave_once_with_node_lost_within_10_s(

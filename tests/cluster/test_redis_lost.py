@@ -7,7 +7,6 @@ in the test's folder, so what was acknowledged before the kill is there after th
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,8 @@ from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Notice
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustPolicy
-from tests.redis_server import REDIS_SERVER, RedisServer, room_name
+from tests.helpers import next_of
+from tests.redis_server import RedisServer, private_redis, room_name
 
 E = TypeVar("E")
 
@@ -39,28 +39,7 @@ BACK_WITHIN = 15.0
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test only, that keeps what it acknowledged across a kill."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder, persistent=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def next_of(client: ChatClient, kind: type[E], seen: list[ClientEvent], timeout: float = 10.0) -> E:
-    """The next event of ``kind`` from ``client``; every event read is added to ``seen``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            event: ClientEvent = client.events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"no {kind.__name__} in {timeout} s") from None
-        seen.append(event)
-        if isinstance(event, kind):
-            return event
+    yield from private_redis(tmp_path, persistent=True)
 
 
 def told(seen: list[ClientEvent]) -> list[str]:

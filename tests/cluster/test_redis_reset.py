@@ -10,7 +10,6 @@ the same ports, and lines said afterwards reach everyone, with the new log's seq
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +24,8 @@ from chatsecure.protocol.messages import Chat
 from chatsecure.server import ChatServer, serve
 from chatsecure.testing import RawClient, server_config
 from chatsecure.tls.trust import KnownServers, TrustPolicy
-from tests.helpers import ServerProcess
-from tests.redis_server import REDIS_SERVER, RedisServer, cluster_node, room_name
+from tests.helpers import ServerProcess, next_of
+from tests.redis_server import RedisServer, cluster_nodes, private_redis, room_name
 
 E = TypeVar("E")
 HOST = "127.0.0.1"
@@ -38,40 +37,12 @@ come back (its first pause)."""
 @pytest.fixture
 def empty_on_restart(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test only, with no persistence: a restart finds it empty."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_redis(tmp_path)
 
 
 @pytest.fixture
 def two_nodes(empty_on_restart: RedisServer, cert_dir: Path) -> Iterator[list[ServerProcess]]:
-    room = room_name()
-    started = [cluster_node(empty_on_restart, room, cert_dir)]
-    try:
-        started.append(cluster_node(empty_on_restart, room, cert_dir))
-        yield started
-    finally:
-        for process in started:
-            process.kill()
-
-
-def next_of(client: ChatClient, kind: type[E], seen: list[ClientEvent], timeout: float = 10) -> E:
-    """The next event of ``kind``; every event read on the way is added to ``seen``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            event = client.events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"no {kind.__name__} in {timeout} s: {seen[-5:]}") from None
-        seen.append(event)
-        if isinstance(event, kind):
-            return event
+    yield from cluster_nodes(empty_on_restart, cert_dir, 2)
 
 
 def next_chat(client: ChatClient, seen: list[ClientEvent]) -> tuple[int, str]:

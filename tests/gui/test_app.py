@@ -46,6 +46,29 @@ def connect_trusting(client: Gui, host: str, port: int) -> None:
     client.pump(lambda: client.phase is Phase.CHAT)
 
 
+def typed_in_a_paced_room(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, texts: list[str], rate: float
+) -> tuple[ServerThread, Gui]:
+    """Alice in a room that paces lines to ``rate`` a second, having just typed ``texts``
+    (most of them still waiting to go out)."""
+    server = start_server(msg_rate=rate, msg_burst=1)  # the client paces its lines to this
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    for text in texts:
+        alice.say(text)
+    alice.pump(lambda: texts[-1] in alice.transcript())
+    return server, alice
+
+
+def cut_off(gui: GuiFactory, proxy: Proxy) -> Gui:
+    """Alice in the room through ``proxy``, whose connection was just cut: reconnecting."""
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", proxy.port)
+    proxy.drop()
+    alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+    return alice
+
+
 def line_re(nick: str, text: str) -> re.Pattern[str]:
     return re.compile(
         rf"^\[\d\d:\d\d:\d\d\] {re.escape(nick)} \(127\.0\.0\.1\): {re.escape(text)}$"
@@ -311,10 +334,7 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
     server: ServerThread, gui: GuiFactory
 ) -> None:
     with Proxy((server.host, server.port)) as proxy:
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        alice = cut_off(gui, proxy)
         banner = alice.w("chat.banner").cget("text")
         assert "Reconnecting in 1 s, attempt 1 of" in banner
         assert "Reconnecting" in alice.status()
@@ -691,19 +711,15 @@ def test_the_transcript_follows_new_lines_when_the_banner_or_a_resize_shrinks_it
 def test_closing_the_window_with_lines_not_stored_waits_for_them_unless_asked_again(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(msg_rate=4, msg_burst=1)  # the client paces its lines to this
-    alice = gui(nick="alice", accept_new=True)
-    connect_trusting(alice, "127.0.0.1", server.port)
-    for n in range(6):
-        alice.say(f"last words {n}")
-    alice.pump(lambda: "last words 5" in alice.transcript())
+    words = [f"last words {n}" for n in range(6)]
+    server, alice = typed_in_a_paced_room(start_server, gui, words, rate=4)
     alice.close_window()
     assert alice.root.winfo_exists()  # still open: lines are on their way
     assert "not sent yet" in alice.w("chat.banner").cget("text")
     alice.pump(lambda: not alice.root.children, timeout=10)  # closed once they are stored
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
-        assert [m["text"] for m in bob.replayed] == [f"last words {n}" for n in range(6)]
+        assert [m["text"] for m in bob.replayed] == words
 
     carol = gui(nick="carol", accept_new=True)
     connect_trusting(carol, "127.0.0.1", server.port)
@@ -718,10 +734,7 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
     server: ServerThread, gui: GuiFactory
 ) -> None:
     with Proxy((server.host, server.port)) as proxy:
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        alice = cut_off(gui, proxy)
         alice.say("stuck one")
         alice.say("stuck two")
         alice.click("chat.top.leave")
@@ -734,12 +747,7 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
 def test_closing_while_leave_waits_waits_too_and_the_banner_counts_down(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(msg_rate=2, msg_burst=1)  # the client paces its lines to this
-    alice = gui(nick="alice", accept_new=True)
-    connect_trusting(alice, "127.0.0.1", server.port)
-    for n in range(4):
-        alice.say(f"slowly {n}")
-    alice.pump(lambda: "slowly 3" in alice.transcript())
+    _, alice = typed_in_a_paced_room(start_server, gui, [f"slowly {n}" for n in range(4)], rate=2)
     alice.click("chat.top.leave")
     banner = alice.w("chat.banner")
     assert "window leaves once" in banner.cget("text")
@@ -755,18 +763,15 @@ def test_closing_while_leave_waits_waits_too_and_the_banner_counts_down(
 def test_quit_typed_with_lines_not_stored_waits_for_them_as_leave_does(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(msg_rate=4, msg_burst=1)  # the client paces its lines to this
-    alice = gui(nick="alice", accept_new=True)
-    connect_trusting(alice, "127.0.0.1", server.port)
-    for n in range(4):
-        alice.say(f"before quit {n}")
+    words = [f"before quit {n}" for n in range(4)]
+    server, alice = typed_in_a_paced_room(start_server, gui, words, rate=4)
     alice.say("quit")
     assert alice.view() == "chat"
     assert "not sent yet" in alice.w("chat.banner").cget("text")
     alice.pump(lambda: alice.view() == "connect", timeout=10)
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
-        assert [m["text"] for m in bob.replayed] == [f"before quit {n}" for n in range(4)]
+        assert [m["text"] for m in bob.replayed] == words
 
 
 def test_the_last_server_is_remembered_between_runs(server: ServerThread, gui: GuiFactory) -> None:
