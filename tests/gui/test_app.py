@@ -147,9 +147,10 @@ def test_two_clients_trust_chat_see_each_other_and_quit(
     bob.say("hi alice")
     alice.pump(has_line(alice, line_re("bob", "hi alice")))
 
-    # `quit` alone: bob leaves and is back at the connect view; alice sees him go.
+    # `quit` alone: bob leaves (once "hi alice" is stored) and is back at the connect view;
+    # alice sees him go.
     bob.say("quit")
-    assert bob.phase is Phase.CONNECT
+    bob.pump(lambda: bob.phase is Phase.CONNECT)
     assert bob.view() == "connect"
     assert "You left" in bob.notice()
     alice.pump(lambda: alice.users() == ["alice (127.0.0.1)  — you"])
