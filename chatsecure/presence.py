@@ -115,8 +115,8 @@ return nick
 """Let peer ARGV[2] of node ARGV[1], of client ARGV[5] ('' for none), in as ARGV[6] or the first
 free variant; ARGV[8..] are, per suffix length, the nick's prefix that leaves room for it and
 that prefix casefolded. A member of the same client under the same nick is replaced (it leaves
-with reason ``replaced``). The last
-two ARGV of every script here are the node's epoch and newest seq seen (``SAME_LOG``)."""
+with reason ``replaced``). The last two ARGV of every script here are the node's epoch and newest
+seq seen (``SAME_LOG``)."""
 
 _LEAVE = (
     SAME_LOG

@@ -181,6 +181,8 @@ class LoopLogBudget(logging.Filter):
         self._clock = clock
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # (-v: asked for, and not what a client can make it write)
         allowed, dropped = self._budget.allow(self._clock())
         if allowed and dropped:
             record.msg = f"{record.msg} ({dropped} more event-loop messages were left out)"
