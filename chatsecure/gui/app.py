@@ -104,9 +104,11 @@ class App:
         """Lines typed in the message box, oldest first (Up and Down bring them back)."""
         self._recalled: int | None = None
         """Which of ``_typed`` Up or Down put in the box; None: what is typed now."""
+        self._draft = ""
+        """What was in the box when Up first went back: Down past the newest brings it back."""
         self._after_sent: tuple[Callable[[], None], str, str] | None = None
         """Leave or close, asked while own lines were not stored yet: done once they are (or
-        asked again), and what the banner says meanwhile."""
+        asked again), and the verbs the banner says meanwhile (see ``_waiting_text``)."""
         self._discovery: Discovery | None = None
         self.attention = Attention()
         self._urgent = False
@@ -455,13 +457,15 @@ class App:
         typed = self._typed
         if not typed:
             return "break"
+        if self._recalled is None:
+            if step > 0:
+                return "break"  # already below the newest: nothing to go down to
+            self._draft = self.message.get()  # what was being typed: back at the bottom
         at = len(typed) if self._recalled is None else self._recalled
         at = max(0, min(len(typed), at + step))
-        if self._recalled is None and step > 0:
-            return "break"  # already below the newest: nothing to go down to
         self._recalled = None if at == len(typed) else at
         self.message.delete(0, "end")
-        self.message.insert(0, "" if self._recalled is None else typed[at])
+        self.message.insert(0, self._draft if self._recalled is None else typed[at])
         return "break"
 
     def _type_into_message(self, event: tk.Event[tk.Misc]) -> str | None:

@@ -808,6 +808,12 @@ def test_up_and_down_bring_back_lines_typed_and_blank_edges_of_a_paste_are_dropp
         box.event_generate("<Down>")
         box.event_generate("<Down>")
         assert box.get() == ""  # back below the newest
+        box.insert(0, "a draft")
+        box.event_generate("<Up>")
+        assert box.get() == "\nsecond\n  \n"
+        box.event_generate("<Down>")
+        assert box.get() == "a draft"  # what was being typed is not lost
+        box.delete(0, "end")
 
         # A key typed after a click in the transcript goes to the message box.
         text = alice.w("chat.body.log.transcript")
