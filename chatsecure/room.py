@@ -154,6 +154,8 @@ class Room:
         (two programs on one config folder may be in under two nicks)."""
         self.seq = 0
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
+        self.log_id: str | None = None
+        """The log's own id (``Opened.log_id``), told in ``welcome``; None without a log."""
         self.frames: list[bytes | _Presence] = []
         """Frames broadcast in this loop iteration; ``_flush`` writes them to everyone."""
         self.frames_skip: list[Member | None] = []
@@ -253,6 +255,7 @@ class Room:
                 self._peers_json[peer.id] = encode_peer(peer)
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
+        self.log_id = opened.log_id or None
         self._tail.extend(_tail_entry(r) for r in opened.tail)
         if isinstance(self._history, SharedLog):
             deliver = self._followed if self._cluster is None else self._fed_lines
@@ -310,8 +313,11 @@ class Room:
         Returns its place in the order of presence events (its join's serial)."""
         member.peer = peer
         member.peer_json = encode_peer(peer)
-        replayed, skipped = self._replay_for(hello.since, hello.client)
-        counts = (self.seq, len(replayed), skipped)
+        since = hello.since
+        if since is not None and hello.log is not None and hello.log != self.log_id:
+            since = 0  # a position in a log this one is not: all of this one is new to it
+        replayed, skipped = self._replay_for(since, hello.client)
+        counts = (self.seq, len(replayed), skipped, self.log_id)
         v2 = hello.client is not None or hello.since is not None
         if v2:
             for part in self._welcome_v2(member.peer_json, *counts):
@@ -334,7 +340,9 @@ class Room:
             self._v2.add(member.id)
         return serial
 
-    def _welcome_v2(self, you: bytes, seq: int, replay: int, skipped: int) -> list[bytes]:
+    def _welcome_v2(
+        self, you: bytes, seq: int, replay: int, skipped: int, log: str | None
+    ) -> list[bytes]:
         """A v2 welcome and the ``peers`` frames after it: the roster in ``PEERS_CHUNK``s.
 
         Full chunks are encoded once and their bytes shared by every newcomer; only the last
@@ -352,7 +360,7 @@ class Room:
                 more.append(encode_peers("peers", tail))
         else:
             first, more = b",".join(tail), []
-        welcome = encode_welcome_v2(you, first, len(peers), self.info, seq, replay, skipped)
+        welcome = encode_welcome_v2(you, first, len(peers), self.info, seq, replay, skipped, log)
         return [welcome, *more]
 
     def _announce(self, event: _Event) -> None:

@@ -706,7 +706,7 @@ class ChatClient:
             if self._fingerprint is None:
                 self._fingerprint = presented
                 if self._last_seen is not None and session.last_seq is None:
-                    session.last_seq = self._last_seen.get(presented)
+                    session.last_seq, session.log_id = self._last_seen.get(presented)
             session.connect(loop.time())
             self._flush_out()
             self._not_understood = None
@@ -870,7 +870,7 @@ class ChatClient:
         seq = self.session.last_seq
         if self._last_seen is None or self._fingerprint is None or seq is None:
             return
-        saved = self._last_seen.put(self._fingerprint, seq, force=force)
+        saved = self._last_seen.put(self._fingerprint, seq, self.session.log_id, force=force)
         if not saved and self._save_timer is None and self._loop is not None:
             # Put off while lines keep coming: written once they pause, so that a client that
             # is then killed (or its machine loses power) does not show those lines again.

@@ -1,7 +1,8 @@
 """What a client remembers between runs to resume a room: its id and the last ``seq`` seen.
 
 Both live in the config folder (``CHATSECURE_HOME``): ``client_id``, made once, and
-``last_seen.json``, the last ``seq`` per server certificate fingerprint. Failing to read or
+``last_seen.json``, the last ``seq`` per server certificate fingerprint (and the log it counts
+in: ``[seq, log]``; a bare ``seq`` in files written before logs had ids). Failing to read or
 write them costs a resume ("while you were away"), never the chat, so errors are swallowed
 here, on purpose, and logged at DEBUG.
 """
@@ -55,11 +56,20 @@ class LastSeen:
         self.path = (home or config_home()) / LAST_SEEN_FILE
         self._saved_at = 0.0
 
-    def get(self, fingerprint: str) -> int | None:
+    def get(self, fingerprint: str) -> tuple[int | None, str | None]:
+        """The last ``seq`` seen from the server of ``fingerprint``, and the log it counts in
+        (None: not known, as in a file written before logs had ids)."""
         value = self._load().get(fingerprint)
-        return value if isinstance(value, int) and value >= 0 else None
+        if isinstance(value, list) and len(value) == 2:  # [seq, log]
+            value, log_id = value
+        else:
+            log_id = None
+        seq = value if isinstance(value, int) and value >= 0 else None
+        return seq, log_id if isinstance(log_id, str) and valid_client_id(log_id) else None
 
-    def put(self, fingerprint: str, seq: int, *, force: bool = False) -> bool:
+    def put(
+        self, fingerprint: str, seq: int, log_id: str | None = None, *, force: bool = False
+    ) -> bool:
         """Remember ``seq``; at most once per ``SAVE_EVERY`` seconds unless ``force``. False
         when it was put off: the caller puts it again later."""
         now = time.monotonic()
@@ -68,7 +78,8 @@ class LastSeen:
         self._saved_at = now
         table = self._load()
         table.pop(fingerprint, None)
-        table[fingerprint] = seq  # the newest last: the oldest go first when full
+        # The newest last: the oldest go first when full.
+        table[fingerprint] = seq if log_id is None else [seq, log_id]
         while len(table) > MAX_SERVERS:
             del table[next(iter(table))]
         tmp = self.path.with_suffix(".tmp")

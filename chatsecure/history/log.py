@@ -127,6 +127,10 @@ class Opened:
 
     A ``SharedLog`` returns the start of a block of ids reserved for this server alone, above
     every id any server of the cluster used: peer ids stay unique across servers."""
+    log_id: str = ""
+    """This log's own id (16 characters of ``CLIENT_ID``'s, made with the log): a database
+    or a Redis that lost the log has another, so that its seqs, which start again, are not
+    taken for positions in the old one. Sent in ``welcome`` as ``log``."""
 
 
 class RoomLog(Protocol):

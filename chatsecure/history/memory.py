@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections import deque
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ class MemoryLog:
         self._by_ref: dict[tuple[str, str], Record] = {}
         self._last_seq = 0
         self._max_peer_id = 0
+        self._log_id = secrets.token_hex(8)  # gone with the process, as the lines are
 
     @property
     def last_seq(self) -> int:
@@ -36,7 +38,9 @@ class MemoryLog:
         return self._keep
 
     async def open(self, tail: int) -> Opened:
-        return Opened(self._last_seq, await self.before(None, tail), self._max_peer_id)
+        return Opened(
+            self._last_seq, await self.before(None, tail), self._max_peer_id, self._log_id
+        )
 
     async def append(self, drafts: Sequence[Draft]) -> Appends:
         appends = Appends(drafts, self._last_seq + 1)

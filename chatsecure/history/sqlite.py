@@ -51,7 +51,7 @@ T = TypeVar("T")
 APPLICATION_ID = 0x43534854
 """``PRAGMA application_id`` of a chatsecure history ("CSHT"): tells our file from others'."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """``PRAGMA user_version`` this code writes; it reads any version up to this one."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -64,6 +64,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " last_seq INTEGER NOT NULL, max_peer_id INTEGER NOT NULL)",
         "INSERT INTO meta VALUES (1, 0, 0)",
         f"PRAGMA application_id = {APPLICATION_ID}",
+    ),
+    # The log's own id (``Opened.log_id``): a new file is a new log, though its seqs start
+    # again where an old one's did.
+    1: (
+        "ALTER TABLE meta ADD COLUMN log_id TEXT NOT NULL DEFAULT ''",
+        "UPDATE meta SET log_id = lower(hex(randomblob(8)))",
     ),
 }
 """Statements that take the schema from version N to N + 1, run in one transaction."""
@@ -205,10 +211,11 @@ class SqliteLog:
                 self._prepare(conn)
                 self._inserts = _inserts(conn)
                 last_seq, max_peer_id = _meta(conn)
+                log_id = conn.execute("SELECT log_id FROM meta").fetchone()[0]
                 oldest = self._trim(conn, last_seq, _oldest(conn))
                 self._conn = conn
                 self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
-                return Opened(last_seq, self._before(None, tail), max_peer_id)
+                return Opened(last_seq, self._before(None, tail), max_peer_id, log_id)
         except BaseException:
             self._conn = None
             conn.close()
@@ -400,11 +407,13 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {step + 1}")
-            if step == 0:
-                log.info("history: made %s (schema %d)", path.absolute(), step + 1)
-            else:
-                log.info("history: %s migrated to schema %d", path.absolute(), step + 1)
         conn.execute("COMMIT")
+    if version == 0:
+        log.info("history: made %s (schema %d)", path.absolute(), SCHEMA_VERSION)
+    elif version < SCHEMA_VERSION:
+        log.info(
+            "history: %s migrated from schema %d to %d", path.absolute(), version, SCHEMA_VERSION
+        )
 
 
 @contextlib.contextmanager

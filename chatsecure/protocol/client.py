@@ -216,6 +216,8 @@ class ClientSession:
         self.client_id = client_id
         self.last_seq = last_seq
         """The newest ``seq`` seen (or own line acknowledged); ``None`` before any."""
+        self.log_id: str | None = None
+        """The log ``last_seq`` counts in (a welcome's ``log``); None: not known."""
         self.state = ClientState.OFFLINE
         self.me: Peer | None = None
         self.welcome: Welcome | None = None
@@ -256,7 +258,9 @@ class ClientSession:
         self._out.clear()
         self.state = ClientState.HELLO
         self._last_heard, self._ping_sent = now, None
-        hello = Hello(self.nick, self.password, self.client_id, self._since())
+        since = self._since()
+        log = self.log_id if since is not None else None
+        hello = Hello(self.nick, self.password, self.client_id, since, log)
         self._out.append(encode(hello))
 
     def connection_lost(self) -> None:
@@ -462,6 +466,12 @@ class ClientSession:
         self._v2 = welcome.server.protocol >= 2
         self._replay_left = welcome.replay
         since = self._since()
+        if since is not None and welcome.log is not None and self.log_id not in {None, welcome.log}:
+            # Not the log that ``since`` counts in (its server lost the one we saw): the
+            # server replays this one from its start, and all of it is new to us.
+            since, self.last_seq, self._resume_from = 0, None, None
+        if welcome.log is not None:
+            self.log_id = welcome.log
         # (A log at seq 0 is empty, or the server keeps none: there is nothing to resume.)
         resumed = since is not None and welcome.seq >= since and self._v2 and welcome.seq > 0
         missed = welcome.seq - since if resumed and since is not None else 0

@@ -148,11 +148,16 @@ class Hello:
     """The client's own id (``CLIENT_ID``), made once and kept: it scopes ``ref``."""
     since: int | None = None
     """The last ``seq`` this client saw from this server; None for a newcomer."""
+    log: str | None = None
+    """(v2) The ``log`` of the welcome that ``since`` counts in: a server whose log is another
+    one now (it lost its database, or its Redis) replays from the start of its log instead."""
     type: Literal["hello"] = field(default="hello", init=False)
 
     def __post_init__(self) -> None:
         if self.client is not None and not valid_client_id(self.client):
             raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "client id must match CLIENT_ID")
+        if self.log is not None and not valid_client_id(self.log):
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "log id must match CLIENT_ID")
         if self.since is not None and self.since < 0:
             raise LocalProtocolError(ErrorCode.BAD_MESSAGE, "since must be >= 0")
 
@@ -231,6 +236,9 @@ class Welcome:
     peers_total: int | None = None
     """(v2) How many peers are in the room besides us: ``peers`` holds the first of them and
     ``PeersMore`` frames bring the rest at once. None: ``peers`` is everyone (v1)."""
+    log: str | None = None
+    """(v2) Which log ``seq`` counts in: a new id when the server starts a new log (its
+    database or its Redis lost), so that a client tells an old position from a new one."""
     type: Literal["welcome"] = field(default="welcome", init=False)
 
 
@@ -427,13 +435,19 @@ def encode_welcome(
     seq: int = 0,
     replay: int = 0,
     skipped: int = 0,
+    log: str | None = None,
 ) -> bytes:
     """``encode(Welcome(...))`` from peers already encoded with ``encode_peer``."""
-    parts = (you, b",".join(peers), _server_json(server), seq, replay, skipped)
+    parts = (you, b",".join(peers), _server_json(server), seq, replay, skipped, _log_json(log))
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"server":%b,"seq":%d,"replay":%d,'
-        b'"skipped":%d}\n' % parts
+        b'"skipped":%d%b}\n' % parts
     )
+
+
+def _log_json(log: str | None) -> bytes:
+    """A welcome's ``log`` field, if any (an id of ``CLIENT_ID``'s characters: no escapes)."""
+    return b"" if log is None else b',"log":"%b"' % log.encode()
 
 
 def encode_welcome_v2(
@@ -444,13 +458,14 @@ def encode_welcome_v2(
     seq: int = 0,
     replay: int = 0,
     skipped: int = 0,
+    log: str | None = None,
 ) -> bytes:
     """A v2 ``welcome`` whose ``peers`` are ``first`` (encoded peers joined by commas) of
     ``total``; ``encode_peers`` frames with the others follow it."""
-    parts = (you, first, total, _server_json(server), seq, replay, skipped)
+    parts = (you, first, total, _server_json(server), seq, replay, skipped, _log_json(log))
     return (
         b'{"type":"welcome","you":%b,"peers":[%b],"peers_total":%d,"server":%b,"seq":%d,'
-        b'"replay":%d,"skipped":%d}\n' % parts
+        b'"replay":%d,"skipped":%d%b}\n' % parts
     )
 
 
@@ -480,7 +495,7 @@ def encode_leaves(leaves: Iterable[tuple[bytes, str]]) -> bytes:
 def to_json(message: Message) -> dict[str, Any]:
     """The JSON object for ``message``."""
     match message:
-        case Hello(nick=nick, password=password, client=client, since=since):
+        case Hello(nick=nick, password=password, client=client, since=since, log=log):
             obj: dict[str, Any] = {"type": "hello", "nick": nick}
             if password is not None:
                 obj["password"] = password
@@ -488,6 +503,8 @@ def to_json(message: Message) -> dict[str, Any]:
                 obj["client"] = client
             if since is not None:
                 obj["since"] = since
+            if log is not None:
+                obj["log"] = log
             return obj
         case SendMsg(text=text, ref=ref):
             return (
@@ -527,7 +544,7 @@ def to_json(message: Message) -> dict[str, Any]:
                 "seq": message.seq,
                 "replay": message.replay,
                 "skipped": message.skipped,
-            }
+            } | ({} if message.log is None else {"log": message.log})
         case PeersMore(peers=peers) | Joins(peers=peers):
             return {"type": message.type, "peers": [p.to_json() for p in peers]}
         case Leaves(leaves=leaves):
@@ -544,7 +561,7 @@ def to_json(message: Message) -> dict[str, Any]:
                 "seq": message.seq,
                 "replay": message.replay,
                 "skipped": message.skipped,
-            }
+            } | ({} if message.log is None else {"log": message.log})
         case Join(peer=peer):
             return {"type": "join", "peer": peer.to_json()}
         case Leave(peer=peer, reason=reason):
@@ -614,7 +631,12 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
                 ErrorCode.BAD_MESSAGE, "'client' must be 8 to 64 of A-Z, a-z, 0-9, _ and -"
             )
         since = _optional_count(obj, "since")
-        return Hello(_require_str(obj, "nick"), password, client, since)
+        log = obj.get("log")
+        if log is not None and not (isinstance(log, str) and valid_client_id(log)):
+            raise RemoteProtocolError(
+                ErrorCode.BAD_MESSAGE, "'log' must be 8 to 64 of A-Z, a-z, 0-9, _ and -"
+            )
+        return Hello(_require_str(obj, "nick"), password, client, since, log)
     if kind == "history":
         before = _optional_count(obj, "before")
         limit = _optional_count(obj, "limit")
@@ -688,6 +710,7 @@ def parse_server(frame: bytes) -> ServerMessage:
             replay=_optional_count(obj, "replay") or 0,
             skipped=_optional_count(obj, "skipped") or 0,
             peers_total=_optional_count(obj, "peers_total"),
+            log=log if isinstance(log := obj.get("log"), str) and valid_client_id(log) else None,
         )
     if kind == "error":
         ref = obj.get("ref")

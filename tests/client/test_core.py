@@ -31,6 +31,7 @@ from chatsecure.client.core import (
     Sent,
     Target,
 )
+from chatsecure.client.resume import LastSeen
 from chatsecure.errors import LocalProtocolError
 from chatsecure.history import Appends, Draft, MemoryLog
 from chatsecure.protocol.codes import ErrorCode
@@ -736,3 +737,38 @@ def test_a_line_the_server_cannot_store_is_not_sent_and_the_end_of_input_still_l
         client.close()
     finally:
         full.stop()
+
+
+def test_back_on_a_server_that_lost_its_log_a_client_is_shown_all_of_the_new_one(
+    start_server: Callable[..., ServerThread], make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The new log's seqs start again: the seq the client remembers is no position in it,
+    even once the new log has gone past it."""
+    db = tmp_path / "history.sqlite3"
+
+    def say(server: ServerThread, texts: list[str]) -> None:
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob", client="bob-client-id")
+            for n, text in enumerate(texts):
+                bob.send({"type": "msg", "text": text, "ref": f"{text}-{n}"})
+                bob.expect("ack")
+
+    first = start_server(db=db, msg_rate=0)
+    say(first, [f"old {n}" for n in range(5)])
+    alice = make_client("alice", target=Target(first.host, first.port), last_seen=LastSeen())
+    next_event(alice, Connected)
+    assert [received(alice, Chat).text for _ in range(5)] == [f"old {n}" for n in range(5)]
+    alice.quit()
+    while not isinstance(alice.events.get(timeout=5), Disconnected):
+        pass
+    first.stop()
+    for path in tmp_path.glob("history.sqlite3*"):
+        path.unlink()  # the database lost: the next start makes a new log
+
+    second = start_server(db=db, msg_rate=0)
+    say(second, [f"new {n}" for n in range(12)])  # past the 5 alice remembers
+    back = make_client("alice", target=Target(second.host, second.port), last_seen=LastSeen())
+    connected = next_event(back, Connected)
+    assert (connected.resumed, connected.missed) == (True, 12)
+    shown = [received(back, Chat) for _ in range(12)]
+    assert [(c.seq, c.text) for c in shown] == [(n + 1, f"new {n}") for n in range(12)]

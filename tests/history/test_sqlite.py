@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from chatsecure.history import HistoryError, SqliteLog
+from chatsecure.history.sqlite import MIGRATIONS, SCHEMA_VERSION
+from chatsecure.protocol.messages import valid_client_id
 from tests.history.conftest import draft, lines, read_only
 
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -214,7 +216,10 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version = 99")
     db.close()
     message = await refused(path)
-    assert "written by a newer chatsecure (schema 99, this one reads up to 1)" in message
+    assert (
+        f"written by a newer chatsecure (schema 99, this one reads up to {SCHEMA_VERSION})"
+        in message
+    )
 
 
 @pytest.mark.asyncio
@@ -255,3 +260,42 @@ async def test_a_full_disk_fails_the_append_whole_and_keeps_the_log(tmp_path: Pa
     await log.close()
     last_seq, records = await stored(path)
     assert (last_seq, len(records)) == (acked, acked)
+
+
+@pytest.mark.asyncio
+async def test_a_log_keeps_its_id_and_a_new_file_is_another_log(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, 100)
+    first = (await log.open(0)).log_id
+    await log.close()
+    log = SqliteLog(path, 100)
+    assert (await log.open(0)).log_id == first  # a restart: the same log
+    await log.close()
+    assert valid_client_id(first)
+    path.unlink()
+    log = SqliteLog(path, 100)
+    assert (await log.open(0)).log_id not in {first, ""}  # the file lost: its seqs start again
+    await log.close()
+
+
+@pytest.mark.asyncio
+async def test_a_schema_1_file_is_migrated_with_its_lines_and_given_an_id(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    with sqlite3.connect(path) as db:  # what the first release wrote
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO lines VALUES (1, 1.7e9, '3', 'ann', '10.0.0.1', 'kept', NULL, NULL)"
+        )
+        db.execute("UPDATE meta SET last_seq = 1, max_peer_id = 3")
+    db.close()
+    log = SqliteLog(path, 100)
+    opened = await log.open(10)
+    await log.close()
+    assert [(r.seq, r.text) for r in opened.tail] == [(1, "kept")]
+    assert (opened.last_seq, opened.max_peer_id) == (1, 3)
+    assert valid_client_id(opened.log_id)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()

@@ -235,6 +235,26 @@ def test_a_log_that_restarted_below_our_since_is_taken_afresh() -> None:
     assert session.last_seq == 3
 
 
+def test_a_new_log_past_our_since_is_all_missed_and_the_hello_says_which_log_since_counts_in() -> (
+    None
+):
+    session = ClientSession("alice", client_id="abcdefgh12")
+    joined(session, seq=5, log="log-one-0001")
+    assert (session.last_seq, session.log_id) == (5, "log-one-0001")
+    session.connection_lost()
+    session.connect()
+    assert sent(session)[0]["log"] == "log-one-0001"  # with its since: 5 of log-one
+    # The server lost that log; its new one is past 5 already, and replays from its start.
+    events = session.receive_data(
+        frames(welcome(seq=7, replay=7, log="log-two-0002"))
+        + frames(*(msg(n, history=True) for n in range(1, 8)))
+    )
+    assert isinstance(events[0], Welcomed)
+    assert (events[0].resumed, events[0].missed) == (True, 7)
+    assert [e.chat.seq for e in events if isinstance(e, Line)] == list(range(1, 8))
+    assert (session.last_seq, session.log_id) == (7, "log-two-0002")
+
+
 def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
     session = ClientSession("alice")
     joined(session, seq=50)

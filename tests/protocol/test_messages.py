@@ -444,10 +444,12 @@ def test_v2_fields_round_trip() -> None:
         HistoryEnd(9, 3),
         HistoryEnd(None, 0),
         Welcome(peer, (), ServerInfo("s", "1", 2), seq=9, replay=2, skipped=1),
+        Welcome(peer, (), ServerInfo("s", "1", 2), seq=9, log="9f2c51d07a3be8e4"),
     ):
         assert parse_server(encode(message)[:-1]) == message
     for request in (
         Hello("a", client="abcdefgh", since=3),
+        Hello("a", client="abcdefgh", since=3, log="9f2c51d07a3be8e4"),
         SendMsg("x", ref="r"),
         HistoryRequest(5, 10),
         HistoryRequest(None, 200),
@@ -463,6 +465,8 @@ def test_v2_fields_round_trip() -> None:
         {"type": "hello", "nick": "a", "since": -1},
         {"type": "hello", "nick": "a", "since": "3"},
         {"type": "hello", "nick": "a", "since": True},
+        {"type": "hello", "nick": "a", "since": 3, "log": "short"},
+        {"type": "hello", "nick": "a", "since": 3, "log": 42},
         {"type": "msg", "text": "x", "ref": ""},
         {"type": "msg", "text": "x", "ref": "r" * 65},
         {"type": "msg", "text": "x", "ref": 5},
