@@ -273,6 +273,10 @@ class Room:
             self._cluster.abandon(exc)  # (also after an Evicted: its Redis is not ours now)
         if self.restart_why is None:
             self.restart_why = exc
+            # What members say from now on stays with them: they send it again after the
+            # restart, instead of being refused, or stored after the room saw them leave.
+            for member in self.members.values():
+                member.hold()
             self.on_restart(exc)
 
     async def drain(self) -> None:
@@ -510,7 +514,9 @@ class Room:
                 # A full disk, a broken database, Redis lost: those lines are refused, not lost
                 # in silence, and the room goes on (a later commit may work again).
                 refused = self._refusal(exc, len(said))
-                for item in said:
+                # (Redis lost the room: the restart ends these connections at once, and their
+                # clients send those lines again after it; no refusal, which would be final.)
+                for item in [] if isinstance(exc, LogReset) else said:
                     # In a cluster the batch may be stored after all, and the feed may have
                     # brought (and acknowledged) a line of it already: no refusal for that one.
                     if self._feed is None or self._still_to_ack(item):

@@ -79,9 +79,14 @@ def test_nodes_start_again_on_a_redis_that_restarted_empty_and_lines_reach_every
 
             empty_on_restart.kill()
             empty_on_restart.restart()
+            alice.send({"type": "msg", "text": "as it went", "ref": "r-gone"})
 
             # Node A finds that Redis lost the room and starts again: its clients are told.
-            assert frames_until(alice, "shutdown")[-1] == {"type": "shutdown"}
+            # The line said meanwhile is not refused (a refusal is final): it is the client's
+            # to send again after the restart.
+            got = frames_until(alice, "shutdown")
+            assert got[-1] == {"type": "shutdown"}
+            assert [f for f in got if f["type"] == "error"] == []
 
         # Carol's client comes back to node B by itself, into the new log.
         back = next_of(carol, Connected, seen, WITHIN)
