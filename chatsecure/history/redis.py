@@ -425,7 +425,8 @@ def redis_errors(who: str, doing: str, url: str) -> Iterator[None]:
 
 
 def redis_reason(exc: RedisError) -> str:
-    return str(exc) or type(exc).__name__
+    """Why redis-py failed, to go inside a sentence (its own may end in a period)."""
+    return (str(exc) or type(exc).__name__).rstrip(".")
 
 
 def _dedup_key(client: str | None, ref: str | None) -> str:
