@@ -1082,16 +1082,24 @@ async def _start_again(
     config: ServerConfig, kept: list[int], stop: asyncio.Event
 ) -> ChatServer | None:
     """A new server on the ``kept`` listening sockets, once the shared log opens (Redis may
-    be out of reach for a while yet: tried again with growing pauses); None if ``stop``
-    comes first."""
+    be out of reach for a while yet: tried again with growing pauses, the port bound again
+    then if it is a fixed one); None if ``stop`` comes first."""
     pause = RESTART_FIRST
     try:
         while not stop.is_set():
             server = ChatServer(config)
-            try:  # (a failed start closes the sockets it was given: these are copies)
-                await server.start([socket.socket(fileno=os.dup(fd)) for fd in kept])
+            # (A failed start closes the sockets it was given: these are copies.)
+            sockets = [socket.socket(fileno=os.dup(fd)) for fd in kept] if kept else None
+            try:
+                await server.start(sockets)
             except HistoryError as exc:
                 log.warning("%s; trying again in %.0f s", exc, pause)
+                if config.port and kept:
+                    # Its port let go meanwhile, a client is refused at once (and tries
+                    # another server of its list) instead of waiting out a handshake.
+                    for fd in kept:
+                        os.close(fd)
+                    kept = []
             else:
                 return server
             with contextlib.suppress(TimeoutError):

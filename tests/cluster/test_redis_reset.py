@@ -10,6 +10,7 @@ the same ports, and lines said afterwards reach everyone, with the new log's seq
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from chatsecure.server import ChatServer, serve
 from chatsecure.testing import RawClient, server_config
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 from tests.helpers import ServerProcess, next_of
-from tests.redis_server import RedisServer, cluster_nodes, private_redis, room_name
+from tests.redis_server import RedisServer, cluster_nodes, free_port, private_redis, room_name
 
 E = TypeVar("E")
 HOST = "127.0.0.1"
@@ -111,11 +112,15 @@ def test_nodes_start_again_on_a_redis_that_restarted_empty_and_lines_reach_every
         assert err.count("Redis lost what it held") == 1, err
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["ephemeral port", "fixed port"])
 def test_a_server_that_cannot_reopen_the_log_at_once_tries_again_on_the_same_port(
-    empty_on_restart: RedisServer, cert_dir: Path
+    empty_on_restart: RedisServer, cert_dir: Path, fixed: bool
 ) -> None:
     redis = empty_on_restart
-    config = server_config(cert_dir, cluster=redis.url, name=room_name(), discovery=False)
+    port = free_port() if fixed else 0
+    config = server_config(
+        cert_dir, cluster=redis.url, name=room_name(), discovery=False, port=port
+    )
     stop = asyncio.Event()
     running: list[ChatServer] = []
     loops: list[asyncio.AbstractEventLoop] = []
@@ -149,8 +154,20 @@ def test_a_server_that_cannot_reopen_the_log_at_once_tries_again_on_the_same_por
             assert frames_until(alice, "shutdown")[-1] == {"type": "shutdown"}
         time.sleep(2.5)  # a failed start, and a pause, at least
         assert not failed, failed
+        if fixed:  # let go meanwhile: a client is refused at once, not left to time out
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((HOST, server.port), timeout=5).close()
         redis.restart()
-        with RawClient(HOST, server.port, timeout=WITHIN) as alice:
+        deadline = time.monotonic() + WITHIN
+        while True:  # (a fixed port refuses until the next try binds it again)
+            try:
+                back = RawClient(HOST, server.port, timeout=WITHIN)
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "not back on its port"
+                time.sleep(0.2)
+            else:
+                break
+        with back as alice:
             assert alice.join("alice")["you"]["nick"] == "alice"
     finally:
         if loops:
