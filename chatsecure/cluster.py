@@ -43,6 +43,9 @@ class Evicted(HistoryError):
     nicks are free. It must start again, so that they come back into the room."""
 
 
+NODE_LOST = "node_lost"
+"""The ``reason`` of the leaves of the users of a node that died (or stopped)."""
+
 RETRY_FIRST = 0.1
 """Seconds before the feed reads the stream again after losing it; doubled each time."""
 

@@ -45,16 +45,20 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError  # if missing, history.redis (imported first) says so
 
-from chatsecure.cluster import RETRY_FIRST, RETRY_MAX, Evicted, PresenceEvent, cancel
+from chatsecure.cluster import (
+    NODE_LOST,
+    RETRY_FIRST,
+    RETRY_MAX,
+    Evicted,
+    PresenceEvent,
+    cancel,
+)
 from chatsecure.history import HistoryError, LogReset
 from chatsecure.history.redis import SAME_LOG, RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
 
 log = logging.getLogger(__name__)
-
-NODE_LOST = "node_lost"
-"""The ``reason`` of the leaves of the users of a node that died (or stopped)."""
 
 HEARTBEAT_EVERY = 1.0
 """Seconds between a node's heartbeats (and its checks of the others')."""

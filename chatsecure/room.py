@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from chatsecure.cluster import REFUSED, PresenceEvent, StreamFeed
+from chatsecure.cluster import NODE_LOST, REFUSED, Evicted, PresenceEvent, StreamFeed
 from chatsecure.history import (
     Appends,
     Draft,
@@ -875,6 +875,16 @@ class Room:
 
         A join of this server's is the moment its member is welcomed."""
         peer = event.peer
+        if event.reason == NODE_LOST and peer.id in self.members:
+            # A live member of ours swept: the others took this node for lost (it was
+            # paused). Start again at once, as the heartbeat would find a moment later,
+            # rather than tell our users that they themselves left.
+            self._restart(
+                Evicted(
+                    "cluster: this node was taken for lost and the others were told its users left"
+                )
+            )
+            return
         if event.reason is not None:
             if (
                 event.reason == ErrorCode.REPLACED
