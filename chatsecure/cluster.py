@@ -42,6 +42,12 @@ class Evicted(HistoryError):
     from Redis, for longer than a heartbeat lasts): its users were told they left, and their
     nicks are free. It must start again, so that they come back into the room."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "cluster: this node was taken for lost (no heartbeat for longer than a heartbeat "
+            "lasts) and the others were told its users left"
+        )
+
 
 NODE_LOST = "node_lost"
 """The ``reason`` of the leaves of the users of a node that died (or stopped)."""

@@ -396,12 +396,7 @@ class ClusterPresence:
             args = [self.node, int(NODE_TTL * 1000), position, *self._same(position)]
             added, nodes = await self._beat_script(keys=keys, args=args)
         if added:  # swept: only a sweep takes a node out of the set
-            self._restart(
-                Evicted(
-                    f"cluster: this node was taken for lost (no heartbeat for {NODE_TTL:.0f} s)"
-                    " and the others were told its users left"
-                )
-            )
+            self._restart(Evicted())
             return
         if self._beating_since is None:
             self._beating_since = now

@@ -879,11 +879,7 @@ class Room:
             # A live member of ours swept: the others took this node for lost (it was
             # paused). Start again at once, as the heartbeat would find a moment later,
             # rather than tell our users that they themselves left.
-            self._restart(
-                Evicted(
-                    "cluster: this node was taken for lost and the others were told its users left"
-                )
-            )
+            self._restart(Evicted())
             return
         if event.reason is not None:
             if (

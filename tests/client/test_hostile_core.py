@@ -140,15 +140,21 @@ def test_quit_and_end_of_input_leave_promptly_when_the_server_never_closes(
     assert time.monotonic() - started < 3.0
 
 
+def sent_and_read(server: FakeServer, make_client: MakeClient, text: str) -> ChatClient:
+    """A client of ``server`` that has said ``text``, which the server has read (and, as it
+    is a fake, neither acknowledged nor refused)."""
+    client = make_client(server)
+    next_event(client, Connected)
+    client.send(text)
+    assert next_event(client, Queued).text == text
+    server.wait_for(lambda s: s.texts == [text])
+    return client
+
+
 def test_quit_waits_a_bounded_time_for_the_ack_of_a_line_the_server_never_acknowledges(
     fake: Fake, make_client: MakeClient
 ) -> None:
-    server = fake(Mode.SILENT)
-    client = make_client(server)
-    next_event(client, Connected)
-    client.send("last words")
-    assert next_event(client, Queued).text == "last words"
-    server.wait_for(lambda s: s.texts == ["last words"])
+    client = sent_and_read(fake(Mode.SILENT), make_client, "last words")
     started = time.monotonic()
     client.quit()
     assert next_event(client, NotSent, timeout=10).text == "last words"  # never in silence
@@ -266,12 +272,7 @@ def test_end_of_input_gives_up_on_a_server_that_answers_but_never_confirms(
     fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(core, "FINISH_STALL", 2.0)
-    server = fake(Mode.NO_ACKS)
-    client = make_client(server)
-    next_event(client, Connected)
-    client.send("into the void")
-    assert next_event(client, Queued).text == "into the void"
-    server.wait_for(lambda s: s.texts == ["into the void"])
+    client = sent_and_read(fake(Mode.NO_ACKS), make_client, "into the void")
     started = time.monotonic()
     client.finish()
     not_sent = next_event(client, NotSent, timeout=10)

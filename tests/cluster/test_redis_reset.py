@@ -150,7 +150,7 @@ def test_a_server_that_cannot_reopen_the_log_at_once_tries_again_on_the_same_por
             redis.kill()
             # What a heartbeat does when it finds this node swept; Redis is gone meanwhile,
             # so the new start fails, and is tried again.
-            loop.call_soon_threadsafe(server.room._restart, Evicted("cluster: test"))
+            loop.call_soon_threadsafe(server.room._restart, Evicted())
             assert frames_until(alice, "shutdown")[-1] == {"type": "shutdown"}
         time.sleep(2.5)  # a failed start, and a pause, at least
         assert not failed, failed
