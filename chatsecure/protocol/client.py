@@ -260,8 +260,10 @@ class ClientSession:
         self._last_heard, self._ping_sent = now, None
         since = self._since()
         log = self.log_id if since is not None else None
-        hello = Hello(self.nick, self.password, self.client_id, since, log)
-        self._out.append(encode(hello))
+        # Back as the nick the server gave us (alice_2 when alice was taken): the room sees
+        # the same name, and the server replaces our own ghost, which holds that nick.
+        nick = self.nick if self.me is None else self.me.nick
+        self._out.append(encode(Hello(nick, self.password, self.client_id, since, log)))
 
     def connection_lost(self) -> None:
         """The connection is gone; the outbox waits for the next one."""

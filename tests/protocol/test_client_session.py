@@ -76,6 +76,19 @@ def test_hello_carries_client_id_and_since_only_when_known() -> None:
     ]
 
 
+def test_back_after_a_drop_it_asks_for_the_nick_the_server_gave_it() -> None:
+    # alice was taken when it came: as alice_2 again, the room sees the same name, and the
+    # server replaces its ghost (a connection that broke unseen still holds alice_2).
+    session = ClientSession("alice", client_id="abcdefgh12")
+    session.connect()
+    sent(session)
+    session.receive_data(frames(welcome(you={**ME, "nick": "alice_2"})))
+    session.connection_lost()
+    session.connect()
+    (hello,) = sent(session)
+    assert (hello["nick"], hello["client"]) == ("alice_2", "abcdefgh12")
+
+
 def test_welcome_then_replay_counts_as_missed_and_sets_last_seq() -> None:
     session = ClientSession("alice", last_seq=10)
     session.connect()
