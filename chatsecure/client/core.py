@@ -918,7 +918,8 @@ class ChatClient:
             self._emit(Sent(ref, text, 0, time.time()))
 
     def _request_history(self, before: int | None, limit: int) -> None:
-        self.session.request_history(before, limit)
+        assert self._loop is not None  # noqa: S101 - called on the loop
+        self.session.request_history(before, limit, self._loop.time())
         self._flush_out()
 
     def _finish(self) -> None:

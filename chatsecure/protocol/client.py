@@ -239,6 +239,8 @@ class ClientSession:
         self._decoder = FrameDecoder(max_frame)
         self._out: list[bytes] = []
         self._replay_left = 0
+        self._history: bytes | None = None
+        """A ``history`` request the pace holds back."""
         self._gathering: tuple[Welcome, list[Peer]] | None = None
         """A v2 welcome waiting for the rest of the room (``peers`` frames)."""
         self._v2 = False
@@ -270,6 +272,7 @@ class ClientSession:
         self.state = ClientState.OFFLINE
         self._out.clear()
         self._unsent.clear()
+        self._history = None
         self._replay_left = 0
         self._gathering = None
 
@@ -313,7 +316,14 @@ class ClientSession:
         return ref
 
     def pace(self, now: float) -> None:
-        """Send the own lines that the pace allows by ``now``."""
+        """Send the history request and own lines that the pace allows by ``now``."""
+        if self._history is not None and self.state is ClientState.JOINED:
+            # (It counts against the server's rate limit like a line: refused, it would get
+            # an error and no answer.)
+            if self._pace is not None and not self._pace.take(now):
+                return
+            self._out.append(self._history)
+            self._history = None
         while self._unsent and self.state is ClientState.JOINED:
             ref = self._unsent[0]
             if ref in self.outbox and self._pace is not None and not self._pace.take(now):
@@ -324,22 +334,24 @@ class ClientSession:
                 self._written.add(ref)
 
     def send_delay(self, now: float) -> float | None:
-        """Seconds until ``pace`` has a line to send; None when none waits."""
-        if not self._unsent or self.state is not ClientState.JOINED:
+        """Seconds until ``pace`` has a frame to send; None when none waits."""
+        if (not self._unsent and self._history is None) or self.state is not ClientState.JOINED:
             return None
         return 0.0 if self._pace is None else self._pace.wait(now)
 
     def sending_time(self, now: float) -> float:
         """About how long the lines not sent yet take to go out at the pace."""
         delay = self.send_delay(now)
-        if delay is None or self._pace is None:
+        if delay is None or self._pace is None or not self._unsent:
             return 0.0
         return delay + (len(self._unsent) - 1) / self._pace.rate
 
-    def request_history(self, before: int | None, limit: int) -> None:
-        """Ask for up to ``limit`` lines before ``before`` (answered as ``Line(older=True)``)."""
+    def request_history(self, before: int | None, limit: int, now: float) -> None:
+        """Ask for up to ``limit`` lines before ``before`` (answered as ``Line(older=True)``),
+        at the pace (``pace``); it replaces a request the pace has held back so far."""
         if self.state is ClientState.JOINED and self._v2:
-            self._out.append(encode(HistoryRequest(before, limit)))
+            self._history = encode(HistoryRequest(before, limit))
+            self.pace(now)
 
     def quit(self) -> None:
         """Say we are leaving; the server closes the connection. Lines not sent yet stay in

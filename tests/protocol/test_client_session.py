@@ -271,7 +271,7 @@ def test_a_new_log_past_our_since_is_all_missed_and_the_hello_says_which_log_sin
 def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
     session = ClientSession("alice")
     joined(session, seq=50)
-    session.request_history(40, 2)
+    session.request_history(40, 2, now=0.0)
     assert sent(session) == [{"type": "history", "before": 40, "limit": 2}]
     events = session.receive_data(
         frames(
@@ -377,6 +377,25 @@ def test_own_lines_go_no_faster_than_the_rate_the_server_states() -> None:
     assert paced(session, 100.4 + 2 / 9 + 1e-9) == ["line 5"]
     assert session.send_delay(101.0) is None
     assert list(session.outbox) == refs  # none acknowledged yet, none lost
+
+
+def test_history_requests_go_at_the_pace_too_the_newest_one_waiting() -> None:
+    # Refused for the rate, a request gets an error and no answer: a page that never comes.
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    rate = {"msg_rate": 10.0, "msg_burst": 4}
+    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    session.request_history(900, 100, now=100.0)
+    session.request_history(800, 100, now=100.0)
+    assert [frame["before"] for frame in sent(session)] == [900, 800]  # the burst less 2
+    session.request_history(700, 100, now=100.0)
+    session.request_history(600, 100, now=100.0)  # in place of the one held back
+    assert sent(session) == []
+    assert session.send_delay(100.0) == pytest.approx(1 / 9)
+    session.pace(100.0 + 1 / 9 + 1e-9)
+    assert [frame["before"] for frame in sent(session)] == [600]
+    assert session.send_delay(101.0) is None
 
 
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
