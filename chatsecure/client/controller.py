@@ -102,9 +102,10 @@ class Controller:
             self._unqueued += 1
         return out
 
-    def load_older(self, limit: int = 100) -> bool:
-        """Ask the server for lines older than those shown (the user scrolled to the top)."""
-        before = self.model.wants_older()
+    def load_older(self, limit: int = 100, gap: int = 0) -> bool:
+        """Ask the server for lines older than those shown (the user scrolled to the top) or,
+        with ``gap``, for the newest lines still missing in that gap (scrolled to it)."""
+        before = self.model.wants_gap(gap) if gap else self.model.wants_older()
         if before is None or self.client is None:
             return False
         self.client.request_history(before, limit)

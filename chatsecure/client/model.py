@@ -4,7 +4,7 @@ to show (which view, notices, banners, the status bar)."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from chatsecure.client.core import (
@@ -89,6 +89,31 @@ _ADDRESS: frozenset[FormField] = frozenset({"host", "port"})
 """The fields a failed connection is about (its notice names the address)."""
 
 
+@dataclass(slots=True)
+class Gap:
+    """Lines missed while away that the replay left out (``skipped``): the seqs after
+    ``after`` and before ``before``. They are loaded a page at a time, newest first, into
+    their place in the transcript (below the gap's own line) as the user scrolls to it."""
+
+    id: int
+    after: int
+    before: int
+    gone: bool = False
+    """The server keeps none of the lines left: they were trimmed from its log."""
+
+    @property
+    def missing(self) -> int:
+        return max(self.before - self.after - 1, 0)
+
+    @property
+    def text(self) -> str:
+        """What the gap's line in the transcript says."""
+        count = f"{self.missing} earlier missed message{'' if self.missing == 1 else 's'}"
+        if self.gone:
+            return f"⋯ {count}: no longer kept by the server ⋯"
+        return f"⋯ {count}: they load as you scroll here ⋯"
+
+
 class ChatModel:
     """The desktop client's state: fed client events, it says what to show."""
 
@@ -109,9 +134,18 @@ class ChatModel:
         """Own lines sent but not yet stored by the server, by ref."""
         self.oldest_seq: int | None = None
         """The oldest line shown, for loading older ones; None before any sequenced line."""
-        self.loading_older = False
         self.all_loaded = False
         """The server has nothing older than ``oldest_seq``."""
+        self.gaps: dict[int, Gap] = {}
+        """Missed lines not in the transcript yet, by ``Gap.id`` (one per return that was
+        not replayed whole)."""
+        self._gap_ids = 0
+        self._asked: int | None = None
+        """The history request out (one at a time): 0 for older lines (the top of the
+        transcript), else the id of the gap it fills."""
+        self._page: list[Line] = []
+        """The lines of that request's answer so far: shown together once it ends, in one
+        piece and in order."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -174,12 +208,26 @@ class ChatModel:
 
     def wants_older(self) -> int | None:
         """The ``before`` of a request for older lines, if one should be made now."""
-        if self.phase is not Phase.CHAT or self.loading_older or self.all_loaded:
+        if self.phase is not Phase.CHAT or self._asked is not None or self.all_loaded:
             return None
         if self.oldest_seq is None or self.oldest_seq <= 1:
             return None
-        self.loading_older = True
+        self._asked = 0
         return self.oldest_seq
+
+    def wants_gap(self, gap_id: int) -> int | None:
+        """The ``before`` of a request for lines of gap ``gap_id``, if one should be made now."""
+        gap = self.gaps.get(gap_id)
+        if self.phase is not Phase.CHAT or self._asked is not None or gap is None:
+            return None
+        if gap.gone or not gap.missing:
+            return None
+        self._asked = gap_id
+        return gap.before
+
+    def forget_gap(self, gap_id: int) -> None:
+        """The transcript dropped the gap's line (it grew too long): nothing loads there now."""
+        self.gaps.pop(gap_id, None)
 
     # -- what the network said -----------------------------------------------------------
 
@@ -253,8 +301,9 @@ class ChatModel:
                 ts,
             )
         ]
+        self._asked, self._page = None, []  # an answer on its way was lost with the connection
         if not again:
-            self.oldest_seq, self.loading_older, self.all_loaded = None, False, False
+            self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
         if self.request is not None and welcome.you.nick != self.request.nick:
             lines.append(
                 notice(
@@ -270,6 +319,8 @@ class ChatModel:
         # Last, right above the lines it introduces (the replay follows the welcome).
         if event.resumed:
             lines.append(notice("info", self._resume_text(event, again), ts))
+            if welcome.skipped:
+                lines.append(self._gap(welcome.seq - event.missed, welcome.seq - welcome.replay))
         elif welcome.replay:
             lines.append(notice("info", "Earlier in this room:", ts))
         return lines
@@ -284,35 +335,60 @@ class ChatModel:
         else:
             said = f"{missed} message{'' if missed == 1 else 's'} while you were away."
         if skipped:
-            said += f" The oldest {skipped} are not shown (scroll up for them)."
+            said += f" The oldest {skipped} load as you scroll up to them."
         if event.resent:
             lines = "line" if event.resent == 1 else f"{event.resent} lines"
             said += f" Sending your waiting {lines}."
         return said + (" ─── new since you left ───" if missed else "")
 
+    def _gap(self, after: int, last: int) -> Line:
+        """A gap for the missed lines after ``after`` up to ``last``, and its line."""
+        self._gap_ids += 1
+        gap = self.gaps[self._gap_ids] = Gap(self._gap_ids, after, last + 1)
+        self._saw(after + 1)  # scrolling to the top loads what came before them
+        return Line("gap", "", gap.text, gap=gap.id)
+
     def _chat(self, chat: Chat, now: float | None, *, replayed: bool, older: bool) -> list[Line]:
-        self._saw(chat.seq)
         own = self.roster.me is not None and chat.sender.id == self.roster.me.id
         kind: LineKind = "history" if replayed or older else "own" if own else "chat"
-        sender = chat.sender
-        return [
-            Line(
-                kind,
-                sent_clock(chat.ts, now),
-                chat.text,
-                sender.nick,
-                sender.addr,
-                older=older,
-                seq=chat.seq,
-            )
-        ]
+        sender, stamp = chat.sender, sent_clock(chat.ts, now)
+        line = Line(kind, stamp, chat.text, sender.nick, sender.addr, seq=chat.seq)
+        if not older:
+            self._saw(chat.seq)
+            return [line]
+        if self._asked:  # a page of a gap: only what it misses (the rest is shown)
+            gap = self.gaps.get(self._asked)
+            if gap is not None and gap.after < chat.seq < gap.before:
+                self._page.append(replace(line, gap=gap.id))
+        elif self._asked == 0 and (self.oldest_seq is None or chat.seq < self.oldest_seq):
+            self._page.append(replace(line, older=True))
+        return []
+
+    def _page_end(self, count: int) -> list[Line]:
+        """The answer to a history request is complete: its lines, and the gap's line anew."""
+        asked, page = self._asked, self._page
+        self._asked, self._page = None, []
+        if asked is None:
+            return []  # the late answer to a request given up for lost (see ``_received``)
+        if not asked:
+            self.all_loaded = self.all_loaded or count == 0
+            if page:
+                self._saw(page[0].seq)  # (in ascending order)
+            return page
+        gap = self.gaps.get(asked)
+        if gap is None:
+            return []
+        if page:
+            gap.before = page[0].seq
+        gap.gone = count == 0  # (the server has nothing before ``before`` any more)
+        if gap.gone or not gap.missing:
+            del self.gaps[gap.id]  # its line says so, and stays or goes: nothing to load there
+        return [*page, Line("gap", "", gap.text if gap.missing else "", gap=gap.id)]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
             case HistoryEnd(count=count):
-                self.loading_older = False
-                self.all_loaded = self.all_loaded or count == 0
-                return []
+                return self._page_end(count)
             case Join(peer=peer):
                 self.roster.join(peer)
                 return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]
@@ -321,6 +397,10 @@ class ChatModel:
                 said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
+                if code == ErrorCode.RATE_LIMITED and self._asked is not None:
+                    # Most likely our history request, which gets no answer now: the next
+                    # one may go (a late answer is told apart by its seqs).
+                    self._asked, self._page = None, []
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):

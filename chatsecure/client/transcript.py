@@ -21,9 +21,10 @@ MAX_SCROLLBACK_LINES = 2 * MAX_TRANSCRIPT_LINES
 """Lines the transcript may hold while the user reads older ones: no page is loaded past it,
 and live lines then drop the oldest anyway."""
 
-LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info"]
+LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info", "gap"]
 """``pending``: an own line the server has not stored yet; ``history``: a line said before we
-came (or while we were away), replayed or loaded by scrolling up."""
+came (or while we were away), replayed or loaded by scrolling up; ``gap``: where missed lines
+that the replay left out belong (``ChatModel.gaps``), until they are loaded."""
 
 LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS); others shown raw
     "quit": "left",
@@ -51,6 +52,8 @@ class Line:
     """For an own line: the ref it was sent with, so that ``Sent`` can replace ``pending``."""
     older: bool = False
     """Loaded by scrolling up: it goes above every line shown."""
+    gap: int = 0
+    """Loaded into gap ``gap`` (``Gap.id``), or for a ``gap`` line, the gap it marks."""
     seq: int = 0
     """The stored line's ``seq``; 0 for notices and for servers that keep no log."""
     unsent: str | None = None
@@ -58,6 +61,8 @@ class Line:
 
     def segments(self) -> tuple[tuple[str, str], ...]:
         """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""
+        if self.kind == "gap":
+            return ((self.text, "body"),)
         parts: list[tuple[str, str]] = [(f"[{self.stamp}] ", "time")]
         if self.nick is None:
             parts.append((self.text, "body"))

@@ -327,6 +327,7 @@ class App:
             "info": PALETTE["muted"],
             "pending": PALETTE["muted"],
             "history": PALETTE["muted"],
+            "gap": PALETTE["muted"],
         }
         for kind, colour in colours.items():
             text.tag_configure(kind, foreground=colour)
@@ -334,7 +335,7 @@ class App:
             text.tag_configure(f"{kind}-addr", foreground=PALETTE["muted"])
             text.tag_configure(f"{kind}-nick", font=bold)
             text.tag_configure(f"{kind}-body")
-        for kind in ("join", "leave", "info"):
+        for kind in ("join", "leave", "info", "gap"):
             text.tag_configure(f"{kind}-body", font=italic)
         text.tag_configure("pending-body", font=italic)
         text.tag_configure("own", background=PALETTE["own_bg"])
@@ -544,7 +545,7 @@ class App:
                 elif not self.controller.unsent:
                     self._after_sent[0]()
                     return
-            if self._view == "chat":
+            if self._view == "chat" and not self._load_into_gap_in_view():
                 self._load_older_at_top()
             self._ask_trust()
             if self._discovery is not None and self._discovery.poll(self.servers):
@@ -710,7 +711,8 @@ class App:
         """Add ``lines`` to the transcript, highlighting those that name the user.
 
         Own lines wait below the "pending" mark until the server stored them; then they take
-        their place above it, in the order the server gave. Older lines (scrolling up) go on top.
+        their place above it, in the order the server gave. Older lines (scrolling up) go on
+        top; missed lines loaded into a gap go below its line, above the lines after them.
         """
         text = self.transcript
         # A transcript not on screen yet (the chat view is just being shown) follows the end.
@@ -718,8 +720,14 @@ class App:
         text.configure(state="normal")
         text.mark_set("older", "1.0")
         text.mark_gravity("older", "right")
-        prepended = 0
+        prepended = inserted = 0
+        pages: set[int] = set()  # the gaps a page goes into (at the "gap-N-page" mark)
         for line, mention in zip(lines, named, strict=True):
+            if line.kind == "gap" and text.tag_ranges(f"gap-{line.gap}-line"):
+                self._retell_gap(line)  # how many it still misses, or that none do
+                continue
+            if line.kind == "gap" and not line.text:
+                continue  # the end of a gap whose line went with the oldest lines
             tags: tuple[str, ...] = ("mention",) if mention else ()
             if line.seq:
                 tags += (f"seq-{line.seq}",)
@@ -728,6 +736,17 @@ class App:
                 for start, end in _pairs(text.tag_ranges(f"ref-{line.ref}")):
                     text.delete(start, end)  # its pending line: it is stored now
             where = "older" if line.older else "end" if line.kind == "pending" else "pending"
+            if line.kind == "gap":
+                tags += (f"gap-{line.gap}-line",)
+            elif line.gap:
+                if f"gap-{line.gap}" not in text.mark_names():
+                    continue  # its gap's line went with the oldest lines: nowhere to put it
+                where = f"gap-{line.gap}-page"
+                if line.gap not in pages:  # a page goes above the one before (newer lines)
+                    pages.add(line.gap)
+                    text.mark_set(where, f"gap-{line.gap}")
+                    text.mark_gravity(where, "right")
+                inserted += 1
             prepended += line.older
             # A pending line goes after the mark, which stays before it (with no line pending
             # yet, both are at the end: the mark's usual gravity would carry it along).
@@ -735,12 +754,15 @@ class App:
             for part, style in line.segments():
                 text.insert(where, part, (line.kind, f"{line.kind}-{style}", *tags))
             text.insert(where, "\n", (line.kind, *tags))
+            if line.kind == "gap":  # its lines go right below it, each page above the last
+                text.mark_set(f"gap-{line.gap}", where)
+                text.mark_gravity(f"gap-{line.gap}", "left")
         text.mark_gravity("pending", "right")
         # Bounded: the oldest lines go (scrolling up brings them back), but never the lines
         # on screen while the user reads older ones, unless there are twice as many.
         count, cap = self._line_count(), MAX_TRANSCRIPT_LINES
         reading = not at_bottom and int(text.index("@0,0").split(".")[0]) <= count - cap
-        if count > cap and (reading or (prepended and not at_bottom)):
+        if count > cap and (reading or ((prepended or inserted) and not at_bottom)):
             cap = MAX_SCROLLBACK_LINES
         excess = count - cap
         if excess > 0:
@@ -748,11 +770,36 @@ class App:
             oldest = self._oldest_seq_shown()
             if oldest is not None:
                 self.controller.model.dropped_before(oldest)
+            for gap in list(self.controller.model.gaps):
+                if not text.tag_ranges(f"gap-{gap}-line"):
+                    self.controller.model.forget_gap(gap)
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
         elif prepended:
             text.yview(f"{prepended + 1}.0")  # reading older lines: what was on top stays
+
+    def _retell_gap(self, line: Line) -> None:
+        """A gap's line says how many lines it still misses; with none left, it goes."""
+        text, tag = self.transcript, f"gap-{line.gap}-line"
+        start, end = _pairs(text.tag_ranges(tag))[0]
+        if not line.text:
+            text.delete(start, end)
+            text.mark_unset(f"gap-{line.gap}", f"gap-{line.gap}-page")
+            return
+        text.delete(start, f"{start} lineend")  # (its newline stays: the gap's mark follows it)
+        text.insert(start, line.text, (line.kind, f"{line.kind}-body", tag))
+
+    def _load_into_gap_in_view(self) -> bool:
+        """A gap's line is on screen: ask for the newest lines it still misses."""
+        if MAX_SCROLLBACK_LINES - self._line_count() < OLDER_PAGE:
+            return False
+        text = self.transcript
+        for gap in self.controller.model.gaps:
+            ranges = text.tag_ranges(f"gap-{gap}-line")
+            if ranges and text.dlineinfo(ranges[0]) is not None:
+                return self.controller.load_older(OLDER_PAGE, gap=gap)
+        return False
 
     def _load_older_at_top(self) -> None:
         """The top of the transcript is in view (scrolled up, or too few lines to fill the

@@ -279,11 +279,98 @@ def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     assert line.kind == "history"
     assert model.wants_older() == 8
     assert model.wants_older() is None  # one request at a time
-    (older,) = model.apply(Received(Chat(BOB, "long ago", T, seq=3, history=True), older=True))
+    long_ago = Chat(BOB, "long ago", T, seq=3, history=True)
+    assert model.apply(Received(long_ago, older=True)) == []  # shown with the whole page
+    (older,) = model.apply(Received(HistoryEnd(8, 1)), T)
     assert older.older
     assert older.kind == "history"
-    model.apply(Received(HistoryEnd(8, 0)), T)
+    assert model.wants_older() == 3
+    model.apply(Received(HistoryEnd(3, 0)), T)
     assert model.wants_older() is None  # the server has nothing older
+
+
+def missed(model: ChatModel, since: int, last: int, replay: int, *, again: bool = True) -> Line:
+    """``model`` back after missing lines ``since`` + 1 to ``last``, the newest ``replay`` of
+    them replayed: the gap's line."""
+    if again:
+        model.apply(Reconnecting(1, 1.0, "reset"), T)
+    welcome = Welcome(
+        ALICE,
+        (BOB,),
+        ServerInfo("lab", "1", 2),
+        seq=last,
+        replay=replay,
+        skipped=last - since - replay,
+    )
+    lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", FP, True, last - since), T)
+    assert lines[-2].text.startswith(f"{last - since} m")  # missed messages, or messages
+    assert f"The oldest {last - since - replay} load as you scroll up" in lines[-2].text
+    assert lines[-1].kind == "gap"
+    for seq in range(last - replay + 1, last + 1):
+        model.apply(Received(Chat(BOB, f"m{seq}", T, seq=seq, history=True), replayed=True), T)
+    return lines[-1]
+
+
+def page(model: ChatModel, before: int, seqs: range) -> list[Line]:
+    """The server's answer to ``history`` before ``before``: lines ``seqs``."""
+    for seq in seqs:
+        chat = Chat(BOB, f"m{seq}", T, seq=seq, history=True)
+        assert model.apply(Received(chat, older=True), T) == []
+    return model.apply(Received(HistoryEnd(before, len(seqs))), T)
+
+
+def test_missed_lines_the_replay_left_out_load_into_their_gap_newest_page_first() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    marker = missed(model, since=10, last=260, replay=5)
+    assert marker.text == "⋯ 245 earlier missed messages: they load as you scroll here ⋯"
+    gap = marker.gap
+    assert model.wants_older() == 10  # the top loads what came before, as it did
+    model.apply(Received(HistoryEnd(10, 0)), T)
+    assert model.wants_gap(gap) == 256
+    assert model.wants_gap(gap) is None  # one request at a time
+    assert model.wants_older() is None
+    first = page(model, 256, range(156, 256))
+    assert [line.seq for line in first[:-1]] == list(range(156, 256))
+    assert all(line.gap == gap and line.kind == "history" for line in first[:-1])
+    assert first[-1] == Line(
+        "gap", "", "⋯ 145 earlier missed messages: they load as you scroll here ⋯", gap=gap
+    )
+    assert model.wants_gap(gap) == 156
+    # The server's page reaches below the gap: what the transcript holds is not shown twice.
+    second = page(model, 156, range(56, 156))
+    assert [line.seq for line in second[:-1]] == list(range(56, 156))
+    assert model.wants_gap(gap) == 56
+    last = page(model, 56, range(1, 56))
+    assert [line.seq for line in last[:-1]] == list(range(11, 56))
+    assert last[-1] == Line("gap", "", "", gap=gap)  # nothing missed: the gap's line goes
+    assert model.wants_gap(gap) is None
+    assert model.gaps == {}
+
+
+def test_a_gap_whose_lines_the_server_trimmed_says_so() -> None:
+    model = chatting(BOB)
+    gap = missed(model, since=0, last=50, replay=10, again=False).gap
+    assert model.wants_older() is None  # nothing came before the first line
+    assert model.wants_gap(gap) == 41
+    lines = page(model, 41, range(31, 41))
+    assert model.wants_gap(gap) == 31
+    assert lines[-1].text.startswith("⋯ 30 earlier")
+    (told,) = model.apply(Received(HistoryEnd(31, 0)), T)
+    assert told.text == "⋯ 30 earlier missed messages: no longer kept by the server ⋯"
+    assert model.wants_gap(gap) is None
+
+
+def test_a_history_request_lost_with_the_connection_is_asked_again_after_it() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    assert model.wants_older() == 10
+    # The connection drops before the answer: the answer will never come.
+    model.apply(Received(Chat(BOB, "m9", T, seq=9, history=True), older=True), T)
+    missed(model, since=10, last=20, replay=2)
+    assert model.wants_older() == 10
+    (line,) = page(model, 10, range(9, 10))
+    assert line.seq == 9  # the half page before the drop is not shown
 
 
 def test_quit_alone_quits_and_other_texts_do_not() -> None:
@@ -951,3 +1038,16 @@ def test_a_roster_stops_growing_at_the_largest_room_a_client_takes(
     assert len(model.roster) == 3
     model.apply(Received(Join(Peer(BOB.id, "bob", BOB.addr))), T)  # one it has: still taken
     assert len(model.roster) == 3
+
+
+def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twice() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    assert model.wants_older() == 10
+    (said,) = model.apply(Received(Error("rate_limited", "too many frames")), T)
+    assert "rate_limited" in said.text
+    assert model.wants_older() == 10  # no answer comes to a refused request: ask again
+    # Were it our ping that was refused, the first answer comes after all, then the second.
+    assert [line.seq for line in page(model, 10, range(5, 10))] == [5, 6, 7, 8, 9]
+    assert page(model, 10, range(5, 10)) == []
+    assert model.wants_older() == 5

@@ -60,6 +60,10 @@ class Proxy:
         """Connections accepted and held, not relayed yet."""
         return len(self._waiting)
 
+    def hold(self) -> None:
+        """Hold every connection from now on, until ``release()`` (from any thread)."""
+        self._held = True
+
     def release(self) -> None:
         """Start relaying the connections held so far, and every later one (from any thread)."""
         self._held = False

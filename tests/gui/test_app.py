@@ -331,6 +331,57 @@ def test_stored_lines_are_greyed_on_join_and_older_ones_load_when_scrolling_up(
     assert olds == list(range(1, 81)), "older lines go on top, in order, each once"
 
 
+def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(replay_max=40, msg_rate=0)
+    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        for n in range(1, 4):
+            bob.send({"type": "msg", "text": f"before {n}", "ref": f"b{n}"})
+            while bob.recv(5)["type"] != "ack":  # (alice's join comes first)
+                pass
+        alice.pump(lambda: "before 3" in alice.transcript())
+        proxy.hold()  # alice's reconnect waits until every line below is stored
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        for n in range(1, 151):
+            bob.send({"type": "msg", "text": f"away {n}", "ref": f"a{n}"})
+            while bob.recv(5)["type"] != "ack":  # (alice's leave comes first)
+                pass
+        proxy.release()
+        alice.pump(lambda: "away 150" in alice.transcript(), timeout=10)
+
+        def aways() -> list[int]:
+            lines = alice.transcript_lines()
+            return [int(line.rsplit(" ", 1)[1]) for line in lines if ": away " in line]
+
+        assert "150 missed messages restored. The oldest 110 load as you scroll up to them." in (
+            alice.transcript()
+        )
+        marker = "⋯ 110 earlier missed messages: they load as you scroll here ⋯"
+        assert marker in alice.transcript_lines()
+        assert aways() == list(range(111, 151))  # the replay; the marker is off screen
+        text = alice.w("chat.body.log.transcript")
+        text.see(text.search(marker, "1.0", "end"))  # the user scrolls up to it
+        alice.pump(lambda: "earlier missed" not in alice.transcript(), timeout=10)
+        assert aways() == list(range(1, 151)), "each missed line once, in its place"
+        lines = alice.transcript_lines()
+        first = next(i for i, line in enumerate(lines) if ": away 1" in line)
+        between = [line.split("] ", 1)[1] for line in lines[first - 5 : first]]
+        expected = [
+            "bob (127.0.0.1): before 3",
+            "Connection lost",
+            "Reconnected to 'test'",
+            "Here: bob",
+            "150 missed messages restored. The oldest 110 load as you scroll up to them.",
+        ]
+        assert all(map(str.startswith, between, expected)), between
+        assert "history" in alice.tags_of_line_with("away 1")
+
+
 def test_dropped_connection_reconnects_with_backoff_and_says_so(
     server: ServerThread, gui: GuiFactory
 ) -> None:
