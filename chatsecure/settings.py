@@ -135,7 +135,7 @@ SETTINGS = (
     Setting(
         "key",
         Path,
-        "private key file (default server.key beside the default certificate; mode 0600)",
+        "private key file (default: beside the certificate, named like it with .key; mode 0600)",
         "FILE",
     ),
     Setting(
@@ -298,6 +298,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     if data_dir is not None:  # a --cert or --key given one by one still wins
         values.setdefault("cert", data_dir / certs.CERT_NAME)
         values.setdefault("key", data_dir / certs.KEY_NAME)
+    if "cert" in values:  # its key is beside it: /x/server.crt, /x/server.key
+        values.setdefault("key", values["cert"].with_suffix(".key"))
     password_file = values.pop("password_file", None)
     config = ServerConfig(**values)
     if password_file is not None:

@@ -185,6 +185,11 @@ def test_data_dir_on_the_command_line_wins_over_the_config_file(tmp_path: Path) 
     assert from_file.cert == tmp_path / "from-file" / certs.CERT_NAME
 
 
+def test_a_certificate_alone_takes_the_key_beside_it() -> None:
+    config = server_config(build_parser().parse_args(["server", "--cert", "/etc/chat/lab.crt"]))
+    assert (config.cert, config.key) == (Path("/etc/chat/lab.crt"), Path("/etc/chat/lab.key"))
+
+
 def test_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("in the way\n")
     cwd = tmp_path / "cwd"
