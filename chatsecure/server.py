@@ -52,7 +52,7 @@ from chatsecure.protocol.session import Event, ServerSession
 from chatsecure.room import Member, Room, split
 from chatsecure.settings import ServerConfig
 from chatsecure.tls import certs
-from chatsecure.tls.context import server_context
+from chatsecure.tls.context import check_client_ca, server_context
 from chatsecure.tls.trust import host_port
 
 if TYPE_CHECKING:
@@ -657,19 +657,25 @@ class ChatServer:
         """Bind, load (or make) the certificate, open the log and start accepting connections.
 
         Binding comes first: a server that cannot listen (a port in use) leaves nothing
-        behind, no data folder, certificate, key or history file. ``sockets``: listen on
-        these instead (those of a server before this one, see ``keep_listening``).
+        behind, no data folder, certificate, key or history file; nor does one whose
+        certificate files, client CA or cluster are wrong or out of reach (the certificate is
+        made last). ``sockets``: listen on these instead (those of a server before this one,
+        see ``keep_listening``).
         """
         config = self.config
         if sockets is None:
             sockets = listen_sockets(config.host, config.port)
         self._sockets = sockets
         try:
+            files = certs.CertFiles(config.cert, config.key)
+            make = certs.must_make(files)
+            if config.client_ca is not None:
+                check_client_ca(config.client_ca)
             config.make_data_dir()
-            ctx = self._load_certificate()
             self._loop = asyncio.get_running_loop()
             # Ids go on from the highest in the log, so no stored line names a newcomer.
             self._ids = itertools.count(await self.room.open() + 1)
+            ctx = self._load_certificate(files, make)
             trim_asyncio_tls_buffer()
             await self._listen(ctx, sockets)
         except BaseException:
@@ -689,12 +695,14 @@ class ChatServer:
             self.fingerprint,
         )
 
-    def _load_certificate(self) -> ssl.SSLContext:
-        """The server's TLS context; a certificate is made (and said so, loudly) if missing."""
+    def _load_certificate(self, files: certs.CertFiles, make: bool) -> ssl.SSLContext:
+        """The server's TLS context; with ``make``, a certificate is made first (and said so,
+        loudly)."""
         config = self.config
-        made = certs.ensure(certs.CertFiles(config.cert, config.key))
+        if make:
+            certs.generate(files.cert.parent)
         self.fingerprint = certs.cert_fingerprint(config.cert)
-        if made:
+        if make:
             log.warning(
                 "generated a new certificate with fingerprint %s at %s (key %s); clients that "
                 "trusted an earlier certificate of this server will be warned that it changed",

@@ -303,15 +303,26 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def ensure(files: CertFiles) -> bool:
     """Make a certificate and key at ``files`` if neither exists; return True if made."""
+    if not must_make(files):
+        return False
+    generate(files.cert.parent)
+    return True  # the caller says so, once
+
+
+def must_make(files: CertFiles) -> bool:
+    """Whether ``ensure`` would make the pair (neither file exists, and they have the default
+    names side by side); a ``ConfigError`` for what it would refuse. Makes nothing."""
     if files.cert.exists() and files.key.exists():
         return False
     if files.cert.exists() != files.key.exists():
-        present = files.cert if files.cert.exists() else files.key
+        cert_there = files.cert.exists()
+        present, missing = (files.cert, files.key) if cert_there else (files.key, files.cert)
+        flag = "--key" if cert_there else "--cert"
         raise ConfigError(
-            f"{present} exists but its partner does not; "
-            "remove it or run `chatsecure gencert --force`"
+            f"{present} exists but {missing} does not: give the right one with {flag}, or "
+            "make a new pair with `chatsecure gencert --force` (clients that trusted the old "
+            "certificate will be warned that it changed)"
         )
     if files.cert.parent != files.key.parent or files.cert.name != CERT_NAME:
         raise ConfigError(f"{files.cert} does not exist; make it with `chatsecure gencert`")
-    generate(files.cert.parent)
-    return True  # the caller says so, once
+    return True

@@ -134,12 +134,21 @@ def server_context(
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_chain(ctx, cert, key)
     if client_ca is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(client_ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load client CA {client_ca}: {exc}") from exc
+        _load_client_ca(ctx, client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def check_client_ca(client_ca: Path) -> None:
+    """A ``ConfigError`` if ``server_context`` could not load ``client_ca``."""
+    _load_client_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), client_ca)
+
+
+def _load_client_ca(ctx: ssl.SSLContext, client_ca: Path) -> None:
+    try:
+        ctx.load_verify_locations(cafile=str(client_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load client CA {client_ca}: {exc}") from exc
 
 
 def client_context(

@@ -15,6 +15,7 @@ from chatsecure.settings import HISTORY_DB, server_config
 from chatsecure.testing import joined
 from chatsecure.tls import certs
 from tests.helpers import CHATSECURE, ServerProcess
+from tests.redis_server import free_port
 
 SERVER = [*CHATSECURE, "server"]
 
@@ -188,6 +189,33 @@ def test_data_dir_on_the_command_line_wins_over_the_config_file(tmp_path: Path) 
 def test_a_certificate_alone_takes_the_key_beside_it() -> None:
     config = server_config(build_parser().parse_args(["server", "--cert", "/etc/chat/lab.crt"]))
     assert (config.cert, config.key) == (Path("/etc/chat/lab.crt"), Path("/etc/chat/lab.key"))
+
+
+def test_a_certificate_without_its_key_names_the_key_it_looked_for(tmp_path: Path) -> None:
+    certs.generate(tmp_path / "pair")
+    (tmp_path / "pair" / certs.KEY_NAME).unlink()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = start_failing(cwd, "--port", "0", "--cert", str(tmp_path / "pair" / "server.crt"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"chatsecure: {tmp_path / 'pair' / 'server.crt'} exists but "
+        f"{tmp_path / 'pair' / 'server.key'} does not: give the right one with --key, "
+    ), result.stderr
+    assert everything_under(cwd) == []
+
+
+def test_a_start_refused_for_its_client_ca_or_cluster_makes_nothing(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = start_failing(cwd, "--port", "0", "--client-ca", "nosuch.pem")
+    assert result.returncode == 1
+    assert result.stderr.startswith("chatsecure: cannot load client CA nosuch.pem: "), result.stderr
+    port = free_port()
+    result = start_failing(cwd, "--port", "0", "--cluster", f"redis://127.0.0.1:{port}/0")
+    assert result.returncode == 1
+    assert f"cannot use the Redis at redis://127.0.0.1:{port}/0" in result.stderr, result.stderr
+    assert everything_under(cwd) == []
 
 
 def test_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:

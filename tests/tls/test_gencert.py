@@ -161,5 +161,5 @@ def test_key_file_is_private_even_with_a_lax_umask(tmp_path: Path) -> None:
 def test_half_a_pair_is_not_silently_replaced(tmp_path: Path) -> None:
     certs.generate(tmp_path)
     (tmp_path / "server.key").unlink()
-    with pytest.raises(ConfigError, match="partner"):
+    with pytest.raises(ConfigError, match=r"server\.key does not: give the right one with --key"):
         certs.ensure(certs.CertFiles.in_dir(tmp_path))
