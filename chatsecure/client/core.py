@@ -56,6 +56,7 @@ from chatsecure.protocol.messages import (
     Shutdown,
     Welcome,
     encode,
+    shows,
     utf8_encodable,
 )
 from chatsecure.protocol.ratelimit import WarningBudget
@@ -468,7 +469,7 @@ class ChatClient:
         """
         if is_quit(text):
             self.quit()
-        elif text.strip():
+        elif shows(text):  # (a line that shows nothing is one the server refuses)
             frame = encode(SendMsg(require_sendable(text, "message not sent: it"), _LONGEST_REF))
             if len(frame) > limits.MAX_FRAME:
                 raise LocalProtocolError(

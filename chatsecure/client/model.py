@@ -29,7 +29,7 @@ from chatsecure.client.core import (
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
-from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown
+from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
 from chatsecure.protocol.messages import Notice as ServerNotice
 from chatsecure.tls.trust import TrustQuestion, host_port
 
@@ -191,7 +191,7 @@ class ChatModel:
         """Decide what typing ``text`` and pressing Enter does."""
         if is_quit(text):
             return Outgoing(quit=True, clear=True)
-        if not text.strip():
+        if not shows(text):
             return Outgoing(clear=True)
         text = _without_blank_edges(text)
         if self.phase not in {Phase.CHAT, Phase.RECONNECTING} or self.roster.me is None:

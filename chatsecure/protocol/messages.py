@@ -77,6 +77,17 @@ def clean_text(raw: str) -> str:
     return "".join(c for c in raw if c in "\n\t" or unicodedata.category(c) != "Cc")
 
 
+def shows(text: str) -> bool:
+    """Whether ``text`` shows anything: more than whitespace, format characters (a zero-width
+    space, a bidi mark) and characters that show as a blank (a Hangul filler)."""
+    for c in text:  # (the first character of a line ends it, most often)
+        if c in BLANKS or c.isspace():
+            continue
+        if c.isalnum() or unicodedata.category(c) not in INVISIBLE_CATEGORIES:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """A participant as the server sees it. Every field comes from the server."""
@@ -609,7 +620,7 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
             )
         try:
             text = clean_text(_require_str(obj, "text"))
-            if not text.strip():
+            if not shows(text):
                 raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
             if max_text and len(text) > max_text:
                 raise RemoteProtocolError(

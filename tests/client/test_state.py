@@ -378,6 +378,7 @@ def test_quit_alone_quits_and_other_texts_do_not() -> None:
     assert model.outgoing("  quit ").quit
     assert model.outgoing("quit now").send == "quit now"
     assert model.outgoing("   ") == model.outgoing("")
+    assert model.outgoing("\u200b\u3164") == model.outgoing("")  # shows nothing: not sent
     assert model.outgoing("").send is None
 
 

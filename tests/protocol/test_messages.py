@@ -272,6 +272,22 @@ def test_a_refused_msg_names_its_valid_ref(text: object, code: ErrorCode) -> Non
     assert (bad_ref.code, bad_ref.ref) == (ErrorCode.BAD_MESSAGE, None)
 
 
+@pytest.mark.parametrize("text", ["   ", "\u200b", " \u200d\u2060 ", "\u3164", "\u2800\n\u2028"])
+def test_a_text_that_shows_nothing_is_empty(text: str) -> None:
+    # A line that looks blank in every client: a zero-width space, a Hangul filler...
+    error = error_of(parse_client, frame({"type": "msg", "text": text, "ref": "r-8"}))
+    assert (error.code, error.message, error.ref) == (
+        ErrorCode.BAD_MESSAGE,
+        "'text' is empty",
+        "r-8",
+    )
+
+
+@pytest.mark.parametrize("text", ["\u200bhi", "·", "\u3164 é", "🙂", "-", " \u202e!"])
+def test_a_text_with_anything_visible_is_kept_as_it_is(text: str) -> None:
+    assert parse_client(frame({"type": "msg", "text": text})) == SendMsg(text)
+
+
 @pytest.mark.parametrize("kind", ["dance", "welcome", "MSG", "", "x" * 1000])
 def test_unknown_type_from_a_client(kind: str) -> None:
     error = error_of(parse_client, frame({"type": kind}))
