@@ -52,7 +52,12 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
     auth.add_argument(
         "--cert", type=Path, metavar="FILE", help="your client certificate (mutual TLS)"
     )
-    auth.add_argument("--key", type=Path, metavar="FILE", help="the key of --cert")
+    auth.add_argument(
+        "--key",
+        type=Path,
+        metavar="FILE",
+        help="the key of --cert (default: beside it, named like it with .key)",
+    )
     auth.add_argument(
         "--password-file", type=Path, metavar="FILE", help="send the room password in FILE"
     )

@@ -204,6 +204,12 @@ REPLACED_TEXT = (
 """Why a client ends after ``replaced``: its identity (``client_id``) is in the room anew."""
 
 
+NO_CLIENT_CERT = (
+    "before welcoming us (does it admit only clients with a certificate from its CA? "
+    "then give yours with --cert)"
+)
+"""Said of a connection closed before the welcome, by a client without a certificate."""
+
 FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK, ErrorCode.REPLACED})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
@@ -760,7 +766,14 @@ class ChatClient:
     async def _welcome(self, reader: asyncio.StreamReader) -> tuple[Welcomed, list[SessionEvent]]:
         """The welcome, and the events that came in the same read after it."""
         while True:
-            events = await self._read_events(reader)
+            try:
+                events = await self._read_events(reader)
+            except ConnectionClosed as exc:
+                if self.target.cert is not None or self._dead:
+                    raise
+                # A server that admits clients by certificate (--client-ca) closes the
+                # connection right after the handshake, without a word.
+                raise ConnectionClosed(f"{exc} {NO_CLIENT_CERT}") from None
             for n, event in enumerate(events):
                 if isinstance(event, Welcomed):
                     return event, events[n + 1 :]

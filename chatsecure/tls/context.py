@@ -175,5 +175,8 @@ def client_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # trust on first use: the pin check follows the handshake
     if cert is not None:
-        _load_chain(ctx, cert, key or cert)
+        # Without --key: the key beside the certificate (bob.crt, bob.key, as gencert makes
+        # them), else the certificate's own file (one PEM holding both).
+        beside = cert.with_suffix(".key")
+        _load_chain(ctx, cert, key or (beside if beside.exists() else cert))
     return ctx

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from chatsecure.cli import build_parser
-from chatsecure.client.core import ChatClient, Connected, Target
+from chatsecure.client.core import ChatClient, Connected, Disconnected, Target
 from chatsecure.errors import ConfigError
 from chatsecure.protocol import limits
 from chatsecure.server import ChatServer
@@ -219,18 +219,41 @@ def test_certificate_common_name_is_the_nick_whatever_hello_says(
         assert alice.expect("join")["peer"]["nick"] == "alice_2"
 
 
+@pytest.mark.parametrize("key", [True, False], ids=["key", "key-beside"])
 def test_client_core_presents_its_certificate(
-    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path], key: bool
 ) -> None:
     ours, _ = client_cas
     server = start_server(client_ca=ours / "ca.crt")
-    target = Target(server.host, server.port, cert=ours / "alice.crt", key=ours / "alice.key")
+    # Without a key, the one beside the certificate: alice.key, as gencert made them.
+    target = Target(
+        server.host, server.port, cert=ours / "alice.crt", key=ours / "alice.key" if key else None
+    )
     client = ChatClient(target, "nobody", TrustPolicy(KnownServers(), accept_new=True))
     client.start()
     try:
         event = client.events.get(timeout=5)
         assert isinstance(event, Connected), event
         assert event.welcome.you.nick == "alice"
+    finally:
+        client.close()
+
+
+def test_client_core_without_a_certificate_is_told_what_may_be_missing(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+) -> None:
+    ours, _ = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    policy = TrustPolicy(KnownServers(), accept_new=True)
+    client = ChatClient(Target(server.host, server.port), "bob", policy, reconnect=False)
+    client.start()
+    try:
+        event = client.events.get(timeout=5)
+        assert isinstance(event, Disconnected), event
+        assert event.reason.endswith(
+            "the server closed the connection before welcoming us (does it admit only clients "
+            "with a certificate from its CA? then give yours with --cert)"
+        ), event.reason
     finally:
         client.close()
 
