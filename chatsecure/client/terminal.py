@@ -234,13 +234,25 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             if screen.own is not None:
                 screen.own.done(ref)
                 screen.redraw()
-            print(f"chatsecure: {why}: {safe_text(text)}", file=err)
+            print(f"chatsecure: {why}: {_named(text)}", file=err)
         case Disconnected(reason=reason, error=True) if not joined:
             print(f"chatsecure: {_not_connected(reason, screen.where)}", file=err, flush=True)
         case Disconnected(reason=reason, error=True):
             print(f"chatsecure: {reason}", file=err, flush=True)
         case Disconnected(reason=reason):
             print(f"disconnected: {reason}", file=out, flush=True)
+
+
+NAMED_LENGTH = 200
+"""Characters of a line that was not sent that stderr shows: enough to tell which it was."""
+
+
+def _named(text: str) -> str:
+    """``text`` as stderr names a line not sent: a long one (a paste, too long for the server)
+    by its start, not a screenful of it again."""
+    if len(text) <= NAMED_LENGTH:
+        return safe_text(text)
+    return f"{safe_text(text[:NAMED_LENGTH])}… ({len(text)} characters)"
 
 
 def _not_connected(reason: str, where: str) -> str:

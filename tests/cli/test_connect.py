@@ -297,7 +297,7 @@ def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread)
         assert alice.expect("leave")["reason"] == "quit"
 
 
-@pytest.mark.parametrize("refused", [b"longer than ten", b"\x07"], ids=["too-long", "empty"])
+@pytest.mark.parametrize("refused", [b"longer than ten", b"y" * 300], ids=["too-long", "long"])
 def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_end(
     start_server: Callable[..., ServerThread], refused: bytes
 ) -> None:
@@ -309,9 +309,19 @@ def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_en
         assert [alice.expect("msg")["text"] for _ in range(2)] == ["short", "last"]
         assert alice.expect("leave")["reason"] == "quit"
     [named] = [line for line in err.decode().splitlines() if "not stored" in line]
-    code = "text_too_long" if len(refused) > 1 else "bad_message"
     assert named.startswith("chatsecure: not stored: the server refused it ("), err
-    assert named.endswith(f"; {code}): {safe_text(refused.decode())}"), err
+    # Named by its start when long: not a screenful of it again.
+    text = safe_text(refused.decode()) if len(refused) < 300 else f"{'y' * 200}… (300 characters)"
+    assert named.endswith(f"; text_too_long): {text}"), err
+
+
+def test_a_piped_line_that_shows_nothing_is_skipped_like_a_blank_one(server: ServerThread) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        err = piped_bob(server, alice, b"first\n\x07\n\xe2\x80\x8b\n   \nlast\n")
+        assert [alice.expect("msg")["text"] for _ in range(2)] == ["first", "last"]
+        assert alice.expect("leave")["reason"] == "quit"
+    assert b"not" not in err, err
 
 
 def test_a_piped_line_too_long_to_send_at_all_is_named_and_told_by_the_exit_code(
