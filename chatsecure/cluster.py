@@ -75,7 +75,7 @@ BACK = encode(
 )
 """Told to every client of a node when the shared log answers again."""
 
-REFUSED = "not stored: the room's shared log is out of reach; send it again when it is back"
+REFUSED = "the room's shared log is out of reach; send it again when it is back"
 """The ``not_stored`` error's message for a line said while the shared log is out of reach."""
 
 
