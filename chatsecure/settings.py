@@ -263,7 +263,10 @@ def _convert(setting: Setting, value: object, path: Path) -> object:
         else isinstance(value, kind if kind is not Path else str)
     )
     if not ok:
-        raise ConfigError(f"{path}: {setting.field} must be a {kind.__name__}, not {value!r}")
+        kind_name = {int: "an integer", float: "a number", bool: "true or false"}.get(
+            kind, "a path" if kind is Path else "a string"
+        )
+        raise ConfigError(f"{path}: {setting.field} must be {kind_name}, not {value!r}")
     if setting.choices is not None and value not in setting.choices:
         raise ConfigError(f"{path}: {setting.field} must be one of {', '.join(setting.choices)}")
     if kind is Path:
