@@ -41,6 +41,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.client.signals import handled
 from chatsecure.errors import LocalProtocolError
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import Chat, Peer
 from chatsecure.tls.trust import (
     TRUST_QUESTION,
@@ -193,6 +194,8 @@ class _Screen:
     """Draw the input line again (its prompt shows the pending lines)."""
     undelivered: list[str] = field(default_factory=list)
     """Own lines named on stderr as not stored (or not confirmed): the exit code says so."""
+    password: bool = False
+    """Whether a room password was given (else a refusal for one says how to give it)."""
 
 
 def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
@@ -235,8 +238,11 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
                 screen.own.done(ref)
                 screen.redraw()
             print(f"chatsecure: {why}: {_named(text)}", file=err)
-        case Disconnected(reason=reason, error=True) if not joined:
-            print(f"chatsecure: {_not_connected(reason, screen.where)}", file=err, flush=True)
+        case Disconnected(reason=reason, error=True, code=code) if not joined:
+            said = _not_connected(reason, screen.where)
+            if code == ErrorCode.AUTH_FAILED and not screen.password:
+                said += "; give the room's password with --password-file FILE"
+            print(f"chatsecure: {said}", file=err, flush=True)
         case Disconnected(reason=reason, error=True):
             print(f"chatsecure: {reason}", file=err, flush=True)
         case Disconnected(reason=reason):
@@ -319,7 +325,9 @@ def _run(
         stdin.reconfigure(errors="replace")
     addresses = client.target.addresses
     where = ", ".join(host_port(host, port) for host, port in addresses)
-    screen = _Screen(stdout, stderr, where, several=len(addresses) > 1)
+    screen = _Screen(
+        stdout, stderr, where, several=len(addresses) > 1, password=client.password is not None
+    )
     asker = client.policy.ask if isinstance(client.policy.ask, TerminalAsk) else None
     client.start()
     first: ClientEvent | None = None

@@ -523,3 +523,24 @@ def test_verbose_logs_every_frame_but_never_the_room_password(
     assert re.search(r'<- \{"type":"welcome"', err)
     assert re.search(r'-> \{"type":"msg".*hello frames', err)
     assert "open sesame" not in err
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["none", "wrong"])
+def test_a_room_password_refused_says_how_to_give_one_if_none_was(
+    start_server: Callable[..., ServerThread], tmp_path: Path, given: bool
+) -> None:
+    server = start_server(password="open sesame")
+    secret = tmp_path / "room-password"
+    secret.write_text("guess\n")
+    options = ("--password-file", str(secret)) if given else ()
+    bob = terminal(server, "bob", "--accept-new", *options)
+    try:
+        assert bob.wait() == 1
+    finally:
+        bob.kill()
+    refused = (
+        f"chatsecure: cannot connect to 127.0.0.1:{server.port}: the server refused: wrong or "
+        "missing password (auth_failed)"
+    )
+    hint = "; give the room's password with --password-file FILE"
+    assert bob.stderr[-1] == refused + ("" if given else hint), bob.stderr
