@@ -485,6 +485,9 @@ def _create_private(path: Path) -> None:
     """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HistoryError(f"cannot make the folder {path.parent}: {exc.strerror or exc}") from exc
+    try:
         with contextlib.suppress(FileExistsError):  # another process made it first: fine
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
