@@ -639,12 +639,16 @@ class App:
         self.message.configure(state="disabled" if ended else "normal")
         self.send_button.state(["disabled"] if ended else ["!disabled"])
         rows = model.roster.rows()
-        self.users_title.configure(text=f"In this room ({len(rows)})")
+        # Without a connection the list is who was there, not who is: greyed, and titled so.
+        offline = model.phase in {Phase.RECONNECTING, Phase.ENDED}
+        title = "Here when last connected" if offline else "In this room"
+        self.users_title.configure(text=f"{title} ({len(rows)})")
         self.users.delete(0, "end")
         for index, row in enumerate(rows):
             self.users.insert("end", row.text)
-            if row.me:
-                self.users.itemconfigure(index, foreground=PALETTE["accent_dark"])
+            if offline or row.me:
+                colour = PALETTE["muted"] if offline else PALETTE["accent_dark"]
+                self.users.itemconfigure(index, foreground=colour)
 
     def _render_servers(self) -> None:
         selected = self.server_list.selection()

@@ -22,6 +22,7 @@ import pytest
 
 from chatsecure.client.core import Reconnecting
 from chatsecure.client.state import Phase, short_fingerprint
+from chatsecure.gui.app import PALETTE
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
@@ -390,12 +391,18 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         banner = alice.w("chat.banner").cget("text")
         assert "Reconnecting in 1 s, attempt 1 of" in banner
         assert "Reconnecting" in alice.status()
+        # Who was there, not who is: greyed until the room says again.
+        title, users = alice.w("chat.body.side.title"), alice.w("chat.body.side.users")
+        assert title.cget("text") == "Here when last connected (1)"
+        assert users.itemcget(0, "foreground") == PALETTE["muted"]
         alice.say("while away")  # pending, and sent after the reconnect
         assert alice.w("chat.bottom.message").get() == ""
         alice.pump(lambda: "while away" in alice.transcript())
         assert "pending" in alice.tags_of_line_with("while away")
         alice.pump(lambda: alice.phase is Phase.CHAT, timeout=5)
         assert "Reconnected to 'test'" in alice.transcript()
+        assert title.cget("text") == "In this room (1)"
+        assert users.itemcget(0, "foreground") == PALETTE["accent_dark"]
         alice.pump(lambda: "own" in alice.tags_of_line_with("while away"))
         assert alice.transcript().count("while away") == 1
         assert not alice.w("chat.banner").winfo_ismapped()
