@@ -143,9 +143,15 @@ class ChatModel:
         self._asked: int | None = None
         """The history request out (one at a time): 0 for older lines (the top of the
         transcript), else the id of the gap it fills."""
+        self._asked_before = 0
+        """Its ``before``: the ``history_end`` that answers it says the same."""
         self._page: list[Line] = []
-        """The lines of that request's answer so far: shown together once it ends, in one
-        piece and in order."""
+        """The lines of the answer coming in: shown together once it ends, in one piece and
+        in order."""
+        self._answered = False
+        """Whether the answer coming in brought any line, shown or not."""
+        self._log: str | None = None
+        """The log of the last welcome: another one numbers its lines afresh."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -202,7 +208,10 @@ class ChatModel:
         return Outgoing(send=text, clear=True)
 
     def dropped_before(self, seq: int) -> None:
-        """The transcript dropped its oldest lines: ``seq`` is the oldest stored line left."""
+        """The transcript dropped its oldest lines: ``seq`` is the oldest stored line left
+        (or, above it, a gap that still misses lines: those load there, not on top)."""
+        for gap in self.gaps.values():
+            seq = min(seq, gap.after + 1)
         self.oldest_seq = seq
         self.all_loaded = False
 
@@ -212,7 +221,7 @@ class ChatModel:
             return None
         if self.oldest_seq is None or self.oldest_seq <= 1:
             return None
-        self._asked = 0
+        self._asked, self._asked_before = 0, self.oldest_seq
         return self.oldest_seq
 
     def wants_gap(self, gap_id: int) -> int | None:
@@ -222,7 +231,7 @@ class ChatModel:
             return None
         if gap.gone or not gap.missing:
             return None
-        self._asked = gap_id
+        self._asked, self._asked_before = gap_id, gap.before
         return gap.before
 
     def forget_gap(self, gap_id: int) -> None:
@@ -302,6 +311,15 @@ class ChatModel:
             )
         ]
         self._asked, self._page = None, []  # an answer on its way was lost with the connection
+        abandoned = []
+        if again and None not in (self._log, welcome.log) and welcome.log != self._log:
+            # A new log (the server lost its database): its seqs start again, so neither a
+            # gap nor the top of the transcript can be filled from it.
+            for gap in self.gaps.values():
+                gap.gone = True
+                abandoned.append(Line("gap", "", gap.text, gap=gap.id))
+            again = False
+        self._log = welcome.log
         if not again:
             self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
         if self.request is not None and welcome.you.nick != self.request.nick:
@@ -323,7 +341,7 @@ class ChatModel:
                 lines.append(self._gap(welcome.seq - event.missed, welcome.seq - welcome.replay))
         elif welcome.replay:
             lines.append(notice("info", "Earlier in this room:", ts))
-        return lines
+        return abandoned + lines
 
     @staticmethod
     def _resume_text(event: Connected, again: bool) -> str:
@@ -356,6 +374,7 @@ class ChatModel:
         if not older:
             self._saw(chat.seq)
             return [line]
+        self._answered = True
         if self._asked:  # a page of a gap: only what it misses (the rest is shown)
             gap = self.gaps.get(self._asked)
             if gap is not None and gap.after < chat.seq < gap.before:
@@ -364,14 +383,19 @@ class ChatModel:
             self._page.append(replace(line, older=True))
         return []
 
-    def _page_end(self, count: int) -> list[Line]:
+    def _page_end(self, end: HistoryEnd) -> list[Line]:
         """The answer to a history request is complete: its lines, and the gap's line anew."""
-        asked, page = self._asked, self._page
-        self._asked, self._page = None, []
-        if asked is None:
-            return []  # the late answer to a request given up for lost (see ``_received``)
+        asked, page, answered = self._asked, self._page, self._answered
+        self._page, self._answered = [], False
+        if asked is None or end.before != self._asked_before:
+            # The late answer to a request given up for lost (see ``_received``): ours is
+            # still to come, or was this one.
+            return []
+        self._asked = None
         if not asked:
-            self.all_loaded = self.all_loaded or count == 0
+            # (Lines came but none older than those shown: a late answer's, most likely.
+            # Asking the same again would bring the same.)
+            self.all_loaded = self.all_loaded or end.count == 0 or (answered and not page)
             if page:
                 self._saw(page[0].seq)  # (in ascending order)
             return page
@@ -380,15 +404,17 @@ class ChatModel:
             return []
         if page:
             gap.before = page[0].seq
-        gap.gone = count == 0  # (the server has nothing before ``before`` any more)
+        elif answered:  # lines, but none inside: the server has nothing in between
+            gap.before = gap.after + 1
+        gap.gone = end.count == 0  # (the server has nothing before ``before`` any more)
         if gap.gone or not gap.missing:
             del self.gaps[gap.id]  # its line says so, and stays or goes: nothing to load there
         return [*page, Line("gap", "", gap.text if gap.missing else "", gap=gap.id)]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
-            case HistoryEnd(count=count):
-                return self._page_end(count)
+            case HistoryEnd():
+                return self._page_end(message)
             case Join(peer=peer):
                 self.roster.join(peer)
                 return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]
@@ -397,10 +423,11 @@ class ChatModel:
                 said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
-                if code == ErrorCode.RATE_LIMITED and self._asked is not None:
-                    # Most likely our history request, which gets no answer now: the next
-                    # one may go (a late answer is told apart by its seqs).
-                    self._asked, self._page = None, []
+                if self._asked is not None:
+                    # Most likely our history request, which gets no answer now (an error
+                    # without ref is told apart from no other way): the next one may go. A
+                    # late answer is told apart by its ``before`` and its seqs.
+                    self._asked, self._page, self._answered = None, [], False
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):

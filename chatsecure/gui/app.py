@@ -771,12 +771,13 @@ class App:
         excess = count - cap
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
+            for gap in list(self.controller.model.gaps):  # (before: they count in dropped_before)
+                if not text.tag_ranges(f"gap-{gap}-line"):  # its line went with the oldest
+                    self.controller.model.forget_gap(gap)
+                    text.mark_unset(f"gap-{gap}", f"gap-{gap}-page")
             oldest = self._oldest_seq_shown()
             if oldest is not None:
                 self.controller.model.dropped_before(oldest)
-            for gap in list(self.controller.model.gaps):
-                if not text.tag_ranges(f"gap-{gap}-line"):
-                    self.controller.model.forget_gap(gap)
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")

@@ -289,7 +289,15 @@ def test_replayed_lines_are_history_and_a_return_says_what_was_missed() -> None:
     assert model.wants_older() is None  # the server has nothing older
 
 
-def missed(model: ChatModel, since: int, last: int, replay: int, *, again: bool = True) -> Line:
+def missed(
+    model: ChatModel,
+    since: int,
+    last: int,
+    replay: int,
+    *,
+    again: bool = True,
+    log: str | None = None,
+) -> Line:
     """``model`` back after missing lines ``since`` + 1 to ``last``, the newest ``replay`` of
     them replayed: the gap's line."""
     if again:
@@ -301,6 +309,7 @@ def missed(model: ChatModel, since: int, last: int, replay: int, *, again: bool 
         seq=last,
         replay=replay,
         skipped=last - since - replay,
+        log=log,
     )
     lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", FP, True, last - since), T)
     assert lines[-2].text.startswith(f"{last - since} m")  # missed messages, or messages
@@ -1052,3 +1061,56 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twi
     assert [line.seq for line in page(model, 10, range(5, 10))] == [5, 6, 7, 8, 9]
     assert page(model, 10, range(5, 10)) == []
     assert model.wants_older() == 5
+
+
+def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    gap = missed(model, since=10, last=100, replay=20).gap
+    model.dropped_before(81)  # the transcript dropped all above the replay but the gap's line
+    assert model.wants_older() == 11  # not 81: 11 to 80 are the gap's to load
+    model.apply(Received(HistoryEnd(11, 0)), T)
+    model.forget_gap(gap)  # its line went too: then they come on top
+    model.dropped_before(81)
+    assert model.wants_older() == 81
+
+
+def test_an_answer_to_another_request_is_not_taken_for_ours() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    gap = missed(model, since=10, last=300, replay=20).gap
+    assert model.wants_gap(gap) == 281
+    model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
+    assert model.wants_older() == 10
+    # The gap's answer comes after all: not lines on top, nor the end of the top's request.
+    assert page(model, 281, range(181, 281)) == []
+    assert model.wants_gap(gap) is None  # the top's request is still out
+    (top,) = page(model, 10, range(9, 10))
+    assert (top.seq, top.older) == (9, True)
+
+
+def test_an_answer_that_adds_nothing_is_not_asked_for_again() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    gap = missed(model, since=10, last=60, replay=20).gap
+    assert model.wants_gap(gap) == 41
+    # Lines, but none in the gap (a server whose log has holes there): the gap is closed.
+    assert page(model, 41, range(5, 11)) == [Line("gap", "", "", gap=gap)]
+    assert model.wants_gap(gap) is None
+    assert model.wants_older() == 10
+    assert page(model, 10, range(20, 22)) == []  # none older than those shown
+    assert model.wants_older() is None
+
+
+def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    gap = missed(model, since=10, last=300, replay=20, log="log-one-00000001").gap
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    new = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=5, replay=5, log="log-two-00000002")
+    lines = model.apply(Connected(new, "h", 1, "TLSv1.3", FP, True, 5), T)
+    told = Line("gap", "", "⋯ 270 earlier missed messages: no longer kept by the server ⋯", gap=gap)
+    assert told in lines
+    assert model.wants_gap(gap) is None
+    model.apply(Received(Chat(BOB, "new log", T, seq=1, history=True), replayed=True), T)
+    assert model.wants_older() is None  # nothing before its first line
