@@ -668,14 +668,18 @@ class ChatServer:
         self._sockets = sockets
         try:
             files = certs.CertFiles(config.cert, config.key)
-            make = certs.must_make(files)
+            make = certs.must_make(files, allowed=config.make_cert)
             if config.client_ca is not None:
                 check_client_ca(config.client_ca)
+            # A certificate there is loaded first (a key that is not its own stops it here);
+            # one to make is made last.
+            ctx = None if make else self._load_certificate(files, make=False)
             config.make_data_dir()
             self._loop = asyncio.get_running_loop()
             # Ids go on from the highest in the log, so no stored line names a newcomer.
             self._ids = itertools.count(await self.room.open() + 1)
-            ctx = self._load_certificate(files, make)
+            if ctx is None:
+                ctx = self._load_certificate(files, make=True)
             trim_asyncio_tls_buffer()
             await self._listen(ctx, sockets)
         except BaseException:
@@ -695,7 +699,7 @@ class ChatServer:
             self.fingerprint,
         )
 
-    def _load_certificate(self, files: certs.CertFiles, make: bool) -> ssl.SSLContext:
+    def _load_certificate(self, files: certs.CertFiles, *, make: bool) -> ssl.SSLContext:
         """The server's TLS context; with ``make``, a certificate is made first (and said so,
         loudly)."""
         config = self.config

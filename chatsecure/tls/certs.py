@@ -303,15 +303,16 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def ensure(files: CertFiles) -> bool:
     """Make a certificate and key at ``files`` if neither exists; return True if made."""
-    if not must_make(files):
+    if not must_make(files, allowed=True):
         return False
     generate(files.cert.parent)
     return True  # the caller says so, once
 
 
-def must_make(files: CertFiles) -> bool:
-    """Whether ``ensure`` would make the pair (neither file exists, and they have the default
-    names side by side); a ``ConfigError`` for what it would refuse. Makes nothing."""
+def must_make(files: CertFiles, *, allowed: bool) -> bool:
+    """Whether the pair is to be made: neither file exists, they have the default names side
+    by side, and making it is ``allowed``; a ``ConfigError`` for a pair missing otherwise.
+    Makes nothing."""
     if files.cert.exists() and files.key.exists():
         return False
     if files.cert.exists() != files.key.exists():
@@ -323,6 +324,6 @@ def must_make(files: CertFiles) -> bool:
             "make a new pair with `chatsecure gencert --force` (clients that trusted the old "
             "certificate will be warned that it changed)"
         )
-    if files.cert.parent != files.key.parent or files.cert.name != CERT_NAME:
+    if not allowed or files.cert.parent != files.key.parent or files.cert.name != CERT_NAME:
         raise ConfigError(f"{files.cert} does not exist; make it with `chatsecure gencert`")
     return True

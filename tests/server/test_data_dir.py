@@ -189,6 +189,43 @@ def test_data_dir_on_the_command_line_wins_over_the_config_file(tmp_path: Path) 
 def test_a_certificate_alone_takes_the_key_beside_it() -> None:
     config = server_config(build_parser().parse_args(["server", "--cert", "/etc/chat/lab.crt"]))
     assert (config.cert, config.key) == (Path("/etc/chat/lab.crt"), Path("/etc/chat/lab.key"))
+    assert not config.make_cert  # a mistyped path is not a new identity
+    argv = ["server", "--data-dir", "/srv/chat", "--cert", "/etc/chat/lab.crt"]
+    config = server_config(build_parser().parse_args(argv))
+    assert (config.cert, config.key) == (Path("/etc/chat/lab.crt"), Path("/etc/chat/lab.key"))
+    assert config.db_path == Path("/srv/chat") / HISTORY_DB
+
+
+def test_a_mistyped_certificate_is_refused_not_made(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    typo = tmp_path / "typo" / "server.crt"
+    result = start_failing(cwd, "--port", "0", "--cert", str(typo))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"chatsecure: {typo} does not exist; make it with"), (
+        result.stderr
+    )
+    assert everything_under(tmp_path) == [cwd]
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_start_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    certs.generate(tmp_path / "one")
+    certs.generate(tmp_path / "two")
+    cwd, state = tmp_path / "cwd", tmp_path / "state"
+    cwd.mkdir()
+    pair = [
+        "--cert",
+        str(tmp_path / "one" / "server.crt"),
+        "--key",
+        str(tmp_path / "two" / "server.key"),
+    ]
+    result = start_failing(cwd, "--port", "0", "--data-dir", str(state), *pair)
+    assert result.returncode == 1
+    assert "cannot load certificate" in result.stderr, result.stderr
+    assert not state.exists()
+    assert everything_under(cwd) == []
 
 
 def test_a_certificate_without_its_key_names_the_key_it_looked_for(tmp_path: Path) -> None:
