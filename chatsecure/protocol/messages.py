@@ -80,12 +80,17 @@ def clean_text(raw: str) -> str:
 def shows(text: str) -> bool:
     """Whether ``text`` shows anything: more than whitespace, format characters (a zero-width
     space, a bidi mark) and characters that show as a blank (a Hangul filler)."""
-    for c in text:  # (the first character of a line ends it, most often)
-        if c in BLANKS or c.isspace():
-            continue
-        if c.isalnum() or unicodedata.category(c) not in INVISIBLE_CATEGORIES:
-            return True
-    return False
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped[0] not in BLANKS and stripped[0].isprintable():
+        return True  # most lines: their first character shows
+    if stripped.isprintable():  # no format character: anything but a blank shows
+        return not BLANKS.issuperset(stripped)
+    return any(
+        not c.isspace() and c not in BLANKS and unicodedata.category(c) not in INVISIBLE_CATEGORIES
+        for c in stripped
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,12 +625,12 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
             )
         try:
             text = clean_text(_require_str(obj, "text"))
-            if not shows(text):
-                raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
             if max_text and len(text) > max_text:
                 raise RemoteProtocolError(
                     ErrorCode.TEXT_TOO_LONG, f"text longer than {max_text} characters"
                 )
+            if not shows(text):  # (after the length: at most max_text characters to look at)
+                raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'text' is empty")
         except RemoteProtocolError as exc:
             exc.ref = ref  # the sender's line that will never be stored
             raise
