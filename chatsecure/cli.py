@@ -56,7 +56,7 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
         "--key",
         type=Path,
         metavar="FILE",
-        help="the key of --cert (default: beside it, named like it with .key)",
+        help="the key of --cert (default: beside it, named like it with .key, else in --cert)",
     )
     auth.add_argument(
         "--password-file", type=Path, metavar="FILE", help="send the room password in FILE"
