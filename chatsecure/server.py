@@ -603,7 +603,7 @@ class ChatServer:
             __version__,
             limits.PROTOCOL_VERSION,
             msg_rate=config.msg_rate,
-            msg_burst=config.msg_burst,
+            msg_burst=max(config.msg_burst, 1),  # the burst the bucket keeps (0: one at a time)
         )
         shared = history if history is not None else open_history(config)
         self.room = Room(

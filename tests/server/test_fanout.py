@@ -47,6 +47,14 @@ def test_join_reaches_exactly_the_earlier_clients(server: ServerThread) -> None:
     assert len(ids) == 3, "every session has its own id"
 
 
+def test_welcome_states_the_burst_a_client_really_has(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=2.0, msg_burst=0)  # 0: one at a time
+    with RawClient(server.host, server.port) as alice:
+        assert alice.join("alice")["server"]["msg_burst"] == 1
+
+
 def test_message_reaches_the_two_others_with_nick_and_address_not_the_sender(
     server: ServerThread,
 ) -> None:
