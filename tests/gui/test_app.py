@@ -22,7 +22,6 @@ import pytest
 
 from chatsecure.client.core import Reconnecting
 from chatsecure.client.state import Phase, short_fingerprint
-from chatsecure.gui import app as app_module
 from chatsecure.gui.app import PALETTE
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
@@ -382,43 +381,6 @@ def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to
         ]
         assert all(map(str.startswith, between, expected)), between
         assert "history" in alice.tags_of_line_with("away 1")
-
-
-def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once(
-    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A small window on the room: 30 lines kept while following, 60 while reading back.
-    monkeypatch.setattr(app_module, "MAX_TRANSCRIPT_LINES", 30)
-    monkeypatch.setattr(app_module, "MAX_SCROLLBACK_LINES", 60)
-    monkeypatch.setattr(app_module, "OLDER_PAGE", 10)
-    server = start_server(replay_max=20, msg_rate=0)
-    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
-        proxy.hold()
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        texts = [f"away {n}" for n in range(1, 101)] + [f"live {n}" for n in range(1, 21)]
-        for n, text in enumerate(texts):
-            if n == 100:  # the rest once alice is back: they drop the oldest lines, the gap's
-                proxy.release()
-                alice.pump(lambda: "away 100" in alice.transcript(), timeout=10)
-                assert "⋯ 80 earlier missed messages" in alice.transcript()
-            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
-            while bob.recv(5)["type"] != "ack":
-                pass
-        alice.pump(lambda: "live 20" in alice.transcript())
-        assert "earlier missed" not in alice.transcript()  # its line went with the oldest
-        text = alice.w("chat.body.log.transcript")
-        for _ in range(10):  # the user scrolls to the top, page after page
-            text.yview_moveto(0.0)
-            settle([alice], 0.2)
-        said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": " in line]
-        said = [line for line in said if line.startswith(("away", "live"))]
-        first = texts.index(said[0])
-        assert said == texts[first:], "in order, each once, none missing"
-        assert first < 80, "older lines came on top"
 
 
 def test_dropped_connection_reconnects_with_backoff_and_says_so(

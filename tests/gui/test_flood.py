@@ -8,16 +8,28 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.client.state import Phase
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES
 from chatsecure.gui import app
 from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 
-from .conftest import GuiFactory
+from .conftest import GuiFactory, settle
+from .proxy import Proxy
 from .test_app import connect_trusting
 
 pytestmark = pytest.mark.gui
 
 FLOOD = MAX_TRANSCRIPT_LINES + 1500
+
+
+def small_transcript(
+    monkeypatch: pytest.MonkeyPatch, *, following: int, reading: int, page: int
+) -> None:
+    """A window that keeps ``following`` lines while the user follows the newest, ``reading``
+    while they read back, and loads older lines ``page`` at a time."""
+    monkeypatch.setattr(app, "MAX_TRANSCRIPT_LINES", following)
+    monkeypatch.setattr(app, "MAX_SCROLLBACK_LINES", reading)
+    monkeypatch.setattr(app, "OLDER_PAGE", page)
 
 
 def test_a_flood_keeps_the_newest_lines_and_drops_the_oldest_past_the_cap(
@@ -38,9 +50,7 @@ def test_a_flood_keeps_the_newest_lines_and_drops_the_oldest_past_the_cap(
 def test_lines_dropped_past_the_cap_come_back_by_scrolling_up_once_each_in_order(
     start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app, "MAX_TRANSCRIPT_LINES", 40)
-    monkeypatch.setattr(app, "MAX_SCROLLBACK_LINES", 120)
-    monkeypatch.setattr(app, "OLDER_PAGE", 15)
+    small_transcript(monkeypatch, following=40, reading=120, page=15)
     server = start_server(replay=5, msg_rate=0)
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
@@ -67,3 +77,37 @@ def test_lines_dropped_past_the_cap_come_back_by_scrolling_up_once_each_in_order
     expected = [f"old {n}" for n in range(1, 31)] + [f"live {n}" for n in range(1, 61)]
     assert numbered() == expected, "every dropped line is back, once, in order"
     assert len(alice.transcript_lines()) <= 120
+
+
+def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_transcript(monkeypatch, following=30, reading=60, page=10)
+    server = start_server(replay_max=20, msg_rate=0)
+    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        proxy.hold()
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        texts = [f"away {n}" for n in range(1, 101)] + [f"live {n}" for n in range(1, 21)]
+        for n, text in enumerate(texts):
+            if n == 100:  # the rest once alice is back: they drop the oldest lines, the gap's
+                proxy.release()
+                alice.pump(lambda: "away 100" in alice.transcript(), timeout=10)
+                assert "⋯ 80 earlier missed messages" in alice.transcript()
+            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
+            while bob.recv(5)["type"] != "ack":
+                pass
+        alice.pump(lambda: "live 20" in alice.transcript())
+        assert "earlier missed" not in alice.transcript()  # its line went with the oldest
+        text = alice.w("chat.body.log.transcript")
+        for _ in range(10):  # the user scrolls to the top, page after page
+            text.yview_moveto(0.0)
+            settle([alice], 0.2)
+        said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": " in line]
+        said = [line for line in said if line.startswith(("away", "live"))]
+        first = texts.index(said[0])
+        assert said == texts[first:], "in order, each once, none missing"
+        assert first < 80, "older lines came on top"
