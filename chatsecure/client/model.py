@@ -299,6 +299,10 @@ class ChatModel:
         self.banner = None
         self.notice = None
         welcome = event.welcome
+        # The nick asked for: after a drop, the one given before (the client asks for it).
+        me = self.roster.me
+        request = self.request
+        asked = me.nick if again and me is not None else request.nick if request else None
         self.roster.reset(welcome.you, welcome.peers)
         verb = "Reconnected to" if again else "Connected to"
         # Lines still pending stay so: the core sends them again and each comes back as Sent.
@@ -322,11 +326,11 @@ class ChatModel:
         self._log = welcome.log
         if not again:
             self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
-        if self.request is not None and welcome.you.nick != self.request.nick:
+        if asked is not None and welcome.you.nick != asked:
             lines.append(
                 notice(
                     "info",
-                    f"The nick '{safe_text(self.request.nick)}' was taken; "
+                    f"The nick '{safe_text(asked)}' was taken; "
                     f"you are '{safe_text(welcome.you.nick)}'.",
                     ts,
                 )

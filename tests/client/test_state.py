@@ -470,6 +470,13 @@ def test_alone_in_the_room_and_a_taken_nick_are_said() -> None:
     texts = [line.text for line in model.apply(welcome(renamed), T)]
     assert "The nick 'alice' was taken; you are 'alice_2'." in texts
     assert "Nobody else is here yet." in texts
+    # Back after a drop as alice_2 again (the client asks for it): nothing to say.
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    texts = [line.text for line in model.apply(welcome(renamed), T)]
+    assert not any("was taken" in text for text in texts)
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    texts = [line.text for line in model.apply(welcome(Peer("1", "alice_3", "::1")), T)]
+    assert "The nick 'alice_2' was taken; you are 'alice_3'." in texts
 
 
 def test_drop_reconnect_and_recover() -> None:
