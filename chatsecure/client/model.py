@@ -108,10 +108,18 @@ class Gap:
     @property
     def text(self) -> str:
         """What the gap's line in the transcript says."""
-        count = f"{self.missing} earlier missed message{'' if self.missing == 1 else 's'}"
         if self.gone:
-            return f"⋯ {count}: no longer kept by the server ⋯"
-        return f"⋯ {count}: they load as you scroll here ⋯"
+            return f"⋯ {self._count}: no longer kept by the server ⋯"
+        return f"⋯ {self._count}: they load as you scroll here ⋯"
+
+    @property
+    def full_text(self) -> str:
+        """What the gap's line says while the transcript holds all it may (nothing loads)."""
+        return f"⋯ {self._count}: not loaded, the window holds all it can ⋯"
+
+    @property
+    def _count(self) -> str:
+        return f"{self.missing} earlier missed message{'' if self.missing == 1 else 's'}"
 
 
 class ChatModel:
@@ -457,7 +465,7 @@ class ChatModel:
             self.phase = Phase.ENDED
             self.pending.clear()  # each unsent line was told as NotSent before this
             self.banner = f"Disconnected: {reason}."
-            self.roster.reset(self.roster.me)
+            # (The list stays, as who was there when the connection was last up.)
             return [notice("error" if error else "info", self.banner, ts)]
         return []
 

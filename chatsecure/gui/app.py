@@ -641,7 +641,7 @@ class App:
         rows = model.roster.rows()
         # Without a connection the list is who was there, not who is: greyed, and titled so.
         offline = model.phase in {Phase.RECONNECTING, Phase.ENDED}
-        title = "Here when last connected" if offline else "In this room"
+        title = "Last seen here" if offline else "In this room"
         self.users_title.configure(text=f"{title} ({len(rows)})")
         self.users.delete(0, "end")
         for index, row in enumerate(rows):
@@ -726,6 +726,8 @@ class App:
         text.mark_gravity("older", "right")
         prepended = inserted = 0
         pages: set[int] = set()  # the gaps a page goes into (at the "gap-N-page" mark)
+        top = int(text.index("@0,0").split(".")[0])
+        reading_row = 0  # where what the user reads is, rows from the top (see "reading")
         for line, mention in zip(lines, named, strict=True):
             if line.kind == "gap" and text.tag_ranges(f"gap-{line.gap}-line"):
                 self._retell_gap(line)  # how many it still misses, or that none do
@@ -750,6 +752,9 @@ class App:
                     pages.add(line.gap)
                     text.mark_set(where, f"gap-{line.gap}")
                     text.mark_gravity(where, "right")
+                    if not pages - {line.gap}:
+                        self._mark_reading(f"gap-{line.gap}", top)
+                        reading_row = max(int(text.index(where).split(".")[0]) - top, 0)
                 inserted += 1
             prepended += line.older
             # A pending line goes after the mark, which stays before it (with no line pending
@@ -781,8 +786,21 @@ class App:
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
+        elif inserted:  # what the user reads stays where it was; the page goes above it
+            kept = int(text.index("reading").split(".")[0])
+            text.yview(f"{max(kept - reading_row, 1)}.0")
         elif prepended:
             text.yview(f"{prepended + 1}.0")  # reading older lines: what was on top stays
+        text.mark_unset("reading")
+
+    def _mark_reading(self, at: str, top: int) -> None:
+        """Mark what the user reads before a page goes in at ``at``: the line there if it is on
+        screen or below (the lines above it move up), else the top line (the page goes above
+        it, off screen). The mark stays after the page."""
+        text = self.transcript
+        inside = int(text.index(at).split(".")[0]) >= top
+        text.mark_set("reading", at if inside else "@0,0 linestart")
+        text.mark_gravity("reading", "right")
 
     def _retell_gap(self, line: Line) -> None:
         """A gap's line says how many lines it still misses; with none left, it goes."""
@@ -796,14 +814,21 @@ class App:
         text.insert(start, line.text, (line.kind, f"{line.kind}-body", tag))
 
     def _load_into_gap_in_view(self) -> bool:
-        """A gap's line is on screen: ask for the newest lines it still misses."""
-        if MAX_SCROLLBACK_LINES - self._line_count() < OLDER_PAGE:
-            return False
+        """A gap's line is on screen: ask for the newest lines it still misses (or, with the
+        transcript full, say that they do not load)."""
+        full = MAX_SCROLLBACK_LINES - self._line_count() < OLDER_PAGE
         text = self.transcript
-        for gap in self.controller.model.gaps:
-            ranges = text.tag_ranges(f"gap-{gap}-line")
-            if ranges and text.dlineinfo(ranges[0]) is not None:
-                return self.controller.load_older(OLDER_PAGE, gap=gap)
+        for gap_id, gap in self.controller.model.gaps.items():
+            ranges = text.tag_ranges(f"gap-{gap_id}-line")
+            if not ranges or text.dlineinfo(ranges[0]) is None:
+                continue
+            if not full:
+                return self.controller.load_older(OLDER_PAGE, gap=gap_id)
+            said = gap.full_text
+            if text.get(ranges[0], f"{ranges[0]} lineend") != said:
+                text.configure(state="normal")
+                self._retell_gap(Line("gap", "", said, gap=gap_id))
+                text.configure(state="disabled")
         return False
 
     def _load_older_at_top(self) -> None:

@@ -536,7 +536,7 @@ def test_connection_ending_keeps_the_chat_view_until_back() -> None:
     assert model.phase.view == "chat"
     assert (line.kind, line.text) == ("info", "Disconnected: the server shut down.")
     assert model.status().startswith("Disconnected · ")
-    assert [r.peer_id for r in model.roster.rows()] == ["1"]
+    assert [r.peer_id for r in model.roster.rows()] == ["1", "2"]  # who was there
     model.left()
     assert model.phase is Phase.CONNECT
     assert model.notice is None  # nothing to say: the user saw why already

@@ -367,7 +367,22 @@ def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to
         assert aways() == list(range(111, 151))  # the replay; the marker is off screen
         text = alice.w("chat.body.log.transcript")
         text.see(text.search(marker, "1.0", "end"))  # the user scrolls up to it
-        alice.pump(lambda: "earlier missed" not in alice.transcript(), timeout=10)
+        settle([alice], 0.1)
+        reading = text.search("away 111", "1.0", "end")
+        row = text.dlineinfo(reading)[1]
+        alice.pump(lambda: 11 in aways(), timeout=10)  # the first page: 11 to 110
+        settle([alice], 0.1)
+        # What the user was reading stayed in its place; the page went above it, off screen.
+        assert text.dlineinfo(text.search("away 111", "1.0", "end"))[1] == row
+        assert 10 not in aways(), "the next page waits until the user scrolls up to it"
+
+        def scrolled_up_to_the_gap() -> bool:
+            at = text.search("earlier missed", "1.0", "end")
+            if at:
+                text.see(at)
+            return not at
+
+        alice.pump(scrolled_up_to_the_gap, timeout=10)
         assert aways() == list(range(1, 151)), "each missed line once, in its place"
         lines = alice.transcript_lines()
         first = next(i for i, line in enumerate(lines) if ": away 1" in line)
@@ -393,7 +408,7 @@ def test_dropped_connection_reconnects_with_backoff_and_says_so(
         assert "Reconnecting" in alice.status()
         # Who was there, not who is: greyed until the room says again.
         title, users = alice.w("chat.body.side.title"), alice.w("chat.body.side.users")
-        assert title.cget("text") == "Here when last connected (1)"
+        assert title.cget("text") == "Last seen here (1)"
         assert users.itemcget(0, "foreground") == PALETTE["muted"]
         alice.say("while away")  # pending, and sent after the reconnect
         assert alice.w("chat.bottom.message").get() == ""

@@ -111,3 +111,37 @@ def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once
         first = texts.index(said[0])
         assert said == texts[first:], "in order, each once, none missing"
         assert first < 80, "older lines came on top"
+
+
+def test_a_gap_the_full_window_cannot_take_says_so(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_transcript(monkeypatch, following=30, reading=60, page=10)
+    server = start_server(replay_max=20, msg_rate=0)
+    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        proxy.hold()
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+        for n in range(1, 201):
+            bob.send({"type": "msg", "text": f"away {n}", "ref": f"r{n}"})
+            while bob.recv(5)["type"] != "ack":
+                pass
+        proxy.release()
+        alice.pump(lambda: "away 200" in alice.transcript(), timeout=10)
+        text = alice.w("chat.body.log.transcript")
+
+        def scrolled_up_to_the_gap() -> bool:
+            text.see(text.search("earlier missed", "1.0", "end"))
+            return "the window holds all it can" in alice.transcript()
+
+        alice.pump(scrolled_up_to_the_gap, timeout=10)
+    said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": away " in line]
+    first = int(said[0].split()[1])
+    assert said == [f"away {n}" for n in range(first, 201)], "in order, each once"
+    assert len(alice.transcript_lines()) <= 60
+    assert f"⋯ {first - 1} earlier missed messages: not loaded, the window holds all it can ⋯" in (
+        alice.transcript_lines()
+    )
