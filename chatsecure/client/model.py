@@ -158,8 +158,14 @@ class ChatModel:
         in order."""
         self._answered = False
         """Whether the answer coming in brought any line, shown or not."""
+        self._late = False
+        """Lines came with no request out: the answer to one given up for lost, whose end
+        must not be taken for the end of the next one's."""
         self._log: str | None = None
         """The log of the last welcome: another one numbers its lines afresh."""
+        self.new_log = False
+        """Back on a server that lost its log: the seqs of the lines shown count in the old
+        one (the transcript forgets them, then sets this back)."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -322,7 +328,8 @@ class ChatModel:
                 ts,
             )
         ]
-        self._asked, self._page = None, []  # an answer on its way was lost with the connection
+        # An answer on its way was lost with the connection.
+        self._asked, self._page, self._answered, self._late = None, [], False, False
         abandoned = []
         if again and None not in (self._log, welcome.log) and welcome.log != self._log:
             # A new log (the server lost its database): its seqs start again, so neither a
@@ -330,7 +337,7 @@ class ChatModel:
             for gap in self.gaps.values():
                 gap.gone = True
                 abandoned.append(Line("gap", "", gap.text, gap=gap.id))
-            again = False
+            again, self.new_log = False, True
         self._log = welcome.log
         if not again:
             self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
@@ -386,6 +393,9 @@ class ChatModel:
         if not older:
             self._saw(chat.seq)
             return [line]
+        if self._asked is None:
+            self._late = True
+            return []
         self._answered = True
         if self._asked:  # a page of a gap: only what it misses (the rest is shown)
             gap = self.gaps.get(self._asked)
@@ -397,9 +407,9 @@ class ChatModel:
 
     def _page_end(self, end: HistoryEnd) -> list[Line]:
         """The answer to a history request is complete: its lines, and the gap's line anew."""
-        asked, page, answered = self._asked, self._page, self._answered
-        self._page, self._answered = [], False
-        if asked is None or end.before != self._asked_before:
+        asked, page, answered, late = self._asked, self._page, self._answered, self._late
+        self._page, self._answered, self._late = [], False, False
+        if late or asked is None or end.before != self._asked_before:
             # The late answer to a request given up for lost (see ``_received``): ours is
             # still to come, or was this one.
             return []

@@ -109,6 +109,8 @@ class App:
         self._after_sent: tuple[Callable[[], None], str, str] | None = None
         """Leave or close, asked while own lines were not stored yet: done once they are (or
         asked again), and the verbs the banner says meanwhile (see ``_waiting_text``)."""
+        self._gaps_paged: set[int] = set()
+        """Gaps a page was asked for since their line came on screen (one a sighting)."""
         self._discovery: Discovery | None = None
         self.attention = Attention()
         self._urgent = False
@@ -722,12 +724,15 @@ class App:
         # A transcript not on screen yet (the chat view is just being shown) follows the end.
         at_bottom = not text.winfo_ismapped() or text.yview()[1] >= 0.999
         text.configure(state="normal")
+        if self.controller.model.new_log:  # the seqs shown count in a log the server lost
+            self.controller.model.new_log = False
+            if stale := [tag for tag in text.tag_names() if tag.startswith("seq-")]:
+                text.tag_delete(*stale)
         text.mark_set("older", "1.0")
         text.mark_gravity("older", "right")
         prepended = inserted = 0
         pages: set[int] = set()  # the gaps a page goes into (at the "gap-N-page" mark)
-        top = int(text.index("@0,0").split(".")[0])
-        reading_row = 0  # where what the user reads is, rows from the top (see "reading")
+        rows: int | None = None  # display lines above what the user reads (see _mark_reading)
         for line, mention in zip(lines, named, strict=True):
             if line.kind == "gap" and text.tag_ranges(f"gap-{line.gap}-line"):
                 self._retell_gap(line)  # how many it still misses, or that none do
@@ -747,14 +752,15 @@ class App:
             elif line.gap:
                 if f"gap-{line.gap}" not in text.mark_names():
                     continue  # its gap's line went with the oldest lines: nowhere to put it
+                if text.tag_ranges(f"seq-{line.seq}"):
+                    continue  # shown already (an own line re-sent, acknowledged as stored)
                 where = f"gap-{line.gap}-page"
                 if line.gap not in pages:  # a page goes above the one before (newer lines)
                     pages.add(line.gap)
                     text.mark_set(where, f"gap-{line.gap}")
                     text.mark_gravity(where, "right")
-                    if not pages - {line.gap}:
-                        self._mark_reading(f"gap-{line.gap}", top)
-                        reading_row = max(int(text.index(where).split(".")[0]) - top, 0)
+                    if rows is None:
+                        rows = self._mark_reading(f"gap-{line.gap}")
                 inserted += 1
             prepended += line.older
             # A pending line goes after the mark, which stays before it (with no line pending
@@ -786,21 +792,25 @@ class App:
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
-        elif inserted:  # what the user reads stays where it was; the page goes above it
-            kept = int(text.index("reading").split(".")[0])
-            text.yview(f"{max(kept - reading_row, 1)}.0")
+        elif inserted and rows is not None and rows >= 0:
+            # What the user reads stays where it was; the page goes above it, off screen.
+            text.yview("reading")
+            text.yview_scroll(-rows, "units")
         elif prepended:
             text.yview(f"{prepended + 1}.0")  # reading older lines: what was on top stays
         text.mark_unset("reading")
 
-    def _mark_reading(self, at: str, top: int) -> None:
-        """Mark what the user reads before a page goes in at ``at``: the line there if it is on
-        screen or below (the lines above it move up), else the top line (the page goes above
-        it, off screen). The mark stays after the page."""
+    def _mark_reading(self, at: str) -> int:
+        """Before a page goes in at ``at``: if the line there is on screen (the user reads
+        it, or the lines below), mark it, to stay after the page, and return how many display
+        lines are above it on screen; else -1 (text that goes in off screen moves nothing)."""
         text = self.transcript
-        inside = int(text.index(at).split(".")[0]) >= top
-        text.mark_set("reading", at if inside else "@0,0 linestart")
+        if text.dlineinfo(at) is None:
+            return -1
+        text.mark_set("reading", at)
         text.mark_gravity("reading", "right")
+        counted = text.count("@0,0", at, "displaylines")  # (None for none)
+        return int(counted[0]) if counted else 0
 
     def _retell_gap(self, line: Line) -> None:
         """A gap's line says how many lines it still misses; with none left, it goes."""
@@ -814,20 +824,25 @@ class App:
         text.insert(start, line.text, (line.kind, f"{line.kind}-body", tag))
 
     def _load_into_gap_in_view(self) -> bool:
-        """A gap's line is on screen: ask for the newest lines it still misses (or, with the
-        transcript full, say that they do not load)."""
-        full = MAX_SCROLLBACK_LINES - self._line_count() < OLDER_PAGE
+        """A gap's line came on screen: ask for the newest lines it still misses, a page each
+        time it comes on screen (or, with the transcript full, say that they do not load)."""
+        room = MAX_SCROLLBACK_LINES - self._line_count()
         text = self.transcript
         for gap_id, gap in self.controller.model.gaps.items():
             ranges = text.tag_ranges(f"gap-{gap_id}-line")
             if not ranges or text.dlineinfo(ranges[0]) is None:
+                self._gaps_paged.discard(gap_id)  # off screen: the next sighting loads a page
                 continue
-            if not full:
-                return self.controller.load_older(OLDER_PAGE, gap=gap_id)
-            said = gap.full_text
-            if text.get(ranges[0], f"{ranges[0]} lineend") != said:
+            if gap_id in self._gaps_paged:
+                continue
+            if room >= min(OLDER_PAGE, gap.missing):
+                if self.controller.load_older(OLDER_PAGE, gap=gap_id):
+                    self._gaps_paged.add(gap_id)
+                    return True
+                continue
+            if text.get(ranges[0], f"{ranges[0]} lineend") != gap.full_text:
                 text.configure(state="normal")
-                self._retell_gap(Line("gap", "", said, gap=gap_id))
+                self._retell_gap(Line("gap", "", gap.full_text, gap=gap_id))
                 text.configure(state="disabled")
         return False
 

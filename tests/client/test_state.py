@@ -1118,6 +1118,24 @@ def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None
     lines = model.apply(Connected(new, "h", 1, "TLSv1.3", FP, True, 5), T)
     told = Line("gap", "", "⋯ 270 earlier missed messages: no longer kept by the server ⋯", gap=gap)
     assert told in lines
+    assert model.new_log  # the window forgets the old log's seqs (lines dropped name them)
     assert model.wants_gap(gap) is None
     model.apply(Received(Chat(BOB, "new log", T, seq=1, history=True), replayed=True), T)
     assert model.wants_older() is None  # nothing before its first line
+
+
+def test_the_end_of_a_late_answer_does_not_end_the_request_asked_again() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    gap = missed(model, since=10, last=300, replay=20).gap
+    assert model.wants_gap(gap) == 281
+    model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
+    # The lost answer comes after all, its lines before the request is asked again...
+    for seq in range(181, 281):
+        model.apply(Received(Chat(BOB, f"m{seq}", T, seq=seq, history=True), older=True), T)
+    assert model.wants_gap(gap) == 281
+    # ...and its end after: not the end of the request asked again, which still loads.
+    assert model.apply(Received(HistoryEnd(281, 100)), T) == []
+    lines = page(model, 281, range(181, 281))
+    assert [line.seq for line in lines[:-1]] == list(range(181, 281))
+    assert lines[-1].text.startswith("⋯ 170 earlier missed messages")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure.client.core import Reconnecting
-from chatsecure.client.state import Phase, short_fingerprint
+from chatsecure.client.state import Line, Phase, short_fingerprint
 from chatsecure.gui.app import PALETTE
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
@@ -897,3 +897,18 @@ def test_up_and_down_bring_back_lines_typed_and_blank_edges_of_a_paste_are_dropp
         alice.root.update()
         assert box.get() == "hi"
         assert alice.root.focus_get() is box
+
+
+def test_a_missed_line_shown_already_is_not_loaded_into_its_gap_again(gui: GuiFactory) -> None:
+    # An own line stored as the connection broke, its ack lost: sent again after the return
+    # and acknowledged as stored (seq 11), it is shown at once; the gap's page has it too.
+    alice = gui(nick="alice")
+    gap = Line("gap", "", "⋯ 3 earlier missed messages: they load as you scroll here ⋯", gap=7)
+    own = Line("own", "12:00:00", "mine", "alice", "127.0.0.1", ref="r1", seq=11)
+    alice.app._append([gap, own], [False, False])
+    page = [
+        Line("history", "12:00:00", f"m{n}", "bob", "127.0.0.1", gap=7, seq=n) for n in (10, 11)
+    ]
+    alice.app._append(page, [False, False])
+    said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if "(127.0.0.1): " in line]
+    assert said == ["m10", "mine"]
