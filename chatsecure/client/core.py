@@ -581,7 +581,7 @@ class ChatClient:
             except ServerShutdown as exc:
                 if not self.reconnect:
                     return Disconnected(str(exc), error=False)
-                reason = "the server is restarting"
+                reason = "the server shut down"  # (to restart, most often: we try again)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
             else:  # quit while connecting, or after the welcome

@@ -216,7 +216,7 @@ def test_a_server_restart_is_a_drop_the_client_comes_back_from_and_no_line_is_lo
             assert [p["nick"] for p in welcome["peers"]] == ["bob"]
         bob.end_input()
         assert bob.wait() == 0
-        assert any("the server is restarting" in line for line in bob.stderr)
+        assert any("the server shut down" in line for line in bob.stderr)
     finally:
         bob.kill()
 

@@ -201,7 +201,7 @@ def test_a_graceful_restart_is_a_drop_and_lines_typed_meanwhile_are_sent_after_i
     client = make_client(server, reconnect=True)
     next_event(client, Connected)
     assert isinstance(next_event(client, Received).message, Shutdown)
-    assert next_event(client, Reconnecting).reason == "the server is restarting"
+    assert next_event(client, Reconnecting).reason == "the server shut down"
     client.send("typed while it restarted")
     next_event(client, Queued)
     next_event(client, Connected)

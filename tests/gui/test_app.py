@@ -293,12 +293,12 @@ def test_server_restart_is_a_drop_the_window_comes_back_from(
     assert alice.view() == "chat"  # the transcript stays readable
     assert "The server is shutting down." in alice.transcript()
     banner = alice.w("chat.banner")
-    assert "the server is restarting" in banner.cget("text")
+    assert "the server shut down" in banner.cget("text")
     # Nobody listens until the server is back: the next attempt fails, and the banner, not
     # the transcript, says so.
     alice.pump(lambda: "attempt 2 of" in banner.cget("text"), timeout=10)
     assert banner.winfo_ismapped()
-    assert banner.cget("text").startswith("Connection lost (the server is restarting); last try:")
+    assert banner.cget("text").startswith("Connection lost (the server shut down); last try:")
     assert "Reconnecting in 2 s, attempt 2 of 20…" in banner.cget("text")
     assert alice.transcript().count("Connection lost") == 1
     assert "Reconnecting" not in alice.transcript()
