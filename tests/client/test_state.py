@@ -328,12 +328,17 @@ def page(model: ChatModel, before: int, seqs: range) -> list[Line]:
     return model.apply(Received(HistoryEnd(before, len(seqs))), T)
 
 
-def test_missed_lines_the_replay_left_out_load_into_their_gap_newest_page_first() -> None:
+def back_with_a_gap(last: int, replay: int = 20, log: str | None = None) -> tuple[ChatModel, int]:
+    """A model that saw lines up to 10, then missed 11 to ``last``, the newest ``replay`` of
+    them replayed: it and its gap's id."""
     model = chatting(BOB)
     model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    marker = missed(model, since=10, last=260, replay=5)
-    assert marker.text == "⋯ 245 earlier missed messages: they load as you scroll here ⋯"
-    gap = marker.gap
+    return model, missed(model, since=10, last=last, replay=replay, log=log).gap
+
+
+def test_missed_lines_the_replay_left_out_load_into_their_gap_newest_page_first() -> None:
+    model, gap = back_with_a_gap(260, replay=5)
+    assert model.gaps[gap].text == "⋯ 245 earlier missed messages: they load as you scroll here ⋯"
     assert model.wants_older() == 10  # the top loads what came before, as it did
     model.apply(Received(HistoryEnd(10, 0)), T)
     assert model.wants_gap(gap) == 256
@@ -1071,9 +1076,7 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twi
 
 
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
-    model = chatting(BOB)
-    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    gap = missed(model, since=10, last=100, replay=20).gap
+    model, gap = back_with_a_gap(100)
     model.dropped_before(81)  # the transcript dropped all above the replay but the gap's line
     assert model.wants_older() == 11  # not 81: 11 to 80 are the gap's to load
     model.apply(Received(HistoryEnd(11, 0)), T)
@@ -1083,9 +1086,7 @@ def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
 
 
 def test_an_answer_to_another_request_is_not_taken_for_ours() -> None:
-    model = chatting(BOB)
-    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    gap = missed(model, since=10, last=300, replay=20).gap
+    model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
     model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
     assert model.wants_older() == 10
@@ -1097,9 +1098,7 @@ def test_an_answer_to_another_request_is_not_taken_for_ours() -> None:
 
 
 def test_an_answer_that_adds_nothing_is_not_asked_for_again() -> None:
-    model = chatting(BOB)
-    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    gap = missed(model, since=10, last=60, replay=20).gap
+    model, gap = back_with_a_gap(60)
     assert model.wants_gap(gap) == 41
     # Lines, but none in the gap (a server whose log has holes there): the gap is closed.
     assert page(model, 41, range(5, 11)) == [Line("gap", "", "", gap=gap)]
@@ -1110,9 +1109,7 @@ def test_an_answer_that_adds_nothing_is_not_asked_for_again() -> None:
 
 
 def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None:
-    model = chatting(BOB)
-    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    gap = missed(model, since=10, last=300, replay=20, log="log-one-00000001").gap
+    model, gap = back_with_a_gap(300, log="log-one-00000001")
     model.apply(Reconnecting(1, 1.0, "reset"), T)
     new = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=5, replay=5, log="log-two-00000002")
     lines = model.apply(Connected(new, "h", 1, "TLSv1.3", FP, True, 5), T)
@@ -1125,9 +1122,7 @@ def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None
 
 
 def test_the_end_of_a_late_answer_does_not_end_the_request_asked_again() -> None:
-    model = chatting(BOB)
-    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
-    gap = missed(model, since=10, last=300, replay=20).gap
+    model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
     model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
     # The lost answer comes after all, its lines before the request is asked again...

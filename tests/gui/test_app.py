@@ -8,6 +8,7 @@ private methods.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,37 @@ def typed_in_a_paced_room(
         alice.say(text)
     alice.pump(lambda: texts[-1] in alice.transcript())
     return server, alice
+
+
+@contextlib.contextmanager
+def bob_and_alice_through_a_proxy(
+    server: ServerThread, gui: GuiFactory
+) -> Iterator[tuple[RawClient, Gui, Proxy]]:
+    """bob in the room, and alice's window in it through a proxy the test can cut."""
+    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        yield bob, alice, proxy
+
+
+def say_stored(bob: RawClient, text: str, ref: str) -> None:
+    """``bob`` says ``text`` and waits until it is stored (joins and leaves on the way)."""
+    bob.send({"type": "msg", "text": text, "ref": ref})
+    while bob.recv(5)["type"] != "ack":
+        pass
+
+
+def missed_by(alice: Gui, proxy: Proxy, bob: RawClient, texts: Sequence[str]) -> None:
+    """Alice's connection through ``proxy`` breaks, and her return waits while ``bob`` says
+    ``texts``, each stored; then she is back, with the newest of them."""
+    proxy.hold()
+    proxy.drop()
+    alice.pump(lambda: alice.phase is Phase.RECONNECTING)
+    for n, text in enumerate(texts):
+        say_stored(bob, text, f"away-{n}")
+    proxy.release()
+    alice.pump(lambda: texts[-1] in alice.transcript(), timeout=10)
 
 
 def cut_off(gui: GuiFactory, proxy: Proxy) -> Gui:
@@ -336,24 +368,11 @@ def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
     server = start_server(replay_max=40, msg_rate=0)
-    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
+    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
         for n in range(1, 4):
-            bob.send({"type": "msg", "text": f"before {n}", "ref": f"b{n}"})
-            while bob.recv(5)["type"] != "ack":  # (alice's join comes first)
-                pass
+            say_stored(bob, f"before {n}", f"b{n}")
         alice.pump(lambda: "before 3" in alice.transcript())
-        proxy.hold()  # alice's reconnect waits until every line below is stored
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        for n in range(1, 151):
-            bob.send({"type": "msg", "text": f"away {n}", "ref": f"a{n}"})
-            while bob.recv(5)["type"] != "ack":  # (alice's leave comes first)
-                pass
-        proxy.release()
-        alice.pump(lambda: "away 150" in alice.transcript(), timeout=10)
+        missed_by(alice, proxy, bob, [f"away {n}" for n in range(1, 151)])
 
         def aways() -> list[int]:
             lines = alice.transcript_lines()

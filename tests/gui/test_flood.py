@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.client.state import Phase
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES
 from chatsecure.gui import app
 from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 
 from .conftest import GuiFactory, settle
-from .proxy import Proxy
-from .test_app import connect_trusting
+from .test_app import bob_and_alice_through_a_proxy, connect_trusting, missed_by, say_stored
 
 pytestmark = pytest.mark.gui
 
@@ -84,22 +82,14 @@ def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once
 ) -> None:
     small_transcript(monkeypatch, following=30, reading=60, page=10)
     server = start_server(replay_max=20, msg_rate=0)
-    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
-        proxy.hold()
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        texts = [f"away {n}" for n in range(1, 101)] + [f"live {n}" for n in range(1, 21)]
-        for n, text in enumerate(texts):
-            if n == 100:  # the rest once alice is back: they drop the oldest lines, the gap's
-                proxy.release()
-                alice.pump(lambda: "away 100" in alice.transcript(), timeout=10)
-                assert "⋯ 80 earlier missed messages" in alice.transcript()
-            bob.send({"type": "msg", "text": text, "ref": f"r{n}"})
-            while bob.recv(5)["type"] != "ack":
-                pass
+    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
+        away = [f"away {n}" for n in range(1, 101)]
+        missed_by(alice, proxy, bob, away)
+        assert "⋯ 80 earlier missed messages" in alice.transcript()
+        live = [f"live {n}" for n in range(1, 21)]  # they drop the oldest lines, the gap's
+        for n, text in enumerate(live):
+            say_stored(bob, text, f"live-{n}")
+        texts = away + live
         alice.pump(lambda: "live 20" in alice.transcript())
         assert "earlier missed" not in alice.transcript()  # its line went with the oldest
         text = alice.w("chat.body.log.transcript")
@@ -118,19 +108,8 @@ def test_a_gap_the_full_window_cannot_take_says_so(
 ) -> None:
     small_transcript(monkeypatch, following=30, reading=60, page=10)
     server = start_server(replay_max=20, msg_rate=0)
-    with RawClient(server.host, server.port) as bob, Proxy((server.host, server.port)) as proxy:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", proxy.port)
-        proxy.hold()
-        proxy.drop()
-        alice.pump(lambda: alice.phase is Phase.RECONNECTING)
-        for n in range(1, 201):
-            bob.send({"type": "msg", "text": f"away {n}", "ref": f"r{n}"})
-            while bob.recv(5)["type"] != "ack":
-                pass
-        proxy.release()
-        alice.pump(lambda: "away 200" in alice.transcript(), timeout=10)
+    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
+        missed_by(alice, proxy, bob, [f"away {n}" for n in range(1, 201)])
         text = alice.w("chat.body.log.transcript")
 
         def scrolled_up_to_the_gap() -> bool:
