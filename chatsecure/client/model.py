@@ -27,6 +27,7 @@ from chatsecure.client.core import (
     short_fingerprint,
 )
 from chatsecure.client.form import ConnectRequest, FormField
+from chatsecure.client.paging import Gap, LogPaging
 from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
@@ -89,37 +90,20 @@ _ADDRESS: frozenset[FormField] = frozenset({"host", "port"})
 """The fields a failed connection is about (its notice names the address)."""
 
 
-@dataclass(slots=True)
-class Gap:
-    """Lines missed while away that the replay left out (``skipped``): the seqs after
-    ``after`` and before ``before``. They are loaded a page at a time, newest first, into
-    their place in the transcript (below the gap's own line) as the user scrolls to it."""
+def gap_text(gap: Gap) -> str:
+    """What a gap's line in the transcript says."""
+    if gap.gone:
+        return f"⋯ {_gap_count(gap)}: no longer kept by the server ⋯"
+    return f"⋯ {_gap_count(gap)}: they load as you scroll here ⋯"
 
-    id: int
-    after: int
-    before: int
-    gone: bool = False
-    """The server keeps none of the lines left: they were trimmed from its log."""
 
-    @property
-    def missing(self) -> int:
-        return max(self.before - self.after - 1, 0)
+def gap_full_text(gap: Gap) -> str:
+    """What a gap's line says while the transcript holds all it may (nothing loads)."""
+    return f"⋯ {_gap_count(gap)}: not loaded, the window holds all it can ⋯"
 
-    @property
-    def text(self) -> str:
-        """What the gap's line in the transcript says."""
-        if self.gone:
-            return f"⋯ {self._count}: no longer kept by the server ⋯"
-        return f"⋯ {self._count}: they load as you scroll here ⋯"
 
-    @property
-    def full_text(self) -> str:
-        """What the gap's line says while the transcript holds all it may (nothing loads)."""
-        return f"⋯ {self._count}: not loaded, the window holds all it can ⋯"
-
-    @property
-    def _count(self) -> str:
-        return f"{self.missing} earlier missed message{'' if self.missing == 1 else 's'}"
+def _gap_count(gap: Gap) -> str:
+    return f"{gap.missing} earlier missed message{'' if gap.missing == 1 else 's'}"
 
 
 class ChatModel:
@@ -140,32 +124,9 @@ class ChatModel:
         self.declined: TrustQuestion | None = None
         self.pending: dict[str, str] = {}
         """Own lines sent but not yet stored by the server, by ref."""
-        self.oldest_seq: int | None = None
-        """The oldest line shown, for loading older ones; None before any sequenced line."""
-        self.all_loaded = False
-        """The server has nothing older than ``oldest_seq``."""
-        self.gaps: dict[int, Gap] = {}
-        """Missed lines not in the transcript yet, by ``Gap.id`` (one per return that was
-        not replayed whole)."""
-        self._gap_ids = 0
-        self._asked: int | None = None
-        """The history request out (one at a time): 0 for older lines (the top of the
-        transcript), else the id of the gap it fills."""
-        self._asked_before = 0
-        """Its ``before``: the ``history_end`` that answers it says the same."""
-        self._page: list[Line] = []
-        """The lines of the answer coming in: shown together once it ends, in one piece and
-        in order."""
-        self._answered = False
-        """Whether the answer coming in brought any line, shown or not."""
-        self._late = False
-        """Lines came with no request out: the answer to one given up for lost, whose end
-        must not be taken for the end of the next one's."""
-        self._log: str | None = None
-        """The log of the last welcome: another one numbers its lines afresh."""
-        self.new_log = False
-        """Back on a server that lost its log: the seqs of the lines shown count in the old
-        one (the transcript forgets them, then sets this back)."""
+        self.paging = LogPaging()
+        """The lines of the log shown, and the page of history loading (older lines at the
+        top, missed ones into their gap's place)."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -221,36 +182,13 @@ class ChatModel:
         # and goes out after the reconnect: it shows as pending (``Queued``) meanwhile.
         return Outgoing(send=text, clear=True)
 
-    def dropped_before(self, seq: int) -> None:
-        """The transcript dropped its oldest lines: ``seq`` is the oldest stored line left
-        (or, above it, a gap that still misses lines: those load there, not on top)."""
-        for gap in self.gaps.values():
-            seq = min(seq, gap.after + 1)
-        self.oldest_seq = seq
-        self.all_loaded = False
-
     def wants_older(self) -> int | None:
         """The ``before`` of a request for older lines, if one should be made now."""
-        if self.phase is not Phase.CHAT or self._asked is not None or self.all_loaded:
-            return None
-        if self.oldest_seq is None or self.oldest_seq <= 1:
-            return None
-        self._asked, self._asked_before = 0, self.oldest_seq
-        return self.oldest_seq
+        return self.paging.wants_older() if self.phase is Phase.CHAT else None
 
     def wants_gap(self, gap_id: int) -> int | None:
         """The ``before`` of a request for lines of gap ``gap_id``, if one should be made now."""
-        gap = self.gaps.get(gap_id)
-        if self.phase is not Phase.CHAT or self._asked is not None or gap is None:
-            return None
-        if gap.gone or not gap.missing:
-            return None
-        self._asked, self._asked_before = gap_id, gap.before
-        return gap.before
-
-    def forget_gap(self, gap_id: int) -> None:
-        """The transcript dropped the gap's line (it grew too long): nothing loads there now."""
-        self.gaps.pop(gap_id, None)
+        return self.paging.wants_gap(gap_id) if self.phase is Phase.CHAT else None
 
     # -- what the network said -----------------------------------------------------------
 
@@ -273,7 +211,7 @@ class ChatModel:
                 return [Line("pending", clock(ts), text, me.nick, me.addr, ref=ref)]
             case Sent(ref=ref, text=text, seq=seq, ts=sent) if self.roster.me is not None:
                 self.pending.pop(ref, None)
-                self._saw(seq)
+                self.paging.saw(seq)
                 me = self.roster.me
                 return [Line("own", sent_clock(sent, ts), text, me.nick, me.addr, ref=ref, seq=seq)]
             case NotSent(text=text, ref=ref, why=why):
@@ -302,10 +240,6 @@ class ChatModel:
         )
         return [notice("error", f"Connection lost ({event.reason}).", ts)] if first else []
 
-    def _saw(self, seq: int) -> None:
-        if seq and (self.oldest_seq is None or seq < self.oldest_seq):
-            self.oldest_seq = seq
-
     def _connected(self, event: Connected, ts: float | None) -> list[Line]:
         again = self.phase is Phase.RECONNECTING
         self.phase = Phase.CHAT
@@ -329,18 +263,9 @@ class ChatModel:
             )
         ]
         # An answer on its way was lost with the connection.
-        self._asked, self._page, self._answered, self._late = None, [], False, False
-        abandoned = []
-        if again and None not in (self._log, welcome.log) and welcome.log != self._log:
-            # A new log (the server lost its database): its seqs start again, so neither a
-            # gap nor the top of the transcript can be filled from it.
-            for gap in self.gaps.values():
-                gap.gone = True
-                abandoned.append(Line("gap", "", gap.text, gap=gap.id))
-            again, self.new_log = False, True
-        self._log = welcome.log
-        if not again:
-            self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
+        abandoned, gap = self.paging.connected(
+            welcome, again=again, resumed=event.resumed, missed=event.missed
+        )
         if asked is not None and welcome.you.nick != asked:
             lines.append(
                 notice(
@@ -356,11 +281,11 @@ class ChatModel:
         # Last, right above the lines it introduces (the replay follows the welcome).
         if event.resumed:
             lines.append(notice("info", self._resume_text(event, again), ts))
-            if welcome.skipped:
-                lines.append(self._gap(welcome.seq - event.missed, welcome.seq - welcome.replay))
+            if gap is not None:
+                lines.append(Line("gap", "", gap_text(gap), gap=gap.id))
         elif welcome.replay:
             lines.append(notice("info", "Earlier in this room:", ts))
-        return abandoned + lines
+        return [Line("gap", "", gap_text(gap), gap=gap.id) for gap in abandoned] + lines
 
     @staticmethod
     def _resume_text(event: Connected, again: bool) -> str:
@@ -378,65 +303,36 @@ class ChatModel:
             said += f" Sending your waiting {lines}."
         return said + (" ─── new since you left ───" if missed else "")
 
-    def _gap(self, after: int, last: int) -> Line:
-        """A gap for the missed lines after ``after`` up to ``last``, and its line."""
-        self._gap_ids += 1
-        gap = self.gaps[self._gap_ids] = Gap(self._gap_ids, after, last + 1)
-        self._saw(after + 1)  # scrolling to the top loads what came before them
-        return Line("gap", "", gap.text, gap=gap.id)
-
     def _chat(self, chat: Chat, now: float | None, *, replayed: bool, older: bool) -> list[Line]:
-        own = self.roster.me is not None and chat.sender.id == self.roster.me.id
-        kind: LineKind = "history" if replayed or older else "own" if own else "chat"
-        sender, stamp = chat.sender, sent_clock(chat.ts, now)
-        line = Line(kind, stamp, chat.text, sender.nick, sender.addr, seq=chat.seq)
-        if not older:
-            self._saw(chat.seq)
-            return [line]
-        if self._asked is None:
-            self._late = True
+        if older:  # shown with the rest of its page, once it is complete
+            self.paging.line(chat)
             return []
-        self._answered = True
-        if self._asked:  # a page of a gap: only what it misses (the rest is shown)
-            gap = self.gaps.get(self._asked)
-            if gap is not None and gap.after < chat.seq < gap.before:
-                self._page.append(replace(line, gap=gap.id))
-        elif self._asked == 0 and (self.oldest_seq is None or chat.seq < self.oldest_seq):
-            self._page.append(replace(line, older=True))
-        return []
+        self.paging.saw(chat.seq)
+        return [self._line(chat, now, history=replayed)]
 
-    def _page_end(self, end: HistoryEnd) -> list[Line]:
+    def _line(self, chat: Chat, now: float | None, *, history: bool) -> Line:
+        own = self.roster.me is not None and chat.sender.id == self.roster.me.id
+        kind: LineKind = "history" if history else "own" if own else "chat"
+        sender, stamp = chat.sender, sent_clock(chat.ts, now)
+        return Line(kind, stamp, chat.text, sender.nick, sender.addr, seq=chat.seq)
+
+    def _page_end(self, end: HistoryEnd, now: float | None) -> list[Line]:
         """The answer to a history request is complete: its lines, and the gap's line anew."""
-        asked, page, answered, late = self._asked, self._page, self._answered, self._late
-        self._page, self._answered, self._late = [], False, False
-        if late or asked is None or end.before != self._asked_before:
-            # The late answer to a request given up for lost (see ``_received``): ours is
-            # still to come, or was this one.
+        page = self.paging.page_end(end)
+        if page is None:
             return []
-        self._asked = None
-        if not asked:
-            # (Lines came but none older than those shown: a late answer's, most likely.
-            # Asking the same again would bring the same.)
-            self.all_loaded = self.all_loaded or end.count == 0 or (answered and not page)
-            if page:
-                self._saw(page[0].seq)  # (in ascending order)
-            return page
-        gap = self.gaps.get(asked)
+        lines = [self._line(chat, now, history=True) for chat in page.lines]
+        gap = page.gap
         if gap is None:
-            return []
-        if page:
-            gap.before = page[0].seq
-        elif answered:  # lines, but none inside: the server has nothing in between
-            gap.before = gap.after + 1
-        gap.gone = end.count == 0  # (the server has nothing before ``before`` any more)
-        if gap.gone or not gap.missing:
-            del self.gaps[gap.id]  # its line says so, and stays or goes: nothing to load there
-        return [*page, Line("gap", "", gap.text if gap.missing else "", gap=gap.id)]
+            return [replace(line, older=True) for line in lines]
+        # The gap's line says what is left, or goes: nothing more loads there.
+        text = gap_text(gap) if gap.missing else ""
+        return [*(replace(line, gap=gap.id) for line in lines), Line("gap", "", text, gap=gap.id)]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
             case HistoryEnd():
-                return self._page_end(message)
+                return self._page_end(message, ts)
             case Join(peer=peer):
                 self.roster.join(peer)
                 return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]
@@ -445,11 +341,8 @@ class ChatModel:
                 said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
-                if self._asked is not None:
-                    # Most likely our history request, which gets no answer now (an error
-                    # without ref is told apart from no other way): the next one may go. A
-                    # late answer is told apart by its ``before`` and its seqs.
-                    self._asked, self._page, self._answered = None, [], False
+                if self.paging.asking:
+                    self.paging.refused()
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):

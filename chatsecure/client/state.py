@@ -30,7 +30,7 @@ from chatsecure.client.form import (
     remembered_nick,
     validate_form,
 )
-from chatsecure.client.model import ChatModel, Notice, Outgoing, Phase
+from chatsecure.client.model import ChatModel, Notice, Outgoing, Phase, gap_text
 from chatsecure.client.servers import IPNetwork, ServerList, ServerRow
 from chatsecure.client.transcript import (
     LEAVE_REASONS,
@@ -81,6 +81,7 @@ __all__ = [
     "TrustPrompt",
     "Update",
     "chat_line",
+    "gap_text",
     "host_port",
     "notice",
     "remember_nick",

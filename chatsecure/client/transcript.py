@@ -24,7 +24,7 @@ and live lines then drop the oldest anyway."""
 LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info", "gap"]
 """``pending``: an own line the server has not stored yet; ``history``: a line said before we
 came (or while we were away), replayed or loaded by scrolling up; ``gap``: where missed lines
-that the replay left out belong (``ChatModel.gaps``), until they are loaded."""
+that the replay left out belong (``LogPaging.gaps``), until they are loaded."""
 
 LEAVE_REASONS = {  # every reason a server sends (protocol.codes.LEAVE_REASONS); others shown raw
     "quit": "left",

@@ -36,7 +36,7 @@ from chatsecure.client.form import (
     remembered_server,
     validate_form,
 )
-from chatsecure.client.model import Phase
+from chatsecure.client.model import Phase, gap_full_text
 from chatsecure.client.servers import ServerList, ServerRow
 from chatsecure.client.signals import handled
 from chatsecure.client.transcript import MAX_SCROLLBACK_LINES, MAX_TRANSCRIPT_LINES, Line
@@ -724,8 +724,8 @@ class App:
         # A transcript not on screen yet (the chat view is just being shown) follows the end.
         at_bottom = not text.winfo_ismapped() or text.yview()[1] >= 0.999
         text.configure(state="normal")
-        if self.controller.model.new_log:  # the seqs shown count in a log the server lost
-            self.controller.model.new_log = False
+        if self.controller.model.paging.new_log:  # the seqs shown count in a log the server lost
+            self.controller.model.paging.new_log = False
             if stale := [tag for tag in text.tag_names() if tag.startswith("seq-")]:
                 text.tag_delete(*stale)
         text.mark_set("older", "1.0")
@@ -782,13 +782,14 @@ class App:
         excess = count - cap
         if excess > 0:
             text.delete("1.0", f"{excess + 1}.0")
-            for gap in list(self.controller.model.gaps):  # (before: they count in dropped_before)
+            paging = self.controller.model.paging
+            for gap in list(paging.gaps):  # (first: they count in dropped_before)
                 if not text.tag_ranges(f"gap-{gap}-line"):  # its line went with the oldest
-                    self.controller.model.forget_gap(gap)
+                    paging.forget_gap(gap)
                     text.mark_unset(f"gap-{gap}", f"gap-{gap}-page")
             oldest = self._oldest_seq_shown()
             if oldest is not None:
-                self.controller.model.dropped_before(oldest)
+                paging.dropped_before(oldest)
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
@@ -828,7 +829,7 @@ class App:
         time it comes on screen (or, with the transcript full, say that they do not load)."""
         room = MAX_SCROLLBACK_LINES - self._line_count()
         text = self.transcript
-        for gap_id, gap in self.controller.model.gaps.items():
+        for gap_id, gap in self.controller.model.paging.gaps.items():
             ranges = text.tag_ranges(f"gap-{gap_id}-line")
             if not ranges or text.dlineinfo(ranges[0]) is None:
                 self._gaps_paged.discard(gap_id)  # off screen: the next sighting loads a page
@@ -840,9 +841,9 @@ class App:
                     self._gaps_paged.add(gap_id)
                     return True
                 continue
-            if text.get(ranges[0], f"{ranges[0]} lineend") != gap.full_text:
+            if text.get(ranges[0], f"{ranges[0]} lineend") != gap_full_text(gap):
                 text.configure(state="normal")
-                self._retell_gap(Line("gap", "", gap.full_text, gap=gap_id))
+                self._retell_gap(Line("gap", "", gap_full_text(gap), gap=gap_id))
                 text.configure(state="disabled")
         return False
 

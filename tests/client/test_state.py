@@ -24,6 +24,7 @@ from chatsecure.client.state import (
     Roster,
     ServerList,
     TrustBridge,
+    gap_text,
     remember_nick,
     remembered_nick,
     short_fingerprint,
@@ -243,7 +244,7 @@ def test_own_message_is_pending_until_the_server_stored_it() -> None:
         Line("own", STAMP, "hello bob", "alice", "192.168.1.20", ref="r1", seq=12)
     ]
     assert model.pending == {}
-    assert model.oldest_seq == 12
+    assert model.paging.oldest_seq == 12
 
 
 def test_a_line_stays_pending_across_a_reconnect_until_the_server_stored_it() -> None:
@@ -338,7 +339,8 @@ def back_with_a_gap(last: int, replay: int = 20, log: str | None = None) -> tupl
 
 def test_missed_lines_the_replay_left_out_load_into_their_gap_newest_page_first() -> None:
     model, gap = back_with_a_gap(260, replay=5)
-    assert model.gaps[gap].text == "⋯ 245 earlier missed messages: they load as you scroll here ⋯"
+    text = gap_text(model.paging.gaps[gap])
+    assert text == "⋯ 245 earlier missed messages: they load as you scroll here ⋯"
     assert model.wants_older() == 10  # the top loads what came before, as it did
     model.apply(Received(HistoryEnd(10, 0)), T)
     assert model.wants_gap(gap) == 256
@@ -359,7 +361,7 @@ def test_missed_lines_the_replay_left_out_load_into_their_gap_newest_page_first(
     assert [line.seq for line in last[:-1]] == list(range(11, 56))
     assert last[-1] == Line("gap", "", "", gap=gap)  # nothing missed: the gap's line goes
     assert model.wants_gap(gap) is None
-    assert model.gaps == {}
+    assert model.paging.gaps == {}
 
 
 def test_a_gap_whose_lines_the_server_trimmed_says_so() -> None:
@@ -1077,11 +1079,13 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twi
 
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
     model, gap = back_with_a_gap(100)
-    model.dropped_before(81)  # the transcript dropped all above the replay but the gap's line
+    model.paging.dropped_before(
+        81
+    )  # the transcript dropped all above the replay but the gap's line
     assert model.wants_older() == 11  # not 81: 11 to 80 are the gap's to load
     model.apply(Received(HistoryEnd(11, 0)), T)
-    model.forget_gap(gap)  # its line went too: then they come on top
-    model.dropped_before(81)
+    model.paging.forget_gap(gap)  # its line went too: then they come on top
+    model.paging.dropped_before(81)
     assert model.wants_older() == 81
 
 
@@ -1115,7 +1119,7 @@ def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None
     lines = model.apply(Connected(new, "h", 1, "TLSv1.3", FP, True, 5), T)
     told = Line("gap", "", "⋯ 270 earlier missed messages: no longer kept by the server ⋯", gap=gap)
     assert told in lines
-    assert model.new_log  # the window forgets the old log's seqs (lines dropped name them)
+    assert model.paging.new_log  # the window forgets the old log's seqs (lines dropped name them)
     assert model.wants_gap(gap) is None
     model.apply(Received(Chat(BOB, "new log", T, seq=1, history=True), replayed=True), T)
     assert model.wants_older() is None  # nothing before its first line
