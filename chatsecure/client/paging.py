@@ -96,6 +96,8 @@ class LogPaging:
         self._log = welcome.log
         if not again:
             self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
+        if welcome.seq:
+            self.saw(welcome.seq + 1)  # the lines after it come live, shown as they come
         if not (resumed and welcome.skipped):
             return abandoned, None
         self._gap_ids += 1

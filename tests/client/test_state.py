@@ -1077,6 +1077,14 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twi
     assert model.wants_older() == 5
 
 
+def test_scrolling_up_on_a_server_that_replays_nothing_loads_its_newest_lines() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=20, log="L")
+    model.apply(Connected(welcome, "h", 1, "TLSv1.3", FP), T)
+    assert model.wants_older() == 21
+
+
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
     model, gap = back_with_a_gap(100)
     model.paging.dropped_before(
