@@ -39,6 +39,8 @@ from chatsecure.client.core import (
     is_quit,
     safe_text,
 )
+from chatsecure.client.scrollback import COMMAND as OLDER
+from chatsecure.client.scrollback import Scrollback, older_command
 from chatsecure.client.signals import handled
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.codes import ErrorCode
@@ -65,6 +67,9 @@ PROMPT = "> "
 
 QUIT_WAIT = 5.0
 """Seconds to wait for the server to close the connection after ``quit``."""
+
+OLDER_WAIT = 10.0
+"""Seconds the end of piped input (or its ``quit``) waits for the pages ``/older`` asked for."""
 
 POLL = 0.05
 """Seconds between looks for a trust question while waiting for the connection."""
@@ -186,6 +191,8 @@ class _Screen:
     stderr: TextIO
     where: str
     """The server's address, to name it in a failure to connect."""
+    scrollback: Scrollback
+    """What ``/older`` prints next."""
     several: bool = False
     """Whether the client was given several addresses: then each connection names its own."""
     own: OwnLines | None = None
@@ -219,7 +226,7 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
                 said = "line" if welcome.replay == 1 else f"{welcome.replay} lines"
                 print(f"* earlier in the room, the last {said}:", file=out, flush=True)
         case Received(message=Chat(), older=True):
-            pass  # the terminal never asks for older lines
+            pass  # printed with the rest of its page (``/older``)
         case Received(message=message):
             line = format_message(message)
             if line is not None:
@@ -247,6 +254,8 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             print(f"chatsecure: {reason}", file=err, flush=True)
         case Disconnected(reason=reason):
             print(f"disconnected: {reason}", file=out, flush=True)
+    for line in screen.scrollback.feed(event):
+        print(line, file=out, flush=True)
 
 
 NAMED_LENGTH = 200
@@ -326,7 +335,12 @@ def _run(
     addresses = client.target.addresses
     where = ", ".join(host_port(host, port) for host, port in addresses)
     screen = _Screen(
-        stdout, stderr, where, several=len(addresses) > 1, password=client.password is not None
+        stdout,
+        stderr,
+        where,
+        Scrollback(client.request_history),
+        several=len(addresses) > 1,
+        password=client.password is not None,
     )
     asker = client.policy.ask if isinstance(client.policy.ask, TerminalAsk) else None
     client.start()
@@ -441,18 +455,41 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
                 return
             if is_quit(text):
                 break
-            _send(client, text, screen)
+            _say(client, text, screen)
         else:
             end_of_input = True
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
         print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
     finally:
         # End of input leaves once every line is stored (after a reconnect, if need be);
-        # `quit`, or input that cannot be read, leaves at once.
+        # `quit`, or input that cannot be read, leaves at once. Either prints what `/older`
+        # is loading first.
+        screen.scrollback.settled(OLDER_WAIT)
         if end_of_input:
             client.finish()
         else:
             client.quit()
+
+
+HELP = f"""\
+* quit           leave the room (so do Ctrl-D, and the end of piped input)
+* {OLDER} [N]    print N earlier lines (50 if no N): missed ones first, then older ones
+* /help          this"""
+"""What ``/help`` prints."""
+
+
+def _say(client: ChatClient, text: str, screen: _Screen) -> None:
+    """A typed line: a command (``/older``, ``/help``), or a chat line to send."""
+    if text.strip() == "/help":
+        print(HELP, file=screen.stdout, flush=True)
+        return
+    older = older_command(text)
+    if older is None:
+        _send(client, text, screen)
+        return
+    said = older if isinstance(older, str) else screen.scrollback.ask(older)
+    if said is not None:
+        print(said, file=screen.stdout, flush=True)
 
 
 def _send(client: ChatClient, text: str, screen: _Screen) -> None:
@@ -533,7 +570,7 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
         elif is_quit(typed):
             left = 0
         else:
-            _send(client, typed, screen)
+            _say(client, typed, screen)
     # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines held
     # back by the pace go out first; Ctrl-C does not.
     at_once = left == INTERRUPTED
@@ -560,7 +597,7 @@ def resume_notice(event: Connected) -> str:
     missed, skipped = event.missed, event.welcome.skipped
     said = f"{missed} missed message{'' if missed == 1 else 's'}" if missed else "nothing missed"
     if missed and skipped:
-        said += f" (the oldest {skipped} are not shown)"
+        said += f" (the oldest {skipped} are not shown: {OLDER} shows them)"
     elif missed:
         said += " restored"
     if event.resent:  # (typed while away, or sent and not confirmed)

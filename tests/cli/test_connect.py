@@ -287,6 +287,46 @@ def test_a_newcomer_is_told_which_lines_were_said_before_it_came(server: ServerT
         )
 
 
+def test_older_prints_the_missed_lines_the_replay_left_out_then_earlier_ones(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(replay=2, replay_max=3)
+    said = [rf"^{TIME} bob \(127\.0\.0\.1\): {text}$" for text in ("one", "two", "three", "four")]
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        say_stored(bob, "one", "two", "three")
+    sees_then_quits(terminal(server, "alice", "--accept-new"), *said[1:3])  # the last 2
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        say_stored(bob, "four", "five", "six", "seven", "eight", "nine")
+    alice = terminal(server, "alice")
+    alice.expect(
+        r"^\* back in the room: 6 missed messages \(the oldest 3 are not shown: "
+        r"/older shows them\)$"
+    )
+    for _ in range(3):
+        alice.say("/older 2")  # each waits for the one before to be answered
+    alice.say("/older")
+    sees_then_quits(
+        alice,
+        r"^\* 2 messages you missed \(the replay left them out\):$",
+        rf"^{TIME} bob \(127\.0\.0\.1\): five$",
+        rf"^{TIME} bob \(127\.0\.0\.1\): six$",
+        r"^\* end of those; 1 message missed before them: /older$",
+        r"^\* 1 message you missed \(the replay left them out\):$",
+        said[3],
+        r"^\* end of those; that is all you missed$",
+        r"^\* 2 messages from before those shown:$",
+        *said[1:3],
+        r"^\* end of the earlier messages; /older for more$",
+        r"^\* 1 message from before those shown:$",
+        said[0],
+        r"^\* end of the earlier messages; that is the oldest message the server keeps$",
+    )
+    replayed = alice.seen.index("* 2 messages you missed (the replay left them out):")
+    assert not [line for line in alice.seen[replayed:] if "seven" in line], "printed once"
+
+
 def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread) -> None:
     """A script's ``printf 'done\\nquit\\n'``: the line is stored, and said to be."""
     with RawClient(server.host, server.port) as alice:

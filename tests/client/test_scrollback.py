@@ -1,0 +1,213 @@
+"""``/older`` in the terminal client (``Scrollback``), fed client events as the printer is."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chatsecure.client.core import Connected, Disconnected, Received, Reconnecting, Sent
+from chatsecure.client.scrollback import PAGE, USAGE, Scrollback, older_command
+from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Peer, ServerInfo, Welcome
+
+ALICE = Peer("1", "alice", "192.168.1.20")
+BOB = Peer("2", "bob", "192.168.1.21")
+T = 1_700_000_000.0
+STAMP = time.strftime("%H:%M:%S", time.localtime(T))
+DAY = time.strftime("%Y-%m-%d", time.localtime(T))
+
+
+class Terminal:
+    """A ``Scrollback`` and the history requests it made."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int | None, int]] = []
+        self.scrollback = Scrollback(lambda before, limit: self.asked.append((before, limit)))
+
+    def joins(
+        self, last: int, replay: int, *, since: int | None = None, log: str | None = "L1"
+    ) -> list[str]:
+        """Welcomed by a server whose newest line is ``last``; ``replay`` lines follow."""
+        missed = 0 if since is None else last - since
+        skipped = max(missed - replay, 0)
+        welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), last, replay, skipped, log=log)
+        connected = Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", since is not None, missed)
+        printed = self.scrollback.feed(connected)
+        for seq in range(last - replay + 1, last + 1):
+            chat = Chat(BOB, f"m{seq}", T, seq=seq, history=True)
+            printed += self.scrollback.feed(Received(chat, replayed=True))
+        return printed
+
+    def answers(self, seqs: range, count: int | None = None) -> list[str]:
+        """The server answers the last request with lines ``seqs``."""
+        before, _ = self.asked[-1]
+        printed = []
+        for seq in seqs:
+            chat = Chat(BOB, f"m{seq}", T, seq=seq, history=True)
+            printed += self.scrollback.feed(Received(chat, older=True))
+        end = HistoryEnd(before, len(seqs) if count is None else count)
+        return printed + self.scrollback.feed(Received(end))
+
+
+def shown(*seqs: int) -> list[str]:
+    """How the terminal prints bob's lines ``seqs`` (said on another day than today)."""
+    return [f"[{DAY} {STAMP}] bob (192.168.1.21): m{seq}" for seq in seqs]
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("/older", PAGE),
+        ("  /older  ", PAGE),
+        ("/older 7", 7),
+        ("/older 200", 200),
+        ("/older 0", USAGE),
+        ("/older 201", USAGE),
+        ("/older many", USAGE),
+        ("/older 2 3", USAGE),
+        ("/olderly", None),
+        ("say /older", None),
+        ("", None),
+    ],
+)
+def test_the_command_is_read_and_anything_else_is_a_chat_line(
+    typed: str, meant: int | str | None
+) -> None:
+    assert older_command(typed) == meant
+
+
+def test_a_newcomer_pages_back_to_the_oldest_line_kept() -> None:
+    term = Terminal()
+    term.joins(last=10, replay=3)  # 8, 9 and 10 shown
+    assert term.scrollback.ask(4) is None
+    assert term.asked == [(8, 4)]
+    assert term.answers(range(4, 8)) == [
+        "* 4 messages from before those shown:",
+        *shown(4, 5, 6, 7),
+        "* end of the earlier messages; /older for more",
+    ]
+    term.scrollback.ask(4)
+    assert term.asked[-1] == (4, 4)
+    assert term.answers(range(1, 4)) == [
+        "* 3 messages from before those shown:",
+        *shown(1, 2, 3),
+        "* end of the earlier messages; that is the oldest message the server keeps",
+    ]
+    said = term.scrollback.ask(4)
+    assert said == "* nothing earlier: that is the oldest message the server keeps"
+    assert len(term.asked) == 2
+
+
+def test_missed_lines_the_replay_left_out_come_first_newest_page_first_then_older_ones() -> None:
+    term = Terminal()
+    term.joins(last=10, replay=10)
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    term.joins(last=30, replay=5, since=10)  # 11 to 25 missed and not replayed
+    term.scrollback.ask(10)
+    assert term.asked == [(26, 10)]
+    assert term.answers(range(16, 26)) == [
+        "* 10 messages you missed (the replay left them out):",
+        *shown(*range(16, 26)),
+        "* end of those; 5 messages missed before them: /older",
+    ]
+    term.scrollback.ask(10)
+    assert term.asked[-1] == (16, 5)  # only what the gap still misses
+    assert term.answers(range(11, 16))[-1] == "* end of those; that is all you missed"
+    # Lines 1 to 10 were shown before the drop: the next page is nothing new.
+    assert term.scrollback.ask(10) == (
+        "* nothing earlier: that is the oldest message the server keeps"
+    )
+
+
+def test_a_page_of_a_gap_the_server_no_longer_keeps_says_so() -> None:
+    term = Terminal()
+    term.joins(last=40, replay=5, since=10)  # a client restarted: it saw up to 10 last time
+    term.scrollback.ask(10)
+    assert term.asked == [(36, 10)]
+    assert term.answers(range(30, 36), count=6)[-1] == (
+        "* end of those; 19 messages missed before them: /older"
+    )
+    term.scrollback.ask(10)
+    assert term.answers(range(0), count=0) == [
+        "* the 19 messages before them are no longer kept by the server"
+    ]
+    term.scrollback.ask(10)
+    assert term.asked[-1] == (11, 10)  # then what came before the gap
+
+
+def test_an_older_typed_while_one_loads_waits_its_turn() -> None:
+    term = Terminal()
+    term.joins(last=300, replay=50)
+    assert term.scrollback.ask(100) is None
+    assert term.scrollback.ask(100) is None
+    assert term.asked == [(251, 100)]
+    assert not term.scrollback.settled(0.01)
+    printed = term.answers(range(151, 251))
+    assert printed[-1] == "* end of the earlier messages; /older for more"
+    assert term.asked[-1] == (151, 100)  # the second one went when the first was answered
+    term.answers(range(51, 151))
+    assert term.scrollback.settled(0.01)
+
+
+def test_lines_of_the_room_and_own_lines_count_as_shown() -> None:
+    term = Terminal()
+    term.joins(last=0, replay=0)  # an empty room
+    assert term.scrollback.ask(5) == (
+        "* nothing earlier: that is the oldest message the server keeps"
+    )
+    term.scrollback.feed(Received(Chat(BOB, "live", T, seq=1)))
+    term.scrollback.feed(Sent("r1", "mine", 2, T))
+    assert term.scrollback.ask(5) == (
+        "* nothing earlier: that is the oldest message the server keeps"
+    )
+    assert term.asked == []  # 1 is the oldest shown: nothing can be before it
+
+
+def test_a_server_that_replays_nothing_pages_from_its_newest_line() -> None:
+    term = Terminal()
+    term.joins(last=20, replay=0)
+    term.scrollback.ask(5)
+    assert term.asked == [(21, 5)]
+
+
+def test_a_server_without_a_log_has_no_history_to_load() -> None:
+    """A v1 server, or one started with ``--history 0``: its welcome names no log."""
+    term = Terminal()
+    term.joins(last=0, replay=0, log=None)
+    assert term.scrollback.ask(5) == "* this server keeps no history"
+    assert term.asked == []
+
+
+def test_nothing_is_asked_while_the_connection_is_down_and_a_lost_answer_is_asked_again() -> None:
+    term = Terminal()
+    term.joins(last=100, replay=10)
+    term.scrollback.ask(10)
+    term.scrollback.ask(10)  # waiting for the first
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    assert term.scrollback.settled(0.01)  # nothing will come: a script's quit need not wait
+    assert term.scrollback.ask(10) == "* not in the room now: /older works once back"
+    term.joins(last=100, replay=0, since=100)
+    term.scrollback.ask(10)
+    assert term.asked == [(91, 10), (91, 10)]  # asked again: the first answer never came
+    term.scrollback.feed(Disconnected("the server went away", error=True))
+    assert term.scrollback.ask(10) == "* not in the room now: /older works once back"
+
+
+def test_an_error_for_the_request_lets_the_next_one_go_and_its_late_answer_is_dropped() -> None:
+    term = Terminal()
+    term.joins(last=100, replay=10)
+    term.scrollback.ask(10)
+    term.scrollback.feed(Received(Error("rate_limited", "too fast")))
+    term.scrollback.ask(10)
+    assert term.asked == [(91, 10), (91, 10)]
+    assert term.answers(range(81, 91))[0] == "* 10 messages from before those shown:"
+    assert term.answers(range(81, 91)) == []  # a second answer to the same: nothing new
+
+
+def test_a_server_with_a_new_log_starts_afresh() -> None:
+    term = Terminal()
+    term.joins(last=500, replay=10)
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    term.joins(last=3, replay=3, since=0, log="L2")  # its seqs start again
+    term.scrollback.ask(10)
+    assert term.asked == []  # 1 is shown: the old log's 491 are no guide here
