@@ -239,6 +239,36 @@ def test_typed_text_stays_whole_below_an_incoming_line(
         assert alice.expect("leave")["reason"] == "quit"
 
 
+def test_older_prints_its_page_above_the_line_being_typed(
+    start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
+) -> None:
+    server = start_server(replay=1)
+    with joined_alice(server) as alice:
+        for n, text in enumerate(("first", "second", "third")):
+            alice.send({"type": "msg", "text": text, "ref": f"r{n}"})
+            alice.expect("ack")
+        bob = bob_at_the_prompt(server, pty_connect, alice)
+        bob.shows(rf"^{TIME} alice \(127\.0\.0\.1\): third$")
+        bob.type("/older 5\r")
+        lines = bob.wait_for(
+            lambda lines: lines[-2].startswith("* end of the earlier") and lines,
+            "the page above the input line",
+        )
+        page = lines[lines.index("* 2 messages from before those shown:") :]
+        assert [re.sub(rf"^{TIME} ", "", line) for line in page[1:3]] == [
+            "alice (127.0.0.1): first",
+            "alice (127.0.0.1): second",
+        ]
+        assert page[3:] == [
+            "* end of the earlier messages; that is the oldest message the server keeps",
+            ">",
+        ]
+        bob.type("quit\r")
+        assert bob.wait() == 0
+        # Next after bob's join: his leave. /older was not sent as a chat line.
+        assert alice.expect("leave")["peer"]["nick"] == "bob"
+
+
 @pytest.mark.parametrize(("key", "code"), [("\x03", 130), ("\x04", 0)])
 def test_ctrl_c_or_ctrl_d_at_the_chat_prompt_quits(
     server: ServerThread, pty_connect: Callable[..., Pty], key: str, code: int
