@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HISTORY_UNAVAILABLE_TEXT = "the history cannot be read now; ask again later"
+"""The ``error`` for a ``history`` request the log could not answer (its Redis is away)."""
+
 WRITE_CHUNK = 16 * 1024
 """Most bytes handed to a TLS transport at once: one full TLS record.
 
@@ -645,7 +648,7 @@ class Room:
     def history(self, member: Member, request: HistoryRequest) -> None:
         """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``."""
         if self._history is None:
-            member.send(encode(HistoryEnd(request.before, 0)))
+            member.send(encode(HistoryEnd(request.before, 0, request.ref)))
             return
         assert self._loop is not None  # noqa: S101 - set in open()
         task = self._loop.create_task(self._answer_history(member, request))
@@ -657,11 +660,18 @@ class Room:
         before = request.before
         if before is None or before > self.seq:
             before = self.seq + 1  # not lines stored but not yet broadcast
-        records = await self._history.before(before, request.limit)
+        try:
+            records = await self._history.before(before, request.limit)
+        except HistoryError as exc:
+            log.warning("could not answer a history request: %s", exc)
+            if not member.gone:
+                error = Error(ErrorCode.HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_TEXT, request.ref)
+                member.send(encode(error))
+            return
         if member.gone:
             return
         frames = [_history_frame(r) for r in records]
-        frames.append(encode(HistoryEnd(request.before, len(records))))
+        frames.append(encode(HistoryEnd(request.before, len(records), request.ref)))
         member.send(b"".join(frames))
 
     # -- cluster: the feed broadcasts every server's lines -------------------------------

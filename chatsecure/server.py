@@ -361,7 +361,7 @@ class Session(asyncio.BufferedProtocol):
             return True
         if self._flood.refused(now):
             self.drop(ErrorCode.FLOODING, "kept sending far above the rate limit")
-        elif isinstance(event, SendMsg | RemoteProtocolError) and event.ref is not None:
+        elif isinstance(event, SendMsg | HistoryRequest | RemoteProtocolError) and event.ref:
             # (a refused msg too: its client sends it again later, and hears why it is refused)
             self.send(encode(Error(ErrorCode.RATE_LIMITED, RATE_LIMITED_TEXT, event.ref)))
         else:

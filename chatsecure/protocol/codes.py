@@ -45,6 +45,9 @@ class ErrorCode(enum.StrEnum):
     """The server is stopping and takes no new sessions. Closed."""
     NOT_STORED = "not_stored"
     """The server could not store a line (a full disk): it was not delivered. Kept."""
+    HISTORY_UNAVAILABLE = "history_unavailable"
+    """(v2) The server could not read its log to answer ``history`` (its Redis is out of reach,
+    a disk error): no ``history_end`` follows; ask again later. Kept."""
     CLUSTER_UNAVAILABLE = "cluster_unavailable"
     """A server of a cluster cannot let anyone in while the room's shared log (Redis) is out
     of reach: try again later, or another server of the cluster. Closed."""

@@ -200,6 +200,9 @@ class HistoryRequest:
 
     before: int | None = None
     limit: int = HISTORY_PAGE_MAX
+    ref: str | None = None
+    """(Optional) the client's name for this request: its ``history_end``, or the ``error``
+    that refuses it, says the same."""
     type: Literal["history"] = field(default="history", init=False)
 
     def __post_init__(self) -> None:
@@ -207,6 +210,8 @@ class HistoryRequest:
             raise LocalProtocolError(
                 ErrorCode.BAD_MESSAGE, f"limit must be 1 to {HISTORY_PAGE_MAX}"
             )
+        if self.ref is not None and not valid_ref(self.ref):
+            raise LocalProtocolError(ErrorCode.BAD_MESSAGE, f"ref must be 1 to {MAX_REF} chars")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +336,8 @@ class HistoryEnd:
 
     before: int | None
     count: int
+    ref: str | None = None
+    """The request's ``ref``, if it had one."""
     type: Literal["history_end"] = field(default="history_end", init=False)
 
 
@@ -532,10 +539,14 @@ def to_json(message: Message) -> dict[str, Any]:
                     "ref": ref,
                 }
             )
-        case HistoryRequest(before=before, limit=limit):
-            if before is None:
-                return {"type": "history", "limit": limit}
-            return {"type": "history", "before": before, "limit": limit}
+        case HistoryRequest(before=before, limit=limit, ref=ref):
+            request: dict[str, Any] = {"type": "history"}
+            if before is not None:
+                request["before"] = before
+            request["limit"] = limit
+            if ref is not None:
+                request["ref"] = ref
+            return request
         case Chat(sender=sender, text=text, ts=ts, seq=seq, history=history, ref=ref):
             chat: dict[str, Any] = {"type": "msg"}
             if seq:
@@ -548,8 +559,10 @@ def to_json(message: Message) -> dict[str, Any]:
             return chat
         case Ack(ref=ref, seq=seq, ts=ts):
             return {"type": "ack", "ref": ref, "seq": seq, "ts": ts}
-        case HistoryEnd(before=before, count=count):
-            return {"type": "history_end", "before": before, "count": count}
+        case HistoryEnd(before=before, count=count, ref=ref):
+            if ref is None:
+                return {"type": "history_end", "before": before, "count": count}
+            return {"type": "history_end", "before": before, "count": count, "ref": ref}
         case Welcome(you=you, peers=peers, server=server, peers_total=int(total)):
             return {
                 "type": "welcome",
@@ -618,11 +631,7 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
     obj = load(frame)
     kind = obj["type"]
     if kind == "msg":
-        ref = obj.get("ref")
-        if ref is not None and not (isinstance(ref, str) and valid_ref(ref)):
-            raise RemoteProtocolError(
-                ErrorCode.BAD_MESSAGE, f"'ref' must be a string of 1 to {MAX_REF} characters"
-            )
+        ref = _client_ref(obj)
         try:
             text = clean_text(_require_str(obj, "text"))
             if max_text and len(text) > max_text:
@@ -654,12 +663,17 @@ def parse_client(frame: bytes, max_text: int = MAX_TEXT) -> ClientMessage:
             )
         return Hello(_require_str(obj, "nick"), password, client, since, log)
     if kind == "history":
-        before = _optional_count(obj, "before")
-        limit = _optional_count(obj, "limit")
-        limit = HISTORY_PAGE_MAX if limit is None else min(limit, HISTORY_PAGE_MAX)
-        if limit < 1:
-            raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'limit' must be at least 1")
-        return HistoryRequest(before, limit)
+        ref = _client_ref(obj)
+        try:
+            before = _optional_count(obj, "before")
+            limit = _optional_count(obj, "limit")
+            limit = HISTORY_PAGE_MAX if limit is None else min(limit, HISTORY_PAGE_MAX)
+            if limit < 1:
+                raise RemoteProtocolError(ErrorCode.BAD_MESSAGE, "'limit' must be at least 1")
+        except RemoteProtocolError as exc:
+            exc.ref = ref  # the request that gets no answer but this error
+            raise
+        return HistoryRequest(before, limit, ref)
     if kind == "ping":
         return Ping()
     if kind == "pong":
@@ -692,7 +706,9 @@ def parse_server(frame: bytes) -> ServerMessage:
             _require_str(obj, "ref"), _optional_count(obj, "seq") or 0, _timestamp(obj.get("ts"))
         )
     if kind == "history_end":
-        return HistoryEnd(_optional_count(obj, "before"), _optional_count(obj, "count") or 0)
+        return HistoryEnd(
+            _optional_count(obj, "before"), _optional_count(obj, "count") or 0, _optional_ref(obj)
+        )
     if kind == "join":
         return Join(Peer.from_json(obj.get("peer")))
     if kind in ("peers", "joins"):
@@ -761,6 +777,17 @@ def _timestamp(value: object) -> float:
         if 0.0 <= ts <= TS_MAX:  # also false for NaN
             return ts
     return time.time()
+
+
+def _client_ref(obj: dict[str, Any]) -> str | None:
+    """The ``ref`` a client gave a frame (``msg``, ``history``); one that breaks the rules is
+    refused."""
+    ref = obj.get("ref")
+    if ref is not None and not (isinstance(ref, str) and valid_ref(ref)):
+        raise RemoteProtocolError(
+            ErrorCode.BAD_MESSAGE, f"'ref' must be a string of 1 to {MAX_REF} characters"
+        )
+    return ref
 
 
 def _optional_ref(obj: dict[str, Any]) -> str | None:

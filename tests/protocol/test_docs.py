@@ -41,6 +41,7 @@ def test_the_codes_documented_as_keeping_the_connection_are_the_non_fatal_ones()
         ErrorCode.ALREADY_JOINED,
         ErrorCode.RATE_LIMITED,
         ErrorCode.NOT_STORED,
+        ErrorCode.HISTORY_UNAVAILABLE,
     }
 
 

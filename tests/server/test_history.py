@@ -17,6 +17,7 @@ import pytest
 
 from chatsecure import room
 from chatsecure.history import Appends, Draft, MemoryLog
+from chatsecure.protocol.codes import ErrorCode
 from chatsecure.testing import RawClient, ServerThread, joined, server_config
 
 Start = Callable[..., ServerThread]
@@ -196,11 +197,27 @@ def test_history_pages_backwards_in_ascending_order(start_server: Start) -> None
         assert [m["seq"] for m in page] == [3, 4, 5]
         assert all(m["history"] for m in page)
         assert alice.expect("history_end") == {"type": "history_end", "before": 6, "count": 3}
-        alice.send({"type": "history", "limit": 2})  # no before: the newest
+        alice.send({"type": "history", "limit": 2, "ref": "h-2"})  # no before: the newest
         assert [alice.expect("msg")["seq"] for _ in range(2)] == [6, 7]
-        assert alice.expect("history_end")["count"] == 2
+        end = alice.expect("history_end")
+        assert end == {"type": "history_end", "before": None, "count": 2, "ref": "h-2"}
         alice.send({"type": "history", "before": 1})
         assert alice.expect("history_end")["count"] == 0
+
+
+def test_a_refused_history_request_is_named_by_its_ref(start_server: Start) -> None:
+    server = start_server(msg_rate=1, msg_burst=2)
+    with joined(server.host, server.port, "alice") as (alice,):
+        alice.send({"type": "history", "limit": 0, "ref": "h-1"})
+        error = alice.expect("error")
+        assert (error["code"], error["ref"]) == (ErrorCode.BAD_MESSAGE, "h-1")
+        alice.send({"type": "history", "limit": 5, "ref": 7})
+        error = alice.expect("error")
+        assert error["code"] == ErrorCode.BAD_MESSAGE
+        assert "ref" not in error  # (it is not a ref: nothing to name)
+        alice.send({"type": "history", "limit": 5, "ref": "h-3"})  # over the rate: a burst of 2
+        error = alice.expect("error")
+        assert (error["code"], error["ref"]) == (ErrorCode.RATE_LIMITED, "h-3")
 
 
 def test_history_zero_keeps_nothing_and_says_so(start_server: Start, tmp_path: Path) -> None:
