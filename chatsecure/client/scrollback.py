@@ -137,7 +137,7 @@ class Scrollback:
             case Received(message=HistoryEnd() as end):
                 page = paging.page_end(end)
                 return [] if page is None else self._printed(page)
-            case Received(message=Error(ref=None)) if paging.asking:
+            case Received(message=Error()) if paging.asking:
                 paging.refused()
         return []
 

@@ -239,8 +239,10 @@ class ClientSession:
         self._decoder = FrameDecoder(max_frame)
         self._out: list[bytes] = []
         self._replay_left = 0
-        self._history: bytes | None = None
+        self._history: HistoryRequest | None = None
         """A ``history`` request the pace holds back."""
+        self._history_out: HistoryRequest | None = None
+        """The ``history`` request sent and not answered yet."""
         self._gathering: tuple[Welcome, list[Peer]] | None = None
         """A v2 welcome waiting for the rest of the room (``peers`` frames)."""
         self._v2 = False
@@ -272,7 +274,7 @@ class ClientSession:
         self.state = ClientState.OFFLINE
         self._out.clear()
         self._unsent.clear()
-        self._history = None
+        self._history = self._history_out = None
         self._replay_left = 0
         self._gathering = None
 
@@ -322,8 +324,8 @@ class ClientSession:
             # an error and no answer.)
             if self._pace is not None and not self._pace.take(now):
                 return
-            self._out.append(self._history)
-            self._history = None
+            self._out.append(encode(self._history))
+            self._history_out, self._history = self._history, None
         while self._unsent and self.state is ClientState.JOINED:
             ref = self._unsent[0]
             if ref in self.outbox and self._pace is not None and not self._pace.take(now):
@@ -350,7 +352,8 @@ class ClientSession:
         """Ask for up to ``limit`` lines before ``before`` (answered as ``Line(older=True)``),
         at the pace (``pace``); it replaces a request the pace has held back so far."""
         if self.state is ClientState.JOINED and self._v2:
-            self._history = encode(HistoryRequest(before, limit))
+            ref = f"{self._ref_prefix}-h{next(self._refs)}"
+            self._history = HistoryRequest(before, limit, ref)
             self.pace(now)
 
     def quit(self) -> None:
@@ -416,6 +419,8 @@ class ClientSession:
                     # (replaced: this client connected again, and the new connection is in)
                     self.state = ClientState.OFFLINE
                     event = Refused(code, text)
+                elif self._history_out is not None and message.ref == self._history_out.ref:
+                    event = self._history_refused(message)
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),
@@ -432,11 +437,27 @@ class ClientSession:
                 else:
                     event = ServerError(message)
             case HistoryEnd():
+                if message.ref is None or (
+                    self._history_out is not None and message.ref == self._history_out.ref
+                ):
+                    self._history_out = None
                 event = HistoryDone(message)
             case Shutdown():
                 self.state = ClientState.OFFLINE
                 event = Ended()
         return [] if event is None else [event]
+
+    def _history_refused(self, error: Error) -> SessionEvent | None:
+        """An ``error`` for our ``history`` request: over the rate limit, it goes again at the
+        pace; else it is not answered (the front end hears why)."""
+        request, self._history_out = self._history_out, None
+        if error.code != ErrorCode.RATE_LIMITED:
+            return ServerError(error)
+        self._history = self._history or request
+        self._pace = self._pace or _pace_for(None, None, self._last_heard)
+        if self._pace is not None:
+            self._pace.drain(self._last_heard)
+        return None
 
     def _since(self) -> int | None:
         """What ``hello`` says as ``since``: the last seq seen, or the one kept over a visit

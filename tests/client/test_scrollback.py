@@ -197,7 +197,7 @@ def test_an_error_for_the_request_lets_the_next_one_go_and_its_late_answer_is_dr
     term = Terminal()
     term.joins(last=100, replay=10)
     term.scrollback.ask(10)
-    term.scrollback.feed(Received(Error("rate_limited", "too fast")))
+    term.scrollback.feed(Received(Error("history_unavailable", "later", "ab12-h3")))
     term.scrollback.ask(10)
     assert term.asked == [(91, 10), (91, 10)]
     assert term.answers(range(81, 91))[0] == "* 10 messages from before those shown:"

@@ -272,12 +272,13 @@ def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
     session = ClientSession("alice")
     joined(session, seq=50)
     session.request_history(40, 2, now=0.0)
-    assert sent(session) == [{"type": "history", "before": 40, "limit": 2}]
+    [request] = sent(session)
+    assert request == {"type": "history", "before": 40, "limit": 2, "ref": request["ref"]}
     events = session.receive_data(
         frames(
             msg(38, history=True),
             msg(39, history=True),
-            {"type": "history_end", "before": 40, "count": 2},
+            {"type": "history_end", "before": 40, "count": 2, "ref": request["ref"]},
         )
     )
     assert [(type(e), getattr(e, "older", None)) for e in events] == [
@@ -396,6 +397,29 @@ def test_history_requests_go_at_the_pace_too_the_newest_one_waiting() -> None:
     session.pace(100.0 + 1 / 9 + 1e-9)
     assert [frame["before"] for frame in sent(session)] == [600]
     assert session.send_delay(101.0) is None
+
+
+def test_a_history_request_refused_for_the_rate_goes_again_and_one_refused_otherwise_ends() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    rate = {"msg_rate": 10.0, "msg_burst": 4}
+    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    line = session.send("hi", now=100.0)
+    session.request_history(900, 100, now=100.0)
+    [_, request] = sent(session)
+    assert request["ref"] not in (None, line)  # named, and not like any line
+    limited = {"type": "error", "code": "rate_limited", "message": "slow", "ref": request["ref"]}
+    assert session.receive_data(frames(limited), now=100.1) == []  # nothing to tell anyone
+    assert sent(session) == []
+    assert session.send_delay(100.1) == pytest.approx(1 / 9)  # at the pace, from now
+    session.pace(100.1 + 1 / 9 + 1e-9)
+    assert sent(session) == [request]  # the same request again
+    unreadable = {"type": "error", "code": "history_unavailable", "message": "later"}
+    [event] = session.receive_data(frames(unreadable | {"ref": request["ref"]}), now=100.3)
+    assert event == ServerError(Error("history_unavailable", "later", request["ref"]))
+    assert session.send_delay(100.3) is None  # not asked again: the front end may
+    assert list(session.outbox) == [line]
 
 
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
