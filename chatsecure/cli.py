@@ -56,7 +56,8 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
         "--key",
         type=Path,
         metavar="FILE",
-        help="the key of --cert (default: beside it, named like it with .key, else in --cert)",
+        help="the key of --cert (default: in --cert if it holds one, else beside it, named like "
+        "it with .key)",
     )
     auth.add_argument(
         "--password-file", type=Path, metavar="FILE", help="send the room password in FILE"

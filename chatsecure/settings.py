@@ -46,8 +46,8 @@ class ServerConfig:
     key: Path = certs.DEFAULT_CERT_DIR / certs.KEY_NAME
     make_cert: bool = True
     """Make the certificate and key at ``cert`` and ``key`` if neither exists. False when the
-    user named the certificate alone (``--cert``, the key beside it): a mistyped path must not
-    start a server with a new identity (and an empty history beside it)."""
+    user named the certificate alone (``--cert``, its key in it or beside it): a mistyped path
+    must not start a server with a new identity (and an empty history beside it)."""
     max_frame: int = limits.MAX_FRAME
     max_text: int = limits.MAX_TEXT
     send_buffer_limit: int = limits.SEND_BUFFER_LIMIT
@@ -139,7 +139,8 @@ SETTINGS = (
     Setting(
         "key",
         Path,
-        "private key file (default: beside the certificate, named like it with .key; mode 0600)",
+        "private key file (default: in the certificate's file if it holds one, else beside it,"
+        " named like it with .key; mode 0600)",
         "FILE",
     ),
     Setting(
@@ -301,11 +302,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             raise ConfigError(f"{key.replace('_', '-')} cannot be negative")
     if not 0 <= values.get("port", 0) < 65536:
         raise ConfigError(f"port must be from 0 to 65535, not {values['port']}")
-    # --cert alone: its key is beside it (/x/server.crt, /x/server.key), and the pair is
-    # never made (a mistyped path would start a server with a new identity).
+    # --cert alone: its key is in it (one PEM for both) or beside it (/x/server.crt,
+    # /x/server.key), and the pair is never made (a mistyped path would start a server with
+    # a new identity).
     alone = "cert" in values and "key" not in values
     if alone:
-        values["key"] = values["cert"].with_suffix(".key")
+        values["key"] = certs.key_of(values["cert"])
     data_dir = values.get("data_dir")
     if data_dir is not None:  # a --cert or --key given one by one still wins
         values.setdefault("cert", data_dir / certs.CERT_NAME)

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,24 @@ def normalize_fingerprint(text: str) -> str:
 def cert_fingerprint(path: Path) -> str:
     """Fingerprint of the PEM certificate at ``path``."""
     return fingerprint(load_cert(path).public_bytes(serialization.Encoding.DER))
+
+
+_PRIVATE_KEY = re.compile(rb"^-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----", re.MULTILINE)
+"""The first line of a PEM private key of any kind (``PRIVATE KEY``, ``EC PRIVATE KEY``...)."""
+
+
+def key_of(cert: Path) -> Path:
+    """The key of a certificate given without ``--key``.
+
+    The certificate's own file if it holds a private key too (one PEM for both): a stale key
+    left beside it must not be taken instead. Otherwise the key beside it, named like it with
+    ``.key`` (``/x/bob.crt``, ``/x/bob.key``), as ``gencert`` writes them.
+    """
+    try:
+        combined = _PRIVATE_KEY.search(cert.read_bytes()) is not None
+    except OSError:
+        combined = False  # missing or unreadable: loading it names the problem
+    return cert if combined else cert.with_suffix(".key")
 
 
 def load_cert(path: Path) -> x509.Certificate:

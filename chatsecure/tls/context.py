@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from chatsecure.errors import ConfigError
+from chatsecure.tls.certs import key_of
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     try:
         ctx.load_cert_chain(cert, key)
     except FileNotFoundError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: no such file") from exc
+        # ssl leaves exc.filename None: name the file that is missing.
+        missing = cert if not cert.exists() else key
+        raise ConfigError(f"cannot read {missing}: no such file") from exc
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc}") from exc
 
@@ -175,8 +178,5 @@ def client_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # trust on first use: the pin check follows the handshake
     if cert is not None:
-        # Without --key: the key beside the certificate (bob.crt, bob.key, as gencert makes
-        # them), else the certificate's own file (one PEM holding both).
-        beside = cert.with_suffix(".key")
-        _load_chain(ctx, cert, key or (beside if beside.exists() else cert))
+        _load_chain(ctx, cert, key or key_of(cert))
     return ctx

@@ -239,6 +239,28 @@ def test_client_core_presents_its_certificate(
         client.close()
 
 
+def test_client_core_presents_a_combined_certificate_not_the_stale_key_beside_it(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ours, theirs = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    # alice's certificate and key in one file, and beside it a key left from another pair.
+    pem, stale = tmp_path / "alice.pem", tmp_path / "alice.key"
+    pem.write_bytes((ours / "alice.crt").read_bytes() + (ours / "alice.key").read_bytes())
+    shutil.copy(theirs / "mallory.key", stale)
+    target = Target(server.host, server.port, cert=pem)
+    client = ChatClient(target, "nobody", TrustPolicy(KnownServers(), accept_new=True))
+    client.start()
+    try:
+        event = client.events.get(timeout=5)
+        assert isinstance(event, Connected), event
+        assert event.welcome.you.nick == "alice"
+    finally:
+        client.close()
+    with pytest.raises(ConfigError, match=f"cannot load certificate {pem} with key {stale}"):
+        client_context(cert=pem, key=stale)  # a --key given still wins
+
+
 def test_client_core_without_a_certificate_is_told_what_may_be_missing(
     start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
 ) -> None:

@@ -196,6 +196,45 @@ def test_a_certificate_alone_takes_the_key_beside_it() -> None:
     assert config.db_path == Path("/srv/chat") / HISTORY_DB
 
 
+def combined_pem_with_a_stale_key_beside(folder: Path) -> Path:
+    """``folder/lab.pem`` holding a certificate and its key, and beside it ``lab.key``, the key
+    of another certificate (left over from an earlier pair). Both mode 0600."""
+    pair, old = certs.generate(folder / "pair"), certs.generate(folder / "old")
+    pem, stale = folder / "lab.pem", folder / "lab.key"
+    pem.write_bytes(pair.cert.read_bytes() + pair.key.read_bytes())
+    pem.chmod(0o600)
+    old.key.rename(stale)
+    return pem
+
+
+def test_a_certificate_alone_that_holds_its_key_takes_it_not_the_stale_key_beside_it(
+    tmp_path: Path,
+) -> None:
+    pem = combined_pem_with_a_stale_key_beside(tmp_path)
+    config = server_config(build_parser().parse_args(["server", "--cert", str(pem)]))
+    assert (config.cert, config.key) == (pem, pem)
+    assert not config.make_cert
+    argv = ["server", "--cert", str(pem), "--key", str(tmp_path / "lab.key")]
+    given = server_config(build_parser().parse_args(argv))
+    assert given.key == tmp_path / "lab.key"  # --key wins, as always
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    server = ServerProcess([*SERVER, "--cert", str(pem)], cwd=cwd)
+    try:
+        with joined("127.0.0.1", server.port, "alice") as (alice,):
+            presented = alice.sock.getpeercert(binary_form=True)
+        code, log = server.stop()
+    finally:
+        server.kill()
+    assert code == 0, log
+    assert presented is not None
+    assert certs.fingerprint(presented) == server.fingerprint == certs.cert_fingerprint(pem)
+    assert "generated" not in log
+    assert everything_under(cwd) == []
+    assert not (tmp_path / certs.CERT_NAME).exists()  # nothing made beside it either
+
+
 def test_a_mistyped_certificate_is_refused_not_made(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()

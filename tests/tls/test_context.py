@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from chatsecure.errors import ConfigError
 from chatsecure.testing import ServerThread
@@ -71,6 +72,33 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, cert_dir: Path) -> N
         server_context(tmp_path / "bad.crt", cert_dir / "server.key")
     with pytest.raises(ConfigError, match="cannot load CA file"):
         client_context(tmp_path / "none.pem")
+
+
+@pytest.mark.parametrize("key_format", ["pkcs8", "traditional"])
+def test_a_certificate_alone_takes_the_key_in_its_own_file_before_the_one_beside_it(
+    tmp_path: Path, key_format: str
+) -> None:
+    pair, old = certs.generate(tmp_path / "pair"), certs.generate(tmp_path / "old")
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8
+        if key_format == "pkcs8"
+        else serialization.PrivateFormat.TraditionalOpenSSL,  # "BEGIN EC PRIVATE KEY"
+        serialization.NoEncryption(),
+    )
+    pem, stale = tmp_path / "bob.pem", tmp_path / "bob.key"
+    pem.write_bytes(pair.cert.read_bytes() + key_pem)
+    shutil.copy(old.key, stale)
+    assert certs.key_of(pem) == pem
+    client_context(cert=pem)  # loads: the stale key beside it is not taken
+    # A certificate without its key: the key beside it, there or not (then named as missing).
+    assert certs.key_of(pair.cert) == pair.key
+    lone = tmp_path / "lone.crt"
+    shutil.copy(pair.cert, lone)
+    assert certs.key_of(lone) == tmp_path / "lone.key"
+    with pytest.raises(ConfigError, match=f"cannot read {tmp_path / 'lone.key'}: no such file"):
+        client_context(cert=lone)
 
 
 # --- key-exchange groups: X25519, P-256 and P-384 only (Mozilla "intermediate") -------------
