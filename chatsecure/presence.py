@@ -56,7 +56,7 @@ from chatsecure.cluster import (
 from chatsecure.history import HistoryError, LogReset
 from chatsecure.history.redis import SAME_LOG, RedisLog, redis_errors, redis_reason
 from chatsecure.protocol import limits
-from chatsecure.protocol.messages import Peer
+from chatsecure.protocol.messages import Peer, cut_nick
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def nick_arguments(wanted: str) -> list[str]:
     compares exactly what ``Room`` compares on one server."""
     out = [wanted, wanted.casefold()]
     for length in _SUFFIX_LENGTHS:
-        prefix = wanted[: limits.MAX_NICK - length]
+        prefix = cut_nick(wanted, limits.MAX_NICK - length)
         out += [prefix, prefix.casefold()]
     return out
 

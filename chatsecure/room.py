@@ -44,6 +44,7 @@ from chatsecure.protocol.messages import (
     SendMsg,
     ServerInfo,
     as_history,
+    cut_nick,
     encode,
     encode_ack,
     encode_chat,
@@ -439,7 +440,7 @@ class Room:
             return wanted
         for n in itertools.count(2):
             suffix = f"_{n}"
-            candidate = wanted[: limits.MAX_NICK - len(suffix)] + suffix
+            candidate = cut_nick(wanted, limits.MAX_NICK - len(suffix)) + suffix
             if candidate.casefold() not in taken:
                 return candidate
         raise AssertionError("unreachable")  # pragma: no cover

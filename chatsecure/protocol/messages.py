@@ -66,6 +66,34 @@ def clean_nick(raw: str) -> str:
     return nick
 
 
+ZWJ = "\u200d"
+"""The zero-width joiner: it binds the characters on both sides into one (emoji sequences)."""
+EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
+"""The skin-tone modifiers: each belongs to the emoji before it."""
+
+
+def _joins_previous(c: str) -> bool:
+    """Whether ``c`` belongs to the character before it: a mark (every character with a
+    combining class is one, and so are the spacing vowel signs that have none), a skin-tone
+    modifier, or a joiner."""
+    return unicodedata.category(c)[0] == "M" or ord(c) in EMOJI_MODIFIERS or c == ZWJ
+
+
+def cut_nick(nick: str, length: int) -> str:
+    """``nick`` cut to at most ``length`` characters, never between a character and the marks
+    that follow it.
+
+    Cut anywhere, "q" + U+0301 would lose its accent and become a plain "q" another user may
+    have; a cut falls before the whole character instead (a nick that is one character with
+    more marks than fit is cut to nothing). ``clean_nick`` removes joiners, but a cut never
+    follows one either, so that no emoji sequence is left half joined.
+    """
+    end = max(length, 0)
+    while 0 < end < len(nick) and (_joins_previous(nick[end]) or nick[end - 1] == ZWJ):
+        end -= 1
+    return nick[:end]
+
+
 def clean_text(raw: str) -> str:
     """Message text without control characters other than newline and tab.
 

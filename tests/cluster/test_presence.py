@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from chatsecure.presence import nick_arguments
 from chatsecure.protocol.client import ClientSession, Presence, SessionEvent, Welcomed
 from chatsecure.protocol.messages import Join, Leave, Peer
 from chatsecure.testing import RawClient, ServerThread
@@ -162,6 +163,26 @@ def test_a_nick_taken_on_one_node_gets_a_suffix_on_the_other(nodes: Nodes) -> No
             time.sleep(0.1)
         else:
             raise AssertionError("the nick was not freed when its owner left")
+
+
+def test_a_long_nick_taken_on_another_node_keeps_its_last_letter_with_its_accent(
+    nodes: Nodes,
+) -> None:
+    a, b = nodes(2)
+    long = "a" * 29 + "q\u0301x"
+    with RawClient(a.host, a.port) as first, RawClient(b.host, b.port) as second:
+        assert first.join(long)["you"]["nick"] == long
+        assert second.join(long)["you"]["nick"] == "a" * 29 + "_2"
+
+
+def test_the_join_script_gets_the_nick_cut_as_one_server_cuts_it() -> None:
+    wanted = "A" * 29 + "Q\u0301x"
+    args = nick_arguments(wanted)
+    assert args[:2] == [wanted, wanted.casefold()]
+    # Per suffix length 2 ... 7, the prefix that leaves room for it: with "_2" the accented Q
+    # is dropped whole, never kept as a plain Q.
+    prefixes = list(zip(args[2::2], args[3::2], strict=True))
+    assert prefixes == [("A" * n, "a" * n) for n in (29, 29, 28, 27, 26, 25)]
 
 
 def test_the_same_nick_asked_at_once_on_two_nodes_is_given_once(nodes: Nodes) -> None:

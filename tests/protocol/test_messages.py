@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from chatsecure.protocol.messages import (
     Welcome,
     as_history,
     clean_nick,
+    cut_nick,
     dump,
     encode,
     encode_ack,
@@ -399,6 +401,50 @@ def test_clean_nick_result_is_short_visible_and_stable(raw: str) -> None:
     assert "\n" not in nick
     assert "\r" not in nick
     assert clean_nick(nick) == nick
+
+
+@pytest.mark.parametrize(
+    ("nick", "length", "cut"),
+    [
+        ("alice", 3, "ali"),
+        ("alice", 5, "alice"),
+        ("alice", 9, "alice"),
+        ("alq\u0301", 3, "al"),  # no plain "alq": the accent goes with its letter
+        ("alq\u0301", 4, "alq\u0301"),
+        ("alq\u0323\u0301x", 4, "al"),  # nor half of its marks
+        ("alq\u0323\u0301x", 5, "alq\u0323\u0301"),
+        ("al\u0915\u093f", 3, "al"),  # a vowel sign without a combining class is a mark too
+        ("al\U0001f44d\U0001f3fd", 3, "al"),  # a skin tone stays with its emoji
+        ("al\U0001f469\u200d\U0001f4bb", 3, "al"),  # a joined sequence is kept whole
+        ("al\U0001f469\u200d\U0001f4bb", 4, "al"),
+        ("q" + "\u0301" * 31, 30, ""),  # one character, marks and all, too long to keep
+        ("\u0301ab", 2, "\u0301a"),  # a mark with nothing before it is cut like a character
+    ],
+)
+def test_cut_nick_keeps_a_character_with_its_marks(nick: str, length: int, cut: str) -> None:
+    assert cut_nick(nick, length) == cut
+
+
+def joins_previous(c: str) -> bool:
+    return unicodedata.category(c)[0] == "M" or 0x1F3FB <= ord(c) <= 0x1F3FF or c == "\u200d"
+
+
+def whole(nick: str, end: int) -> bool:
+    """Whether ``nick[:end]`` ends between two characters, not inside one."""
+    return end in (0, len(nick)) or not (joins_previous(nick[end]) or nick[end - 1] == "\u200d")
+
+
+@given(st.text(max_size=40), st.integers(0, MAX_NICK))
+def test_cut_nick_is_the_longest_whole_prefix_that_fits(raw: str, length: int) -> None:
+    try:
+        nick = clean_nick(raw)
+    except RemoteProtocolError:
+        return
+    cut = cut_nick(nick, length)
+    assert nick.startswith(cut)
+    assert len(cut) <= length
+    assert whole(nick, len(cut))
+    assert not any(whole(nick, end) for end in range(len(cut) + 1, min(length, len(nick)) + 1))
 
 
 # --- frames built from cached parts -----------------------------------------------------

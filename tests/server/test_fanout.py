@@ -184,6 +184,26 @@ def test_renamed_long_nick_stays_within_the_limit(server: ServerThread) -> None:
         assert nick == "n" * (MAX_NICK - 2) + "_2"
 
 
+@pytest.mark.parametrize(
+    ("ending", "kept"),
+    [("q\u0301x", 29), ("q\u0323\u0301x", 28)],
+    ids=["accent", "two-marks"],
+)
+def test_renamed_long_nick_is_not_cut_between_a_letter_and_its_marks(
+    server: ServerThread, ending: str, kept: int
+) -> None:
+    # Cut at 30 characters, "aaa...q" would be a plain q: a nick someone else may have.
+    long = "a" * kept + ending
+    assert len(long) == MAX_NICK
+    with (
+        joined(server.host, server.port, long) as (first,),
+        RawClient(server.host, server.port) as second,
+    ):
+        nick = second.join(long)["you"]["nick"]
+        assert nick == "a" * kept + "_2"
+        assert first.expect("join")["peer"]["nick"] == nick
+
+
 def test_nick_is_free_again_after_its_owner_left(server: ServerThread) -> None:
     with RawClient(server.host, server.port) as first:
         first.join("alice")
