@@ -105,7 +105,7 @@ class Controller:
     def load_older(self, limit: int = 100, gap: int = 0) -> bool:
         """Ask the server for lines older than those shown (the user scrolled to the top) or,
         with ``gap``, for the newest lines still missing in that gap (scrolled to it)."""
-        before = self.model.wants_gap(gap) if gap else self.model.wants_older()
+        before = self.model.wants_gap(gap, limit) if gap else self.model.wants_older(limit)
         if before is None or self.client is None:
             return False
         self.client.request_history(before, limit)

@@ -182,13 +182,15 @@ class ChatModel:
         # and goes out after the reconnect: it shows as pending (``Queued``) meanwhile.
         return Outgoing(send=text, clear=True)
 
-    def wants_older(self) -> int | None:
-        """The ``before`` of a request for older lines, if one should be made now."""
-        return self.paging.wants_older() if self.phase is Phase.CHAT else None
+    def wants_older(self, limit: int | None = None) -> int | None:
+        """The ``before`` of a request for up to ``limit`` older lines, if one should be made
+        now."""
+        return self.paging.wants_older(limit) if self.phase is Phase.CHAT else None
 
-    def wants_gap(self, gap_id: int) -> int | None:
-        """The ``before`` of a request for lines of gap ``gap_id``, if one should be made now."""
-        return self.paging.wants_gap(gap_id) if self.phase is Phase.CHAT else None
+    def wants_gap(self, gap_id: int, limit: int | None = None) -> int | None:
+        """The ``before`` of a request for up to ``limit`` lines of gap ``gap_id``, if one
+        should be made now."""
+        return self.paging.wants_gap(gap_id, limit) if self.phase is Phase.CHAT else None
 
     # -- what the network said -----------------------------------------------------------
 

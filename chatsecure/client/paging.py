@@ -59,6 +59,8 @@ class LogPaging:
         """The history request out: 0 for older lines, else the id of the gap it fills."""
         self._asked_before = 0
         """Its ``before``: the ``history_end`` that answers it says the same."""
+        self._asked_limit: int | None = None
+        """Its ``limit``, if known: an answer with fewer lines says the server has no more."""
         self._page: list[Chat] = []
         """The lines of the answer coming in, kept until it ends (shown in one piece)."""
         self._answered = False
@@ -97,7 +99,11 @@ class LogPaging:
         if not again:
             self.oldest_seq, self.all_loaded, self.gaps = None, False, {}
         if welcome.seq:
-            self.saw(welcome.seq + 1)  # the lines after it come live, shown as they come
+            # The replay (the newest lines up to the welcome's seq, which are consecutive)
+            # follows, and then the lines said since, live: shown as they come, before the
+            # answer to any request made now. A request made before they are fed asks for
+            # what is older than all of them.
+            self.saw(welcome.seq - welcome.replay + 1)
         if not (resumed and welcome.skipped):
             return abandoned, None
         self._gap_ids += 1
@@ -106,21 +112,23 @@ class LogPaging:
         self.saw(after + 1)  # what comes before the gap is older than it
         return abandoned, gap
 
-    def wants_older(self) -> int | None:
-        """The ``before`` of a request for lines older than those shown, if one may go now."""
+    def wants_older(self, limit: int | None = None) -> int | None:
+        """The ``before`` of a request for up to ``limit`` lines older than those shown, if
+        one may go now."""
         if self._asked is not None or self.all_loaded:
             return None
         if self.oldest_seq is None or self.oldest_seq <= 1:
             return None
-        self._asked, self._asked_before = 0, self.oldest_seq
+        self._asked, self._asked_before, self._asked_limit = 0, self.oldest_seq, limit
         return self.oldest_seq
 
-    def wants_gap(self, gap_id: int) -> int | None:
-        """The ``before`` of a request for lines of gap ``gap_id``, if one may go now."""
+    def wants_gap(self, gap_id: int, limit: int | None = None) -> int | None:
+        """The ``before`` of a request for up to ``limit`` lines of gap ``gap_id``, if one
+        may go now."""
         gap = self.gaps.get(gap_id)
         if self._asked is not None or gap is None or gap.gone or not gap.missing:
             return None
-        self._asked, self._asked_before = gap_id, gap.before
+        self._asked, self._asked_before, self._asked_limit = gap_id, gap.before, limit
         return gap.before
 
     def forget_gap(self, gap_id: int) -> None:
@@ -163,10 +171,12 @@ class LogPaging:
         if late or asked is None or end.before != self._asked_before:
             return None  # ours is still to come, or was this one
         self._asked = None
+        # Fewer lines than asked for, or the first line of all: there are none before these.
+        last = end.count < (self._asked_limit or 1) or (bool(page) and page[0].seq <= 1)
         if not asked:
             # (Lines came but none older than those shown: a late answer's, most likely.
             # Asking the same again would bring the same.)
-            self.all_loaded = self.all_loaded or end.count == 0 or (answered and not page)
+            self.all_loaded = self.all_loaded or last or (answered and not page)
             if page:
                 self.saw(page[0].seq)
             return Page(page, end.count, None)
@@ -177,7 +187,7 @@ class LogPaging:
             gap.before = page[0].seq
         elif answered:  # lines, but none inside: the server has nothing in between
             gap.before = gap.after + 1
-        gap.gone = end.count == 0  # (the server has nothing before ``before`` any more)
+        gap.gone = last  # (the server has nothing before ``before`` any more)
         if gap.gone or not gap.missing:
             del self.gaps[gap.id]
         return Page(page, end.count, gap)

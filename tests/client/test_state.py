@@ -1085,6 +1085,14 @@ def test_scrolling_up_on_a_server_that_replays_nothing_loads_its_newest_lines() 
     assert model.wants_older() == 21
 
 
+def test_scrolling_up_before_the_replay_has_come_asks_for_what_is_older_than_it() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), seq=1000, replay=50, log="L")
+    model.apply(Connected(welcome, "h", 1, "TLSv1.3", FP), T)
+    assert model.wants_older() == 951  # not 1001: the answer would be the replay again
+
+
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
     model, gap = back_with_a_gap(100)
     model.paging.dropped_before(
