@@ -11,6 +11,7 @@ hence the lock.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd
 
 COMMAND = "/older"
+NOTHING_EARLIER = "* no earlier messages on the server"
 PAGE = 50
 """Lines ``/older`` asks for without a number."""
 USAGE = (
@@ -45,8 +47,11 @@ def older_command(text: str) -> int | str | None:
         return None
     if len(words) == 1:
         return PAGE
-    if len(words) == 2 and words[1].isdigit() and 1 <= int(words[1]) <= limits.HISTORY_PAGE_MAX:
-        return int(words[1])
+    # ASCII digits only: str.isdigit() also takes "²", which int() does not.
+    if len(words) == 2 and re.fullmatch("[0-9]{1,3}", words[1]):
+        count = int(words[1])
+        if 1 <= count <= limits.HISTORY_PAGE_MAX:
+            return count
     return USAGE
 
 
@@ -68,8 +73,6 @@ class Scrollback:
         self._again = False
         self._keeps_log = False
         """Whether the server keeps a log (v2, not ``--history 0``): else it has no history."""
-        self._asked = 0
-        """How many lines the request out asked for."""
         self._waiting: list[int] = []
         """The limits of the ``/older`` commands waiting for the request out to end."""
 
@@ -108,15 +111,14 @@ class Scrollback:
         """Send the request for the next page (missed lines first), or say why there is none."""
         paging = self._paging
         for gap in sorted(paging.gaps.values(), key=lambda gap: gap.id, reverse=True):
-            before = paging.wants_gap(gap.id)
+            asked = min(limit, gap.missing)
+            before = paging.wants_gap(gap.id, asked)
             if before is not None:
-                self._asked = min(limit, gap.missing)
-                self._request(before, self._asked)
+                self._request(before, asked)
                 return None
-        before = paging.wants_older()
+        before = paging.wants_older(limit)
         if before is None:
-            return "* nothing earlier: that is the oldest message the server keeps"
-        self._asked = limit
+            return NOTHING_EARLIER
         self._request(before, limit)
         return None
 
@@ -125,11 +127,22 @@ class Scrollback:
         match event:
             case Connected(welcome=welcome, resumed=resumed, missed=missed):
                 self._keeps_log = welcome.log is not None
-                paging.connected(welcome, again=self._again, resumed=resumed, missed=missed)
+                abandoned, _ = paging.connected(
+                    welcome, again=self._again, resumed=resumed, missed=missed
+                )
                 self._joined = self._again = True
+                return [
+                    f"* the {_messages(gap.missing)} missed earlier and not shown are lost:"
+                    " the server lost its history"
+                    for gap in abandoned
+                    if gap.missing
+                ]
             case Reconnecting() | Disconnected():
+                lost = paging.asking or self._waiting
                 self._joined = False  # (an answer on its way is lost with the connection)
                 self._waiting.clear()
+                if lost:
+                    return [f"* the earlier messages asked for did not come: {COMMAND} again"]
             case Received(message=Chat() as chat, older=True):
                 paging.line(chat)
             case Received(message=Chat(seq=seq)) | Sent(seq=seq):
@@ -145,12 +158,13 @@ class Scrollback:
         """The header of a page, then (by the caller) its lines, then what is left."""
         lines = page.lines
         gap = page.gap
+        them = "it" if len(lines) == 1 else "them"
         if gap is None:
             if not lines:
-                return ["* nothing earlier: that is the oldest message the server keeps"]
+                return [NOTHING_EARLIER]
             more = (
-                "that is the oldest message the server keeps"
-                if self._paging.all_loaded or page.count < self._asked
+                "there are none before them on the server"
+                if self._paging.all_loaded
                 else f"{COMMAND} for more"
             )
             return [
@@ -158,16 +172,18 @@ class Scrollback:
                 *lines_of(lines),
                 f"* end of the earlier messages; {more}",
             ]
-        if gap.gone:
-            left = f"the {_messages(gap.missing)} before them are no longer kept by the server"
+        if gap.missing and gap.gone:
+            left = f"the {_messages(gap.missing)} before {them} are no longer kept by the server"
         elif gap.missing:
-            left = f"{_messages(gap.missing)} missed before them: {COMMAND}"
+            left = f"{_messages(gap.missing)} missed before {them}: {COMMAND}"
+        elif other := sum(g.missing for g in self._paging.gaps.values() if not g.gone):
+            left = f"that is all you missed then; {_messages(other)} missed earlier: {COMMAND}"
         else:
             left = "that is all you missed"
         if not lines:
             return [f"* {left}"]
         return [
-            f"* {_messages(len(lines))} you missed (the replay left them out):",
+            f"* {_messages(len(lines))} you missed (the replay left {them} out):",
             *lines_of(lines),
             f"* end of those; {left}",
         ]

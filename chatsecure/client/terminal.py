@@ -473,8 +473,8 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
 
 HELP = f"""\
 * quit           leave the room (so do Ctrl-D, and the end of piped input)
-* {OLDER} [N]    print N earlier lines (50 if no N): missed ones first, then older ones
-* /help          this"""
+* {OLDER} [N]     print N earlier lines (50 if no N): missed ones first, then older ones
+* /help          these commands (they are not sent; any other line is)"""
 """What ``/help`` prints."""
 
 
@@ -597,7 +597,8 @@ def resume_notice(event: Connected) -> str:
     missed, skipped = event.missed, event.welcome.skipped
     said = f"{missed} missed message{'' if missed == 1 else 's'}" if missed else "nothing missed"
     if missed and skipped:
-        said += f" (the oldest {skipped} are not shown: {OLDER} shows them)"
+        shown = "none are shown" if skipped >= missed else f"the oldest {skipped} are not shown"
+        said += f" ({shown}: {OLDER} shows them)"
     elif missed:
         said += " restored"
     if event.resent:  # (typed while away, or sent and not confirmed)

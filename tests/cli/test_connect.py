@@ -313,7 +313,7 @@ def test_older_prints_the_missed_lines_the_replay_left_out_then_earlier_ones(
         rf"^{TIME} bob \(127\.0\.0\.1\): five$",
         rf"^{TIME} bob \(127\.0\.0\.1\): six$",
         r"^\* end of those; 1 message missed before them: /older$",
-        r"^\* 1 message you missed \(the replay left them out\):$",
+        r"^\* 1 message you missed \(the replay left it out\):$",
         said[3],
         r"^\* end of those; that is all you missed$",
         r"^\* 2 messages from before those shown:$",
@@ -321,7 +321,7 @@ def test_older_prints_the_missed_lines_the_replay_left_out_then_earlier_ones(
         r"^\* end of the earlier messages; /older for more$",
         r"^\* 1 message from before those shown:$",
         said[0],
-        r"^\* end of the earlier messages; that is the oldest message the server keeps$",
+        r"^\* end of the earlier messages; there are none before them on the server$",
     )
     replayed = alice.seen.index("* 2 messages you missed (the replay left them out):")
     assert not [line for line in alice.seen[replayed:] if "seven" in line], "printed once"

@@ -260,7 +260,7 @@ def test_older_prints_its_page_above_the_line_being_typed(
             "alice (127.0.0.1): second",
         ]
         assert page[3:] == [
-            "* end of the earlier messages; that is the oldest message the server keeps",
+            "* end of the earlier messages; there are none before them on the server",
             ">",
         ]
         bob.type("quit\r")

@@ -8,6 +8,7 @@ import pytest
 
 from chatsecure.client.core import Connected, Disconnected, Received, Reconnecting, Sent
 from chatsecure.client.scrollback import PAGE, USAGE, Scrollback, older_command
+from chatsecure.client.terminal import resume_notice
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Peer, ServerInfo, Welcome
 
 ALICE = Peer("1", "alice", "192.168.1.20")
@@ -25,15 +26,22 @@ class Terminal:
         self.scrollback = Scrollback(lambda before, limit: self.asked.append((before, limit)))
 
     def joins(
-        self, last: int, replay: int, *, since: int | None = None, log: str | None = "L1"
+        self,
+        last: int,
+        replay: int,
+        *,
+        since: int | None = None,
+        log: str | None = "L1",
+        replayed: bool = True,
     ) -> list[str]:
-        """Welcomed by a server whose newest line is ``last``; ``replay`` lines follow."""
+        """Welcomed by a server whose newest line is ``last``; ``replay`` lines follow (fed
+        too, if ``replayed``)."""
         missed = 0 if since is None else last - since
         skipped = max(missed - replay, 0)
         welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), last, replay, skipped, log=log)
         connected = Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", since is not None, missed)
         printed = self.scrollback.feed(connected)
-        for seq in range(last - replay + 1, last + 1):
+        for seq in range(last - replay + 1, last + 1) if replayed else ():
             chat = Chat(BOB, f"m{seq}", T, seq=seq, history=True)
             printed += self.scrollback.feed(Received(chat, replayed=True))
         return printed
@@ -64,6 +72,10 @@ def shown(*seqs: int) -> list[str]:
         ("/older 0", USAGE),
         ("/older 201", USAGE),
         ("/older many", USAGE),
+        ("/older ²", USAGE),  # a digit to str.isdigit(), not to int()
+        ("/older ①", USAGE),
+        ("/older " + "9" * 5000, USAGE),  # more digits than int() takes
+        ("/older 0200", USAGE),
         ("/older 2 3", USAGE),
         ("/olderly", None),
         ("say /older", None),
@@ -91,10 +103,10 @@ def test_a_newcomer_pages_back_to_the_oldest_line_kept() -> None:
     assert term.answers(range(1, 4)) == [
         "* 3 messages from before those shown:",
         *shown(1, 2, 3),
-        "* end of the earlier messages; that is the oldest message the server keeps",
+        "* end of the earlier messages; there are none before them on the server",
     ]
     said = term.scrollback.ask(4)
-    assert said == "* nothing earlier: that is the oldest message the server keeps"
+    assert said == "* no earlier messages on the server"
     assert len(term.asked) == 2
 
 
@@ -114,25 +126,32 @@ def test_missed_lines_the_replay_left_out_come_first_newest_page_first_then_olde
     assert term.asked[-1] == (16, 5)  # only what the gap still misses
     assert term.answers(range(11, 16))[-1] == "* end of those; that is all you missed"
     # Lines 1 to 10 were shown before the drop: the next page is nothing new.
-    assert term.scrollback.ask(10) == (
-        "* nothing earlier: that is the oldest message the server keeps"
-    )
+    assert term.scrollback.ask(10) == ("* no earlier messages on the server")
 
 
-def test_a_page_of_a_gap_the_server_no_longer_keeps_says_so() -> None:
+def test_a_page_of_a_gap_the_server_no_longer_keeps_says_so_at_once() -> None:
     term = Terminal()
     term.joins(last=40, replay=5, since=10)  # a client restarted: it saw up to 10 last time
     term.scrollback.ask(10)
     assert term.asked == [(36, 10)]
-    assert term.answers(range(30, 36), count=6)[-1] == (
-        "* end of those; 19 messages missed before them: /older"
+    # Fewer than asked for: the server keeps nothing before them (trimmed).
+    assert term.answers(range(30, 36))[-1] == (
+        "* end of those; the 19 messages before them are no longer kept by the server"
     )
     term.scrollback.ask(10)
-    assert term.answers(range(0), count=0) == [
-        "* the 19 messages before them are no longer kept by the server"
-    ]
-    term.scrollback.ask(10)
     assert term.asked[-1] == (11, 10)  # then what came before the gap
+    assert term.answers(range(0)) == ["* no earlier messages on the server"]
+
+
+def test_a_page_that_holds_the_first_line_is_the_last() -> None:
+    term = Terminal()
+    term.joins(last=12, replay=2)
+    term.scrollback.ask(10)
+    assert term.answers(range(1, 11))[-1] == (
+        "* end of the earlier messages; there are none before them on the server"
+    )
+    assert term.scrollback.ask(10) == "* no earlier messages on the server"
+    assert len(term.asked) == 1
 
 
 def test_an_older_typed_while_one_loads_waits_its_turn() -> None:
@@ -152,14 +171,10 @@ def test_an_older_typed_while_one_loads_waits_its_turn() -> None:
 def test_lines_of_the_room_and_own_lines_count_as_shown() -> None:
     term = Terminal()
     term.joins(last=0, replay=0)  # an empty room
-    assert term.scrollback.ask(5) == (
-        "* nothing earlier: that is the oldest message the server keeps"
-    )
+    assert term.scrollback.ask(5) == ("* no earlier messages on the server")
     term.scrollback.feed(Received(Chat(BOB, "live", T, seq=1)))
     term.scrollback.feed(Sent("r1", "mine", 2, T))
-    assert term.scrollback.ask(5) == (
-        "* nothing earlier: that is the oldest message the server keeps"
-    )
+    assert term.scrollback.ask(5) == ("* no earlier messages on the server")
     assert term.asked == []  # 1 is the oldest shown: nothing can be before it
 
 
@@ -211,3 +226,70 @@ def test_a_server_with_a_new_log_starts_afresh() -> None:
     term.joins(last=3, replay=3, since=0, log="L2")  # its seqs start again
     term.scrollback.ask(10)
     assert term.asked == []  # 1 is shown: the old log's 491 are no guide here
+
+
+def test_an_older_typed_before_the_replay_is_shown_asks_for_what_is_older_than_it() -> None:
+    """A script's ``/older`` is read while the printer is still at the welcome."""
+    term = Terminal()
+    term.joins(last=3000, replay=50, replayed=False)
+    term.scrollback.ask(50)
+    assert term.asked == [(2951, 50)]
+
+
+def test_lines_missed_in_two_outages_load_newest_outage_first_and_say_so() -> None:
+    term = Terminal()
+    term.joins(last=10, replay=10)
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    term.joins(last=30, replay=5, since=10)  # 11 to 25 not replayed
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    term.joins(last=50, replay=5, since=30)  # 31 to 45 not replayed
+    term.scrollback.ask(50)
+    assert term.asked == [(46, 15)]
+    assert term.answers(range(31, 46))[-1] == (
+        "* end of those; that is all you missed then; 15 messages missed earlier: /older"
+    )
+    term.scrollback.ask(50)
+    assert term.asked[-1] == (26, 15)
+    assert term.answers(range(11, 26))[-1] == "* end of those; that is all you missed"
+
+
+def test_missed_lines_a_server_lost_with_its_history_are_said_to_be_lost() -> None:
+    term = Terminal()
+    term.joins(last=40, replay=5, since=10)  # 11 to 35 not replayed
+    term.scrollback.feed(Reconnecting(1, 1.0, "reset"))
+    printed = term.joins(last=2, replay=2, since=0, log="L2")
+    assert printed == [
+        "* the 25 messages missed earlier and not shown are lost: the server lost its history"
+    ]
+    assert term.scrollback.ask(10) == "* no earlier messages on the server"  # 1 is shown
+
+
+def test_pages_lost_with_the_connection_are_said_not_to_have_come() -> None:
+    term = Terminal()
+    term.joins(last=100, replay=10)
+    assert term.scrollback.feed(Reconnecting(1, 1.0, "reset")) == []  # nothing was asked
+    term.joins(last=100, replay=0, since=100)
+    term.scrollback.ask(10)
+    assert term.scrollback.feed(Reconnecting(1, 1.0, "reset")) == [
+        "* the earlier messages asked for did not come: /older again"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("missed", "replay", "said"),
+    [
+        (6, 6, "* back in the room: 6 missed messages restored"),
+        (
+            6,
+            4,
+            "* back in the room: 6 missed messages (the oldest 2 are not shown: /older shows them)",
+        ),
+        (6, 0, "* back in the room: 6 missed messages (none are shown: /older shows them)"),
+        (0, 0, "* back in the room: nothing missed"),
+    ],
+)
+def test_the_return_says_what_was_missed_and_how_to_see_what_is_not_shown(
+    missed: int, replay: int, said: str
+) -> None:
+    welcome = Welcome(ALICE, (), ServerInfo("lab", "1", 2), 50, replay, missed - replay, log="L")
+    assert resume_notice(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, missed)) == said
