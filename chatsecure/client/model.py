@@ -4,6 +4,7 @@ to show (which view, notices, banners, the status bar)."""
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -45,6 +46,14 @@ def _without_blank_edges(text: str) -> str:
     while lines and not lines[0].strip():
         lines.pop(0)
     return "\n".join(lines)
+
+
+HISTORY_RETRY = 10.0
+"""Seconds after a refused history request before the next one goes."""
+UNREADABLE = (
+    "Older messages cannot be loaded now: the server cannot read its history. They load when"
+    " it can again."
+)
 
 
 class Phase(enum.Enum):
@@ -125,6 +134,10 @@ class ChatModel:
         self.pending: dict[str, str] = {}
         """Own lines sent but not yet stored by the server, by ref."""
         self.paging = LogPaging()
+        self._history_retry_at = 0.0
+        """``time.monotonic()`` before which no history request goes: one was refused."""
+        self._unreadable_said = False
+        """Whether the user was told the server cannot read its history now."""
         """The lines of the log shown, and the page of history loading (older lines at the
         top, missed ones into their gap's place)."""
 
@@ -185,12 +198,16 @@ class ChatModel:
     def wants_older(self, limit: int | None = None) -> int | None:
         """The ``before`` of a request for up to ``limit`` older lines, if one should be made
         now."""
-        return self.paging.wants_older(limit) if self.phase is Phase.CHAT else None
+        if self.phase is not Phase.CHAT or time.monotonic() < self._history_retry_at:
+            return None
+        return self.paging.wants_older(limit)
 
     def wants_gap(self, gap_id: int, limit: int | None = None) -> int | None:
         """The ``before`` of a request for up to ``limit`` lines of gap ``gap_id``, if one
         should be made now."""
-        return self.paging.wants_gap(gap_id, limit) if self.phase is Phase.CHAT else None
+        if self.phase is not Phase.CHAT or time.monotonic() < self._history_retry_at:
+            return None
+        return self.paging.wants_gap(gap_id, limit)
 
     # -- what the network said -----------------------------------------------------------
 
@@ -323,6 +340,7 @@ class ChatModel:
         page = self.paging.page_end(end)
         if page is None:
             return []
+        self._unreadable_said = False
         lines = [self._line(chat, now, history=True) for chat in page.lines]
         gap = page.gap
         if gap is None:
@@ -345,6 +363,12 @@ class ChatModel:
             case Error(code=code, message=text):
                 if self.paging.asking:
                     self.paging.refused()
+                    # Not at once again (the top of the chat is still in view): a server that
+                    # cannot read its history now would be asked, and answer, in a loop.
+                    self._history_retry_at = time.monotonic() + HISTORY_RETRY
+                if code == ErrorCode.HISTORY_UNAVAILABLE:
+                    told, self._unreadable_said = self._unreadable_said, True
+                    return [] if told else [notice("error", UNREADABLE, ts)]
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):

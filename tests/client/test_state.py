@@ -1064,12 +1064,19 @@ def test_a_roster_stops_growing_at_the_largest_room_a_client_takes(
     assert len(model.roster) == 3
 
 
+def pause_over(model: ChatModel) -> None:
+    """The pause after a refused history request is over (``HISTORY_RETRY`` seconds)."""
+    model._history_retry_at = 0.0
+
+
 def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twice() -> None:
     model = chatting(BOB)
     model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
     assert model.wants_older() == 10
     (said,) = model.apply(Received(Error("rate_limited", "too many frames")), T)
     assert "rate_limited" in said.text
+    assert model.wants_older() is None  # not at once
+    pause_over(model)
     assert model.wants_older() == 10  # no answer comes to a refused request: ask again
     # Were it our ping that was refused, the first answer comes after all, then the second.
     assert [line.seq for line in page(model, 10, range(5, 10))] == [5, 6, 7, 8, 9]
@@ -1093,11 +1100,28 @@ def test_scrolling_up_before_the_replay_has_come_asks_for_what_is_older_than_it(
     assert model.wants_older() == 951  # not 1001: the answer would be the replay again
 
 
+def test_a_server_that_cannot_read_its_history_is_not_asked_again_at_once_nor_told_twice() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    assert model.wants_older() == 10
+    unreadable = Error(ErrorCode.HISTORY_UNAVAILABLE, "later", "ab-h1")
+    [told] = model.apply(Received(unreadable), T)
+    assert told.text.startswith("Older messages cannot be loaded now")
+    assert model.wants_older() is None  # the top still in view: not in a loop
+    pause_over(model)
+    assert model.wants_older() == 10
+    assert model.apply(Received(unreadable), T) == []  # said once while it lasts
+    pause_over(model)
+    assert model.wants_older() == 10
+    page(model, 10, range(8, 10))
+    assert model.wants_older() == 8
+    assert len(model.apply(Received(unreadable), T)) == 1  # it came back, and went again
+
+
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
     model, gap = back_with_a_gap(100)
-    model.paging.dropped_before(
-        81
-    )  # the transcript dropped all above the replay but the gap's line
+    # The transcript dropped all above the replay but the gap's line.
+    model.paging.dropped_before(81)
     assert model.wants_older() == 11  # not 81: 11 to 80 are the gap's to load
     model.apply(Received(HistoryEnd(11, 0)), T)
     model.paging.forget_gap(gap)  # its line went too: then they come on top
@@ -1109,6 +1133,7 @@ def test_an_answer_to_another_request_is_not_taken_for_ours() -> None:
     model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
     model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
+    pause_over(model)
     assert model.wants_older() == 10
     # The gap's answer comes after all: not lines on top, nor the end of the top's request.
     assert page(model, 281, range(181, 281)) == []
@@ -1145,6 +1170,7 @@ def test_the_end_of_a_late_answer_does_not_end_the_request_asked_again() -> None
     model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
     model.apply(Received(Error("rate_limited", "too many frames")), T)  # (for a ping, in truth)
+    pause_over(model)
     # The lost answer comes after all, its lines before the request is asked again...
     for seq in range(181, 281):
         model.apply(Received(Chat(BOB, f"m{seq}", T, seq=seq, history=True), older=True), T)
