@@ -421,6 +421,8 @@ class ClientSession:
                     event = Refused(code, text)
                 elif self._history_out is not None and message.ref == self._history_out.ref:
                     event = self._history_refused(message)
+                elif (message.ref or "").startswith(f"{self._ref_prefix}-h"):
+                    pass  # for a history request of ours that no longer waits for an answer
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),

@@ -420,6 +420,8 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_one_refused_other
     assert event == ServerError(Error("history_unavailable", "later", request["ref"]))
     assert session.send_delay(100.3) is None  # not asked again: the front end may
     assert list(session.outbox) == [line]
+    # An error for a request of ours that no longer waits (a late one) is nobody's business.
+    assert session.receive_data(frames(unreadable | {"ref": request["ref"]}), now=100.4) == []
 
 
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
