@@ -222,6 +222,8 @@ class Room:
         """Members not read from until the log catches up (``STORE_HIGH``)."""
         self._tasks: set[asyncio.Task[None]] = set()
         """``history`` answers being read from the log."""
+        self._history_unreadable = False
+        """Whether the last history request failed (a warning is logged when it starts)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: StreamFeed | None = None
         """In a cluster: every server's lines, broadcast by ``_followed`` in seq order."""
@@ -664,11 +666,16 @@ class Room:
         try:
             records = await self._history.before(before, request.limit)
         except HistoryError as exc:
-            log.warning("could not answer a history request: %s", exc)
+            if not self._history_unreadable:  # once while it lasts, not once per request
+                log.warning("history requests cannot be answered: %s", exc)
+            self._history_unreadable = True
             if not member.gone:
                 error = Error(ErrorCode.HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_TEXT, request.ref)
                 member.send(encode(error))
             return
+        if self._history_unreadable:
+            log.info("history requests are answered again")
+            self._history_unreadable = False
         if member.gone:
             return
         frames = [_history_frame(r) for r in records]

@@ -161,6 +161,7 @@ def test_redis_killed_and_restarted_keeps_clients_refuses_lines_and_loses_nothin
 def test_history_asked_while_redis_is_away_is_refused_by_name_and_answered_once_it_is_back(
     redis: RedisServer,  # first: stopped after the node
     start_server: Callable[..., ServerThread],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     node = start_server(cluster=redis.url, name=room_name(), msg_rate=0)
     with RawClient(node.host, node.port) as alice:
@@ -169,15 +170,18 @@ def test_history_asked_while_redis_is_away_is_refused_by_name_and_answered_once_
             alice.send({"type": "msg", "text": f"l{n}", "ref": f"r{n}"})
             alice.expect("ack")
         redis.kill()
-        alice.send({"type": "history", "limit": 10, "ref": "h-1"})
-        got = frames_until(alice, lambda got: any(f["type"] == "error" for f in got))
-        [error] = [f for f in got if f["type"] == "error"]
-        assert (error["code"], error["ref"]) == (ErrorCode.HISTORY_UNAVAILABLE, "h-1")
-        assert "history_end" not in [f["type"] for f in got]
+        for ref in ("h-1", "h-2"):
+            alice.send({"type": "history", "limit": 10, "ref": ref})
+            got = frames_until(alice, lambda got: any(f["type"] == "error" for f in got))
+            [error] = [f for f in got if f["type"] == "error"]
+            assert (error["code"], error["ref"]) == (ErrorCode.HISTORY_UNAVAILABLE, ref)
+            assert "history_end" not in [f["type"] for f in got]
+        warned = [r for r in caplog.records if "history requests cannot be answered" in r.message]
+        assert len(warned) == 1, "logged once while it lasts, not once per request"
 
         redis.restart()
         frames_until(alice, lambda got: NoticeCode.CLUSTER_AVAILABLE in notices(got))
-        alice.send({"type": "history", "limit": 10, "ref": "h-2"})
+        alice.send({"type": "history", "limit": 10, "ref": "h-3"})
         got = frames_until(alice, lambda got: bool(got) and got[-1]["type"] == "history_end")
         assert [f["text"] for f in got if f["type"] == "msg"] == ["l0", "l1", "l2"]
-        assert got[-1] == {"type": "history_end", "before": None, "count": 3, "ref": "h-2"}
+        assert got[-1] == {"type": "history_end", "before": None, "count": 3, "ref": "h-3"}
