@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser(
         "connect",
         help="chat from the terminal (stdin lines are messages)",
-        description="Chat from the terminal: each line you type (or pipe in) is a message.",
+        description="Chat from the terminal: each line you type (or pipe in) is a message,"
+        " but for the commands quit, /older [N] and /help.",
     )
     connect.add_argument(
         "target",

@@ -16,8 +16,9 @@ class ChatError(Exception):
 class ProtocolError(ChatError):
     """The wire protocol was broken; ``code`` is what goes in the ``error`` frame.
 
-    ``ref`` is that of the ``msg`` refused, when it had a valid one: the ``error`` names it,
-    so that the client can tell which of its lines will never be stored."""
+    ``ref`` is that of the ``msg`` or ``history`` refused, when it had a valid one: the
+    ``error`` names it, so that the client can tell which of its lines will never be stored,
+    or which request gets no answer."""
 
     def __init__(
         self, code: ErrorCode, message: str, *, fatal: bool = False, ref: str | None = None

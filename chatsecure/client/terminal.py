@@ -40,7 +40,7 @@ from chatsecure.client.core import (
     safe_text,
 )
 from chatsecure.client.scrollback import COMMAND as OLDER
-from chatsecure.client.scrollback import Scrollback, older_command
+from chatsecure.client.scrollback import PAGE, Scrollback, older_command
 from chatsecure.client.signals import handled
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.codes import ErrorCode
@@ -473,7 +473,7 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
 
 HELP = f"""\
 * quit           leave the room (so do Ctrl-D, and the end of piped input)
-* {OLDER} [N]     print N earlier lines (50 if no N): missed ones first, then older ones
+* {OLDER} [N]     print N earlier lines ({PAGE} if no N): missed ones first, then older ones
 * /help          these commands (they are not sent; any other line is)"""
 """What ``/help`` prints."""
 
