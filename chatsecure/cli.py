@@ -89,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser(
         "connect",
         help="chat from the terminal (stdin lines are messages)",
-        description="Chat from the terminal: each line you type (or pipe in) is a message,"
-        " but for the commands quit, /older [N] and /help.",
+        description="Chat from the terminal: each line is a message but quit, /older and /help.",
     )
     connect.add_argument(
         "target",
