@@ -115,9 +115,25 @@ def _libssl() -> ctypes.CDLL | None:
     return lib
 
 
+class _Encrypted(Exception):
+    """The key asks for a passphrase (see ``_load_chain``)."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
+
+
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """Load the pair, or say what is wrong with it. A key encrypted with a passphrase is
+    refused: OpenSSL would ask for it on the terminal, where a service has none (and fail with
+    'Invalid argument'), and a server would wait at its start for someone to type it."""
     try:
-        ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        raise ConfigError(
+            f"{key} is encrypted with a passphrase; give its key unencrypted, made with: "
+            f"openssl pkey -in {key} -out NEW.key (then chmod 600 NEW.key)"
+        ) from None
     except FileNotFoundError as exc:
         # ssl leaves exc.filename None: name the file that is missing.
         missing = cert if not cert.exists() else key

@@ -101,6 +101,25 @@ def test_a_certificate_alone_takes_the_key_in_its_own_file_before_the_one_beside
         client_context(cert=lone)
 
 
+def test_a_key_with_a_passphrase_is_refused_with_how_to_unlock_it(tmp_path: Path) -> None:
+    """Not asked for on the terminal: a service has none, and a start must not wait on one."""
+    pair = certs.generate(tmp_path / "pair")
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    said = f"{locked} is encrypted with a passphrase; .* openssl pkey -in {locked} -out NEW.key"
+    with pytest.raises(ConfigError, match=said):
+        server_context(pair.cert, locked)
+    with pytest.raises(ConfigError, match=said):
+        client_context(cert=pair.cert, key=locked)
+
+
 # --- key-exchange groups: X25519, P-256 and P-384 only (Mozilla "intermediate") -------------
 
 OPENSSL = shutil.which("openssl")
