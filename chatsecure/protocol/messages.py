@@ -84,14 +84,32 @@ def cut_nick(nick: str, length: int) -> str:
     that follow it.
 
     Cut anywhere, "q" + U+0301 would lose its accent and become a plain "q" another user may
-    have; a cut falls before the whole character instead (a nick that is one character with
-    more marks than fit is cut to nothing). ``clean_nick`` removes joiners, but a cut never
-    follows one either, so that no emoji sequence is left half joined.
+    have, and a flag would lose half of itself; a cut falls before the whole character instead
+    (a nick that is one character with more marks than fit is cut to nothing). ``clean_nick``
+    removes joiners, but a cut never follows one either, so that no emoji sequence is left
+    half joined.
     """
     end = max(length, 0)
-    while 0 < end < len(nick) and (_joins_previous(nick[end]) or nick[end - 1] == ZWJ):
+    while 0 < end < len(nick) and (
+        _joins_previous(nick[end]) or nick[end - 1] == ZWJ or _inside_a_flag(nick, end)
+    ):
         end -= 1
     return nick[:end]
+
+
+REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+"""The letters of flags: a pair of them is one flag (🇫🇷), a lone one a boxed letter."""
+
+
+def _inside_a_flag(nick: str, end: int) -> bool:
+    """Whether ``end`` falls between the two letters of a flag: regional indicators pair up
+    from the first of a run."""
+    if ord(nick[end]) not in REGIONAL_INDICATORS:
+        return False
+    start = end
+    while start > 0 and ord(nick[start - 1]) in REGIONAL_INDICATORS:
+        start -= 1
+    return (end - start) % 2 == 1
 
 
 def clean_text(raw: str) -> str:

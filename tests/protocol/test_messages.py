@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import unicodedata
 from typing import Any
@@ -419,6 +420,9 @@ def test_clean_nick_result_is_short_visible_and_stable(raw: str) -> None:
         ("al\U0001f469\u200d\U0001f4bb", 4, "al"),
         ("q" + "\u0301" * 31, 30, ""),  # one character, marks and all, too long to keep
         ("\u0301ab", 2, "\u0301a"),  # a mark with nothing before it is cut like a character
+        ("a\U0001f1eb\U0001f1f7", 2, "a"),  # a flag (FR) is not cut in two
+        ("a\U0001f1eb\U0001f1f7", 3, "a\U0001f1eb\U0001f1f7"),
+        ("\U0001f1eb\U0001f1f7\U0001f1e9\U0001f1ea", 3, "\U0001f1eb\U0001f1f7"),  # FR DE
     ],
 )
 def test_cut_nick_keeps_a_character_with_its_marks(nick: str, length: int, cut: str) -> None:
@@ -429,9 +433,19 @@ def joins_previous(c: str) -> bool:
     return unicodedata.category(c)[0] == "M" or 0x1F3FB <= ord(c) <= 0x1F3FF or c == "\u200d"
 
 
+def half_a_flag(nick: str, end: int) -> bool:
+    """Whether ``nick[:end]`` ends with the first letter of a flag (they pair from the left)."""
+    letters = re.match(r"[\U0001f1e6-\U0001f1ff]*", nick[end - 1 :: -1])
+    return re.match(r"[\U0001f1e6-\U0001f1ff]", nick[end]) is not None and (
+        letters is not None and len(letters.group()) % 2 == 1
+    )
+
+
 def whole(nick: str, end: int) -> bool:
     """Whether ``nick[:end]`` ends between two characters, not inside one."""
-    return end in (0, len(nick)) or not (joins_previous(nick[end]) or nick[end - 1] == "\u200d")
+    if end in (0, len(nick)):
+        return True
+    return not (joins_previous(nick[end]) or nick[end - 1] == "\u200d" or half_a_flag(nick, end))
 
 
 @given(st.text(max_size=40), st.integers(0, MAX_NICK))
