@@ -46,13 +46,15 @@ from chatsecure.protocol.messages import (
     load,
     parse_client,
     parse_server,
+    shows,
     to_json,
 )
 
-# Text a client may send unchanged: no control characters (the server may strip them), not blank.
+# Text a client may send unchanged: no control characters (the server may strip them), and
+# something that shows (a soft hyphen alone is refused as empty).
 chat_text = st.text(
     st.characters(exclude_categories=["Cc", "Cs"]), min_size=1, max_size=MAX_TEXT
-).filter(str.strip)
+).filter(shows)
 any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=50)
 peers = st.builds(Peer, id=any_text, nick=any_text, addr=any_text)
 infos = st.builds(ServerInfo, name=any_text, version=any_text, protocol=st.integers(0, 2**31 - 1))
@@ -519,6 +521,7 @@ def test_v2_fields_round_trip() -> None:
         Ack("r1", 7, 1.5),
         HistoryEnd(9, 3),
         HistoryEnd(None, 0),
+        HistoryEnd(9, 3, "ab-h4"),
         Welcome(peer, (), ServerInfo("s", "1", 2), seq=9, replay=2, skipped=1),
         Welcome(peer, (), ServerInfo("s", "1", 2), seq=9, log="9f2c51d07a3be8e4"),
     ):
@@ -529,6 +532,7 @@ def test_v2_fields_round_trip() -> None:
         SendMsg("x", ref="r"),
         HistoryRequest(5, 10),
         HistoryRequest(None, 200),
+        HistoryRequest(5, 10, "ab-h4"),
     ):
         assert parse_client(encode(request)[:-1]) == request
 
