@@ -254,8 +254,9 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             print(f"chatsecure: {reason}", file=err, flush=True)
         case Disconnected(reason=reason):
             print(f"disconnected: {reason}", file=out, flush=True)
-    for line in screen.scrollback.feed(event):
-        print(line, file=out, flush=True)
+    page = screen.scrollback.feed(event)
+    if page:  # in one write: a line the user's command prints meanwhile goes around it
+        print("\n".join(page), file=out, flush=True)
 
 
 NAMED_LENGTH = 200
