@@ -351,8 +351,9 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
 
 
 def is_quit(text: str) -> bool:
-    """Whether a typed line is the command ``quit`` (alone, spaces around it allowed)."""
-    return text.strip() == "quit"
+    """Whether a typed line is the command ``quit`` (alone, spaces around it allowed), or
+    ``/quit`` as IRC clients have taught many to type it."""
+    return text.strip() in {"quit", "/quit"}
 
 
 def require_sendable(text: str, what: str) -> str:

@@ -473,7 +473,7 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
 
 
 HELP = f"""\
-* quit           leave the room (so do Ctrl-D, and the end of piped input)
+* quit, /quit    leave the room (so do Ctrl-D, and the end of piped input)
 * {OLDER} [N]     print N earlier lines ({PAGE} if no N): missed ones first, then older ones
 * /help          these commands (they are not sent; any other line is)"""
 """What ``/help`` prints."""

@@ -337,6 +337,14 @@ def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread)
         assert alice.expect("leave")["reason"] == "quit"
 
 
+def test_slash_quit_leaves_as_quit_does_and_is_not_said(server: ServerThread) -> None:
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+        piped_bob(server, alice, b"bye all\n/quit\nnot this\n")
+        assert alice.expect("msg")["text"] == "bye all"
+        assert alice.expect("leave")["reason"] == "quit"  # and nothing said between
+
+
 @pytest.mark.parametrize("refused", [b"longer than ten", b"y" * 300], ids=["too-long", "long"])
 def test_a_piped_line_the_server_refuses_is_named_and_the_rest_goes_on_to_the_end(
     start_server: Callable[..., ServerThread], refused: bytes

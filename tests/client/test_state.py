@@ -392,6 +392,7 @@ def test_a_history_request_lost_with_the_connection_is_asked_again_after_it() ->
 def test_quit_alone_quits_and_other_texts_do_not() -> None:
     model = chatting()
     assert model.outgoing("  quit ").quit
+    assert model.outgoing("/quit").quit  # not said to the room
     assert model.outgoing("quit now").send == "quit now"
     assert model.outgoing("   ") == model.outgoing("")
     assert model.outgoing("\u200b\u3164") == model.outgoing("")  # shows nothing: not sent
