@@ -134,7 +134,8 @@ class Received:
     """A frame from the server after ``welcome``: chat, join, leave, error, shutdown.
 
     A chat line is ``replayed`` when it is part of the replay after ``welcome`` (said while we
-    were away, or before we came), ``older`` when it answers a ``history`` request."""
+    were away, or before we came), ``older`` when it answers a ``history`` request; so is
+    the answer's end: its ``history_end``, or the ``error`` that refused the request."""
 
     message: ServerMessage
     replayed: bool = False
@@ -861,7 +862,7 @@ class ChatClient:
                 case ServerError(error=error):
                     self._emit(Received(error))
                 case HistoryDone(end=end):
-                    self._emit(Received(end))
+                    self._emit(Received(end, older=True))
                 case Ignored():
                     self._warn(event)
                 case Ended():

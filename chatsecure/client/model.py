@@ -51,9 +51,10 @@ def _without_blank_edges(text: str) -> str:
 HISTORY_RETRY = 10.0
 """Seconds after a refused history request before the next one goes."""
 UNREADABLE = (
-    "Older messages cannot be loaded now: the server cannot read its history. They load when"
-    " it can again."
+    "Older messages cannot be loaded now: the server cannot read its history. Scroll to the"
+    " top again later."
 )
+"""The banner while the server cannot read its history (``history_unavailable``)."""
 
 
 class Phase(enum.Enum):
@@ -136,8 +137,6 @@ class ChatModel:
         self.paging = LogPaging()
         self._history_retry_at = 0.0
         """``time.monotonic()`` before which no history request goes: one was refused."""
-        self._unreadable_said = False
-        """Whether the user was told the server cannot read its history now."""
         """The lines of the log shown, and the page of history loading (older lines at the
         top, missed ones into their gap's place)."""
 
@@ -218,6 +217,8 @@ class ChatModel:
                 return self._connected(event, ts)
             case Received(message=Chat() as chat, replayed=replayed, older=older):
                 return self._chat(chat, ts, replayed=replayed, older=older)
+            case Received(message=Error() as error, older=True):
+                return self._history_refused(error, ts)
             case Received(message=message):
                 return self._received(message, ts)
             case Reconnecting():
@@ -340,7 +341,8 @@ class ChatModel:
         page = self.paging.page_end(end)
         if page is None:
             return []
-        self._unreadable_said = False
+        if self.banner == UNREADABLE:
+            self.banner = None
         lines = [self._line(chat, now, history=True) for chat in page.lines]
         gap = page.gap
         if gap is None:
@@ -348,6 +350,18 @@ class ChatModel:
         # The gap's line says what is left, or goes: nothing more loads there.
         text = gap_text(gap) if gap.missing else ""
         return [*(replace(line, gap=gap.id) for line in lines), Line("gap", "", text, gap=gap.id)]
+
+    def _history_refused(self, error: Error, ts: float | None) -> list[Line]:
+        """The server refused our history request: no answer comes to it."""
+        self.paging.refused()
+        # Not at once again (the top of the chat is still in view): a server that cannot read
+        # its history now would be asked, and answer, in a loop.
+        self._history_retry_at = time.monotonic() + HISTORY_RETRY
+        if error.code == ErrorCode.HISTORY_UNAVAILABLE:
+            self.banner = UNREADABLE  # above the chat: the user is at its top, not its end
+            return []
+        refused = f"The server refused: {safe_text(error.message)} ({safe_text(error.code)})."
+        return [notice("error", refused, ts)]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
@@ -361,14 +375,6 @@ class ChatModel:
                 said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
-                if self.paging.asking:
-                    self.paging.refused()
-                    # Not at once again (the top of the chat is still in view): a server that
-                    # cannot read its history now would be asked, and answer, in a loop.
-                    self._history_retry_at = time.monotonic() + HISTORY_RETRY
-                if code == ErrorCode.HISTORY_UNAVAILABLE:
-                    told, self._unreadable_said = self._unreadable_said, True
-                    return [] if told else [notice("error", UNREADABLE, ts)]
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):

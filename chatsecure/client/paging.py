@@ -157,10 +157,10 @@ class LogPaging:
             self._page.append(chat)
 
     def refused(self) -> None:
-        """An ``error`` while a request is out: our request's, which gets no answer now (the
-        client's own lines' errors come as lines not sent), so the next one may go. (A
-        server older than ``ref`` on ``history`` names no request; should the error have
-        been for something else, the late answer is told apart by its ``before`` and seqs.)"""
+        """The request out gets no answer (refused, or lost with the connection): the next
+        one may go. (Against a server older than ``ref`` on ``history``, an error without
+        ``ref`` is taken for the refusal; should it have been for something else, the late
+        answer is told apart by its ``before`` and seqs.)"""
         self._asked, self._page, self._answered = None, [], False
 
     def page_end(self, end: HistoryEnd) -> Page | None:

@@ -152,9 +152,10 @@ class ServerError:
 
 @dataclass(frozen=True, slots=True)
 class HistoryDone:
-    """The end of an answer to ``history``."""
+    """The end of an answer to ``history``: its ``history_end``, or the ``error`` that
+    refused the request (not one for the rate limit: the request goes again at the pace)."""
 
-    end: HistoryEnd
+    end: HistoryEnd | Error
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,9 @@ class ClientSession:
         """A ``history`` request the pace holds back."""
         self._history_out: HistoryRequest | None = None
         """The ``history`` request sent and not answered yet."""
+        self._refs_echoed = False
+        """Whether this connection's server names our requests (a ``history_end`` with our
+        ``ref``): then an ``error`` without ``ref`` is never about our request."""
         self._gathering: tuple[Welcome, list[Peer]] | None = None
         """A v2 welcome waiting for the rest of the room (``peers`` frames)."""
         self._v2 = False
@@ -275,6 +279,7 @@ class ClientSession:
         self._out.clear()
         self._unsent.clear()
         self._history = self._history_out = None
+        self._refs_echoed = False
         self._replay_left = 0
         self._gathering = None
 
@@ -423,6 +428,12 @@ class ClientSession:
                     event = self._history_refused(message)
                 elif (message.ref or "").startswith(f"{self._ref_prefix}-h"):
                     pass  # for a history request of ours that no longer waits for an answer
+                elif message.ref is None and self._history_out and not self._refs_echoed:
+                    # A server older than refs on history names no request: an error while
+                    # ours is out is taken for its refusal (a late answer is told apart by
+                    # its ``before`` and seqs).
+                    self._history_out = None
+                    event = HistoryDone(message)
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),
@@ -443,6 +454,7 @@ class ClientSession:
                     self._history_out is not None and message.ref == self._history_out.ref
                 ):
                     self._history_out = None
+                self._refs_echoed = self._refs_echoed or message.ref is not None
                 event = HistoryDone(message)
             case Shutdown():
                 self.state = ClientState.OFFLINE
@@ -454,7 +466,7 @@ class ClientSession:
         pace; else it is not answered (the front end hears why)."""
         request, self._history_out = self._history_out, None
         if error.code != ErrorCode.RATE_LIMITED:
-            return ServerError(error)
+            return HistoryDone(error)
         self._history = self._history or request
         self._pace = self._pace or _pace_for(None, None, self._last_heard)
         if self._pace is not None:

@@ -23,7 +23,7 @@ from chatsecure.protocol.client import (
     Welcomed,
 )
 from chatsecure.protocol.limits import MSG_BURST, MSG_RATE, PING_AFTER, PONG_TIMEOUT
-from chatsecure.protocol.messages import Error, Notice, encode
+from chatsecure.protocol.messages import Error, HistoryEnd, Notice, encode
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
 BOB = {"id": "2", "nick": "bob", "addr": "10.0.0.2"}
@@ -417,11 +417,31 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_one_refused_other
     assert sent(session) == [request]  # the same request again
     unreadable = {"type": "error", "code": "history_unavailable", "message": "later"}
     [event] = session.receive_data(frames(unreadable | {"ref": request["ref"]}), now=100.3)
-    assert event == ServerError(Error("history_unavailable", "later", request["ref"]))
+    assert event == HistoryDone(Error("history_unavailable", "later", request["ref"]))
     assert session.send_delay(100.3) is None  # not asked again: the front end may
     assert list(session.outbox) == [line]
     # An error for a request of ours that no longer waits (a late one) is nobody's business.
     assert session.receive_data(frames(unreadable | {"ref": request["ref"]}), now=100.4) == []
+
+
+def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=50)
+    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
+    session.request_history(40, 2, now=0.0)
+    [request] = sent(session)
+    # No history_end has named a request yet: taken for the refusal (an older server).
+    assert session.receive_data(frames(bad)) == [HistoryDone(Error("bad_json", "not JSON"))]
+    session.request_history(40, 2, now=0.0)
+    [request] = sent(session)
+    end = {"type": "history_end", "before": 40, "count": 0, "ref": request["ref"]}
+    assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 0, request["ref"]))]
+    # This server names requests: an error without ref is about something else.
+    session.request_history(40, 2, now=0.0)
+    [request] = sent(session)
+    assert session.receive_data(frames(bad)) == [ServerError(Error("bad_json", "not JSON"))]
+    end["ref"] = request["ref"]
+    assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 0, request["ref"]))]
 
 
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
