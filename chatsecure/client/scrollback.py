@@ -59,6 +59,11 @@ def _messages(count: int) -> str:
     return f"{count} message{'' if count == 1 else 's'}"
 
 
+def _the(count: int) -> str:
+    """``the message``, ``the 5 messages``."""
+    return "the message" if count == 1 else f"the {count} messages"
+
+
 class Scrollback:
     """What ``/older`` asks for next, and how the answer is printed.
 
@@ -132,14 +137,15 @@ class Scrollback:
                 )
                 self._joined = self._again = True
                 return [
-                    f"* the {_messages(gap.missing)} missed earlier and not shown are lost:"
-                    " the server lost its history"
+                    f"* {_the(gap.missing)} missed earlier and not shown"
+                    f" {'is' if gap.missing == 1 else 'are'} lost: the server lost its history"
                     for gap in abandoned
                     if gap.missing
                 ]
             case Reconnecting() | Disconnected():
                 lost = paging.asking or self._waiting
-                self._joined = False  # (an answer on its way is lost with the connection)
+                self._joined = False
+                paging.refused()  # an answer on its way is lost with the connection
                 self._waiting.clear()
                 if lost:
                     return [f"* the earlier messages asked for did not come: {COMMAND} again"]
@@ -150,8 +156,8 @@ class Scrollback:
             case Received(message=HistoryEnd() as end):
                 page = paging.page_end(end)
                 return [] if page is None else self._printed(page)
-            case Received(message=Error()) if paging.asking:
-                paging.refused()
+            case Received(message=Error(), older=True) if paging.asking:
+                paging.refused()  # (the error itself is printed as any other)
         return []
 
     def _printed(self, page: Page) -> list[str]:
@@ -168,12 +174,14 @@ class Scrollback:
                 else f"{COMMAND} for more"
             )
             return [
-                f"* {_messages(len(lines))} from before those shown:",
+                f"* {_messages(len(lines))} from earlier:",
                 *lines_of(lines),
                 f"* end of the earlier messages; {more}",
             ]
         if gap.missing and gap.gone:
-            left = f"the {_messages(gap.missing)} before {them} are no longer kept by the server"
+            kept = "is no longer kept" if gap.missing == 1 else "are no longer kept"
+            before = f" before {them}" if lines else ""
+            left = f"{_the(gap.missing)} missed{before} {kept} by the server"
         elif gap.missing:
             left = f"{_messages(gap.missing)} missed before {them}: {COMMAND}"
         elif other := sum(g.missing for g in self._paging.gaps.values() if not g.gone):

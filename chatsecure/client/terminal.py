@@ -199,6 +199,8 @@ class _Screen:
     """On a terminal, the lines typed; through pipes they are not shown."""
     redraw: Callable[[], object] = lambda: None
     """Draw the input line again (its prompt shows the pending lines)."""
+    printing: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a line is printed: the printer's thread and the input's both print."""
     undelivered: list[str] = field(default_factory=list)
     """Own lines named on stderr as not stored (or not confirmed): the exit code says so."""
     password: bool = False
@@ -403,7 +405,8 @@ def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object
     while True:
         event = client.events.get()
         try:
-            _report(event, screen)
+            with screen.printing:
+                _report(event, screen)
         except BrokenPipeError:  # `chatsecure connect ... | head`: the reader went
             silence_stdout()
             on_end(BROKEN_PIPE)
@@ -482,7 +485,8 @@ HELP = f"""\
 def _say(client: ChatClient, text: str, screen: _Screen) -> None:
     """A typed line: a command (``/older``, ``/help``), or a chat line to send."""
     if text.strip() == "/help":
-        print(HELP, file=screen.stdout, flush=True)
+        with screen.printing:
+            print(HELP, file=screen.stdout, flush=True)
         return
     older = older_command(text)
     if older is None:
@@ -490,7 +494,8 @@ def _say(client: ChatClient, text: str, screen: _Screen) -> None:
         return
     said = older if isinstance(older, str) else screen.scrollback.ask(older)
     if said is not None:
-        print(said, file=screen.stdout, flush=True)
+        with screen.printing:
+            print(said, file=screen.stdout, flush=True)
 
 
 def _send(client: ChatClient, text: str, screen: _Screen) -> None:

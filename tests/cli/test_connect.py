@@ -316,10 +316,10 @@ def test_older_prints_the_missed_lines_the_replay_left_out_then_earlier_ones(
         r"^\* 1 message you missed \(the replay left it out\):$",
         said[3],
         r"^\* end of those; that is all you missed$",
-        r"^\* 2 messages from before those shown:$",
+        r"^\* 2 messages from earlier:$",
         *said[1:3],
         r"^\* end of the earlier messages; /older for more$",
-        r"^\* 1 message from before those shown:$",
+        r"^\* 1 message from earlier:$",
         said[0],
         r"^\* end of the earlier messages; there are none before them on the server$",
     )

@@ -254,7 +254,7 @@ def test_older_prints_its_page_above_the_line_being_typed(
             lambda lines: lines[-2].startswith("* end of the earlier") and lines,
             "the page above the input line",
         )
-        page = lines[lines.index("* 2 messages from before those shown:") :]
+        page = lines[lines.index("* 2 messages from earlier:") :]
         assert [re.sub(rf"^{TIME} ", "", line) for line in page[1:3]] == [
             "alice (127.0.0.1): first",
             "alice (127.0.0.1): second",

@@ -94,14 +94,14 @@ def test_a_newcomer_pages_back_to_the_oldest_line_kept() -> None:
     assert term.scrollback.ask(4) is None
     assert term.asked == [(8, 4)]
     assert term.answers(range(4, 8)) == [
-        "* 4 messages from before those shown:",
+        "* 4 messages from earlier:",
         *shown(4, 5, 6, 7),
         "* end of the earlier messages; /older for more",
     ]
     term.scrollback.ask(4)
     assert term.asked[-1] == (4, 4)
     assert term.answers(range(1, 4)) == [
-        "* 3 messages from before those shown:",
+        "* 3 messages from earlier:",
         *shown(1, 2, 3),
         "* end of the earlier messages; there are none before them on the server",
     ]
@@ -136,7 +136,7 @@ def test_a_page_of_a_gap_the_server_no_longer_keeps_says_so_at_once() -> None:
     assert term.asked == [(36, 10)]
     # Fewer than asked for: the server keeps nothing before them (trimmed).
     assert term.answers(range(30, 36))[-1] == (
-        "* end of those; the 19 messages before them are no longer kept by the server"
+        "* end of those; the 19 messages missed before them are no longer kept by the server"
     )
     term.scrollback.ask(10)
     assert term.asked[-1] == (11, 10)  # then what came before the gap
@@ -212,11 +212,13 @@ def test_an_error_for_the_request_lets_the_next_one_go_and_a_second_answer_adds_
     term = Terminal()
     term.joins(last=100, replay=10)
     term.scrollback.ask(10)
-    term.scrollback.feed(Received(Error("history_unavailable", "later", "ab12-h3")))
+    term.scrollback.feed(Received(Error("bad_json", "not JSON")))  # not for the request
+    assert not term.scrollback.settled(0.01)  # the request is still out
+    term.scrollback.feed(Received(Error("history_unavailable", "later", "ab12-h3"), older=True))
     term.scrollback.ask(10)
     assert term.asked == [(91, 10), (91, 10)]
     assert term.answers(range(81, 91)) == [
-        "* 10 messages from before those shown:",
+        "* 10 messages from earlier:",
         *shown(*range(81, 91)),
         "* end of the earlier messages; /older for more",
     ]
@@ -277,6 +279,7 @@ def test_pages_lost_with_the_connection_are_said_not_to_have_come() -> None:
     assert term.scrollback.feed(Reconnecting(1, 1.0, "reset")) == [
         "* the earlier messages asked for did not come: /older again"
     ]
+    assert term.scrollback.feed(Reconnecting(2, 2.0, "refused")) == []  # said once
 
 
 @pytest.mark.parametrize(
