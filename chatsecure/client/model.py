@@ -29,6 +29,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.paging import Gap, LogPaging
+from chatsecure.client.scrollback import older_command
 from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
@@ -47,6 +48,12 @@ def _without_blank_edges(text: str) -> str:
         lines.pop(0)
     return "\n".join(lines)
 
+
+HELP = (
+    "quit or /quit leaves the room (so does Leave); older messages load as you scroll to the"
+    " top of the chat. Any other line is sent as it is."
+)
+"""What ``/help`` (or the terminal's ``/older``) typed in the window says."""
 
 HISTORY_RETRY = 10.0
 """Seconds after a refused history request before the next one goes."""
@@ -184,6 +191,9 @@ class ChatModel:
         """Decide what typing ``text`` and pressing Enter does."""
         if is_quit(text):
             return Outgoing(quit=True, clear=True)
+        if text.strip() == "/help" or older_command(text) is not None:
+            # The terminal's commands: told what does it here, never said to the room.
+            return Outgoing(line=notice("info", HELP, ts), clear=True)
         if not shows(text):
             return Outgoing(clear=True)
         text = _without_blank_edges(text)

@@ -394,6 +394,12 @@ def test_quit_alone_quits_and_other_texts_do_not() -> None:
     model = chatting()
     assert model.outgoing("  quit ").quit
     assert model.outgoing("/quit").quit  # not said to the room
+    for command in ("/help", "/older", " /older 20"):  # the terminal's: what does it here
+        out = model.outgoing(command, T)
+        assert (out.send, out.clear) == (None, True)
+        assert out.line is not None
+        assert "older messages load as you scroll" in out.line.text
+    assert model.outgoing("/helpful tip").send == "/helpful tip"
     assert model.outgoing("quit now").send == "quit now"
     assert model.outgoing("   ") == model.outgoing("")
     assert model.outgoing("\u200b\u3164") == model.outgoing("")  # shows nothing: not sent
