@@ -245,8 +245,9 @@ class ClientSession:
         self._history_out: HistoryRequest | None = None
         """The ``history`` request sent and not answered yet."""
         self._refs_echoed = False
-        """Whether this connection's server names our requests (a ``history_end`` with our
-        ``ref``): then an ``error`` without ``ref`` is never about our request."""
+        """Whether this connection's server names our requests (a ``history_end`` with a
+        ``ref``, or an ``error`` with one of ours): then an ``error`` without ``ref`` is never
+        about our request."""
         self._gathering: tuple[Welcome, list[Peer]] | None = None
         """A v2 welcome waiting for the rest of the room (``peers`` frames)."""
         self._v2 = False
@@ -425,15 +426,16 @@ class ClientSession:
                     self.state = ClientState.OFFLINE
                     event = Refused(code, text)
                 elif self._history_out is not None and message.ref == self._history_out.ref:
+                    self._refs_echoed = True
                     event = self._history_refused(message)
                 elif (message.ref or "").startswith(f"{self._ref_prefix}-h"):
-                    pass  # for a history request of ours that no longer waits for an answer
+                    # For a history request of ours that no longer waits for an answer.
+                    self._refs_echoed = True
                 elif message.ref is None and self._history_out and not self._refs_echoed:
                     # A server older than refs on history names no request: an error while
                     # ours is out is taken for its refusal (a late answer is told apart by
                     # its ``before`` and seqs).
-                    self._history_out = None
-                    event = HistoryDone(message)
+                    event = self._history_refused(message)
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),

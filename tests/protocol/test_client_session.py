@@ -444,6 +444,33 @@ def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none(
     assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 0, request["ref"]))]
 
 
+def test_an_older_server_limiting_a_history_request_without_naming_it_gets_it_again() -> None:
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    rate = {"msg_rate": 10.0, "msg_burst": 4}
+    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    session.request_history(900, 100, now=100.0)
+    [request] = sent(session)
+    limited = {"type": "error", "code": "rate_limited", "message": "slow"}
+    assert session.receive_data(frames(limited), now=100.1) == []
+    session.pace(100.1 + 1 / 9 + 1e-9)
+    assert sent(session) == [request]
+
+
+def test_an_error_naming_a_request_shows_the_server_names_them() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=50)
+    session.request_history(40, 2, now=0.0)
+    [request] = sent(session)
+    unreadable = {"type": "error", "code": "history_unavailable", "message": "later"}
+    session.receive_data(frames(unreadable | {"ref": request["ref"]}))
+    session.request_history(40, 2, now=0.0)
+    sent(session)
+    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
+    assert session.receive_data(frames(bad)) == [ServerError(Error("bad_json", "not JSON"))]
+
+
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
     session = ClientSession("alice")
     session.connect()
