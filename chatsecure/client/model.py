@@ -57,10 +57,7 @@ HELP = (
 
 HISTORY_RETRY = 10.0
 """Seconds after a refused history request before the next one goes."""
-UNREADABLE = (
-    "Older messages cannot be loaded now: the server cannot read its history. Scroll to the"
-    " top again later."
-)
+UNREADABLE = "Older messages cannot be loaded now: the server cannot read its history."
 """The banner while the server cannot read its history (``history_unavailable``)."""
 
 
@@ -135,17 +132,18 @@ class ChatModel:
         self.form_errors: dict[FormField, str] = {}
         """What is wrong with each field of the connect form: from checking it, or the server."""
         self.banner: str | None = None
-        """The chat view's warning while reconnecting or after the connection ended."""
+        """The chat view's warning while reconnecting, after the connection ended, or while
+        the server cannot read its history (``UNREADABLE``)."""
         self._lost_reason = ""
         """Why the connection was lost, while reconnecting (attempts may fail otherwise)."""
         self.declined: TrustQuestion | None = None
         self.pending: dict[str, str] = {}
         """Own lines sent but not yet stored by the server, by ref."""
         self.paging = LogPaging()
-        self._history_retry_at = 0.0
-        """``time.monotonic()`` before which no history request goes: one was refused."""
         """The lines of the log shown, and the page of history loading (older lines at the
         top, missed ones into their gap's place)."""
+        self._history_retry_at = 0.0
+        """``time.monotonic()`` before which no history request goes: one was refused."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -276,6 +274,7 @@ class ChatModel:
         self.connection = event
         self.banner = None
         self.notice = None
+        self._history_retry_at = 0.0  # (a refusal on the last connection says nothing here)
         welcome = event.welcome
         # The nick asked for: after a drop, the one given before (the client asks for it).
         me = self.roster.me
@@ -388,6 +387,8 @@ class ChatModel:
                 refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
                 return [notice("error", refused, ts)]
             case ServerNotice(code=code, message=text):
+                if code == NoticeCode.CLUSTER_AVAILABLE and self.banner == UNREADABLE:
+                    self.banner = None  # (the shared log is back: history reads again)
                 kind: Literal["info", "error"] = (
                     "error" if code == NoticeCode.CLUSTER_UNAVAILABLE else "info"
                 )

@@ -39,13 +39,14 @@ from chatsecure.discovery.records import (
     ServerUpdated,
 )
 from chatsecure.protocol import limits
-from chatsecure.protocol.codes import ErrorCode
+from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import (
     Chat,
     Error,
     HistoryEnd,
     Join,
     Leave,
+    Notice,
     Peer,
     Pong,
     ServerInfo,
@@ -1127,6 +1128,22 @@ def test_a_server_that_cannot_read_its_history_is_not_asked_again_at_once_nor_to
     model.apply(Received(Error(ErrorCode.BAD_JSON, "not JSON")), T)  # not for the request
     assert model.wants_older() is None  # still out
     assert model.banner is None
+
+
+def test_the_unreadable_history_banner_goes_when_the_shared_log_is_back_and_no_pause_stays() -> (
+    None
+):
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    assert model.wants_older() == 10
+    model.apply(Received(Error(ErrorCode.HISTORY_UNAVAILABLE, "later", "ab-h1"), older=True), T)
+    assert model.banner == UNREADABLE
+    model.apply(Received(Notice(NoticeCode.CLUSTER_AVAILABLE, "back")), T)
+    assert model.banner is None
+    assert model.wants_older() is None  # (the pause: 10 s)
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    model.apply(welcome(ALICE, BOB), T)
+    assert model.wants_older() == 10  # a new connection: no pause left from the last one
 
 
 def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
