@@ -24,7 +24,7 @@ from chatsecure.client.core import (
     Target,
 )
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
-from chatsecure.protocol.messages import Notice
+from chatsecure.protocol.messages import Error, Notice
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 from tests.helpers import next_of
@@ -185,3 +185,35 @@ def test_history_asked_while_redis_is_away_is_refused_by_name_and_answered_once_
         got = frames_until(alice, lambda got: bool(got) and got[-1]["type"] == "history_end")
         assert [f["text"] for f in got if f["type"] == "msg"] == ["l0", "l1", "l2"]
         assert got[-1] == {"type": "history_end", "before": None, "count": 3, "ref": "h-3"}
+
+
+def test_a_client_hears_its_history_request_refused_as_the_end_of_its_answer(
+    redis: RedisServer,  # first: stopped after the node
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """The front ends take only an answer's end (``older``) for the end of their request."""
+    node = start_server(cluster=redis.url, name=room_name(), msg_rate=0)
+    carol = ChatClient(
+        Target(node.host, node.port), "carol", TrustPolicy(KnownServers(), accept_new=True)
+    )
+    carol.start()
+    seen: list[ClientEvent] = []
+    try:
+        next_of(carol, Connected, seen)
+        carol.send("one")
+        next_of(carol, Sent, seen)
+        carol.request_history(None, 10)
+        answer = [next_of(carol, Received, seen) for _ in range(2)]
+        assert [(type(r.message).__name__, r.older) for r in answer] == [
+            ("Chat", True),
+            ("HistoryEnd", True),
+        ]
+        redis.kill()
+        carol.request_history(None, 10)
+        refused = next_of(carol, Received, seen)
+        while isinstance(refused.message, Notice):  # (the outage's notice may come first)
+            refused = next_of(carol, Received, seen)
+        assert isinstance(refused.message, Error)
+        assert (refused.message.code, refused.older) == (ErrorCode.HISTORY_UNAVAILABLE, True)
+    finally:
+        carol.close()
