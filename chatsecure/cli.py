@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect = sub.add_parser(
         "connect",
         help="chat from the terminal (stdin lines are messages)",
-        description="Chat from the terminal: each line is a message but quit, /older and /help.",
+        description="Chat from the terminal: each line is a message, but for commands (/help).",
     )
     connect.add_argument(
         "target",

@@ -467,7 +467,7 @@ class ChatClient:
         self._started.wait()
 
     def send(self, text: str) -> None:
-        """Send a chat line; the line ``quit`` alone quits instead.
+        """Send a chat line; the line ``quit`` (or ``/quit``) alone quits instead.
 
         The line is ``Queued`` at once, and ``Sent`` once the server stored it; a dropped
         connection keeps it and sends it again after the reconnect. Raises

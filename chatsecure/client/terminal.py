@@ -463,7 +463,8 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
         else:
             end_of_input = True
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
-        print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
+        with screen.printing:
+            print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
     finally:
         # End of input leaves once every line is stored (after a reconnect, if need be);
         # `quit`, or input that cannot be read, leaves at once. Either prints what `/older`
@@ -503,7 +504,8 @@ def _send(client: ChatClient, text: str, screen: _Screen) -> None:
         client.send(text)
     except LocalProtocolError as exc:  # too long for a frame: named, and counted as undelivered
         screen.undelivered.append(text)
-        print(f"chatsecure: {exc.message}", file=screen.stderr, flush=True)
+        with screen.printing:
+            print(f"chatsecure: {exc.message}", file=screen.stderr, flush=True)
 
 
 def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
