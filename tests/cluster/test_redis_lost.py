@@ -58,6 +58,15 @@ def frames_until(receiver: RawClient, done: Callable[[list[dict[str, Any]]], boo
     return got
 
 
+def client_of(node: ServerThread, nick: str) -> ChatClient:
+    """A client core started on ``node``, trusting it on first use."""
+    client = ChatClient(
+        Target(node.host, node.port), nick, TrustPolicy(KnownServers(), accept_new=True)
+    )
+    client.start()
+    return client
+
+
 def notices(received: list[dict[str, Any]]) -> list[str]:
     return [f["code"] for f in received if f["type"] == "notice"]
 
@@ -69,10 +78,7 @@ def test_redis_killed_and_restarted_keeps_clients_refuses_lines_and_loses_nothin
 ) -> None:
     room = room_name()
     a, b = (start_server(cluster=redis.url, name=room, msg_rate=0) for _ in range(2))
-    carol = ChatClient(
-        Target(b.host, b.port), "carol", TrustPolicy(KnownServers(), accept_new=True)
-    )
-    carol.start()
+    carol = client_of(b, "carol")
     seen: list[ClientEvent] = []
     try:
         next_of(carol, Connected, seen)
@@ -193,10 +199,7 @@ def test_a_client_hears_its_history_request_refused_as_the_end_of_its_answer(
 ) -> None:
     """The front ends take only an answer's end (``older``) for the end of their request."""
     node = start_server(cluster=redis.url, name=room_name(), msg_rate=0)
-    carol = ChatClient(
-        Target(node.host, node.port), "carol", TrustPolicy(KnownServers(), accept_new=True)
-    )
-    carol.start()
+    carol = client_of(node, "carol")
     seen: list[ClientEvent] = []
     try:
         next_of(carol, Connected, seen)

@@ -229,12 +229,17 @@ def test_client_core_presents_its_certificate(
     target = Target(
         server.host, server.port, cert=ours / "alice.crt", key=ours / "alice.key" if key else None
     )
+    assert admitted_as(target) == "alice"
+
+
+def admitted_as(target: Target) -> str:
+    """The nick the server gives a client core that asks for "nobody" with ``target``."""
     client = ChatClient(target, "nobody", TrustPolicy(KnownServers(), accept_new=True))
     client.start()
     try:
         event = client.events.get(timeout=5)
         assert isinstance(event, Connected), event
-        assert event.welcome.you.nick == "alice"
+        return event.welcome.you.nick
     finally:
         client.close()
 
@@ -248,15 +253,7 @@ def test_client_core_presents_a_combined_certificate_not_the_stale_key_beside_it
     pem, stale = tmp_path / "alice.pem", tmp_path / "alice.key"
     pem.write_bytes((ours / "alice.crt").read_bytes() + (ours / "alice.key").read_bytes())
     shutil.copy(theirs / "mallory.key", stale)
-    target = Target(server.host, server.port, cert=pem)
-    client = ChatClient(target, "nobody", TrustPolicy(KnownServers(), accept_new=True))
-    client.start()
-    try:
-        event = client.events.get(timeout=5)
-        assert isinstance(event, Connected), event
-        assert event.welcome.you.nick == "alice"
-    finally:
-        client.close()
+    assert admitted_as(Target(server.host, server.port, cert=pem)) == "alice"
     with pytest.raises(ConfigError, match=f"cannot load certificate {pem} with key {stale}"):
         client_context(cert=pem, key=stale)  # a --key given still wins
 

@@ -65,6 +65,16 @@ def joined(session: ClientSession, **kw: Any) -> list[Any]:
     return session.receive_data(frames(welcome(**kw)))
 
 
+def paced_at_ten_a_second(seq: int = 0) -> ClientSession:
+    """A session joined at t=100 s to a server that takes 10 frames a second, 4 at once."""
+    session = ClientSession("alice")
+    session.connect()
+    sent(session)
+    rate = {"msg_rate": 10.0, "msg_burst": 4}
+    session.receive_data(frames(welcome(seq=seq, server=SERVER | rate)), now=100.0)
+    return session
+
+
 def test_hello_carries_client_id_and_since_only_when_known() -> None:
     fresh = ClientSession("alice")
     fresh.connect()
@@ -359,11 +369,7 @@ def paced(session: ClientSession, now: float) -> list[str]:
 
 
 def test_own_lines_go_no_faster_than_the_rate_the_server_states() -> None:
-    session = ClientSession("alice")
-    session.connect()
-    sent(session)
-    rate = {"msg_rate": 10.0, "msg_burst": 4}
-    session.receive_data(frames(welcome(server=SERVER | rate)), now=100.0)
+    session = paced_at_ten_a_second()
     refs = [session.send(f"line {n}", now=100.0) for n in range(6)]
     # the burst less the slack (2), then one every 1 / (0.9 * 10) s
     assert [frame["text"] for frame in sent(session)] == ["line 0", "line 1"]
@@ -382,11 +388,7 @@ def test_own_lines_go_no_faster_than_the_rate_the_server_states() -> None:
 
 def test_history_requests_go_at_the_pace_too_the_newest_one_waiting() -> None:
     # Refused for the rate, a request gets an error and no answer: a page that never comes.
-    session = ClientSession("alice")
-    session.connect()
-    sent(session)
-    rate = {"msg_rate": 10.0, "msg_burst": 4}
-    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    session = paced_at_ten_a_second(seq=900)
     session.request_history(900, 100, now=100.0)
     session.request_history(800, 100, now=100.0)
     assert [frame["before"] for frame in sent(session)] == [900, 800]  # the burst less 2
@@ -400,11 +402,7 @@ def test_history_requests_go_at_the_pace_too_the_newest_one_waiting() -> None:
 
 
 def test_a_history_request_refused_for_the_rate_goes_again_and_one_refused_otherwise_ends() -> None:
-    session = ClientSession("alice")
-    session.connect()
-    sent(session)
-    rate = {"msg_rate": 10.0, "msg_burst": 4}
-    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    session = paced_at_ten_a_second(seq=900)
     line = session.send("hi", now=100.0)
     session.request_history(900, 100, now=100.0)
     [_, request] = sent(session)
@@ -445,11 +443,7 @@ def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none(
 
 
 def test_an_older_server_limiting_a_history_request_without_naming_it_gets_it_again() -> None:
-    session = ClientSession("alice")
-    session.connect()
-    sent(session)
-    rate = {"msg_rate": 10.0, "msg_burst": 4}
-    session.receive_data(frames(welcome(seq=900, server=SERVER | rate)), now=100.0)
+    session = paced_at_ten_a_second(seq=900)
     session.request_history(900, 100, now=100.0)
     [request] = sent(session)
     limited = {"type": "error", "code": "rate_limited", "message": "slow"}
