@@ -169,7 +169,7 @@ class Scrollback:
             if not lines:
                 return [NOTHING_EARLIER]
             more = (
-                "there are none before them on the server"
+                f"there are none before {them} on the server"
                 if self._paging.all_loaded
                 else f"{COMMAND} for more"
             )

@@ -321,7 +321,7 @@ def test_older_prints_the_missed_lines_the_replay_left_out_then_earlier_ones(
         r"^\* end of the earlier messages; /older for more$",
         r"^\* 1 message from earlier:$",
         said[0],
-        r"^\* end of the earlier messages; there are none before them on the server$",
+        r"^\* end of the earlier messages; there are none before it on the server$",
     )
     replayed = alice.seen.index("* 2 messages you missed (the replay left them out):")
     assert not [line for line in alice.seen[replayed:] if "seven" in line], "printed once"
