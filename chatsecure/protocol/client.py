@@ -537,6 +537,11 @@ class ClientSession:
             # Nothing replayed to a newcomer (an empty room, or --replay 0): it has seen the
             # room up to here all the same, so that its next return says what came after.
             self.last_seq = welcome.seq
+        elif resumed and not welcome.replay:
+            # Missed lines and none replayed (--replay-max 0): the front end shows them as a
+            # gap to load. Counted from the old seq again, the next return would call them
+            # missed a second time, and make a second gap over the first.
+            self.last_seq = welcome.seq
         events: list[SessionEvent] = [Welcomed(welcome, resumed, missed, len(self.outbox))]
         if not self._v2:  # a v1 server never acknowledges: sent is all we can know
             self._out += [encode(SendMsg(text)) for text in self.outbox.values()]

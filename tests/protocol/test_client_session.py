@@ -278,6 +278,19 @@ def test_a_new_log_past_our_since_is_all_missed_and_the_hello_says_which_log_sin
     assert (session.last_seq, session.log_id) == (7, "log-two-0002")
 
 
+def test_missed_lines_none_of_them_replayed_are_not_missed_again_on_the_next_return() -> None:
+    session = ClientSession("alice", last_seq=10)
+    [event] = joined(session, seq=50, replay=0, skipped=40)  # a server with --replay-max 0
+    assert isinstance(event, Welcomed)
+    assert (event.resumed, event.missed) == (True, 40)
+    session.connection_lost()
+    session.connect()
+    assert sent(session)[0]["since"] == 50  # not 10: 11 to 50 are the gap shown already
+    [event] = session.receive_data(frames(welcome(seq=70, replay=0, skipped=20)))
+    assert isinstance(event, Welcomed)
+    assert event.missed == 20
+
+
 def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
     session = ClientSession("alice")
     joined(session, seq=50)
