@@ -3,7 +3,8 @@ back by scrolling up."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES
 from chatsecure.gui import app
 from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 
-from .conftest import GuiFactory, settle
+from .conftest import Gui, GuiFactory, settle
 from .test_app import bob_and_alice_through_a_proxy, connect_trusting, missed_by, say_stored
 
 pytestmark = pytest.mark.gui
@@ -77,14 +78,27 @@ def test_lines_dropped_past_the_cap_come_back_by_scrolling_up_once_each_in_order
     assert len(alice.transcript_lines()) <= 120
 
 
-def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once(
-    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def back_in_a_small_window(
+    start_server: Callable[..., ServerThread],
+    gui: GuiFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    away: list[str],
+) -> Iterator[tuple[RawClient, Gui]]:
+    """Bob, and alice in a window of 30 lines (60 reading back, pages of 10), back after
+    missing ``away``, the newest 20 of them replayed: the rest are a gap."""
     small_transcript(monkeypatch, following=30, reading=60, page=10)
     server = start_server(replay_max=20, msg_rate=0)
     with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
-        away = [f"away {n}" for n in range(1, 101)]
         missed_by(alice, proxy, bob, away)
+        yield bob, alice
+
+
+def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    away = [f"away {n}" for n in range(1, 101)]
+    with back_in_a_small_window(start_server, gui, monkeypatch, away) as (bob, alice):
         assert "⋯ 80 earlier missed messages" in alice.transcript()
         live = [f"live {n}" for n in range(1, 21)]  # they drop the oldest lines, the gap's
         for n, text in enumerate(live):
@@ -106,10 +120,8 @@ def test_a_gap_dropped_with_the_oldest_lines_loads_on_top_instead_each_line_once
 def test_a_gap_the_full_window_cannot_take_says_so(
     start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    small_transcript(monkeypatch, following=30, reading=60, page=10)
-    server = start_server(replay_max=20, msg_rate=0)
-    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
-        missed_by(alice, proxy, bob, [f"away {n}" for n in range(1, 201)])
+    away = [f"away {n}" for n in range(1, 201)]
+    with back_in_a_small_window(start_server, gui, monkeypatch, away) as (_, alice):
         text = alice.w("chat.body.log.transcript")
 
         def scrolled_up_to_the_gap() -> bool:
