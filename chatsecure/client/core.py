@@ -353,8 +353,14 @@ def format_message(message: ServerMessage, ts: float | None = None) -> str | Non
 
 def is_quit(text: str) -> bool:
     """Whether a typed line is the command ``quit`` (alone, spaces around it allowed), or
-    ``/quit`` as IRC clients have taught many to type it."""
-    return text.strip() in {"quit", "/quit"}
+    ``/quit`` as IRC clients have taught many to type it; in any case (a phone keyboard's
+    ``Quit``, IRC's ``/QUIT``)."""
+    return text.strip().lower() in {"quit", "/quit"}
+
+
+def is_help(text: str) -> bool:
+    """Whether a typed line is the command ``/help`` (alone, in any case)."""
+    return text.strip().lower() == "/help"
 
 
 def require_sendable(text: str, what: str) -> str:

@@ -22,6 +22,7 @@ from chatsecure.client.core import (
     Sent,
     clock,
     describe,
+    is_help,
     is_quit,
     safe_text,
     sent_clock,
@@ -189,7 +190,7 @@ class ChatModel:
         """Decide what typing ``text`` and pressing Enter does."""
         if is_quit(text):
             return Outgoing(quit=True, clear=True)
-        if text.strip() == "/help" or older_command(text) is not None:
+        if is_help(text) or older_command(text) is not None:
             # The terminal's commands: told what does it here, never said to the room.
             return Outgoing(line=notice("info", HELP, ts), clear=True)
         if not shows(text):

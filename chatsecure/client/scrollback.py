@@ -43,7 +43,7 @@ def older_command(text: str) -> int | str | None:
     """The lines a typed ``/older [N]`` asks for, a usage message if N is wrong, or None if
     ``text`` is not the command (it is sent as a chat line)."""
     words = text.split()
-    if not words or words[0] != COMMAND:
+    if not words or words[0].lower() != COMMAND:
         return None
     if len(words) == 1:
         return PAGE

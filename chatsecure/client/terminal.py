@@ -36,6 +36,7 @@ from chatsecure.client.core import (
     Sent,
     describe,
     format_message,
+    is_help,
     is_quit,
     safe_text,
 )
@@ -485,7 +486,7 @@ HELP = f"""\
 
 def _say(client: ChatClient, text: str, screen: _Screen) -> None:
     """A typed line: a command (``/older``, ``/help``), or a chat line to send."""
-    if text.strip() == "/help":
+    if is_help(text):
         with screen.printing:
             print(HELP, file=screen.stdout, flush=True)
         return

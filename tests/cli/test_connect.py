@@ -337,10 +337,17 @@ def test_quit_right_after_piped_lines_waits_for_their_acks(server: ServerThread)
         assert alice.expect("leave")["reason"] == "quit"
 
 
-def test_slash_quit_leaves_as_quit_does_and_is_not_said(server: ServerThread) -> None:
+@pytest.mark.parametrize(
+    "commands",
+    [b"/quit\n", b"/Help\n/QUIT\n"],  # commands are read in any case, and never said
+    ids=["quit", "any-case"],
+)
+def test_slash_quit_leaves_as_quit_does_and_is_not_said(
+    server: ServerThread, commands: bytes
+) -> None:
     with RawClient(server.host, server.port) as alice:
         alice.join("alice")
-        piped_bob(server, alice, b"bye all\n/quit\nnot this\n")
+        piped_bob(server, alice, b"bye all\n" + commands + b"not this\n")
         assert alice.expect("msg")["text"] == "bye all"
         assert alice.expect("leave")["reason"] == "quit"  # and nothing said between
 

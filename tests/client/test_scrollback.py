@@ -77,6 +77,7 @@ def shown(*seqs: int) -> list[str]:
         ("/older " + "9" * 5000, USAGE),  # more digits than int() takes
         ("/older 0200", USAGE),
         ("/older 2 3", USAGE),
+        ("/OLDER 7", 7),  # commands are read in any case
         ("/olderly", None),
         ("say /older", None),
         ("", None),

@@ -395,7 +395,9 @@ def test_quit_alone_quits_and_other_texts_do_not() -> None:
     model = chatting()
     assert model.outgoing("  quit ").quit
     assert model.outgoing("/quit").quit  # not said to the room
-    for command in ("/help", "/older", " /older 20"):  # the terminal's: what does it here
+    assert model.outgoing("Quit").quit  # as a phone keyboard writes it
+    assert model.outgoing("/QUIT").quit
+    for command in ("/help", "/HELP", "/older", " /older 20", "/Older"):  # the terminal's
         out = model.outgoing(command, T)
         assert (out.send, out.clear) == (None, True)
         assert out.line is not None
