@@ -145,6 +145,8 @@ class ChatModel:
         top, missed ones into their gap's place)."""
         self._history_retry_at = 0.0
         """``time.monotonic()`` before which no history request goes: one was refused."""
+        self._refused_gaps: set[int] = set()
+        """Gaps whose request was refused since the window last asked (``refused_gaps``)."""
 
     # -- what the user did ---------------------------------------------------------------
 
@@ -216,6 +218,13 @@ class ChatModel:
         if self.phase is not Phase.CHAT or time.monotonic() < self._history_retry_at:
             return None
         return self.paging.wants_gap(gap_id, limit)
+
+    def refused_gaps(self) -> set[int]:
+        """The gaps whose request was refused since the last call: the window, which asks
+        for a page of a gap once each time it comes in view, asks again for these while they
+        stay in view (after the pause, as at the top)."""
+        refused, self._refused_gaps = self._refused_gaps, set()
+        return refused
 
     # -- what the network said -----------------------------------------------------------
 
@@ -363,7 +372,8 @@ class ChatModel:
 
     def _history_refused(self, error: Error, ts: float | None) -> list[Line]:
         """The server refused our history request: no answer comes to it."""
-        self.paging.refused()
+        if asked := self.paging.refused():
+            self._refused_gaps.add(asked)
         # Not at once again (the top of the chat is still in view): a server that cannot read
         # its history now would be asked, and answer, in a loop.
         self._history_retry_at = time.monotonic() + HISTORY_RETRY

@@ -156,12 +156,15 @@ class LogPaging:
         elif self.oldest_seq is None or chat.seq < self.oldest_seq:
             self._page.append(chat)
 
-    def refused(self) -> None:
+    def refused(self) -> int | None:
         """The request out gets no answer (refused, or lost with the connection): the next
-        one may go. (Against a server older than ``ref`` on ``history``, an error without
+        one may go. Returns what it asked for: the id of its gap, 0 for older lines, None if
+        none was out. (Against a server older than ``ref`` on ``history``, an error without
         ``ref`` is taken for the refusal; should it have been for something else, the late
         answer is told apart by its ``before`` and seqs.)"""
+        asked = self._asked
         self._asked, self._page, self._answered = None, [], False
+        return asked
 
     def page_end(self, end: HistoryEnd) -> Page | None:
         """The end of an answer: the page, or None if it answers no request of ours (a late

@@ -829,6 +829,7 @@ class App:
         time it comes on screen (or, with the transcript full, say that they do not load)."""
         room = MAX_SCROLLBACK_LINES - self._line_count()
         text = self.transcript
+        self._gaps_paged -= self.controller.model.refused_gaps()  # asked again, in view
         for gap_id, gap in self.controller.model.paging.gaps.items():
             ranges = text.tag_ranges(f"gap-{gap_id}-line")
             if not ranges or text.dlineinfo(ranges[0]) is None:

@@ -1095,6 +1095,25 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_no_line_shows_twi
     assert model.wants_older() == 5
 
 
+def test_a_refused_request_for_a_gap_is_told_to_the_window_to_ask_again() -> None:
+    model, gap = back_with_a_gap(last=100)
+    assert model.wants_gap(gap) == 81
+    unreadable = Received(Error(ErrorCode.HISTORY_UNAVAILABLE, "later", "ab-h1"), older=True)
+    model.apply(unreadable, T)
+    assert model.refused_gaps() == {gap}  # the window asks for it again while it shows it
+    assert model.refused_gaps() == set()  # (said once)
+    assert model.wants_gap(gap) is None  # after the pause
+    pause_over(model)
+    assert model.wants_gap(gap) == 81
+    assert model.wants_older() is None  # one request at a time
+    model.apply(unreadable, T)
+    assert model.refused_gaps() == {gap}
+    pause_over(model)
+    assert model.wants_older() == 10
+    model.apply(unreadable, T)
+    assert model.refused_gaps() == set()  # that one was for older lines, not a gap
+
+
 def test_scrolling_up_on_a_server_that_replays_nothing_loads_its_newest_lines() -> None:
     model = ChatModel()
     model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))

@@ -4,14 +4,17 @@ back by scrolling up."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from chatsecure.client import model
 from chatsecure.client.transcript import MAX_TRANSCRIPT_LINES
 from chatsecure.gui import app
-from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
+from chatsecure.history import HistoryError, MemoryLog, Record
+from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread, server_config
 
 from .conftest import Gui, GuiFactory, settle
 from .test_app import bob_and_alice_through_a_proxy, connect_trusting, missed_by, say_stored
@@ -136,3 +139,47 @@ def test_a_gap_the_full_window_cannot_take_says_so(
     assert f"⋯ {first - 1} earlier missed messages: not loaded, the window holds all it can ⋯" in (
         alice.transcript_lines()
     )
+
+
+class UnreadableLog(MemoryLog):
+    """The room log of a server whose disk went away for a while: while ``away`` is set,
+    older lines cannot be read."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(keep)
+        self.away = threading.Event()
+
+    async def before(self, seq: int | None, limit: int) -> list[Record]:
+        if self.away.is_set():
+            raise HistoryError("the disk is away")
+        return await super().before(seq, limit)
+
+
+def test_a_gap_in_view_whose_lines_could_not_be_read_loads_once_they_can(
+    cert_dir: Path, gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "HISTORY_RETRY", 0.5)
+    small_transcript(monkeypatch, following=30, reading=60, page=10)
+    history = UnreadableLog(1000)
+    server = ServerThread(server_config(cert_dir, replay_max=20, msg_rate=0), history).start()
+    try:
+        with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
+            history.away.set()
+            away = [f"away {n}" for n in range(1, 41)]
+            missed_by(alice, proxy, bob, away)  # the newest 20 replayed, 20 in the gap
+            banner, text = alice.w("chat.banner"), alice.w("chat.body.log.transcript")
+
+            def gap_in_view_refused() -> bool:
+                text.see(text.search("earlier missed", "1.0", "end"))  # the user scrolls to it
+                return bool(banner.winfo_ismapped() and banner.cget("text") == model.UNREADABLE)
+
+            alice.pump(gap_in_view_refused, timeout=10)
+            assert "away 20\n" not in alice.transcript()
+            history.away.clear()
+            # The gap stays in view, not scrolled off and back: asked again after the pause.
+            alice.pump(lambda: "away 11\n" in alice.transcript(), timeout=10)
+            said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": away" in line]
+            assert said == away[10:], "the newest page of the gap, in its place, each once"
+            alice.pump(lambda: not banner.winfo_ismapped())  # (it goes with the page)
+    finally:
+        server.stop()
