@@ -84,8 +84,9 @@ class Controller:
 
     def leave(self) -> None:
         """Quit the server (if still connected) and go back to the connect view."""
+        unsent = self.unsent
         self._retire()
-        self.model.left()
+        self.model.left(unsent)
 
     def submit(self, text: str) -> Outgoing:
         """The user pressed Enter in the message box."""

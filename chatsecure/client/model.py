@@ -168,6 +168,7 @@ class ChatModel:
         self.form_errors = {}
         self.phase = Phase.CONNECTING
         self.request = request
+        self.pending = {}
         self.connection = None
         self.declined = None
         self.banner = None
@@ -180,10 +181,23 @@ class ChatModel:
         self.phase = Phase.CONNECT
         self.notice = Notice("info", "Connection cancelled.")
 
-    def left(self) -> None:
-        """The user quit (or went back after the connection ended)."""
+    def left(self, unsent: int | None = None) -> None:
+        """The user quit (or went back after the connection ended), leaving ``unsent`` own
+        lines not stored yet (by default those pending)."""
+        # Lines left without waiting for their acks (Leave asked twice) are not pending in the
+        # next connection: nothing would ever acknowledge them there.
+        unconfirmed = len(self.pending) if unsent is None else unsent
+        self.pending = {}
         if self.phase in {Phase.CHAT, Phase.RECONNECTING} and self.connection is not None:
-            self.notice = Notice("info", f"You left '{self.server_name}'.")
+            said = f"You left '{self.server_name}'."
+            if unconfirmed:
+                many = unconfirmed > 1
+                lines, them = (f"{unconfirmed} lines", "them") if many else ("line", "it")
+                said = (
+                    f"You left '{self.server_name}' before it confirmed your last {lines}: "
+                    f"the room may not have {them}."
+                )
+            self.notice = Notice("info", said)
         self.phase = Phase.CONNECT
         self.banner = None
         self.roster.reset(None)

@@ -430,10 +430,10 @@ class App:
             return None
         _, does, again = self._after_sent
         pending = self.controller.unsent
-        lines = "1 line" if pending == 1 else f"{pending} lines"
+        lines, them = ("1 line", "it") if pending == 1 else (f"{pending} lines", "them")
         return (
-            f"{lines} not sent yet: this window {does} once the server has stored them. "
-            f"{again} again to do it now without them."
+            f"{lines} not stored yet: this window {does} once the server has stored {them}. "
+            f"{again} again to do it now without waiting."
         )
 
     def _send(self) -> None:

@@ -569,6 +569,24 @@ def test_leaving_says_so_on_the_connect_view() -> None:
     assert len(model.roster) == 0
 
 
+def test_leaving_without_waiting_for_acks_says_so_and_forgets_those_lines() -> None:
+    model = chatting()
+    model.apply(Queued("r1", "one"), T)
+    model.apply(Queued("r2", "two"), T)
+    model.left()  # Leave asked twice: without waiting
+    assert model.notice is not None
+    assert model.notice.text == (
+        "You left 'lab' before it confirmed your last 2 lines: the room may not have them."
+    )
+    assert model.pending == {}  # not waited for by the next Leave, in another connection
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    model.apply(welcome(ALICE), T)
+    model.apply(Queued("r3", "three"), T)
+    model.left()
+    assert model.notice is not None
+    assert model.notice.text.endswith("your last line: the room may not have it.")
+
+
 def test_connect_failure_goes_back_with_the_reason() -> None:
     model = ChatModel()
     model.connecting(ConnectRequest("10.9.9.9", 7467, "alice"))

@@ -808,7 +808,7 @@ def test_closing_the_window_with_lines_not_stored_waits_for_them_unless_asked_ag
     server, alice = typed_in_a_paced_room(start_server, gui, words, rate=4)
     alice.close_window()
     assert alice.root.winfo_exists()  # still open: lines are on their way
-    assert "not sent yet" in alice.w("chat.banner").cget("text")
+    assert "not stored yet" in alice.w("chat.banner").cget("text")
     alice.pump(lambda: not alice.root.children, timeout=10)  # closed once they are stored
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
@@ -832,9 +832,28 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         alice.say("stuck two")
         alice.click("chat.top.leave")
         assert alice.view() == "chat"
-        assert "2 lines not sent yet" in alice.w("chat.banner").cget("text")
+        assert "2 lines not stored yet" in alice.w("chat.banner").cget("text")
         alice.click("chat.top.leave")  # again: leave without them
         assert alice.view() == "connect"
+        assert "before it confirmed your last 2 lines" in alice.w("connect.notice").cget("text")
+        # They are not waited for in the next connection: one Leave leaves.
+        connect_trusting(alice, "127.0.0.1", server.port)
+        alice.click("chat.top.leave")
+        assert alice.view() == "connect"
+
+
+def test_lines_left_behind_by_leave_again_are_not_waited_for_in_the_next_connection(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server, alice = typed_in_a_paced_room(start_server, gui, [f"hurried {n}" for n in range(6)], 1)
+    alice.click("chat.top.leave")
+    alice.click("chat.top.leave")  # again: at once, without them
+    assert alice.view() == "connect"
+    assert "before it confirmed your last" in alice.w("connect.notice").cget("text")
+    connect_trusting(alice, "127.0.0.1", server.port)
+    alice.click("chat.top.leave")  # nothing of this connection waits
+    assert alice.view() == "connect"
+    assert alice.w("connect.notice").cget("text") == "You left 'test'."
 
 
 def test_closing_while_leave_waits_waits_too_and_the_banner_counts_down(
@@ -860,7 +879,7 @@ def test_quit_typed_with_lines_not_stored_waits_for_them_as_leave_does(
     server, alice = typed_in_a_paced_room(start_server, gui, words, rate=4)
     alice.say("quit")
     assert alice.view() == "chat"
-    assert "not sent yet" in alice.w("chat.banner").cget("text")
+    assert "not stored yet" in alice.w("chat.banner").cget("text")
     alice.pump(lambda: alice.view() == "connect", timeout=10)
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
