@@ -171,7 +171,9 @@ class LogPaging:
         answer to one given up for lost, or one for a gap forgotten meanwhile)."""
         asked, page, answered, late = self._asked, self._page, self._answered, self._late
         self._page, self._answered, self._late = [], False, False
-        if late or asked is None or end.before != self._asked_before:
+        # A server that names requests (``ref``) answers none given up for lost: lines that
+        # came with no request out were stray, not a late answer, and this end is ours.
+        if (late and end.ref is None) or asked is None or end.before != self._asked_before:
             return None  # ours is still to come, or was this one
         self._asked = None
         # Fewer lines than asked for, or the first line of all: there are none before these.

@@ -1234,6 +1234,19 @@ def test_a_gap_of_a_log_the_server_lost_is_not_filled_from_its_new_one() -> None
     assert model.wants_older() is None  # nothing before its first line
 
 
+def test_a_stray_history_line_does_not_spoil_the_answer_of_a_server_that_names_requests() -> None:
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=100)), T)
+    stray = Chat(BOB, "stray", T, seq=50, history=True)
+    assert model.apply(Received(stray, older=True), T) == []  # no request out: not shown
+    assert model.wants_older() == 100
+    for seq in range(96, 100):
+        model.apply(Received(Chat(BOB, f"m{seq}", T, seq=seq, history=True), older=True), T)
+    lines = model.apply(Received(HistoryEnd(100, 4, "ab-h1")), T)
+    assert [line.seq for line in lines] == [96, 97, 98, 99]
+    assert model.wants_older() == 96  # the request is done: the next may go
+
+
 def test_the_end_of_a_late_answer_does_not_end_the_request_asked_again() -> None:
     model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
