@@ -265,6 +265,9 @@ def _convert(setting: Setting, value: object, path: Path) -> object:
         if kind is bool
         else isinstance(value, int | float) and not isinstance(value, bool)
         if kind is float
+        # (a TOML true is a Python int too: not a port, a count or a limit)
+        else isinstance(value, int) and not isinstance(value, bool)
+        if kind is int
         else isinstance(value, kind if kind is not Path else str)
     )
     if not ok:
@@ -275,7 +278,7 @@ def _convert(setting: Setting, value: object, path: Path) -> object:
     if setting.choices is not None and value not in setting.choices:
         raise ConfigError(f"{path}: {setting.field} must be one of {', '.join(setting.choices)}")
     if kind is Path:
-        return (path.parent / str(value)).expanduser()
+        return path.parent / Path(str(value)).expanduser()  # (~ first: it is absolute)
     return float(value) if kind is float else value  # type: ignore[arg-type]
 
 

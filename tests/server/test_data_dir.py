@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure.cli import build_parser
+from chatsecure.errors import ConfigError
 from chatsecure.settings import HISTORY_DB, server_config
 from chatsecure.testing import joined
 from chatsecure.tls import certs
@@ -332,3 +333,24 @@ def test_a_second_server_on_the_same_history_is_refused_at_its_start(tmp_path: P
     finally:
         first.kill()
     assert stored_texts(cwd / "certs" / HISTORY_DB) == ["the first goes on"]
+
+
+def test_a_home_folder_in_the_config_file_is_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "server.toml").write_text('data-dir = "~/chat"\n')
+    config = server_config(
+        build_parser().parse_args(["server", "--config", str(tmp_path / "server.toml")])
+    )
+    assert config.cert == tmp_path / "home" / "chat" / certs.CERT_NAME  # not ./~/chat
+
+
+@pytest.mark.parametrize("setting", ["port = true", "history = false", "msg-burst = true"])
+def test_true_or_false_for_a_number_in_the_config_file_is_refused(
+    tmp_path: Path, setting: str
+) -> None:
+    (tmp_path / "server.toml").write_text(setting + "\n")
+    argv = ["server", "--config", str(tmp_path / "server.toml")]
+    with pytest.raises(ConfigError, match=r"must be an integer, not (True|False)"):
+        server_config(build_parser().parse_args(argv))
