@@ -459,6 +459,9 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
             if ended.is_set():
                 return
             if is_quit(text):
+                # A script's last line: it wants its lines stored, as the end of input does
+                # (a restart of the server meanwhile must not drop them).
+                end_of_input = True
                 break
             _say(client, text, screen)
         else:
@@ -467,8 +470,8 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
         with screen.printing:
             print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
     finally:
-        # End of input leaves once every line is stored (after a reconnect, if need be);
-        # `quit`, or input that cannot be read, leaves at once. Either prints what `/older`
+        # End of input (or its `quit`) leaves once every line is stored (after a reconnect,
+        # if need be); input that cannot be read leaves at once. Either prints what `/older`
         # is loading first.
         screen.scrollback.settled(OLDER_WAIT)
         if end_of_input:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from chatsecure.testing import FakeServer, Mode
+from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
+from tests.gui.proxy import Proxy
 from tests.helpers import Terminal
 
 TIME = r"\[(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\]"
@@ -142,3 +143,34 @@ def test_a_server_name_with_an_escape_sequence_is_shown_escaped_once(fake: Fake)
         assert leaves_within(term, 3.0) == 0, term.stderr
     finally:
         term.kill()
+
+
+def test_quit_at_the_end_of_piped_input_waits_for_a_reconnect_as_the_end_does(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server()
+    with RawClient(server.host, server.port) as alice, Proxy((server.host, server.port)) as proxy:
+        alice.join("alice")
+        term = Terminal(
+            f"127.0.0.1:{proxy.port}", "--nick", "ci", "--fingerprint", server.fingerprint
+        )
+        try:
+            term.expect(r"^connected to ")
+            proxy.hold()
+            proxy.drop()  # the server restarts, say, as the script ends
+            term.say("build finished")
+            term.say("quit")
+            time.sleep(3.5)  # longer than quit waits for acks (2 s)
+            assert term.proc.poll() is None  # waiting, not gone with the line
+            proxy.release()
+            assert leaves_within(term, 10.0) == 0, term.stderr
+        finally:
+            term.kill()
+        said = []
+        for _ in range(20):  # joins and leaves, the line, and the script's own leave
+            frame = alice.recv(5)
+            if frame["type"] == "msg":
+                said.append(frame["text"])
+            if frame["type"] == "leave" and frame.get("reason") == "quit":
+                break
+        assert said == ["build finished"]
