@@ -3,7 +3,7 @@
 While the window has no keyboard focus, lines that others say are counted (the title shows
 the count, ``(3) alice @ lab — chatsecure``) and a line that names the user's nick makes the
 window urgent. Focus back on the window clears both. Lines that name the nick are highlighted
-whether the window has the focus or not.
+whether the window has the focus or not, also those from the room's log (missed while away).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def mentions(text: str, nick: str | None) -> bool:
 
 
 def is_mention(line: Line, nick: str | None) -> bool:
-    """Whether ``line`` is something another person said that names ``nick``."""
+    """Whether ``line`` is something another person said that names ``nick``: live, or
+    from the log (missed while away, or scrolled back to)."""
+    if line.kind == "history":  # (one's own lines come back from the log as history too)
+        return (line.nick or "").casefold() != (nick or "").casefold() and mentions(line.text, nick)
     return line.kind == "chat" and mentions(line.text, nick)
 
 
@@ -47,7 +50,10 @@ class Attention:
         named = [is_mention(line, nick) for line in lines]
         if not self.focused:
             self.unread += sum(1 for line in lines if line.kind == "chat")
-            self.urgent = self.urgent or any(named)
+            # (Only live lines: the log's were said before, and are highlighted only.)
+            self.urgent = self.urgent or any(
+                name and line.kind == "chat" for name, line in zip(named, lines, strict=True)
+            )
         return named
 
     def focus(self, focused: bool) -> bool:

@@ -61,6 +61,16 @@ def test_only_what_others_say_can_mention_the_user() -> None:
     assert not is_mention(Line("join", "12:00:00", "joined", "alice", "10.0.0.1"), "alice")
 
 
+def test_lines_from_the_log_that_name_the_user_are_mentions_but_do_not_call() -> None:
+    missed = Line("history", "12:00:00", "alice, are you there?", "bob", "10.0.0.2", seq=7)
+    own = Line("history", "12:00:00", "alice here", "Alice", "10.0.0.1", seq=8)
+    assert is_mention(missed, "alice")  # said while she was away: highlighted
+    assert not is_mention(own, "alice")
+    attention = Attention(focused=False)
+    assert attention.arrived([missed, own], "alice") == [True, False]
+    assert not attention.urgent  # said before: the window does not call for it
+
+
 def lines(*texts: str) -> list[Line]:
     return [chat_line(BOB, text, T) for text in texts]
 

@@ -12,6 +12,7 @@ from chatsecure.client.state import Phase
 from chatsecure.testing import RawClient, ServerThread
 
 from .conftest import Gui, GuiFactory
+from .test_app import bob_and_alice_through_a_proxy, missed_by
 
 pytestmark = pytest.mark.gui
 
@@ -104,3 +105,12 @@ def test_a_mention_is_highlighted_in_a_focused_window_without_urgency(
         assert "mention" not in alice.tags_of_line_with("aforethought")
         assert not urgent(alice)
         assert not title(alice).startswith("(")
+
+
+def test_a_line_that_named_the_user_while_away_is_highlighted_on_return(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
+        missed_by(alice, proxy, bob, ["alice, are you there?", "never mind"])
+        assert "mention" in alice.tags_of_line_with("alice, are you there?")
+        assert "mention" not in alice.tags_of_line_with("never mind")
