@@ -43,8 +43,8 @@ def older_command(text: str) -> int | str | None:
     """The lines a typed ``/older [N]`` asks for, a usage message if N is wrong, or None if
     ``text`` is not the command (it is sent as a chat line)."""
     words = text.split()
-    if not words or words[0].lower() != COMMAND:
-        return None
+    if not words or words[0].lower() != COMMAND or "\n" in text.strip():
+        return None  # (a paste of several lines is a message, whatever its first word)
     if len(words) == 1:
         return PAGE
     # ASCII digits only: str.isdigit() also takes "²", which int() does not.

@@ -78,6 +78,7 @@ def shown(*seqs: int) -> list[str]:
         ("/older 0200", USAGE),
         ("/older 2 3", USAGE),
         ("/OLDER 7", 7),  # commands are read in any case
+        ("/older 2\nplease see the lines above", None),  # a paste: sent, not lost
         ("/olderly", None),
         ("say /older", None),
         ("", None),
