@@ -807,7 +807,9 @@ class ChatServer:
         if self._stopping:
             return ErrorCode.SHUTTING_DOWN, "the server is shutting down"
         if config.max_sessions and len(self.connections) >= config.max_sessions:
-            return ErrorCode.SERVER_FULL, f"the server is full ({config.max_sessions} sessions)"
+            most = config.max_sessions
+            connections = "1 connection" if most == 1 else f"{most} connections"
+            return ErrorCode.SERVER_FULL, f"the server is full ({connections})"
         if config.max_per_ip and self._per_ip[session.addr] >= config.max_per_ip:
             return (
                 ErrorCode.TOO_MANY_CONNECTIONS,

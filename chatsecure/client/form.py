@@ -137,7 +137,8 @@ def validate_form(
         try:
             parsed_host, parsed_port = parse_target(host_text, default_port=0)
         except ValueError as exc:
-            errors["host"] = str(exc).capitalize() + "."
+            said = str(exc)
+            errors["host"] = said[:1].upper() + said[1:] + "."  # (capitalize() lowers "IPv6")
     if parsed_port == 0:
         port_text = port.strip()
         if not port_text:

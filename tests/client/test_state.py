@@ -107,6 +107,7 @@ def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int
         ("my host", "7467", "a", "host", "Not an IP address"),
         ("host/x", "7467", "a", "host", "Not an IP address"),
         ("host:99999", "7467", "a", "host", "Port must be a number"),
+        ("[fe80::1", "7467", "a", "host", "No ']' after the IPv6 address"),
         ("host", "", "a", "port", "Enter a port (the default is 7467)"),
         ("host", "0", "a", "port", "from 1 to 65535"),
         ("host", "65536", "a", "port", "from 1 to 65535"),
@@ -639,7 +640,7 @@ def test_form_errors_are_kept_by_the_model_until_the_next_attempt() -> None:
 def test_other_refusals_are_not_blamed_on_the_password() -> None:
     model = ChatModel()
     model.connecting(ConnectRequest("10.0.0.2", 7467, "alice", password=ROOM))
-    full = "the server refused: the server is full (1 sessions) (server_full)"
+    full = "the server refused: the server is full (1 connection) (server_full)"
     model.apply(Disconnected(full, error=True), T)
     assert model.form_errors == {}
     assert model.notice is not None

@@ -280,7 +280,7 @@ def test_full_server_is_a_clear_message(
     connect_trusting(alice, "127.0.0.1", server.port)
     bob.connect("127.0.0.1", server.port)
     bob.pump(lambda: bob.phase is Phase.CONNECT)
-    assert "the server is full (1 sessions)" in bob.notice()
+    assert "the server is full (1 connection)" in bob.notice()
     assert "server_full" in bob.notice()
     assert alice.phase is Phase.CHAT
 
