@@ -7,6 +7,7 @@ certificate. A changed certificate is refused loudly unless the user replaces th
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatsecure.errors import TrustError
+
+log = logging.getLogger(__name__)
 
 KNOWN_SERVERS = "known_servers"
 
@@ -173,6 +176,10 @@ class TrustPolicy:
                 raise TrustError(
                     f"{name} presented {presented}, not the expected {self.fingerprint}"
                 )
+            if (pinned := self.store.get(host, port)) not in (None, presented):
+                # Out of band, the user vouched for the new one: said, so that a pasted
+                # fingerprint never replaces a pin unnoticed.
+                log.warning("%s was pinned to %s; --fingerprint replaces that pin", name, pinned)
             self.store.pin(host, port, presented)
             return None
         pinned = self.store.get(host, port)

@@ -171,11 +171,18 @@ def test_expected_fingerprint_is_the_only_one_accepted(store: KnownServers) -> N
     assert store.get("host", 7467) == OLD
 
 
-def test_expected_fingerprint_replaces_an_old_pin(store: KnownServers) -> None:
+def test_expected_fingerprint_replaces_an_old_pin_and_says_so(
+    store: KnownServers, caplog: pytest.LogCaptureFixture
+) -> None:
     """Passing the new fingerprint out of band is how a rotated certificate is accepted."""
     store.pin("host", 7467, OLD)
     TrustPolicy(store, fingerprint=NEW).verify("host", 7467, NEW)
     assert store.get("host", 7467) == NEW
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == f"host:7467 was pinned to {OLD}; --fingerprint replaces that pin"
+    caplog.clear()
+    TrustPolicy(store, fingerprint=NEW).verify("host", 7467, NEW)
+    assert not caplog.records  # the same again: nothing to say
 
 
 def test_advertised_mismatch_is_refused_even_when_pinned(store: KnownServers) -> None:
