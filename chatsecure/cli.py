@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of HOST[:PORT]: the server called NAME on this network (see discover); "
         "its certificate must match the fingerprint it advertises",
     )
+    connect.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="accepted as the other commands take it: without --discovered, connect never "
+        "looks for servers on the network",
+    )
     _add_trust(connect)
     _add_logging(connect)
 
@@ -328,6 +334,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     advertised = None
     others: tuple[tuple[str, int], ...] = ()
+    if args.discovered is not None and args.no_discovery:
+        raise ChatError("--discovered looks for the server on the network: not with --no-discovery")
     if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
         from chatsecure.discovery.records import preferred_address

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import queue
 import re
@@ -256,8 +257,15 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         if not bracket:
             raise ValueError(f"no ']' after the IPv6 address in {text!r}")
         port_text = rest.removeprefix(":")
+        if rest == ":":
+            raise ValueError(f"no port after ':' in {text!r}")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
+        if not port_text:
+            raise ValueError(f"no port after ':' in {text!r}")
+    elif ":" in text and not _is_ipv6(text):
+        # (not taken for an IPv6 address to connect to: http://host:port, host:port:x)
+        raise ValueError(f"{text!r} is neither host:port nor an IPv6 address")
     if not host:
         raise ValueError(f"no host in {text!r}")
     if not port_text:
@@ -265,6 +273,15 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
     return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    """Whether ``text`` is an IPv6 address (with a zone, ``fe80::1%eth0``, or without)."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- display ----------------------------------------------------------------------------

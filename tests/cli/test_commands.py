@@ -50,3 +50,9 @@ def test_ways_of_trusting_the_server_exclude_each_other(command: str, options: l
     result = Terminal.run_cli(command, "127.0.0.1:9", "--nick", "bob", *safe, *options)
     assert result.returncode == 2
     assert "not allowed with argument" in result.stderr
+
+
+def test_discovered_with_no_discovery_is_refused_before_looking() -> None:
+    result = Terminal.run_cli("connect", "--discovered", "lab", "--nick", "bob", "--no-discovery")
+    assert result.returncode != 0
+    assert "not with --no-discovery" in result.stderr

@@ -391,8 +391,10 @@ def test_a_piped_line_too_long_to_send_at_all_is_named_and_told_by_the_exit_code
 
 def connect_process(server: ServerThread, nick: str) -> subprocess.Popen[bytes]:
     """``chatsecure connect`` with byte pipes, for input that is not UTF-8."""
+    # (--no-discovery: accepted as gui and server take it; connect never looks anyway)
+    options = ["--nick", nick, "--accept-new", "--no-discovery"]
     return subprocess.Popen(
-        [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", nick, "--accept-new"],
+        [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", *options],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

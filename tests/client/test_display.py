@@ -42,7 +42,11 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1", "[::1", "[::1]x"]
+    "text",
+    [
+        *("", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1", "[::1", "[::1]x"),
+        *("host:", "[::1]:", "http://127.0.0.1:7467", "127.0.0.1:7467:3", "fe80::1::2"),
+    ],
 )
 def test_parse_target_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
