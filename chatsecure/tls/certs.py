@@ -197,7 +197,7 @@ def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurveP
         serialization.NoEncryption(),
     )
     with _writing(files.key.parent, "cannot make the folder"):
-        files.key.parent.mkdir(parents=True, exist_ok=True)
+        files.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (it holds the key)
     with _writing(files.key, "cannot write the key"):
         _write_private(files.key, key_pem)
     with _writing(files.cert, "cannot write the certificate"):

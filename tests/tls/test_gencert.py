@@ -82,6 +82,7 @@ def test_key_is_p256_and_readable_by_its_owner_only(
 ) -> None:
     out, _ = made
     assert stat.S_IMODE((out / "server.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700  # made by it: as the server makes its own
     cert = certs.load_cert(out / "server.crt")
     public = cert.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
