@@ -47,6 +47,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     """Print the newest ``args.last`` lines of ``args.db``, oldest first."""
     path: Path = args.db or (args.data_dir / DEFAULT_DB.name if args.data_dir else DEFAULT_DB)
     rows = _newest(path, args.last)
+    if not rows:  # (a fresh server's, or one kept with --history 0 since)
+        print(f"chatsecure: {path} holds no lines yet", file=sys.stderr)
     for seq, ts, peer_id, nick, addr, text in reversed(rows):
         if args.json:
             line = json.dumps(
@@ -86,7 +88,11 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
             "or --data-dir the folder"
         )
     if not path.is_file():
-        raise HistoryError(f"{path} not found: no history there; give --db the server's history")
+        beside = path.parent / "certs" / path.name  # where a server started there keeps it
+        hint = f" ({beside} is one)" if beside.is_file() else ""
+        raise HistoryError(
+            f"{path} not found: no history there; give --db the server's history{hint}"
+        )
     with mapped_errors(path):
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:

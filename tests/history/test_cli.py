@@ -92,6 +92,26 @@ def test_a_missing_file_is_a_clear_error_and_is_not_created(tmp_path: Path) -> N
     assert not path.exists()
 
 
+def test_the_folder_a_server_was_started_in_points_to_its_history(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / DEFAULT_DB.name).write_bytes(b"")
+    result = history("--data-dir", str(tmp_path))  # (the server's folder, not its data dir)
+    assert result.returncode == 1
+    assert result.stderr.rstrip().endswith(f"({tmp_path / 'certs' / DEFAULT_DB.name} is one)")
+
+
+@pytest.mark.asyncio
+async def test_a_history_without_lines_says_so(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "h.sqlite3", 100)
+    await log.open(0)
+    try:
+        result = history("--db", str(tmp_path / "h.sqlite3"))
+    finally:
+        await log.close()
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == f"chatsecure: {tmp_path / 'h.sqlite3'} holds no lines yet\n"
+
+
 def test_a_folder_given_as_the_file_is_named_a_folder(tmp_path: Path) -> None:
     result = history("--db", str(tmp_path))
     assert result.returncode == 1
