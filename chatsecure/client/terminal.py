@@ -451,7 +451,18 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     return codes[0]
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):  # (closed, or not a file at all)
+        return False
+
+
 def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threading.Event) -> None:
+    # A script's input, or a person's at a terminal whose output goes through a pipe (`| tee`):
+    # its end (or `quit`) waits for the lines to be stored, through a reconnect; a person's
+    # leaves at once while the connection is down, as on a terminal.
+    script = not _isatty(stdin)
     end_of_input = False
     try:
         for line in stdin:
@@ -459,20 +470,18 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
             if ended.is_set():
                 return
             if is_quit(text):
-                # A script's last line: it wants its lines stored, as the end of input does
-                # (a restart of the server meanwhile must not drop them).
-                end_of_input = True
+                end_of_input = script  # a script's last line: its lines are to be stored
                 break
             _say(client, text, screen)
         else:
-            end_of_input = True
+            end_of_input = script
     except (OSError, ValueError) as exc:  # a read error, or undecodable input
         with screen.printing:
             print(f"chatsecure: cannot read the input: {exc}", file=screen.stderr, flush=True)
     finally:
-        # End of input (or its `quit`) leaves once every line is stored (after a reconnect,
-        # if need be); input that cannot be read leaves at once. Either prints what `/older`
-        # is loading first.
+        # A script's end (or its `quit`) leaves once every line is stored (after a reconnect,
+        # if need be); a person's, or input that cannot be read, leaves at once. Either prints
+        # what `/older` is loading first.
         screen.scrollback.settled(OLDER_WAIT)
         if end_of_input:
             client.finish()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from chatsecure.client.terminal import NOT_DELIVERED
 from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 from tests.gui.proxy import Proxy
-from tests.helpers import Terminal
+from tests.helpers import CHATSECURE, Terminal
 
 TIME = r"\[(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\]"
 """A line's time; the fake server's lines are from 2023, so they show their date too."""
@@ -174,3 +177,37 @@ def test_quit_at_the_end_of_piped_input_waits_for_a_reconnect_as_the_end_does(
             if frame["type"] == "leave" and frame.get("reason") == "quit":
                 break
         assert said == ["build finished"]
+
+
+def test_quit_typed_at_a_terminal_whose_output_is_piped_leaves_at_once_while_down(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """``chatsecure connect ... | tee chat.log``: a person types, on a terminal; their `quit`
+    leaves at once while the connection is down, as on a terminal, naming the line not sent."""
+    server = start_server()
+    master, slave = os.openpty()
+    with Proxy((server.host, server.port)) as proxy:
+        argv = [f"127.0.0.1:{proxy.port}", "--nick", "ana", "--fingerprint", server.fingerprint]
+        proc = subprocess.Popen(
+            [*CHATSECURE, "connect", *argv],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("connected to ")
+            proxy.hold()
+            proxy.drop()
+            time.sleep(0.5)  # (the client sees the drop)
+            os.write(master, b"said while down\nquit\n")
+            _, err = proc.communicate(timeout=10)
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == NOT_DELIVERED, err
+    assert "not sent, never stored: said while down" in err
