@@ -278,7 +278,12 @@ def _convert(setting: Setting, value: object, path: Path) -> object:
     if setting.choices is not None and value not in setting.choices:
         raise ConfigError(f"{path}: {setting.field} must be one of {', '.join(setting.choices)}")
     if kind is Path:
-        return path.parent / Path(str(value)).expanduser()  # (~ first: it is absolute)
+        try:
+            return path.parent / Path(str(value)).expanduser()  # (~ first: it is absolute)
+        except RuntimeError:  # ~nobody, or no home folder at all
+            raise ConfigError(
+                f"{path}: {setting.field}: cannot find the home folder in {value!r}"
+            ) from None
     return float(value) if kind is float else value  # type: ignore[arg-type]
 
 

@@ -256,6 +256,10 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
             raise ValueError(f"no ']' after the IPv6 address in {text!r}")
+        if not _is_ipv6(host):
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"a ':' goes between ']' and the port in {text!r}")
         port_text = rest.removeprefix(":")
         if rest == ":":
             raise ValueError(f"no port after ':' in {text!r}")
@@ -276,12 +280,15 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
 
 
 def _is_ipv6(text: str) -> bool:
-    """Whether ``text`` is an IPv6 address (with a zone, ``fe80::1%eth0``, or without)."""
+    """Whether ``text`` is an IPv6 address (with a zone, ``fe80::1%eth0``, or without).
+
+    A zone with a ``:`` in it is refused: ``fe80::1%eth0:7000`` is an address and a port
+    written without the brackets, not a zone named ``eth0:7000``."""
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
         return False
-    return True
+    return ":" not in text.partition("%")[2]
 
 
 # --- display ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ ALICE = Peer("1", "alice", "192.168.1.20")
         ("fe80::1%eth0", ("fe80::1%eth0", DEFAULT_PORT)),
         ("[::1]", ("::1", DEFAULT_PORT)),
         ("[::1]:7000", ("::1", 7000)),
+        ("[fe80::1%eth0]:7000", ("fe80::1%eth0", 7000)),
         ("localhost:65535", ("localhost", 65535)),
     ],
 )
@@ -46,6 +47,7 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
     [
         *("", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1", "[::1", "[::1]x"),
         *("host:", "[::1]:", "http://127.0.0.1:7467", "127.0.0.1:7467:3", "fe80::1::2"),
+        *("fe80::1%eth0:7000", "[::1]7467", "[127.0.0.1:7000]", "[localhost]"),
     ],
 )
 def test_parse_target_refuses(text: str) -> None:

@@ -344,6 +344,11 @@ def test_a_home_folder_in_the_config_file_is_the_users(
         build_parser().parse_args(["server", "--config", str(tmp_path / "server.toml")])
     )
     assert config.cert == tmp_path / "home" / "chat" / certs.CERT_NAME  # not ./~/chat
+    (tmp_path / "server.toml").write_text('data-dir = "~no-such-user-here/chat"\n')
+    with pytest.raises(ConfigError, match="cannot find the home folder"):
+        server_config(
+            build_parser().parse_args(["server", "--config", str(tmp_path / "server.toml")])
+        )
 
 
 @pytest.mark.parametrize("setting", ["port = true", "history = false", "msg-burst = true"])
