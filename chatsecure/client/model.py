@@ -194,8 +194,8 @@ class ChatModel:
                 many = unconfirmed > 1
                 lines, them = (f"{unconfirmed} lines", "them") if many else ("line", "it")
                 said = (
-                    f"You left '{self.server_name}' before it confirmed your last {lines}: "
-                    f"the room may not have {them}."
+                    f"You left '{self.server_name}' before your last {lines} "
+                    f"{'were' if many else 'was'} stored: the room may not have {them}."
                 )
             self.notice = Notice("info", said)
         self.phase = Phase.CONNECT

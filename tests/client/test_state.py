@@ -577,7 +577,7 @@ def test_leaving_without_waiting_for_acks_says_so_and_forgets_those_lines() -> N
     model.left()  # Leave asked twice: without waiting
     assert model.notice is not None
     assert model.notice.text == (
-        "You left 'lab' before it confirmed your last 2 lines: the room may not have them."
+        "You left 'lab' before your last 2 lines were stored: the room may not have them."
     )
     assert model.pending == {}  # not waited for by the next Leave, in another connection
     model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
@@ -585,7 +585,7 @@ def test_leaving_without_waiting_for_acks_says_so_and_forgets_those_lines() -> N
     model.apply(Queued("r3", "three"), T)
     model.left()
     assert model.notice is not None
-    assert model.notice.text.endswith("your last line: the room may not have it.")
+    assert model.notice.text.endswith("your last line was stored: the room may not have it.")
 
 
 def test_connect_failure_goes_back_with_the_reason() -> None:

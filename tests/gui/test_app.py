@@ -835,7 +835,7 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         assert "2 lines not stored yet" in alice.w("chat.banner").cget("text")
         alice.click("chat.top.leave")  # again: leave without them
         assert alice.view() == "connect"
-        assert "before it confirmed your last 2 lines" in alice.w("connect.notice").cget("text")
+        assert "before your last 2 lines were stored" in alice.w("connect.notice").cget("text")
         # They are not waited for in the next connection: one Leave leaves.
         connect_trusting(alice, "127.0.0.1", server.port)
         alice.click("chat.top.leave")
@@ -849,7 +849,7 @@ def test_lines_left_behind_by_leave_again_are_not_waited_for_in_the_next_connect
     alice.click("chat.top.leave")
     alice.click("chat.top.leave")  # again: at once, without them
     assert alice.view() == "connect"
-    assert "before it confirmed your last" in alice.w("connect.notice").cget("text")
+    assert "before your last" in alice.w("connect.notice").cget("text")
     connect_trusting(alice, "127.0.0.1", server.port)
     alice.click("chat.top.leave")  # nothing of this connection waits
     assert alice.view() == "connect"
