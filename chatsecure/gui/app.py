@@ -118,6 +118,8 @@ class App:
         self._focus_check: str | None = None
         self._follow = True
         """Whether the newest line was in view when the transcript's view last changed."""
+        self._unseen = 0
+        """Lines others said that came in below the view while the user read back."""
         self._size = (0, 0)
         """The transcript's size when its view last changed."""
         self.fonts = _fonts(root)
@@ -285,6 +287,10 @@ class App:
         self.transcript.bind("<Key>", self._type_into_message)
         scroll.pack(side="right", fill="y")
         self.transcript.pack(side="left", fill="both", expand=True)
+        # Shown over the foot of the chat while the user reads back and lines come in below.
+        self.below = ttk.Button(
+            log_frame, name="below", style="Accent.TButton", command=self._to_newest
+        )
         self._tag_transcript()
         self._clear_transcript()
         body.add(log_frame, weight=4)
@@ -681,6 +687,9 @@ class App:
         resized) cuts lines at the bottom: that is not the user scrolling up, so if the
         newest line was in view it is brought back."""
         self._scrollbar.set(first, last)
+        if float(last) >= 0.999 and self._unseen:
+            self._unseen = 0  # the newest lines are in view: nothing below to point to
+            self.below.place_forget()
         text = self.transcript
         size = (text.winfo_width(), text.winfo_height())
         if size != self._size:
@@ -690,8 +699,21 @@ class App:
             return
         self._follow = float(last) >= 0.999
 
+    def _to_newest(self) -> None:
+        """The "new messages below" button: to the newest line (the button goes with it)."""
+        self.transcript.see("end")
+
+    def _tell_unseen(self, count: int) -> None:
+        """``count`` more lines others said came in below the view: say so at its foot."""
+        self._unseen += count
+        said = "1 new message" if self._unseen == 1 else f"{self._unseen} new messages"
+        self.below.configure(text=f"↓ {said}")
+        self.below.place(relx=0.5, rely=1.0, y=-8, anchor="s")
+
     def _clear_transcript(self) -> None:
         self._follow = True
+        self._unseen = 0
+        self.below.place_forget()
         text = self.transcript
         text.configure(state="normal")
         text.delete("1.0", "end")
@@ -793,6 +815,10 @@ class App:
         text.configure(state="disabled")
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
+        elif unseen := sum(
+            line.kind in {"chat", "history"} and not line.older and not line.gap for line in lines
+        ):
+            self._tell_unseen(unseen)  # (the user reads back: the view stays, and says so)
         elif inserted and rows is not None and rows >= 0:
             # What the user reads stays where it was; the page goes above it, off screen.
             text.yview("reading")

@@ -950,3 +950,28 @@ def test_a_missed_line_shown_already_is_not_loaded_into_its_gap_again(gui: GuiFa
     alice.app._append(page, [False, False])
     said = [line.split(": ", 1)[1] for line in alice.transcript_lines() if "(127.0.0.1): " in line]
     assert said == ["m10", "mine"]
+
+
+def test_lines_that_come_while_the_user_reads_back_are_said_to_be_below(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        bob.expect("join")
+        for n in range(60):
+            say_stored(bob, f"line {n}", f"l{n}")
+        alice.pump(lambda: "line 59" in alice.transcript())
+        text, below = alice.w("chat.body.log.transcript"), alice.w("chat.body.log.below")
+        assert not below.winfo_ismapped()
+        text.yview_moveto(0.3)  # the user reads back
+        alice.root.update()
+        say_stored(bob, "while you read", "w1")
+        say_stored(bob, "and again", "w2")
+        alice.pump(lambda: below.winfo_ismapped() and "2 new messages" in below.cget("text"))
+        assert text.yview()[1] < 0.999  # the view stays where the user reads
+        below.invoke()
+        alice.pump(lambda: not below.winfo_ismapped())
+        assert text.yview()[1] >= 0.999
