@@ -975,3 +975,25 @@ def test_lines_that_come_while_the_user_reads_back_are_said_to_be_below(
         below.invoke()
         alice.pump(lambda: not below.winfo_ismapped())
         assert text.yview()[1] >= 0.999
+
+
+def test_a_line_said_as_a_page_of_older_lines_comes_keeps_the_reader_in_place(
+    server: ServerThread, gui: GuiFactory
+) -> None:
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+
+    def history(n: int, *, older: bool = False) -> Line:
+        return Line("history", "12:00:00", f"line {n}", "bob", "127.0.0.1", seq=n, older=older)
+
+    alice.app._append([history(n) for n in range(100, 200)], [False] * 100)
+    text = alice.w("chat.body.log.transcript")
+    text.yview_moveto(0.0)  # the user scrolled to the top: a page was asked for
+    alice.root.update()
+    top = text.get("@0,0 linestart", "@0,0 lineend")
+    # One poll brings the page asked for, and a line someone said meanwhile.
+    said = Line("chat", "12:00:01", "just said", "bob", "127.0.0.1", seq=200)
+    alice.app._append([*(history(n, older=True) for n in range(50, 100)), said], [False] * 51)
+    alice.root.update()
+    assert text.get("@0,0 linestart", "@0,0 lineend") == top  # the page went above it
+    assert "1 new message" in alice.w("chat.body.log.below").cget("text")
