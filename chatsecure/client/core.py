@@ -274,7 +274,7 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         raise ValueError(f"no host in {text!r}")
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not re.fullmatch("[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
     return host, int(port_text)
 

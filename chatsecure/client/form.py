@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -143,7 +144,7 @@ def validate_form(
         port_text = port.strip()
         if not port_text:
             errors["port"] = f"Enter a port (the default is {limits.DEFAULT_PORT})."
-        elif not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        elif not re.fullmatch("[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
             errors["port"] = "A number from 1 to 65535."
         else:
             parsed_port = int(port_text)

@@ -48,6 +48,7 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
         *("", "  ", ":7467", "host:0", "host:65536", "host:http", "[]:1", "[::1", "[::1]x"),
         *("host:", "[::1]:", "http://127.0.0.1:7467", "127.0.0.1:7467:3", "fe80::1::2"),
         *("fe80::1%eth0:7000", "[::1]7467", "[127.0.0.1:7000]", "[localhost]"),
+        *("host:\u0663", "[::1]:\u0663"),  # an Arabic-Indic 3: a digit to isdigit(), not a port
     ],
 )
 def test_parse_target_refuses(text: str) -> None:

@@ -112,6 +112,7 @@ def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int
         ("host", "0", "a", "port", "from 1 to 65535"),
         ("host", "65536", "a", "port", "from 1 to 65535"),
         ("host", "12a", "a", "port", "from 1 to 65535"),
+        ("host", "\u0663", "a", "port", "from 1 to 65535"),
         ("host", "7467", "", "nick", "1 to 32 visible characters"),
         ("host", "7467", "\u202e\u200b ", "nick", "visible characters"),
         ("host", "7467", "x" * 33, "nick", "visible characters"),
