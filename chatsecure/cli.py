@@ -8,6 +8,7 @@ import importlib
 import ipaddress
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -351,6 +352,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ChatError(str(exc)) from None
         others = tuple(dict.fromkeys(a for a in rest if a != (host, port)))
+    if sys.stdin is None:  # started with its input closed (`<&-`): no input, as /dev/null
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - the process's own
     store = KnownServers()
     expected = certs.normalize_fingerprint(args.fingerprint) if args.fingerprint else None
     policy = TrustPolicy(

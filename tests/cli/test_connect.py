@@ -601,3 +601,17 @@ def test_a_room_password_refused_says_how_to_give_one_if_none_was(
     )
     hint = "; give the room's password with --password-file FILE"
     assert bob.stderr[-1] == refused + ("" if given else hint), bob.stderr
+
+
+def test_input_closed_at_the_start_is_no_input(server: ServerThread) -> None:
+    """``chatsecure connect ... <&-``: Python's stdin is None; nothing to say, it leaves."""
+    proc = subprocess.run(
+        [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new"],
+        preexec_fn=lambda: os.close(0),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
