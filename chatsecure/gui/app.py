@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
-from chatsecure.client.core import is_quit, parse_target
+from chatsecure.client.core import is_quit, parse_target, safe_text
 from chatsecure.client.form import (
     FormField,
     GuiOptions,
@@ -727,10 +727,13 @@ class App:
     def _arrived(self, lines: list[Line]) -> None:
         """Show lines from the network; count them while the window has no focus."""
         me = self.controller.model.roster.me
+        refused = next((line.unsent for line in lines if line.unsent is not None), None)
+        back = refused is not None and not self.message.get()
+        if back:  # its whole text goes back in the box: the transcript need not hold it all
+            lines = [_shortened(line) if line.unsent is refused else line for line in lines]
         named = self.attention.arrived(lines, me.nick if me is not None else None)
         self._append(lines, named)
-        refused = next((line.unsent for line in lines if line.unsent is not None), None)
-        if refused is not None and not self.message.get():
+        if back and refused is not None:
             self.message.insert(0, refused)  # back in the box, to shorten or fix
         self.root.title(self.attention.title(self.controller.model.title()))
         self._show_urgency()
@@ -1048,6 +1051,21 @@ def _press(event: tk.Event[tk.Misc]) -> str:
     if isinstance(event.widget, ttk.Button):
         event.widget.invoke()
     return "break"
+
+
+REFUSED_SHOWN = 200
+"""Characters of a refused text that its notice shows when the whole is back in the box."""
+
+
+def _shortened(line: Line) -> Line:
+    """The notice of a refused line (its reason, then its text) with the start of the text
+    only: a 4,000-character text would push its reason out of view."""
+    unsent = safe_text(line.unsent or "")
+    if len(unsent) <= REFUSED_SHOWN:
+        return line
+    reason = line.text.removesuffix(unsent)
+    shown = f"{reason}{unsent[:REFUSED_SHOWN]}… (all {len(line.unsent or '')} characters"
+    return dataclasses.replace(line, text=f"{shown} are back in the message box)")
 
 
 def _pairs(ranges: tuple[Any, ...]) -> list[tuple[Any, Any]]:
