@@ -452,12 +452,15 @@ class ClientSession:
                 else:
                     event = ServerError(message)
             case HistoryEnd():
-                if message.ref is None or (
-                    self._history_out is not None and message.ref == self._history_out.ref
-                ):
-                    self._history_out = None
+                out = self._history_out
                 self._refs_echoed = self._refs_echoed or message.ref is not None
-                event = HistoryDone(message)
+                if message.ref is None or (out is not None and message.ref == out.ref):
+                    self._history_out = None
+                    event = HistoryDone(message)
+                elif not message.ref.startswith(f"{self._ref_prefix}-h"):
+                    event = HistoryDone(message)
+                # (Else the end of an answer to a request of ours given up for refused, an
+                # error without ref taken for its refusal: nobody waits for it any more.)
             case Shutdown():
                 self.state = ClientState.OFFLINE
                 event = Ended()

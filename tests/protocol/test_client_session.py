@@ -455,6 +455,23 @@ def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none(
     assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 0, request["ref"]))]
 
 
+def test_the_end_of_an_answer_given_up_for_refused_does_not_end_the_next_request() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=50)
+    session.request_history(40, 2, now=0.0)
+    [first] = sent(session)
+    # An error about something else, before this server named any request: taken for the
+    # refusal, as from a server older than refs on history.
+    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
+    assert session.receive_data(frames(bad)) == [HistoryDone(Error("bad_json", "not JSON"))]
+    session.request_history(40, 2, now=0.0)
+    [second] = sent(session)
+    late = {"type": "history_end", "before": 40, "count": 2, "ref": first["ref"]}
+    assert session.receive_data(frames(late)) == []  # not the end of the second, still out
+    end = late | {"ref": second["ref"]}
+    assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 2, second["ref"]))]
+
+
 def test_an_older_server_limiting_a_history_request_without_naming_it_gets_it_again() -> None:
     session = paced_at_ten_a_second(seq=900)
     session.request_history(900, 100, now=100.0)
