@@ -145,6 +145,8 @@ class ChatModel:
         top, missed ones into their gap's place)."""
         self._history_retry_at = 0.0
         """``time.monotonic()`` before which no history request goes: one was refused."""
+        self._taken: str | None = None
+        """The banner saying the nick asked for was taken, while it is up."""
         self._refused_gaps: set[int] = set()
         """Gaps whose request was refused since the window last asked (``refused_gaps``)."""
 
@@ -214,6 +216,8 @@ class ChatModel:
         text = _without_blank_edges(text)
         if self.phase not in {Phase.CHAT, Phase.RECONNECTING} or self.roster.me is None:
             return Outgoing(line=notice("error", "Not connected: the message was not sent.", ts))
+        if self.banner is not None and self.banner == self._taken:
+            self.banner = None  # seen: the user speaks under the new nick
         # How long a text may be is the server's to say (text_too_long); the core refuses
         # what cannot be sent at all (Controller.submit). While reconnecting, the line waits
         # and goes out after the reconnect: it shows as pending (``Queued``) meanwhile.
@@ -320,14 +324,12 @@ class ChatModel:
             welcome, again=again, resumed=event.resumed, missed=event.missed
         )
         if asked is not None and welcome.you.nick != asked:
-            lines.append(
-                notice(
-                    "info",
-                    f"The nick '{safe_text(asked)}' was taken; "
-                    f"you are '{safe_text(welcome.you.nick)}'.",
-                    ts,
-                )
+            taken = (
+                f"The nick '{safe_text(asked)}' was taken; you are '{safe_text(welcome.you.nick)}'."
             )
+            lines.append(notice("info", taken, ts))
+            if welcome.replay:  # the replay that follows pushes that line out of view at once
+                self.banner = self._taken = taken
         others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
         here = ", ".join(describe(p) for p in others)
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))

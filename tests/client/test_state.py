@@ -499,6 +499,21 @@ def test_alone_in_the_room_and_a_taken_nick_are_said() -> None:
     assert "The nick 'alice_2' was taken; you are 'alice_3'." in texts
 
 
+def test_a_taken_nick_stays_in_the_banner_over_a_replay_until_the_user_speaks() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    renamed = Peer("1", "alice_2", "192.168.1.20")
+    replayed = Welcome(renamed, (BOB,), ServerInfo("lab", "1", 2), seq=80, replay=50, log="L")
+    model.apply(Connected(replayed, "192.168.1.5", 7467, "TLSv1.3", FP), T)
+    assert model.banner == "The nick 'alice' was taken; you are 'alice_2'."  # 50 lines follow
+    assert model.outgoing("hi").send == "hi"
+    assert model.banner is None
+    other = ChatModel()  # nothing replayed: the line stays in view, no banner
+    other.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    other.apply(welcome(renamed), T)
+    assert other.banner is None
+
+
 def test_drop_reconnect_and_recover() -> None:
     model = chatting(BOB)
     (line,) = model.apply(Reconnecting(2, 4.0, "the connection was reset"), T)

@@ -571,10 +571,16 @@ def test_nickname_is_remembered_between_runs(server: ServerThread, gui: GuiFacto
 def test_taken_nick_is_explained(server: ServerThread, gui: GuiFactory) -> None:
     with RawClient(server.host, server.port) as other:
         other.join("alice")
+        say_stored(other, "said before", "b1")  # replayed: the notice's line scrolls up
         alice = gui(nick="alice", accept_new=True)
         connect_trusting(alice, "127.0.0.1", server.port)
-        assert "The nick 'alice' was taken; you are 'alice_2'." in alice.transcript()
+        taken = "The nick 'alice' was taken; you are 'alice_2'."
+        assert taken in alice.transcript()
         assert "you are alice_2" in alice.status()
+        banner = alice.w("chat.banner")
+        alice.pump(lambda: banner.winfo_ismapped() and banner.cget("text") == taken)
+        alice.say("hello")  # seen: the banner goes
+        alice.pump(lambda: not banner.winfo_ismapped())
 
 
 def test_server_name_cannot_fake_a_line_in_the_window(
