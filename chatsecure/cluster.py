@@ -75,7 +75,10 @@ BACK = encode(
 )
 """Told to every client of a node when the shared log answers again."""
 
-REFUSED = "the room's shared log is out of reach; send it again when it is back"
+REFUSED = (
+    "the room's shared log is out of reach; once it is back, say it again if it does not show"
+    " (a log that was only slow may store it after all)"
+)
 """The ``not_stored`` error's message for a line said while the shared log is out of reach."""
 
 
