@@ -89,7 +89,7 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
         )
     if not path.is_file():
         beside = path.parent / "certs" / path.name  # where a server started there keeps it
-        hint = f" ({beside} is one)" if beside.is_file() else ""
+        hint = f" ({beside} is one)" if beside.is_file() else " (a cluster keeps it in Redis)"
         raise HistoryError(
             f"{path} not found: no history there; give --db the server's history{hint}"
         )

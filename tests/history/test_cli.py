@@ -89,6 +89,7 @@ def test_a_missing_file_is_a_clear_error_and_is_not_created(tmp_path: Path) -> N
     result = history("--db", str(path))
     assert result.returncode == 1
     assert result.stderr.startswith(f"chatsecure: {path} not found")
+    assert "a cluster keeps it in Redis" in result.stderr  # (no file to find there)
     assert not path.exists()
 
 
