@@ -74,6 +74,20 @@ def bob_and_alice_through_a_proxy(
         yield bob, alice, proxy
 
 
+@contextlib.contextmanager
+def bob_and_alice_unpaced(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> Iterator[tuple[RawClient, Gui]]:
+    """bob, and alice's window, in a room of a server that paces no one."""
+    server = start_server(msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        bob.expect("join")
+        yield bob, alice
+
+
 def say_stored(bob: RawClient, text: str, ref: str) -> None:
     """``bob`` says ``text`` and waits until it is stored (joins and leaves on the way)."""
     bob.send({"type": "msg", "text": text, "ref": ref})
@@ -905,12 +919,7 @@ def test_the_last_server_is_remembered_between_runs(server: ServerThread, gui: G
 def test_up_and_down_bring_back_lines_typed_and_blank_edges_of_a_paste_are_dropped(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(msg_rate=0)
-    with RawClient(server.host, server.port) as bob:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", server.port)
-        bob.expect("join")
+    with bob_and_alice_unpaced(start_server, gui) as (bob, alice):
         alice.say("first")
         alice.say("\nsecond\n  \n")  # a paste with blank lines around it
         assert [bob.expect("msg")["text"] for _ in range(2)] == ["first", "second"]
@@ -962,12 +971,7 @@ def test_a_missed_line_shown_already_is_not_loaded_into_its_gap_again(gui: GuiFa
 def test_lines_that_come_while_the_user_reads_back_are_said_to_be_below(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(msg_rate=0)
-    with RawClient(server.host, server.port) as bob:
-        bob.join("bob")
-        alice = gui(nick="alice", accept_new=True)
-        connect_trusting(alice, "127.0.0.1", server.port)
-        bob.expect("join")
+    with bob_and_alice_unpaced(start_server, gui) as (bob, alice):
         for n in range(60):
             say_stored(bob, f"line {n}", f"l{n}")
         alice.pump(lambda: "line 59" in alice.transcript())
