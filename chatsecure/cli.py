@@ -103,13 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--nick", required=True, metavar="NICK", help="your nick (1-32 characters)"
     )
-    connect.add_argument(
+    # (Exclusive in the parser: refused before any code could look on the network.)
+    looking = connect.add_mutually_exclusive_group()
+    looking.add_argument(
         "--discovered",
         metavar="NAME",
         help="instead of HOST[:PORT]: the server called NAME on this network (see discover); "
         "its certificate must match the fingerprint it advertises",
     )
-    connect.add_argument(
+    looking.add_argument(
         "--no-discovery",
         action="store_true",
         help="accepted as the other commands take it: without --discovered, connect never "
@@ -335,8 +337,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     advertised = None
     others: tuple[tuple[str, int], ...] = ()
-    if args.discovered is not None and args.no_discovery:
-        raise ChatError("--discovered looks for the server on the network: not with --no-discovery")
     if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
         from chatsecure.discovery.records import preferred_address
