@@ -274,9 +274,17 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         raise ValueError(f"no host in {text!r}")
     if not port_text:
         return host, default_port
-    if not re.fullmatch("[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+    if (port := port_number(port_text)) is None:
         raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
-    return host, int(port_text)
+    return host, port
+
+
+def port_number(text: str) -> int | None:
+    """``text`` as a TCP port (ASCII digits, 1 to 65535), or None. (``str.isdigit()`` also
+    takes an Arabic-Indic 3, which ``int()`` reads as 3.)"""
+    if not re.fullmatch("[0-9]{1,5}", text) or not 0 < int(text) < 65536:
+        return None
+    return int(text)
 
 
 def _is_ipv6(text: str) -> bool:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from chatsecure.client.core import Target, parse_target, require_sendable
+from chatsecure.client.core import Target, parse_target, port_number, require_sendable
 from chatsecure.errors import ProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import clean_nick
@@ -144,10 +143,10 @@ def validate_form(
         port_text = port.strip()
         if not port_text:
             errors["port"] = f"Enter a port (the default is {limits.DEFAULT_PORT})."
-        elif not re.fullmatch("[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
+        elif (number := port_number(port_text)) is None:
             errors["port"] = "A number from 1 to 65535."
         else:
-            parsed_port = int(port_text)
+            parsed_port = number
     try:
         clean = require_sendable(clean_nick(nick), "the nick")
     except ProtocolError:
