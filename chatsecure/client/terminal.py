@@ -451,18 +451,11 @@ def _chat_through_pipes(client: ChatClient, stdin: TextIO, screen: _Screen) -> i
     return codes[0]
 
 
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (OSError, ValueError):  # (closed, or not a file at all)
-        return False
-
-
 def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threading.Event) -> None:
     # A script's input, or a person's at a terminal whose output goes through a pipe (`| tee`):
     # its end (or `quit`) waits for the lines to be stored, through a reconnect; a person's
     # leaves at once while the connection is down, as on a terminal.
-    script = not _isatty(stdin)
+    script = not stdin.isatty()
     end_of_input = False
     try:
         for line in stdin:
