@@ -816,13 +816,8 @@ class App:
             if oldest is not None:
                 paging.dropped_before(oldest)
         text.configure(state="disabled")
-        unseen = (
-            0
-            if at_bottom
-            else sum(
-                line.kind in {"chat", "history"} and not line.older and not line.gap
-                for line in lines
-            )
+        said = sum(
+            line.kind in {"chat", "history"} and not line.older and not line.gap for line in lines
         )
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
             text.see("end")
@@ -833,8 +828,8 @@ class App:
         elif prepended:
             text.yview(f"{prepended + 1}.0")  # reading older lines: what was on top stays
         text.mark_unset("reading")
-        if unseen:  # (the user reads back: the view stays where it is, and says so)
-            self._tell_unseen(unseen)
+        if said and not at_bottom:  # (the user reads back: the view stays, and says so)
+            self._tell_unseen(said)
 
     def _mark_reading(self, at: str) -> int:
         """Before a page goes in at ``at``: if the line there is on screen (the user reads
