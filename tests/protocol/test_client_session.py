@@ -292,10 +292,7 @@ def test_missed_lines_none_of_them_replayed_are_not_missed_again_on_the_next_ret
 
 
 def test_history_answers_are_older_lines_and_leave_last_seq_alone() -> None:
-    session = ClientSession("alice")
-    joined(session, seq=50)
-    session.request_history(40, 2, now=0.0)
-    [request] = sent(session)
+    session, request = asking_for_history()
     assert request == {"type": "history", "before": 40, "limit": 2, "ref": request["ref"]}
     events = session.receive_data(
         frames(
@@ -435,14 +432,26 @@ def test_a_history_request_refused_for_the_rate_goes_again_and_one_refused_other
     assert session.receive_data(frames(unreadable | {"ref": request["ref"]}), now=100.4) == []
 
 
+BAD_JSON = {"type": "error", "code": "bad_json", "message": "not JSON"}
+"""An error without ``ref``: about something else than a history request."""
+
+
+def asking_for_history() -> tuple[ClientSession, dict[str, Any]]:
+    """A joined session that asked for 2 lines before 40, and the request it sent."""
+    session = ClientSession("alice")
+    joined(session, seq=50)
+    session.request_history(40, 2, now=0.0)
+    [request] = sent(session)
+    return session, request
+
+
 def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none() -> None:
     session = ClientSession("alice")
     joined(session, seq=50)
-    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
     session.request_history(40, 2, now=0.0)
     [request] = sent(session)
     # No history_end has named a request yet: taken for the refusal (an older server).
-    assert session.receive_data(frames(bad)) == [HistoryDone(Error("bad_json", "not JSON"))]
+    assert session.receive_data(frames(BAD_JSON)) == [HistoryDone(Error("bad_json", "not JSON"))]
     session.request_history(40, 2, now=0.0)
     [request] = sent(session)
     end = {"type": "history_end", "before": 40, "count": 0, "ref": request["ref"]}
@@ -450,20 +459,16 @@ def test_an_error_without_ref_ends_the_request_only_on_a_server_that_names_none(
     # This server names requests: an error without ref is about something else.
     session.request_history(40, 2, now=0.0)
     [request] = sent(session)
-    assert session.receive_data(frames(bad)) == [ServerError(Error("bad_json", "not JSON"))]
+    assert session.receive_data(frames(BAD_JSON)) == [ServerError(Error("bad_json", "not JSON"))]
     end["ref"] = request["ref"]
     assert session.receive_data(frames(end)) == [HistoryDone(HistoryEnd(40, 0, request["ref"]))]
 
 
 def test_the_end_of_an_answer_given_up_for_refused_does_not_end_the_next_request() -> None:
-    session = ClientSession("alice")
-    joined(session, seq=50)
-    session.request_history(40, 2, now=0.0)
-    [first] = sent(session)
+    session, first = asking_for_history()
     # An error about something else, before this server named any request: taken for the
     # refusal, as from a server older than refs on history.
-    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
-    assert session.receive_data(frames(bad)) == [HistoryDone(Error("bad_json", "not JSON"))]
+    assert session.receive_data(frames(BAD_JSON)) == [HistoryDone(Error("bad_json", "not JSON"))]
     session.request_history(40, 2, now=0.0)
     [second] = sent(session)
     late = {"type": "history_end", "before": 40, "count": 2, "ref": first["ref"]}
@@ -483,16 +488,12 @@ def test_an_older_server_limiting_a_history_request_without_naming_it_gets_it_ag
 
 
 def test_an_error_naming_a_request_shows_the_server_names_them() -> None:
-    session = ClientSession("alice")
-    joined(session, seq=50)
-    session.request_history(40, 2, now=0.0)
-    [request] = sent(session)
+    session, request = asking_for_history()
     unreadable = {"type": "error", "code": "history_unavailable", "message": "later"}
     session.receive_data(frames(unreadable | {"ref": request["ref"]}))
     session.request_history(40, 2, now=0.0)
     sent(session)
-    bad = {"type": "error", "code": "bad_json", "message": "not JSON"}
-    assert session.receive_data(frames(bad)) == [ServerError(Error("bad_json", "not JSON"))]
+    assert session.receive_data(frames(BAD_JSON)) == [ServerError(Error("bad_json", "not JSON"))]
 
 
 def test_lines_refused_together_go_again_in_their_order_once_each() -> None:
