@@ -335,7 +335,9 @@ class ChatModel:
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
         # Last, right above the lines it introduces (the replay follows the welcome).
         if event.resumed:
-            lines.append(notice("info", self._resume_text(event, again), ts))
+            said = notice("info", self._resume_text(event, again), ts)
+            # (With lines left out, the window opens at the newest: the gap loads upwards.)
+            lines.append(replace(said, divider=welcome.replay if gap is None else 0))
             if gap is not None:
                 lines.append(Line("gap", "", gap_text(gap), gap=gap.id))
         elif welcome.replay:

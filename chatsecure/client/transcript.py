@@ -58,6 +58,10 @@ class Line:
     """The stored line's ``seq``; 0 for notices and for servers that keep no log."""
     unsent: str | None = None
     """For the notice of a line the server refused: its whole text, to offer back."""
+    divider: int = 0
+    """On the notice above the lines said while the user was away ("new since you left"):
+    how many of them the replay brings. If they fill more than the view, the window shows
+    them from this notice down rather than only the newest."""
 
     def segments(self) -> tuple[tuple[str, str], ...]:
         """(text, style) pairs; styles are ``time``, ``nick``, ``addr`` and ``body``."""

@@ -120,6 +120,10 @@ class App:
         """Whether the newest line was in view when the transcript's view last changed."""
         self._unseen = 0
         """Lines others said that came in below the view while the user read back."""
+        self._divider_left: int | None = None
+        """Replayed lines still to come after a return's "new since you left" line, shown
+        while the view followed the newest (None: no such return). At 0, if the divider is
+        out of view, the view goes back to it, once (see ``_show_newest``)."""
         self._size = (0, 0)
         """The transcript's size when its view last changed."""
         self.fonts = _fonts(root)
@@ -285,6 +289,7 @@ class App:
         self._scrollbar = scroll
         self.transcript.configure(yscrollcommand=self._scrolled)
         self.transcript.bind("<Key>", self._type_into_message)
+        self.transcript.bind("<Map>", self._transcript_shown)
         scroll.pack(side="right", fill="y")
         self.transcript.pack(side="left", fill="both", expand=True)
         # Shown over the foot of the chat while the user reads back and lines come in below.
@@ -695,7 +700,7 @@ class App:
         if size != self._size:
             self._size = size
             if self._follow:
-                text.after_idle(text.see, "end")
+                text.after_idle(self._show_newest)
             return
         self._follow = float(last) >= 0.999
 
@@ -713,6 +718,7 @@ class App:
     def _clear_transcript(self) -> None:
         self._follow = True
         self._unseen = 0
+        self._divider_left = None
         self.below.place_forget()
         text = self.transcript
         text.configure(state="normal")
@@ -788,6 +794,13 @@ class App:
                         rows = self._mark_reading(f"gap-{line.gap}")
                 inserted += 1
             prepended += line.older
+            if line.divider:
+                text.mark_set("divider", where)
+                text.mark_gravity("divider", "left")
+                self._divider_left = line.divider if at_bottom else None
+            elif self._divider_left:  # the replay after it comes first (then the others)
+                replayed = line.kind == "history" and not line.older and not line.gap
+                self._divider_left = self._divider_left - 1 if replayed else None
             # A pending line goes after the mark, which stays before it (with no line pending
             # yet, both are at the end: the mark's usual gravity would carry it along).
             text.mark_gravity("pending", "left" if where == "end" else "right")
@@ -820,7 +833,7 @@ class App:
             line.kind in {"chat", "history"} and not line.older and not line.gap for line in lines
         )
         if at_bottom:  # following the newest lines: older ones loaded meanwhile change nothing
-            text.see("end")
+            self._show_newest()
         elif inserted and rows is not None and rows >= 0:
             # What the user reads stays where it was; the page goes above it, off screen.
             text.yview("reading")
@@ -830,6 +843,32 @@ class App:
         text.mark_unset("reading")
         if said and not at_bottom:  # (the user reads back: the view stays, and says so)
             self._tell_unseen(said)
+
+    def _transcript_shown(self, _event: object) -> None:
+        """The chat came on screen: place a return that came before it (from the form)."""
+        if self._divider_left == 0:
+            self.transcript.after_idle(self._show_newest)
+
+    def _show_newest(self) -> None:
+        """Bring the newest line into view, unless that takes a return's divider out of it."""
+        text = self.transcript
+        text.see("end")
+        if self._divider_left == 0 and text.winfo_ismapped():  # (else once it is shown)
+            self._divider_left = None
+            if text.dlineinfo("divider") is None:
+                self._stop_at_divider()
+
+    def _stop_at_divider(self) -> None:
+        """The lines said while the user was away fill more than the view: show them from the
+        first on, as the user reads, and say how many more are below."""
+        text = self.transcript
+        text.yview("divider")
+        self._follow = False
+        last = text.index(f"@0,{text.winfo_height()} lineend")  # the bottom line in view
+        below = {value for key, value, _ in text.dump(last, "end", tag=True) if key == "tagon"}
+        count = sum(tag.startswith("seq-") for tag in below)
+        if count:
+            self._tell_unseen(count)
 
     def _mark_reading(self, at: str) -> int:
         """Before a page goes in at ``at``: if the line there is on screen (the user reads

@@ -431,6 +431,60 @@ def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to
         assert "history" in alice.tags_of_line_with("away 1")
 
 
+def test_a_return_with_more_missed_lines_than_fit_opens_where_the_user_left(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=0)
+    with bob_and_alice_through_a_proxy(server, gui) as (bob, alice, proxy):
+        text, below = alice.w("chat.body.log.transcript"), alice.w("chat.body.log.below")
+        missed_by(alice, proxy, bob, ["short 1", "short 2"])
+        settle([alice], 0.1)
+        assert text.yview()[1] >= 0.999, "a few missed lines: the view follows the newest"
+        assert not below.winfo_ismapped()
+
+        missed_by(alice, proxy, bob, [f"away {n}" for n in range(1, 101)])
+        settle([alice], 0.2)
+        divider = text.search("100 missed messages restored.", "1.0", "end")
+        assert "new since you left" in text.get(divider, f"{divider} lineend")
+
+        def top_line() -> str:
+            return text.index("@0,0").split(".")[0]
+
+        assert top_line() == divider.split(".")[0], "the divider at the top of the view"
+        assert text.dlineinfo(text.search(": away 1\n", "1.0", "end", regexp=True))
+        assert text.dlineinfo(text.search("away 100", "1.0", "end")) is None
+        shown = sum(
+            text.dlineinfo(text.search(f": away {n}\n", "1.0", "end", regexp=True)) is not None
+            for n in range(1, 101)
+        )
+        assert below.winfo_ismapped()
+        told = int(below.cget("text").split()[1])
+        assert told in {100 - shown, 101 - shown}  # (the bottom line in view may be cut)
+        say_stored(bob, "said now", "now-1")  # a live line: below, and counted
+        alice.pump(lambda: f"{told + 1} new messages" in below.cget("text"))
+        assert top_line() == divider.split(".")[0], "the view stays where the user reads"
+        below.invoke()
+        alice.pump(lambda: not below.winfo_ismapped())
+        assert text.yview()[1] >= 0.999
+        say_stored(bob, "and now", "now-2")  # following the newest again
+        alice.pump(lambda: "and now" in alice.transcript())
+        settle([alice], 0.1)
+        assert text.yview()[1] >= 0.999
+        assert not below.winfo_ismapped()
+
+        # Back a day later (as the window shows a connection from the form): the same.
+        alice.click("chat.top.leave")
+        alice.pump(lambda: alice.view() == "connect")
+        for n in range(1, 61):
+            say_stored(bob, f"later {n}", f"later-{n}")
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        alice.pump(lambda: "later 60" in alice.transcript())
+        settle([alice], 0.2)
+        divider = text.search("60 messages while you were away.", "1.0", "end")
+        assert top_line() == divider.split(".")[0]
+        assert below.winfo_ismapped()
+
+
 def test_dropped_connection_reconnects_with_backoff_and_says_so(
     server: ServerThread, gui: GuiFactory
 ) -> None:
