@@ -1189,6 +1189,12 @@ def _style(root: tk.Tk, fonts: dict[str, tkfont.Font]) -> None:
         "Status.TLabel", background=p["status_bg"], foreground="#374151", padding=(10, 4)
     )
     style.configure("TButton", padding=(12, 4))
+    # A box that takes no typing (the chat ended) must not look as if it did.
+    style.map(
+        "TEntry",
+        fieldbackground=[("disabled", p["window"])],
+        foreground=[("disabled", p["muted"])],
+    )
     style.configure("Accent.TButton", background=p["accent"], foreground="#ffffff")
     style.map(
         "Accent.TButton",

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from tkinter import ttk
 
 import pytest
 
@@ -353,6 +354,26 @@ def test_server_restart_is_a_drop_the_window_comes_back_from(
     assert "Reconnected to 'test'" in alice.transcript()
     alice.click("chat.top.leave")
     assert alice.view() == "connect"
+
+
+def test_a_chat_that_ended_greys_its_message_box(server: ServerThread, gui: GuiFactory) -> None:
+    with Proxy((server.host, server.port)) as proxy:
+        alice = gui(nick="alice", accept_new=True, reconnect=False)
+        connect_trusting(alice, "127.0.0.1", proxy.port)
+        message, style = alice.w("chat.bottom.message"), ttk.Style(alice.root)
+
+        def drawn(option: str) -> str:
+            return str(style.lookup(message.winfo_class(), option, message.state()))
+
+        assert drawn("fieldbackground") != PALETTE["window"]
+        proxy.drop()
+        alice.pump(lambda: alice.phase is Phase.ENDED)
+        assert alice.w("chat.top.leave").cget("text") == "Back"
+        assert message.instate(["disabled"])
+        assert drawn("fieldbackground") == PALETTE["window"]  # greyed, as the window
+        assert drawn("foreground") == PALETTE["muted"]
+        alice.click("chat.top.leave")
+        assert alice.view() == "connect"
 
 
 def test_stored_lines_are_greyed_on_join_and_older_ones_load_when_scrolling_up(
