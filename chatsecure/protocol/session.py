@@ -4,7 +4,8 @@
     --------------  -------------      ---------------------------------------------------
     AWAITING_HELLO  hello              JOINING: the server checks password and nick
     AWAITING_HELLO  ping, pong         answered / noted, stay
-    AWAITING_HELLO  msg, history       error not_joined, CLOSED
+    AWAITING_HELLO  msg, history       error not_joined, CLOSED (dropped, stay, after a
+                                       refused frame: pipelined after a malformed hello)
     JOINING         any frame          held until the server decides, then as in JOINED
     JOINING         accept()           JOINED (the server sent welcome)
     JOINED          msg, history,      delivered, stay
@@ -58,13 +59,16 @@ _PAUSED = (State.JOINING, State.CLOSED)
 class ServerSession:
     """Turns the bytes one client sends into validated events, in protocol order."""
 
-    __slots__ = ("_decoder", "_held", "_max_text", "state")
+    __slots__ = ("_decoder", "_held", "_max_text", "_refused_before_hello", "state")
 
     def __init__(self, max_frame: int = MAX_FRAME, max_text: int = MAX_TEXT) -> None:
         self._decoder = FrameDecoder(max_frame)
         self._max_text = max_text
         self._held: list[bytes] = []
         """Frames received while JOINING, for ``accept``."""
+        self._refused_before_hello = False
+        """A frame was refused before any ``hello`` (a malformed one, say): the lines a client
+        sent right behind it are dropped, not a reason to close (a corrected one may come)."""
         self.state = State.AWAITING_HELLO
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -119,6 +123,8 @@ class ServerSession:
         except RemoteProtocolError as exc:
             if exc.fatal:
                 self.state = State.CLOSED
+            elif self.state is State.AWAITING_HELLO:
+                self._refused_before_hello = True
             return exc
         return self._transition(message)
 
@@ -130,6 +136,10 @@ class ServerSession:
         elif self.state is State.AWAITING_HELLO:
             if isinstance(message, Hello):
                 self.state = State.JOINING
+            elif self._refused_before_hello:
+                return RemoteProtocolError(
+                    ErrorCode.NOT_JOINED, "not in the room: send a corrected hello, then this again"
+                )
             else:
                 self.state = State.CLOSED
                 return RemoteProtocolError(ErrorCode.NOT_JOINED, "send hello first", fatal=True)

@@ -150,6 +150,26 @@ def test_msg_before_hello_is_refused_with_not_joined(server: ServerThread, pair:
     still_fine(pair)
 
 
+def test_lines_sent_behind_a_malformed_hello_are_dropped_and_a_corrected_one_gets_in(
+    server: ServerThread, pair: Pair
+) -> None:
+    with RawClient(server.host, server.port) as carol:
+        bad = {"type": "hello", "nick": "carol", "client": "short"}
+        frames = (bad, msg("pipelined"), {"type": "ping"})
+        carol.send_raw(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
+        assert carol.expect("error")["code"] == "bad_message"
+        assert carol.expect("error")["code"] == "not_joined"
+        carol.expect("pong")  # still open
+        carol.send({"type": "hello", "nick": "carol"})
+        assert carol.expect("welcome")["you"]["nick"] == "carol"
+        for client in pair:  # carol's join, and not her line
+            assert client.expect("join")["peer"]["nick"] == "carol"
+        assert all_silent(*pair), "the line went nowhere"
+    for client in pair:
+        assert client.expect("leave")["peer"]["nick"] == "carol"
+    still_fine(pair)
+
+
 def test_no_hello_in_time_is_refused_with_hello_timeout(
     start_server: Callable[..., ServerThread],
 ) -> None:
