@@ -654,10 +654,18 @@ def to_json(message: Message) -> dict[str, Any]:
 # --- decoding ---------------------------------------------------------------------------
 
 
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+"""Strict JSON: ``NaN`` and ``Infinity``, which Python's ``json`` takes, are not."""
+
+
 def load(frame: bytes) -> dict[str, Any]:
     """Decode one frame into a JSON object with a string ``type``."""
     try:
-        obj = json.loads(frame.decode("utf-8"))
+        obj = _DECODER.decode(frame.decode("utf-8"))
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_JSON, "frame is not valid UTF-8") from None
     except (ValueError, RecursionError):
