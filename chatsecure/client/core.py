@@ -463,6 +463,8 @@ class ChatClient:
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
         self._finishing = False
+        self._held_back = False
+        """Ctrl-C came while own lines waited: only the acks of those sent are waited for."""
         self._not_understood: str | None = None
         """Why a frame before the welcome was ignored (a broken or hostile server)."""
         self._acks = 0
@@ -537,8 +539,8 @@ class ChatClient:
     def quit(self, *, at_once: bool = False) -> None:
         """Say ``quit`` to the server and stop, once the lines it was sent are acknowledged
         (``ACK_WAIT`` seconds at most; lines waiting for a reconnect are not waited for). Lines
-        held back by the pace go out first, unless ``at_once`` (Ctrl-C): then those still held
-        back after ``ACK_WAIT`` are ``NotSent``. Either way the client has ended within
+        held back by the pace go out first, unless ``at_once`` (Ctrl-C): then none goes out
+        any more, and those are ``NotSent``. Either way the client has ended within
         ``LEAVE_WAIT_MAX`` seconds."""
         self._call(self._leave, at_once)
 
@@ -909,7 +911,9 @@ class ChatClient:
                 case Refused(code=code, message=message):  # (replaced by a new connection)
                     raise ServerRefused(code, message)
         self._remember()
-        if self._finishing and not self.session.outbox:
+        if self._finishing and (
+            not self.session.outbox or (self._held_back and self.session.settled)
+        ):
             self._quit()
 
     def _warn(self, event: Ignored) -> None:
@@ -985,6 +989,13 @@ class ChatClient:
         if self._joined and self.session.outbox and not self._stopping:
             # Like finish, but bounded: a server that does not answer must not keep us.
             self._finishing = True
+            if at_once:  # interrupted: what was not sent stays unsent
+                self._held_back = True
+                self.session.hold_back()
+                self._stop_pacing()
+                if self.session.settled:
+                    self._quit()
+                    return
             assert self._loop is not None  # noqa: S101
             # Lines still paced go out first: the wait for acks starts after them.
             paced = 0.0 if at_once else self.session.sending_time(self._loop.time())

@@ -362,6 +362,17 @@ class ClientSession:
             self._history = HistoryRequest(before, limit, ref)
             self.pace(now)
 
+    def hold_back(self) -> None:
+        """Send no more own lines on this connection (the user interrupted): those not sent
+        yet stay in the outbox, unsent."""
+        self._unsent.clear()
+
+    @property
+    def settled(self) -> bool:
+        """Nothing waits to go out, and every own line sent on this connection has its ack
+        (lines held back may still be in the outbox)."""
+        return not self._unsent and self._written.isdisjoint(self.outbox)
+
     def quit(self) -> None:
         """Say we are leaving; the server closes the connection. Lines not sent yet stay in
         the outbox, unsent: nothing may follow ``quit``."""
