@@ -166,7 +166,7 @@ class Controller:
         self._unqueued = 0
         if self.client is not None and self.bridge is not None:
             self.bridge.close()
-            self.client.quit()
+            self.client.quit(at_once=True)  # (a Leave that waited has nothing left to send)
             self._retired.append((self.client, self.bridge))
         self.client, self.bridge = None, None
 

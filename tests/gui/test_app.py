@@ -942,10 +942,19 @@ def test_lines_left_behind_by_leave_again_are_not_waited_for_in_the_next_connect
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
     server, alice = typed_in_a_paced_room(start_server, gui, [f"hurried {n}" for n in range(6)], 1)
-    alice.click("chat.top.leave")
-    alice.click("chat.top.leave")  # again: at once, without them
-    assert alice.view() == "connect"
-    assert "before your last" in alice.w("connect.notice").cget("text")
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice.click("chat.top.leave")
+        alice.click("chat.top.leave")  # again: at once, without them
+        assert alice.view() == "connect"
+        assert "before your last" in alice.w("connect.notice").cget("text")
+        heard = []
+        end = time.monotonic() + 2.5  # the pace would have let two more out meanwhile
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                if (frame := bob.recv(0.2))["type"] == "msg":
+                    heard.append(frame["text"])
+        assert len(heard) <= 1, f"lines went out after leaving: {heard}"
     connect_trusting(alice, "127.0.0.1", server.port)
     alice.click("chat.top.leave")  # nothing of this connection waits
     assert alice.view() == "connect"
