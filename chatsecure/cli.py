@@ -379,6 +379,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         password=password,
         client_id=client_id(),
         last_seen=LastSeen(),
+        shows=True,
     )
     return run(client, sys.stdin, sys.stdout, sys.stderr)
 

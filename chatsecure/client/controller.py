@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued
+from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued, shown_seq
 from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick, remember_server
 from chatsecure.client.model import ChatModel, Outgoing, Phase
 from chatsecure.client.resume import LastSeen, client_id
@@ -71,6 +71,7 @@ class Controller:
             reconnect=self.options.reconnect,
             client_id=client_id(),
             last_seen=LastSeen(),
+            shows=True,
         )
         self.model.connecting(request)
         self.client, self.bridge = client, bridge
@@ -129,7 +130,7 @@ class Controller:
         client = self.client
         if client is None:
             return Update(lines, changed)
-        ended = False
+        ended, shown = False, 0
         for _ in range(limit):
             try:
                 event = client.events.get_nowait()
@@ -139,11 +140,14 @@ class Controller:
             if isinstance(event, Queued):
                 self._unqueued = max(self._unqueued - 1, 0)
             lines += self.model.apply(event, self._now())
+            shown = max(shown, shown_seq(event))
             if isinstance(event, Connected) and (request := self.model.request) is not None:
                 remember_nick(request.nick)
                 remember_server(request.host, request.port)
             # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
             ended = ended or isinstance(event, Disconnected)
+        if shown:  # (the window shows these lines before it polls again)
+            client.shown(shown)
         if ended:  # (every line it still had was told as NotSent before this)
             self._retire()
         return Update(lines, changed)

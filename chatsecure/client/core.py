@@ -8,6 +8,7 @@ This module never imports tkinter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -154,6 +155,14 @@ class Queued:
 Sent = Acked
 """The server stored our line ``ref`` (as ``seq``; 0 for a server that keeps no log): the
 protocol's ``Acked``, under the name the front ends know it by."""
+
+
+def shown_seq(event: ClientEvent) -> int:
+    """The seq a front end that has shown ``event`` passes to ``ChatClient.shown`` (0: none)."""
+    match event:
+        case Received(message=Chat(seq=seq), older=False) | Acked(seq=seq):
+            return seq
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,11 +446,15 @@ class ChatClient:
         events: queue.Queue[ClientEvent] | None = None,
         client_id: str | None = None,
         last_seen: LastSeen | None = None,
+        shows: bool = False,
         ping_after: float = limits.PING_AFTER,
         pong_timeout: float = limits.PONG_TIMEOUT,
     ) -> None:
-        """``ping_after``/``pong_timeout``: how soon a silent server is pinged and given up
-        (``limits.PING_AFTER``, ``limits.PONG_TIMEOUT``); tests shorten them."""
+        """``shows``: the front end calls ``shown`` for each line it shows, and ``last_seen``
+        keeps what it has shown, not only what has arrived (a client killed with lines in
+        its queue shows them after the restart). ``ping_after``/``pong_timeout``: how soon
+        a silent server is pinged and given up (``limits.PING_AFTER``,
+        ``limits.PONG_TIMEOUT``); tests shorten them."""
         self.target = target
         self.nick = require_sendable(nick, "the nick")
         self.policy = policy
@@ -457,6 +470,15 @@ class ChatClient:
         )
         """The protocol; touched only on the network thread."""
         self._last_seen = last_seen
+        self._unshown: collections.deque[int] | None = collections.deque() if shows else None
+        """Seqs of the lines given to the front end and not shown yet, oldest first: a
+        restart resumes before the first of them (see ``shown``)."""
+        self._shown = 0
+        """The newest seq the front end has shown (written by its thread)."""
+        self._shown_save = False
+        """A save of what is shown is asked of the network thread and has not run yet."""
+        self._remember_lock = threading.Lock()
+        """``_remember`` runs on the front end's thread too, once the network thread ended."""
         self._fingerprint: str | None = None
         """The certificate of the first connection: the key of what ``last_seen`` keeps."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -543,6 +565,19 @@ class ChatClient:
         any more, and those are ``NotSent``. Either way the client has ended within
         ``LEAVE_WAIT_MAX`` seconds."""
         self._call(self._leave, at_once)
+
+    def shown(self, seq: int) -> None:
+        """The front end has shown the lines (and own lines stored) up to ``seq``, in the
+        order it got them; call it after they are on screen (with ``shows``)."""
+        if seq <= self._shown:
+            return
+        self._shown = seq
+        if self._shown_save:
+            return
+        self._shown_save = True
+        if not self._call(self._save_shown):  # the network thread is over: save it here
+            self._shown_save = False
+            self._remember(force=True)
 
     def close(self, timeout: float = 5.0) -> None:
         """Quit at once and wait for the network thread to end."""
@@ -888,9 +923,13 @@ class ChatClient:
         for event in events:
             match event:
                 case Line(chat=chat, replayed=replayed, older=older):
+                    if self._unshown is not None and chat.seq and not older:
+                        self._unshown.append(chat.seq)
                     self._emit(Received(chat, replayed, older))
                 case Acked(ref=ref, text=text, seq=seq, ts=ts):
                     self._acks += 1
+                    if self._unshown is not None and seq:
+                        self._unshown.append(seq)
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):
                     self._emit(Received(message))
@@ -924,15 +963,30 @@ class ChatClient:
             more = f" ({dropped} more like it in the last minute)" if dropped else ""
             log.warning("ignoring a frame from the server: %s%s", safe_text(event.reason), more)
 
+    def _save_shown(self) -> None:
+        self._shown_save = False
+        self._remember()
+
     def _remember(self, *, force: bool = False) -> None:
-        seq = self.session.last_seq
-        if self._last_seen is None or self._fingerprint is None or seq is None:
-            return
-        saved = self._last_seen.put(self._fingerprint, seq, self.session.log_id, force=force)
-        if not saved and self._save_timer is None and self._loop is not None:
+        with self._remember_lock:
+            saved = self._save(force)
+        if not saved and self._save_timer is None and self._loop is not None and not self._ended:
             # Put off while lines keep coming: written once they pause, so that a client that
             # is then killed (or its machine loses power) does not show those lines again.
             self._save_timer = self._loop.call_later(SAVE_EVERY, self._remember_later)
+
+    def _save(self, force: bool) -> bool:
+        """Write the last seq seen (and shown); False when ``last_seen`` put it off."""
+        seq = self.session.last_seq
+        if self._last_seen is None or self._fingerprint is None or seq is None:
+            return True
+        unshown = self._unshown
+        if unshown is not None:
+            while unshown and unshown[0] <= self._shown:
+                unshown.popleft()
+            if unshown:  # the lines before the first not shown yet are
+                seq = min(seq, unshown[0] - 1)
+        return self._last_seen.put(self._fingerprint, seq, self.session.log_id, force=force)
 
     def _remember_later(self) -> None:
         self._save_timer = None

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 CLIENT_ID_FILE = "client_id"
 LAST_SEEN_FILE = "last_seen.json"
-SAVE_EVERY = 1.0
-"""Seconds between two writes of the last ``seq`` while lines keep coming."""
+SAVE_EVERY = 0.05
+"""Seconds between two writes of the last ``seq`` while lines keep coming: lines that come
+further apart are each saved as they are shown, so a client killed then shows none twice."""
 MAX_SERVERS = 200
 """Servers whose last ``seq`` is remembered; the least recently used are forgotten."""
 

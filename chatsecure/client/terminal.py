@@ -39,6 +39,7 @@ from chatsecure.client.core import (
     is_help,
     is_quit,
     safe_text,
+    shown_seq,
 )
 from chatsecure.client.scrollback import COMMAND as OLDER
 from chatsecure.client.scrollback import PAGE, Scrollback, older_command
@@ -416,6 +417,8 @@ def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object
             log.exception("could not show %r", event)
             on_end(1)
             return
+        if seq := shown_seq(event):
+            client.shown(seq)
         if isinstance(event, Disconnected):
             on_end(1 if event.error else NOT_DELIVERED if screen.undelivered else 0)
             return

@@ -536,6 +536,43 @@ def test_a_client_killed_in_a_quiet_moment_shows_nothing_again(server: ServerThr
         sees_then_quits(terminal(server, "bob"), r"^\* back in the room: nothing missed$")
 
 
+def test_a_client_killed_while_lines_flow_shows_each_once_after_its_restart(
+    server: ServerThread,
+) -> None:
+    """What is kept for the restart is what was shown, as it is shown: a ``kill -9`` a moment
+    after a line (more coming every 0.15 s) neither shows it again nor skips any."""
+    texts = [f"n{n}" for n in range(12)]
+
+    def shown(term: Terminal) -> list[str]:
+        return [m.group(1) for line in term.seen if (m := re.search(r": (n\d+)$", line))]
+
+    with RawClient(server.host, server.port) as alice:
+        alice.join("alice")
+
+        def say(text: str) -> None:
+            alice.send({"type": "msg", "text": text, "ref": text})
+            alice.expect("ack")
+
+        bob = terminal(server, "bob", "--accept-new")
+        try:
+            bob.expect(r"^online: alice")
+            alice.expect("join")
+            for n, text in enumerate(texts[:6]):
+                say(text)
+                bob.expect(rf"^{TIME} alice \(127\.0\.0\.1\): {text}$")
+                time.sleep(0.1 if n == 5 else 0.15)
+            bob.proc.kill()
+            bob.wait()
+        finally:
+            bob.kill()
+        assert alice.expect("leave")["peer"]["nick"] == "bob"
+        for text in texts[6:]:
+            say(text)
+        again = terminal(server, "bob")
+        sees_then_quits(again, r"^\* back in the room: 6 missed messages restored$", r": n11$")
+    assert shown(bob) + shown(again) == texts
+
+
 def test_a_reader_of_its_output_that_goes_ends_it_quietly(server: ServerThread) -> None:
     """``chatsecure connect ... | head -2``: the pipe closes; the client leaves, no traceback."""
     with RawClient(server.host, server.port) as alice:

@@ -772,3 +772,26 @@ def test_back_on_a_server_that_lost_its_log_a_client_is_shown_all_of_the_new_one
     assert (connected.resumed, connected.missed) == (True, 12)
     shown = [received(back, Chat) for _ in range(12)]
     assert [(c.seq, c.text) for c in shown] == [(n + 1, f"new {n}") for n in range(12)]
+
+
+def test_a_restart_resumes_after_the_last_line_the_front_end_showed(
+    server: ServerThread, make_client: MakeClient
+) -> None:
+    """Lines that arrived but were not shown yet (the client killed with them in its queue)
+    are what a restart shows; one the front end shows after the client ended counts too."""
+    alice = make_client("alice", last_seen=LastSeen(), shows=True)
+    connected = next_event(alice, Connected)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n in range(3):
+            bob.send({"type": "msg", "text": f"line {n}", "ref": f"r{n}"})
+            bob.expect("ack")
+    received(alice, Join)
+    first, second, third = (received(alice, Chat) for _ in range(3))
+    alice.shown(first.seq)  # the front end showed the first line only
+    alice.quit()
+    while not isinstance(alice.events.get(timeout=5), Disconnected):
+        pass
+    assert LastSeen().get(connected.fingerprint)[0] == first.seq
+    alice.shown(third.seq)  # and the others, once the client had ended
+    assert LastSeen().get(connected.fingerprint)[0] == third.seq == second.seq + 1
