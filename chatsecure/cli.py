@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from chatsecure import __version__
-from chatsecure.errors import ChatError
+from chatsecure.errors import ChatError, RemoteProtocolError
 from chatsecure.history.cli import add_history_arguments, cmd_history
 from chatsecure.protocol import limits
+from chatsecure.protocol.messages import clean_nick
 from chatsecure.settings import add_server_arguments
 from chatsecure.tls import certs
 
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "several: the servers of one cluster, tried in order (the next when one is gone)",
     )
     connect.add_argument(
-        "--nick", required=True, metavar="NICK", help="your nick (1-32 characters)"
+        "--nick",
+        metavar="NICK",
+        help="your nick (1-32 characters); with --cert, the certificate's name is your nick",
     )
     # (Exclusive in the parser: refused before any code could look on the network.)
     looking = connect.add_mutually_exclusive_group()
@@ -374,7 +377,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     )
     client = ChatClient(
         target,
-        args.nick,
+        _nick(args.nick, args.cert),
         policy,
         password=password,
         client_id=client_id(),
@@ -406,10 +409,29 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return run(options)
 
 
+def _nick(given: str | None, cert: Path | None) -> str:
+    """``--nick``, else the name of the client certificate (the server takes it as the nick)."""
+    if given is not None:
+        return given
+    if cert is None:
+        raise ChatError("give your nick with --nick NICK")
+    name = certs.common_name(certs.load_cert(cert))
+    if name is None:
+        raise ChatError(f"{cert} has no name (common name): give your nick with --nick NICK")
+    return name
+
+
 def cmd_gencert(args: argparse.Namespace) -> int:
-    if args.client or args.ca:
-        if not (args.client and args.ca):
+    if args.client is not None or args.ca is not None:
+        if args.client is None or args.ca is None:
             raise ChatError("--client NAME and --ca DIR go together")
+        try:
+            clean_nick(args.client)
+        except RemoteProtocolError:
+            raise ChatError(
+                f"--client {args.client!r}: the name is the nick in the room, 1 to "
+                f"{limits.MAX_NICK} visible characters"
+            ) from None
         files = certs.generate_client(args.client, args.ca, days=args.days, force=args.force)
         print(f"wrote {files.cert} and {files.key} (mode 0600) for {args.client!r}")
         print(f"give the server --client-ca {args.ca / 'ca.crt'}")

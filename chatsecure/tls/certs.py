@@ -100,6 +100,13 @@ def load_cert(path: Path) -> x509.Certificate:
         raise ConfigError(f"{path} is not a PEM certificate") from exc
 
 
+def common_name(cert: x509.Certificate) -> str | None:
+    """The certificate's common name, if it has one."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
+
+
 def local_addresses() -> list[str]:
     """Every IP address configured on this machine's interfaces (IPv6 link-local excluded)."""
     found: list[str] = []

@@ -34,6 +34,7 @@ from chatsecure.tls import certs
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 from tests.hardening.helpers import TLSClient
+from tests.helpers import Terminal
 
 ROOM = "correct horse battery staple"
 """The room password of the servers in these tests."""
@@ -230,6 +231,26 @@ def test_client_core_presents_its_certificate(
         server.host, server.port, cert=ours / "alice.crt", key=ours / "alice.key" if key else None
     )
     assert admitted_as(target) == "alice"
+
+
+def test_terminal_client_with_a_certificate_needs_no_nick(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+) -> None:
+    ours, _ = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    alice = Terminal(f"127.0.0.1:{server.port}", "--cert", str(ours / "alice.crt"), "--accept-new")
+    try:
+        alice.expect(r"^connected to 'test' as alice \(")
+        alice.say("quit")
+        assert alice.wait() == 0, alice.stderr
+    finally:
+        alice.kill()
+    nameless = Terminal(f"127.0.0.1:{server.port}", "--accept-new")
+    try:
+        assert nameless.wait() == 1
+        assert "give your nick with --nick NICK" in "\n".join(nameless.stderr)
+    finally:
+        nameless.kill()
 
 
 def admitted_as(target: Target) -> str:

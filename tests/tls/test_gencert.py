@@ -140,6 +140,20 @@ def test_client_certificate_and_its_ca_last_exactly_the_days_given(tmp_path: Pat
         assert lifetime == dt.timedelta(days=5), name
 
 
+@pytest.mark.parametrize("name", ["b" * 33, " ", "\u200b"], ids=["too-long", "blank", "invisible"])
+def test_a_client_name_that_cannot_be_a_nick_is_refused(tmp_path: Path, name: str) -> None:
+    result = run(CHATSECURE, "gencert", "--client", name, "--ca", str(tmp_path))
+    assert result.returncode == 1
+    assert "the name is the nick in the room, 1 to 32 visible characters" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "no CA, no pair"
+
+
+def test_an_empty_client_name_is_named_as_the_problem(tmp_path: Path) -> None:
+    result = run(CHATSECURE, "gencert", "--client", "", "--ca", str(tmp_path))
+    assert result.returncode == 1
+    assert "--client '': the name is the nick in the room" in result.stderr
+
+
 @pytest.mark.parametrize("days", ["0", "-5"])
 def test_days_below_one_is_refused(tmp_path: Path, days: str) -> None:
     result = run(CHATSECURE, "gencert", "--out", str(tmp_path), "--days", days)
