@@ -307,16 +307,20 @@ def check_expiry(cert: Path, warn_days: int) -> None:
     """Refuse an expired certificate; warn when it expires within ``warn_days``."""
     left = days_left(cert)
     if left <= 0:
-        raise ConfigError(
-            f"the certificate {cert} has expired; make a new one with "
-            f"`chatsecure gencert --out {cert.parent} --force` (clients will see a new fingerprint)"
-        )
+        raise ConfigError(f"the certificate {cert} has expired; {_renewal(cert)}")
     if left < warn_days:
-        log.warning(
-            "the certificate %s expires in %.0f days; renew it with `chatsecure gencert --force`",
-            cert,
-            left,
-        )
+        log.warning("the certificate %s expires in %.0f days; %s", cert, left, _renewal(cert))
+
+
+def _renewal(path: Path) -> str:
+    """How to replace the certificate at ``path``: ours (self-signed) or a CA's."""
+    cert = load_cert(path)
+    if cert.issuer != cert.subject:
+        return f"have {cert.issuer.rfc4514_string()} issue a new one for the same names"
+    return (
+        f"make a new one with `chatsecure gencert --out {path.parent} --force` "
+        "(clients will see a new fingerprint)"
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:

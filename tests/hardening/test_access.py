@@ -386,6 +386,18 @@ def test_certificate_expiring_within_30_days_is_warned_about(
         client.join("early")
 
 
+def test_a_ca_issued_certificate_expiring_is_not_told_to_be_made_self_signed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = certs.generate_client("host", tmp_path, days=5)  # issued by a CA, not self-signed
+    issuer = certs.load_cert(files.cert).issuer.rfc4514_string()
+    with caplog.at_level(logging.WARNING, logger="chatsecure.tls.certs"):
+        certs.check_expiry(files.cert, 30)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"expires in 5 days; have {issuer} issue a new one" in warning
+    assert "gencert" not in warning
+
+
 def test_certificate_good_for_long_is_not_warned_about(
     start_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
