@@ -221,6 +221,12 @@ NO_CLIENT_CERT = (
 )
 """Said of a connection closed before the welcome, by a client without a certificate."""
 
+OTHER_CA = (
+    "before welcoming us (does it admit only clients with a certificate from its CA? yours "
+    "may be from another)"
+)
+"""Said of a connection closed before the welcome, by a client with a certificate."""
+
 FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK, ErrorCode.REPLACED})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
 
@@ -845,12 +851,13 @@ class ChatClient:
         while True:
             try:
                 events = await self._read_events(reader)
-            except ConnectionClosed as exc:
-                if self.target.cert is not None or self._dead:
+            except (ConnectionClosed, ConnectionResetError) as exc:
+                if self._dead:
                     raise
-                # A server that admits clients by certificate (--client-ca) closes the
-                # connection right after the handshake, without a word.
-                raise ConnectionClosed(f"{exc} {NO_CLIENT_CERT}") from None
+                # A server that admits clients by certificate (--client-ca) ends the
+                # connection right after the handshake (TLS 1.3), without a word.
+                hint = NO_CLIENT_CERT if self.target.cert is None else OTHER_CA
+                raise ConnectionClosed(f"{describe_error(exc)} {hint}") from None
             for n, event in enumerate(events):
                 if isinstance(event, Welcomed):
                     return event, events[n + 1 :]

@@ -298,6 +298,26 @@ def test_client_core_without_a_certificate_is_told_what_may_be_missing(
         client.close()
 
 
+def test_client_core_with_a_certificate_of_another_ca_is_told_what_may_be_wrong(
+    start_server: Callable[..., ServerThread], client_cas: tuple[Path, Path]
+) -> None:
+    ours, theirs = client_cas
+    server = start_server(client_ca=ours / "ca.crt")
+    policy = TrustPolicy(KnownServers(), accept_new=True)
+    target = Target(server.host, server.port, cert=theirs / "mallory.crt")
+    client = ChatClient(target, "mallory", policy, reconnect=False)
+    client.start()
+    try:
+        event = client.events.get(timeout=5)
+        assert isinstance(event, Disconnected), event
+        assert event.reason.endswith(
+            "before welcoming us (does it admit only clients with a certificate from its CA? "
+            "yours may be from another)"
+        ), event.reason
+    finally:
+        client.close()
+
+
 # --- the server refuses to start unsafe -----------------------------------------------------
 
 
