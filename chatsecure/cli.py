@@ -340,6 +340,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     advertised = None
     others: tuple[tuple[str, int], ...] = ()
+    nick = _nick(args.nick, args.cert)  # (before anything looks on the network)
     if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
         from chatsecure.discovery.records import preferred_address
@@ -377,7 +378,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     )
     client = ChatClient(
         target,
-        _nick(args.nick, args.cert),
+        nick,
         policy,
         password=password,
         client_id=client_id(),
