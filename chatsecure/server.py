@@ -634,6 +634,8 @@ class ChatServer:
         )
         """Join/leave lines logged per address (see ``presence``), the last used last."""
         self._sweeper: asyncio.TimerHandle | None = None
+        self._swept_at = 0.0
+        """Loop time of the last idle sweep: a long gap since means the server was paused."""
         self._stopping = False
         self._accepted = 0
         """Connections accepted so far (TLS finished or not)."""
@@ -688,6 +690,7 @@ class ChatServer:
             await self.room.close()
             raise
         if config.idle_timeout:
+            self._swept_at = self._loop.time()
             self._sweeper = self._loop.call_later(
                 config.idle_timeout / IDLE_CHECKS, self._sweep_idle
             )
@@ -898,6 +901,16 @@ class ChatServer:
         timeout = self.config.idle_timeout
         every = timeout / IDLE_CHECKS
         now = self._loop.time()
+        if now - self._swept_at > 2 * every + 1:
+            # The server itself stood still (SIGSTOP, a suspended machine): its clients' bytes
+            # wait unread in its sockets. Silence counts from now, not from before the pause.
+            log.warning(
+                "the server was paused for %.0f s; idle clients are timed anew",
+                now - self._swept_at,
+            )
+            for session in self.connections:
+                session.last_heard = max(session.last_heard, now - every)
+        self._swept_at = now
         for session in list(self.connections):
             silent = now - session.last_heard
             if silent + every > timeout:  # the next sweep would be too late

@@ -45,6 +45,35 @@ def test_signal_sends_shutdown_to_clients_and_exits_0(cert_dir: Path, sig: signa
     assert took < SHUTDOWN_GRACE, "clients that closed at once did not make the server wait"
 
 
+def test_a_server_paused_past_its_idle_timeout_keeps_clients_that_spoke_meanwhile(
+    cert_dir: Path,
+) -> None:
+    """SIGSTOP for longer than ``--idle-timeout``: what the clients sent meanwhile waits in
+    the server's sockets, so on SIGCONT nobody is dropped as idle."""
+    cert = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    server = ServerProcess([*SERVER_MODULE, *cert, "--idle-timeout", "2"])
+    try:
+        with joined("127.0.0.1", server.port, "alice", "bob") as (alice, bob):
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                for n in range(6):  # 3 s of lines, at a pace that keeps a client alive
+                    alice.send({"type": "msg", "text": f"paused {n}"})
+                    time.sleep(0.5)
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            texts = [bob.expect("msg")["text"] for _ in range(6)]
+            assert texts == [f"paused {n}" for n in range(6)]
+            bob.send({"type": "msg", "text": "and bob"})
+            assert alice.expect("msg")["text"] == "and bob"
+        code, log = server.stop()
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()
+    assert code == 0, log
+    assert "was paused for" in log
+    assert "nothing heard for too long" not in log
+
+
 def test_server_logs_joins_and_leaves_but_never_message_text(cert_dir: Path) -> None:
     server = ServerProcess(
         [
