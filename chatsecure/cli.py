@@ -257,6 +257,11 @@ def configure_logging(args: argparse.Namespace) -> None:
         if server
         else "chatsecure: %(message)s",
     )
+    if not server and level > logging.DEBUG:
+        # asyncio's own warnings ("socket.send() raised exception.", written for each line
+        # sent into a connection already gone) say nothing to a user: the client reports
+        # the lost connection itself.
+        logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from chatsecure import __version__
@@ -63,3 +66,18 @@ def test_discovered_with_no_discovery_is_refused_before_looking(
         build_parser().parse_args(argv)
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_asyncio_warnings_do_not_reach_a_client_users_stderr() -> None:
+    """("socket.send() raised exception." for each line written into a connection gone.)"""
+    code = (
+        "import logging; from chatsecure.cli import build_parser, configure_logging; "
+        "configure_logging(build_parser().parse_args(['connect', 'x', '--nick', 'n'])); "
+        "logging.getLogger('asyncio').warning('socket.send() raised exception.'); "
+        "logging.getLogger('asyncio').error('a real asyncio error'); "
+        "logging.getLogger('chatsecure.client').warning('ours')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stderr == "chatsecure: a real asyncio error\nchatsecure: ours\n"
