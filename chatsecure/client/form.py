@@ -12,7 +12,7 @@ from chatsecure.client.core import Target, parse_target, port_number, require_se
 from chatsecure.errors import ProtocolError
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import clean_nick
-from chatsecure.tls.trust import config_home, host_port
+from chatsecure.tls.trust import config_home, host_port, save_private
 
 NICK_FILE = "nick"
 """The file in the config folder that remembers the last nickname used in the desktop client."""
@@ -59,8 +59,7 @@ def remember_nick(nick: str, home: Path | None = None) -> None:
     """Remember ``nick`` for the next start; failing to write is not worth an error."""
     path = (home or config_home()) / NICK_FILE
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(nick + "\n", encoding="utf-8")
+        save_private(path, nick + "\n")
 
 
 def remembered_server(home: Path | None = None) -> tuple[str, int] | None:
@@ -75,8 +74,7 @@ def remember_server(host: str, port: int, home: Path | None = None) -> None:
     """Remember the server got into for the next start; failing to write is not an error."""
     path = (home or config_home()) / SERVER_FILE
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(host_port(host, port) + "\n", encoding="utf-8")
+        save_private(path, host_port(host, port) + "\n")
 
 
 FormField = Literal["host", "port", "nick", "password"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
 
 from chatsecure.protocol.messages import valid_client_id
-from chatsecure.tls.trust import config_home
+from chatsecure.tls.trust import config_home, save_private
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,8 @@ def client_id(home: Path | None = None) -> str:
             return known
     made = secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Private: whoever knows it could make lines of ours look like re-sends.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(made + "\n")
+        save_private(path, made + "\n")
     except OSError as exc:
         log.debug("cannot keep the client id in %s: %s", path, exc)
     return made
@@ -83,11 +79,8 @@ class LastSeen:
         table[fingerprint] = seq if log_id is None else [seq, log_id]
         while len(table) > MAX_SERVERS:
             del table[next(iter(table))]
-        tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(table), encoding="utf-8")
-            os.replace(tmp, self.path)  # a crash mid-write never leaves half a file
+            save_private(self.path, json.dumps(table))
         except OSError as exc:
             log.debug("cannot write %s: %s", self.path, exc)
         return True

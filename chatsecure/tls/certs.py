@@ -208,7 +208,7 @@ def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurveP
     with _writing(files.key, "cannot write the key"):
         _write_private(files.key, key_pem)
     with _writing(files.cert, "cannot write the certificate"):
-        files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 @contextlib.contextmanager
@@ -323,10 +323,11 @@ def _renewal(path: Path) -> str:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` readable by its owner only, from the first byte on (no chmod race)."""
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` readable by its owner only (or with ``mode``, at most: the umask may
+    take more away), from the first byte on (no chmod race)."""
     path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
 

@@ -29,6 +29,19 @@ def config_home() -> Path:
     return Path(xdg) / "chatsecure"
 
 
+def save_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in the config folder, readable by its owner only whatever
+    the umask (a pin others could write is no pin), whole or not at all (a crash mid-write
+    leaves the old file); the folder is made 0700 if missing. Raises ``OSError``."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
 def host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 address in brackets (``[::1]:7467``): how every address is shown."""
     host = host.removeprefix("[").removesuffix("]")
@@ -81,11 +94,8 @@ class KnownServers:
         return pins
 
     def _save(self, pins: dict[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        body = "".join(f"{key} {fp}\n" for key, fp in sorted(pins.items()))
-        tmp.write_text("# chatsecure pinned server certificates: host:port fingerprint\n" + body)
-        tmp.replace(self.path)
+        head = "# chatsecure pinned server certificates: host:port fingerprint\n"
+        save_private(self.path, head + "".join(f"{k} {fp}\n" for k, fp in sorted(pins.items())))
 
     def get(self, host: str, port: int) -> str | None:
         """The pinned fingerprint of ``host:port``, if any."""

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -571,6 +572,27 @@ def test_a_client_killed_while_lines_flow_shows_each_once_after_its_restart(
         again = terminal(server, "bob")
         sees_then_quits(again, r"^\* back in the room: 6 missed messages restored$", r": n11$")
     assert shown(bob) + shown(again) == texts
+
+
+def test_what_a_client_keeps_is_its_users_alone_even_with_a_lax_umask(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    """Pins, the client id and the last seq seen: a pin others could write is no pin."""
+    home = tmp_path / "fresh-home"
+    connect = [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "lax", "--accept-new"]
+    result = subprocess.run(
+        ["sh", "-c", 'umask 000 && exec "$@"', "sh", *connect],
+        input="hello\nquit\n",
+        env={**os.environ, "CHATSECURE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    kept = {path.name: stat.S_IMODE(path.stat().st_mode) for path in home.iterdir()}
+    assert kept == dict.fromkeys(["known_servers", "client_id", "last_seen.json"], 0o600)
 
 
 def test_a_reader_of_its_output_that_goes_ends_it_quietly(server: ServerThread) -> None:

@@ -171,6 +171,7 @@ def test_key_file_is_private_even_with_a_lax_umask(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "server.crt").stat().st_mode) == 0o644  # nobody else writes
 
 
 def test_half_a_pair_is_not_silently_replaced(tmp_path: Path) -> None:
