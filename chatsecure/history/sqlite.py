@@ -481,15 +481,19 @@ def _hold(path: Path) -> int | None:
 def _create_private(path: Path) -> None:
     """Make the file (and its folder), readable by its owner only, if it is not there yet.
 
-    SQLite gives the -wal and -shm files the main file's permissions, so they follow.
+    SQLite gives the -wal and -shm files the main file's permissions, so they follow. A file
+    there already but empty becomes a new log, as a missing one does: said, not silent.
     """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise HistoryError(f"cannot make the folder {path.parent}: {exc.strerror or exc}") from exc
     try:
-        with contextlib.suppress(FileExistsError):  # another process made it first: fine
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0 and not path.with_name(path.name + "-wal").exists():
+                log.warning("history: %s is an empty file; a new log starts in it", path)
     except OSError as exc:
         raise history_error(path, exc) from exc
 

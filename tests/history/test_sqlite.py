@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -299,3 +300,25 @@ async def test_a_schema_1_file_is_migrated_with_its_lines_and_given_an_id(tmp_pa
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     db.close()
+
+
+@pytest.mark.asyncio
+async def test_an_empty_file_becomes_a_new_log_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    path.touch(mode=0o600)  # truncated by hand, say
+    with caplog.at_level(logging.WARNING, logger="chatsecure.history.sqlite"):
+        log = SqliteLog(path, keep=10)
+        opened = await log.open(5)
+        await log.close()
+    assert opened.last_seq == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"history: {path} is an empty file; a new log starts in it"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="chatsecure.history.sqlite"):
+        again = SqliteLog(path, keep=10)  # a log now, however few lines: nothing to say
+        await again.open(5)
+        await again.close()
+    assert caplog.records == []
