@@ -582,14 +582,20 @@ class Room:
         # The details (a file name, a disk) are for the server's log, not its clients; once
         # per outage, not a traceback per line for as long as the disk is full.
         if not self._refused:
-            log.exception("could not store %d lines; lines are refused until a commit works", count)
+            log.exception(
+                "could not store %s; lines are refused until a commit works", _lines(count)
+            )
         else:
-            log.debug("could not store %d more lines: %r", count, exc)
+            log.debug("could not store %s more: %r", _lines(count), exc)
         self._refused += count
         return "the server could not store your line"
 
     def _storing_again(self) -> None:
-        log.warning("lines are stored again; %d were refused meanwhile", self._refused)
+        refused = self._refused
+        log.warning(
+            "lines are stored again; %s refused meanwhile",
+            f"{_lines(refused)} {'was' if refused == 1 else 'were'}",
+        )
         self._refused = 0
 
     def _stored(self, batch: list[_Said | bytes | _Presence | _Gone], appends: Appends) -> None:
@@ -1087,6 +1093,10 @@ def _render(events: list[_Event], v2: bool) -> bytes:
             else:
                 out.append(encode_leaves((e.peer, e.reason or "") for e in part))
     return b"".join(out)
+
+
+def _lines(count: int) -> str:
+    return "1 line" if count == 1 else f"{count} lines"
 
 
 def _blob(frames: list[bytes | _Presence], *, v2: bool) -> bytes:

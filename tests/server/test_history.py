@@ -360,10 +360,10 @@ def test_a_full_disk_is_logged_once_with_its_cause_and_its_end_with_a_count(
         server.stop()
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert [r.getMessage() for r in tracebacks] == [
-        "could not store 1 lines; lines are refused until a commit works"
+        "could not store 1 line; lines are refused until a commit works"
     ]
     assert "No space left on device" in caplog.text
-    assert "lines are stored again; 3 were refused meanwhile" in caplog.text
+    assert "lines are stored again; 3 lines were refused meanwhile" in caplog.text
 
 
 class GatedLog(MemoryLog):
