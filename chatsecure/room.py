@@ -458,7 +458,9 @@ class Room:
             # what it saw is not this log's, so it starts afresh like a newcomer.
             count, wanted = min(self._replay, len(tail)), None
         else:
-            wanted = self.seq - since
+            # (Lines the log no longer keeps are not left out by the cap: no one can have them.)
+            kept = self.seq if self._history is None else min(self.seq, self._history.keep)
+            wanted = min(self.seq - since, kept)
             count = min(wanted, self._replay_max, len(tail))
         stored = itertools.islice(tail, len(tail) - count, None) if count else ()
         replayed = [

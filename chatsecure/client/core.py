@@ -157,6 +157,13 @@ Sent = Acked
 protocol's ``Acked``, under the name the front ends know it by."""
 
 
+def no_longer_kept(event: Connected) -> int:
+    """Of the lines missed, how many the server keeps no more (older than its ``--history``):
+    neither replayed nor left out by the replay's cap."""
+    welcome = event.welcome
+    return max(0, event.missed - welcome.replay - welcome.skipped)
+
+
 def shown_seq(event: ClientEvent) -> int:
     """The seq a front end that has shown ``event`` passes to ``ChatClient.shown`` (0: none)."""
     match event:

@@ -24,6 +24,7 @@ from chatsecure.client.core import (
     describe,
     is_help,
     is_quit,
+    no_longer_kept,
     safe_text,
     sent_clock,
     short_fingerprint,
@@ -346,15 +347,19 @@ class ChatModel:
 
     @staticmethod
     def _resume_text(event: Connected, again: bool) -> str:
-        missed, skipped = event.missed, event.welcome.skipped
+        missed, skipped, gone = event.missed, event.welcome.skipped, no_longer_kept(event)
         if not missed:
             said = "Nothing was said while you were away."
         elif again:
-            said = f"{missed} missed message{'' if missed == 1 else 's'} restored."
+            restored = "" if gone else " restored"  # (not all of them)
+            said = f"{missed} missed message{'' if missed == 1 else 's'}{restored}."
         else:
             said = f"{missed} message{'' if missed == 1 else 's'} while you were away."
+        if gone:
+            said += f" {gone} of them {'is' if gone == 1 else 'are'} no longer kept by the server."
         if skipped:
-            said += f" The oldest {skipped} load as you scroll up to them."
+            rest = " of the rest" if gone else ""
+            said += f" The oldest {skipped}{rest} load as you scroll up to them."
         if event.resent:
             lines = "line" if event.resent == 1 else f"{event.resent} lines"
             said += f" Sending your waiting {lines}."

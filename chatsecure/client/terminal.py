@@ -38,6 +38,7 @@ from chatsecure.client.core import (
     format_message,
     is_help,
     is_quit,
+    no_longer_kept,
     safe_text,
     shown_seq,
 )
@@ -612,11 +613,19 @@ async def _typed(session: PromptSession[str]) -> str | int:
 def resume_notice(event: Connected) -> str:
     """What a return to the room restored: ``3 missed messages restored``."""
     missed, skipped = event.missed, event.welcome.skipped
+    gone = no_longer_kept(event)
     said = f"{missed} missed message{'' if missed == 1 else 's'}" if missed else "nothing missed"
+    if gone:
+        said += f", {gone} of them no longer kept by the server"
     if missed and skipped:
-        shown = "none are shown" if skipped >= missed else f"the oldest {skipped} are not shown"
+        rest = " of the rest" if gone else ""
+        shown = (
+            f"none{rest} are shown"
+            if skipped >= missed - gone
+            else f"the oldest {skipped}{rest} are not shown"
+        )
         said += f" ({shown}: {OLDER} shows them)"
-    elif missed:
+    elif missed and not gone:
         said += " restored"
     if event.resent:  # (typed while away, or sent and not confirmed)
         lines = "line" if event.resent == 1 else f"{event.resent} lines"

@@ -285,20 +285,34 @@ def test_pages_lost_with_the_connection_are_said_not_to_have_come() -> None:
 
 
 @pytest.mark.parametrize(
-    ("missed", "replay", "said"),
+    ("missed", "replay", "skipped", "said"),
     [
-        (6, 6, "* back in the room: 6 missed messages restored"),
+        (6, 6, 0, "* back in the room: 6 missed messages restored"),
         (
             6,
             4,
+            2,
             "* back in the room: 6 missed messages (the oldest 2 are not shown: /older shows them)",
         ),
-        (6, 0, "* back in the room: 6 missed messages (none are shown: /older shows them)"),
-        (0, 0, "* back in the room: nothing missed"),
+        (6, 0, 6, "* back in the room: 6 missed messages (none are shown: /older shows them)"),
+        (0, 0, 0, "* back in the room: nothing missed"),
+        (
+            30,
+            10,
+            0,
+            "* back in the room: 30 missed messages, 20 of them no longer kept by the server",
+        ),
+        (
+            30,
+            10,
+            15,
+            "* back in the room: 30 missed messages, 5 of them no longer kept by the server (the "
+            "oldest 15 of the rest are not shown: /older shows them)",
+        ),
     ],
 )
 def test_the_return_says_what_was_missed_and_how_to_see_what_is_not_shown(
-    missed: int, replay: int, said: str
+    missed: int, replay: int, skipped: int, said: str
 ) -> None:
-    welcome = Welcome(ALICE, (), ServerInfo("lab", "1", 2), 50, replay, missed - replay, log="L")
+    welcome = Welcome(ALICE, (), ServerInfo("lab", "1", 2), 50, replay, skipped, log="L")
     assert resume_notice(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, missed)) == said

@@ -262,6 +262,30 @@ def test_a_line_stays_pending_across_a_reconnect_until_the_server_stored_it() ->
     assert model.pending == {}
 
 
+@pytest.mark.parametrize(
+    ("replay", "skipped", "said"),
+    [
+        (10, 0, "30 missed messages. 20 of them are no longer kept by the server."),
+        (
+            10,
+            15,
+            "30 missed messages. 5 of them are no longer kept by the server. The "
+            "oldest 15 of the rest load as you scroll up to them.",
+        ),
+        (10, 20, "30 missed messages restored. The oldest 20 load as you scroll up to them."),
+    ],
+)
+def test_a_return_says_how_many_missed_lines_the_server_no_longer_keeps(
+    replay: int, skipped: int, said: str
+) -> None:
+    model = chatting(BOB)
+    model.apply(Reconnecting(1, 1.0, "reset"), T)
+    welcome = Welcome(ALICE, (BOB,), ServerInfo("lab", "1", 2), 40, replay, skipped, log="L")
+    lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, 30), T)
+    notice = next(line for line in lines if "missed" in line.text)
+    assert notice.text == said + " ─── new since you left ───"
+
+
 def test_a_replayed_line_of_another_day_shows_its_date() -> None:
     model = chatting(BOB)
     day_before = T - 86_400

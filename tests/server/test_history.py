@@ -105,8 +105,25 @@ def test_no_replay_holds_a_line_older_than_the_history_keeps(start_server: Start
             assert [m["seq"] for m in bob.replayed] == [6, 7, 8]
         with RawClient(server.host, server.port) as carol:
             welcome = carol.join("carol", since=1)  # missed 7, of which 3 are kept
-            assert (welcome["replay"], welcome["skipped"]) == (3, 4)
+            # The 4 others are not "skipped": the cap did not leave them out, and /older
+            # could not bring them.
+            assert (welcome["replay"], welcome["skipped"]) == (3, 0)
             assert [m["seq"] for m in carol.replayed] == [6, 7, 8]
+
+
+def test_skipped_counts_only_lines_the_history_still_keeps(start_server: Start) -> None:
+    server = start_server(history=5, replay_max=3)
+    with joined(server.host, server.port, "alice") as (alice,):
+        for n in range(8):
+            say(alice, f"l{n}", f"r{n}")
+            alice.expect("ack")
+        with RawClient(server.host, server.port) as bob:
+            welcome = bob.join("bob", since=1)  # missed 7: 2 gone, 3 replayed, 2 skipped
+            assert (welcome["seq"], welcome["replay"], welcome["skipped"]) == (8, 3, 2)
+            assert [m["seq"] for m in bob.replayed] == [6, 7, 8]
+            bob.send({"type": "history", "before": 6, "limit": 10})
+            assert [bob.expect("msg")["seq"] for _ in range(2)] == [4, 5]  # the 2 skipped
+            assert bob.expect("history_end")["count"] == 2
 
 
 def test_a_resent_ref_is_acknowledged_with_its_first_seq_and_never_broadcast_twice(
