@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import ipaddress
 import json
@@ -290,6 +291,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     from chatsecure.settings import server_config
     from chatsecure.tls.trust import host_port
 
+    # A fatal signal (SIGBUS: the history's memory-mapped -shm file gone from under SQLite,
+    # a disk remounted read-only) says so on stderr, in the service's journal, not nothing.
+    faulthandler.enable()
     config = server_config(args)
     config.discovery = not args.no_discovery
     config.advertise_ips = args.advertise_ip

@@ -74,6 +74,18 @@ def test_a_server_paused_past_its_idle_timeout_keeps_clients_that_spoke_meanwhil
     assert "nothing heard for too long" not in log
 
 
+def test_a_server_killed_by_a_fatal_signal_says_so(cert_dir: Path) -> None:
+    """SIGBUS comes when a memory-mapped file (SQLite's -shm) cannot be written any more."""
+    cert = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    server = ServerProcess([*SERVER_MODULE, *cert])
+    try:
+        code, log = server.stop(signal.SIGBUS)
+    finally:
+        server.kill()
+    assert code == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in log
+
+
 def test_server_logs_joins_and_leaves_but_never_message_text(cert_dir: Path) -> None:
     server = ServerProcess(
         [
