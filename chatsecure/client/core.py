@@ -693,6 +693,13 @@ class ChatClient:
                 return left
 
     @property
+    def _address_key(self) -> str:
+        """Where ``last_seen`` also keeps the last seq: by the address first given, for a
+        server whose certificate changes (its log, named in ``hello``, says if it is the
+        same room)."""
+        return "address " + server_key(self.target.host, self.target.port)
+
+    @property
     def address(self) -> tuple[str, int]:
         """The address of the server this client talks to (or tries first next time)."""
         return self.target.addresses[self._index]
@@ -804,6 +811,10 @@ class ChatClient:
                 self._fingerprint = presented
                 if self._last_seen is not None and session.last_seq is None:
                     session.last_seq, session.log_id = self._last_seen.get(presented)
+                    if session.last_seq is None:  # a new certificate (renewed, say)
+                        seq, log_id = self._last_seen.get(self._address_key)
+                        if log_id is not None:  # (the server says whether it is its log)
+                            session.last_seq, session.log_id = seq, log_id
             session.connect(loop.time())
             self._flush_out()
             self._not_understood = None
@@ -1000,7 +1011,9 @@ class ChatClient:
                 unshown.popleft()
             if unshown:  # the lines before the first not shown yet are
                 seq = min(seq, unshown[0] - 1)
-        return self._last_seen.put(self._fingerprint, seq, self.session.log_id, force=force)
+        return self._last_seen.put(
+            self._fingerprint, seq, self.session.log_id, force=force, also=self._address_key
+        )
 
     def _remember_later(self) -> None:
         self._save_timer = None

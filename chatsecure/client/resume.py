@@ -47,7 +47,8 @@ def client_id(home: Path | None = None) -> str:
 
 
 class LastSeen:
-    """The last ``seq`` seen from each server, by certificate fingerprint."""
+    """The last ``seq`` seen from each server, by certificate fingerprint (and by the address
+    the client was given, for a server whose certificate has changed)."""
 
     def __init__(self, home: Path | None = None) -> None:
         self.path = (home or config_home()) / LAST_SEEN_FILE
@@ -65,18 +66,26 @@ class LastSeen:
         return seq, log_id if isinstance(log_id, str) and valid_client_id(log_id) else None
 
     def put(
-        self, fingerprint: str, seq: int, log_id: str | None = None, *, force: bool = False
+        self,
+        fingerprint: str,
+        seq: int,
+        log_id: str | None = None,
+        *,
+        force: bool = False,
+        also: str | None = None,
     ) -> bool:
-        """Remember ``seq``; at most once per ``SAVE_EVERY`` seconds unless ``force``. False
-        when it was put off: the caller puts it again later."""
+        """Remember ``seq`` (under ``also`` too); at most once per ``SAVE_EVERY`` seconds
+        unless ``force``. False when it was put off: the caller puts it again later."""
         now = time.monotonic()
         if not force and now - self._saved_at < SAVE_EVERY:
             return False
         self._saved_at = now
         table = self._load()
-        table.pop(fingerprint, None)
-        # The newest last: the oldest go first when full.
-        table[fingerprint] = seq if log_id is None else [seq, log_id]
+        for key in (fingerprint, also):
+            if key is not None:
+                table.pop(key, None)
+                # The newest last: the oldest go first when full.
+                table[key] = seq if log_id is None else [seq, log_id]
         while len(table) > MAX_SERVERS:
             del table[next(iter(table))]
         try:

@@ -795,3 +795,42 @@ def test_a_restart_resumes_after_the_last_line_the_front_end_showed(
     assert LastSeen().get(connected.fingerprint)[0] == first.seq
     alice.shown(third.seq)  # and the others, once the client had ended
     assert LastSeen().get(connected.fingerprint)[0] == third.seq == second.seq + 1
+
+
+def test_a_server_with_a_new_certificate_and_the_same_log_is_resumed_not_replayed(
+    start_server: Callable[..., ServerThread], make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A renewed certificate is a new fingerprint; the room's log says it is the same room:
+    the client picks up where it left off (what was missed, nothing twice)."""
+    db, renewed = tmp_path / "history.sqlite3", tmp_path / "renewed"
+    certs.generate(renewed)
+
+    def say(server: ServerThread, texts: list[str]) -> None:
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob", client="bob-client-id")
+            for text in texts:
+                bob.send({"type": "msg", "text": text, "ref": text})
+                bob.expect("ack")
+
+    first = start_server(db=db, msg_rate=0)
+    say(first, ["before 1", "before 2"])
+    alice = make_client("alice", target=Target(first.host, first.port), last_seen=LastSeen())
+    next_event(alice, Connected)
+    assert [received(alice, Chat).text for _ in range(2)] == ["before 1", "before 2"]
+    alice.quit()
+    while not isinstance(alice.events.get(timeout=5), Disconnected):
+        pass
+    port = first.port
+    first.stop()
+
+    second = start_server(
+        db=db, msg_rate=0, port=port, cert=renewed / "server.crt", key=renewed / "server.key"
+    )
+    say(second, ["while away"])
+    assert KnownServers().remove("127.0.0.1", port)  # `chatsecure forget`: the change is genuine
+    back = make_client("alice", target=Target(second.host, port), last_seen=LastSeen())
+    connected = next_event(back, Connected)
+    assert connected.fingerprint != first.fingerprint
+    assert (connected.resumed, connected.missed) == (True, 1)
+    assert received(back, Chat).text == "while away"
+    assert back.events.empty() or not isinstance(back.events.get(timeout=0.3), Received)
