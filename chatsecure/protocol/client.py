@@ -225,6 +225,8 @@ class ClientSession:
         self.outbox: dict[str, str] = {}
         """Own lines not acknowledged yet, ref -> text, oldest first."""
         self._unsent: collections.deque[str] = collections.deque()
+        self._holding = False
+        """``hold_back`` was called: no own line goes out any more, on any connection."""
         """Refs of the outbox not sent on this connection yet (paced), oldest first."""
         self._written: set[str] = set()
         """Refs of the outbox sent at least once: the server may have stored those."""
@@ -313,7 +315,7 @@ class ClientSession:
         """Queue a chat line; return its ref. It goes out now if joined (and the pace allows),
         else after the next welcome, and stays in the outbox until the server acknowledges it."""
         ref = f"{self._ref_prefix}-{next(self._refs)}"
-        if self.state is not ClientState.JOINED:
+        if self.state is not ClientState.JOINED or self._holding:
             self.outbox[ref] = text
         elif self._v2:
             self.outbox[ref] = text
@@ -363,14 +365,16 @@ class ClientSession:
             self.pace(now)
 
     def hold_back(self) -> None:
-        """Send no more own lines on this connection (the user interrupted): those not sent
-        yet stay in the outbox, unsent."""
+        """Send no more own lines, on this connection or a later one (the user interrupted):
+        those not sent yet, and those given to ``send`` from now on, stay in the outbox,
+        unsent."""
+        self._holding = True
         self._unsent.clear()
 
     @property
     def settled(self) -> bool:
-        """Nothing waits to go out, and every own line sent on this connection has its ack
-        (lines held back may still be in the outbox)."""
+        """Nothing waits to go out, and every own line sent has its ack (lines held back may
+        still be in the outbox; one sent on an earlier connection waits for its ack too)."""
         return not self._unsent and self._written.isdisjoint(self.outbox)
 
     def quit(self) -> None:
@@ -378,7 +382,7 @@ class ClientSession:
         the outbox, unsent: nothing may follow ``quit``."""
         if self.state is not ClientState.OFFLINE:
             self._out.append(encode(Quit()))
-            self._unsent.clear()
+            self.hold_back()
 
     def tick(self, now: float) -> bool:
         """Keep a quiet connection checked; False when the server must be taken for dead.
@@ -450,8 +454,10 @@ class ClientSession:
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
                     # among those not sent yet (several may come back at once, in any order),
-                    # at the default pace if the server said it had no limit.
-                    waiting = {*self._unsent, message.ref}
+                    # at the default pace if the server said it had no limit; after
+                    # ``hold_back``, it stays unsent. (A copy sent on an earlier connection
+                    # may be stored all the same: it stays among those written.)
+                    waiting = set() if self._holding else {*self._unsent, message.ref}
                     self._unsent = collections.deque(r for r in self.outbox if r in waiting)
                     self._pace = self._pace or _pace_for(None, None, self._last_heard)
                     if self._pace is not None:  # (it always is: the defaults limit)
@@ -557,6 +563,8 @@ class ClientSession:
             # missed a second time, and make a second gap over the first.
             self.last_seq = welcome.seq
         events: list[SessionEvent] = [Welcomed(welcome, resumed, missed, len(self.outbox))]
+        if self._holding:  # (we are leaving: what waits stays unsent, on this connection too)
+            return events
         if not self._v2:  # a v1 server never acknowledges: sent is all we can know
             self._out += [encode(SendMsg(text)) for text in self.outbox.values()]
             events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]

@@ -231,6 +231,46 @@ def test_unacknowledged_lines_are_resent_once_after_a_drop_and_leave_on_ack() ->
     assert session.receive_data(frames({"type": "ack", "ref": ref, "seq": 9, "ts": 5.0})) == []
 
 
+def test_held_back_lines_never_go_out_on_this_connection_or_the_next() -> None:
+    """Ctrl-C: the lines the pace held back, those typed after it, one the server refused for
+    the pace, and a reconnect during the wait for acks: none of them is sent."""
+    session = paced_at_ten_a_second()
+    refs = [session.send(f"line {n}", now=100.0) for n in range(8)]
+    out = [f["ref"] for f in sent(session)]  # the burst; the rest held back by the pace
+    assert 2 <= len(out) < 8
+    assert out == refs[: len(out)]
+    session.hold_back()
+    late = session.send("typed after ctrl-c", now=101.0)
+    session.pace(102.0)
+    assert sent(session) == []
+    refused = {"type": "error", "code": "rate_limited", "message": "too fast", "ref": out[-1]}
+    session.receive_data(frames(refused), now=102.0)
+    session.pace(103.0)
+    assert sent(session) == []
+    session.connection_lost()
+    joined(session)
+    session.pace(104.0)
+    assert sent(session) == []
+    assert session.unacknowledged == [
+        *[(f"line {n}", n < len(out)) for n in range(8)],
+        ("typed after ctrl-c", False),
+    ]
+    assert late in session.outbox
+    assert not session.settled  # the lines sent may be stored: their acks are waited for
+
+
+def test_held_back_is_settled_once_the_lines_sent_are_acknowledged() -> None:
+    session = paced_at_ten_a_second()
+    refs = [session.send(f"line {n}", now=100.0) for n in range(8)]
+    out = [f["ref"] for f in sent(session)]
+    session.hold_back()
+    assert not session.settled
+    for ref in out:
+        session.receive_data(frames({"type": "ack", "ref": ref, "seq": 1, "ts": 1.0}))
+    assert session.settled
+    assert list(session.outbox) == refs[len(out) :]  # held back: never sent, still named
+
+
 def test_a_v1_server_gets_no_refs_and_lines_count_as_sent() -> None:
     session = ClientSession("alice")
     session.send("early")
