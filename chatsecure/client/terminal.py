@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -536,7 +537,7 @@ def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
         # What the printer writes, and what is logged, goes above the input line, which is
         # then drawn again: sys.stdout and sys.stderr are prompt_toolkit's proxies here.
         screen = replace(
-            screen, stdout=sys.stdout, stderr=sys.stderr, own=own, redraw=session.app.invalidate
+            screen, stdout=sys.stdout, stderr=sys.stderr, own=own, redraw=_redrawer(session)
         )
         with _logging_to(sys.stderr, instead_of=terminal):
             try:
@@ -544,6 +545,17 @@ def _chat_on_terminal(client: ChatClient, screen: _Screen, me: Peer) -> int:
             except KeyboardInterrupt:  # a SIGINT from outside, not the Ctrl-C key
                 client.quit(at_once=True)
                 return INTERRUPTED
+
+
+def _redrawer(session: PromptSession[str]) -> Callable[[], None]:
+    """Draw the input line again, from the printer's thread; nothing between two prompts
+    (prompt_toolkit can fail there: "no running event loop")."""
+
+    def redraw() -> None:
+        with contextlib.suppress(RuntimeError):
+            session.app.invalidate()
+
+    return redraw
 
 
 @contextlib.contextmanager
@@ -571,30 +583,53 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(ended.set_result, code)
 
+    # Ctrl-C is a key while a prompt reads (raw mode), and a SIGINT between two prompts (the
+    # terminal back in cooked mode for a moment): this handler, for the whole chat, takes it
+    # then. (prompt_toolkit's own, which it sets and removes around each prompt, would lose
+    # one that came as a prompt ended: "Application is not running".)
+    interrupted: asyncio.Future[int] = loop.create_future()
+
+    def interrupt() -> None:
+        if not interrupted.done():
+            interrupted.set_result(INTERRUPTED)
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     _start_printer(client, screen, end)
     left: int | None = None  # the exit code the user asked for, by Ctrl-C or Ctrl-D
-    while left is None and not ended.done():
-        prompt = asyncio.ensure_future(_typed(session))
-        either: list[asyncio.Future[Any]] = [prompt, ended]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not prompt.done():  # the server went while the user was typing
-            prompt.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prompt
-            break
-        typed = prompt.result()
-        if isinstance(typed, int):
-            left = typed
-        elif is_quit(typed):
-            left = 0
-        else:
-            _say(client, typed, screen)
-    # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines held
-    # back by the pace go out first; Ctrl-C does not.
-    at_once = left == INTERRUPTED
-    client.quit(at_once=at_once)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(ended), QUIT_WAIT if at_once else LEAVE_WAIT_MAX)
+    try:
+        while left is None and not ended.done():
+            prompt = asyncio.ensure_future(_typed(session))
+            either: list[asyncio.Future[Any]] = [prompt, ended, interrupted]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not prompt.done():  # the server went, or Ctrl-C came, while the user typed
+                prompt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await prompt
+                left = interrupted.result() if interrupted.done() else None
+                break
+            typed = prompt.result()
+            if isinstance(typed, int):
+                left = typed
+            elif is_quit(typed):
+                left = 0
+            else:
+                _say(client, typed, screen)
+            if interrupted.done():
+                left = INTERRUPTED
+        # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines
+        # held back by the pace go out first; Ctrl-C does not, even once `quit` waits.
+        client.quit(at_once=left == INTERRUPTED)
+        if left != INTERRUPTED:
+            await asyncio.wait([ended, interrupted], return_when=asyncio.FIRST_COMPLETED)
+            if interrupted.done() and not ended.done():
+                left = INTERRUPTED
+                client.quit(at_once=True)
+        # The client ends within LEAVE_WAIT_MAX, having named every line not stored: the
+        # printer shows them all before the end.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(ended), LEAVE_WAIT_MAX)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
     if left == INTERRUPTED:
         return INTERRUPTED
     return ended.result() if ended.done() else 1
@@ -603,7 +638,7 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
 async def _typed(session: PromptSession[str]) -> str | int:
     """The next line typed, or the exit code that Ctrl-C (130) or Ctrl-D (0) asks for."""
     try:
-        return await session.prompt_async()
+        return await session.prompt_async(handle_sigint=False)  # (see _chat_async)
     except KeyboardInterrupt:  # caught here: out of a task it would stop the event loop
         return INTERRUPTED
     except EOFError:

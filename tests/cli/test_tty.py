@@ -50,7 +50,9 @@ class Answering(pyte.Screen):  # type: ignore[misc]
 class Pty:
     """``chatsecure connect ARGS`` on a pseudo-terminal of ROWS x COLS."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, answers: bool = True) -> None:
+        """``answers``: whether the terminal answers cursor-position queries (not every one
+        does: prompt_toolkit then waits for the answer before each prompt)."""
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
         self.proc = subprocess.Popen(
@@ -63,7 +65,7 @@ class Pty:
         os.close(slave)
         self.raw = b""
         self._lock = threading.Lock()
-        self.screen = Answering(lambda data: os.write(self.master, data))
+        self.screen = Answering(lambda data: answers and os.write(self.master, data))
         self._stream = pyte.ByteStream(self.screen)
         self._reader = threading.Thread(target=self._read, name="pty-reader")
         self._reader.start()
@@ -130,8 +132,8 @@ class Pty:
 def pty_connect() -> Any:
     started: list[Pty] = []
 
-    def start(server: ServerThread, nick: str, *options: str) -> Pty:
-        term = Pty(f"127.0.0.1:{server.port}", "--nick", nick, *options)
+    def start(server: ServerThread, nick: str, *options: str, answers: bool = True) -> Pty:
+        term = Pty(f"127.0.0.1:{server.port}", "--nick", nick, *options, answers=answers)
         started.append(term)
         return term
 
@@ -279,6 +281,36 @@ def test_ctrl_c_or_ctrl_d_at_the_chat_prompt_quits(
         assert bob.wait() == code
         assert alice.expect("leave")["reason"] == "quit"
         assert "Traceback" not in bob.text()
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_ctrl_c_right_behind_typed_lines_is_never_lost(
+    start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty], run: int
+) -> None:
+    """Typed lines and Ctrl-C in one burst: between two prompts the terminal is in cooked
+    mode, so the Ctrl-C may come as a SIGINT just as a prompt ends. It must still leave,
+    at once, with what the pace held back named and never sent."""
+    server = start_server(msg_rate=2.0, msg_burst=2)
+    with joined_alice(server) as alice:
+        bob: Pty = pty_connect(server, "bob", "--accept-new", answers=False)  # a slow prompt
+        bob.shows(r"^online: alice \(127\.0\.0\.1\)$")
+        assert alice.expect("join")["peer"]["nick"] == "bob"
+        for n in range(30):  # typed (or pasted slowly): each line ends a prompt
+            bob.type(f"hurried {n}\r")
+            time.sleep(0.02)
+        time.sleep(0.5)
+        bob.type("\x03")
+        assert bob.wait(10) == 130, bob.text()
+        text = bob.text()
+        assert "Traceback" not in text, text
+        assert "not running" not in text, text
+        heard = []
+        while not alice.silent(0.5):
+            if (frame := alice.recv())["type"] == "msg":
+                heard.append(frame["text"])
+        named = re.findall(r"not sent, never stored: (hurried \d+)", text)
+        assert heard + named == [f"hurried {n}" for n in range(len(heard) + len(named))]
+        assert len(heard) <= 6, heard  # the burst, and what the pace let out before Ctrl-C
 
 
 def test_the_server_going_keeps_the_prompt_and_what_was_typed(
