@@ -90,6 +90,8 @@ FINISH_STALL = 60.0
 answers pings all the same: then the client leaves, naming those lines as not confirmed."""
 QUIT_WAIT = 2.0
 """Seconds the client waits for the server to close after ``quit`` before it closes itself."""
+QUIT_FLUSH = 0.2
+"""Seconds for ``quit`` to go out when the server has not answered for ``ACK_WAIT``."""
 ACK_WAIT = 2.0
 """Seconds ``quit`` waits for the acks of the lines the server has already been sent.
 
@@ -1085,11 +1087,13 @@ class ChatClient:
                 if self._leave_timer.when() <= self._loop.time() + wait:
                     return
                 self._leave_timer.cancel()
-            self._leave_timer = self._loop.call_later(wait, self._quit)
+            self._leave_timer = self._loop.call_later(wait, self._quit, True)
             return
         self._quit()
 
-    def _quit(self) -> None:
+    def _quit(self, unanswered: bool = False) -> None:
+        """Say ``quit`` and end; ``unanswered``: after waiting in vain for acks, when the
+        server is unlikely to close its side either (it is stopped, or gone)."""
         if self._stopping:
             return  # once is enough; a second cancel would cut the session's own closing short
         self._stopping = True
@@ -1104,9 +1108,10 @@ class ChatClient:
         self._stop_pacing()
         self.session.quit()
         self._flush_out()  # the server answers by closing the connection
-        # A server that never closes its side must not keep us: give it QUIT_WAIT seconds.
+        # A server that never closes its side must not keep us: give it QUIT_WAIT seconds
+        # (the time for the quit to go out, if it did not answer in ACK_WAIT).
         assert self._loop is not None  # noqa: S101
-        self._loop.call_later(QUIT_WAIT, self._abort)
+        self._loop.call_later(QUIT_FLUSH if unanswered else QUIT_WAIT, self._abort)
 
 
 def _log_frames(way: str, data: bytes) -> None:
