@@ -140,7 +140,7 @@ class Controller:
             if isinstance(event, Queued):
                 self._unqueued = max(self._unqueued - 1, 0)
             lines += self.model.apply(event, self._now())
-            shown = max(shown, shown_seq(event))
+            shown += bool(shown_seq(event))
             if isinstance(event, Connected) and (request := self.model.request) is not None:
                 remember_nick(request.nick)
                 remember_server(request.host, request.port)

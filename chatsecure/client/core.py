@@ -485,11 +485,16 @@ class ChatClient:
         )
         """The protocol; touched only on the network thread."""
         self._last_seen = last_seen
-        self._unshown: collections.deque[int] | None = collections.deque() if shows else None
-        """Seqs of the lines given to the front end and not shown yet, oldest first: a
-        restart resumes before the first of them (see ``shown``)."""
+        self._unshown: collections.deque[tuple[int, int, str | None]] | None = (
+            collections.deque() if shows and last_seen is not None else None
+        )
+        """The lines given to the front end and not shown yet, oldest first: their number in
+        the order given (see ``_given``), their seq, and the log it counts in. A restart
+        resumes before the first of them (see ``shown``)."""
+        self._given = 0
+        """Lines given to the front end so far that it counts with ``shown``."""
         self._shown = 0
-        """The newest seq the front end has shown (written by its thread)."""
+        """How many of those the front end has shown (written by its thread only)."""
         self._shown_save = False
         """A save of what is shown is asked of the network thread and has not run yet."""
         self._remember_lock = threading.Lock()
@@ -581,12 +586,11 @@ class ChatClient:
         ``LEAVE_WAIT_MAX`` seconds."""
         self._call(self._leave, at_once)
 
-    def shown(self, seq: int) -> None:
-        """The front end has shown the lines (and own lines stored) up to ``seq``, in the
-        order it got them; call it after they are on screen (with ``shows``)."""
-        if seq <= self._shown:
-            return
-        self._shown = seq
+    def shown(self, count: int = 1) -> None:
+        """The front end has shown ``count`` more of the events it got for which
+        ``shown_seq`` is not 0 (a line, an own line stored), in the order it got them; call
+        it once they are on screen (with ``shows``)."""
+        self._shown += count
         if self._shown_save:
             return
         self._shown_save = True
@@ -645,6 +649,9 @@ class ChatClient:
             self._emit(final)
 
     def _emit(self, event: ClientEvent) -> None:
+        if self._unshown is not None and (seq := shown_seq(event)):
+            self._unshown.append((self._given, seq, self.session.log_id))
+            self._given += 1
         self.events.put(event)
 
     async def _run(self) -> Disconnected:
@@ -805,8 +812,8 @@ class ChatClient:
         loop = asyncio.get_running_loop()
         self._dead = None
         try:
-            # quit cancels this task, but asyncio.wait_for (3.11) swallows a cancel that
-            # comes as what it waits for is done: so look again before each step.
+            # quit cancels this task, and a cancel that comes as a step completes may be
+            # lost (asyncio.wait_for in 3.11 swallows one): so look again before each step.
             if self._stopping:
                 return
             if self._fingerprint is None:
@@ -821,9 +828,11 @@ class ChatClient:
             self._flush_out()
             self._not_understood = None
             try:
-                welcomed, rest = await asyncio.wait_for(
-                    self._welcome(reader), limits.CONNECT_TIMEOUT
-                )
+                # (In this task, not in one of wait_for's: nothing else runs between the read
+                # that brings the welcome and the handling of what came with it, such as a save
+                # of the last seq, which has counted the replay in it already.)
+                async with asyncio.timeout(limits.CONNECT_TIMEOUT):
+                    welcomed, rest = await self._welcome(reader)
             except TimeoutError:
                 if self._not_understood is None:
                     raise
@@ -950,13 +959,9 @@ class ChatClient:
         for event in events:
             match event:
                 case Line(chat=chat, replayed=replayed, older=older):
-                    if self._unshown is not None and chat.seq and not older:
-                        self._unshown.append(chat.seq)
                     self._emit(Received(chat, replayed, older))
                 case Acked(ref=ref, text=text, seq=seq, ts=ts):
                     self._acks += 1
-                    if self._unshown is not None and seq:
-                        self._unshown.append(seq)
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):
                     self._emit(Received(message))
@@ -1009,10 +1014,14 @@ class ChatClient:
             return True
         unshown = self._unshown
         if unshown is not None:
-            while unshown and unshown[0] <= self._shown:
+            while unshown and unshown[0][0] < self._shown:
                 unshown.popleft()
-            if unshown:  # the lines before the first not shown yet are
-                seq = min(seq, unshown[0] - 1)
+            # The lines before the first not shown yet are; of a log the server has lost
+            # meanwhile, none can be shown after a restart anyway.
+            log_id = self.session.log_id
+            first = next((seq for _, seq, log in unshown if log == log_id), None)
+            if first is not None:
+                seq = min(seq, first - 1)
         return self._last_seen.put(
             self._fingerprint, seq, self.session.log_id, force=force, also=self._address_key
         )

@@ -419,8 +419,8 @@ def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object
             log.exception("could not show %r", event)
             on_end(1)
             return
-        if seq := shown_seq(event):
-            client.shown(seq)
+        if shown_seq(event):
+            client.shown()
         if isinstance(event, Disconnected):
             on_end(1 if event.error else NOT_DELIVERED if screen.undelivered else 0)
             return

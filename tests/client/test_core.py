@@ -788,12 +788,12 @@ def test_a_restart_resumes_after_the_last_line_the_front_end_showed(
             bob.expect("ack")
     received(alice, Join)
     first, second, third = (received(alice, Chat) for _ in range(3))
-    alice.shown(first.seq)  # the front end showed the first line only
+    alice.shown()  # the front end showed the first line only
     alice.quit()
     while not isinstance(alice.events.get(timeout=5), Disconnected):
         pass
     assert LastSeen().get(connected.fingerprint)[0] == first.seq
-    alice.shown(third.seq)  # and the others, once the client had ended
+    alice.shown(2)  # and the others, once the client had ended
     assert LastSeen().get(connected.fingerprint)[0] == third.seq == second.seq + 1
 
 
@@ -834,3 +834,51 @@ def test_a_server_with_a_new_certificate_and_the_same_log_is_resumed_not_replaye
     assert (connected.resumed, connected.missed) == (True, 1)
     assert received(back, Chat).text == "while away"
     assert back.events.empty() or not isinstance(back.events.get(timeout=0.3), Received)
+
+
+def test_lines_of_a_new_log_not_shown_yet_are_not_saved_as_seen(
+    start_server: Callable[..., ServerThread], make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The seqs of a new log start again, below those shown of the old one: what was shown
+    is counted in lines, not compared by seq."""
+    db = tmp_path / "history.sqlite3"
+    first = start_server(db=db, msg_rate=0)
+    port = first.port
+    alice = make_client(
+        "alice",
+        target=Target(first.host, port),
+        last_seen=LastSeen(),
+        shows=True,
+        reconnect=True,
+    )
+    connected = next_event(alice, Connected)
+    with RawClient(first.host, port) as bob:
+        bob.join("bob")
+        for n in range(5):
+            bob.send({"type": "msg", "text": f"old {n}", "ref": f"o{n}"})
+            bob.expect("ack")
+    received(alice, Join)
+    for _ in range(5):
+        received(alice, Chat)
+    alice.shown(5)
+    first.stop()
+    while not isinstance(alice.events.get(timeout=5), Reconnecting):
+        pass  # (bob's leave, the shutdown)
+    for path in tmp_path.glob("history.sqlite3*"):
+        path.unlink()  # the database lost: a new log, from seq 1 again
+    second = start_server(db=db, msg_rate=0, port=port)
+    with RawClient(second.host, port) as bob:
+        bob.join("bob")
+        for n in range(3):
+            bob.send({"type": "msg", "text": f"new {n}", "ref": f"n{n}"})
+            bob.expect("ack")
+    while not isinstance(event := alice.events.get(timeout=10), Connected):
+        pass  # (the attempts before the server was back)
+    assert event.missed == 3
+    assert [received(alice, Chat).text for _ in range(3)] == ["new 0", "new 1", "new 2"]
+    alice.quit()  # killed, as it were, before the front end showed any of them
+    while not isinstance(alice.events.get(timeout=5), Disconnected):
+        pass
+    seq, log_id = LastSeen().get(connected.fingerprint)
+    assert seq == 0, "none of the new log's lines was shown"
+    assert log_id is not None
