@@ -120,6 +120,8 @@ class App:
         """Whether the newest line was in view when the transcript's view last changed."""
         self._unseen = 0
         """Lines others said that came in below the view while the user read back."""
+        self._divider_counted = False
+        """Whether ``_unseen`` was counted from the view (``_count_below``), not added up."""
         self._divider_left: int | None = None
         """Replayed lines still to come after a return's "new since you left" line, shown
         while the view followed the newest (None: no such return). At 0, if the divider is
@@ -461,6 +463,7 @@ class App:
             if typed.strip() and (not self._typed or self._typed[-1] != typed):
                 self._typed = [*self._typed, typed][-TYPED_KEPT:]
             self._recalled = None
+            self._divider_left = None  # (and no going back to a return's divider after it)
             self.transcript.see("end")  # one's own line, in view: back to the newest
         if out.line is not None:
             self._append([out.line], [False])
@@ -694,13 +697,16 @@ class App:
         self._scrollbar.set(first, last)
         if float(last) >= 0.999 and self._unseen:
             self._unseen = 0  # the newest lines are in view: nothing below to point to
+            self._divider_counted = False
             self.below.place_forget()
         text = self.transcript
         size = (text.winfo_width(), text.winfo_height())
         if size != self._size:
             self._size = size
             if self._follow:
-                text.after_idle(self._show_newest)
+                text.after_idle(self._follow_newest)
+            if self._unseen and self._divider_counted:  # the count of a return, anew
+                text.after_idle(self._count_below)
             return
         self._follow = float(last) >= 0.999
 
@@ -718,6 +724,7 @@ class App:
     def _clear_transcript(self) -> None:
         self._follow = True
         self._unseen = 0
+        self._divider_counted = False
         self._divider_left = None
         self.below.place_forget()
         text = self.transcript
@@ -843,6 +850,13 @@ class App:
         text.mark_unset("reading")
         if said and not at_bottom:  # (the user reads back: the view stays, and says so)
             self._tell_unseen(said)
+        if self._divider_left == 0 and not at_bottom:
+            self._divider_left = None  # the user scrolled during the replay: no jump after
+
+    def _follow_newest(self) -> None:
+        """(Asked for before the view changed again: only if it still follows the newest.)"""
+        if self._follow:
+            self._show_newest()
 
     def _transcript_shown(self, _event: object) -> None:
         """The chat came on screen: place a return that came before it (from the form)."""
@@ -861,14 +875,23 @@ class App:
     def _stop_at_divider(self) -> None:
         """The lines said while the user was away fill more than the view: show them from the
         first on, as the user reads, and say how many more are below."""
-        text = self.transcript
-        text.yview("divider")
+        self.transcript.yview("divider")
         self._follow = False
+        self._unseen = 0
+        self._count_below()
+        self._divider_counted = True
+
+    def _count_below(self) -> None:
+        """Say how many stored lines are below the view (after a return, or a resize then)."""
+        text = self.transcript
         last = text.index(f"@0,{text.winfo_height()} lineend")  # the bottom line in view
         below = {value for key, value, _ in text.dump(last, "end", tag=True) if key == "tagon"}
         count = sum(tag.startswith("seq-") for tag in below)
+        self._unseen = 0
         if count:
             self._tell_unseen(count)
+        else:
+            self.below.place_forget()
 
     def _mark_reading(self, at: str) -> int:
         """Before a page goes in at ``at``: if the line there is on screen (the user reads
