@@ -436,12 +436,17 @@ def cmd_gencert(args: argparse.Namespace) -> int:
         if args.client is None or args.ca is None:
             raise ChatError("--client NAME and --ca DIR go together")
         try:
-            clean_nick(args.client)
+            nick = clean_nick(args.client)
         except RemoteProtocolError:
+            nick = None
+        if nick != args.client:  # (a tab, a newline: the room would show another name)
             raise ChatError(
                 f"--client {args.client!r}: the name is the nick in the room, 1 to "
                 f"{limits.MAX_NICK} visible characters"
-            ) from None
+                + (f" (as given, it would be {nick!r})" if nick else "")
+            )
+        if args.client == "ca":
+            raise ChatError("--client ca: that name is the CA's own (ca.crt, ca.key)")
         files = certs.generate_client(args.client, args.ca, days=args.days, force=args.force)
         print(f"wrote {files.cert} and {files.key} (mode 0600) for {args.client!r}")
         print(f"give the server --client-ca {args.ca / 'ca.crt'}")

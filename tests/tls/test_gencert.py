@@ -140,7 +140,11 @@ def test_client_certificate_and_its_ca_last_exactly_the_days_given(tmp_path: Pat
         assert lifetime == dt.timedelta(days=5), name
 
 
-@pytest.mark.parametrize("name", ["b" * 33, " ", "\u200b"], ids=["too-long", "blank", "invisible"])
+@pytest.mark.parametrize(
+    "name",
+    ["b" * 33, " ", "\u200b", "tab\tx", "nl\nx", " padded"],
+    ids=["too-long", "blank", "invisible", "tab", "newline", "padded"],
+)
 def test_a_client_name_that_cannot_be_a_nick_is_refused(tmp_path: Path, name: str) -> None:
     result = run(CHATSECURE, "gencert", "--client", name, "--ca", str(tmp_path))
     assert result.returncode == 1
@@ -179,3 +183,12 @@ def test_half_a_pair_is_not_silently_replaced(tmp_path: Path) -> None:
     (tmp_path / "server.key").unlink()
     with pytest.raises(ConfigError, match=r"server\.key does not: give the right one with --key"):
         certs.ensure(certs.CertFiles.in_dir(tmp_path))
+
+
+def test_the_cas_own_name_is_no_client_name(tmp_path: Path) -> None:
+    run(CHATSECURE, "gencert", "--client", "alice", "--ca", str(tmp_path))
+    ca = (tmp_path / "ca.crt").read_bytes()
+    result = run(CHATSECURE, "gencert", "--client", "ca", "--ca", str(tmp_path), "--force")
+    assert result.returncode == 1
+    assert "that name is the CA's own" in result.stderr
+    assert (tmp_path / "ca.crt").read_bytes() == ca
