@@ -107,7 +107,9 @@ class LogPaging:
         if not (resumed and welcome.skipped):
             return abandoned, None
         self._gap_ids += 1
-        after, last = welcome.seq - missed, welcome.seq - welcome.replay
+        # (From the oldest line the log keeps: those missed before it are gone.)
+        last = welcome.seq - welcome.replay
+        after = max(welcome.seq - missed, last - welcome.skipped)
         gap = self.gaps[self._gap_ids] = Gap(self._gap_ids, after, last + 1)
         self.saw(after + 1)  # what comes before the gap is older than it
         return abandoned, gap

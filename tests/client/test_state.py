@@ -284,6 +284,10 @@ def test_a_return_says_how_many_missed_lines_the_server_no_longer_keeps(
     lines = model.apply(Connected(welcome, "h", 1, "TLSv1.3", "SHA256:x", True, 30), T)
     notice = next(line for line in lines if "missed" in line.text)
     assert notice.text == said + " ─── new since you left ───"
+    gaps = [line.text for line in lines if line.kind == "gap"]  # where the skipped ones load
+    assert gaps == (
+        [f"⋯ {skipped} earlier missed messages: they load as you scroll here ⋯"] if skipped else []
+    )
 
 
 def test_a_replayed_line_of_another_day_shows_its_date() -> None:
