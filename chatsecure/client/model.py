@@ -444,7 +444,7 @@ class ChatModel:
         if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
             self.phase = Phase.ENDED
             self.pending.clear()  # each unsent line was told as NotSent before this
-            self.banner = f"Disconnected: {reason}."
+            self.banner = f"Disconnected: {reason.rstrip('.')}."  # (one full stop)
             # (The list stays, as who was there when the connection was last up.)
             return [notice("error" if error else "info", self.banner, ts)]
         return []

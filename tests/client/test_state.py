@@ -1307,3 +1307,10 @@ def test_the_end_of_a_late_answer_does_not_end_the_request_asked_again() -> None
     lines = page(model, 281, range(181, 281))
     assert [line.seq for line in lines[:-1]] == list(range(181, 281))
     assert lines[-1].text.startswith("⋯ 170 earlier missed messages")
+
+
+def test_a_reason_that_ends_a_sentence_is_not_given_a_second_full_stop() -> None:
+    model = chatting(BOB)
+    reason = "the certificate changed; forget the old pin and connect again."
+    model.apply(Disconnected(reason, error=True), T)
+    assert model.banner == f"Disconnected: {reason}"
