@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from chatsecure.protocol.messages import valid_client_id
-from chatsecure.tls.trust import config_home, save_private
+from chatsecure.tls.trust import config_home, config_locked, save_private
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,17 @@ def client_id(home: Path | None = None) -> str:
     except OSError as exc:
         log.debug("cannot keep the client id in %s: %s", path, exc)
     return made
+
+
+def _newer(kept: object, seq: int, log_id: str | None) -> object:
+    """What ``last_seen.json`` keeps for a server: ``[seq, log]``, but never a seq below the
+    one kept for the same log (another client of this folder, or of this window, was
+    further on: its lines are shown)."""
+    if log_id is None:
+        return seq
+    if isinstance(kept, list) and kept[1:] == [log_id] and isinstance(kept[0], int):
+        seq = max(seq, kept[0])
+    return [seq, log_id]
 
 
 class LastSeen:
@@ -80,16 +91,16 @@ class LastSeen:
         if not force and now - self._saved_at < SAVE_EVERY:
             return False
         self._saved_at = now
-        table = self._load()
-        for key in (fingerprint, also):
-            if key is not None:
-                table.pop(key, None)
-                # The newest last: the oldest go first when full.
-                table[key] = seq if log_id is None else [seq, log_id]
-        while len(table) > MAX_SERVERS:
-            del table[next(iter(table))]
         try:
-            save_private(self.path, json.dumps(table))
+            with config_locked(self.path):
+                table = self._load()
+                for key in (fingerprint, also):
+                    if key is not None:
+                        table[key] = _newer(table.pop(key, None), seq, log_id)
+                        # (The newest last: the oldest go first when full.)
+                while len(table) > MAX_SERVERS:
+                    del table[next(iter(table))]
+                save_private(self.path, json.dumps(table))
         except OSError as exc:
             log.debug("cannot write %s: %s", self.path, exc)
         return True

@@ -8,11 +8,12 @@ certificate. A changed certificate is refused loudly unless the user replaces th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,34 @@ def config_home() -> Path:
     return Path(xdg) / "chatsecure"
 
 
-def save_private(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def config_locked(path: Path) -> Iterator[None]:
+    """Hold the lock of ``path``'s config folder (its ``.lock``) while a file there is read,
+    changed and written: clients that share the folder (a window and a terminal) take turns,
+    and neither undoes what the other wrote. Raises ``OSError``."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (and with it the lock)
+
+
+def save_private(path: Path, text: str, *, durable: bool = False) -> None:
     """Write ``text`` to ``path`` in the config folder, readable by its owner only whatever
     the umask (a pin others could write is no pin), whole or not at all (a crash mid-write
-    leaves the old file); the folder is made 0700 if missing. Raises ``OSError``."""
+    leaves the old file; ``durable``: a power cut too); the folder is made 0700 if missing.
+    Raises ``OSError``."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A name of its own (0600): two clients sharing the folder never write into one file.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -101,7 +120,8 @@ class KnownServers:
 
     def _save(self, pins: dict[str, str]) -> None:
         head = "# chatsecure pinned server certificates: host:port fingerprint\n"
-        save_private(self.path, head + "".join(f"{k} {fp}\n" for k, fp in sorted(pins.items())))
+        body = "".join(f"{k} {fp}\n" for k, fp in sorted(pins.items()))
+        save_private(self.path, head + body, durable=True)  # (lost pins: asked again, or worse)
 
     def get(self, host: str, port: int) -> str | None:
         """The pinned fingerprint of ``host:port``, if any."""
@@ -110,14 +130,14 @@ class KnownServers:
 
     def pin(self, host: str, port: int, fingerprint: str) -> None:
         """Pin (or re-pin) ``host:port`` to ``fingerprint``."""
-        with self._lock:
+        with self._lock, config_locked(self.path):
             pins = self._load()
             pins[server_key(host, port)] = fingerprint
             self._save(pins)
 
     def remove(self, host: str, port: int) -> bool:
         """Forget ``host:port``; return whether it was pinned."""
-        with self._lock:
+        with self._lock, config_locked(self.path):
             pins = self._load()
             found = pins.pop(server_key(host, port), None) is not None
             if found:

@@ -592,7 +592,7 @@ def test_what_a_client_keeps_is_its_users_alone_even_with_a_lax_umask(
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     kept = {path.name: stat.S_IMODE(path.stat().st_mode) for path in home.iterdir()}
-    assert kept == dict.fromkeys(["known_servers", "client_id", "last_seen.json"], 0o600)
+    assert kept == dict.fromkeys([".lock", "known_servers", "client_id", "last_seen.json"], 0o600)
 
 
 def test_a_reader_of_its_output_that_goes_ends_it_quietly(server: ServerThread) -> None:
