@@ -618,16 +618,16 @@ async def _chat_async(client: ChatClient, session: PromptSession[str], screen: _
                 left = INTERRUPTED
         # Nothing to do if the connection is gone already. `quit` and Ctrl-D let the lines
         # held back by the pace go out first; Ctrl-C does not, even once `quit` waits.
-        client.quit(at_once=left == INTERRUPTED)
-        if left != INTERRUPTED:
-            await asyncio.wait([ended, interrupted], return_when=asyncio.FIRST_COMPLETED)
-            if interrupted.done() and not ended.done():
-                left = INTERRUPTED
-                client.quit(at_once=True)
         # The client ends within LEAVE_WAIT_MAX, having named every line not stored: the
         # printer shows them all before the end.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(ended), LEAVE_WAIT_MAX)
+        at_once = left == INTERRUPTED
+        client.quit(at_once=at_once)
+        waiting = [ended] if at_once else [ended, interrupted]
+        await asyncio.wait(waiting, timeout=LEAVE_WAIT_MAX, return_when=asyncio.FIRST_COMPLETED)
+        if not at_once and interrupted.done() and not ended.done():
+            left = INTERRUPTED
+            client.quit(at_once=True)
+            await asyncio.wait([ended], timeout=LEAVE_WAIT_MAX)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     if left == INTERRUPTED:

@@ -313,6 +313,26 @@ def test_ctrl_c_right_behind_typed_lines_is_never_lost(
         assert len(heard) <= 6, heard  # the burst, and what the pace let out before Ctrl-C
 
 
+def test_ctrl_c_while_quit_waits_for_paced_lines_leaves_and_names_them(
+    start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
+) -> None:
+    server = start_server(msg_rate=1.0, msg_burst=1)
+    with joined_alice(server) as alice:
+        bob = bob_at_the_prompt(server, pty_connect, alice)
+        bob.type("".join(f"slow {n}\r" for n in range(8)) + "quit\r")
+        time.sleep(0.5)  # quit waits for the paced lines to go out
+        bob.type("\x03")
+        assert bob.wait(10) == 130, bob.text()
+        text = bob.text()
+        heard = []
+        while not alice.silent(0.5):
+            if (frame := alice.recv())["type"] == "msg":
+                heard.append(frame["text"])
+        named = re.findall(r"not sent, never stored: (slow \d+)", text)
+        assert heard + named == [f"slow {n}" for n in range(8)], text
+        assert len(heard) <= 3, heard
+
+
 def test_the_server_going_keeps_the_prompt_and_what_was_typed(
     start_server: Callable[..., ServerThread], pty_connect: Callable[..., Pty]
 ) -> None:
