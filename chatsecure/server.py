@@ -902,8 +902,9 @@ class ChatServer:
         every = timeout / IDLE_CHECKS
         now = self._loop.time()
         if now - self._swept_at > 2 * every + 1:
-            # The server itself stood still (SIGSTOP, a suspended machine): its clients' bytes
-            # wait unread in its sockets. Silence counts from now, not from before the pause.
+            # The server itself stood still (SIGSTOP, a debugger, a frozen VM; not a suspended
+            # machine, during which the loop's monotonic clock stands still too): its clients'
+            # bytes wait unread in its sockets. Silence counts from now, not from before.
             log.warning(
                 "the server was paused for %.0f s; idle clients are timed anew",
                 now - self._swept_at,
