@@ -8,7 +8,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import socket
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from chatsecure.errors import ConfigError
 from chatsecure.protocol.limits import CERT_DAYS
+from chatsecure.tls.trust import save_private
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurveP
     with _writing(files.key.parent, "cannot make the folder"):
         files.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (it holds the key)
     with _writing(files.key, "cannot write the key"):
-        _write_private(files.key, key_pem)
+        save_private(files.key, key_pem)
     with _writing(files.cert, "cannot write the certificate"):
-        _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        save_private(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 @contextlib.contextmanager
@@ -321,15 +321,6 @@ def _renewal(path: Path) -> str:
         f"make a new one with `chatsecure gencert --out {path.parent} --force` "
         "(clients will see a new fingerprint)"
     )
-
-
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create ``path`` readable by its owner only (or with ``mode``, at most: the umask may
-    take more away), from the first byte on (no chmod race)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
 
 
 def ensure(files: CertFiles) -> bool:

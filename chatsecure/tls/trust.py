@@ -46,17 +46,21 @@ def config_locked(path: Path) -> Iterator[None]:
         os.close(fd)  # (and with it the lock)
 
 
-def save_private(path: Path, text: str, *, durable: bool = False) -> None:
-    """Write ``text`` to ``path`` in the config folder, readable by its owner only whatever
-    the umask (a pin others could write is no pin), whole or not at all (a crash mid-write
-    leaves the old file; ``durable``: a power cut too); the folder is made 0700 if missing.
-    Raises ``OSError``."""
+def save_private(
+    path: Path, data: str | bytes, *, mode: int = 0o600, durable: bool = False
+) -> None:
+    """Write ``data`` to ``path``, readable by its owner only whatever the umask (a pin or a
+    key others could read or write is none; or ``mode``: a certificate is 0644), from the
+    first byte on, and whole or not at all (a crash mid-write leaves the old file;
+    ``durable``: a power cut too); the folder is made 0700 if missing. Raises ``OSError``."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A name of its own (0600): two clients sharing the folder never write into one file.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
             if durable:
                 out.flush()
                 os.fsync(out.fileno())
