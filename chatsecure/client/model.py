@@ -32,7 +32,13 @@ from chatsecure.client.core import (
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.paging import Gap, LogPaging
 from chatsecure.client.scrollback import older_command
-from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
+from chatsecure.client.transcript import (
+    LEAVE_REASONS,
+    Line,
+    LineKind,
+    Roster,
+    notice,
+)
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
 from chatsecure.protocol.messages import Notice as ServerNotice
@@ -116,6 +122,15 @@ def gap_text(gap: Gap) -> str:
 def gap_full_text(gap: Gap) -> str:
     """What a gap's line says while the transcript holds all it may (nothing loads)."""
     return f"⋯ {_gap_count(gap)}: not loaded, the window holds all it can ⋯"
+
+
+def full_text(lines: int) -> str:
+    """The top line of a transcript that holds all it may (``lines``) while the server has
+    older lines."""
+    return (
+        f"⋯ older messages not loaded: the window holds {lines:,} lines"
+        " (the terminal client's /older shows them) ⋯"
+    )
 
 
 def _gap_count(gap: Gap) -> str:
@@ -230,6 +245,11 @@ class ChatModel:
         if self.phase is not Phase.CHAT or time.monotonic() < self._history_retry_at:
             return None
         return self.paging.wants_older(limit)
+
+    def wants_more_older(self) -> bool:
+        """Whether the server may have lines older than those shown (asked for or not)."""
+        oldest = self.paging.oldest_seq
+        return self.phase is Phase.CHAT and not self.paging.all_loaded and (oldest or 0) > 1
 
     def wants_gap(self, gap_id: int, limit: int | None = None) -> int | None:
         """The ``before`` of a request for up to ``limit`` lines of gap ``gap_id``, if one

@@ -36,7 +36,7 @@ from chatsecure.client.form import (
     remembered_server,
     validate_form,
 )
-from chatsecure.client.model import Phase, gap_full_text
+from chatsecure.client.model import Phase, full_text, gap_full_text
 from chatsecure.client.servers import ServerList, ServerRow
 from chatsecure.client.signals import handled
 from chatsecure.client.transcript import MAX_SCROLLBACK_LINES, MAX_TRANSCRIPT_LINES, Line
@@ -943,10 +943,20 @@ class App:
     def _load_older_at_top(self) -> None:
         """The top of the transcript is in view (scrolled up, or too few lines to fill the
         window): ask for the lines before it."""
-        first = self.transcript.yview()[0]
+        text = self.transcript
+        first = text.yview()[0]
         room = MAX_SCROLLBACK_LINES - self._line_count()
-        if first <= 0.0 and room >= OLDER_PAGE:
+        if first > 0.0:
+            return
+        if room >= OLDER_PAGE:
             self.controller.load_older(OLDER_PAGE)
+        elif self.controller.model.wants_more_older() and not text.tag_ranges("full"):
+            # Full: say so at the top, rather than look like the start of the room. (The
+            # line goes with the oldest lines once others come in; then loading goes on.)
+            text.configure(state="normal")
+            said = full_text(MAX_SCROLLBACK_LINES)
+            text.insert("1.0", f"{said}\n", ("gap", "gap-body", "full"))
+            text.configure(state="disabled")
 
     def _line_count(self) -> int:
         return int(self.transcript.index("end-1c").split(".")[0]) - 1

@@ -183,3 +183,43 @@ def test_a_gap_in_view_whose_lines_could_not_be_read_loads_once_they_can(
             alice.pump(lambda: not banner.winfo_ismapped())  # (it goes with the page)
     finally:
         server.stop()
+
+
+def test_a_full_window_says_at_its_top_that_older_lines_are_not_loaded(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_transcript(monkeypatch, following=30, reading=60, page=15)
+    server = start_server(replay=5, msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        for n in range(1, 101):
+            bob.send({"type": "msg", "text": f"old {n}", "ref": f"o{n}"})
+            bob.expect("ack")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        alice.pump(lambda: "old 100" in alice.transcript())
+        text = alice.w("chat.body.log.transcript")
+
+        def scrolled_to_the_top() -> bool:
+            text.yview_moveto(0.0)
+            return "older messages not loaded" in alice.transcript()
+
+        alice.pump(scrolled_to_the_top, timeout=20)
+        lines = alice.transcript_lines()
+        assert lines[0] == model.full_text(60), "the first line, with the window's own cap"
+        said = [line.split(": ", 1)[1] for line in lines if ": old " in line]
+        first = int(said[0].split()[1])
+        assert first > 1, "the server has older ones"
+        assert said == [f"old {n}" for n in range(first, 101)], "in order, each once"
+        settle([alice], 0.3)  # at the top, polled again and again: said once
+        assert alice.transcript().count("older messages not loaded") == 1
+        text.yview_moveto(1.0)  # back to the newest: lines that come in trim to 30
+        settle([alice], 0.2)
+        for n in range(1, 11):
+            bob.send({"type": "msg", "text": f"live {n}", "ref": f"l{n}"})
+        alice.pump(lambda: "live 10" in alice.transcript())
+        settle([alice], 0.2)
+        assert len(alice.transcript_lines()) <= 30
+        assert "older messages not loaded" not in alice.transcript(), "it went with the oldest"
+        alice.pump(scrolled_to_the_top, timeout=20)  # and loading goes on up to the cap again
+        assert len(alice.transcript_lines()) > 45
