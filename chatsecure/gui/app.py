@@ -24,7 +24,7 @@ import tkinter as tk
 from collections.abc import Callable
 from tkinter import font as tkfont
 from tkinter import ttk
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
@@ -244,14 +244,15 @@ class App:
         view = ttk.Frame(self.root, name="chat", padding=(14, 10, 14, 8))
         top = ttk.Frame(view, name="top")
         top.pack(fill="x")
-        self.room_label = ttk.Label(top, name="room", style="Room.TLabel")
-        self.room_label.pack(side="left")
-        self.where_label = ttk.Label(top, name="where", style="Muted.TLabel")
-        self.where_label.pack(side="left", padx=(10, 0), pady=(4, 0))
+        # Leave is packed first: a long room name is cut, never the button.
         self.leave_button = ttk.Button(
             top, name="leave", text="Leave", width=8, command=self._leave
         )
         self.leave_button.pack(side="right")
+        self.room_label = ttk.Label(top, name="room", style="Room.TLabel")
+        self.room_label.pack(side="left")
+        self.where_label = ttk.Label(top, name="where", style="Muted.TLabel")
+        self.where_label.pack(side="left", padx=(10, 0), pady=(4, 0))
         self.banner = ttk.Label(view, name="banner", style="Warn.TLabel", justify="left")
         _wrap_to_width(self.banner, padding=BANNER_PADDING[0] * 2)
 
@@ -264,6 +265,11 @@ class App:
         self.message.bind("<Return>", lambda _e: self._send())
         self.message.bind("<Up>", lambda _e: self._recall(-1))
         self.message.bind("<Down>", lambda _e: self._recall(1))
+        # The transcript takes no focus: the keys that read back work from the message box.
+        self.message.bind("<Prior>", lambda _e: self._scroll_transcript("up"))
+        self.message.bind("<Next>", lambda _e: self._scroll_transcript("down"))
+        self.message.bind("<Control-Home>", lambda _e: self._scroll_transcript("top"))
+        self.message.bind("<Control-End>", lambda _e: self._scroll_transcript("end"))
         self.send_button = ttk.Button(
             bottom, name="send", text="Send", style="Accent.TButton", command=self._send
         )
@@ -615,7 +621,16 @@ class App:
         else:
             self.chat_view.pack_forget()
             self.connect_view.pack(fill="both", expand=True)
-            self.connect_button.focus_set()
+            self._focus_connect()
+
+    def _focus_connect(self) -> None:
+        """The first field left to fill in (a first start: the host), else Connect."""
+        for name in ("host", "nick"):
+            entry = self.entries[name]
+            if not entry.get().strip():
+                entry.focus_set()
+                return
+        self.connect_button.focus_set()
 
     def _render_connect(self) -> None:
         model = self.controller.model
@@ -709,6 +724,18 @@ class App:
                 text.after_idle(self._count_below)
             return
         self._follow = float(last) >= 0.999
+
+    def _scroll_transcript(self, where: Literal["up", "down", "top", "end"]) -> str:
+        """PageUp and PageDown, Ctrl+Home and Ctrl+End in the message box move the chat: the
+        transcript itself takes no focus."""
+        text = self.transcript
+        if where == "top":
+            text.yview_moveto(0.0)
+        elif where == "end":
+            text.see("end")
+        else:
+            text.yview_scroll(-1 if where == "up" else 1, "pages")
+        return "break"
 
     def _to_newest(self) -> None:
         """The "new messages below" button: to the newest line (the button goes with it)."""

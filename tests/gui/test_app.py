@@ -873,6 +873,57 @@ def test_enter_on_the_focused_connect_button_connects(
     alice.pump(lambda: alice.dialog() is not None or alice.phase is Phase.CHAT)
 
 
+def test_a_first_start_puts_the_focus_in_the_empty_host_field(gui: GuiFactory) -> None:
+    alice = gui()
+    host = alice.w("connect.form.host")
+    alice.pump(lambda: alice.root.focus_get() is host)  # typing goes where it is wanted
+    alice.type("connect.form.host", "127.0.0.1")
+    alice.type("connect.form.nick", "alice")
+    alice.app._switch("connect")  # (as when the user leaves: all filled in, Connect)
+    alice.pump(lambda: alice.root.focus_get() is alice.w("connect.form.buttons.connect"))
+
+
+def test_page_keys_in_the_message_box_scroll_the_chat(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        for n in range(80):
+            bob.send({"type": "msg", "text": f"filler {n} " + "word " * 30})
+        alice.pump(lambda: "filler 79" in alice.transcript())
+    text, box = alice.w("chat.body.log.transcript"), alice.w("chat.bottom.message")
+    alice.pump(lambda: text.yview()[1] >= 0.999)
+    box.focus_force()
+    alice.pump(lambda: alice.root.focus_get() is box)
+    for key, moved in [
+        ("Prior", lambda: text.yview()[1] < 0.999),
+        ("Next", lambda: text.yview()[1] >= 0.999),
+        ("Control-Home", lambda: text.yview()[0] <= 0.0),
+        ("Control-End", lambda: text.yview()[1] >= 0.999),
+    ]:
+        box.event_generate(f"<{key}>")
+        alice.pump(moved)
+    assert alice.root.focus_get() is box, "typing goes on where it was"
+
+
+def test_a_long_room_name_is_cut_and_leave_stays_whole(
+    start_server: Callable[..., ServerThread], gui: GuiFactory
+) -> None:
+    server = start_server(name="chat on " + "build-server-07.physics.example.org" * 2)
+    alice = gui(nick="alice", accept_new=True)
+    connect_trusting(alice, "127.0.0.1", server.port)
+    alice.root.geometry("660x440")
+    for _ in range(3):
+        alice.root.update()
+    leave, window = alice.w("chat.top.leave"), alice.root
+    assert leave.winfo_width() >= leave.winfo_reqwidth()
+    right = leave.winfo_rootx() + leave.winfo_width()
+    assert right <= window.winfo_rootx() + window.winfo_width()
+
+
 def test_the_transcript_follows_new_lines_when_the_banner_or_a_resize_shrinks_it(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
