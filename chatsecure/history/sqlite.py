@@ -491,11 +491,36 @@ def _create_private(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
+        _check_regular(path)
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0 and not path.with_name(path.name + "-wal").exists():
                 log.warning("history: %s is an empty file; a new log starts in it", path)
     except OSError as exc:
         raise history_error(path, exc) from exc
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse a history path that is there but no file of its own (a folder, a device such
+    as /dev/null, a dangling link) before anything opens, locks or chmods it."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if path.is_symlink():
+            raise HistoryError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which cannot be opened "
+                f"({exc.strerror or exc}); fix the link or give --db another path"
+            ) from exc
+        raise history_error(path, exc) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise HistoryError(
+            f"{path} is a folder; give --db the history file in it "
+            f"({path / 'history.sqlite3'}), or --data-dir the folder"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise HistoryError(
+            f"{path} is not a regular file; give --db the path of a file "
+            "(--history 0 stores nothing)"
+        )
 
 
 def _make_private(path: Path) -> None:

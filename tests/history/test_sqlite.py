@@ -322,3 +322,29 @@ async def test_an_empty_file_becomes_a_new_log_and_says_so(
         await again.open(5)
         await again.close()
     assert caplog.records == []
+
+
+@pytest.mark.asyncio
+async def test_a_path_that_is_no_file_is_refused_untouched(tmp_path: Path) -> None:
+    fifo, folder, dangling = tmp_path / "fifo", tmp_path / "folder", tmp_path / "link"
+    os.mkfifo(fifo, 0o666)  # (like a device: /dev/null as --db must keep its mode)
+    folder.mkdir(mode=0o755)
+    dangling.symlink_to(tmp_path / "gone" / "h.sqlite3")
+    said = {
+        fifo: f"{fifo} is not a regular file; give --db the path of a file",
+        folder: f"{folder} is a folder; give --db the history file in it",
+        dangling: f"{dangling} is a symbolic link to {tmp_path / 'gone' / 'h.sqlite3'}, which",
+    }
+    for path, error in said.items():
+        with pytest.raises(HistoryError) as raised:
+            await SqliteLog(path, 10).open(0)
+        assert str(raised.value).startswith(error)
+    assert (mode(fifo), mode(folder)) == (0o666 & ~current_umask(), 0o755 & ~current_umask())
+    assert sorted(p.name for p in folder.iterdir()) == []
+    assert not (tmp_path / "gone").exists()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
