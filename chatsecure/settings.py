@@ -8,6 +8,7 @@ the default. Keys in the file are the flag names without ``--`` (``max-sessions`
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -247,10 +248,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    table = raw.get("server", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: server must be a table ([server]), not {table!r}")
+    if table is not raw and len(raw) > 1:  # (a setting above [server] would be dropped)
+        outside = ", ".join(repr(key) for key in raw if key != "server")
+        raise ConfigError(
+            f"{path}: {outside} outside [server]; put every setting under [server], "
+            "or leave [server] out"
+        )
     values: dict[str, Any] = {}
-    for key, value in raw.get("server", raw).items():
+    for key, value in table.items():
         setting = _BY_KEY.get(key.replace("-", "_"))
         if setting is None:
             raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -298,18 +310,35 @@ def read_password(path: Path) -> str:
     return lines[0]
 
 
+MAX_NUMBER = 10**12
+"""More than any count, size or time a server can use; larger ones overflow C and SQLite."""
+
+
+def _check_number(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number, not {value}")
+    if value < 0:
+        raise ConfigError(f"{name} cannot be negative")
+    if value > MAX_NUMBER:
+        raise ConfigError(f"{name} cannot be more than {MAX_NUMBER:,}, not {value:,}")
+
+
 def server_config(args: argparse.Namespace) -> ServerConfig:
     """Merge command line, config file and defaults into a ``ServerConfig``."""
     values = read_config_file(args.config) if args.config else {}
+    from_file = set(values)
     for setting in SETTINGS:
         given = getattr(args, setting.field, None)
         if given is not None:
             values[setting.field] = given
+            from_file.discard(setting.field)
     for key, value in values.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"{key.replace('_', '-')} cannot be negative")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            where = f"{args.config}: " if key in from_file else ""
+            _check_number(f"{where}{key.replace('_', '-')}", value)
     if not 0 <= values.get("port", 0) < 65536:
-        raise ConfigError(f"port must be from 0 to 65535, not {values['port']}")
+        where = f"{args.config}: " if "port" in from_file else ""
+        raise ConfigError(f"{where}port must be from 0 to 65535, not {values['port']}")
     # --cert alone: its key is in it (one PEM for both) or beside it (/x/server.crt,
     # /x/server.key), and the pair is never made (a mistyped path would start a server with
     # a new identity).

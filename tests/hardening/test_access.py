@@ -467,7 +467,13 @@ def test_config_file_limits_bite_on_a_real_server(tmp_path: Path, cert_dir: Path
         ("max-sesions = 5\n", "unknown setting 'max-sesions'"),
         ('max-sessions = "many"\n', "max_sessions must be an integer, not 'many'"),
         ("tls13-only = 1\n", "tls13_only must be true or false, not 1"),
-        ("max-sessions = -1\n", "max-sessions cannot be negative"),
+        ("max-sessions = -1\n", "bad.toml: max-sessions cannot be negative"),
+        ("msg-rate = nan\n", "bad.toml: msg-rate must be a number, not nan"),
+        ("idle-timeout = inf\n", "bad.toml: idle-timeout must be a number, not inf"),
+        ("history = 99999999999999999999\n", "bad.toml: history cannot be more than"),
+        ("port = 70000\n", "bad.toml: port must be from 0 to 65535"),
+        ("name = 'x'\n[server]\nport = 1\n", "'name' outside \\[server\\]; put every setting"),
+        ("server = 'x'\n", "server must be a table"),
         ("name = \n", "not valid TOML"),
     ],
 )
@@ -478,6 +484,26 @@ def test_bad_config_file_is_refused_with_what_is_wrong(
     config_file.write_text(text)
     with pytest.raises(ConfigError, match=complaint):
         settings_config(parse_server_args("--config", config_file))
+
+
+def test_a_config_file_not_in_utf_8_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    config_file = tmp_path / "latin1.toml"
+    config_file.write_bytes('name = "Café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text .*; save it as UTF-8"):
+        settings_config(parse_server_args("--config", config_file))
+
+
+@pytest.mark.parametrize(
+    ("flag", "complaint"),
+    [
+        ("--msg-rate=nan", "msg-rate must be a number, not nan"),
+        ("--send-buffer-limit=99999999999999999999", "send-buffer-limit cannot be more than"),
+        ("--history=99999999999999999999", "history cannot be more than"),
+    ],
+)
+def test_numbers_no_server_can_use_are_refused_at_start(flag: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{complaint}"):
+        settings_config(parse_server_args(flag))
 
 
 def test_unknown_config_key_stops_the_cli_with_exit_1(tmp_path: Path, cert_dir: Path) -> None:
