@@ -1038,7 +1038,7 @@ async def serve(
     ready: Callable[[ChatServer], Awaitable[None] | None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run a server until SIGINT/SIGTERM (or ``stop``), then shut it down cleanly."""
+    """Run a server until SIGINT, SIGTERM or SIGHUP (or ``stop``), then shut it down cleanly."""
     raise_open_file_limit()
     fix_mmap_threshold()
     loop_log = LoopLogBudget()
@@ -1060,7 +1060,10 @@ async def _serve(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: the terminal a server was started in closed, or an operator's reload.
+    # There is no reload: it stops cleanly, and a service manager or the operator starts it
+    # again (clients resume); dying of the signal's default left clients no shutdown.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)

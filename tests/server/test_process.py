@@ -18,7 +18,9 @@ from tests.helpers import CHATSECURE, ServerProcess
 SERVER_MODULE = [sys.executable, "-m", "chatsecure.server"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_sends_shutdown_to_clients_and_exits_0(cert_dir: Path, sig: signal.Signals) -> None:
     server = ServerProcess(
         [
