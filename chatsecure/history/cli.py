@@ -1,7 +1,10 @@
 """``chatsecure history``: print the newest lines of a server's history, read-only.
 
 The database is opened with ``mode=ro``, so this works beside a running server (WAL readers
-never block the writer) and can never change or create the file.
+never block the writer) and can never change or create the file. A stopped server's file
+(no -wal, no -shm beside it) is read as ``immutable``: a read-only reader of a WAL database
+would otherwise leave a -shm and -wal of its own, owned by whoever ran it (root, say), and
+a server running as another user could then not open its history.
 """
 
 from __future__ import annotations
@@ -93,8 +96,11 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
         raise HistoryError(
             f"{path} not found: no history there; give --db the server's history{hint}"
         )
+    companions = [path.with_name(f"{path.name}{end}") for end in ("-wal", "-shm")]
+    stopped = not any(file.exists() for file in companions)
     with mapped_errors(path):
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        how = "mode=ro&immutable=1" if stopped else "mode=ro"
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{how}", uri=True)
         try:
             version = check_schema(conn, path)
             if version < SCHEMA_VERSION:

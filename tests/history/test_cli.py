@@ -202,3 +202,21 @@ async def test_a_reader_that_stops_early_ends_it_quietly(tmp_path: Path) -> None
     with proc.stderr:
         assert proc.wait(30) == 141
         assert proc.stderr.read() == b""
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_servers_history_is_read_without_leaving_files_beside_it(
+    tmp_path: Path,
+) -> None:
+    """A -wal and -shm of the reader's own (root's, say) would keep a server that runs as
+    another user from opening its history at its next start."""
+    path = tmp_path / "history.sqlite3"
+    log = SqliteLog(path, 100)
+    await log.open(0)
+    await log.append([Draft(ANN, "said before the stop", 1_700_000_000.0)])
+    await log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.sqlite3"]
+    result = history("--db", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "said before the stop" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.sqlite3"]
