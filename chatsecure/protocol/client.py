@@ -210,11 +210,14 @@ class ClientSession:
         ping_after: float = PING_AFTER,
         pong_timeout: float = PONG_TIMEOUT,
     ) -> None:
-        """``ping_after`` and ``pong_timeout`` replace ``PING_AFTER`` and ``PONG_TIMEOUT``
-        (tests shorten them to see a dead server noticed in seconds)."""
+        """``client_id``: None makes one for this session alone, so that the server still
+        knows a line re-sent after a reconnect (without one it would store it again); the
+        shipped clients keep theirs in the config folder. ``ping_after`` and
+        ``pong_timeout`` replace ``PING_AFTER`` and ``PONG_TIMEOUT`` (tests shorten them to
+        see a dead server noticed in seconds)."""
         self.nick = nick
         self.password = password
-        self.client_id = client_id
+        self.client_id = client_id or secrets.token_urlsafe(18)
         self.last_seq = last_seq
         """The newest ``seq`` seen (or own line acknowledged); ``None`` before any."""
         self.log_id: str | None = None

@@ -549,7 +549,8 @@ def test_malformed_frames_from_the_server_are_skipped(
     client = make_client("bob", target=Target("127.0.0.1", fake.port))
     next_event(client, Connected)
     assert received(client, Chat).text == "after the junk"
-    assert json.loads(fake.hello) == {"type": "hello", "nick": "bob"}
+    hello = {"type": "hello", "nick": "bob", "client": client.session.client_id}
+    assert json.loads(fake.hello) == hello
     client.close()
     fake.join()
 

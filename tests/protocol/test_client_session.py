@@ -23,7 +23,7 @@ from chatsecure.protocol.client import (
     Welcomed,
 )
 from chatsecure.protocol.limits import MSG_BURST, MSG_RATE, PING_AFTER, PONG_TIMEOUT
-from chatsecure.protocol.messages import Error, HistoryEnd, Notice, encode
+from chatsecure.protocol.messages import Error, HistoryEnd, Notice, encode, valid_client_id
 
 ME = {"id": "7", "nick": "alice", "addr": "127.0.0.1"}
 BOB = {"id": "2", "nick": "bob", "addr": "10.0.0.2"}
@@ -78,7 +78,16 @@ def paced_at_ten_a_second(seq: int = 0) -> ClientSession:
 def test_hello_carries_client_id_and_since_only_when_known() -> None:
     fresh = ClientSession("alice")
     fresh.connect()
-    assert sent(fresh) == [{"type": "hello", "nick": "alice"}]
+    [hello] = sent(fresh)
+    made = hello.pop("client")
+    assert hello == {"type": "hello", "nick": "alice"}
+    # Without an id of its own, the session makes one and keeps it across reconnects: a
+    # line re-sent after a drop is known to the server, not stored twice.
+    assert valid_client_id(made)
+    assert made != ClientSession("alice").client_id
+    fresh.connection_lost()
+    fresh.connect()
+    assert sent(fresh)[0]["client"] == made
     back = ClientSession("alice", client_id="abcdefgh12", last_seq=41, password="pw")
     back.connect()
     assert sent(back) == [
