@@ -160,6 +160,8 @@ class Room:
         """The newest ``seq`` broadcast: what a ``welcome`` sent now says."""
         self.log_id: str | None = None
         """The log's own id (``Opened.log_id``), told in ``welcome``; None without a log."""
+        self._first_kept = 1
+        """The oldest seq the log kept when it opened (``Opened.first_seq``)."""
         self.frames: list[bytes | _Presence] = []
         """Frames broadcast in this loop iteration; ``_flush`` writes them to everyone."""
         self.frames_skip: list[Member | None] = []
@@ -261,6 +263,7 @@ class Room:
                 self._peers_json[peer.id] = encode_peer(peer)
         opened = await self._history.open(self._tail.maxlen or 0)
         self.seq = opened.last_seq
+        self._first_kept = opened.first_seq
         self.log_id = opened.log_id or None
         self._tail.extend(_tail_entry(r) for r in opened.tail)
         if isinstance(self._history, SharedLog):
@@ -459,7 +462,9 @@ class Room:
             count, wanted = min(self._replay, len(tail)), None
         else:
             # (Lines the log no longer keeps are not left out by the cap: no one can have them.)
-            kept = self.seq if self._history is None else min(self.seq, self._history.keep)
+            kept = self.seq
+            if self._history is not None:
+                kept = min(self.seq - self._first_kept + 1, self._history.keep)
             wanted = min(self.seq - since, kept)
             count = min(wanted, self._replay_max, len(tail))
         stored = itertools.islice(tail, len(tail) - count, None) if count else ()

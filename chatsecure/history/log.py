@@ -127,6 +127,10 @@ class Opened:
 
     A ``SharedLog`` returns the start of a block of ids reserved for this server alone, above
     every id any server of the cluster used: peer ids stay unique across servers."""
+    first_seq: int = 1
+    """The oldest seq still kept (``last_seq + 1`` when none is): the lines before it are
+    gone, however many ``keep`` allows now (a server restarted with a larger ``--history``
+    after a smaller one). 1 from a log that does not say."""
     log_id: str = ""
     """This log's own id (16 characters of ``CLIENT_ID``'s, made with the log): a database
     or a Redis that lost the log has another, so that its seqs, which start again, are not

@@ -38,8 +38,9 @@ class MemoryLog:
         return self._keep
 
     async def open(self, tail: int) -> Opened:
+        first = self._records[0].seq if self._records else self._last_seq + 1
         return Opened(
-            self._last_seq, await self.before(None, tail), self._max_peer_id, self._log_id
+            self._last_seq, await self.before(None, tail), self._max_peer_id, first, self._log_id
         )
 
     async def append(self, drafts: Sequence[Draft]) -> Appends:

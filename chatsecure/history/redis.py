@@ -302,7 +302,7 @@ class RedisLog:
         entries = cast(list[_Entry], newest)
         records = [_entry_record(entry) for entry in reversed(entries)] if tail else []
         log.info("history: the room's log is in Redis at %s, seq %d", self._url, self._last_seq)
-        return Opened(self._last_seq, records, int(ids_end) - ID_BLOCK, self.epoch)
+        return Opened(self._last_seq, records, int(ids_end) - ID_BLOCK, log_id=self.epoch)
 
     async def append(self, drafts: Sequence[Draft]) -> Appends:
         appends = Appends(drafts, self._last_seq + 1)

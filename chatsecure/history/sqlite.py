@@ -215,7 +215,9 @@ class SqliteLog:
                 oldest = self._trim(conn, last_seq, _oldest(conn))
                 self._conn = conn
                 self._last_seq, self._max_peer_id, self._oldest = last_seq, max_peer_id, oldest
-                return Opened(last_seq, self._before(None, tail), max_peer_id, log_id)
+                # (The oldest visible: lines up to 10% past keep may wait to be deleted.)
+                first = last_seq + 1 if oldest is None else max(oldest, last_seq - self._keep + 1)
+                return Opened(last_seq, self._before(None, tail), max_peer_id, first, log_id)
         except BaseException:
             self._conn = None
             conn.close()

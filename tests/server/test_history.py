@@ -126,6 +126,30 @@ def test_skipped_counts_only_lines_the_history_still_keeps(start_server: Start) 
             assert bob.expect("history_end")["count"] == 2
 
 
+def test_skipped_counts_only_lines_kept_after_a_smaller_history_before_a_restart(
+    start_server: Start, tmp_path: Path
+) -> None:
+    db = tmp_path / "h.sqlite3"
+    small = start_server(history=3, db=db)
+    with joined(small.host, small.port, "alice") as (alice,):
+        for n in range(8):
+            say(alice, f"l{n}", f"r{n}")
+            alice.expect("ack")
+    small.stop()
+    large = start_server(history=1000, replay_max=2, db=db)  # what was trimmed is not back
+    with RawClient(large.host, large.port) as bob:
+        welcome = bob.join("bob", since=1)  # missed 7: 2 replayed, and skipped what is kept
+        assert (welcome["seq"], welcome["replay"]) == (8, 2)
+        assert [m["seq"] for m in bob.replayed] == [7, 8]
+        bob.send({"type": "history", "before": 7, "limit": 10})
+        while (end := bob.recv())["type"] != "history_end":
+            assert end["seq"] < 7
+        assert welcome["skipped"] == end["count"] < 5, "as many as paging can bring"
+    with RawClient(large.host, large.port) as carol:
+        welcome = carol.join("carol", since=0)
+        assert (welcome["replay"], welcome["skipped"]) == (2, end["count"])
+
+
 def test_a_resent_ref_is_acknowledged_with_its_first_seq_and_never_broadcast_twice(
     server: ServerThread,
 ) -> None:
