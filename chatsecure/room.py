@@ -588,7 +588,13 @@ class Room:
             return REFUSED
         # The details (a file name, a disk) are for the server's log, not its clients; once
         # per outage, not a traceback per line for as long as the disk is full.
-        if not self._refused:
+        if not self._refused and isinstance(exc, HistoryError):  # it says what and where
+            log.error(
+                "could not store %s: %s; lines are refused until a commit works",
+                _lines(count),
+                exc,
+            )
+        elif not self._refused:  # a bug, not the disk: its traceback
             log.exception(
                 "could not store %s; lines are refused until a commit works", _lines(count)
             )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure import room
-from chatsecure.history import Appends, Draft, MemoryLog
+from chatsecure.history import Appends, Draft, HistoryError, MemoryLog
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.testing import RawClient, ServerThread, joined, server_config
 
@@ -355,8 +355,8 @@ class FillingDisk(MemoryLog):
 
     async def append(self, drafts: Sequence[Draft]) -> Appends:
         await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 10)
-        if self.full.is_set():
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if self.full.is_set():  # as SqliteLog says it (mapped_errors)
+            raise HistoryError("/srv/h.sqlite3 is full (database or disk is full); free space")
         return await super().append(drafts)
 
 
@@ -399,11 +399,11 @@ def test_a_full_disk_is_logged_once_with_its_cause_and_its_end_with_a_count(
             assert bob.expect("msg")["text"] == "stored"
     finally:
         server.stop()
-    tracebacks = [r for r in caplog.records if r.exc_info is not None]
-    assert [r.getMessage() for r in tracebacks] == [
-        "could not store 1 line; lines are refused until a commit works"
+    assert not [r for r in caplog.records if r.exc_info is not None], "no traceback"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "could not store 1 line: /srv/h.sqlite3 is full (database or disk is full); free space;"
+        " lines are refused until a commit works"
     ]
-    assert "No space left on device" in caplog.text
     assert "lines are stored again; 3 lines were refused meanwhile" in caplog.text
 
 
