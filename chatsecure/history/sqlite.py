@@ -441,7 +441,7 @@ def history_error(path: Path, exc: sqlite3.Error | OSError) -> HistoryError:
         return HistoryError(
             f"{path} is read-only ({exc}); make the file and its folder writable, {other}"
         )
-    if name == "SQLITE_FULL":
+    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
         return HistoryError(f"{path} is full ({exc}); free some disk space {other}")
     if name.startswith("SQLITE_BUSY"):
         return HistoryError(f"{path} is locked by another program ({exc}); stop it {other}")
@@ -451,6 +451,16 @@ def history_error(path: Path, exc: sqlite3.Error | OSError) -> HistoryError:
             f"readable and writable, {other}"
         )
     return HistoryError(f"{path}: {exc}")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the disk of ``path`` has (nearly) no room left: SQLite says "disk I/O error"
+    when it cannot make its -wal or -shm there."""
+    try:
+        disk = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < 64 * 1024
 
 
 def _hold(path: Path) -> int | None:

@@ -348,3 +348,43 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+FULL_DISK_OPEN = """
+import asyncio, sys
+from pathlib import Path
+from chatsecure.history import HistoryError, SqliteLog
+
+async def main(folder: Path) -> None:
+    log = SqliteLog(folder / "h.sqlite3", 10)
+    await log.open(0)
+    await log.close()  # a stopped server's file: its -wal and -shm are gone
+    (folder / "filler").write_bytes(b"x" * (1 << 20))  # (the disk is smaller: it fills)
+
+try:
+    asyncio.run(main(Path(sys.argv[1])))
+except OSError:
+    pass
+try:
+    asyncio.run(SqliteLog(Path(sys.argv[1]) / "h.sqlite3", 10).open(0))
+except HistoryError as exc:
+    print(exc)
+"""
+
+
+def test_a_start_on_a_full_disk_says_the_disk_is_full(tmp_path: Path) -> None:
+    """SQLite says "disk I/O error" when it cannot make its -shm on a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    disk, program = tmp_path / "disk", tmp_path / "full_disk_open.py"
+    disk.mkdir()
+    program.write_text(FULL_DISK_OPEN)
+    script = f"mount -t tmpfs -o size=192k tmpfs {disk} && {sys.executable} {program} {disk}"
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    if "mount" in done.stderr and done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.strip()}")
+    said = done.stdout.strip()
+    assert said.startswith(f"{disk / 'h.sqlite3'} is full ("), done.stderr
+    assert said.endswith("free some disk space or give --db another path")
