@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import datetime as dt
 import errno
 import gc
 import hmac
@@ -648,6 +649,9 @@ class ChatServer:
         """``_accepted`` when memory was last released: the idle sweep releases it after any
         connection (not after every departure: a collection there would delay the sweep)."""
         self._release: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expires_at: dt.datetime | None = None
+        """When the certificate in use expires (a renewed file takes a restart)."""
         self._sockets: list[socket.socket] = []
         self.must_restart = asyncio.Event()
         """Set when the room must start again (``Room.restart_why``): ``serve`` restarts."""
@@ -689,6 +693,7 @@ class ChatServer:
                 sock.close()
             await self.room.close()
             raise
+        self._expiry = self._loop.call_later(self._next_expiry_check(), self._check_expiry)
         if config.idle_timeout:
             self._swept_at = self._loop.time()
             self._sweeper = self._loop.call_later(
@@ -719,6 +724,7 @@ class ChatServer:
             )
         certs.check_key_permissions(config.key)
         certs.check_expiry(config.cert, limits.CERT_WARN_DAYS)
+        self._expires_at = certs.load_cert(config.cert).not_valid_after_utc
         return server_context(
             config.cert, config.key, tls13_only=config.tls13_only, client_ca=config.client_ca
         )
@@ -759,6 +765,8 @@ class ChatServer:
             self._sweeper.cancel()
         if self._release is not None:
             self._release.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         for server in self._servers:
             server.close()
         # Every line taken is stored, acknowledged and broadcast before the end.
@@ -890,6 +898,34 @@ class ChatServer:
 
     def auth_succeeded(self, addr: str) -> None:
         self._auth_failures.pop(backoff_key(addr), None)
+
+    def _next_expiry_check(self) -> float:
+        """Seconds to the next look at the certificate's expiry: a day, or its expiry."""
+        if self._expires_at is None:
+            return limits.CERT_CHECK_EVERY
+        left = (self._expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        return min(limits.CERT_CHECK_EVERY, left + 1) if left > 0 else limits.CERT_CHECK_EVERY
+
+    def _check_expiry(self) -> None:
+        """A server that runs for months warns before its certificate expires, and says
+        when it has (else the first sign is a start refused, after a reboot)."""
+        assert self._loop is not None  # noqa: S101 - set in start()
+        cert = self.config.cert
+        if self._expires_at is not None:
+            left = (self._expires_at - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+            if left <= 0:
+                log.error(
+                    "the certificate %s has expired; clients that check it refuse to "
+                    "connect, and the server will not start with it again; renew it and "
+                    "restart: %s",
+                    cert,
+                    certs.renewal(cert),
+                )
+            elif left < limits.CERT_WARN_DAYS:
+                log.warning(
+                    "the certificate %s expires in %.0f days; %s", cert, left, certs.renewal(cert)
+                )
+        self._expiry = self._loop.call_later(self._next_expiry_check(), self._check_expiry)
 
     def _sweep_idle(self) -> None:
         """Ping sessions silent for half the idle timeout; drop those that would outlast it.

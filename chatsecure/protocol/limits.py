@@ -71,7 +71,11 @@ IDLE_TIMEOUT: Final = 90.0
 to 1/8 of it earlier); the server pings a session silent for half of it."""
 
 CERT_WARN_DAYS: Final = 30
-"""The server warns at start when its certificate expires within this many days."""
+"""The server warns at start, and each day while it runs, when its certificate expires
+within this many days."""
+
+CERT_CHECK_EVERY: Final = 86400.0
+"""Seconds between a running server's looks at its certificate's expiry (and one at it)."""
 
 AUTH_DELAY: Final = 0.5
 """Seconds before answering the first wrong password from an address; doubles each time."""

@@ -307,12 +307,12 @@ def check_expiry(cert: Path, warn_days: int) -> None:
     """Refuse an expired certificate; warn when it expires within ``warn_days``."""
     left = days_left(cert)
     if left <= 0:
-        raise ConfigError(f"the certificate {cert} has expired; {_renewal(cert)}")
+        raise ConfigError(f"the certificate {cert} has expired; {renewal(cert)}")
     if left < warn_days:
-        log.warning("the certificate %s expires in %.0f days; %s", cert, left, _renewal(cert))
+        log.warning("the certificate %s expires in %.0f days; %s", cert, left, renewal(cert))
 
 
-def _renewal(path: Path) -> str:
+def renewal(path: Path) -> str:
     """How to replace the certificate at ``path``: ours (self-signed) or a CA's."""
     cert = load_cert(path)
     if cert.issuer != cert.subject:

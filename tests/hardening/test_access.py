@@ -401,6 +401,29 @@ def test_certificate_expiring_within_30_days_is_warned_about(
         client.join("early")
 
 
+def test_a_running_server_says_when_its_certificate_expires(
+    start_server: Callable[..., ServerThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checked at start only, a server up for months never warned: the first sign was a
+    start refused after the next reboot."""
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_cert(tmp_path / "ending", now - dt.timedelta(days=1), now + SOON)
+    with caplog.at_level(logging.WARNING, logger="chatsecure.server"):
+        server = start_server(cert=cert, key=key)
+        with RawClient(server.host, server.port) as client:
+            client.join("early")  # pinned clients go on; the operator is told
+            deadline = time.monotonic() + SOON.total_seconds() + 5
+            while "has expired" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+    [expired] = [r for r in caplog.records if "has expired" in r.getMessage()]
+    assert expired.levelno == logging.ERROR
+    assert f"the certificate {cert} has expired" in expired.getMessage()
+    assert f"gencert --out {cert.parent} --force" in expired.getMessage()
+
+
+SOON = dt.timedelta(seconds=2)
+
+
 def test_a_ca_issued_certificate_expiring_is_not_told_to_be_made_self_signed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
