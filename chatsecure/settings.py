@@ -97,6 +97,8 @@ class ServerConfig:
         """Create ``data_dir`` (mode 0700) if it is missing; the server calls it once bound."""
         if self.data_dir is None:
             return
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"the data folder {self.data_dir} is a file; give a folder")
         try:
             self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:

@@ -90,6 +90,8 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
             f"{path} is a folder; give --db the history file in it ({path / DEFAULT_DB.name}), "
             "or --data-dir the folder"
         )
+    if path.exists() and not path.is_file():
+        raise HistoryError(f"{path} is not a regular file; give --db the server's history")
     if not path.is_file():
         beside = path.parent / "certs" / path.name  # where a server started there keeps it
         hint = f" ({beside} is one)" if beside.is_file() else " (a cluster keeps it in Redis)"

@@ -497,7 +497,10 @@ def _create_private(path: Path) -> None:
     there already but empty becomes a new log, as a missing one does: said, not silent.
     """
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Each folder made is 0700 (mkdir's parents=True would make all but the last 0755).
+        for folder in reversed([path.parent, *path.parent.parents]):
+            if not folder.exists():
+                folder.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise HistoryError(f"cannot make the folder {path.parent}: {exc.strerror or exc}") from exc
     try:

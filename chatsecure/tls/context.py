@@ -138,8 +138,22 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
         # ssl leaves exc.filename None: name the file that is missing.
         missing = cert if not cert.exists() else key
         raise ConfigError(f"cannot read {missing}: no such file") from exc
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        if not _names_a_private_key(key):  # OpenSSL says only "PEM lib"
+            raise ConfigError(
+                f"{key} holds no private key; give --key the key of {cert} "
+                "(a file with a 'PRIVATE KEY' block)"
+            ) from exc
         raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc}") from exc
+
+
+def _names_a_private_key(key: Path) -> bool:
+    try:
+        return b"PRIVATE KEY-----" in key.read_bytes()
+    except OSError:
+        return True  # (unreadable: the error as it came says more)
 
 
 def server_context(

@@ -386,6 +386,26 @@ def test_expired_certificate_is_refused_with_the_gencert_command(tmp_path: Path)
     assert f"chatsecure gencert --out {cert.parent} --force" in result.stderr
 
 
+def test_a_certificate_given_as_the_key_is_named_not_a_key(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    cert, _ = make_cert(tmp_path / "pair", now - dt.timedelta(days=1), now + dt.timedelta(days=9))
+    copy = tmp_path / "copy.crt"
+    copy.write_bytes(cert.read_bytes())
+    copy.chmod(0o600)
+    result = run_server_cli("--cert", cert, "--key", copy)
+    assert result.returncode == 1
+    assert f"{copy} holds no private key; give --key the key of {cert}" in result.stderr
+    assert "PEM lib" not in result.stderr
+
+
+def test_a_data_folder_that_is_a_file_is_named_a_file(tmp_path: Path) -> None:
+    taken = tmp_path / "data"
+    taken.write_text("not a folder\n")
+    result = run_server_cli("--data-dir", taken)
+    assert result.returncode == 1
+    assert f"the data folder {taken} is a file; give a folder" in result.stderr
+
+
 def test_certificate_expiring_within_30_days_is_warned_about(
     start_server: Callable[..., ServerThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

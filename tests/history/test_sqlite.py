@@ -153,7 +153,7 @@ async def test_the_file_and_its_wal_are_private_and_the_folder_is_made(tmp_path:
         assert mode(path) == 0o600
         assert mode(Path(f"{path}-wal")) == 0o600
         assert mode(Path(f"{path}-shm")) == 0o600
-        assert mode(path.parent) == 0o700
+        assert mode(path.parent) == mode(path.parent.parent) == 0o700  # each folder made
     finally:
         await log.close()
 
