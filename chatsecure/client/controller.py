@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import time
 from collections.abc import Callable
@@ -45,13 +46,13 @@ class Controller:
         self.bridge: TrustBridge | None = None
         self._retired: list[tuple[ChatClient, TrustBridge]] = []
         self._now = now
-        self._unqueued = 0
+        self._unqueued: collections.deque[str] = collections.deque()
         """Lines handed to the client whose ``Queued`` has not been polled yet."""
 
     @property
     def unsent(self) -> int:
         """Own lines typed and not stored yet (nor told as not sent)."""
-        return self._unqueued + len(self.model.pending)
+        return len(self._unqueued) + len(self.model.pending)
 
     def connect(self, request: ConnectRequest) -> None:
         """Start connecting; a client still running is retired first."""
@@ -85,7 +86,7 @@ class Controller:
 
     def leave(self) -> None:
         """Quit the server (if still connected) and go back to the connect view."""
-        unsent = self.unsent
+        unsent = [*self.model.pending.values(), *self._unqueued]
         self._retire()
         self.model.left(unsent)
 
@@ -101,7 +102,7 @@ class Controller:
             except LocalProtocolError as exc:  # too long for a frame, or not valid text
                 said = exc.message[:1].upper() + exc.message[1:]
                 return Outgoing(line=notice("error", f"{said}.", now))
-            self._unqueued += 1
+            self._unqueued.append(out.send)
         return out
 
     def load_older(self, limit: int = 100, gap: int = 0) -> bool:
@@ -137,8 +138,8 @@ class Controller:
             except queue.Empty:
                 break
             changed = True
-            if isinstance(event, Queued):
-                self._unqueued = max(self._unqueued - 1, 0)
+            if isinstance(event, Queued) and self._unqueued:
+                self._unqueued.popleft()
             lines += self.model.apply(event, self._now())
             shown += bool(shown_seq(event))
             if isinstance(event, Connected) and (request := self.model.request) is not None:
@@ -167,7 +168,7 @@ class Controller:
         return self.client is not None or bool(self._retired)
 
     def _retire(self) -> None:
-        self._unqueued = 0
+        self._unqueued.clear()
         if self.client is not None and self.bridge is not None:
             self.bridge.close()
             self.client.quit(at_once=True)  # (a Leave that waited has nothing left to send)

@@ -25,6 +25,7 @@ from chatsecure.client.core import (
     is_help,
     is_quit,
     no_longer_kept,
+    safe_paragraph,
     safe_text,
     sent_clock,
     short_fingerprint,
@@ -124,6 +125,22 @@ def gap_full_text(gap: Gap) -> str:
     return f"⋯ {_gap_count(gap)}: not loaded, the window holds all it can ⋯"
 
 
+QUOTED_LINES = 3
+"""How many unsent lines the notice after leaving quotes (each cut to ``QUOTED_LENGTH``)."""
+QUOTED_LENGTH = 80
+
+
+def _quoted(texts: list[str]) -> str:
+    """`` (“one”, “two”)``: the lines left unsent, for the user to say again if need be."""
+    if not texts:
+        return ""
+    shown = [safe_paragraph(text, " ↵ ") for text in texts[:QUOTED_LINES]]
+    end = QUOTED_LENGTH - 1
+    cut = [text if len(text) <= QUOTED_LENGTH else text[:end] + "…" for text in shown]
+    more = len(texts) - len(cut)
+    return f" ({', '.join(f'“{text}”' for text in cut)}{f' and {more} more' if more else ''})"
+
+
 def full_text(lines: int) -> str:
     """The top line of a transcript that holds all it may (``lines``) while the server has
     older lines."""
@@ -199,13 +216,13 @@ class ChatModel:
         self.phase = Phase.CONNECT
         self.notice = Notice("info", "Connection cancelled.")
 
-    def left(self, unsent: int | None = None) -> None:
-        """The user quit (or went back after the connection ended), leaving ``unsent`` own
-        lines not stored yet (by default those pending)."""
+    def left(self, unsent: list[str] | None = None) -> None:
+        """The user quit (or went back after the connection ended), leaving the own lines
+        ``unsent`` not stored yet (by default those pending)."""
         # Lines left without waiting for their acks (Leave asked twice) are not pending in the
         # next connection: nothing would ever acknowledge them there.
-        unconfirmed = len(self.pending) if unsent is None else unsent
-        self.pending = {}
+        texts = list(self.pending.values()) if unsent is None else unsent
+        unconfirmed, self.pending = len(texts), {}
         if self.phase in {Phase.CHAT, Phase.RECONNECTING} and self.connection is not None:
             said = f"You left '{self.server_name}'."
             if unconfirmed:
@@ -213,7 +230,8 @@ class ChatModel:
                 lines, them = (f"{unconfirmed} lines", "them") if many else ("line", "it")
                 said = (
                     f"You left '{self.server_name}' before your last {lines} "
-                    f"{'were' if many else 'was'} stored: the room may not have {them}."
+                    f"{'were' if many else 'was'} stored: the room may not have {them}"
+                    f"{_quoted(texts)}."
                 )
             self.notice = Notice("info", said)
         self.phase = Phase.CONNECT

@@ -452,7 +452,7 @@ class App:
         lines, them = ("1 line", "it") if pending == 1 else (f"{pending} lines", "them")
         return (
             f"{lines} not stored yet: this window {does} once the server has stored {them}. "
-            f"{again} again to do it now without waiting."
+            f"{again} again to do it now: the room may then never get {them}."
         )
 
     def _send(self) -> None:

@@ -620,16 +620,21 @@ def test_leaving_without_waiting_for_acks_says_so_and_forgets_those_lines() -> N
     model.apply(Queued("r2", "two"), T)
     model.left()  # Leave asked twice: without waiting
     assert model.notice is not None
-    assert model.notice.text == (
-        "You left 'lab' before your last 2 lines were stored: the room may not have them."
+    assert model.notice.text == (  # what they said, to say again if need be
+        "You left 'lab' before your last 2 lines were stored: the room may not have them "
+        "(“one”, “two”)."
     )
     assert model.pending == {}  # not waited for by the next Leave, in another connection
     model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
     model.apply(welcome(ALICE), T)
-    model.apply(Queued("r3", "three"), T)
+    for n, text in enumerate(["three", "x" * 100, "two\nlines\x1b[2J", "six"]):
+        model.apply(Queued(f"r{n + 3}", text), T)
     model.left()
     assert model.notice is not None
-    assert model.notice.text.endswith("your last line was stored: the room may not have it.")
+    assert model.notice.text.endswith(
+        "your last 4 lines were stored: the room may not have them "
+        f"(“three”, “{'x' * 79}…”, “two ↵ lines\\x1b[2J” and 1 more)."
+    )
 
 
 def test_connect_failure_goes_back_with_the_reason() -> None:

@@ -990,10 +990,14 @@ def test_leaving_with_lines_waiting_for_the_connection_says_so_before_dropping_t
         alice.say("stuck two")
         alice.click("chat.top.leave")
         assert alice.view() == "chat"
-        assert "2 lines not stored yet" in alice.w("chat.banner").cget("text")
+        banner = alice.w("chat.banner").cget("text")
+        assert "2 lines not stored yet" in banner
+        assert "Leave again to do it now: the room may then never get them." in banner
         alice.click("chat.top.leave")  # again: leave without them
         assert alice.view() == "connect"
-        assert "before your last 2 lines were stored" in alice.w("connect.notice").cget("text")
+        notice = alice.w("connect.notice").cget("text")
+        assert "before your last 2 lines were stored" in notice
+        assert notice.endswith(" (“stuck one”, “stuck two”)."), "said again, if need be"
         # They are not waited for in the next connection: one Leave leaves.
         connect_trusting(alice, "127.0.0.1", server.port)
         alice.click("chat.top.leave")
