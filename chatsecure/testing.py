@@ -245,6 +245,9 @@ class Mode(enum.Enum):
     """A minimal honest server: ``welcome``, an ``ack`` for each line, a close on ``quit``."""
     BAD_WELCOME = "bad_welcome"
     """A ``welcome`` without its fields, then nothing more."""
+    ACK_THEN_CLOSE = "ack_then_close"
+    """As ``PLAIN``, but each session is closed right after its first ``ack``: a link that
+    drops every few seconds while the user chats."""
     NO_ACKS = "no_acks"
     """``welcome``, a ``pong`` for each ``ping``, but never an ``ack``."""
     PING_FLOOD = "ping_flood"
@@ -496,3 +499,5 @@ class FakeServer:
                 ):
                     ack = {"type": "ack", "ref": frame["ref"], "seq": next(self._seq), "ts": 1.7e9}
                     conn.sendall(json.dumps(ack).encode() + b"\n")
+                    if self.mode is Mode.ACK_THEN_CLOSE:
+                        return

@@ -75,7 +75,9 @@ MAX_RETRIES = 20
 STABLE_SESSION = 30.0
 """Seconds a session must go on working (the server heard from that long after its welcome)
 before a drop starts the reconnect count afresh: a server that fails every session right after
-welcoming, or welcomes and then says nothing, must not keep a client retrying for ever."""
+welcoming, or welcomes and then says nothing, must not keep a client retrying for ever. A
+session in which the server stored an own line or passed on a live one worked too, however
+short (a link that drops every few seconds while people chat)."""
 EVENT_QUEUE_HIGH = 2000
 """Events waiting for the front end above which the client stops reading from the server (the
 server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
@@ -527,6 +529,8 @@ class ChatClient:
         self._welcomed_at: float | None = None
         self._heard_at = 0.0
         """When the server last sent anything (loop time)."""
+        self._served = False
+        """This session acknowledged an own line or passed on a live one (it worked)."""
         self._dead: str | None = None
         """Why the current connection was given up from our side (a server gone silent)."""
         self._attempt = 0
@@ -687,12 +691,14 @@ class ChatClient:
                 return left
             if self._stopping:
                 return left
-            welcomed = self._welcomed_at
-            if welcomed is not None and self._heard_at - welcomed >= STABLE_SESSION:
+            welcomed, served = self._welcomed_at, self._served
+            if welcomed is not None and (served or self._heard_at - welcomed >= STABLE_SESSION):
                 self._attempt = 0  # that session worked: a new drop starts the count afresh
-            self._welcomed_at = None
-            if not (self.reconnect and self.session.me is not None) or self._attempt >= MAX_RETRIES:
+            self._welcomed_at, self._served = None, False
+            if not (self.reconnect and self.session.me is not None):
                 return Disconnected(reason, error=True)
+            if self._attempt >= MAX_RETRIES:
+                return Disconnected(f"{reason} (gave up after {MAX_RETRIES} tries)", error=True)
             delay = RETRY_DELAYS[min(self._attempt, len(RETRY_DELAYS) - 1)]
             self._attempt += 1
             self._emit(Reconnecting(self._attempt, delay, reason))
@@ -959,8 +965,10 @@ class ChatClient:
         for event in events:
             match event:
                 case Line(chat=chat, replayed=replayed, older=older):
+                    self._served = self._served or not (replayed or older)
                     self._emit(Received(chat, replayed, older))
                 case Acked(ref=ref, text=text, seq=seq, ts=ts):
+                    self._served = True
                     self._acks += 1
                     self._emit(Sent(ref, text, seq, ts or time.time()))
                 case Presence(message=message):

@@ -227,6 +227,32 @@ def test_a_server_that_fails_every_session_after_welcome_uses_up_the_retries(
     assert time.monotonic() - started < 2.0
 
 
+def test_a_server_that_fails_every_session_is_given_up_saying_so(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "RETRY_DELAYS", (0.01,))
+    client = make_client(fake(Mode.FAIL_AFTER_WELCOME), reconnect=True)
+    while not isinstance(event := client.events.get(timeout=10), Disconnected):
+        pass
+    assert event.reason.endswith(f"(gave up after {core.MAX_RETRIES} tries)")
+
+
+def test_short_sessions_that_store_lines_do_not_use_up_the_retries(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link that drops every few seconds while the user chats: each session worked."""
+    monkeypatch.setattr(core, "RETRY_DELAYS", (0.01,))
+    client = make_client(fake(Mode.ACK_THEN_CLOSE), reconnect=True)
+    attempts = []
+    for n in range(core.MAX_RETRIES + 5):
+        next_event(client, Connected)
+        client.send(f"line {n}")
+        next_event(client, Queued)
+        assert next_event(client, Sent).text == f"line {n}"
+        attempts.append(next_event(client, Reconnecting).attempt)
+    assert set(attempts) == {1}, "each drop starts the count afresh"
+
+
 def test_a_server_that_welcomes_then_says_nothing_uses_up_the_retries(
     fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
