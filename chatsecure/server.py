@@ -910,22 +910,28 @@ class ChatServer:
         """A server that runs for months warns before its certificate expires, and says
         when it has (else the first sign is a start refused, after a reboot)."""
         assert self._loop is not None  # noqa: S101 - set in start()
-        cert = self.config.cert
-        if self._expires_at is not None:
-            left = (self._expires_at - dt.datetime.now(dt.UTC)).total_seconds() / 86400
-            if left <= 0:
-                log.error(
-                    "the certificate %s has expired; clients that check it refuse to "
-                    "connect, and the server will not start with it again; renew it and "
-                    "restart: %s",
-                    cert,
-                    certs.renewal(cert),
-                )
-            elif left < limits.CERT_WARN_DAYS:
-                log.warning(
-                    "the certificate %s expires in %.0f days; %s", cert, left, certs.renewal(cert)
-                )
         self._expiry = self._loop.call_later(self._next_expiry_check(), self._check_expiry)
+        cert, expires = self.config.cert, self._expires_at
+        if expires is None:
+            return
+        left = (expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        if left >= limits.CERT_WARN_DAYS:
+            return
+        try:
+            on_disk = certs.load_cert(cert).not_valid_after_utc
+            advice = certs.renewal(cert)
+        except (ConfigError, OSError, ValueError) as exc:  # being replaced, say
+            on_disk, advice = expires, f"and {cert} cannot be read now ({exc})"
+        if on_disk > expires:  # renewed on disk (certbot, say): only the restart is missing
+            advice = f"{cert} holds a renewed one: restart the server to use it"
+        if left <= 0:
+            log.error(
+                "the certificate %s has expired; clients that check it refuse to connect; %s",
+                cert,
+                advice,
+            )
+        else:
+            log.warning("the certificate %s expires in %.0f days; %s", cert, left, advice)
 
     def _sweep_idle(self) -> None:
         """Ping sessions silent for half the idle timeout; drop those that would outlast it.
@@ -1098,8 +1104,11 @@ async def _serve(
     installed = []
     # SIGHUP too: the terminal a server was started in closed, or an operator's reload.
     # There is no reload: it stops cleanly, and a service manager or the operator starts it
-    # again (clients resume); dying of the signal's default left clients no shutdown.
+    # again (clients resume); dying of the signal's default left clients no shutdown. A
+    # signal ignored at start stays ignored: ``nohup chatsecure server`` outlives its shell.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)

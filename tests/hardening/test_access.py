@@ -444,6 +444,21 @@ def test_a_running_server_says_when_its_certificate_expires(
 SOON = dt.timedelta(seconds=2)
 
 
+def test_a_certificate_renewed_on_disk_is_told_to_take_a_restart(
+    start_server: Callable[..., ServerThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_cert(tmp_path / "ending", now - dt.timedelta(days=1), now + SOON)
+    renewed, _ = make_cert(tmp_path / "renewed", now, now + dt.timedelta(days=90))
+    with caplog.at_level(logging.WARNING, logger="chatsecure.server"):
+        start_server(cert=cert, key=key)
+        cert.write_bytes(renewed.read_bytes())  # (certbot, say; the server still uses the old)
+        deadline = time.monotonic() + SOON.total_seconds() + 5
+        while "has expired" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert f"{cert} holds a renewed one: restart the server to use it" in caplog.text
+
+
 def test_a_ca_issued_certificate_expiring_is_not_told_to_be_made_self_signed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,6 +47,27 @@ def test_signal_sends_shutdown_to_clients_and_exits_0(cert_dir: Path, sig: signa
     assert took < SHUTDOWN_GRACE, "clients that closed at once did not make the server wait"
 
 
+NOHUP = (
+    "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'chatsecure.server', *sys.argv[1:]])"
+)
+"""``nohup``: the server started with SIGHUP ignored."""
+
+
+def test_a_server_started_under_nohup_outlives_its_terminal(cert_dir: Path) -> None:
+    cert = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    server = ServerProcess([sys.executable, "-c", NOHUP, *cert])
+    try:
+        with joined("127.0.0.1", server.port, "alice") as (alice,):
+            server.proc.send_signal(signal.SIGHUP)  # the shell it was started from went
+            time.sleep(0.5)  # (time to stop, had it taken the signal)
+            alice.send({"type": "ping"})
+            assert alice.expect("pong") == {"type": "pong"}, "no shutdown: still serving"
+            assert server.proc.poll() is None
+    finally:
+        server.kill()
+
+
 def test_a_server_paused_past_its_idle_timeout_keeps_clients_that_spoke_meanwhile(
     cert_dir: Path,
 ) -> None:
