@@ -20,7 +20,7 @@ from pathlib import Path
 from chatsecure.client.core import safe_paragraph, safe_text
 from chatsecure.errors import ChatError
 from chatsecure.history.log import DEFAULT_DB, HistoryError
-from chatsecure.history.sqlite import SCHEMA_VERSION, check_schema, mapped_errors
+from chatsecure.history.sqlite import SCHEMA_VERSION, check_regular, check_schema, mapped_errors
 
 _NEWEST = "SELECT seq, ts, peer_id, nick, addr, text FROM lines ORDER BY seq DESC LIMIT ?"
 
@@ -85,13 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str]]:
-    if path.is_dir():
-        raise HistoryError(
-            f"{path} is a folder; give --db the history file in it ({path / DEFAULT_DB.name}), "
-            "or --data-dir the folder"
-        )
-    if path.exists() and not path.is_file():
-        raise HistoryError(f"{path} is not a regular file; give --db the server's history")
+    if path.exists():
+        check_regular(path)  # (a folder, a device: said as the server says it)
     if not path.is_file():
         beside = path.parent / "certs" / path.name  # where a server started there keeps it
         hint = f" ({beside} is one)" if beside.is_file() else " (a cluster keeps it in Redis)"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from chatsecure.history.log import (
+    DEFAULT_DB,
     Appends,
     Draft,
     HistoryError,
@@ -506,7 +507,7 @@ def _create_private(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
-        _check_regular(path)
+        check_regular(path)
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0 and not path.with_name(path.name + "-wal").exists():
                 log.warning("history: %s is an empty file; a new log starts in it", path)
@@ -514,7 +515,7 @@ def _create_private(path: Path) -> None:
         raise history_error(path, exc) from exc
 
 
-def _check_regular(path: Path) -> None:
+def check_regular(path: Path) -> None:
     """Refuse a history path that is there but no file of its own (a folder, a device such
     as /dev/null, a dangling link) before anything opens, locks or chmods it."""
     try:
@@ -529,7 +530,7 @@ def _check_regular(path: Path) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise HistoryError(
             f"{path} is a folder; give --db the history file in it "
-            f"({path / 'history.sqlite3'}), or --data-dir the folder"
+            f"({path / DEFAULT_DB.name}), or --data-dir the folder"
         )
     if not stat.S_ISREG(info.st_mode):
         raise HistoryError(
