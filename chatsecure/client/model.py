@@ -33,13 +33,7 @@ from chatsecure.client.core import (
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.paging import Gap, LogPaging
 from chatsecure.client.scrollback import older_command
-from chatsecure.client.transcript import (
-    LEAVE_REASONS,
-    Line,
-    LineKind,
-    Roster,
-    notice,
-)
+from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
 from chatsecure.protocol.messages import Notice as ServerNotice
