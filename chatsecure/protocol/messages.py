@@ -39,6 +39,9 @@ BLANKS = frozenset(
 combining grapheme joiner, the Hangul and Khmer fillers, the variation selectors, the braille
 blank. A nick loses them too, or ``alice`` + U+3164 would be a second ``alice``."""
 
+_BLANKS_AND_SPACE = BLANKS | {" "}
+"""What a printable text (whose only whitespace is the space) may hold and still show nothing."""
+
 
 def clean_nick(raw: str) -> str:
     """Return ``raw`` as a displayable nick, or raise ``bad_nick``.
@@ -131,8 +134,8 @@ def shows(text: str) -> bool:
         return False
     if stripped[0] not in BLANKS and stripped[0].isprintable():
         return True  # most lines: their first character shows
-    if stripped.isprintable():  # no format character: anything but a blank shows
-        return not BLANKS.issuperset(stripped)
+    if stripped.isprintable():  # no format character: anything but a blank or a space shows
+        return not _BLANKS_AND_SPACE.issuperset(stripped)
     return any(
         not c.isspace() and c not in BLANKS and unicodedata.category(c) not in INVISIBLE_CATEGORIES
         for c in stripped

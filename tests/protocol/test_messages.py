@@ -277,7 +277,18 @@ def test_a_refused_msg_names_its_valid_ref(text: object, code: ErrorCode) -> Non
     assert (bad_ref.code, bad_ref.ref) == (ErrorCode.BAD_MESSAGE, None)
 
 
-@pytest.mark.parametrize("text", ["   ", "\u200b", " \u200d\u2060 ", "\u3164", "\u2800\n\u2028"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "   ",
+        "\u200b",
+        " \u200d\u2060 ",
+        "\u3164",
+        "\u2800\n\u2028",
+        "\u3164 \u3164",
+        "\u3164 \u2800",
+    ],
+)
 def test_a_text_that_shows_nothing_is_empty(text: str) -> None:
     # A line that looks blank in every client: a zero-width space, a Hangul filler...
     error = error_of(parse_client, frame({"type": "msg", "text": text, "ref": "r-8"}))
