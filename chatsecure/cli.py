@@ -448,11 +448,11 @@ def cmd_gencert(args: argparse.Namespace) -> int:
         if args.client == "ca":
             raise ChatError("--client ca: that name is the CA's own (ca.crt, ca.key)")
         files = certs.generate_client(args.client, args.ca, days=args.days, force=args.force)
-        print(f"wrote {files.cert} and {files.key} (mode 0600) for {args.client!r}")
+        print(f"wrote {files.cert} and {files.key} (the key mode 0600) for {args.client!r}")
         print(f"give the server --client-ca {args.ca / 'ca.crt'}")
         return 0
     files = certs.generate(args.out, days=args.days, extra_sans=args.san, force=args.force)
-    print(f"wrote {files.cert} and {files.key} (mode 0600), valid {args.days} days")
+    print(f"wrote {files.cert} and {files.key} (the key mode 0600), valid {args.days} days")
     print(f"certificate fingerprint: {certs.cert_fingerprint(files.cert)}")
     return 0
 

@@ -174,7 +174,7 @@ def generate(
     force: bool = False,
     common_name: str | None = None,
 ) -> CertFiles:
-    """Write a new self-signed ECDSA P-256 certificate and key (mode 0600) into ``out_dir``."""
+    """Write a new self-signed ECDSA P-256 certificate (0644) and key (0600) into ``out_dir``."""
     if days < 1:
         raise ConfigError("--days must be at least 1")
     files = CertFiles.in_dir(out_dir)

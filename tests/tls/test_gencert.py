@@ -80,8 +80,9 @@ def test_sans_name_every_way_to_reach_this_machine(
 def test_key_is_p256_and_readable_by_its_owner_only(
     made: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    out, _ = made
+    out, result = made
     assert stat.S_IMODE((out / "server.key").stat().st_mode) == 0o600
+    assert "(the key mode 0600)" in result.stdout  # what it says is what it did (the cert: 0644)
     assert stat.S_IMODE(out.stat().st_mode) == 0o700  # made by it: as the server makes its own
     cert = certs.load_cert(out / "server.crt")
     public = cert.public_key()
