@@ -507,13 +507,13 @@ class ChatClient:
         self._writer: asyncio.StreamWriter | None = None
         self._stopping = False
         self._finishing = False
+        """``finish`` was called: leave as soon as every line is stored."""
         self._held_back = False
         """Ctrl-C came while own lines waited: only the acks of those sent are waited for."""
         self._not_understood: str | None = None
         """Why a frame before the welcome was ignored (a broken or hostile server)."""
         self._acks = 0
         """Lines the server has confirmed (a count: progress, for ``FINISH_STALL``)."""
-        """``finish`` was called: leave as soon as every line is stored."""
         self._leave_timer: asyncio.TimerHandle | None = None
         """``quit`` waits for acks: it leaves when this fires at the latest."""
         self._pace_timer: asyncio.TimerHandle | None = None

@@ -100,8 +100,9 @@ class PendingQuestion:
 class TrustBridge:
     """Carries trust questions from the network thread to the Tk thread and answers back.
 
-    ``ask`` is the ``TrustPolicy.ask`` of one client: it runs on the network thread, queues
-    the question and blocks until the front end answers (or ``close`` answers no).
+    ``ask`` is the ``TrustPolicy.ask`` of one client: it runs on a worker thread of the
+    network loop (``run_in_executor``), queues the question and blocks until the front end
+    answers (or ``close`` answers no).
     """
 
     def __init__(self, timeout: float = TRUST_ANSWER_TIMEOUT) -> None:

@@ -228,9 +228,9 @@ class ClientSession:
         self.outbox: dict[str, str] = {}
         """Own lines not acknowledged yet, ref -> text, oldest first."""
         self._unsent: collections.deque[str] = collections.deque()
+        """Refs of the outbox not sent on this connection yet (paced), oldest first."""
         self._holding = False
         """``hold_back`` was called: no own line goes out any more, on any connection."""
-        """Refs of the outbox not sent on this connection yet (paced), oldest first."""
         self._written: set[str] = set()
         """Refs of the outbox sent at least once: the server may have stored those."""
         self._resume_from: int | None = None
@@ -295,8 +295,9 @@ class ClientSession:
         return b"".join(out)
 
     def receive_data(self, data: bytes, now: float = 0.0) -> list[SessionEvent]:
-        """Feed bytes from the server; return what they mean. Never raises for bad input,
-        except the ``frame_too_long`` that ends the connection."""
+        """Feed bytes from the server; return what they mean. Raises ``RemoteProtocolError``
+        only for what ends the connection: a ``frame_too_long``, a welcome that breaks the
+        protocol (a room larger than ``MAX_ROOM``, say)."""
         self._last_heard, self._ping_sent = now, None
         if self._decoder.error is not None:
             raise self._decoder.error

@@ -20,9 +20,10 @@ class ErrorCode(enum.StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     """A message text over the text limit. The message is refused, the connection kept."""
     BAD_NICK = "bad_nick"
-    """The nick in ``hello`` is empty, too long or has control characters. Closed."""
+    """The nick in ``hello`` is empty or too long once cleaned of what cannot show. Closed."""
     NOT_JOINED = "not_joined"
-    """Anything but ``hello`` before ``hello``. Closed."""
+    """A ``msg`` or ``history`` before ``hello``. Closed, unless a frame before it was refused
+    (a malformed ``hello``): then it is dropped and a corrected ``hello`` may follow."""
     ALREADY_JOINED = "already_joined"
     """A second ``hello``. The connection is kept."""
     HELLO_TIMEOUT = "hello_timeout"

@@ -397,7 +397,8 @@ class Error:
     code: str
     message: str
     ref: str | None = None
-    """The ``ref`` of the line refused, where there is one (``not_stored``)."""
+    """The ``ref`` of the ``msg`` or ``history`` refused, when it had a valid one
+    (``not_stored``, ``text_too_long``, ``bad_message``, ``rate_limited``, ...)."""
     type: Literal["error"] = field(default="error", init=False)
 
 
@@ -842,7 +843,8 @@ def _client_ref(obj: dict[str, Any]) -> str | None:
     ref = obj.get("ref")
     if ref is not None and not (isinstance(ref, str) and valid_ref(ref)):
         raise RemoteProtocolError(
-            ErrorCode.BAD_MESSAGE, f"'ref' must be a string of 1 to {MAX_REF} characters"
+            ErrorCode.BAD_MESSAGE,
+            f"'ref' must be a string of 1 to {MAX_REF} characters, without lone surrogates",
         )
     return ref
 
