@@ -43,7 +43,6 @@ class ServerThread:
         self.server = ChatServer(config, history)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server")
-        self._failed: BaseException | None = None
 
     @property
     def host(self) -> str:

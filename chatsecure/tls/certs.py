@@ -323,14 +323,6 @@ def renewal(path: Path) -> str:
     )
 
 
-def ensure(files: CertFiles) -> bool:
-    """Make a certificate and key at ``files`` if neither exists; return True if made."""
-    if not must_make(files, allowed=True):
-        return False
-    generate(files.cert.parent)
-    return True  # the caller says so, once
-
-
 def must_make(files: CertFiles, *, allowed: bool) -> bool:
     """Whether the pair is to be made: neither file exists, they have the default names side
     by side, and making it is ``allowed``; a ``ConfigError`` for a pair missing otherwise.
