@@ -17,13 +17,12 @@ from typing import Any, Literal
 
 from chatsecure.discovery.records import friendly_name
 from chatsecure.errors import ConfigError
+from chatsecure.files import make_private_folder
 from chatsecure.protocol import limits
 from chatsecure.tls import certs
 
 HISTORY_DB = "history.sqlite3"
 """The room log's file name, kept beside the certificate unless ``--db`` says otherwise."""
-DATA_DIR_MODE = 0o700
-"""A data folder the server makes is its owner's alone: it holds the private key."""
 
 
 def default_name() -> str:
@@ -100,7 +99,7 @@ class ServerConfig:
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError(f"the data folder {self.data_dir} is a file; give a folder")
         try:
-            self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+            make_private_folder(self.data_dir)
         except OSError as exc:
             raise ConfigError(
                 f"cannot make the data folder {self.data_dir}: {exc.strerror or exc}"

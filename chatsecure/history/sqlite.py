@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from chatsecure.files import make_private_folder
 from chatsecure.history.log import (
     DEFAULT_DB,
     Appends,
@@ -498,10 +499,7 @@ def _create_private(path: Path) -> None:
     there already but empty becomes a new log, as a missing one does: said, not silent.
     """
     try:
-        # Each folder made is 0700 (mkdir's parents=True would make all but the last 0755).
-        for folder in reversed([path.parent, *path.parent.parents]):
-            if not folder.exists():
-                folder.mkdir(mode=0o700, exist_ok=True)
+        make_private_folder(path.parent)
     except OSError as exc:
         raise HistoryError(f"cannot make the folder {path.parent}: {exc.strerror or exc}") from exc
     try:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from chatsecure.errors import ConfigError
+from chatsecure.files import make_private_folder
 from chatsecure.protocol.limits import CERT_DAYS
 from chatsecure.tls.trust import save_private
 
@@ -204,7 +205,7 @@ def _write_pair(files: CertFiles, cert: x509.Certificate, key: ec.EllipticCurveP
         serialization.NoEncryption(),
     )
     with _writing(files.key.parent, "cannot make the folder"):
-        files.key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (it holds the key)
+        make_private_folder(files.key.parent)  # (it holds the key)
     with _writing(files.key, "cannot write the key"):
         save_private(files.key, key_pem)
     with _writing(files.cert, "cannot write the certificate"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatsecure.errors import TrustError
+from chatsecure.files import make_private_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def config_locked(path: Path) -> Iterator[None]:
     """Hold the lock of ``path``'s config folder (its ``.lock``) while a file there is read,
     changed and written: clients that share the folder (a window and a terminal) take turns,
     and neither undoes what the other wrote. Raises ``OSError``."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_folder(path.parent)
     fd = os.open(path.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -53,7 +54,7 @@ def save_private(
     key others could read or write is none; or ``mode``: a certificate is 0644), from the
     first byte on, and whole or not at all (a crash mid-write leaves the old file;
     ``durable``: a power cut too); the folder is made 0700 if missing. Raises ``OSError``."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_folder(path.parent)
     # A name of its own (0600): two clients sharing the folder never write into one file.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

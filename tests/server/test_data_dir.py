@@ -119,6 +119,7 @@ def test_data_dir_holds_certificate_and_history_and_keeps_the_fingerprint(
     assert code == 0, first_log
 
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE(data.parent.stat().st_mode) == 0o700  # each folder it made
     assert stat.S_IMODE((data / certs.KEY_NAME).stat().st_mode) == 0o600
     assert first.fingerprint == certs.cert_fingerprint(data / certs.CERT_NAME)
     assert stored_texts(data / HISTORY_DB) == ["kept in the data folder"]
