@@ -515,6 +515,12 @@ class Room:
         when more lines are waiting: the worker commits those meanwhile.
         """
         assert self._history is not None  # noqa: S101 - only called with a log
+        try:
+            await self._store_queued(self._history)
+        finally:
+            self._committing = None  # (whatever happened, the next line starts a commit)
+
+    async def _store_queued(self, history: RoomLog) -> None:
         # A task's first step runs in the next loop iteration: every line read in this one
         # is queued by then.
         while self._queue:
@@ -522,7 +528,7 @@ class Room:
             if self._feed is not None:
                 self._expect_acks(said)
             try:
-                appends = await self._history.append(said) if said else Appends(said, 0)
+                appends = await history.append(said) if said else Appends(said, 0)
             except Exception as exc:
                 # A full disk, a broken database, Redis lost: those lines are refused, not lost
                 # in silence, and the room goes on (a later commit may work again).
@@ -550,7 +556,6 @@ class Room:
                     self._answer_scheduled = True
             else:
                 self._answer()
-        self._committing = None
 
     def _take(self) -> tuple[list[_Said | bytes | _Presence | _Gone], list[_Said]]:
         """The next batch from the queue, and its lines: ``_batch`` lines at most (with a
@@ -574,7 +579,12 @@ class Room:
         self._answer_scheduled = False
         while self._answered:
             batch, count, appends = self._answered.popleft()
-            (self._stored if self._feed is None else self._acknowledged)(batch, appends)
+            try:
+                (self._stored if self._feed is None else self._acknowledged)(batch, appends)
+            except Exception:
+                # A bug past the commit, not the log: said with its traceback, and the room
+                # goes on (stuck here, no line after would ever be acknowledged).
+                log.exception("could not acknowledge or broadcast %s", _lines(count))
             self.unstored -= count
             if self._not_read and self.unstored < STORE_HIGH:
                 held, self._not_read = self._not_read, set()

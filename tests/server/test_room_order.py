@@ -189,3 +189,36 @@ async def test_presence_queued_behind_lines_of_a_shared_log_is_counted_out() -> 
     assert room._presence_queued == 0
     assert [kind for kind, _ in seen(alice)] == ["ack", "join"] * 3  # each join after its line
     await room.close()
+
+
+class BuggyPipe(HeldPipe):
+    """A member whose first ack raises, as a bug past the commit would."""
+
+    raised = False
+
+    def send(self, data: bytes) -> None:
+        if not self.raised and b'"type":"ack"' in data:
+            self.raised = True
+            raise RuntimeError("a bug")
+        super().send(data)
+
+
+@pytest.mark.asyncio
+async def test_a_failure_past_the_commit_is_logged_and_the_room_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room = Room(INFO, MemoryLog(100), replay=0, replay_max=0, presence_pace=0.0)
+    await room.open()
+    alice, bob = BuggyPipe(room, "1", "a" * 8), HeldPipe(room, "2", "b" * 8)
+    room.join(alice, "alice", Hello("alice"), "127.0.0.1")
+    room.join(bob, "bob", Hello("bob"), "127.0.0.1")
+    room.say(alice, SendMsg("first", ref="r1"))
+    await room.drain()
+    room.say(alice, SendMsg("second", ref="r2"))
+    await room.drain()
+    for _ in range(3):  # the writes of the last iterations
+        await asyncio.sleep(0)
+    assert seen(alice)[-1] == ("ack", "r2")
+    assert seen(bob)[-1] == ("msg", "second")
+    assert (room.unstored, len(room._answered)) == (0, 0)
+    assert "could not acknowledge or broadcast 1 line" in caplog.text
