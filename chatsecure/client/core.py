@@ -925,6 +925,7 @@ class ChatClient:
                 # server's writes then wait in TCP buffers, not in our memory.
                 while self.events.qsize() >= EVENT_QUEUE_HIGH:
                     await asyncio.sleep(0.02)
+                    self.session.not_reading(asyncio.get_running_loop().time())
                 # Nor while the server does not read what we answer (a pong per ping): our
                 # answers wait in its buffers, not ours.
                 if self._writer is not None:

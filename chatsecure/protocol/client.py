@@ -388,6 +388,11 @@ class ClientSession:
             self._out.append(encode(Quit()))
             self.hold_back()
 
+    def not_reading(self, now: float) -> None:
+        """Nothing is read from the server for now (the front end is behind): the silence
+        is ours, not the server's, so it is timed from ``now`` on."""
+        self._last_heard, self._ping_sent = now, None
+
     def tick(self, now: float) -> bool:
         """Keep a quiet connection checked; False when the server must be taken for dead.
 

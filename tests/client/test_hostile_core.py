@@ -177,6 +177,30 @@ def test_a_flood_is_held_back_by_a_bounded_queue_and_nothing_is_lost(
     assert texts == [f"flood {n}" for n in range(1, count + 1)] + ["end of the flood"]
 
 
+def test_a_front_end_behind_is_no_silence_of_the_server(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    count = 30_000
+    client = make_client(
+        fake(Mode.FLOOD, count=count), reconnect=True, ping_after=0.3, pong_timeout=0.3
+    )
+    next_event(client, Connected)
+    time.sleep(1.5)  # not reading for longer than a silent server is given
+    events: list[ClientEvent] = []
+    deadline = time.monotonic() + 60
+    while not events or not is_chat(events[-1], "end of the flood"):
+        events.append(client.events.get(timeout=max(deadline - time.monotonic(), 0.001)))
+    assert not [e for e in events if isinstance(e, Reconnecting | Disconnected)]
+    texts = [e.message.text for e in events if isinstance(e, Received) and is_chat(e)]
+    assert texts == [f"flood {n}" for n in range(1, count + 1)] + ["end of the flood"]
+
+
+def is_chat(event: ClientEvent, text: str | None = None) -> bool:
+    if not (isinstance(event, Received) and isinstance(event.message, Chat)):
+        return False
+    return text is None or event.message.text == text
+
+
 def test_a_flood_of_unknown_frames_is_skipped_with_one_warning_a_minute(
     fake: Fake, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
