@@ -35,6 +35,10 @@ BACKDATE = dt.timedelta(minutes=5)
 """How far before its making a certificate starts to be valid: a peer whose clock runs a
 little slow must not see a fresh certificate as "not yet valid". The end moves back by as
 much, so that a certificate made for N days lasts N days, as ``gencert`` says."""
+CLOCK_FLOOR = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+"""No machine runs this version before this day: a clock that says so is wrong (a board
+without a clock battery, before the network set it), and a certificate made then would carry
+its date."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +155,10 @@ def _sign(
     Self-signed unless ``issuer`` (its name and key) is given.
     """
     issuer_name, signer = issuer or (subject, key)
+    now = dt.datetime.now(dt.UTC)
+    check_clock(now)
     # Whole seconds, as X.509 stores them, so the lifetime is exact to the second.
-    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - BACKDATE
+    start = now.replace(microsecond=0) - BACKDATE
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -298,19 +304,47 @@ def check_key_permissions(key: Path) -> None:
         )
 
 
-def days_left(cert: Path, now: dt.datetime | None = None) -> float:
-    """Days until the certificate at ``cert`` expires (negative once it has)."""
-    remaining = load_cert(cert).not_valid_after_utc - (now or dt.datetime.now(dt.UTC))
-    return remaining.total_seconds() / 86400
+def check_clock(now: dt.datetime) -> None:
+    """Refuse to date a certificate by a clock that is plainly wrong (see ``CLOCK_FLOOR``)."""
+    if now < CLOCK_FLOOR:
+        raise ConfigError(
+            f"{clock_says(now)}, which cannot be right: set the clock first (a certificate "
+            "made now would be dated by it)"
+        )
 
 
-def check_expiry(cert: Path, warn_days: int) -> None:
-    """Refuse an expired certificate; warn when it expires within ``warn_days``."""
-    left = days_left(cert)
-    if left <= 0:
-        raise ConfigError(f"the certificate {cert} has expired; {renewal(cert)}")
+def clock_says(now: dt.datetime | None = None) -> str:
+    """This machine's date, for messages about dates: its clock may be what is wrong."""
+    return f"this machine's clock says {day(now or dt.datetime.now(dt.UTC))}"
+
+
+def day(when: dt.datetime) -> str:
+    return f"{when:%Y-%m-%d}"
+
+
+def check_expiry(cert: Path, warn_days: int, now: dt.datetime | None = None) -> None:
+    """Refuse an expired certificate; warn when it expires within ``warn_days``, or is not
+    valid yet. Each names the day, and this machine's: the clock may be what is wrong."""
+    now = now or dt.datetime.now(dt.UTC)
+    loaded = load_cert(cert)
+    start, end = loaded.not_valid_before_utc, loaded.not_valid_after_utc
+    if end <= now:
+        raise ConfigError(
+            f"the certificate {cert} expired on {day(end)}, and {clock_says(now)}: if the "
+            f"clock is wrong, set it right; if not, {renewal(cert)}"
+        )
+    left = (end - now).total_seconds() / 86400
     if left < warn_days:
         log.warning("the certificate %s expires in %.0f days; %s", cert, left, renewal(cert))
+    if start > now:
+        log.warning(
+            "the certificate %s is valid only from %s, and %s: clients that check it (--cafile)"
+            " refuse it until then; if the clock was wrong when it was made, %s",
+            cert,
+            day(start),
+            clock_says(now),
+            renewal(cert),
+        )
 
 
 def renewal(path: Path) -> str:

@@ -382,8 +382,30 @@ def test_expired_certificate_is_refused_with_the_gencert_command(tmp_path: Path)
     )
     result = run_server_cli("--cert", cert, "--key", key)
     assert result.returncode == 1
-    assert "expired" in result.stderr
+    # The day, and this machine's: a wrong clock is to be set right, not the identity changed.
+    ended, today = f"{now - dt.timedelta(days=1):%Y-%m-%d}", f"{now:%Y-%m-%d}"
+    assert f"expired on {ended}, and this machine's clock says {today}" in result.stderr
+    assert "if the clock is wrong, set it right; if not," in result.stderr
     assert f"chatsecure gencert --out {cert.parent} --force" in result.stderr
+
+
+def test_a_certificate_not_valid_yet_is_warned_about_with_both_days(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    start = now + dt.timedelta(days=1300)  # made while the clock was years ahead
+    cert, _ = make_cert(tmp_path / "ahead", start, start + dt.timedelta(days=825))
+    with caplog.at_level(logging.WARNING, logger="chatsecure.tls.certs"):
+        certs.check_expiry(cert, 30)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"is valid only from {start:%Y-%m-%d}, and this machine's clock says " in warning
+    assert "clients that check it (--cafile) refuse it until then" in warning
+
+
+def test_no_certificate_is_dated_by_a_clock_that_cannot_be_right() -> None:
+    with pytest.raises(ConfigError, match=r"clock says 1970-01-02, which cannot be right"):
+        certs.check_clock(dt.datetime(1970, 1, 2, tzinfo=dt.UTC))
+    certs.check_clock(dt.datetime.now(dt.UTC))  # today's is fine
 
 
 def test_a_certificate_given_as_the_key_is_named_not_a_key(tmp_path: Path) -> None:
