@@ -25,6 +25,7 @@ from chatsecure.client.errors import describe_error
 from chatsecure.client.resume import SAVE_EVERY, LastSeen
 from chatsecure.errors import (
     ChatError,
+    ConfigError,
     ConnectionClosed,
     LocalProtocolError,
     TrustError,
@@ -62,6 +63,7 @@ from chatsecure.protocol.messages import (
     utf8_encodable,
 )
 from chatsecure.protocol.ratelimit import WarningBudget
+from chatsecure.tls import certs
 from chatsecure.tls.certs import fingerprint
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import TrustPolicy, TrustQuestion, host_port, server_key
@@ -237,6 +239,20 @@ OTHER_CA = (
     "may be from another)"
 )
 """Said of a connection closed before the welcome, by a client with a certificate."""
+
+
+def _cert_hint(cert: Path) -> str:
+    """Why a server that admits clients by certificate may have closed on ``cert``: its
+    dates, if they are out (the server only resets the connection), else another CA."""
+    with contextlib.suppress(ConfigError, ValueError):
+        wrong = certs.out_of_date(certs.load_cert(cert))
+        if wrong is not None:
+            return (
+                f"before welcoming us (your certificate {cert} {wrong}, and {certs.clock_says()}:"
+                " if the clock is wrong, set it right; if not, ask for a new certificate)"
+            )
+    return OTHER_CA
+
 
 FINAL_REFUSALS = frozenset({ErrorCode.AUTH_FAILED, ErrorCode.BAD_NICK, ErrorCode.REPLACED})
 """Refusals that trying again cannot fix: the client stops instead of reconnecting."""
@@ -891,7 +907,7 @@ class ChatClient:
                     raise
                 # A server that admits clients by certificate (--client-ca) ends the
                 # connection right after the handshake (TLS 1.3), without a word.
-                hint = NO_CLIENT_CERT if self.target.cert is None else OTHER_CA
+                hint = NO_CLIENT_CERT if self.target.cert is None else _cert_hint(self.target.cert)
                 raise ConnectionClosed(f"{describe_error(exc)} {hint}") from None
             for n, event in enumerate(events):
                 if isinstance(event, Welcomed):

@@ -322,6 +322,17 @@ def day(when: dt.datetime) -> str:
     return f"{when:%Y-%m-%d}"
 
 
+def out_of_date(cert: x509.Certificate, now: dt.datetime | None = None) -> str | None:
+    """What is wrong with ``cert``'s dates now ("expired on ...", "is valid only from ..."),
+    None if nothing is."""
+    now = now or dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc <= now:
+        return f"expired on {day(cert.not_valid_after_utc)}"
+    if cert.not_valid_before_utc > now:
+        return f"is valid only from {day(cert.not_valid_before_utc)}"
+    return None
+
+
 def check_expiry(cert: Path, warn_days: int, now: dt.datetime | None = None) -> None:
     """Refuse an expired certificate; warn when it expires within ``warn_days``, or is not
     valid yet. Each names the day, and this machine's: the clock may be what is wrong."""
