@@ -15,6 +15,7 @@ import socket
 import ssl
 
 from chatsecure.errors import ChatError
+from chatsecure.tls.certs import clock_says
 
 NOT_TLS = frozenset(
     {
@@ -29,6 +30,10 @@ NOT_TLS = frozenset(
 
 UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN})
 """Errors of a connect that found no way to the address."""
+
+OUT_OF_DATE = frozenset({9, 10})
+"""OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: said with this
+machine's date, as its clock may be what is wrong."""
 
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 """How each failure is named in asyncio's "Multiple exceptions: ..." message."""
@@ -47,6 +52,11 @@ def describe_error(exc: BaseException) -> str:
             return "connection refused: no chatsecure server is listening on that port"
         case TimeoutError():
             return "timed out: the server did not answer (is it up, and is the address right?)"
+        case ssl.SSLCertVerificationError(verify_code=code) if code in OUT_OF_DATE:
+            return (
+                f"certificate verification failed: {exc.verify_message} ({clock_says()}: if "
+                "that is wrong, set it right)"
+            )
         case ssl.SSLCertVerificationError():
             return f"certificate verification failed: {exc.verify_message}"
         case ssl.SSLError() if getattr(exc, "reason", None) in NOT_TLS:

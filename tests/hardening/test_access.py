@@ -431,6 +431,27 @@ def test_expired_certificate_is_refused_with_the_gencert_command(tmp_path: Path)
     assert f"chatsecure gencert --out {cert.parent} --force" in result.stderr
 
 
+def test_a_client_refusing_a_certificate_for_its_dates_names_its_own_clock(
+    start_server: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ahead = now + dt.timedelta(days=400)  # made by a machine whose clock was ahead
+    cert, key = make_cert(tmp_path / "ahead", ahead, ahead + dt.timedelta(days=825))
+    server = start_server(cert=cert, key=key)
+    target = Target("localhost", server.port, cafile=cert)
+    client = ChatClient(target, "bob", TrustPolicy(KnownServers()), reconnect=False)
+    client.start()
+    try:
+        event = client.events.get(timeout=5)
+        assert isinstance(event, Disconnected), event
+        assert (
+            f"certificate verification failed: certificate is not yet valid (this machine's "
+            f"clock says {now:%Y-%m-%d}: if that is wrong, set it right)"
+        ) in event.reason
+    finally:
+        client.close()
+
+
 def test_a_certificate_not_valid_yet_is_warned_about_with_both_days(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
