@@ -469,7 +469,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if store.remove(host, port):
         print(f"forgot {server_key(host, port)}")
         return 0
-    print(f"{server_key(host, port)} was not pinned in {store.path}", file=sys.stderr)
+    others = store.ports_of(host)
+    print(
+        f"{server_key(host, port)} was not pinned in {store.path}"
+        + (f"; pinned for that host: {', '.join(others)}" if others else ""),
+        file=sys.stderr,
+    )
     return 1
 
 

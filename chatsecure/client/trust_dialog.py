@@ -7,7 +7,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from chatsecure.tls.trust import TrustQuestion, server_key
+from chatsecure.tls.trust import TrustQuestion, server_key, trusted_elsewhere
 
 TRUST_ANSWER_TIMEOUT = 600.0
 """Seconds the network thread waits for the user to answer a trust dialog before giving up."""
@@ -60,9 +60,11 @@ def trust_prompt(question: TrustQuestion) -> TrustPrompt:
         title="New server",
         heading=f"First connection to {name}",
         body=(
-            "This server is not known yet. Compare its certificate fingerprint with the one "
-            "the server printed when it started (ask its owner). If they match, trust it: it "
-            "will be remembered, and you will be warned if it ever changes."
+            "This server is not known yet. "
+            + (f"{trusted_elsewhere(question)} " if question.known_as else "")
+            + "Compare its certificate fingerprint with the one the server printed when it "
+            "started (ask its owner). If they match, trust it: it will be remembered, and you "
+            "will be warned if it ever changes."
         ),
         fingerprint=question.fingerprint,
         pinned=None,

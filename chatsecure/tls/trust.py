@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import tempfile
@@ -79,8 +80,12 @@ def host_port(host: str, port: int) -> str:
 
 
 def server_key(host: str, port: int) -> str:
-    """How a server is named in the store: ``host:port``, IPv6 in brackets, lower case."""
-    return host_port(host.lower(), port)
+    """How a server is named in the store: ``host:port``, IPv6 in brackets, lower case, an
+    address in its shortest form (``0:0::1`` is ``::1``: one server, one pin)."""
+    host = host.lower().removeprefix("[").removesuffix("]")
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    return host_port(host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,9 @@ class TrustQuestion:
     """The fingerprint pinned before, if the certificate changed."""
     advertised: str | None = None
     """The fingerprint the server advertised over mDNS, when it was found that way."""
+    known_as: tuple[str, ...] = ()
+    """Other addresses (``server_key``) this certificate is trusted for already: the same
+    server, most likely, reached by another name."""
 
     @property
     def changed(self) -> bool:
@@ -140,6 +148,17 @@ class KnownServers:
             pins[server_key(host, port)] = fingerprint
             self._save(pins)
 
+    def names_of(self, fingerprint: str) -> list[str]:
+        """The addresses pinned to ``fingerprint``, sorted."""
+        with self._lock:
+            return sorted(k for k, fp in self._load().items() if fp == fingerprint)
+
+    def ports_of(self, host: str) -> list[str]:
+        """The addresses pinned for ``host``, on any port, sorted."""
+        prefix = server_key(host, 0).removesuffix("0")
+        with self._lock:
+            return sorted(k for k in self._load() if k.startswith(prefix))
+
     def remove(self, host: str, port: int) -> bool:
         """Forget ``host:port``; return whether it was pinned."""
         with self._lock, config_locked(self.path):
@@ -159,8 +178,16 @@ def new_server_message(question: TrustQuestion) -> str:
     return (
         f"The server {host_port(question.host, question.port)} is not known yet.\n"
         f"Its certificate fingerprint is {question.fingerprint}\n"
-        "Compare it with the fingerprint the server printed when it started."
+        + (f"{trusted_elsewhere(question)}\n" if question.known_as else "")
+        + "Compare it with the fingerprint the server printed when it started."
     )
+
+
+def trusted_elsewhere(question: TrustQuestion) -> str:
+    """That the certificate is trusted for other addresses already (``known_as``)."""
+    names = question.known_as
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"You already trust this certificate for {shown}: the same server, by another name."
 
 
 def changed_message(question: TrustQuestion, store: KnownServers) -> str:
@@ -232,7 +259,8 @@ class TrustPolicy:
         if pinned is None and self.accept_new:
             self.store.pin(host, port, presented)
             return None
-        return TrustQuestion(host, port, presented, pinned, advertised)
+        known_as = () if pinned is not None else tuple(self.store.names_of(presented))
+        return TrustQuestion(host, port, presented, pinned, advertised, known_as)
 
     def resolve(self, question: TrustQuestion) -> None:
         """Ask the user (if there is a way to); pin on yes, raise ``TrustError`` on no."""

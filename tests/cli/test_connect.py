@@ -171,6 +171,19 @@ def test_forget_of_an_unknown_server_fails() -> None:
     result = Terminal.run_cli("forget", "127.0.0.1:9")
     assert result.returncode == 1
     assert "was not pinned" in result.stderr
+    assert "pinned for that host" not in result.stderr
+
+
+def test_forget_without_the_port_names_the_pins_of_that_host() -> None:
+    fingerprint = certs.fingerprint(b"a server on another port")
+    KnownServers().pin("127.0.0.1", 17470, fingerprint)
+    KnownServers().pin("127.0.0.10", 17470, fingerprint)  # (another host: not named)
+    result = Terminal.run_cli("forget", "127.0.0.1")
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        "127.0.0.1:7467 was not pinned in "
+        f"{KnownServers().path}; pinned for that host: 127.0.0.1:17470\n"
+    )
 
 
 @pytest.mark.parametrize("target", ["host:abc", "host:0", "[::1", ""])

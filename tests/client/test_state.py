@@ -739,6 +739,16 @@ def test_first_contact_prompt() -> None:
     assert prompt.heading == "First connection to 10.0.0.2:7467"
     assert prompt.fingerprint == FP
     assert prompt.advertised_note is None
+    assert "already trust" not in prompt.body
+
+
+def test_first_contact_prompt_says_where_the_certificate_is_trusted_already() -> None:
+    names = tuple(f"10.0.0.{n}:7467" for n in range(3, 8))
+    prompt = trust_prompt(TrustQuestion("localhost", 7467, FP, known_as=names))
+    assert prompt.body.startswith(
+        "This server is not known yet. You already trust this certificate for 10.0.0.3:7467, "
+        "10.0.0.4:7467, 10.0.0.5:7467 and 2 more: the same server, by another name. Compare"
+    )
 
 
 def test_first_contact_prompt_says_whether_discovery_agrees() -> None:

@@ -13,6 +13,7 @@ from chatsecure.tls.trust import (
     TrustPolicy,
     TrustQuestion,
     config_home,
+    new_server_message,
     server_key,
 )
 
@@ -76,6 +77,14 @@ def test_server_key_is_case_insensitive_and_brackets_ipv6() -> None:
     assert server_key("Chat.Example", 7467) == "chat.example:7467"
     assert server_key("::1", 7467) == "[::1]:7467"
     assert server_key("[FE80::1]", 1) == "[fe80::1]:1"
+
+
+def test_one_address_spelt_two_ways_is_one_pin(store: KnownServers) -> None:
+    assert server_key("0:0:0:0:0:0:0:1", 7467) == server_key("[::1]", 7467) == "[::1]:7467"
+    assert server_key("FD77:0::0:1%eth0", 7) == "[fd77::1%eth0]:7"
+    store.pin("0:0::1", 7467, OLD)
+    assert store.get("::1", 7467) == OLD
+    assert store.remove("[0::1]", 7467)
 
 
 def test_store_file_is_replaced_whole(store: KnownServers) -> None:
@@ -233,4 +242,12 @@ def test_without_siblings_a_certificate_known_elsewhere_is_still_a_new_server(
     store: KnownServers,
 ) -> None:
     store.pin("10.0.0.1", 7467, FP_ROOM)
-    assert TrustPolicy(store).check("10.0.0.2", 7467, FP_ROOM) is not None
+    question = TrustPolicy(store).check("10.0.0.2", 7467, FP_ROOM)
+    assert question is not None
+    # ...but the question says where it is trusted already: most likely the same server.
+    assert question.known_as == ("10.0.0.1:7467",)
+    assert (
+        "You already trust this certificate for 10.0.0.1:7467: the same server, by another name."
+        in new_server_message(question)
+    )
+    assert TrustPolicy(store).check("10.0.0.3", 7467, OLD).known_as == ()  # type: ignore[union-attr]
