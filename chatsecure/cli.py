@@ -289,7 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from chatsecure.server import ChatServer, serve
     from chatsecure.settings import server_config
-    from chatsecure.tls.trust import host_port
 
     # A fatal signal (SIGBUS: the history's memory-mapped -shm file gone from under SQLite,
     # a disk remounted read-only) says so on stderr, in the service's journal, not nothing.
@@ -299,13 +298,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     config.advertise_ips = args.advertise_ip
 
     def ready(server: ChatServer) -> None:
-        for host, port in server.addresses:
-            where = "every interface, IPv4 and IPv6" if host in {"::", "0.0.0.0"} else host  # noqa: S104
-            print(
-                f"chatsecure server {server.config.name!r} listening on "
-                f"{host_port(host, port)} ({where})",
-                flush=True,
-            )
+        for each in server.listening:
+            print(f"chatsecure server {server.config.name!r} listening on {each}", flush=True)
         print(f"certificate: {server.config.cert.absolute()}", flush=True)
         print(f"certificate fingerprint: {server.fingerprint}", flush=True)
         running = server.config

@@ -27,6 +27,7 @@ import sys
 import time
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from chatsecure import __version__
@@ -620,6 +621,8 @@ class ChatServer:
         """Sessions closed whose connections are not gone yet; shutdown waits for them too."""
         self.fingerprint = ""
         self.addresses: list[tuple[str, int]] = []
+        self.listening: list[Listening] = []
+        """Each listening socket, with what it takes (``addresses``, said in words)."""
         self._ids = itertools.count(1)
         self.read_buffer = memoryview(bytearray(READ_BUFFER))
         self._servers: list[asyncio.Server] = []
@@ -701,7 +704,7 @@ class ChatServer:
             )
         log.info(
             "listening on %s as %r, certificate %s, fingerprint %s",
-            ", ".join(host_port(*a) for a in self.addresses),
+            ", ".join(map(str, self.listening)),
             self.config.name,
             config.cert.absolute(),
             self.fingerprint,
@@ -742,6 +745,7 @@ class ChatServer:
             )
             self._servers.append(server)
             self.addresses.append(sock.getsockname()[:2])
+            self.listening.append(Listening.of(sock))
 
     @property
     def port(self) -> int:
@@ -1021,12 +1025,52 @@ def trim_asyncio_tls_buffer() -> None:
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_SIZE)
 
 
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """One listening socket: its address, and the IP versions it takes connections over."""
+
+    host: str
+    port: int
+    ipv4: bool
+    ipv6: bool
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Listening:
+        host, port = sock.getsockname()[:2]
+        if sock.family != socket.AF_INET6:
+            return cls(str(host), int(port), ipv4=True, ipv6=False)
+        # (The system's default for IPV6_V6ONLY varies; the socket says what it does.)
+        v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        return cls(str(host), int(port), ipv4=host == "::" and not v6only, ipv6=True)
+
+    def __str__(self) -> str:
+        """``[::]:7467 (every interface, IPv4 and IPv6)``: the address, and where in words."""
+        return f"{host_port(self.host, self.port)} ({self.where})"
+
+    @property
+    def where(self) -> str:
+        """Where connections come from, in words: for a wildcard, over which IP versions."""
+        if self.host not in {"::", "0.0.0.0"}:  # noqa: S104
+            return self.host
+        versions = " and ".join(v for v, on in (("IPv4", self.ipv4), ("IPv6", self.ipv6)) if on)
+        return f"every interface, {versions}{'' if self.ipv4 and self.ipv6 else ' only'}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The hosts to advertise for: a dual-stack wildcard is both wildcards."""
+        return ("0.0.0.0", "::") if self.host == "::" and self.ipv4 else (self.host,)  # noqa: S104
+
+
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
-    """Bound listening sockets: one dual-stack socket for all interfaces, or one per address."""
-    family, dualstack = socket.AF_INET, False
+    """Bound listening sockets: one dual-stack socket for all interfaces, or one per address.
+
+    ``::`` is dual-stack too, where the system allows it (else IPv6 only, and said so).
+    """
+    family = socket.AF_INET
     if host in (None, "", "*"):
-        dualstack = socket.has_dualstack_ipv6()
-        family, address = (socket.AF_INET6, ("::", port)) if dualstack else (family, ("", port))
+        family, address = (
+            (socket.AF_INET6, ("::", port)) if socket.has_dualstack_ipv6() else (family, ("", port))
+        )
     else:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -1034,6 +1078,8 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
             raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
         family, _, _, _, sockaddr = infos[0]
         address = (str(sockaddr[0]), int(sockaddr[1]))
+    # (Without dualstack_ipv6, create_server makes an IPv6 socket IPv6 only.)
+    dualstack = family == socket.AF_INET6 and address[0] == "::" and socket.has_dualstack_ipv6()
     try:
         sock = socket.create_server(
             address, family=family, dualstack_ipv6=dualstack, backlog=LISTEN_BACKLOG
@@ -1117,7 +1163,7 @@ async def _serve(
         from chatsecure.discovery.mdns import Advertiser
         from chatsecure.discovery.records import cluster_id
 
-        listening = [host for host, _ in server.addresses]
+        listening = [host for each in server.listening for host in each.hosts]
         cluster = None if config.cluster is None else cluster_id(config.cluster, config.name)
         advertiser = Advertiser(
             config.name,

@@ -201,7 +201,7 @@ class Advertiser:
         fingerprint: str,
         addresses: list[str] | None = None,
         *,
-        listening: Sequence[str] = ("::",),
+        listening: Sequence[str] = ("0.0.0.0", "::"),  # noqa: S104
         interfaces: Interfaces | None = None,
         cluster: str | None = None,
     ) -> None:
@@ -213,7 +213,8 @@ class Advertiser:
         self.addresses = list(addresses) if addresses else None
         """Addresses to advertise; ``None`` derives them from ``listening``."""
         self.listening = tuple(listening)
-        """The hosts the server listens on; a wildcard stands for every local address."""
+        """The hosts the server listens on; a wildcard stands for every local address of its
+        IP version (see ``advertised_addresses``)."""
         self.interfaces = interfaces
         self.advertised_name: str | None = None
         """The friendly name advertised, after any renaming; set once registered."""

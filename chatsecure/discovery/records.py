@@ -380,8 +380,9 @@ def addresses_settled(addresses: Iterable[str], denied: Collection[int] = ()) ->
 def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list[str]:
     """The addresses to advertise for a server listening on ``listening`` hosts.
 
-    A wildcard (``::`` or ``0.0.0.0``) stands for every ``local`` address of that scope:
-    ``0.0.0.0`` for IPv4 only, ``::`` for both. Loopback addresses, and IPv6 link-local ones
+    A wildcard stands for every ``local`` address of its IP version: ``0.0.0.0`` for IPv4,
+    ``::`` for IPv6 (a dual-stack socket is listed as both: whether ``::`` takes IPv4 too
+    depends on the socket, not the address). Loopback addresses, and IPv6 link-local ones
     (useless without an interface), are left out unless nothing else is left.
     """
     wanted: list[str] = []
@@ -394,7 +395,7 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
             continue
         for text in local:
             ip = _ip(text)
-            if ip is not None and (addr.version == 6 or ip.version == 4):
+            if ip is not None and ip.version == addr.version:
                 wanted.append(text)
     ordered = [(a, ip) for a in order_addresses(wanted) if (ip := _ip(a)) is not None]
     usable = [a for a, ip in ordered if not ip.is_loopback and not ip.is_link_local]

@@ -373,8 +373,13 @@ def test_a_resolved_server_never_carries_an_address_without_its_interface() -> N
 LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fd00::5", "192.168.1.5", "fe80::1"]
 
 
-def test_wildcard_advertises_every_address_but_loopback_ipv4_first() -> None:
-    assert advertised_addresses(["::"], LOCAL) == ["10.0.0.5", "192.168.1.5", "fd00::5"]
+def test_wildcards_advertise_every_address_but_loopback_ipv4_first() -> None:
+    both = ["0.0.0.0", "::"]  # a dual-stack socket
+    assert advertised_addresses(both, LOCAL) == ["10.0.0.5", "192.168.1.5", "fd00::5"]
+
+
+def test_ipv6_wildcard_advertises_ipv6_only() -> None:
+    assert advertised_addresses(["::"], LOCAL) == ["fd00::5"]
 
 
 def test_ipv4_wildcard_advertises_ipv4_only() -> None:
@@ -386,7 +391,7 @@ def test_a_specific_address_is_advertised_alone() -> None:
 
 
 def test_loopback_is_advertised_when_it_is_all_there_is() -> None:
-    assert advertised_addresses(["::"], ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
+    assert advertised_addresses(["0.0.0.0", "::"], ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
     assert advertised_addresses(["127.0.0.1"], LOCAL) == ["127.0.0.1"]
 
 

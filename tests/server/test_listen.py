@@ -1,0 +1,69 @@
+"""Where a server listens: every address it says it listens on takes connections, and it
+says no more than it does (wildcards only inside a namespace of the test's)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatsecure.discovery.records import advertised_addresses
+from tests.discovery.procs import env, start_server
+from tests.netns import Host, Lab, lab
+
+__all__ = ["lab"]  # the fixture, for the tests below
+
+pytestmark = pytest.mark.netns
+
+LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fd00::5"]
+
+
+def probe(host: Host, listen: str) -> list[dict[str, Any]]:
+    """What ``listen_sockets(listen, 0)`` binds in ``host``: see ``listen_probe``."""
+    result = host.run(sys.executable, "-m", "tests.server.listen_probe", listen, env=env())
+    found: list[dict[str, Any]] = json.loads(result.stdout)
+    return found
+
+
+def both_ways(lab: Lab) -> Host:
+    """A namespace with IPv4 and IPv6 loopback (and nothing else)."""
+    return lab.host("srv")
+
+
+def test_double_colon_listens_over_ipv4_too_and_says_so(lab: Lab) -> None:
+    (listening,) = probe(both_ways(lab), "::")
+    assert listening["reaches"] == {"127.0.0.1": True, "::1": True}
+    assert listening["shown"].endswith("(every interface, IPv4 and IPv6)")
+    assert advertised_addresses(listening["hosts"], LOCAL) == ["10.0.0.5", "fd00::5"]
+
+
+def test_ipv4_wildcard_says_and_advertises_ipv4_only(lab: Lab) -> None:
+    (listening,) = probe(both_ways(lab), "0.0.0.0")
+    assert listening["reaches"] == {"127.0.0.1": True, "::1": False}
+    assert listening["shown"].endswith("(every interface, IPv4 only)")
+    assert advertised_addresses(listening["hosts"], LOCAL) == ["10.0.0.5"]
+
+
+def test_ipv6_only_socket_says_and_advertises_ipv6_only(lab: Lab) -> None:
+    (listening,) = probe(both_ways(lab), "v6only")
+    assert listening["reaches"] == {"127.0.0.1": False, "::1": True}
+    assert listening["shown"].endswith("(every interface, IPv6 only)")
+    assert advertised_addresses(listening["hosts"], LOCAL) == ["fd00::5"]
+
+
+def test_default_listens_both_ways_and_says_so(lab: Lab) -> None:
+    (listening,) = probe(both_ways(lab), "")
+    assert listening["reaches"] == {"127.0.0.1": True, "::1": True}
+    assert listening["shown"].startswith("[::]:")
+    assert listening["shown"].endswith("(every interface, IPv4 and IPv6)")
+
+
+def test_server_prints_what_each_socket_takes(lab: Lab, cert_dir: Path) -> None:
+    host = both_ways(lab)
+    server = start_server(
+        host, cert_dir, "v4", "--host", "0.0.0.0", "--no-discovery", advertised=False
+    )
+    assert f"listening on 0.0.0.0:{server.port} (every interface, IPv4 only)\n" in server.proc.out
