@@ -197,9 +197,17 @@ def _add_discovery(parser: argparse.ArgumentParser) -> None:
 
 def _ip_address(text: str) -> str:
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        # (An mDNS record holds the address alone: each client adds the interface it heard
+        # the answer on.)
+        bare = text.partition("%")[0]
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an advertised address has no %interface; give {bare}"
+        )
+    return str(ip)
 
 
 def _seconds(text: str) -> float:

@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -1072,6 +1073,7 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
             (socket.AF_INET6, ("::", port)) if socket.has_dualstack_ipv6() else (family, ("", port))
         )
     else:
+        host = listen_host(host)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
@@ -1087,6 +1089,27 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     except OSError as exc:
         raise ConfigError(_listen_failure(exc, host or address[0], port)) from exc
     return [sock]
+
+
+def listen_host(text: str) -> str:
+    """``--host`` as an address or name: an IPv6 address may come in brackets, as clients
+    take it (``[::1]``); a port in it is refused, with where it goes (``--port``)."""
+    inner = text.removeprefix("[").removesuffix("]")
+    if f"[{inner}]" == text and _is_ipv6(inner):
+        return inner
+    if re.fullmatch(r"(\[[^]]*\]|[^:\[\]]*):[0-9]*", text):
+        raise ConfigError(
+            f"cannot listen on {text!r}: give the address alone, and the port with --port"
+        )
+    return text
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _listen_failure(exc: OSError, host: str, port: int) -> str:

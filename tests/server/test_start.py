@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.cli import build_parser
 from chatsecure.errors import ConfigError
-from chatsecure.server import serve
+from chatsecure.server import listen_sockets, serve
 from chatsecure.testing import server_config
 from tests.helpers import CHATSECURE
 
@@ -52,3 +53,26 @@ def test_port_in_use_is_refused_with_the_address(cert_dir: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"already using port {port} on 127\.0\.0\.1"):
             asyncio.run(serve(server_config(cert_dir, port=port)))
+
+
+def test_bracketed_ipv6_host_is_taken_as_clients_take_it() -> None:
+    (sock,) = listen_sockets("[::1]", 0)
+    with sock:
+        assert sock.getsockname()[0] == "::1"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:7000", "[::1]:7000", "localhost:7000", "[::1]:"])
+def test_a_port_in_the_host_is_refused_with_where_it_goes(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"give the address alone, and the port with --port"):
+        listen_sockets(host, 0)
+
+
+def test_advertised_address_with_an_interface_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["server", "--advertise-ip", "fe80::1%eth0"])
+    assert info.value.code == 2
+    assert "'fe80::1%eth0': an advertised address has no %interface; give fe80::1" in (
+        capsys.readouterr().err
+    )
