@@ -1062,33 +1062,57 @@ class Listening:
         return ("0.0.0.0", "::") if self.host == "::" and self.ipv4 else (self.host,)  # noqa: S104
 
 
+FREE_PORT_TRIES = 5
+"""Ports tried with ``--port 0`` on a name of several addresses: the free port picked on the
+first address may be taken on another."""
+
+
 def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
-    """Bound listening sockets: one dual-stack socket for all interfaces, or one per address.
+    """Bound listening sockets: one dual-stack socket for all interfaces, or one per address
+    ``host`` resolves to (``localhost``: 127.0.0.1 and ::1), all on one port.
 
     ``::`` is dual-stack too, where the system allows it (else IPv6 only, and said so).
     """
-    family = socket.AF_INET
-    if host in (None, "", "*"):
-        family, address = (
-            (socket.AF_INET6, ("::", port)) if socket.has_dualstack_ipv6() else (family, ("", port))
-        )
-    else:
-        host = listen_host(host)
+    addresses: list[tuple[int, tuple[Any, ...]]] = [(socket.AF_INET, ("", port))]
+    if host and host != "*":
+        addresses = _resolve(listen_host(host), port)
+    elif socket.has_dualstack_ipv6():
+        addresses = [(socket.AF_INET6, ("::", port))]
+    tries = 0
+    while True:
+        tries += 1
+        bound: list[socket.socket] = []
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
-        family, _, _, _, sockaddr = infos[0]
-        address = (str(sockaddr[0]), int(sockaddr[1]))
-    # (Without dualstack_ipv6, create_server makes an IPv6 socket IPv6 only.)
-    dualstack = family == socket.AF_INET6 and address[0] == "::" and socket.has_dualstack_ipv6()
+            for family, sockaddr in addresses:
+                at = (sockaddr[0], bound[0].getsockname()[1] if bound else port)
+                bound.append(_listening_socket(family, at))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            if bound and not port and exc.errno == errno.EADDRINUSE and tries < FREE_PORT_TRIES:
+                continue
+            raise ConfigError(_listen_failure(exc, str(at[0]), at[1])) from exc
+        return bound
+
+
+def _resolve(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    """Each distinct (family, sockaddr) ``host`` resolves to, in the resolver's order."""
     try:
-        sock = socket.create_server(
-            address, family=family, dualstack_ipv6=dualstack, backlog=LISTEN_BACKLOG
-        )
-    except OSError as exc:
-        raise ConfigError(_listen_failure(exc, host or address[0], port)) from exc
-    return [sock]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
+    return list(dict.fromkeys((int(info[0]), tuple(info[4])) for info in infos))
+
+
+def _listening_socket(family: int, sockaddr: tuple[Any, ...]) -> socket.socket:
+    # (Without dualstack_ipv6, create_server makes an IPv6 socket IPv6 only.)
+    dualstack = family == socket.AF_INET6 and sockaddr[0] == "::" and socket.has_dualstack_ipv6()
+    return socket.create_server(
+        sockaddr,
+        family=socket.AddressFamily(family),
+        dualstack_ipv6=dualstack,
+        backlog=LISTEN_BACKLOG,
+    )
 
 
 def listen_host(text: str) -> str:

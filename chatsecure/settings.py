@@ -39,7 +39,8 @@ class ServerConfig:
     """
 
     host: str | None = None
-    """Listen address; ``None`` listens on every interface, IPv4 and IPv6 on one socket."""
+    """Listen address, or a name (each address it resolves to); ``None`` listens on every
+    interface, IPv4 and IPv6 on one socket."""
     port: int = limits.DEFAULT_PORT
     name: str = field(default_factory=default_name)
     cert: Path = certs.DEFAULT_CERT_DIR / certs.CERT_NAME
@@ -122,7 +123,13 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("host", str, "address to listen on (default: every interface, IPv4 and IPv6)", "HOST"),
+    Setting(
+        "host",
+        str,
+        "address to listen on, or a name: each of its addresses "
+        "(default: every interface, IPv4 and IPv6)",
+        "HOST",
+    ),
     Setting("port", int, f"TCP port (default {limits.DEFAULT_PORT}; 0 picks a free one)", "PORT"),
     Setting("name", str, "server name shown to clients (default: chat on <host name>)", "NAME"),
     Setting(

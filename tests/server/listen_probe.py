@@ -1,7 +1,7 @@
 """Listen as ``chatsecure server --host HOST --port 0`` would, and try each socket's port.
 
 Run in a namespace of the test's (``python -m tests.server.listen_probe HOST``); prints JSON,
-one object per socket: how the server shows it, what it advertises for, and which of
+one object per socket: how the server shows it, its port, what it advertises for, and which of
 127.0.0.1 and ::1 connect. ``HOST`` ``v6only`` is an IPv6-only socket on ``::`` instead
 (what ``--host ::`` made before, and still makes where the system has no dual stack).
 """
@@ -33,15 +33,17 @@ def main(host: str) -> None:
     else:
         sockets = listen_sockets(host, 0)
     found = []
-    for sock in sockets:
+    for sock in sockets:  # (each tried while all listen)
         listening = Listening.of(sock)
         found.append(
             {
                 "shown": str(listening),
+                "port": listening.port,
                 "hosts": list(listening.hosts),
                 "reaches": reaches(listening.port),
             }
         )
+    for sock in sockets:
         sock.close()
     print(json.dumps(found))
 

@@ -21,9 +21,16 @@ pytestmark = pytest.mark.netns
 LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fd00::5"]
 
 
-def probe(host: Host, listen: str) -> list[dict[str, Any]]:
-    """What ``listen_sockets(listen, 0)`` binds in ``host``: see ``listen_probe``."""
-    result = host.run(sys.executable, "-m", "tests.server.listen_probe", listen, env=env())
+def probe(host: Host, listen: str, hosts_file: Path | None = None) -> list[dict[str, Any]]:
+    """What ``listen_sockets(listen, 0)`` binds in ``host``: see ``listen_probe``.
+
+    ``hosts_file``: resolve names with it as ``/etc/hosts`` (bound over it in a mount
+    namespace of the probe's own)."""
+    command = [sys.executable, "-m", "tests.server.listen_probe", listen]
+    if hosts_file is not None:
+        mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        command = ["unshare", "-m", "sh", "-c", mount, str(hosts_file), *command]
+    result = host.run(*command, env=env())
     found: list[dict[str, Any]] = json.loads(result.stdout)
     return found
 
@@ -67,3 +74,17 @@ def test_server_prints_what_each_socket_takes(lab: Lab, cert_dir: Path) -> None:
         host, cert_dir, "v4", "--host", "0.0.0.0", "--no-discovery", advertised=False
     )
     assert f"listening on 0.0.0.0:{server.port} (every interface, IPv4 only)\n" in server.proc.out
+
+
+def test_a_name_is_listened_on_at_every_address_it_resolves_to(lab: Lab, tmp_path: Path) -> None:
+    hosts_file = tmp_path / "hosts"  # Debian's: localhost is 127.0.0.1 and ::1
+    hosts_file.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.0.1 localhost\n")
+    found = probe(both_ways(lab), "localhost", hosts_file)
+    assert len(found) == 2  # (once each, though named twice)
+    port = found[0]["port"]  # the same on both: --port 0 picks one for the name
+    assert sorted(each["shown"] for each in found) == [
+        f"127.0.0.1:{port} (127.0.0.1)",
+        f"[::1]:{port} (::1)",
+    ]
+    for each in found:
+        assert each["reaches"] == {"127.0.0.1": True, "::1": True}
