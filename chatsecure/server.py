@@ -1037,7 +1037,8 @@ class Listening:
 
     @classmethod
     def of(cls, sock: socket.socket) -> Listening:
-        host, port = sock.getsockname()[:2]
+        address = sock.getsockname()
+        host, port = _shown(address), address[1]
         if sock.family != socket.AF_INET6:
             return cls(str(host), int(port), ipv4=True, ipv6=False)
         # (The system's default for IPV6_V6ONLY varies; the socket says what it does.)
@@ -1084,14 +1085,15 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
         bound: list[socket.socket] = []
         try:
             for family, sockaddr in addresses:
-                at = (sockaddr[0], bound[0].getsockname()[1] if bound else port)
+                # (The whole sockaddr: an IPv6 link-local address's scope id is in it.)
+                at = (sockaddr[0], bound[0].getsockname()[1] if bound else port, *sockaddr[2:])
                 bound.append(_listening_socket(family, at))
         except OSError as exc:
             for sock in bound:
                 sock.close()
             if bound and not port and exc.errno == errno.EADDRINUSE and tries < FREE_PORT_TRIES:
                 continue
-            raise ConfigError(_listen_failure(exc, str(at[0]), at[1])) from exc
+            raise ConfigError(_listen_failure(exc, _shown(at), at[1])) from exc
         return bound
 
 
@@ -1102,6 +1104,17 @@ def _resolve(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
     except socket.gaierror as exc:
         raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
     return list(dict.fromkeys((int(info[0]), tuple(info[4])) for info in infos))
+
+
+def _shown(sockaddr: tuple[Any, ...]) -> str:
+    """A sockaddr's address as people write it: a scope id as ``%interface``."""
+    address = str(sockaddr[0])
+    if len(sockaddr) == 4 and sockaddr[3] and "%" not in address:
+        try:
+            address += f"%{socket.if_indextoname(sockaddr[3])}"
+        except OSError:
+            address += f"%{sockaddr[3]}"
+    return address
 
 
 def _listening_socket(family: int, sockaddr: tuple[Any, ...]) -> socket.socket:
@@ -1136,6 +1149,11 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
+def _needs_interface(host: str) -> bool:
+    """An IPv6 link-local address without ``%interface``: no way to know which link."""
+    return _is_ipv6(host) and ipaddress.IPv6Address(host).is_link_local and "%" not in host
+
+
 def _listen_failure(exc: OSError, host: str, port: int) -> str:
     """What went wrong binding ``host:port``, in words, naming the address once."""
     on = "this machine" if host in {"", "::", "0.0.0.0"} else host  # noqa: S104
@@ -1148,6 +1166,11 @@ def _listen_failure(exc: OSError, host: str, port: int) -> str:
         return f"port {port} needs root (ports below 1024 do): choose another port with --port"
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {host_port(host, port)}: {host} is not an address of this machine"
+    if exc.errno == errno.EINVAL and _needs_interface(host):
+        return (
+            f"cannot listen on {host_port(host, port)}: a link-local address needs its "
+            f"interface, as in {host}%eth0"
+        )
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     return f"cannot listen on {host_port(host or '*', port)}: {reason}"
 

@@ -4,7 +4,9 @@ says no more than it does (wildcards only inside a namespace of the test's)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,26 @@ def test_a_name_is_listened_on_at_every_address_it_resolves_to(lab: Lab, tmp_pat
     ]
     for each in found:
         assert each["reaches"] == {"127.0.0.1": True, "::1": True}
+
+
+def link_local(host: Host, interface: str) -> str:
+    """The IPv6 link-local address ``interface`` gets once up (DAD is off in a lab's host)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        shown = host.ip("-6", "addr", "show", "dev", interface, "scope", "link").stdout
+        if match := re.search(r"inet6 (fe80::[0-9a-f:]+)/64", shown):
+            return match.group(1)
+        time.sleep(0.05)
+    raise AssertionError(f"{interface} of {host.name} got no link-local address")
+
+
+def test_a_link_local_address_with_its_interface_is_listened_on(lab: Lab, cert_dir: Path) -> None:
+    host = lab.host("srv")
+    interface = lab.stub(host)
+    address = f"{link_local(host, interface)}%{interface}"
+    server = start_server(
+        host, cert_dir, "ll", "--host", address, "--no-discovery", advertised=False
+    )
+    assert f"listening on [{address}]:{server.port} ({address})\n" in server.proc.out
+    dial = f"import socket; socket.create_connection(({address!r}, {server.port}), timeout=5)"
+    host.run(sys.executable, "-c", dial)

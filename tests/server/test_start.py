@@ -76,3 +76,8 @@ def test_advertised_address_with_an_interface_is_refused_at_start(
     assert "'fe80::1%eth0': an advertised address has no %interface; give fe80::1" in (
         capsys.readouterr().err
     )
+
+
+def test_a_link_local_address_without_its_interface_is_refused_saying_so() -> None:
+    with pytest.raises(ConfigError, match=r"a link-local address needs its interface"):
+        listen_sockets("fe80::1", 0)  # (the bind fails: nothing is sent)
