@@ -720,8 +720,9 @@ class ChatServer:
         self.fingerprint = certs.cert_fingerprint(config.cert)
         if make:
             log.warning(
-                "generated a new certificate with fingerprint %s at %s (key %s); clients that "
-                "trusted an earlier certificate of this server will be warned that it changed",
+                "generated a new certificate with fingerprint %s at %s (key %s); if this server "
+                "had one before (started from another folder?), clients that trusted it will be "
+                "warned that it changed",
                 self.fingerprint,
                 config.cert.absolute(),
                 config.key.absolute(),
