@@ -282,6 +282,10 @@ class Target:
     ``host:port`` when it cannot be reached; their certificate is the one pinned for any of
     them (see ``TrustPolicy.check``)."""
 
+    def __post_init__(self) -> None:
+        for host, _ in self.addresses:  # (parse_target said so already: this is a backstop)
+            check_host(host)
+
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
         """Every address of the room, ``host:port`` first."""
@@ -314,11 +318,34 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         raise ValueError(f"{text!r} is neither host:port nor an IPv6 address")
     if not host:
         raise ValueError(f"no host in {text!r}")
+    check_host(host)
     if not port_text:
         return host, default_port
     if (port := port_number(port_text)) is None:
         raise ValueError(f"port must be a number from 1 to 65535, not {port_text!r}")
     return host, port
+
+
+_NUMBER = r"(?:[0-9]+|0[xX][0-9a-fA-F]*)"
+_NUMERIC_HOST = re.compile(rf"{_NUMBER}(?:\.{_NUMBER})*\.?")
+"""A host of numbers and dots, as ``inet_aton`` reads them (decimal, octal with a leading 0,
+hex with 0x; one to four of them); no host name is all numbers."""
+
+
+def check_host(host: str) -> None:
+    """Refuse (``ValueError``) a host that would be dialled as another address than it reads.
+
+    The C library takes ``1.2.3`` for 1.2.0.3, ``010`` for 8 (octal) and ``2130706433`` for
+    127.0.0.1; a typo must not dial some other machine, so only a plain dotted quad passes.
+    """
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{host!r} is not an IPv4 address: give four numbers from 0 to 255, "
+                "like 192.168.1.10"
+            ) from None
 
 
 def port_number(text: str) -> int | None:

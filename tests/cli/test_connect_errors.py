@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.test_errors import closed_port, ipv6_loopback, plain_tcp_server
-from tests.helpers import Terminal
+from tests.helpers import CHATSECURE, ServerProcess, Terminal
 from tests.netns import Lab, lab
 
 __all__ = ["lab"]
@@ -57,6 +57,29 @@ def test_a_port_in_use_names_the_other_program_and_the_address_once(cert_dir: Pa
         f"chatsecure: another program (perhaps another chatsecure server) is already using "
         f"port {port} on 127.0.0.1: stop it, or choose another port with --port\n"
     )
+
+
+def test_a_dotted_quad_with_leading_zeros_is_refused_before_anything_is_dialled(
+    cert_dir: Path,
+) -> None:
+    """``127.000.000.001`` would reach 127.0.0.1, but ``192.168.001.010`` 192.168.1.8: no
+    form of a number but the plain dotted quad is dialled."""
+    cert = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    server = ServerProcess([*CHATSECURE, "server", "-v", *cert])
+    try:
+        result = Terminal.run_cli(
+            "connect", "--no-discovery", f"127.000.000.001:{server.port}",
+            "--nick", "bob", "--accept-new",
+        )  # fmt: skip
+    finally:
+        _, logged = server.stop()
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        "chatsecure: '127.000.000.001' is not an IPv4 address: give four numbers from 0 to "
+        "255, like 192.168.1.10\n"
+    )
+    assert "connection from" not in logged, logged
+    assert "bob" not in logged, logged
 
 
 def lone_connect(lab: Lab, target: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from chatsecure.client.core import (
     CONTINUED,
+    Target,
     clock,
     describe_error,
     format_message,
@@ -54,6 +55,33 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
 def test_parse_target_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_target(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("127.000.000.010", "192.168.001.010:7000", "017.0.0.1", "0x7f.0.0.1", "0X7F000001"),
+        *("1.2.3", "1.2", "2130706433", "2130706433:7467", "300.1.1.1", "127.0.0.1."),
+    ],
+)
+def test_a_number_that_is_no_plain_dotted_quad_is_refused(text: str) -> None:
+    """The C library would dial these as another address (1.2.3 as 1.2.0.3, 010 as 8)."""
+    host = text.partition(":")[0]
+    with pytest.raises(ValueError, match=r"^") as caught:
+        parse_target(text)
+    assert str(caught.value) == (
+        f"{host!r} is not an IPv4 address: give four numbers from 0 to 255, like 192.168.1.10"
+    )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "255.255.255.255", "10.0.0.1", "1e.2.3.4", "a1.2"])
+def test_a_dotted_quad_or_a_name_with_numbers_is_taken(host: str) -> None:
+    assert parse_target(host) == (host, DEFAULT_PORT)
+
+
+def test_a_target_refuses_a_number_that_is_no_dotted_quad() -> None:
+    with pytest.raises(ValueError, match="not an IPv4 address"):
+        Target("127.0.0.1", others=(("1.2.3", 7467),))
 
 
 def test_chat_line_has_time_nick_address_and_text() -> None:

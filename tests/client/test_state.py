@@ -108,6 +108,8 @@ def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int
         ("host/x", "7467", "a", "host", "Not an IP address"),
         ("host:99999", "7467", "a", "host", "Port must be a number"),
         ("[fe80::1", "7467", "a", "host", "No ']' after the IPv6 address"),
+        ("1.2.3", "7467", "a", "host", "'1.2.3' is not an IPv4 address: give four numbers"),
+        ("127.000.000.001:7000", "7467", "a", "host", "is not an IPv4 address"),
         ("host", "", "a", "port", "Enter a port (the default is 7467)"),
         ("host", "0", "a", "port", "from 1 to 65535"),
         ("host", "65536", "a", "port", "from 1 to 65535"),
