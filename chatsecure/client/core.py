@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import queue
 import re
+import socket
 import ssl
 import threading
 import time
@@ -333,10 +334,13 @@ hex with 0x; one to four of them); no host name is all numbers."""
 
 
 def check_host(host: str) -> None:
-    """Refuse (``ValueError``) a host that would be dialled as another address than it reads.
+    """Refuse (``ValueError``) a host that would be dialled as another address than it reads,
+    or that cannot be dialled at all for a reason the system would not name.
 
     The C library takes ``1.2.3`` for 1.2.0.3, ``010`` for 8 (octal) and ``2130706433`` for
     127.0.0.1; a typo must not dial some other machine, so only a plain dotted quad passes.
+    An IPv6 link-local address needs its interface (``connect`` says "Invalid argument"
+    without it), and one that exists here (else "Name or service not known").
     """
     if _NUMERIC_HOST.fullmatch(host):
         try:
@@ -346,6 +350,39 @@ def check_host(host: str) -> None:
                 f"{host!r} is not an IPv4 address: give four numbers from 0 to 255, "
                 "like 192.168.1.10"
             ) from None
+    if not _is_ipv6(host):
+        return
+    address, _, zone = host.partition("%")
+    if not zone:
+        if ipaddress.IPv6Address(address).is_link_local:
+            raise ValueError(
+                f"the link-local address {address} needs its network interface, like {address}%eth0"
+            )
+    elif not _interface_exists(zone):
+        raise ValueError(f"there is no network interface {zone!r} on this machine ({host})")
+
+
+def _interface_exists(zone: str) -> bool:
+    """Whether ``zone`` names a network interface here, by name or by number."""
+    try:
+        if re.fullmatch("[0-9]+", zone):
+            socket.if_indextoname(int(zone))
+        else:
+            socket.if_nametoindex(zone)
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def port_hint(host: str, port: int) -> str:
+    """A hint for an IPv6 address whose last group may be a port meant without brackets
+    (``fd77::1:7468`` is dialled as ``[fd77::1:7468]:7467``), else ``""``."""
+    if port != limits.DEFAULT_PORT or not _is_ipv6(host) or "%" in host:
+        return ""
+    address, _, last = host.rpartition(":")
+    if port_number(last) is None or not _is_ipv6(address):
+        return ""
+    return f"to give a port with an IPv6 address, write [{address}]:{last}"
 
 
 def port_number(text: str) -> int | None:
@@ -730,6 +767,8 @@ class ChatClient:
                 reason = "the server shut down"  # (to restart, most often: we try again)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
+                if self.session.me is None and (hint := port_hint(*self.target.addresses[0])):
+                    reason = f"{reason} ({hint})"
             else:  # quit while connecting, or after the welcome
                 return left
             if self._stopping:

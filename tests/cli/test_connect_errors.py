@@ -108,3 +108,28 @@ def test_a_host_name_that_cannot_be_looked_up_is_repeated(lab: Lab) -> None:
     said = lone_connect(lab, "chat.invalid:7467")
     assert said.startswith("chatsecure: cannot connect to chat.invalid:7467: "), said
     assert "Errno" not in said
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("[fe80::1]:17470", "the link-local address fe80::1 needs its network interface, "
+         "like fe80::1%eth0"),
+        ("[fe80::1%nosuch]:17470", "there is no network interface 'nosuch' on this machine "
+         "(fe80::1%nosuch)"),
+    ],
+)  # fmt: skip
+def test_a_link_local_address_without_a_usable_interface_is_said_so(
+    lab: Lab, target: str, says: str
+) -> None:
+    assert lone_connect(lab, target) == f"chatsecure: {says}\n"
+
+
+@pytest.mark.netns
+def test_an_ipv6_address_ending_in_a_port_is_explained_when_it_fails(lab: Lab) -> None:
+    assert lone_connect(lab, "fd77::1:7468") == (
+        "chatsecure: cannot connect to [fd77::1:7468]:7467: the address is unreachable "
+        "(network is unreachable): check it (to give a port with an IPv6 address, write "
+        "[fd77::1]:7468)\n"
+    )

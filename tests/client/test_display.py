@@ -15,6 +15,7 @@ from chatsecure.client.core import (
     describe_error,
     format_message,
     parse_target,
+    port_hint,
     safe_text,
 )
 from chatsecure.client.transcript import chat_line
@@ -82,6 +83,49 @@ def test_a_dotted_quad_or_a_name_with_numbers_is_taken(host: str) -> None:
 def test_a_target_refuses_a_number_that_is_no_dotted_quad() -> None:
     with pytest.raises(ValueError, match="not an IPv4 address"):
         Target("127.0.0.1", others=(("1.2.3", 7467),))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[fe80::1]:17470", "the link-local address fe80::1 needs its network interface, "
+         "like fe80::1%eth0"),
+        ("fe80::1", "the link-local address fe80::1 needs its"),
+        ("[fe80::1%nosuch]:17470", "there is no network interface 'nosuch' on this machine "
+         "(fe80::1%nosuch)"),
+        ("fd77::1%nosuch", "there is no network interface 'nosuch'"),
+        ("fe80::1%4000000000", "there is no network interface '4000000000'"),
+    ],
+)  # fmt: skip
+def test_an_ipv6_address_that_cannot_be_dialled_as_written_is_refused(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=r"^") as caught:
+        parse_target(text)
+    assert str(caught.value).startswith(says)
+
+
+@pytest.mark.parametrize("text", ["fe80::1%lo", "[fe80::1%1]:7000", "fd77::1%lo"])
+def test_an_interface_that_exists_is_taken_by_name_or_number(text: str) -> None:
+    assert parse_target(text)[0] == text.strip("[").partition("]")[0]
+
+
+HINT = "to give a port with an IPv6 address"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "hint"),
+    [
+        ("fd77::1:7468", DEFAULT_PORT, f"{HINT}, write [fd77::1]:7468"),
+        ("2001:db8::5:80", DEFAULT_PORT, f"{HINT}, write [2001:db8::5]:80"),
+        ("fd77::1:7468", 9000, ""),  # a port was given as well: the address is meant
+        ("fd77::1:abcd", DEFAULT_PORT, ""),  # not a port
+        ("fd77::1:0", DEFAULT_PORT, ""),
+        ("::7468", DEFAULT_PORT, ""),  # nothing left for an address
+        ("127.0.0.1", DEFAULT_PORT, ""),
+        ("chat.local", DEFAULT_PORT, ""),
+    ],
+)
+def test_an_ipv6_address_ending_in_a_port_gets_a_hint(host: str, port: int, hint: str) -> None:
+    assert port_hint(host, port) == hint
 
 
 def test_chat_line_has_time_nick_address_and_text() -> None:

@@ -88,9 +88,9 @@ def chatting(*peers: Peer) -> ChatModel:
         ("192.168.1.5", "7467", ("192.168.1.5", 7467)),
         ("  chat.example.org ", "9000", ("chat.example.org", 9000)),
         ("10.0.0.5:7000", "", ("10.0.0.5", 7000)),  # a port in the host wins
-        ("[fe80::1]:7001", "7467", ("fe80::1", 7001)),
-        ("[fe80::1%eth0]:7467", "", ("fe80::1%eth0", 7467)),  # link-local, with its interface
-        ("fe80::1", "7467", ("fe80::1", 7467)),
+        ("[fd00::1]:7001", "7467", ("fd00::1", 7001)),
+        ("[fe80::1%lo]:7467", "", ("fe80::1%lo", 7467)),  # link-local, with its interface
+        ("fd00::1", "7467", ("fd00::1", 7467)),
         ("[::1]", "8000", ("::1", 8000)),
     ],
 )
@@ -110,6 +110,8 @@ def test_form_accepts_hosts_and_ports(host: str, port: str, want: tuple[str, int
         ("[fe80::1", "7467", "a", "host", "No ']' after the IPv6 address"),
         ("1.2.3", "7467", "a", "host", "'1.2.3' is not an IPv4 address: give four numbers"),
         ("127.000.000.001:7000", "7467", "a", "host", "is not an IPv4 address"),
+        ("fe80::1", "7467", "a", "host", "The link-local address fe80::1 needs its network"),
+        ("[fe80::1%nosuch]", "7467", "a", "host", "There is no network interface 'nosuch'"),
         ("host", "", "a", "port", "Enter a port (the default is 7467)"),
         ("host", "0", "a", "port", "from 1 to 65535"),
         ("host", "65536", "a", "port", "from 1 to 65535"),
