@@ -354,10 +354,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
     nick = _nick(args.nick, args.cert)  # (before anything looks on the network)
     if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
-        from chatsecure.discovery.records import preferred_address
+        from chatsecure.discovery.records import preferred_addresses
 
         found = find_server(args.discovered)
-        host, port = preferred_address(found, local_networks()), found.port
+        (host, *alternates), port = preferred_addresses(found, local_networks()), found.port
+        others = tuple((a, port) for a in alternates)  # (tried when host does not answer)
         advertised = found.fingerprint
     elif not args.target or args.discovered is not None:
         raise ChatError("give either HOST[:PORT] (one or more) or --discovered NAME")

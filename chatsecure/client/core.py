@@ -210,6 +210,10 @@ class NotSent:
     reason for refusing it."""
 
 
+class Unreachable(ChatError):
+    """None of a target's several addresses could be connected to; says what each did."""
+
+
 class ServerRefused(ConnectionClosed):
     """The server answered ``hello`` with an ``error`` instead of ``welcome``."""
 
@@ -808,13 +812,19 @@ class ChatClient:
         resumes where it stopped. The one that answered is the first tried next time.
         """
         addresses = self.target.addresses
+        failed: list[str] = []
         for step in range(len(addresses)):
             index = (self._index + step) % len(addresses)
             try:
                 opened = await self._open_at(*addresses[index])
             except OSError as exc:  # refused, unreachable, timed out, a broken handshake
+                failed.append(f"{host_port(*addresses[index])} ({describe_error(exc)})")
                 if step == len(addresses) - 1:
-                    raise
+                    if len(addresses) == 1:
+                        raise
+                    raise Unreachable(
+                        "none of the server's addresses answered: " + "; ".join(failed)
+                    ) from exc
                 log.info(
                     "cannot reach %s (%s); trying %s",
                     host_port(*addresses[index]),

@@ -19,7 +19,7 @@ from chatsecure.discovery.records import (
     ServerRemoved,
     ServerUpdated,
     connectable_addresses,
-    preferred_address,
+    preferred_addresses,
 )
 from chatsecure.tls.trust import host_port
 
@@ -38,6 +38,14 @@ class ServerRow:
     others: tuple[tuple[str, int], ...] = ()
     """The other nodes of the same cluster room, tried after ``host:port``."""
     cluster: str | None = None
+    alternates: tuple[tuple[str, int], ...] = ()
+    """The other addresses the server (each node of a cluster) advertises, best first:
+    tried when none of the preferred ones answers."""
+
+    @property
+    def fallbacks(self) -> tuple[tuple[str, int], ...]:
+        """Every address to try after ``host:port``: the other nodes, then the alternates."""
+        return (*self.others, *self.alternates)
 
     @property
     def address(self) -> str:
@@ -78,10 +86,16 @@ class ServerList:
         if not connectable_addresses(server.addresses):
             self._nodes.pop(key, None)
             return None
-        host = preferred_address(server, self.networks)
+        host, *rest = preferred_addresses(server, self.networks)
         name = safe_text(server.name)
         self._nodes[key] = ServerRow(
-            key, name, host, server.port, server.fingerprint, cluster=server.cluster
+            key,
+            name,
+            host,
+            server.port,
+            server.fingerprint,
+            cluster=server.cluster,
+            alternates=tuple((address, server.port) for address in rest),
         )
         return self.get(_row_key(self._nodes[key]))
 
@@ -113,6 +127,14 @@ def _merged(key: str, nodes: list[ServerRow]) -> ServerRow:
     nodes = sorted(nodes, key=lambda n: (n.name.casefold(), n.host, n.port))
     first = nodes[0]
     others = tuple((n.host, n.port) for n in nodes[1:])
+    alternates = tuple(a for n in nodes for a in n.alternates)
     return ServerRow(
-        key, first.name, first.host, first.port, first.fingerprint, others, first.cluster
+        key,
+        first.name,
+        first.host,
+        first.port,
+        first.fingerprint,
+        others,
+        first.cluster,
+        alternates,
     )

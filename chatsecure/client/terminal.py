@@ -278,8 +278,9 @@ def _named(text: str) -> str:
 
 
 def _not_connected(reason: str, where: str) -> str:
-    """Why the client never got in, naming the server once (a trust refusal names it itself)."""
-    if where.lower() in reason.lower():
+    """Why the client never got in, naming the server once (a trust refusal names it itself,
+    a failure at each of several addresses names each)."""
+    if all(address.lower() in reason.lower() for address in where.split(", ")):
         return reason
     return f"cannot connect to {where}: {reason}"
 

@@ -423,27 +423,36 @@ def address_rank(
     return 2
 
 
-def preferred_address(
+def preferred_addresses(
     server: DiscoveredServer,
     local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> str:
-    """The address to connect to: the best by ``address_rank``, IPv4 first among equals.
+) -> tuple[str, ...]:
+    """The addresses to connect to, best first: by ``address_rank``, IPv4 first among equals.
 
     A server on two networks advertises the addresses of both on each; the one on a
-    network this host shares is the one that answers without a router. Raises
+    network this host shares is the one that answers without a router; the others are
+    for when it does not answer (an address it advertises but has lost). Raises
     ``ConfigError`` when the server advertises no address that can be connected to.
     """
     networks = list(local_networks)
-    ranked = [
+    ranked = sorted(
         (rank, i, text)
         for i, text in enumerate(order_addresses(server.addresses))
         if (rank := address_rank(text, networks)) is not None
-    ]
+    )
     if not ranked:
         raise ConfigError(
             f"the server {server.name!r} advertises no address this machine can connect to"
         )
-    return min(ranked)[2]
+    return tuple(text for _, _, text in ranked)
+
+
+def preferred_address(
+    server: DiscoveredServer,
+    local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The address to connect to first (see ``preferred_addresses``)."""
+    return preferred_addresses(server, local_networks)[0]
 
 
 def match_servers(servers: Iterable[DiscoveredServer], wanted: str) -> list[DiscoveredServer]:

@@ -402,8 +402,8 @@ class App:
             self._focus_first_error()
             return
         request = result.request
-        if row is not None and picked and row.others:  # a cluster: every node, in order
-            request = dataclasses.replace(request, others=row.others)
+        if row is not None and picked and row.fallbacks:  # every node, every address, in order
+            request = dataclasses.replace(request, others=row.fallbacks)
         self.controller.connect(request)
         self._render()
 

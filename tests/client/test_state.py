@@ -1103,6 +1103,24 @@ def test_server_list_uses_link_local_with_interface_but_never_without() -> None:
     assert [r.name for r in servers.rows()] == ["x"]
 
 
+def test_a_server_row_tries_every_address_it_advertises_best_first() -> None:
+    servers = ServerList([ipaddress.ip_network("192.168.7.0/24")])
+    row = servers.put(found("x._tcp.local.", "x", "fd77::1", "10.0.0.5", "192.168.7.20"))
+    assert row is not None
+    assert (row.host, row.address) == ("192.168.7.20", "192.168.7.20:7467")  # one server: no +2
+    assert row.fallbacks == (("10.0.0.5", 7467), ("fd77::1", 7467))
+
+
+def test_a_cluster_row_tries_every_node_then_their_other_addresses() -> None:
+    servers = ServerList()
+    servers.put(DiscoveredServer("a._chatsecure._tcp.local.", "lab 3", ("10.0.0.5", "fd00::5"),
+                                 7467, FP, 2, "ab" * 8))  # fmt: skip
+    row = servers.put(DiscoveredServer("b._chatsecure._tcp.local.", "lab 3", ("10.0.0.6",),
+                                       7468, FP, 2, "ab" * 8))  # fmt: skip
+    assert row is not None
+    assert row.fallbacks == (("10.0.0.6", 7468), ("fd00::5", 7467))
+
+
 def test_server_names_cannot_fake_lines() -> None:
     row = ServerList().put(found("z._chatsecure._tcp.local.", "evil\nname", "10.0.0.5"))
     assert row is not None

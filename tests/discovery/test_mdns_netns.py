@@ -348,3 +348,55 @@ def test_the_nodes_of_a_cluster_advertise_one_room_id_and_keep_the_rooms_name(
         "elsewhere": ("elsewhere", None, alone.port),
     }
     assert found["lab room"]["addresses"] == [nodes_ip]
+
+
+def test_a_discovered_server_is_reached_at_its_next_address_when_the_first_is_gone(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, client_host = lab.host("srv"), lab.host("cli")
+    lab.lan("10.77.1.0/24", server_host, client_host, subnet6="fd77:1::/64")
+    # An address it advertises but has lost, on the client's network: being IPv4, it is
+    # preferred to the IPv6 address the server has.
+    client_host.ip("route", "add", "unreachable", "10.77.1.50/32")
+    advertised = ["10.77.1.50", "fd77:1::1"]
+    server = start_server(server_host, cert_dir, "lab stale",
+                          *[arg for a in advertised for arg in ("--advertise-ip", a)])  # fmt: skip
+
+    client = client_host.popen(
+        *chatsecure("connect", "--discovered", "lab stale", "--nick", "carol", "--accept-new"),
+        stdin=True,
+        env=env(),
+    )
+    client.expect(r"connected to 'lab stale' as carol")
+    assert f"cannot reach 10.77.1.50:{server.port} (the address is unreachable" in client.err
+    match = server.proc.expect(r"carol joined from ([^\s;]+)", stream="stderr")
+    assert match.group(1) == "fd77:1::2"  # the client, over IPv6
+    client.close_stdin()
+    assert client.wait() == 0
+
+
+def test_a_discovered_server_that_answers_at_no_address_names_each_one_tried(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, client_host = lab.host("srv"), lab.host("cli")
+    lab.lan("10.77.1.0/24", server_host, client_host)
+    lost = ["10.77.1.50", "10.77.1.51"]
+    for address in lost:
+        client_host.ip("route", "add", "unreachable", f"{address}/32")
+    server = start_server(server_host, cert_dir, "lab gone",
+                          *[arg for a in lost for arg in ("--advertise-ip", a)])  # fmt: skip
+
+    result = client_host.run(
+        *chatsecure("connect", "--discovered", "lab gone", "--nick", "carol", "--accept-new"),
+        check=False,
+        env=env(),
+    )
+    assert result.returncode == 1, result
+    said = result.stderr.splitlines()[-1]
+    tried = [f"{a}:{server.port} (the address is unreachable (no route to host): check it)"
+             for a in lost]  # fmt: skip
+    # (in the order the records came: the same rank, the same family)
+    assert said in [
+        f"chatsecure: none of the server's addresses answered: {'; '.join(order)}"
+        for order in (tried, tried[::-1])
+    ], said
