@@ -36,6 +36,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from chatsecure.discovery.records import (
     DISCOVER_TIMEOUT,
+    RECORD_TTL,
     RESOLVE_TIMEOUT,
     SERVICE_TYPE,
     SETTLE_MAX,
@@ -204,6 +205,7 @@ class Advertiser:
         listening: Sequence[str] = ("0.0.0.0", "::"),  # noqa: S104
         interfaces: Interfaces | None = None,
         cluster: str | None = None,
+        ttl: int = RECORD_TTL,
     ) -> None:
         self.name = name
         self.cluster = cluster
@@ -216,6 +218,8 @@ class Advertiser:
         """The hosts the server listens on; a wildcard stands for every local address of its
         IP version (see ``advertised_addresses``)."""
         self.interfaces = interfaces
+        self.ttl = ttl
+        """Seconds each advertised record lives: how long a killed server stays listed."""
         self.advertised_name: str | None = None
         """The friendly name advertised, after any renaming; set once registered."""
         self.instance: str | None = None
@@ -307,6 +311,8 @@ class Advertiser:
             properties=encode_txt(friendly, self.fingerprint, cluster=self.cluster),
             server=server,
             parsed_addresses=addresses,
+            host_ttl=self.ttl,
+            other_ttl=self.ttl,
         )
         self._info = info
         announced = await self._zc.async_register_service(info, cooperating_responders=True)

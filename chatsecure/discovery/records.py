@@ -60,6 +60,13 @@ SETTLE_QUIET: Final = 0.2
 (see ``addresses_settled``) as all there is."""
 SETTLE_MAX: Final = 1.0
 """Longest a browser waits, once a service is resolved, for its address set to be whole."""
+RECORD_TTL: Final = 120
+"""Seconds every record a server advertises (PTR, SRV, TXT, A/AAAA) stays valid in a cache.
+
+A server that stops cleanly says goodbye, but one killed, or on a machine that lost power,
+stays in every list until its records expire: two minutes, not the 75 that DNS-SD's default
+for PTR and TXT would mean. A live server stays, as browsers ask again before that (RFC 6762
+section 5.2)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chatsecure.discovery.records import RECORD_TTL
 from chatsecure.protocol.limits import PROTOCOL_VERSION
 from chatsecure.tls.certs import fingerprint
 from tests.discovery.procs import chatsecure, discover, env, found, start_discover, start_server
@@ -87,6 +88,18 @@ def test_browser_and_advertiser_api_deliver_events_to_a_queue_and_leave_no_threa
     assert report["threads_after_stop"] == []
 
 
+def dig_records(host: Host, server_ip: str) -> list[tuple[int, str, str]]:
+    """The (TTL, type, value) of each record a legacy unicast PTR query gets from ``server_ip``."""
+    answer = host.run(
+        "dig", "-p", "5353", f"@{server_ip}", "_chatsecure._tcp.local", "PTR",
+        "+time=1", "+tries=3", "+norecurse",
+    ).stdout  # fmt: skip
+    return [
+        (int(m.group(1)), m.group(2), m.group(3))
+        for m in re.finditer(r"^\S+\s+(\d+)\s+IN\s+(\w+)\s+(.+)$", answer, re.MULTILINE)
+    ]
+
+
 def test_legacy_unicast_query_sees_ptr_srv_txt_and_address_records(
     lab: Lab, cert_dir: Path
 ) -> None:
@@ -94,15 +107,9 @@ def test_legacy_unicast_query_sees_ptr_srv_txt_and_address_records(
     server_ip, _ = lab.lan("10.77.1.0/24", server_host, other)
     server = start_server(server_host, cert_dir, "dig me", "--host", server_ip)
 
-    answer = other.run(
-        "dig", "-p", "5353", f"@{server_ip}", "_chatsecure._tcp.local", "PTR",
-        "+time=1", "+tries=3", "+norecurse",
-    ).stdout  # fmt: skip
+    answer = dig_records(other, server_ip)
 
-    records = {
-        (m.group(1), m.group(2))
-        for m in re.finditer(r"^\S+\s+\d+\s+IN\s+(\w+)\s+(.+)$", answer, re.MULTILINE)
-    }
+    records = {(kind, value) for _, kind, value in answer}
     assert ("PTR", "dig\\032me._chatsecure._tcp.local.") in records, answer
     srv = [value for kind, value in records if kind == "SRV"]
     assert len(srv) == 1, answer
@@ -112,6 +119,19 @@ def test_legacy_unicast_query_sees_ptr_srv_txt_and_address_records(
     assert f'"fp={server.fingerprint}"' in txt, answer
     assert f'"v={PROTOCOL_VERSION}"' in txt, answer
     assert '"name=dig me"' in txt, answer
+
+
+def test_every_advertised_record_lives_two_minutes_so_a_killed_server_goes_soon(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, other = lab.host("srv"), lab.host("other")
+    server_ip, _ = lab.lan("10.77.1.0/24", server_host, other)
+    start_server(server_host, cert_dir, "short lived", "--host", server_ip)
+
+    answer = dig_records(other, server_ip)
+
+    assert {kind for _, kind, _ in answer} >= {"PTR", "SRV", "TXT", "A"}, answer
+    assert {ttl for ttl, _, _ in answer} == {RECORD_TTL} == {120}, answer
 
 
 def test_found_from_another_host_and_chat_by_the_discovered_address(
