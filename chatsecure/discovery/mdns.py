@@ -28,10 +28,13 @@ from zeroconf import (
     IPVersion,
     ServiceStateChange,
     Zeroconf,
+    current_time_millis,
 )
 from zeroconf import (
     Error as ZeroconfError,
 )
+from zeroconf._dns import DNSPointer, DNSQuestion, DNSRecord  # not in zeroconf's __all__
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from chatsecure.discovery.records import (
@@ -89,8 +92,16 @@ NO_MULTICAST = "no network interface other than loopback"
 SETTLE_POLL = 0.02
 """Seconds between looks at zeroconf's cache while a service's addresses settle."""
 
-TYPE_A, TYPE_AAAA, TYPE_NSEC, CLASS_IN = 1, 28, 47, 1
-"""DNS record types and class (RFC 1035, 3596, 4034)."""
+TYPE_A, TYPE_PTR, TYPE_TXT, TYPE_AAAA, TYPE_SRV, TYPE_NSEC = 1, 12, 16, 28, 33, 47
+CLASS_IN, FLAGS_QUERY = 1, 0
+"""DNS record types, class and the header flags of a query (RFC 1035, 2782, 3596, 4034)."""
+
+WATCH_POLL = 1.0
+"""Longest a browser goes between looks at whether the servers it lists are still there."""
+
+REFRESH_AT = (80, 85, 90, 95)
+"""Percentages of a server's SRV TTL at which a browser asks for it again (RFC 6762 5.2): a
+live server answers and stays listed; one that does not is gone once the record expires."""
 
 QM = DNSQuestionType.QM
 """Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
@@ -396,6 +407,10 @@ class Browser:
         self._known: dict[str, DiscoveredServer] = {}
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._asked: dict[str, tuple[float, int]] = {}
+        """Per known server: the ``created`` of its SRV record and how many of ``REFRESH_AT``
+        were asked for since."""
+        self._watcher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Open zeroconf and start browsing; returns once the browser runs (or failed)."""
@@ -438,9 +453,12 @@ class Browser:
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, SERVICE_TYPE, handlers=[self._changed], question_type=QM
         )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _close(self) -> None:
         tasks = list(self._resolving.values())
+        if self._watcher is not None:
+            tasks.append(self._watcher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -462,6 +480,7 @@ class Browser:
             if task is not None:
                 task.cancel()
             self._again.discard(key)
+            self._asked.pop(key, None)
             if self._known.pop(key, None) is not None:
                 self.events.put(ServerRemoved(name))
             return
@@ -529,6 +548,50 @@ class Browser:
                 seen, changed = now, loop.time()
         return info
 
+    async def _watch(self) -> None:
+        """Ask again for the SRV record of each server listed as it ages; drop it once expired.
+
+        zeroconf's browser reports a service removed only when its PTR record goes, and it
+        keeps a PTR at least 1125 s whatever its TTL, re-asking for the PTR alone: a server
+        that died without a goodbye would stay listed for 19 minutes at least. The SRV
+        record, with the server's short TTL, is what says it is still there.
+        """
+        assert self._zc is not None  # noqa: S101 - set in _open()
+        zc = self._zc.zeroconf
+        while True:
+            now = current_time_millis()
+            wake = now + WATCH_POLL * 1000
+            for key, server in list(self._known.items()):
+                srv = _freshest(zc.cache.async_all_by_details(server.key, TYPE_SRV, CLASS_IN), now)
+                if srv is None:
+                    self._expired(zc, key, server.key)
+                    continue
+                created, asked = self._asked.get(key, (srv.created, 0))
+                if created != srv.created:
+                    asked = 0
+                if asked < len(REFRESH_AT) and srv.get_expiration_time(REFRESH_AT[asked]) <= now:
+                    _ask_again(zc, server.key)
+                    asked += 1
+                self._asked[key] = (srv.created, asked)
+                due = srv.get_expiration_time(REFRESH_AT[asked] if asked < len(REFRESH_AT) else 100)
+                wake = min(wake, due)
+            await asyncio.sleep(max(wake - current_time_millis(), 10) / 1000)
+
+    def _expired(self, zc: Zeroconf, key: str, name: str) -> None:
+        """A listed server's SRV record expired unanswered: it is gone, the PTR with it."""
+        log.debug("%s did not answer before its records expired", name)
+        pointers = [
+            record
+            for record in zc.cache.async_all_by_details(SERVICE_TYPE, TYPE_PTR, CLASS_IN)
+            if isinstance(record, DNSPointer) and record.alias.lower() == key
+        ]
+        # Without its PTR zeroconf sees the server anew (an "added") if it comes back.
+        records = [
+            zc.cache.async_all_by_details(name, kind, CLASS_IN) for kind in (TYPE_SRV, TYPE_TXT)
+        ]
+        zc.cache.async_remove_records([*pointers, *records[0], *records[1]])
+        self._changed(zc, SERVICE_TYPE, name, ServiceStateChange.Removed)
+
     def _publish(self, key: str, server: DiscoveredServer) -> None:
         old = self._known.get(key)
         if old == server:
@@ -543,6 +606,20 @@ def _addresses(info: AsyncServiceInfo) -> list[str]:
         *info.parsed_addresses(IPVersion.V4Only),
         *info.parsed_scoped_addresses(IPVersion.V6Only),
     ]
+
+
+def _freshest(records: list[DNSRecord], now: float) -> DNSRecord | None:
+    """The record of ``records`` that expires last, unless all of them have expired."""
+    alive = [record for record in records if not record.is_expired(now)]
+    return max(alive, key=lambda r: r.get_expiration_time(100), default=None)
+
+
+def _ask_again(zc: Zeroconf, name: str) -> None:
+    """Send a multicast query for the SRV and TXT records of the service ``name``."""
+    out = DNSOutgoing(FLAGS_QUERY)
+    out.add_question(DNSQuestion(name, TYPE_SRV, CLASS_IN))
+    out.add_question(DNSQuestion(name, TYPE_TXT, CLASS_IN))
+    zc.async_send(out)
 
 
 def _denied(zc: Zeroconf, host: str | None) -> set[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,38 @@ def test_every_advertised_record_lives_two_minutes_so_a_killed_server_goes_soon(
 
     assert {kind for _, kind, _ in answer} >= {"PTR", "SRV", "TXT", "A"}, answer
     assert {ttl for ttl, _, _ in answer} == {RECORD_TTL} == {120}, answer
+
+
+def test_a_killed_server_leaves_a_running_browser_when_its_records_expire(
+    lab: Lab, cert_dir: Path
+) -> None:
+    # What a server does with RECORD_TTL, with a TTL short enough to wait for.
+    ttl = 3
+    server_host, browser_host = lab.host("srv"), lab.host("browser")
+    server_ip, _ = lab.lan("10.77.1.0/24", server_host, browser_host)
+    script = (
+        "import time\n"
+        "from chatsecure.discovery.mdns import Advertiser\n"
+        f"a = Advertiser('crashing', 7467, {fingerprint(b'x')!r}, [{server_ip!r}], ttl={ttl})\n"
+        "a.start()\n"
+        "print(a.wait(10), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    server = server_host.popen(sys.executable, "-c", script, env=env())
+    server.expect(r"crashing\._chatsecure")
+    watcher = browser_host.popen(*chatsecure("discover", "--watch", "--timeout", "40"), env=env())
+    added = json.loads(watcher.expect(r"^\{.*\"added\".*\}$").group(0))
+    assert added["name"] == "crashing"
+
+    time.sleep(2.5 * ttl)  # alive: the browser asks again before the records expire
+    watcher._pump(0)
+    assert "removed" not in watcher.out, watcher.err
+    killed = time.monotonic()
+    server.stop(signal.SIGKILL)  # no goodbye
+    removed = json.loads(watcher.expect(r"^\{.*\"removed\".*\}$", timeout=ttl + 3).group(0))
+
+    assert removed == {"event": "removed", "key": added["key"]}
+    assert time.monotonic() - killed < ttl + 1.5
 
 
 def test_found_from_another_host_and_chat_by_the_discovered_address(
