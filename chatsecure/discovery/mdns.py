@@ -59,6 +59,8 @@ from chatsecure.discovery.records import (
     match_servers,
     renamed,
     server_from_records,
+    unadvertised_reason,
+    without_loopback,
 )
 from chatsecure.errors import ChatError
 from chatsecure.tls.certs import local_addresses
@@ -299,10 +301,22 @@ class Advertiser:
         finally:
             self.done.set()
 
+    def _wanted_addresses(self) -> list[str]:
+        """The addresses to advertise now; raises ``OSError`` saying why when there is none."""
+        if self.addresses:
+            given = without_loopback(self.addresses)
+            if not given:
+                raise OSError("the addresses given to advertise are loopback only")
+            return given
+        found = advertised_addresses(self.listening, local_addresses())
+        if not found:
+            if self.interfaces is None and not multicast_interfaces():
+                raise OSError(NO_MULTICAST)
+            raise OSError(unadvertised_reason(self.listening))
+        return found
+
     async def _register(self) -> None:
-        addresses = self.addresses or advertised_addresses(self.listening, local_addresses())
-        if not addresses:
-            raise OSError("no address to advertise")
+        addresses = self._wanted_addresses()
         self._zc = _open_zeroconf(self.interfaces)
         wanted = instance_label(self.name)
         server = host_name(socket.gethostname(), secrets.token_hex(3))

@@ -389,8 +389,8 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
 
     A wildcard stands for every ``local`` address of its IP version: ``0.0.0.0`` for IPv4,
     ``::`` for IPv6 (a dual-stack socket is listed as both: whether ``::`` takes IPv4 too
-    depends on the socket, not the address). Loopback addresses, and IPv6 link-local ones
-    (useless without an interface), are left out unless nothing else is left.
+    depends on the socket, not the address). Loopback is never advertised: a peer would dial
+    its own. IPv6 link-local addresses (useless without an interface) are left out.
     """
     wanted: list[str] = []
     for host in listening:
@@ -403,10 +403,22 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
         for text in local:
             ip = _ip(text)
             if ip is not None and ip.version == addr.version:
-                wanted.append(text)
+                wanted.append(text.partition("%")[0])
     ordered = [(a, ip) for a in order_addresses(wanted) if (ip := _ip(a)) is not None]
     usable = [a for a, ip in ordered if not ip.is_loopback and not ip.is_link_local]
-    return usable or [a for a, ip in ordered if ip.is_loopback]
+    return usable
+
+
+def unadvertised_reason(listening: Sequence[str]) -> str:
+    """Why ``advertised_addresses`` found nothing for a server listening on ``listening``."""
+    if listening and all((ip := _ip(host)) is not None and ip.is_loopback for host in listening):
+        return f"listening on {', '.join(listening)}, loopback only"
+    return "no address other than loopback"
+
+
+def without_loopback(addresses: Iterable[str]) -> list[str]:
+    """``addresses`` less the loopback ones, which no other machine can connect to."""
+    return [a for a in addresses if (ip := _ip(a)) is None or not ip.is_loopback]
 
 
 def address_rank(

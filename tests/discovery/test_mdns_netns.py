@@ -322,6 +322,18 @@ def test_server_without_a_multicast_interface_serves_and_warns(lab: Lab, cert_di
     assert "cannot look for servers on this network" in browse.stderr
 
 
+def test_a_server_on_loopback_only_is_not_advertised_and_says_why(lab: Lab, cert_dir: Path) -> None:
+    host = lab.host("a")
+    lab.stub(host, "10.77.0.1/24")
+    server = start_server(host, cert_dir, "local only", "--host", "127.0.0.1", advertised=False)
+    server.proc.expect(
+        r"WARNING .*not advertising over mDNS \(listening on 127\.0\.0\.1, loopback only\)",
+        stream="stderr",
+    )
+
+    assert discover(host) == []
+
+
 def link_local(host: Host) -> str:
     """The IPv6 link-local address the kernel gave ``host``'s first interface."""
     shown = host.ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout

@@ -390,9 +390,16 @@ def test_a_specific_address_is_advertised_alone() -> None:
     assert advertised_addresses(["192.168.1.5"], LOCAL) == ["192.168.1.5"]
 
 
-def test_loopback_is_advertised_when_it_is_all_there_is() -> None:
-    assert advertised_addresses(["0.0.0.0", "::"], ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
-    assert advertised_addresses(["127.0.0.1"], LOCAL) == ["127.0.0.1"]
+def test_loopback_is_never_advertised_and_the_reason_says_why() -> None:
+    assert advertised_addresses(["0.0.0.0", "::"], ["127.0.0.1", "::1"]) == []
+    assert advertised_addresses(["127.0.0.1"], LOCAL) == []
+    assert advertised_addresses(["127.0.0.1", "::1"], LOCAL) == []
+    assert records.unadvertised_reason(["127.0.0.1"]) == "listening on 127.0.0.1, loopback only"
+    assert records.unadvertised_reason(["::"]) == "no address other than loopback"
+    assert records.without_loopback(["127.0.0.1", "10.0.0.5", "::1", "fd00::5"]) == [
+        "10.0.0.5",
+        "fd00::5",
+    ]
 
 
 def test_nothing_to_advertise_for_names_or_nothing() -> None:
