@@ -390,7 +390,8 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
     A wildcard stands for every ``local`` address of its IP version: ``0.0.0.0`` for IPv4,
     ``::`` for IPv6 (a dual-stack socket is listed as both: whether ``::`` takes IPv4 too
     depends on the socket, not the address). Loopback is never advertised: a peer would dial
-    its own. IPv6 link-local addresses (useless without an interface) are left out.
+    its own. Link-local addresses are advertised only when nothing else is left (an IPv6 one is
+    usable with the interface it was heard on, which the browser adds).
     """
     wanted: list[str] = []
     for host in listening:
@@ -406,7 +407,7 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
                 wanted.append(text.partition("%")[0])
     ordered = [(a, ip) for a in order_addresses(wanted) if (ip := _ip(a)) is not None]
     usable = [a for a, ip in ordered if not ip.is_loopback and not ip.is_link_local]
-    return usable
+    return usable or [a for a, ip in ordered if ip.is_link_local]
 
 
 def unadvertised_reason(listening: Sequence[str]) -> str:

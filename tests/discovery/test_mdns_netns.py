@@ -334,6 +334,31 @@ def test_a_server_on_loopback_only_is_not_advertised_and_says_why(lab: Lab, cert
     assert discover(host) == []
 
 
+def test_on_a_link_with_ipv6_link_local_only_the_server_advertises_that_not_loopback(
+    lab: Lab, cert_dir: Path
+) -> None:
+    server_host, client_host = lab.host("srv"), lab.host("cli")
+    server_host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+                   "netns", client_host.name)  # fmt: skip
+    for host in (server_host, client_host):
+        host.ip("link", "set", "eth0", "up")
+    own = link_local(server_host)
+    server = start_server(server_host, cert_dir, "link local", advertised=False)
+    advertised = server.proc.expect(r"advertising .* port \d+, addresses (.+)$", stream="stderr")
+    assert advertised.group(1) == own  # neither 127.0.0.1 nor ::1
+
+    (found,) = discover(client_host)
+    assert [a.partition("%")[0] for a in found["addresses"]] == [own], found
+    client = client_host.popen(
+        *chatsecure("connect", "--discovered", "link local", "--nick", "ll", "--accept-new"),
+        stdin=True,
+        env=env(),
+    )
+    client.expect(r"connected to 'link local' as ll")
+    client.close_stdin()
+    assert client.wait() == 0
+
+
 def link_local(host: Host) -> str:
     """The IPv6 link-local address the kernel gave ``host``'s first interface."""
     shown = host.ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout
