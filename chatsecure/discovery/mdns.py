@@ -85,10 +85,17 @@ log = logging.getLogger(__name__)
 Interfaces = list[str | int] | InterfaceChoice
 """What zeroconf listens on: IPv4 addresses and IPv6 interface indexes, or a choice."""
 
+_Wanted = tuple[tuple[str, ...], tuple[str | int, ...] | InterfaceChoice]
+"""What an advertiser would advertise: the addresses, and the interfaces it would do it on."""
+
 STOP_TIMEOUT = 5.0
 """Seconds ``stop()`` waits for goodbye packets and the zeroconf shutdown."""
 
 NO_MULTICAST = "no network interface other than loopback"
+
+RECHECK = 30.0
+"""Seconds between an advertiser's looks at the host's addresses: a network that comes up
+after the server, or an address added or gone, is advertised this much later at most."""
 
 SETTLE_POLL = 0.02
 """Seconds between looks at zeroconf's cache while a service's addresses settle."""
@@ -213,8 +220,10 @@ class Advertiser:
 
     ``start()`` returns at once; probing and announcing (about two seconds) happen in the
     background. If the name is taken on the link, zeroconf picks ``<name>-2`` and so on, and
-    the name that was got is logged. When the host has no usable multicast interface a
-    warning is logged and the server goes on without being advertised.
+    the name that was got is logged. When there is nothing to advertise (no multicast
+    interface, loopback addresses only) a warning says why and the server goes on without.
+    Every ``recheck`` seconds the advertiser looks at the host's addresses and interfaces
+    again; when what it would advertise changed, it withdraws and registers anew.
     """
 
     def __init__(
@@ -228,6 +237,7 @@ class Advertiser:
         interfaces: Interfaces | None = None,
         cluster: str | None = None,
         ttl: int = RECORD_TTL,
+        recheck: float = RECHECK,
     ) -> None:
         self.name = name
         self.cluster = cluster
@@ -242,6 +252,7 @@ class Advertiser:
         self.interfaces = interfaces
         self.ttl = ttl
         """Seconds each advertised record lives: how long a killed server stays listed."""
+        self.recheck = recheck
         self.advertised_name: str | None = None
         """The friendly name advertised, after any renaming; set once registered."""
         self.instance: str | None = None
@@ -249,7 +260,7 @@ class Advertiser:
         self.error: str | None = None
         """Why the server is not advertised, if it is not."""
         self.done = threading.Event()
-        """Set when registration finished, successfully (``instance`` set) or not."""
+        """Set when the first registration finished, successfully (``instance`` set) or not."""
         self._thread = _LoopThread("chatsecure-advertiser")
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
@@ -295,23 +306,54 @@ class Advertiser:
         return self.instance
 
     async def _advertise(self) -> None:
+        """Advertise what ``_wanted`` says, and look again every ``recheck`` seconds."""
+        advertised: _Wanted | None = None
+        said: str | None = None
         try:
-            await self._register()
-        except OSError as exc:
-            self.error = str(exc.strerror or exc)
-            log.warning(
-                "not advertising over mDNS (%s): the server runs, but clients must type its "
-                "address",
-                self.error,
-            )
-        except ZeroconfError as exc:
-            self.error = repr(exc)
-            log.warning("not advertising over mDNS: %r", exc)
+            while True:
+                why = None
+                try:
+                    wanted = self._wanted()
+                except OSError as exc:
+                    wanted, why = None, str(exc.strerror or exc)
+                if advertised is not None and wanted != advertised:
+                    log.info("the addresses to advertise changed; withdrawing to advertise anew")
+                    await self._withdraw()
+                    advertised = None
+                if wanted is not None and advertised is None:
+                    try:
+                        await self._register(*wanted)
+                        advertised, said = wanted, None
+                    except (OSError, ZeroconfError) as exc:
+                        why = str(exc.strerror or exc) if isinstance(exc, OSError) else repr(exc)
+                        await self._withdraw()
+                if advertised is None and why is not None:
+                    self.error = why
+                    if why != said:  # once per reason, not at every look
+                        log.warning(
+                            "not advertising over mDNS (%s): the server runs, but clients must "
+                            "type its address",
+                            why,
+                        )
+                        said = why
+                self.done.set()
+                await asyncio.sleep(self.recheck)
         finally:
             self.done.set()
 
+    def _wanted(self) -> _Wanted:
+        """The addresses to advertise and the interfaces to do it on, as of now.
+
+        Raises ``OSError`` saying why when there is nothing to advertise.
+        """
+        interfaces = multicast_interfaces() if self.interfaces is None else self.interfaces
+        if not interfaces:
+            raise OSError(NO_MULTICAST)
+        chosen = interfaces if isinstance(interfaces, InterfaceChoice) else tuple(interfaces)
+        return tuple(self._wanted_addresses()), chosen
+
     def _wanted_addresses(self) -> list[str]:
-        """The addresses to advertise now; raises ``OSError`` saying why when there is none."""
+        """The addresses to advertise; raises ``OSError`` saying why when there is none."""
         if self.addresses:
             given = without_loopback(self.addresses)
             if not given:
@@ -319,14 +361,14 @@ class Advertiser:
             return given
         found = advertised_addresses(self.listening, host_addresses())
         if not found:
-            if self.interfaces is None and not multicast_interfaces():
-                raise OSError(NO_MULTICAST)
             raise OSError(unadvertised_reason(self.listening))
         return found
 
-    async def _register(self) -> None:
-        addresses = self._wanted_addresses()
-        self._zc = _open_zeroconf(self.interfaces)
+    async def _register(
+        self, addresses: tuple[str, ...], interfaces: tuple[str | int, ...] | InterfaceChoice
+    ) -> None:
+        chosen = interfaces if isinstance(interfaces, InterfaceChoice) else list(interfaces)
+        self._zc = _open_zeroconf(chosen)
         wanted = instance_label(self.name)
         server = host_name(socket.gethostname(), secrets.token_hex(3))
         probe = AsyncServiceInfo(SERVICE_TYPE, instance_name(wanted), server=server, port=self.port)
@@ -344,7 +386,7 @@ class Advertiser:
             port=self.port,
             properties=encode_txt(friendly, self.fingerprint, cluster=self.cluster),
             server=server,
-            parsed_addresses=addresses,
+            parsed_addresses=list(addresses),
             host_ttl=self.ttl,
             other_ttl=self.ttl,
         )
@@ -353,6 +395,7 @@ class Advertiser:
         if got != wanted:
             log.warning("the name %r is taken on this network; advertising as %r", wanted, got)
         self.advertised_name, self.instance = friendly, info.name
+        self.error = None
         self.done.set()
         log.info(
             "advertising %r over mDNS as %s, port %d, addresses %s",
@@ -364,14 +407,19 @@ class Advertiser:
         await announced
 
     async def _withdraw(self) -> None:
-        zc, info = self._zc, self._info
+        """Say goodbye for what is registered, if anything, and close zeroconf."""
+        zc, info, instance = self._zc, self._info, self.instance
+        self._zc = self._info = None
+        self.instance = self.advertised_name = None
         if zc is None:
             return
-        if info is not None and self.instance is not None:
-            goodbye = await zc.async_unregister_service(info)
-            await goodbye
-            log.info("withdrew the mDNS advertisement %s", info.name)
-        await zc.async_close()
+        try:
+            if info is not None and instance is not None:
+                goodbye = await zc.async_unregister_service(info)
+                await goodbye
+                log.info("withdrew the mDNS advertisement %s", info.name)
+        finally:
+            await zc.async_close()
 
 
 async def _claim(zc: Zeroconf, probe: AsyncServiceInfo) -> None:

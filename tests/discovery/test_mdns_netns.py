@@ -359,6 +359,44 @@ def test_on_a_link_with_ipv6_link_local_only_the_server_advertises_that_not_loop
     assert client.wait() == 0
 
 
+def test_an_advertiser_started_before_the_network_advertises_once_it_is_up_and_follows_it(
+    lab: Lab,
+) -> None:
+    # What a server does every RECHECK seconds, with a recheck short enough to wait for.
+    server_host, browser_host = lab.host("srv"), lab.host("browser")
+    browser_host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+                    "netns", server_host.name)  # fmt: skip
+    browser_host.ip("addr", "add", "10.77.1.2/24", "dev", "eth0")
+    browser_host.ip("link", "set", "eth0", "up")
+    script = (
+        "import logging, time\n"
+        "from chatsecure.discovery.mdns import Advertiser\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        f"a = Advertiser('early bird', 7467, {fingerprint(b'x')!r}, recheck=0.5)\n"
+        "a.start()\n"
+        "print(a.wait(10), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    server = server_host.popen(sys.executable, "-c", script, env=env())
+    server.expect(r"not advertising over mDNS \(no network interface other than loopback\)",
+                  stream="stderr")  # fmt: skip
+    server.expect(r"^None$")
+    watcher = browser_host.popen(*chatsecure("discover", "--watch", "--timeout", "40"), env=env())
+
+    server_host.ip("addr", "add", "10.77.1.1/24", "dev", "eth0")
+    server_host.ip("link", "set", "eth0", "up")  # the network comes up: only lo until now
+    up = time.monotonic()
+    added = json.loads(watcher.expect(r"^\{.*\"added\".*\}$", timeout=5).group(0))
+    assert (added["name"], added["addresses"]) == ("early bird", ["10.77.1.1"])
+    assert time.monotonic() - up < 4
+
+    server_host.ip("addr", "add", "10.77.1.5/24", "dev", "eth0")  # and an address comes later
+    again = json.loads(watcher.expect(r"^\{.*\"added\".*\}$", timeout=5).group(0))
+    assert (again["name"], sorted(again["addresses"])) == ("early bird", ["10.77.1.1", "10.77.1.5"])
+    server.expect(r"addresses to advertise changed; withdrawing", stream="stderr")
+    server.expect(r"withdrew the mDNS advertisement", stream="stderr")
+
+
 def link_local(host: Host) -> str:
     """The IPv6 link-local address the kernel gave ``host``'s first interface."""
     shown = host.ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout
