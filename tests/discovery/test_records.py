@@ -404,9 +404,11 @@ def test_loopback_is_never_advertised_and_the_reason_says_why() -> None:
 
 def test_link_local_is_advertised_only_when_nothing_else_is_left() -> None:
     alone = ["127.0.0.1", "::1", "fe80::5%eth0", "169.254.0.5"]
-    assert advertised_addresses(["::"], alone) == ["169.254.0.5", "fe80::5"]
+    both = ["0.0.0.0", "::"]  # (a dual-stack socket)
+    assert advertised_addresses(both, alone) == ["169.254.0.5", "fe80::5"]
+    assert advertised_addresses(["::"], alone) == ["fe80::5"]
     assert advertised_addresses(["0.0.0.0"], alone[:2] + alone[2:3]) == []
-    assert advertised_addresses(["::"], [*LOCAL, *alone]) == advertised_addresses(["::"], LOCAL)
+    assert advertised_addresses(both, [*LOCAL, *alone]) == advertised_addresses(both, LOCAL)
 
 
 def test_nothing_to_advertise_for_names_or_nothing() -> None:
