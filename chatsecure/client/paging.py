@@ -70,6 +70,9 @@ class LogPaging:
         must not be taken for the end of the next one's."""
         self._log: str | None = None
         """The log of the last welcome: another one numbers its lines afresh."""
+        self._moot = False
+        """The request out for older lines asked for lines above some no longer shown: its
+        answer is not shown (see ``dropped_before``)."""
 
     @property
     def asking(self) -> bool:
@@ -89,6 +92,7 @@ class LogPaging:
         Returns the gaps abandoned because the server has a new log (its seqs start again, so
         nothing can fill them from it), and the gap for the lines the replay leaves out."""
         self._asked, self._page, self._answered, self._late = None, [], False, False
+        self._moot = False
         abandoned: list[Gap] = []
         if again and None not in (self._log, welcome.log) and welcome.log != self._log:
             for gap in self.gaps.values():
@@ -142,6 +146,11 @@ class LogPaging:
         it, a gap that still misses lines: those load there, not before the oldest)."""
         for gap in self.gaps.values():
             seq = min(seq, gap.after + 1)
+        if self._asked == 0 and seq > self._asked_before:
+            # The answer to the request out would go on top, above lines no longer shown: a
+            # hole. It still comes (and a request made meanwhile would take its lines for
+            # its own): it is dropped when it ends, then the top asks again.
+            self._moot = True
         self.oldest_seq = seq
         self.all_loaded = False
 
@@ -165,7 +174,7 @@ class LogPaging:
         ``ref`` is taken for the refusal; should it have been for something else, the late
         answer is told apart by its ``before`` and seqs.)"""
         asked = self._asked
-        self._asked, self._page, self._answered = None, [], False
+        self._asked, self._page, self._answered, self._moot = None, [], False, False
         return asked
 
     def page_end(self, end: HistoryEnd) -> Page | None:
@@ -178,6 +187,9 @@ class LogPaging:
         if (late and end.ref is None) or asked is None or end.before != self._asked_before:
             return None  # ours is still to come, or was this one
         self._asked = None
+        if self._moot:
+            self._moot = False
+            return None
         # Fewer lines than asked for, or the first line of all: there are none before these.
         last = end.count < (self._asked_limit or 1) or (bool(page) and page[0].seq <= 1)
         if not asked:

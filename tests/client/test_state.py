@@ -1278,6 +1278,19 @@ def test_oldest_lines_dropped_below_a_gap_leave_its_lines_to_it() -> None:
     assert model.wants_older() == 81
 
 
+def test_an_answer_for_above_lines_dropped_meanwhile_is_not_put_on_top() -> None:
+    # Older lines were asked for; lines came in the meantime and the transcript dropped its
+    # oldest, up to 41: the answer (before 10) would go above 41, a hole of 10 to 40.
+    model = chatting(BOB)
+    model.apply(Received(Chat(BOB, "seen", T, seq=10)), T)
+    assert model.wants_older() == 10
+    model.paging.dropped_before(41)
+    assert model.wants_older() is None  # its answer still comes: the next would take its lines
+    assert page(model, 10, range(5, 10)) == []
+    assert model.wants_older() == 41  # scrolled up again: the lines just above those kept
+    assert [line.seq for line in page(model, 41, range(36, 41))] == list(range(36, 41))
+
+
 def test_an_answer_to_another_request_is_not_taken_for_ours() -> None:
     model, gap = back_with_a_gap(300)
     assert model.wants_gap(gap) == 281
