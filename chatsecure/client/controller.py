@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued, shown_seq
+from chatsecure.client.doorbell import RingingQueue
 from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick, remember_server
 from chatsecure.client.model import ChatModel, Outgoing, Phase
 from chatsecure.client.resume import LastSeen, client_id
@@ -38,7 +39,11 @@ class Controller:
         store: KnownServers | None = None,
         *,
         now: Callable[[], float] = time.time,
+        ring: Callable[[], None] | None = None,
     ) -> None:
+        """``ring``: called, from the network thread, when there is something to ``poll``
+        (an event, a trust question), and by ``poll`` when it left some for next time; the
+        front end then polls at once rather than on its next timer tick."""
         self.options = options
         self.store = store or KnownServers()
         self.model = ChatModel()
@@ -46,6 +51,7 @@ class Controller:
         self.bridge: TrustBridge | None = None
         self._retired: list[tuple[ChatClient, TrustBridge]] = []
         self._now = now
+        self._ring = ring
         self._unqueued: collections.deque[str] = collections.deque()
         """Lines handed to the client whose ``Queued`` has not been polled yet."""
 
@@ -57,7 +63,7 @@ class Controller:
     def connect(self, request: ConnectRequest) -> None:
         """Start connecting; a client still running is retired first."""
         self._retire()
-        bridge = TrustBridge()
+        bridge = TrustBridge(ring=self._ring)
         policy = TrustPolicy(
             self.store,
             ask=bridge.ask,
@@ -73,6 +79,7 @@ class Controller:
             client_id=client_id(),
             last_seen=LastSeen(),
             shows=True,
+            events=RingingQueue(self._ring) if self._ring is not None else None,
         )
         self.model.connecting(request)
         self.client, self.bridge = client, bridge
@@ -147,6 +154,9 @@ class Controller:
                 remember_server(request.host, request.port)
             # Only the NotSent of a line typed meanwhile can follow Disconnected: show it too.
             ended = ended or isinstance(event, Disconnected)
+        else:
+            if self._ring is not None:  # more than a poll takes: the rest at the next turn
+                self._ring()
         if shown:  # (the window shows these lines before it polls again)
             client.shown(shown)
         if ended:  # (every line it still had was told as NotSent before this)

@@ -11,7 +11,8 @@ named below; the Tk module only lays out widgets and wires them to these. No tki
   thread ask the Tk thread a trust question;
 - ``servers``: the list of servers discovery found;
 - ``controller``: the ``Controller`` that owns the model and the ``ChatClient``;
-- ``attention``: the unread count in the title and the urgency of a line naming the user.
+- ``attention``: the unread count in the title and the urgency of a line naming the user;
+- ``doorbell``: the pipe that wakes the window when the network thread has news for it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import EVENTS_PER_TICK, Controller, Update
 from chatsecure.client.core import SHORT_FINGERPRINT, short_fingerprint
+from chatsecure.client.doorbell import Doorbell, RingingQueue
 from chatsecure.client.form import (
     MAX_PASSWORD,
     NICK_FILE,
@@ -63,6 +65,7 @@ __all__ = [
     "ChatModel",
     "ConnectRequest",
     "Controller",
+    "Doorbell",
     "FormField",
     "FormResult",
     "GuiOptions",
@@ -73,6 +76,7 @@ __all__ = [
     "Outgoing",
     "PendingQuestion",
     "Phase",
+    "RingingQueue",
     "Roster",
     "RosterRow",
     "ServerList",

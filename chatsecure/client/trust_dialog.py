@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from chatsecure.client.doorbell import RingingQueue
 from chatsecure.tls.trust import TrustQuestion, server_key, trusted_elsewhere
 
 TRUST_ANSWER_TIMEOUT = 600.0
@@ -107,8 +109,13 @@ class TrustBridge:
     answers (or ``close`` answers no).
     """
 
-    def __init__(self, timeout: float = TRUST_ANSWER_TIMEOUT) -> None:
-        self.questions: queue.Queue[PendingQuestion] = queue.Queue()
+    def __init__(
+        self, timeout: float = TRUST_ANSWER_TIMEOUT, *, ring: Callable[[], None] | None = None
+    ) -> None:
+        """``ring``: called when a question is queued (see ``Controller``)."""
+        self.questions: queue.Queue[PendingQuestion] = (
+            RingingQueue(ring) if ring is not None else queue.Queue()
+        )
         self.timeout = timeout
         self._lock = threading.Lock()
         self._open: list[PendingQuestion] = []

@@ -3,7 +3,11 @@
 What the window does lives in ``chatsecure.client`` (``form``, ``model``, ``controller`` ...;
 ``chatsecure.client.state`` lists them), tested without a screen; this module lays out widgets
 and connects them to it. Tk is touched only from the thread that made the root: the network
-thread and discovery talk to it through queues polled with ``after``.
+thread and discovery talk to it through queues. Putting in one rings a ``Doorbell`` (a pipe
+Tk watches with ``createfilehandler``), so the window takes events at once whatever the wall
+clock does (Tk's ``after`` timers wait on it: set back ten minutes, a tick armed before comes
+ten minutes late). A tick every ``POLL_MS`` still polls too: it is all there is on Windows, and
+it notices what no thread rings for (the user scrolled to the top: load older lines).
 
 Widgets have stable names, so tests and tools find them with ``root.nametowidget``:
 ``connect.servers.list``, ``connect.form.host|port|nick|password``, ``connect.form.host_error``
@@ -20,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import queue
+import sys
+import time
 import tkinter as tk
 from collections.abc import Callable
 from tkinter import font as tkfont
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
 from chatsecure.client.core import is_quit, parse_target, safe_text
+from chatsecure.client.doorbell import Doorbell, RingingQueue
 from chatsecure.client.form import (
     FormField,
     GuiOptions,
@@ -50,7 +57,11 @@ if TYPE_CHECKING:
     from chatsecure.discovery.mdns import Browser
 
 POLL_MS = 40
-"""How often the Tk thread looks at the client's and discovery's queues."""
+"""How often the Tk thread looks at the client's and discovery's queues without being rung
+(see ``Doorbell``), and at the transcript's view (scrolled to the top: load older lines)."""
+TICK_LATE = 1.0
+"""Seconds past its time after which the tick is taken for one the wall clock stepped over
+(set back): it is armed again from now, the next time the doorbell rings or the view moves."""
 OLDER_PAGE = 100
 """Lines asked for at a time when the user scrolls to the top."""
 ENTRY_MASK = "•"
@@ -94,11 +105,15 @@ class App:
     ) -> None:
         self.root = root
         self.options = options
-        self.controller = Controller(options, store)
+        self.doorbell = Doorbell() if _watches_files(root) else None
+        ring = self.doorbell.ring if self.doorbell is not None else None
+        self.controller = Controller(options, store, ring=ring)
         self.servers = ServerList()
         self._dialog: TrustDialog | None = None
         self._view: str | None = None
         self._tick: str | None = None
+        self._tick_due = 0.0
+        """When ``_tick`` should run (``time.monotonic()``)."""
         self._closed = False
         self._typed: list[str] = []
         """Lines typed in the message box, oldest first (Up and Down bring them back)."""
@@ -146,7 +161,9 @@ class App:
         self._fill_defaults()
         self._start_discovery()
         self._render()
-        self._tick = root.after(POLL_MS, self._poll)
+        if self.doorbell is not None:
+            root.tk.createfilehandler(self.doorbell.fileno, tk.READABLE, self._rung)
+        self._arm_tick()
         if options.target:
             root.after_idle(self._connect)
 
@@ -545,36 +562,65 @@ class App:
         self.controller.close()
         if self._discovery is not None:
             self._discovery.stop()
+        if self.doorbell is not None:  # (after the threads that ring it, as far as they end)
+            # Tcl's notifier, not the window, holds the handler: it must go before the fd.
+            with contextlib.suppress(tk.TclError):
+                self.root.tk.deletefilehandler(self.doorbell.fileno)
+            self.doorbell.close()
         with contextlib.suppress(tk.TclError):
             self.root.destroy()
 
     # -- what the network does -----------------------------------------------------------
 
-    def _poll(self) -> None:
+    def _arm_tick(self) -> None:
+        self._tick = self.root.after(POLL_MS, self._ticked)
+        self._tick_due = time.monotonic() + POLL_MS / 1000
+
+    def _ticked(self) -> None:
         self._tick = None
         try:
-            update = self.controller.poll()
-            if update.changed:
-                self._render()
-                if self._view == "connect":
-                    self._focus_first_error()  # the server refused a field (the password)
-            if update.lines:
-                self._arrived(update.lines)
-            if self._after_sent is not None:
-                if any(line.kind == "error" and line.ref for line in update.lines):
-                    self._after_sent = None  # a line was not sent after all: see why first
-                    self._render()
-                elif not self.controller.unsent:
-                    self._after_sent[0]()
-                    return
-            if self._view == "chat" and not self._load_into_gap_in_view():
-                self._load_older_at_top()
-            self._ask_trust()
-            if self._discovery is not None and self._discovery.poll(self.servers):
-                self._render_servers()
+            self._poll()
         finally:
             if not self._closed:
-                self._tick = self.root.after(POLL_MS, self._poll)
+                self._arm_tick()
+
+    def _rung(self, _fd: int, _mask: int) -> None:
+        """The doorbell: a thread put something in a queue."""
+        if self._closed or self.doorbell is None:
+            return
+        self.doorbell.answer()
+        self._poll()
+        self._mend_tick()
+
+    def _mend_tick(self) -> None:
+        """Arm the tick again if it is late: the wall clock was set back since it was armed."""
+        if self._tick is not None and time.monotonic() - self._tick_due > TICK_LATE:
+            self.root.after_cancel(self._tick)
+            self._arm_tick()
+
+    def _poll(self) -> None:
+        """Take what the network thread and discovery queued; look at the view."""
+        if self._closed:
+            return
+        update = self.controller.poll()
+        if update.changed:
+            self._render()
+            if self._view == "connect":
+                self._focus_first_error()  # the server refused a field (the password)
+        if update.lines:
+            self._arrived(update.lines)
+        if self._after_sent is not None:
+            if any(line.kind == "error" and line.ref for line in update.lines):
+                self._after_sent = None  # a line was not sent after all: see why first
+                self._render()
+            elif not self.controller.unsent:
+                self._after_sent[0]()
+                return
+        if self._view == "chat" and not self._load_into_gap_in_view():
+            self._load_older_at_top()
+        self._ask_trust()
+        if self._discovery is not None and self._discovery.poll(self.servers):
+            self._render_servers()
 
     def _ask_trust(self) -> None:
         dialog = self._dialog
@@ -710,6 +756,7 @@ class App:
         resized) cuts lines at the bottom: that is not the user scrolling up, so if the
         newest line was in view it is brought back."""
         self._scrollbar.set(first, last)
+        self._mend_tick()  # (a view at the top loads older lines at the next tick)
         if float(last) >= 0.999 and self._unseen:
             self._unseen = 0  # the newest lines are in view: nothing below to point to
             self._divider_counted = False
@@ -1023,7 +1070,8 @@ class App:
 
     def _start_discovery(self) -> None:
         if self.options.discovery:
-            self._discovery = Discovery.start(self.servers)
+            ring = self.doorbell.ring if self.doorbell is not None else None
+            self._discovery = Discovery.start(self.servers, ring)
         self._render_servers_hint()
 
 
@@ -1034,11 +1082,12 @@ class Discovery:
         self.browser = browser
 
     @classmethod
-    def start(cls, servers: ServerList) -> Discovery:
+    def start(cls, servers: ServerList, ring: Callable[[], None] | None = None) -> Discovery:
+        """Browse; ``ring`` is called when an event is queued (see ``Doorbell``)."""
         from chatsecure.discovery.mdns import Browser, local_networks
 
         servers.networks = local_networks()
-        browser = Browser()
+        browser = Browser(RingingQueue(ring) if ring is not None else None)
         browser.start()  # opens zeroconf on its own thread; quick, and bounded by its timeout
         return cls(browser)
 
@@ -1286,7 +1335,8 @@ def run(options: GuiOptions) -> int:
     app = App(root, options)
 
     def stop(_signum: int, _frame: object) -> None:
-        # Runs on the main thread between Tk events (the poll tick wakes Python up).
+        # Runs on the main thread between Tk events, once Tk's loop wakes (tests/gui/test_wake
+        # checks that it does with the tick an hour away, as after the clock was set back).
         root.after_idle(app.close)
 
     try:
@@ -1296,3 +1346,8 @@ def run(options: GuiOptions) -> int:
     finally:
         app.close()
     return 0
+
+
+def _watches_files(root: tk.Tk) -> bool:
+    """Whether this Tk can watch a pipe (``createfilehandler``): not on Windows."""
+    return sys.platform != "win32" and hasattr(root.tk, "createfilehandler")

@@ -894,6 +894,36 @@ def test_controller_connects_chats_and_quits(server: ServerThread) -> None:
         wait_for(lambda: not controller.busy)
 
 
+def test_the_controller_rings_for_events_and_again_for_those_a_poll_left(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=0)
+    rings: list[None] = []
+    controller = Controller(
+        GuiOptions(discovery=False, accept_new=True), ring=lambda: rings.append(None)
+    )
+    try:
+        controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+        wait_for(lambda: rings)  # Connected: the network thread rang
+        poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+        client = controller.client
+        assert client is not None
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob")
+            for n in range(20):
+                bob.send({"type": "msg", "text": f"n{n}", "ref": f"r{n}"})
+            wait_for(lambda: client.events.qsize() >= 21)  # bob's join, then his lines
+            rings.clear()
+            controller.poll(limit=10)
+            assert rings  # the rest waits for a poll: rung for it
+            poll_until(controller, client.events.empty)
+            rings.clear()
+            controller.poll(limit=10)
+            assert not rings
+    finally:
+        controller.close()
+
+
 def queued(controller: Controller, kind: type) -> bool:
     """Whether the client has queued a ``kind`` event that the controller has not polled yet."""
     client = controller.client
