@@ -302,16 +302,7 @@ def expired_client(ca_dir: Path, name: str) -> Path:
         .sign(ca_key, hashes.SHA256())
     )
     path = ca_dir / f"{name}.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(ca_dir / f"{name}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    write_pair(cert, key, path, ca_dir / f"{name}.key")
     return path
 
 
@@ -404,6 +395,14 @@ def make_cert(out: Path, not_before: dt.datetime, not_after: dt.datetime) -> tup
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = out / "server.crt", out / "server.key"
+    write_pair(cert, key, cert_path, key_path)
+    return cert_path, key_path
+
+
+def write_pair(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path
+) -> None:
+    """Write ``cert`` and ``key`` (0600 from its first byte), here, not by certs."""
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -414,7 +413,6 @@ def make_cert(out: Path, not_before: dt.datetime, not_after: dt.datetime) -> tup
                 serialization.NoEncryption(),
             )
         )
-    return cert_path, key_path
 
 
 def test_expired_certificate_is_refused_with_the_gencert_command(tmp_path: Path) -> None:
