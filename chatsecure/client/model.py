@@ -501,6 +501,8 @@ class ChatModel:
             )
         if declined is not None:
             return f"Not connected: you did not trust {where}."
+        if where.lower() in reason.lower():  # (it names each address it tried)
+            return f"Could not connect: {reason}"
         return f"Could not connect to {where}: {reason}"
 
     # -- what to show --------------------------------------------------------------------

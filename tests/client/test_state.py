@@ -653,6 +653,18 @@ def test_connect_failure_goes_back_with_the_reason() -> None:
     )
 
 
+def test_a_failure_at_every_address_names_each_once() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("10.0.0.5", 7467, "alice", others=(("fd00::5", 7467),)))
+    reason = (
+        "none of the server's addresses answered: 10.0.0.5:7467 (connection refused); "
+        "[fd00::5]:7467 (connection refused)"
+    )
+    model.apply(Disconnected(reason, error=True), T)
+    assert model.notice is not None
+    assert model.notice.text == f"Could not connect: {reason}"
+
+
 AUTH_FAILED = "the server refused: wrong or missing password (auth_failed)"
 
 
