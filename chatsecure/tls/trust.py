@@ -88,6 +88,13 @@ def server_key(host: str, port: int) -> str:
     return host_port(host, port)
 
 
+def _rekeyed(key: str) -> str:
+    """A stored ``host:port`` as ``server_key`` names it now: a pin written before addresses
+    were written shortest (``[fd00::0005]:7467``) is still found, and still guards its server."""
+    host, _, port = key.rpartition(":")
+    return server_key(host, int(port)) if host and port.isascii() and port.isdigit() else key
+
+
 @dataclass(frozen=True, slots=True)
 class TrustQuestion:
     """What a client asks its user before it pins (or replaces the pin of) a server."""
@@ -128,7 +135,7 @@ class KnownServers:
         for line in text.splitlines():
             parts = line.split()
             if len(parts) >= 2 and not parts[0].startswith("#"):
-                pins[parts[0]] = parts[1]
+                pins[_rekeyed(parts[0])] = parts[1]
         return pins
 
     def _save(self, pins: dict[str, str]) -> None:

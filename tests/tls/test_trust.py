@@ -87,6 +87,17 @@ def test_one_address_spelt_two_ways_is_one_pin(store: KnownServers) -> None:
     assert store.remove("[0::1]", 7467)
 
 
+def test_a_pin_written_in_a_longer_spelling_still_guards_its_server(store: KnownServers) -> None:
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.path.write_text(f"[fd00::0005]:7467 {OLD}\nChat.Example:7 {OLD}\n", encoding="utf-8")
+    assert store.get("fd00::5", 7467) == OLD
+    assert store.get("chat.example", 7) == OLD
+    question = TrustPolicy(store, accept_new=True).check("FD00:0::5", 7467, NEW)
+    assert question is not None  # a changed certificate, not a new server to pin in silence
+    assert question.pinned == OLD
+    assert store.remove("fd00::5", 7467)
+
+
 def test_store_file_is_replaced_whole(store: KnownServers) -> None:
     store.pin("host", 1, OLD)
     assert not list(store.path.parent.glob("*.tmp")), "no temporary file is left behind"
