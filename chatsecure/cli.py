@@ -343,7 +343,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from chatsecure.client.core import ChatClient, Target, parse_target
+    from chatsecure.client.core import ChatClient, Target, dialable, parse_target
     from chatsecure.client.resume import LastSeen, client_id
     from chatsecure.client.terminal import run, tty_ask
     from chatsecure.settings import read_password
@@ -357,7 +357,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
         from chatsecure.discovery.records import preferred_addresses
 
         found = find_server(args.discovered)
-        (host, *alternates), port = preferred_addresses(found, local_networks()), found.port
+        addresses = [a for a in preferred_addresses(found, local_networks()) if dialable(a)]
+        if not addresses:  # (the interface its link-local address was heard on is gone)
+            raise ChatError(f"{found.name!r} advertises no address this machine can dial now")
+        (host, *alternates), port = addresses, found.port
         others = tuple((a, port) for a in alternates)  # (tried when host does not answer)
         advertised = found.fingerprint
     elif not args.target or args.discovered is not None:
@@ -465,7 +468,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from chatsecure.tls.trust import KnownServers, server_key
 
     try:
-        host, port = parse_target(args.target)
+        host, port = parse_target(args.target, check=False)  # (a pin is only a name)
     except ValueError as exc:
         raise ChatError(str(exc)) from None
     store = KnownServers()

@@ -297,8 +297,13 @@ class Target:
         return ((self.host, self.port), *self.others)
 
 
-def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+def parse_target(
+    text: str, default_port: int = limits.DEFAULT_PORT, *, check: bool = True
+) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port).
+
+    ``check``: refuse a host that cannot be dialled as written (``check_host``); without it
+    (a pin to forget, which is only a name) any host is taken."""
     text = text.strip()
     if not text:
         raise ValueError("enter a host name or IP address")
@@ -323,7 +328,8 @@ def parse_target(text: str, default_port: int = limits.DEFAULT_PORT) -> tuple[st
         raise ValueError(f"{text!r} is neither host:port nor an IPv6 address")
     if not host:
         raise ValueError(f"no host in {text!r}")
-    check_host(host)
+    if check:
+        check_host(host)
     if not port_text:
         return host, default_port
     if (port := port_number(port_text)) is None:
@@ -364,6 +370,16 @@ def check_host(host: str) -> None:
             )
     elif not _interface_exists(zone):
         raise ValueError(f"there is no network interface {zone!r} on this machine ({host})")
+
+
+def dialable(host: str) -> bool:
+    """Whether ``host`` passes ``check_host`` (an interface a discovered address was heard
+    on may have gone since)."""
+    try:
+        check_host(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _interface_exists(zone: str) -> bool:

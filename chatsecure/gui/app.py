@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from chatsecure.client.attention import Attention
 from chatsecure.client.controller import Controller
-from chatsecure.client.core import is_quit, parse_target, safe_text
+from chatsecure.client.core import dialable, is_quit, parse_target, safe_text
 from chatsecure.client.doorbell import Doorbell, RingingQueue
 from chatsecure.client.form import (
     FormField,
@@ -420,7 +420,9 @@ class App:
             return
         request = result.request
         if row is not None and picked and row.fallbacks:  # every node, every address, in order
-            request = dataclasses.replace(request, others=row.fallbacks)
+            # (less an address whose interface has gone since it was heard)
+            others = tuple(a for a in row.fallbacks if dialable(a[0]))
+            request = dataclasses.replace(request, others=others)
         self.controller.connect(request)
         self._render()
 

@@ -174,6 +174,13 @@ def test_forget_of_an_unknown_server_fails() -> None:
     assert "pinned for that host" not in result.stderr
 
 
+def test_a_pin_of_an_address_whose_interface_is_gone_can_be_forgotten() -> None:
+    KnownServers().pin("fe80::1%nosuch9", 7467, certs.fingerprint(b"a server on a lost link"))
+    result = Terminal.run_cli("forget", "[fe80::1%nosuch9]:7467")
+    assert result.returncode == 0, result.stderr
+    assert KnownServers().get("fe80::1%nosuch9", 7467) is None
+
+
 def test_forget_without_the_port_names_the_pins_of_that_host() -> None:
     fingerprint = certs.fingerprint(b"a server on another port")
     KnownServers().pin("127.0.0.1", 17470, fingerprint)

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.client.core import Connected, Disconnected, Queued, Received, Reconnecting, Sent
+from chatsecure.client.core import (
+    Connected,
+    Disconnected,
+    Queued,
+    Received,
+    Reconnecting,
+    Sent,
+    dialable,
+    parse_target,
+)
 from chatsecure.client.model import UNREADABLE
 from chatsecure.client.state import (
     MAX_PASSWORD,
@@ -128,6 +137,15 @@ def test_form_errors_name_the_field(host: str, port: str, nick: str, field: str,
     assert result.request is None
     assert list(result.errors) == [field]
     assert says in result.errors[field]  # type: ignore[index]
+
+
+def test_what_cannot_be_dialled_is_told_without_raising_and_a_pin_is_only_a_name() -> None:
+    assert [dialable(h) for h in ("10.0.0.5", "fe80::1%lo", "chat.example")] == [True] * 3
+    assert [dialable(h) for h in ("1.2.3", "fe80::1%nosuch9", "fe80::1")] == [False] * 3
+    # A pin of an address whose interface is gone can still be named, to forget it.
+    assert parse_target("[fe80::1%nosuch9]:7467", check=False) == ("fe80::1%nosuch9", 7467)
+    with pytest.raises(ValueError, match="no network interface 'nosuch9'"):
+        parse_target("[fe80::1%nosuch9]:7467")
 
 
 def test_form_reports_every_bad_field_at_once() -> None:
