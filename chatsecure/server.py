@@ -1073,10 +1073,14 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     """Bound listening sockets: one dual-stack socket for all interfaces, or one per address
     ``host`` resolves to (``localhost``: 127.0.0.1 and ::1), all on one port.
 
-    ``::`` is dual-stack too, where the system allows it (else IPv6 only, and said so).
+    ``::`` is dual-stack too, where the system allows it (else IPv6 only, and said so). An
+    address of a name that this machine does not have (``::1`` with IPv6 off, as in a
+    container) is left out, with a warning, as long as another one is listened on.
     """
     addresses: list[tuple[int, tuple[Any, ...]]] = [(socket.AF_INET, ("", port))]
+    named = False
     if host and host != "*":
+        named = not _is_address(listen_host(host))
         addresses = _resolve(listen_host(host), port)
     elif socket.has_dualstack_ipv6():
         addresses = [(socket.AF_INET6, ("::", port))]
@@ -1084,18 +1088,46 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     while True:
         tries += 1
         bound: list[socket.socket] = []
+        missing: list[tuple[tuple[Any, ...], OSError]] = []
         try:
             for family, sockaddr in addresses:
                 # (The whole sockaddr: an IPv6 link-local address's scope id is in it.)
                 at = (sockaddr[0], bound[0].getsockname()[1] if bound else port, *sockaddr[2:])
-                bound.append(_listening_socket(family, at))
+                try:
+                    bound.append(_listening_socket(family, at))
+                except OSError as absent:
+                    if not (named and absent.errno in NOT_HERE):
+                        raise
+                    missing.append((at, absent))
+            if not bound and missing:
+                at = missing[0][0]
+                raise missing[0][1]
         except OSError as exc:
             for sock in bound:
                 sock.close()
             if bound and not port and exc.errno == errno.EADDRINUSE and tries < FREE_PORT_TRIES:
                 continue
             raise ConfigError(_listen_failure(exc, _shown(at), at[1])) from exc
+        for left_out, why in missing:
+            log.warning(
+                "not listening on %s, an address of %s: %s",
+                host_port(_shown(left_out), left_out[1]),
+                host,
+                os.strerror(why.errno) if why.errno else why,
+            )
         return bound
+
+
+NOT_HERE = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+"""Errors of a bind to an address this machine does not have (IPv6 turned off, say)."""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:

@@ -92,6 +92,17 @@ def test_a_name_is_listened_on_at_every_address_it_resolves_to(lab: Lab, tmp_pat
         assert each["reaches"] == {"127.0.0.1": True, "::1": True}
 
 
+def test_an_address_of_a_name_this_machine_lacks_is_left_out(lab: Lab, tmp_path: Path) -> None:
+    host = lab.host("v4")  # IPv6 off, as in many containers, but ::1 still in /etc/hosts
+    for interface in ("all", "default", "lo"):
+        host.run("sysctl", "-q", "-w", f"net.ipv6.conf.{interface}.disable_ipv6=1")
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+    (listening,) = probe(host, "localhost", hosts_file)
+    assert listening["shown"] == f"127.0.0.1:{listening['port']} (127.0.0.1)"
+    assert listening["reaches"]["127.0.0.1"]
+
+
 def link_local(host: Host, interface: str) -> str:
     """The IPv6 link-local address ``interface`` gets once up (DAD is off in a lab's host)."""
     deadline = time.monotonic() + 5
