@@ -1080,8 +1080,9 @@ class App:
 class Discovery:
     """Feeds "Servers on this network" from the mDNS browser's queue."""
 
-    def __init__(self, browser: Browser) -> None:
+    def __init__(self, browser: Browser, ring: Callable[[], None] | None = None) -> None:
         self.browser = browser
+        self._ring = ring
 
     @classmethod
     def start(cls, servers: ServerList, ring: Callable[[], None] | None = None) -> Discovery:
@@ -1091,7 +1092,7 @@ class Discovery:
         servers.networks = local_networks()
         browser = Browser(RingingQueue(ring) if ring is not None else None)
         browser.start()  # opens zeroconf on its own thread; quick, and bounded by its timeout
-        return cls(browser)
+        return cls(browser, ring)
 
     @property
     def error(self) -> str | None:
@@ -1107,6 +1108,9 @@ class Discovery:
                 break
             servers.apply(event)
             changed = True
+        else:
+            if self._ring is not None:  # more than a poll takes: the rest at the next turn
+                self._ring()
         return changed
 
     def stop(self) -> None:

@@ -5,14 +5,17 @@ A tick of an hour stands for a tick the clock stepped over."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from chatsecure.client.state import Phase
+from chatsecure.client.state import Phase, ServerList
+from chatsecure.discovery.records import ServerRemoved
 from chatsecure.gui import app
 from chatsecure.testing import RawClient, ServerThread
 
@@ -118,3 +121,15 @@ def test_sigterm_closes_the_window_with_no_timer_tick(server: ServerThread, disp
             proc.communicate(timeout=5)
     assert proc.returncode == 0, err
     server.wait_online(0)
+
+
+def test_discovery_rings_again_for_what_one_poll_left() -> None:
+    rings: list[None] = []
+    events: queue.Queue[ServerRemoved] = queue.Queue()
+    for n in range(5):
+        events.put(ServerRemoved(f"gone {n}"))
+    discovery = app.Discovery(SimpleNamespace(events=events), lambda: rings.append(None))  # type: ignore[arg-type]
+    assert discovery.poll(ServerList(), limit=3)
+    assert len(rings) == 1  # two left: the window polls again at once, not at its next tick
+    assert discovery.poll(ServerList(), limit=3)
+    assert len(rings) == 1  # all taken
