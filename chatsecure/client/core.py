@@ -787,7 +787,12 @@ class ChatClient:
                 reason = "the server shut down"  # (to restart, most often: we try again)
             except (ChatError, OSError, ssl.SSLError, EOFError) as exc:
                 reason = describe_error(exc)
-                if self.session.me is None and (hint := port_hint(*self.target.addresses[0])):
+                typed = self.target.advertised is None  # (nobody typed a discovered address)
+                if (
+                    self.session.me is None
+                    and typed
+                    and (hint := port_hint(*self.target.addresses[0]))
+                ):
                     reason = f"{reason} ({hint})"
             else:  # quit while connecting, or after the welcome
                 return left
