@@ -467,14 +467,6 @@ def preferred_addresses(
     return tuple(text for _, _, text in ranked)
 
 
-def preferred_address(
-    server: DiscoveredServer,
-    local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> str:
-    """The address to connect to first (see ``preferred_addresses``)."""
-    return preferred_addresses(server, local_networks)[0]
-
-
 def match_servers(servers: Iterable[DiscoveredServer], wanted: str) -> list[DiscoveredServer]:
     """Servers answering to ``wanted``: its full key, instance label, or friendly name.
 

@@ -34,7 +34,7 @@ from chatsecure.discovery.records import (
     instance_name,
     match_servers,
     order_addresses,
-    preferred_address,
+    preferred_addresses,
     renamed,
     server_from_records,
 )
@@ -275,9 +275,9 @@ def test_match_by_friendly_name_can_be_ambiguous() -> None:
 def test_preferred_address_is_one_on_a_shared_network() -> None:
     found = server(addresses=("192.168.1.5", "10.0.0.5", "fd00::5"))
     here = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
-    assert preferred_address(found, here) == "10.0.0.5"
-    assert preferred_address(found, [ipaddress.ip_network("fd00::/64")]) == "fd00::5"
-    assert preferred_address(found, []) == "192.168.1.5"
+    assert preferred_addresses(found, here)[0] == "10.0.0.5"
+    assert preferred_addresses(found, [ipaddress.ip_network("fd00::/64")])[0] == "fd00::5"
+    assert preferred_addresses(found, [])[0] == "192.168.1.5"
 
 
 HERE = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
@@ -298,12 +298,12 @@ HERE = [ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64")]
     ],
 )
 def test_preferred_address_order(addresses: tuple[str, ...], chosen: str) -> None:
-    assert preferred_address(server(addresses=addresses), HERE) == chosen
+    assert preferred_addresses(server(addresses=addresses), HERE)[0] == chosen
 
 
 def test_only_unscoped_link_local_addresses_cannot_be_connected_to() -> None:
     with pytest.raises(ConfigError, match="no address this machine can connect to"):
-        preferred_address(server(name="far", addresses=("fe80::5", "fe80::6")), HERE)
+        preferred_addresses(server(name="far", addresses=("fe80::5", "fe80::6")), HERE)[0]
 
 
 def test_address_rank() -> None:
@@ -324,7 +324,7 @@ addresses_here = st.lists(
 def test_preferred_address_is_a_best_ranked_one_and_never_unscoped(addresses: list[str]) -> None:
     ranks = [r for a in addresses if (r := address_rank(a, HERE)) is not None]
     try:
-        chosen = preferred_address(server(addresses=tuple(addresses)), HERE)
+        chosen = preferred_addresses(server(addresses=tuple(addresses)), HERE)[0]
     except ConfigError:
         assert ranks == []
         return
