@@ -311,35 +311,53 @@ class Advertiser:
         said: str | None = None
         try:
             while True:
-                why = None
                 try:
-                    wanted = self._wanted()
-                except OSError as exc:
-                    wanted, why = None, str(exc.strerror or exc)
-                if advertised is not None and wanted != advertised:
-                    log.info("the addresses to advertise changed; withdrawing to advertise anew")
-                    await self._withdraw()
+                    advertised, said = await self._look(advertised, said)
+                except Exception:
+                    # A bug, or zeroconf failing in a way not foreseen: said, and tried again,
+                    # rather than the server going unadvertised in silence from now on.
+                    log.exception(
+                        "advertising over mDNS failed; trying again in %.0f s", self.recheck
+                    )
                     advertised = None
-                if wanted is not None and advertised is None:
-                    try:
-                        await self._register(*wanted)
-                        advertised, said = wanted, None
-                    except (OSError, ZeroconfError) as exc:
-                        why = str(exc.strerror or exc) if isinstance(exc, OSError) else repr(exc)
+                    with contextlib.suppress(Exception):
                         await self._withdraw()
-                if advertised is None and why is not None:
-                    self.error = why
-                    if why != said:  # once per reason, not at every look
-                        log.warning(
-                            "not advertising over mDNS (%s): the server runs, but clients must "
-                            "type its address",
-                            why,
-                        )
-                        said = why
                 self.done.set()
                 await asyncio.sleep(self.recheck)
         finally:
             self.done.set()
+
+    async def _look(
+        self, advertised: _Wanted | None, said: str | None
+    ) -> tuple[_Wanted | None, str | None]:
+        """One look: (re-)register if what to advertise changed; what is advertised now, and
+        the reason last said for not advertising."""
+        why = None
+        try:
+            wanted = self._wanted()
+        except OSError as exc:
+            wanted, why = None, str(exc.strerror or exc)
+        if advertised is not None and wanted != advertised:
+            log.info("the addresses to advertise changed; withdrawing to advertise anew")
+            await self._withdraw()
+            advertised = None
+        if wanted is not None and advertised is None:
+            try:
+                await self._register(*wanted)
+                advertised, said = wanted, None
+            except (OSError, ZeroconfError) as exc:
+                why = str(exc.strerror or exc) if isinstance(exc, OSError) else repr(exc)
+                await self._withdraw()
+        if advertised is None and why is not None:
+            self.error = why
+            if why != said:  # once per reason, not at every look
+                log.warning(
+                    "not advertising over mDNS (%s): the server runs, but clients must "
+                    "type its address",
+                    why,
+                )
+                said = why
+        return advertised, said
 
     def _wanted(self) -> _Wanted:
         """The addresses to advertise and the interfaces to do it on, as of now.

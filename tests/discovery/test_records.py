@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import logging
+import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 from zeroconf import BadTypeInNameException, ServiceInfo, service_type_name
 
 from chatsecure.discovery import records
+from chatsecure.discovery.mdns import Advertiser
 from chatsecure.discovery.records import (
     MAX_LABEL,
     SERVICE_TYPE,
@@ -467,3 +471,27 @@ def test_decoding_any_txt_with_a_cluster_key_never_raises(
 ) -> None:
     cluster = decode_txt({**properties, b"cluster": properties.get(b"x") or b""}).cluster
     assert cluster is None or len(cluster) == records.CLUSTER_ID_LENGTH
+
+
+class FailingOnce(Advertiser):
+    """An advertiser whose first look fails as a bug would; later ones find nothing to
+    advertise (so no zeroconf is opened: this runs outside a namespace)."""
+
+    looks = 0
+
+    def _wanted(self) -> Any:
+        self.looks += 1
+        if self.looks == 1:
+            raise RuntimeError("a bug")
+        raise OSError("nothing to advertise here")
+
+
+def test_an_advertiser_that_fails_says_so_and_looks_again(caplog: pytest.LogCaptureFixture) -> None:
+    advertiser = FailingOnce("lab", 7467, "SHA256:x", recheck=0.05)
+    with caplog.at_level(logging.WARNING, "chatsecure.discovery.mdns"), advertiser:
+        deadline = time.monotonic() + 5
+        while advertiser.looks < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert advertiser.looks >= 3  # still looking after the failure
+    assert "advertising over mDNS failed; trying again in 0 s" in caplog.text
+    assert "not advertising over mDNS (nothing to advertise here)" in caplog.text
