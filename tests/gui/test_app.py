@@ -379,24 +379,34 @@ def test_a_chat_that_ended_greys_its_message_box(server: ServerThread, gui: GuiF
 def test_stored_lines_are_greyed_on_join_and_older_ones_load_when_scrolling_up(
     start_server: Callable[..., ServerThread], gui: GuiFactory
 ) -> None:
-    server = start_server(replay=5, msg_rate=0)
+    # More replayed lines than the window shows: none older loads until the user scrolls up.
+    # (A replay that does not fill the view loads older lines at once.)
+    server = start_server(replay=60, msg_rate=0)
     with RawClient(server.host, server.port) as bob:
         bob.join("bob")
-        for n in range(1, 81):
+        for n in range(1, 201):
             bob.send({"type": "msg", "text": f"old {n}", "ref": f"r{n}"})
             bob.expect("ack")
     alice = gui(nick="alice", accept_new=True)
     connect_trusting(alice, "127.0.0.1", server.port)
-    alice.pump(lambda: "old 80" in alice.transcript())
+    alice.pump(lambda: "old 200" in alice.transcript())
     assert "Earlier in this room:" in alice.transcript()
-    assert "history" in alice.tags_of_line_with("old 76")
-    assert "old 75" not in alice.transcript()
+    assert "history" in alice.tags_of_line_with("old 141")
+    settle([alice], 0.3)
+    assert "old 140" not in alice.transcript()
     text = alice.w("chat.body.log.transcript")
-    text.yview_moveto(0.0)  # the user scrolls to the top
-    alice.pump(lambda: "old 1" in alice.transcript() and "old 75" in alice.transcript())
-    lines = alice.transcript_lines()
-    olds = [int(line.rsplit(" ", 1)[1]) for line in lines if ": old " in line]
-    assert olds == list(range(1, 81)), "older lines go on top, in order, each once"
+
+    def olds() -> list[int]:
+        return [
+            int(line.rsplit(" ", 1)[1]) for line in alice.transcript_lines() if ": old " in line
+        ]
+
+    def scrolled_up_to_the_first() -> bool:
+        text.yview_moveto(0.0)  # the user scrolls to the top (a page of 100 loads each time)
+        return olds()[:1] == [1]
+
+    alice.pump(scrolled_up_to_the_first, timeout=10)
+    assert olds() == list(range(1, 201)), "older lines go on top, in order, each once"
 
 
 def test_missed_lines_the_replay_left_out_load_into_their_place_when_scrolled_to(
