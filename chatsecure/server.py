@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from chatsecure import __version__
+from chatsecure.discovery.records import ip_of, needs_scope
 from chatsecure.errors import ConfigError, RemoteProtocolError
 from chatsecure.history import HistoryError, RoomLog, SharedLog
 from chatsecure.protocol import limits
@@ -1080,7 +1081,7 @@ def listen_sockets(host: str | None, port: int) -> list[socket.socket]:
     addresses: list[tuple[int, tuple[Any, ...]]] = [(socket.AF_INET, ("", port))]
     named = False
     if host and host != "*":
-        named = not _is_address(listen_host(host))
+        named = ip_of(listen_host(host)) is None
         addresses = _resolve(listen_host(host), port)
     elif socket.has_dualstack_ipv6():
         addresses = [(socket.AF_INET6, ("::", port))]
@@ -1122,14 +1123,6 @@ NOT_HERE = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 """Errors of a bind to an address this machine does not have (IPv6 turned off, say)."""
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _resolve(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
     """Each distinct (family, sockaddr) ``host`` resolves to, in the resolver's order."""
     try:
@@ -1165,26 +1158,13 @@ def listen_host(text: str) -> str:
     """``--host`` as an address or name: an IPv6 address may come in brackets, as clients
     take it (``[::1]``); a port in it is refused, with where it goes (``--port``)."""
     inner = text.removeprefix("[").removesuffix("]")
-    if f"[{inner}]" == text and _is_ipv6(inner):
+    if f"[{inner}]" == text and (ip := ip_of(inner)) is not None and ip.version == 6:
         return inner
     if re.fullmatch(r"(\[[^]]*\]|[^:\[\]]*):[0-9]*", text):
         raise ConfigError(
             f"cannot listen on {text!r}: give the address alone, and the port with --port"
         )
     return text
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _needs_interface(host: str) -> bool:
-    """An IPv6 link-local address without ``%interface``: no way to know which link."""
-    return _is_ipv6(host) and ipaddress.IPv6Address(host).is_link_local and "%" not in host
 
 
 def _listen_failure(exc: OSError, host: str, port: int) -> str:
@@ -1199,7 +1179,7 @@ def _listen_failure(exc: OSError, host: str, port: int) -> str:
         return f"port {port} needs root (ports below 1024 do): choose another port with --port"
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {host_port(host, port)}: {host} is not an address of this machine"
-    if exc.errno == errno.EINVAL and _needs_interface(host):
+    if exc.errno == errno.EINVAL and needs_scope(host):
         return (
             f"cannot listen on {host_port(host, port)}: a link-local address needs its "
             f"interface, as in {host}%eth0"

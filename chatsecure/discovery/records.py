@@ -341,28 +341,29 @@ def describe_server(server: DiscoveredServer) -> str:
 # --- addresses --------------------------------------------------------------------------
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv6 zone, ``%eth0``, left aside); None if it is none."""
     try:
         return ipaddress.ip_address(text.split("%")[0])
     except ValueError:
         return None
 
 
-def _needs_scope(text: str) -> bool:
+def needs_scope(text: str) -> bool:
     """An IPv6 link-local address without ``%interface``: no way to know where to send."""
-    ip = _ip(text)
+    ip = ip_of(text)
     return ip is not None and ip.version == 6 and ip.is_link_local and not text.partition("%")[2]
 
 
 def order_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     """Distinct valid addresses, IPv4 first, then IPv6, each family in the given order."""
-    unique = [a for a in dict.fromkeys(addresses) if _ip(a) is not None]
+    unique = [a for a in dict.fromkeys(addresses) if ip_of(a) is not None]
     return tuple(sorted(unique, key=lambda a: ":" in a))
 
 
 def connectable_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
     """``order_addresses`` without IPv6 link-local addresses that lack their interface."""
-    return tuple(a for a in order_addresses(addresses) if not _needs_scope(a))
+    return tuple(a for a in order_addresses(addresses) if not needs_scope(a))
 
 
 def addresses_settled(addresses: Iterable[str], denied: Collection[int] = ()) -> bool:
@@ -375,10 +376,10 @@ def addresses_settled(addresses: Iterable[str], denied: Collection[int] = ()) ->
     """
     versions: set[int] = set()
     for text in addresses:
-        ip = _ip(text)
+        ip = ip_of(text)
         if ip is None:
             continue
-        if _needs_scope(text):
+        if needs_scope(text):
             return False
         versions.add(ip.version)
     return all(version in versions or version in denied for version in (4, 6))
@@ -395,31 +396,31 @@ def advertised_addresses(listening: Sequence[str], local: Sequence[str]) -> list
     """
     wanted: list[str] = []
     for host in listening:
-        addr = _ip(host)
+        addr = ip_of(host)
         if addr is None:
             continue
         if not addr.is_unspecified:
             wanted.append(str(addr))
             continue
         for text in local:
-            ip = _ip(text)
+            ip = ip_of(text)
             if ip is not None and ip.version == addr.version:
                 wanted.append(text.partition("%")[0])
-    ordered = [(a, ip) for a in order_addresses(wanted) if (ip := _ip(a)) is not None]
+    ordered = [(a, ip) for a in order_addresses(wanted) if (ip := ip_of(a)) is not None]
     usable = [a for a, ip in ordered if not ip.is_loopback and not ip.is_link_local]
     return usable or [a for a, ip in ordered if ip.is_link_local]
 
 
 def unadvertised_reason(listening: Sequence[str]) -> str:
     """Why ``advertised_addresses`` found nothing for a server listening on ``listening``."""
-    if listening and all((ip := _ip(host)) is not None and ip.is_loopback for host in listening):
+    if listening and all((ip := ip_of(host)) is not None and ip.is_loopback for host in listening):
         return f"listening on {', '.join(listening)}, loopback only"
     return "no address other than loopback"
 
 
 def without_loopback(addresses: Iterable[str]) -> list[str]:
     """``addresses`` less the loopback ones, which no other machine can connect to."""
-    return [a for a in addresses if (ip := _ip(a)) is None or not ip.is_loopback]
+    return [a for a in addresses if (ip := ip_of(a)) is None or not ip.is_loopback]
 
 
 def address_rank(
@@ -433,8 +434,8 @@ def address_rank(
 
     An IPv6 link-local address without an interface cannot be connected to at all.
     """
-    ip = _ip(text)
-    if ip is None or _needs_scope(text):
+    ip = ip_of(text)
+    if ip is None or needs_scope(text):
         return None
     if ip.version == 6 and ip.is_link_local:
         return 1
