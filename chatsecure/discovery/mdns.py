@@ -63,6 +63,7 @@ from chatsecure.discovery.records import (
     without_loopback,
 )
 from chatsecure.errors import ChatError
+from chatsecure.tls.certs import local_addresses
 
 __all__ = [
     "SERVICE_TYPE",
@@ -133,16 +134,6 @@ def multicast_interfaces() -> list[str | int]:
             elif not ipaddress.IPv4Address(ip.ip).is_loopback:
                 chosen.append(ip.ip)
     return list(dict.fromkeys(chosen))
-
-
-def host_addresses() -> list[str]:
-    """Every address on this host's interfaces, IPv6 link-local ones included (unscoped)."""
-    found = (
-        ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-    )
-    return list(dict.fromkeys(found))
 
 
 def local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -377,7 +368,7 @@ class Advertiser:
             if not given:
                 raise OSError("the addresses given to advertise are loopback only")
             return given
-        found = advertised_addresses(self.listening, host_addresses())
+        found = advertised_addresses(self.listening, local_addresses(link_local=True))
         if not found:
             raise OSError(unadvertised_reason(self.listening))
         return found

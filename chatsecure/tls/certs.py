@@ -112,13 +112,14 @@ def common_name(cert: x509.Certificate) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def local_addresses() -> list[str]:
-    """Every IP address configured on this machine's interfaces (IPv6 link-local excluded)."""
+def local_addresses(*, link_local: bool = False) -> list[str]:
+    """Every IP address configured on this machine's interfaces (link-local ones, unscoped,
+    only with ``link_local``)."""
     found: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             addr = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            if ipaddress.ip_address(addr).is_link_local:
+            if not link_local and ipaddress.ip_address(addr).is_link_local:
                 continue
             if addr not in found:
                 found.append(addr)
