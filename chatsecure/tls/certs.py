@@ -339,21 +339,21 @@ def check_expiry(cert: Path, warn_days: int, now: dt.datetime | None = None) -> 
     valid yet. Each names the day, and this machine's: the clock may be what is wrong."""
     now = now or dt.datetime.now(dt.UTC)
     loaded = load_cert(cert)
-    start, end = loaded.not_valid_before_utc, loaded.not_valid_after_utc
-    if end <= now:
+    wrong, end = out_of_date(loaded, now), loaded.not_valid_after_utc
+    if wrong is not None and end <= now:
         raise ConfigError(
-            f"the certificate {cert} expired on {day(end)}, and {clock_says(now)}: if the "
-            f"clock is wrong, set it right; if not, {renewal(cert)}"
+            f"the certificate {cert} {wrong}, and {clock_says(now)}: if the clock is wrong, "
+            f"set it right; if not, {renewal(cert)}"
         )
     left = (end - now).total_seconds() / 86400
     if left < warn_days:
         log.warning("the certificate %s expires in %.0f days; %s", cert, left, renewal(cert))
-    if start > now:
+    if wrong is not None:  # not valid yet
         log.warning(
-            "the certificate %s is valid only from %s, and %s: clients that check it (--cafile)"
-            " refuse it until then; if the clock was wrong when it was made, %s",
+            "the certificate %s %s, and %s: clients that check it (--cafile) refuse it until "
+            "then; if the clock was wrong when it was made, %s",
             cert,
-            day(start),
+            wrong,
             clock_says(now),
             renewal(cert),
         )
