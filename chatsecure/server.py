@@ -229,7 +229,9 @@ def _cork(sock: socket.socket, on: bool) -> bool:
     """Set ``TCP_CORK`` on ``sock``; False if the connection is broken."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, cast(int, TCP_CORK), on)
-    except OSError:
+    except (OSError, ValueError):
+        # (uvloop's socket of a connection it has closed, before ``connection_lost``, has no
+        # descriptor left: "ValueError: negative file descriptor".)
         return False
     return True
 
@@ -456,6 +458,12 @@ class Session(asyncio.BufferedProtocol):
         if corked:
             # Never left corked: the last packet would wait for the kernel's 200 ms timer.
             _cork(cast(socket.socket, self._socket), False)
+
+    def abort(self) -> None:
+        """Cut the connection at once, writing nothing more (a write to it failed);
+        ``connection_lost`` removes the session, and its client resumes from what it got."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def skip_log(self) -> None:
         """Take none of the broadcasts queued so far in this iteration (its welcome has them)."""
