@@ -114,6 +114,9 @@ class Member(Protocol):
         """Another connection of this member's client took its place (``how``: "from ADDR",
         say): tell it, and close it."""
 
+    def abort(self) -> None:
+        """Cut the connection at once, writing nothing more: a write to it failed."""
+
 
 BATCH_START = 256
 BATCH_MAX = 4096
@@ -1006,7 +1009,10 @@ class Room:
                 # Nothing in here changes the registry (a write that fails closes its
                 # connection later, from the loop), so no copy of it per iteration.
                 for member in self.members.values():
-                    member.end_iteration(v2 if member.id in chosen else v1, senders)
+                    try:
+                        member.end_iteration(v2 if member.id in chosen else v1, senders)
+                    except Exception:  # (nothing is lost to the members after it)
+                        self._not_written(member)
             finally:
                 self.frames, self.frames_skip, self._senders = [], [], set()
             if not self._held and not self._presence_queued:
@@ -1014,7 +1020,20 @@ class Room:
         dirty, self._dirty = self._dirty, []
         no_senders: set[Member] = set()
         for member in dirty:
-            member.end_iteration([], no_senders)
+            try:
+                member.end_iteration([], no_senders)
+            except Exception:
+                self._not_written(member)
+
+    def _not_written(self, member: Member) -> None:
+        """A write to ``member`` failed, a bug (a broken connection fails later, from the loop):
+        said with its traceback, and its connection cut, so that its client resumes from the
+        last line it got. The other members' writes of the iteration go on."""
+        log.exception("could not write to member %s; its connection is cut", member.id)
+        try:
+            member.abort()
+        except Exception:
+            log.exception("could not cut member %s", member.id)
 
     def pending_for(self, member: Member, start: int) -> list[bytes]:
         """This iteration's broadcasts from ``start`` on that are for ``member``."""

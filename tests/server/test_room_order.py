@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from chatsecure import room as room_module
 from chatsecure.history import Appends, Draft, Fed, HistoryError, MemoryLog, SharedLog
 from chatsecure.protocol.messages import Hello, SendMsg, ServerInfo
-from chatsecure.room import Room
+from chatsecure.room import Member, Room
 from tests.protocol.test_v2_property import Pipe
 
 INFO = ServerInfo("lab", "t", 2)
@@ -222,3 +222,35 @@ async def test_a_failure_past_the_commit_is_logged_and_the_room_goes_on(
     assert seen(bob)[-1] == ("msg", "second")
     assert (room.unstored, len(room._answered)) == (0, 0)
     assert "could not acknowledge or broadcast 1 line" in caplog.text
+
+
+class BrokenPipe(HeldPipe):
+    """A member whose write raises, as a bug in writing to one connection would."""
+
+    aborted = False
+
+    def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Member]) -> None:
+        raise ValueError("negative file descriptor")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_to_one_member_costs_the_others_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room = Room(INFO, MemoryLog(100), replay=0, replay_max=0, presence_pace=0.0)
+    await room.open()
+    alice, broken, bob = Pipe(room, "1", ""), BrokenPipe(room, "2", ""), Pipe(room, "3", "")
+    for pipe, nick in ((alice, "alice"), (broken, "broken"), (bob, "bob")):
+        room.join(pipe, nick, Hello(nick), "127.0.0.1")  # (the broken one before bob)
+    room.say(alice, SendMsg("hello", ref="r1"))
+    await room.drain()
+    for _ in range(3):  # the writes of the last iterations
+        await asyncio.sleep(0)
+    assert seen(bob)[-1] == ("msg", "hello")
+    assert seen(alice)[-1] == ("ack", "r1")
+    assert broken.aborted
+    assert "could not write to member 2; its connection is cut" in caplog.text
+    await room.close()
