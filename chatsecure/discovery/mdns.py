@@ -39,6 +39,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from chatsecure.discovery.records import (
     DISCOVER_TIMEOUT,
+    MAX_PENDING,
+    MAX_RESOLVING,
     RECORD_TTL,
     RESOLVE_TIMEOUT,
     SERVICE_TYPE,
@@ -111,6 +113,10 @@ WATCH_POLL = 1.0
 REFRESH_AT = (80, 85, 90, 95)
 """Percentages of a server's SRV TTL at which a browser asks for it again (RFC 6762 5.2): a
 live server answers and stays listed; one that does not is gone once the record expires."""
+
+FLOOD_WARN_EVERY = 60.0
+"""Fewest seconds between two warnings about the same flood of announcements: a neighbour
+that floods on and off must not fill the log instead."""
 
 QM = DNSQuestionType.QM
 """Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
@@ -454,6 +460,28 @@ def _ignore(
     """A browser's handler for changes nobody needs: the cache is what is looked at."""
 
 
+class _Alarm:
+    """A warning said when its condition starts, not again until it has ended, and at most
+    once every ``every`` seconds: one line per flood, not one per name it brings."""
+
+    def __init__(self, every: float = FLOOD_WARN_EVERY) -> None:
+        self.every = every
+        self.on = False
+        self._said = -every
+
+    def ring(self, message: str, *args: object) -> None:
+        if self.on:
+            return
+        self.on = True
+        now = time.monotonic()
+        if now - self._said >= self.every:
+            self._said = now
+            log.warning(message, *args)
+
+    def clear(self) -> None:
+        self.on = False
+
+
 # --- browsing ---------------------------------------------------------------------------
 
 
@@ -464,6 +492,10 @@ class Browser:
     ``ServerUpdated`` when any of that changes; ``ServerRemoved`` when it says goodbye or
     its records expire. If zeroconf cannot start (no multicast interface), ``error`` says why
     and no events come.
+
+    What a neighbour announces is bounded: at most ``max_resolving`` names are resolved at
+    once, and at most ``max_pending`` more wait their turn (newer ones are dropped, with a
+    warning once per flood).
     """
 
     def __init__(
@@ -472,11 +504,15 @@ class Browser:
         *,
         interfaces: Interfaces | None = None,
         resolve_timeout: float = RESOLVE_TIMEOUT,
+        max_resolving: int = MAX_RESOLVING,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.events: queue.Queue[DiscoveryEvent] = events if events is not None else queue.Queue()
         self.interfaces = interfaces
         """IPv4 addresses and IPv6 interface indexes to browse on; ``None``: all but loopback."""
         self.resolve_timeout = resolve_timeout
+        self.max_resolving = max_resolving
+        self.max_pending = max_pending
         self.error: str | None = None
         """Why browsing is not possible, once ``start()`` returned; else ``None``."""
         self._thread = _LoopThread("chatsecure-browser")
@@ -486,11 +522,15 @@ class Browser:
         self._browser: AsyncServiceBrowser | None = None
         self._known: dict[str, DiscoveredServer] = {}
         self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, str] = {}
+        """Names waiting for a free resolve, by key, oldest first."""
         self._again: set[str] = set()
         self._asked: dict[str, tuple[float, int]] = {}
         """Per known server: the ``created`` of its SRV record and how many of ``REFRESH_AT``
         were asked for since."""
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._too_many_names = _Alarm()
 
     def start(self) -> None:
         """Open zeroconf and start browsing; returns once the browser runs (or failed)."""
@@ -536,6 +576,8 @@ class Browser:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _close(self) -> None:
+        self._closing = True  # a resolve that ends now starts no other
+        self._pending.clear()
         tasks = list(self._resolving.values())
         if self._watcher is not None:
             tasks.append(self._watcher)
@@ -556,6 +598,7 @@ class Browser:
     ) -> None:
         key = name.lower()
         if state_change is ServiceStateChange.Removed:
+            self._pending.pop(key, None)
             task = self._resolving.pop(key, None)
             if task is not None:
                 task.cancel()
@@ -563,11 +606,33 @@ class Browser:
             self._asked.pop(key, None)
             if self._known.pop(key, None) is not None:
                 self.events.put(ServerRemoved(name))
+            self._next()
             return
         if key in self._resolving:
             self._again.add(key)  # resolve once more when the current attempt ends
-            return
-        self._resolving[key] = asyncio.get_running_loop().create_task(self._resolve(name))
+        elif len(self._resolving) < self.max_resolving:
+            self._start(key, name)
+        elif key in self._pending or len(self._pending) < self.max_pending:
+            self._pending[key] = name
+        else:
+            self._too_many_names.ring(
+                "a neighbour on this network announces too many chatsecure servers: %d "
+                "already wait to be looked up, and the names beyond them are ignored",
+                len(self._pending),
+            )
+            log.debug("ignoring %s: too many names wait to be looked up", name)
+
+    def _start(self, key: str, name: str) -> None:
+        if not self._closing:
+            self._resolving[key] = asyncio.get_running_loop().create_task(self._resolve(name))
+
+    def _next(self) -> None:
+        """Start resolving the names that wait, as far as there is room."""
+        while self._pending and len(self._resolving) < self.max_resolving:
+            key = next(iter(self._pending))
+            self._start(key, self._pending.pop(key))
+        if not self._pending:
+            self._too_many_names.clear()
 
     async def _resolve(self, name: str) -> None:
         key = name.lower()
@@ -582,6 +647,7 @@ class Browser:
         finally:
             if self._resolving.get(key) is asyncio.current_task():
                 del self._resolving[key]
+                self._next()
 
     async def _lookup(self, name: str) -> DiscoveredServer | None:
         assert self._zc is not None  # noqa: S101 - set in _open()

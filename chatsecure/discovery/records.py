@@ -60,6 +60,15 @@ SETTLE_QUIET: Final = 0.2
 (see ``addresses_settled``) as all there is."""
 SETTLE_MAX: Final = 1.0
 """Longest a browser waits, once a service is resolved, for its address set to be whole."""
+MAX_RESOLVING: Final = 8
+"""Most services a browser resolves at once; the names that come meanwhile wait their turn.
+
+Each resolve asks the network on its own (several queries over up to ``RESOLVE_TIMEOUT``), so
+without a bound a neighbour announcing thousands of names would have the browser run as many
+tasks and multicast as many queries itself. A real network's servers answer in well under a
+second, so eight at a time delay nobody."""
+MAX_PENDING: Final = 256
+"""Most names a browser keeps waiting for a resolve; newer ones are dropped, with a warning."""
 RECORD_TTL: Final = 120
 """Seconds every record a server advertises (PTR, SRV, TXT, A/AAAA) stays valid in a cache.
 

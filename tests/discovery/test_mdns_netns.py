@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.discovery.records import RECORD_TTL
+from chatsecure.discovery.records import MAX_PENDING, MAX_RESOLVING, RECORD_TTL
 from chatsecure.protocol.limits import PROTOCOL_VERSION
 from chatsecure.tls.certs import fingerprint
 from tests.discovery.procs import chatsecure, discover, env, found, start_discover, start_server
-from tests.netns import Host, Lab
+from tests.netns import Host, Lab, Proc
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
 PROBE = Path(__file__).with_name("api_probe.py")
 TWINS = Path(__file__).with_name("twins_probe.py")
+FLOOD = Path(__file__).with_name("flood_probe.py")
+BROWSE = Path(__file__).with_name("browse_probe.py")
 
 
 def test_server_is_found_in_its_namespace_with_port_addresses_and_fingerprint(
@@ -528,3 +530,57 @@ def test_a_discovered_server_that_answers_at_no_address_names_each_one_tried(
         f"chatsecure: none of the server's addresses answered: {'; '.join(order)}"
         for order in (tried, tried[::-1])
     ], said
+
+
+def start_browse_probe(host: Host, *args: str) -> Proc:
+    """``browse_probe.py`` in ``host``: events as JSON lines, a report once stdin closes."""
+    return host.popen(sys.executable, str(BROWSE), "40", *args, stdin=True, env=env())
+
+
+def report_of(probe: Proc) -> dict[str, object]:
+    """Stop a ``start_browse_probe`` process; its report."""
+    probe.close_stdin()
+    assert probe.wait(15) == 0, probe.err
+    report: dict[str, object] = json.loads(probe.out.splitlines()[-1])["report"]
+    return report
+
+
+def seen(proc: Proc, pattern: str, timeout: float) -> bool:
+    """Whether ``pattern`` shows on ``proc``'s stderr within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, proc.err, re.MULTILINE) and time.monotonic() < deadline:
+        proc._pump(0.1)
+    return re.search(pattern, proc.err, re.MULTILINE) is not None
+
+
+def flood_lab(lab: Lab, cert_dir: Path) -> tuple[Host, str, Proc, str]:
+    """A genuine server, a hostile neighbour and a browser that listed the server, on one link:
+    the neighbour's host and address, the browser and the server's key."""
+    server_host, hostile, browser_host = lab.host("srv"), lab.host("bad"), lab.host("browser")
+    _, hostile_ip, _ = lab.lan("10.77.1.0/24", server_host, hostile, browser_host)
+    start_server(server_host, cert_dir, "genuine")
+    probe = start_browse_probe(browser_host)
+    added = json.loads(probe.expect(r'^\{"event": "added".*\}$').group(0))
+    assert added["name"] == "genuine"
+    return hostile, hostile_ip, probe, added["key"]
+
+
+def test_a_neighbour_announcing_hundreds_of_names_gets_a_few_resolves_at_a_time(
+    lab: Lab, cert_dir: Path
+) -> None:
+    hostile, hostile_ip, probe, genuine = flood_lab(lab, cert_dir)
+    count = MAX_RESOLVING + MAX_PENDING + 40  # names that never resolve: each waits it out
+
+    hostile.run(sys.executable, str(FLOOD), hostile_ip, str(count), "bare", env=env())
+    warned = seen(probe, r"announces too many chatsecure servers", timeout=5)
+    time.sleep(1)  # a little more of the flood's resolves
+    report = report_of(probe)
+
+    assert report["peak_resolving"] == MAX_RESOLVING, report  # reached, never passed
+    assert warned, probe.err
+    assert probe.err.count("announces too many") == 1, probe.err  # once, not once a name
+    assert report["listed"] == [genuine.lower()], report
+    assert '"removed"' not in probe.out
+    assert isinstance(report["stop_seconds"], float)
+    assert report["stop_seconds"] < 2, report
+    assert report["threads_after_stop"] == [], report
