@@ -41,6 +41,7 @@ from chatsecure.discovery.records import (
     DISCOVER_TIMEOUT,
     MAX_PENDING,
     MAX_RESOLVING,
+    MAX_SERVERS,
     RECORD_TTL,
     RESOLVE_TIMEOUT,
     SERVICE_TYPE,
@@ -494,8 +495,8 @@ class Browser:
     and no events come.
 
     What a neighbour announces is bounded: at most ``max_resolving`` names are resolved at
-    once, and at most ``max_pending`` more wait their turn (newer ones are dropped, with a
-    warning once per flood).
+    once, at most ``max_pending`` more wait their turn (newer ones are dropped), and at most
+    ``max_servers`` are listed; each bound reached is logged once per flood.
     """
 
     def __init__(
@@ -506,6 +507,7 @@ class Browser:
         resolve_timeout: float = RESOLVE_TIMEOUT,
         max_resolving: int = MAX_RESOLVING,
         max_pending: int = MAX_PENDING,
+        max_servers: int = MAX_SERVERS,
     ) -> None:
         self.events: queue.Queue[DiscoveryEvent] = events if events is not None else queue.Queue()
         self.interfaces = interfaces
@@ -513,6 +515,7 @@ class Browser:
         self.resolve_timeout = resolve_timeout
         self.max_resolving = max_resolving
         self.max_pending = max_pending
+        self.max_servers = max_servers
         self.error: str | None = None
         """Why browsing is not possible, once ``start()`` returned; else ``None``."""
         self._thread = _LoopThread("chatsecure-browser")
@@ -531,6 +534,7 @@ class Browser:
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
         self._too_many_names = _Alarm()
+        self._too_many_servers = _Alarm()
 
     def start(self) -> None:
         """Open zeroconf and start browsing; returns once the browser runs (or failed)."""
@@ -606,10 +610,13 @@ class Browser:
             self._asked.pop(key, None)
             if self._known.pop(key, None) is not None:
                 self.events.put(ServerRemoved(name))
+                self._too_many_servers.clear()
             self._next()
             return
         if key in self._resolving:
             self._again.add(key)  # resolve once more when the current attempt ends
+        elif not self._room_for(key):
+            log.debug("not resolving %s: the list of servers is full", name)
         elif len(self._resolving) < self.max_resolving:
             self._start(key, name)
         elif key in self._pending or len(self._pending) < self.max_pending:
@@ -622,6 +629,17 @@ class Browser:
             )
             log.debug("ignoring %s: too many names wait to be looked up", name)
 
+    def _room_for(self, key: str) -> bool:
+        """Whether the server ``key`` may be listed: it is already, or the list is not full."""
+        if key in self._known or len(self._known) < self.max_servers:
+            return True
+        self._too_many_servers.ring(
+            "more than %d chatsecure servers on this network (a neighbour announces too many):"
+            " listing no more until some go",
+            self.max_servers,
+        )
+        return False
+
     def _start(self, key: str, name: str) -> None:
         if not self._closing:
             self._resolving[key] = asyncio.get_running_loop().create_task(self._resolve(name))
@@ -630,7 +648,9 @@ class Browser:
         """Start resolving the names that wait, as far as there is room."""
         while self._pending and len(self._resolving) < self.max_resolving:
             key = next(iter(self._pending))
-            self._start(key, self._pending.pop(key))
+            name = self._pending.pop(key)
+            if self._room_for(key):
+                self._start(key, name)
         if not self._pending:
             self._too_many_names.clear()
 
@@ -740,7 +760,7 @@ class Browser:
 
     def _publish(self, key: str, server: DiscoveredServer) -> None:
         old = self._known.get(key)
-        if old == server:
+        if old == server or not self._room_for(key):  # (the list filled while it resolved)
             return
         self._known[key] = server
         self.events.put(ServerAdded(server) if old is None else ServerUpdated(server))

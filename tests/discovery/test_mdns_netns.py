@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsecure.discovery.records import MAX_PENDING, MAX_RESOLVING, RECORD_TTL
+from chatsecure.discovery.records import MAX_PENDING, MAX_RESOLVING, MAX_SERVERS, RECORD_TTL
 from chatsecure.protocol.limits import PROTOCOL_VERSION
 from chatsecure.tls.certs import fingerprint
 from tests.discovery.procs import chatsecure, discover, env, found, start_discover, start_server
@@ -583,4 +583,25 @@ def test_a_neighbour_announcing_hundreds_of_names_gets_a_few_resolves_at_a_time(
     assert '"removed"' not in probe.out
     assert isinstance(report["stop_seconds"], float)
     assert report["stop_seconds"] < 2, report
+    assert report["threads_after_stop"] == [], report
+
+
+def test_a_neighbour_announcing_more_servers_than_a_list_holds_fills_it_and_no_more(
+    lab: Lab, cert_dir: Path
+) -> None:
+    hostile, hostile_ip, probe, genuine = flood_lab(lab, cert_dir)
+    count = MAX_SERVERS + 44  # names that resolve at once, from the records they came with
+
+    hostile.run(sys.executable, str(FLOOD), hostile_ip, str(count), "full", env=env())
+    warned = seen(probe, rf"more than {MAX_SERVERS} chatsecure servers", timeout=10)
+    time.sleep(0.5)  # time for any more to be listed, wrongly
+    report = report_of(probe)
+
+    assert report["most_listed"] == MAX_SERVERS, report["most_listed"]
+    assert warned, probe.err
+    assert probe.err.count("listing no more") == 1, probe.err
+    listed = report["listed"]
+    assert isinstance(listed, list)
+    assert genuine.lower() in listed  # listed before the flood, and still
+    assert report["peak_resolving"] <= MAX_RESOLVING, report
     assert report["threads_after_stop"] == [], report
