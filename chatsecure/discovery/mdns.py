@@ -728,20 +728,26 @@ class Browser:
             now = current_time_millis()
             wake = now + WATCH_POLL * 1000
             for key, server in list(self._known.items()):
-                srv = _freshest(zc.cache.async_all_by_details(server.key, TYPE_SRV, CLASS_IN), now)
-                if srv is None:
-                    self._expired(zc, key, server.key)
-                    continue
-                created, asked = self._asked.get(key, (srv.created, 0))
-                if created != srv.created:
-                    asked = 0
-                if asked < len(REFRESH_AT) and srv.get_expiration_time(REFRESH_AT[asked]) <= now:
-                    _ask_again(zc, server.key)
-                    asked += 1
-                self._asked[key] = (srv.created, asked)
-                due = srv.get_expiration_time(REFRESH_AT[asked] if asked < len(REFRESH_AT) else 100)
-                wake = min(wake, due)
+                due = self._check(zc, key, server, now)
+                if due is not None:
+                    wake = min(wake, due)
             await asyncio.sleep(max(wake - current_time_millis(), 10) / 1000)
+
+    def _check(self, zc: Zeroconf, key: str, server: DiscoveredServer, now: float) -> float | None:
+        """Ask again for a listed server's SRV record if due, or drop it if expired; when
+        (zeroconf's milliseconds) it wants looking at again, ``None`` once dropped."""
+        srv = _freshest(zc.cache.async_all_by_details(server.key, TYPE_SRV, CLASS_IN), now)
+        if srv is None:
+            self._expired(zc, key, server.key)
+            return None
+        created, asked = self._asked.get(key, (srv.created, 0))
+        if created != srv.created:
+            asked = 0
+        if asked < len(REFRESH_AT) and srv.get_expiration_time(REFRESH_AT[asked]) <= now:
+            _ask_again(zc, server.key)
+            asked += 1
+        self._asked[key] = (srv.created, asked)
+        return srv.get_expiration_time(REFRESH_AT[asked] if asked < len(REFRESH_AT) else 100)
 
     def _expired(self, zc: Zeroconf, key: str, name: str) -> None:
         """A listed server's SRV record expired unanswered: it is gone, the PTR with it."""
