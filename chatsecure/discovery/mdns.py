@@ -724,11 +724,23 @@ class Browser:
         """
         assert self._zc is not None  # noqa: S101 - set in _open()
         zc = self._zc.zeroconf
+        failed: set[type[Exception]] = set()
         while True:
             now = current_time_millis()
             wake = now + WATCH_POLL * 1000
             for key, server in list(self._known.items()):
-                due = self._check(zc, key, server, now)
+                try:
+                    due = self._check(zc, key, server, now)
+                except Exception as exc:
+                    # zeroconf's cache is used here beyond its public API: should that change,
+                    # or a bug show, said once, and the other servers (and the next poll) are
+                    # still looked at rather than servers staying listed forever in silence.
+                    if type(exc) in failed:
+                        log.debug("watching %s failed again: %r", key, exc)
+                    else:
+                        failed.add(type(exc))
+                        log.exception("watching %s failed; going on", key)
+                    continue
                 if due is not None:
                     wake = min(wake, due)
             await asyncio.sleep(max(wake - current_time_millis(), 10) / 1000)

@@ -5,7 +5,8 @@ Run by ``test_mdns_netns.py`` with ``ip netns exec``. Prints each event as a JSO
 and prints one ``{"report": ...}`` line: the most resolve tasks seen at once on the browser's
 loop (counted there, every few milliseconds), the most servers listed at once, the servers
 listed at the end, how long ``stop()`` took and the threads left.
-Usage: python browse_probe.py SECONDS
+With ``--fail-checks N`` the browser's watcher raises on its first N looks at a server.
+Usage: python browse_probe.py SECONDS [--fail-checks N]
 """
 
 from __future__ import annotations
@@ -17,11 +18,26 @@ import queue
 import sys
 import threading
 import time
+from typing import Any
 
 from chatsecure.discovery.mdns import Browser, DiscoveredServer, DiscoveryEvent, apply_event
 from chatsecure.discovery.records import event_json
 
 SAMPLE = 0.005
+
+
+class FailingBrowser(Browser):
+    """A browser whose watcher fails on its first ``failures`` looks at a server."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def _check(self, *args: Any) -> float | None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("a look at the cache that fails")
+        return super()._check(*args)
 
 
 async def count_resolves(peak: list[int]) -> None:
@@ -39,7 +55,8 @@ async def count_resolves(peak: list[int]) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     seconds = float(sys.argv[1])
-    browser = Browser()
+    failures = int(sys.argv[3]) if sys.argv[2:3] == ["--fail-checks"] else 0
+    browser = FailingBrowser(failures) if failures else Browser()
     browser.start()
     assert browser.error is None, browser.error
     peak = [0]

@@ -605,3 +605,35 @@ def test_a_neighbour_announcing_more_servers_than_a_list_holds_fills_it_and_no_m
     assert genuine.lower() in listed  # listed before the flood, and still
     assert report["peak_resolving"] <= MAX_RESOLVING, report
     assert report["threads_after_stop"] == [], report
+
+
+def test_the_watcher_goes_on_after_a_look_that_fails_and_drops_a_killed_server(
+    lab: Lab,
+) -> None:
+    ttl = 3
+    server_host, browser_host = lab.host("srv"), lab.host("browser")
+    server_ip, _ = lab.lan("10.77.1.0/24", server_host, browser_host)
+    script = (
+        "import time\n"
+        "from chatsecure.discovery.mdns import Advertiser\n"
+        f"a = Advertiser('crashing', 7467, {fingerprint(b'x')!r}, [{server_ip!r}], ttl={ttl})\n"
+        "a.start()\n"
+        "print(a.wait(10), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    server = server_host.popen(sys.executable, "-c", script, env=env())
+    server.expect(r"crashing\._chatsecure")
+    probe = start_browse_probe(browser_host, "--fail-checks", "2")
+    added = json.loads(probe.expect(r'^\{"event": "added".*\}$').group(0))
+    assert added["name"] == "crashing"
+
+    killed = time.monotonic()
+    server.stop(signal.SIGKILL)  # no goodbye: only the watcher can tell it is gone
+    removed = json.loads(probe.expect(r'^\{"event": "removed".*\}$', timeout=ttl + 3).group(0))
+
+    assert removed == {"event": "removed", "key": added["key"]}
+    assert time.monotonic() - killed < ttl + 1.5
+    report_of(probe)
+    failed = f"ERROR chatsecure.discovery.mdns: watching {added['key'].lower()} failed; going on"
+    assert probe.err.count(failed) == 1, probe.err  # the second failure is not said again
+    assert "RuntimeError: a look at the cache that fails" in probe.err
