@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatsecure.protocol.limits import HISTORY_PAGE_MAX
 from chatsecure.protocol.messages import Chat, HistoryEnd, Welcome
 
 
@@ -160,6 +161,10 @@ class LogPaging:
             self._late = True
             return
         self._answered = True
+        if len(self._page) >= (self._asked_limit or HISTORY_PAGE_MAX):
+            # More than asked for: a broken or hostile server's, which never ends its answer
+            # would otherwise fill the client's memory. What it sent beyond is not kept.
+            return
         if self._asked:  # a page of a gap: only what it misses (the rest is shown)
             gap = self.gaps.get(self._asked)
             if gap is not None and gap.after < chat.seq < gap.before:

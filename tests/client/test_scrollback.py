@@ -145,6 +145,16 @@ def test_a_page_of_a_gap_the_server_no_longer_keeps_says_so_at_once() -> None:
     assert term.answers(range(0)) == ["* no earlier messages on the server"]
 
 
+def test_an_answer_longer_than_asked_for_keeps_no_more_than_was_asked() -> None:
+    # A hostile server that sends lines without end: the page does not grow past the request.
+    term = Terminal()
+    term.joins(last=100_000, replay=3)
+    term.scrollback.ask(4)
+    assert term.asked == [(99_998, 4)]
+    printed = term.answers(range(1, 20_000), count=4)
+    assert printed[1:-1] == shown(1, 2, 3, 4)
+
+
 def test_a_page_that_holds_the_first_line_is_the_last() -> None:
     term = Terminal()
     term.joins(last=12, replay=2)
