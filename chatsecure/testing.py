@@ -118,8 +118,12 @@ def server_config(cert_dir: Path, **overrides: Any) -> ServerConfig:  # noqa: AN
 class RawClient:
     """A blocking TLS client that speaks frames, for checking the protocol byte by byte."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 5.0) -> None:
-        raw = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, *, timeout: float = 5.0, rcvbuf: int | None = None
+    ) -> None:
+        """``rcvbuf``: the socket's receive buffer (``SO_RCVBUF``), set before it connects so
+        that the server sees a window that small, as over a slow link."""
+        raw = _connect(host, port, timeout, rcvbuf)
         self.sock = client_context().wrap_socket(raw)
         self._decoder = FrameDecoder(0)
         self._frames: list[bytes] = []
@@ -199,6 +203,22 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _connect(host: str, port: int, timeout: float, rcvbuf: int | None) -> socket.socket:
+    """A TCP connection to ``host``, its receive buffer set first if ``rcvbuf`` is given."""
+    if rcvbuf is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    raw = socket.socket(family, kind, proto)
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(timeout)
+        raw.connect(address)
+    except BaseException:
+        raw.close()
+        raise
+    return raw
 
 
 @contextlib.contextmanager
