@@ -95,6 +95,10 @@ class Member(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
+    def send_bulk(self, frames: list[bytes]) -> None:
+        """Queue a long answer (a welcome and its replay, a history page), ``frames`` in order:
+        it may take the client a while, and what is queued after it comes after it."""
+
     def skip_log(self) -> None: ...
 
     def end_iteration(
@@ -336,15 +340,12 @@ class Room:
         counts = (self.seq, len(replayed), skipped, self.log_id)
         v2 = hello.client is not None or hello.since is not None
         if v2:
-            for part in self._welcome_v2(member.peer_json, *counts):
-                member.send(part)
+            welcome = self._welcome_v2(member.peer_json, *counts)
         else:
-            welcome = encode_welcome(
-                member.peer_json, self._peers_json.values(), self.info, *counts
-            )
-            member.send(welcome)
-        for frame in replayed:
-            member.send(frame)
+            welcome = [
+                encode_welcome(member.peer_json, self._peers_json.values(), self.info, *counts)
+            ]
+        member.send_bulk(welcome + replayed)  # (MBs, with a long replay or a big room)
         member.skip_log()
         serial = next(self._serials)
         self.members[member.id] = member
@@ -712,7 +713,7 @@ class Room:
             return
         frames = [_history_frame(r) for r in records]
         frames.append(encode(HistoryEnd(request.before, len(records), request.ref)))
-        member.send(b"".join(frames))
+        member.send_bulk(frames)
 
     # -- cluster: the feed broadcasts every server's lines -------------------------------
 

@@ -27,7 +27,7 @@ import ssl
 import sys
 import time
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -82,6 +82,25 @@ Each record is one ``write()``. A client that keeps up (its socket's queue empty
 per 16 KiB record; corked, the kernel sends them when the write is done, in packets of up to
 64 KiB on loopback. In fanout N=50 the packets halved (29,000 to 14,000 for 440 MB): less
 kernel work per byte for the server and for every reader. A write of one record is not corked.
+"""
+
+BULK_WINDOW = 256 * 1024
+"""Most bytes of a long answer (a welcome and its replay, a history page) a client's transport
+holds at once; no more than the send-buffer limit either.
+
+A replay of 1,000 lines of 16 KB is 16 MB: written at once, it passed the send-buffer limit at
+once, and the client was dropped as ``slow_consumer`` however fast it read. It is handed over
+as the transport drains instead (see ``Session.send_bulk``), and what the transport holds,
+encrypted and waiting for the socket, stays small.
+"""
+
+BULK_ANSWERS = 2
+"""Long answers that may wait for a client at once without counting against the send-buffer
+limit: a welcome with its replay, and a history page.
+
+The clients in this repository ask for the next page once a page has come. One that asks for
+more while it takes nothing would have the server hold page after page for it (5 a second at
+the rate limit, 3 MB each): a third counts as what waits behind, and drops it.
 """
 
 LISTEN_BACKLOG = 1024
@@ -260,6 +279,22 @@ class Session(asyncio.BufferedProtocol):
         """Frames for this client alone (welcome, pong, errors), in order with broadcasts."""
         self._log_pos = 0
         """How much of the server's broadcast log of this loop iteration is in ``_pending``."""
+        self._outbox: collections.deque[tuple[bytes | memoryview, bool]] | None = None
+        """While a long answer is on its way (``send_bulk``): the bytes not handed to the
+        transport yet, in order, each marked True if it is part of a long answer. None (the
+        common case): everything is written at once."""
+        self._outbox_at = 0
+        """How much of the outbox's first piece the transport has taken."""
+        self._behind = 0
+        """Bytes in the outbox that are not part of a long answer: what the slow-consumer rule
+        counts while one is on its way."""
+        self._answers = 0
+        """Long answers in the outbox (``BULK_ANSWERS`` at most)."""
+        self._paused = False
+        """Whether the transport is over its high-water mark (``pause_writing``)."""
+        self._stall: asyncio.TimerHandle | None = None
+        """Set while a long answer waits on a paused transport: drops a client that takes
+        nothing of it for half the idle timeout."""
         self._closing = False
         self.lost = False
         """True once the connection is gone (``connection_lost`` ran)."""
@@ -386,6 +421,8 @@ class Session(asyncio.BufferedProtocol):
                 timer.cancel()
         self._closing = True
         self._pending.clear()
+        self._outbox = None
+        self._stop_stall_timer()
         reason = "closed" if exc is None else "error"
         if exc is not None:
             self.log.debug("connection lost: %s", exc)
@@ -396,11 +433,23 @@ class Session(asyncio.BufferedProtocol):
         self._transport = None
 
     def pause_writing(self) -> None:
+        self._paused = True
+        if self._outbox is not None:
+            # A long answer is on its way, paced by this window (``BULK_WINDOW``): the client
+            # is taking it, or stopped reading (``_queue_behind``, ``_start_stall_timer``).
+            self._start_stall_timer()
+            return
         # More than send_buffer_limit bytes are waiting for this client: it is not reading.
         # Dropping it here (not waiting) is what keeps broadcast from ever blocking on it.
         if not self.server.config.send_buffer_limit:
             return  # the limit is off: the transport's default high-water mark means nothing
         asyncio.get_running_loop().call_soon(self.drop, ErrorCode.SLOW_CONSUMER, "too far behind")
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._stop_stall_timer()
+        if self._outbox is not None:
+            self._pump()  # the client took most of what the transport held: the next part
 
     def hold(self) -> None:
         if not self._closing and self._transport is not None:
@@ -421,6 +470,42 @@ class Session(asyncio.BufferedProtocol):
         if not self._pending:
             self.room.mark_dirty(self)
         self._pending.append(data)
+
+    def send_bulk(self, frames: list[bytes]) -> None:
+        """Queue a long answer the server chose to send (a welcome and its replay, a history
+        page): it goes to the transport as the client takes it, and what is queued after it
+        waits behind it, in order.
+
+        Written at once, a replay of many MB passed the send-buffer limit at once, and a client
+        reading as fast as it could was dropped as a slow consumer. Paced, it costs the
+        transport ``BULK_WINDOW`` at most; the rest waits here, bounded by what the server chose
+        to send (``--replay-max``, a history page), and what is queued behind it by the
+        send-buffer limit (``_queue_behind``).
+        """
+        if self._closing or not frames:
+            return
+        if self._log_pos < len(self.room.frames):
+            self._take_log()  # broadcasts queued before the answer go out before it
+        if not self._pending:
+            self.room.mark_dirty(self)  # the end of the iteration hands over the first part
+        data = b"".join([*self._pending, *frames])
+        self._pending.clear()
+        if self._outbox is None:
+            self._outbox = collections.deque()
+            self._outbox_at = self._answers = self._behind = 0
+            if self._transport is not None:
+                # The transport's own flow control paces it: it pauses us above the window
+                # (no drop while a long answer is on its way) and resumes us below a quarter.
+                self._transport.set_write_buffer_limits(high=self._bulk_window())
+        if self._answers < BULK_ANSWERS:
+            self._answers += 1
+            self._outbox.append((data, True))
+        else:
+            self._queue_behind([data])
+
+    def _bulk_window(self) -> int:
+        limit = self.server.config.send_buffer_limit
+        return min(BULK_WINDOW, limit) if limit else BULK_WINDOW
 
     def ping(self) -> None:
         """Send ``ping``; its answer is not charged to the rate limit."""
@@ -451,13 +536,113 @@ class Session(asyncio.BufferedProtocol):
         self._log_pos = 0
 
     def _write(self, transport: asyncio.Transport, pieces: list[bytes] | list[memoryview]) -> None:
-        """Write ``pieces``, a TLS record each; several are corked (see ``TCP_CORK``)."""
+        """Write ``pieces``, a TLS record each; several are corked (see ``TCP_CORK``).
+
+        Behind a long answer on its way, they wait for it instead (``send_bulk``)."""
+        if self._outbox is not None:
+            self._queue_behind(pieces)
+            return
+        self._write_now(transport, pieces)
+
+    def _write_now(
+        self, transport: asyncio.Transport, pieces: Sequence[bytes | memoryview]
+    ) -> None:
         corked = len(pieces) > 1 and self._socket is not None and _cork(self._socket, True)
         for piece in pieces:
             transport.write(piece)
         if corked:
             # Never left corked: the last packet would wait for the kernel's 200 ms timer.
             _cork(cast(socket.socket, self._socket), False)
+
+    def _queue_behind(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Queue ``pieces`` behind the long answer on its way, and hand over what the
+        transport takes now.
+
+        The slow-consumer rule counts what waits behind the answer: a client that lets more
+        than the send-buffer limit pile up there is not reading, and is dropped as
+        ``pause_writing`` drops one (from the loop: this runs in the room's fan-out).
+        """
+        outbox = self._outbox
+        assert outbox is not None  # noqa: S101 - only called while one is on its way
+        for piece in pieces:
+            outbox.append((piece, False))
+            self._behind += len(piece)
+        limit = self.server.config.send_buffer_limit
+        if limit and self._behind > limit:
+            asyncio.get_running_loop().call_soon(
+                self.drop, ErrorCode.SLOW_CONSUMER, "too far behind"
+            )
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand the outbox over, a TLS record at a time, until the transport pauses; once
+        all of it is handed over and the transport is not paused, writes go straight to it
+        again, under the send-buffer limit."""
+        outbox, transport = self._outbox, self._transport
+        if outbox is None or transport is None:
+            return
+        size = self.room.write_chunk()
+        corked = False
+        # (``pause_writing`` comes within the write that crosses the window.)
+        while outbox and not self._paused:
+            piece = self._take_piece(outbox, size)
+            if not corked and outbox and self._socket is not None:
+                corked = _cork(self._socket, True)
+            transport.write(piece)
+        if corked:
+            _cork(cast(socket.socket, self._socket), False)
+        if not outbox and not self._paused and self._outbox is outbox:
+            self._outbox = None
+            transport.set_write_buffer_limits(high=self.server.config.send_buffer_limit or None)
+
+    def _take_piece(
+        self, outbox: collections.deque[tuple[bytes | memoryview, bool]], size: int
+    ) -> bytes | memoryview:
+        """The next ``size`` bytes at most of the outbox's first piece, taken off it."""
+        data, bulk = outbox[0]
+        start, end = self._outbox_at, self._outbox_at + size
+        if end < len(data):
+            self._outbox_at = end
+            return memoryview(data)[start:end]
+        outbox.popleft()
+        self._outbox_at = 0
+        if bulk:
+            self._answers -= 1
+        else:
+            self._behind -= len(data)
+        return memoryview(data)[start:] if start else data
+
+    def _hand_over_all(self, transport: asyncio.Transport) -> None:
+        """Write everything the outbox holds at once (the connection is closing: its last
+        frames are behind it; the abort timer bounds how long it may take)."""
+        outbox, self._outbox = self._outbox, None
+        self._stop_stall_timer()
+        if not outbox:
+            return
+        size, start = self.room.write_chunk(), self._outbox_at
+        pieces: list[bytes | memoryview] = []
+        for data, _ in outbox:
+            view = memoryview(data)
+            pieces += (view[i : i + size] for i in range(start, len(view), size))
+            start = 0
+        self._write_now(transport, pieces)
+
+    def _start_stall_timer(self) -> None:
+        """A long answer waits on a paused transport: a client that takes nothing of it for
+        half the idle timeout has stopped reading (a silent one is pinged then)."""
+        config = self.server.config
+        if self._stall is None and config.idle_timeout and config.send_buffer_limit:
+            loop = asyncio.get_running_loop()
+            self._stall = loop.call_later(config.idle_timeout / 2, self._stalled)
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self.drop(ErrorCode.SLOW_CONSUMER, "too far behind")
 
     def abort(self) -> None:
         """Cut the connection at once, writing nothing more (a write to it failed);
@@ -489,6 +674,8 @@ class Session(asyncio.BufferedProtocol):
         self.server.remove(self, reason)
         self.server.closing.add(self)
         if self._transport is not None:
+            if self._outbox is not None:
+                self._hand_over_all(self._transport)
             self._transport.close()
             # A client that stops reading never lets close() finish; do not wait forever.
             self._abort_timer = asyncio.get_running_loop().call_later(

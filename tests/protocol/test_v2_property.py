@@ -66,6 +66,10 @@ class Pipe:
             self.room.mark_dirty(self)
         self._pending.append(data)
 
+    def send_bulk(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.send(frame)
+
     def end_iteration(self, shared: list[bytes] | list[memoryview], senders: set[Member]) -> None:
         if self._pending or self._log_pos or self in senders:
             self._flush()
