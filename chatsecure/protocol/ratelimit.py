@@ -87,3 +87,40 @@ class WarningBudget:
     def expired(self, now: float) -> bool:
         """Whether the period of the last warning has ended (the budget is full again)."""
         return now - self._start >= self._period
+
+
+class ByteBudget:
+    """``rate`` bytes of work per second, at most ``burst`` saved up; charged after the work.
+
+    The cost of some work (a ``history`` answer) is known only once it is done, so it is
+    charged then, and the balance may fall below zero: that debt is paid back at ``rate``
+    before the next piece of work may start (``wait``). Whoever starts work only when
+    ``wait`` says 0, one piece at a time, gets at most ``burst + rate * t`` in ``t`` seconds,
+    plus the one piece that overdraws.
+    """
+
+    __slots__ = ("_burst", "_last", "_level", "_rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, not {rate}")
+        self._rate = rate
+        self._burst = max(burst, 0.0)
+        self._level = self._burst
+        self._last = now
+
+    def _refill(self, now: float) -> float:
+        return min(self._burst, self._level + max(0.0, now - self._last) * self._rate)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the debt is paid and work may start (0: now)."""
+        return max(0.0, -self._refill(now) / self._rate)
+
+    def charge(self, cost: float, now: float) -> None:
+        """Take ``cost`` for work done (the balance may go below zero)."""
+        self._level = self._refill(now) - cost
+        self._last = now
+
+    def full(self, now: float) -> bool:
+        """Whether the whole burst is saved up again: as good as a new budget."""
+        return self._refill(now) >= self._burst

@@ -1,4 +1,4 @@
-"""TokenBucket, FloodMeter and WarningBudget: plain arithmetic on the timestamps passed in."""
+"""TokenBucket, FloodMeter, WarningBudget, ByteBudget: arithmetic on the timestamps passed in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsecure.protocol.ratelimit import FloodMeter, TokenBucket, WarningBudget
+from chatsecure.protocol.ratelimit import ByteBudget, FloodMeter, TokenBucket, WarningBudget
 
 
 def sent_at(bucket: TokenBucket, times: list[float]) -> list[bool]:
@@ -146,3 +146,54 @@ def test_warning_budget_expires_a_period_after_its_first_warning() -> None:
     budget.allow(100.0)
     assert not budget.expired(159.9)
     assert budget.expired(160.0)
+
+
+# --- ByteBudget ---------------------------------------------------------------------------
+
+
+def test_work_starts_at_once_until_the_burst_is_overdrawn_then_waits_for_the_debt() -> None:
+    budget = ByteBudget(rate=1000, burst=3000, now=0.0)
+    assert budget.wait(0.0) == 0.0
+    budget.charge(2000, 0.0)
+    assert budget.wait(0.0) == 0.0, "1000 left: the next piece may start"
+    budget.charge(3000, 0.0)  # overdrawn by 2000: charged whole, never cut
+    assert budget.wait(0.0) == pytest.approx(2.0)
+    assert budget.wait(1.5) == pytest.approx(0.5)
+    assert budget.wait(2.0) == 0.0
+
+
+def test_a_budget_is_full_again_only_once_the_whole_burst_is_back() -> None:
+    budget = ByteBudget(rate=1000, burst=3000, now=0.0)
+    assert budget.full(0.0)
+    budget.charge(4000, 0.0)
+    assert not budget.full(3.9)
+    assert budget.full(4.0)
+    assert budget.full(3600.0), "saved up no further than the burst"
+    budget.charge(3001, 3600.0)
+    assert budget.wait(3600.0) > 0
+
+
+@given(
+    burst=st.integers(min_value=0, max_value=10_000),
+    work=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2), st.integers(min_value=0, max_value=5000)),
+        max_size=100,
+    ),
+)
+def test_work_started_when_allowed_never_exceeds_burst_plus_rate_times_time_plus_one_piece(
+    burst: int, work: list[tuple[float, int]]
+) -> None:
+    rate = 1000.0
+    budget = ByteBudget(rate, burst, now=0.0)
+    now, done, largest = 0.0, 0, 0
+    for gap, cost in work:
+        now += gap
+        now += budget.wait(now)  # waits, as the pacer does, then does the work
+        budget.charge(cost, now)
+        done, largest = done + cost, max(largest, cost)
+        assert done <= burst + rate * now + largest + 1e-6
+
+
+def test_a_budget_needs_a_rate() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        ByteBudget(rate=0, burst=10, now=0.0)
