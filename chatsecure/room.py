@@ -18,9 +18,9 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatsecure.cluster import NODE_LOST, REFUSED, Evicted, PresenceEvent, StreamFeed
 from chatsecure.history import (
@@ -33,6 +33,7 @@ from chatsecure.history import (
     RoomLog,
     SharedLog,
 )
+from chatsecure.pacing import HistoryPacer
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
 from chatsecure.protocol.messages import (
@@ -156,6 +157,8 @@ class Room:
         presence_pace: float = limits.PRESENCE_PACE,
         presence_hold_max: float = limits.PRESENCE_HOLD_MAX,
         cluster: ClusterPresence | None = None,
+        history_rate: float = limits.HISTORY_RATE,
+        history_burst: float = limits.HISTORY_BURST,
     ) -> None:
         self.info = info
         self.members: dict[str, Member] = {}
@@ -230,9 +233,14 @@ class Room:
         self._not_read: set[Member] = set()
         """Members not read from until the log catches up (``STORE_HIGH``)."""
         self._tasks: set[asyncio.Task[None]] = set()
-        """``history`` answers being read from the log."""
+        """``history`` answers being read from the log (a task per address whose requests
+        wait), and joins on their way through a cluster."""
         self._history_unreadable = False
         """Whether the last history request failed (a warning is logged when it starts)."""
+        self._pacer: HistoryPacer[Member] = HistoryPacer(
+            self._answer_history, self._spawn, rate=history_rate, burst=history_burst
+        )
+        """``history`` requests waiting their turn, and each address's budget."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._feed: StreamFeed | None = None
         """In a cluster: every server's lines, broadcast by ``_followed`` in seq order."""
@@ -681,17 +689,25 @@ class Room:
             if not members:
                 del self._clients[client]
 
-    def history(self, member: Member, request: HistoryRequest) -> None:
-        """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``."""
+    def history(self, member: Member, request: HistoryRequest, address: str) -> None:
+        """Answer ``history``: up to ``limit`` lines before ``before``, then ``history_end``.
+
+        With a log, in turn with the other requests of ``address`` (the client's address, an
+        IPv6 one's /64), paced to its budget (see ``chatsecure.pacing``)."""
         if self._history is None:
             member.send(encode(HistoryEnd(request.before, 0, request.ref)))
             return
+        self._pacer.ask(member, address, request)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as one of the room's tasks (``close`` cancels them)."""
         assert self._loop is not None  # noqa: S101 - set in open()
-        task = self._loop.create_task(self._answer_history(member, request))
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_history(self, member: Member, request: HistoryRequest) -> None:
+    async def _answer_history(self, member: Member, request: HistoryRequest) -> int:
+        """Read and send the answer to ``request``; return what it cost, in bytes."""
         assert self._history is not None  # noqa: S101
         before = request.before
         if before is None or before > self.seq:
@@ -705,15 +721,17 @@ class Room:
             if not member.gone:
                 error = Error(ErrorCode.HISTORY_UNAVAILABLE, HISTORY_UNAVAILABLE_TEXT, request.ref)
                 member.send(encode(error))
-            return
+            return 0
         if self._history_unreadable:
             log.info("history requests are answered again")
             self._history_unreadable = False
         if member.gone:
-            return
+            # Read for nothing, and not encoded: its texts' length stands for its cost.
+            return sum(len(r.text) for r in records)
         frames = [_history_frame(r) for r in records]
         frames.append(encode(HistoryEnd(request.before, len(records), request.ref)))
         member.send_bulk(frames)
+        return sum(map(len, frames))
 
     # -- cluster: the feed broadcasts every server's lines -------------------------------
 

@@ -232,7 +232,8 @@ def client_address(peername: object) -> str:
 
 
 def backoff_key(addr: str) -> str:
-    """Whose wrong passwords ``addr``'s count with: IPv4 addresses alone, IPv6 by their /64.
+    """Whose wrong passwords ``addr``'s count with (and whose budget of ``history`` answers
+    it shares): IPv4 addresses alone, IPv6 by their /64.
 
     One IPv6 host commonly holds a whole /64 and can pick a fresh address in it for every
     guess; counted per address, it would never wait.
@@ -370,7 +371,7 @@ class Session(asyncio.BufferedProtocol):
             elif isinstance(event, Ping):
                 self.send(PONG)
             elif isinstance(event, HistoryRequest):
-                self.room.history(self, event)
+                self.room.history(self, event, backoff_key(self.addr))
             elif isinstance(event, Quit):
                 self.close("quit")
 
