@@ -417,7 +417,8 @@ def _printer(client: ChatClient, screen: _Screen, on_end: Callable[[int], object
             on_end(BROKEN_PIPE)
             return
         except Exception:  # a bug here must not leave the client waiting for ever
-            log.exception("could not show %r", event)
+            # (Its kind only: a chat line's text is never logged above DEBUG.)
+            log.exception("could not show a %s event", type(event).__name__)
             on_end(1)
             return
         if shown_seq(event):
