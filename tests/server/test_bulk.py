@@ -285,3 +285,42 @@ def test_a_client_that_asks_for_more_long_answers_than_it_takes_is_dropped_at_on
         leave, _ = wait_for_leave(alice, "greedy", 5, talker=None)
     assert leave["reason"] == "slow_consumer"
     assert slow_consumer_logged(caplog)
+
+
+def test_a_long_answer_queued_with_broadcasts_of_its_iteration_goes_out_at_once(
+    start_server: Start,
+) -> None:
+    # A broadcast and a long answer for the same member in one loop iteration (a commit and
+    # a history read ending together): the answer took the broadcast with it into its
+    # outbox, and nothing wrote it until the member's next frame, maybe a ping 30 s later.
+    server = start_server(**SETTINGS)
+    with joined(server.host, server.port, "alice", "bob") as (alice, bob):
+        member = next(m for m in server.server.room.members.values() if m.peer.nick == "bob")
+        answer = [b'{"type":"notice","message":"%s"}\n' % (b"x" * 1000) for _ in range(400)]
+
+        def together() -> None:
+            server.server.room.broadcast(b'{"type":"notice","message":"first"}\n')
+            member.send_bulk(answer)
+
+        server.call(together)
+        frames = [bob.recv(timeout=3) for _ in range(401)]
+        assert [f["message"] for f in frames[:2]] == ["first", "x" * 1000]
+        assert alice.expect("notice", timeout=3)["message"] == "first"
+
+
+def test_history_requests_past_those_waiting_are_refused_with_their_refs(
+    start_server: Start,
+) -> None:
+    server = start_server(**SETTINGS)
+    with joined(server.host, server.port, "alice") as (alice,):
+        fill(alice, 20)
+        asks = b"".join(
+            b'{"type":"history","limit":5,"ref":"h%d"}\n' % n for n in range(10)
+        )  # in one read: all are asked before any is answered
+        alice.send_raw(asks)
+        frames = [alice.recv(timeout=10) for _ in range(6 + 4 * 6)]
+    refused = [f["ref"] for f in frames if f["type"] == "error"]
+    ended = [f["ref"] for f in frames if f["type"] == "history_end"]
+    assert refused == [f"h{n}" for n in range(4, 10)]
+    assert {f["code"] for f in frames if f["type"] == "error"} == {"rate_limited"}
+    assert ended == ["h0", "h1", "h2", "h3"]
