@@ -143,7 +143,11 @@ class HistoryPacer(Generic[A]):
                 if asker.gone:
                     del self._asked[asker]  # dropped, nothing read for them
                     continue
-                cost = await self._answer(asker, requests.popleft())
+                try:
+                    cost = await self._answer(asker, requests.popleft())
+                except Exception:  # a bug: said, and the others waiting are still answered
+                    log.exception("could not answer a history request from %s", key)
+                    cost = 0
                 address.budget.charge(cost, self._clock())
                 if requests and not asker.gone:
                     address.turns.append(asker)  # its next one after the others' turn

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HISTORY_WAITING_TEXT = "too many history requests waiting; ask again once one is answered"
 HISTORY_UNAVAILABLE_TEXT = "the history cannot be read now; ask again later"
 """The ``error`` for a ``history`` request the log could not answer (its Redis is away)."""
 
@@ -696,6 +697,9 @@ class Room:
         IPv6 one's /64), paced to its budget (see ``chatsecure.pacing``)."""
         if self._history is None:
             member.send(encode(HistoryEnd(request.before, 0, request.ref)))
+            return
+        if self._pacer.waiting(member) >= limits.HISTORY_WAITING_MAX:
+            member.send(encode(Error(ErrorCode.RATE_LIMITED, HISTORY_WAITING_TEXT, request.ref)))
             return
         self._pacer.ask(member, address, request)
 

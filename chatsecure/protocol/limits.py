@@ -154,6 +154,12 @@ address costs under 1% of a core however it asks; before, one address asking for
 scrolling back never notices: a page of 200 ordinary lines (about 100 characters) is about
 40 KB, so 1 MiB/s is some 25 pages a second."""
 
+HISTORY_WAITING_MAX: Final = 4
+"""``history`` requests of one connection that may wait for their answer; one more is refused
+with ``rate_limited``. The clients here ask for the next page once a page has come; without a
+bound, a connection asking at the frame rate for pages answered at ``HISTORY_RATE`` would
+have the server keep (and later read and send) every request it ever made."""
+
 HISTORY_BURST: Final = 4 * 1024 * 1024
 """Bytes of ``history`` answers an address may have at once before ``HISTORY_RATE`` paces it:
 about 100 pages of ordinary lines, or one of the largest page (200 lines of 4,000 four-byte
