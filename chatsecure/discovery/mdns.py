@@ -664,6 +664,13 @@ class Browser:
                     self._publish(key, server)
                 if key not in self._again:
                     return
+                if self._pending:
+                    # Changed again meanwhile, and others wait: it goes behind them (names
+                    # changed without end must not keep every slot). The pending names may
+                    # pass their bound by the few resolves running.
+                    self._again.discard(key)
+                    self._pending[key] = name
+                    return
         finally:
             if self._resolving.get(key) is asyncio.current_task():
                 del self._resolving[key]
