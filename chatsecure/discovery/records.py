@@ -71,7 +71,8 @@ MAX_PENDING: Final = 256
 """Most names a browser keeps waiting for a resolve; newer ones are dropped, with a warning."""
 MAX_SERVERS: Final = 256
 """Most servers a browser lists: more than any network has, few enough for a window's list.
-A server beyond it is not listed (a warning says so) until one of those listed goes."""
+A server beyond it is not listed (a warning says so); once some of those listed have gone, it
+is when its records reach the browser anew (it is not looked for again)."""
 RECORD_TTL: Final = 120
 """Seconds every record a server advertises (PTR, SRV, TXT, A/AAAA) stays valid in a cache.
 
