@@ -137,6 +137,22 @@ def test_every_advertised_record_lives_two_minutes_so_a_killed_server_goes_soon(
     assert {ttl for ttl, _, _ in answer} == {RECORD_TTL} == {120}, answer
 
 
+def advertise_briefly(host: Host, ip: str, ttl: int) -> Proc:
+    """An advertiser (no server) in ``host`` whose records live ``ttl`` seconds, advertising
+    once it prints its name; the test kills it when it wants it gone without a goodbye."""
+    script = (
+        "import time\n"
+        "from chatsecure.discovery.mdns import Advertiser\n"
+        f"a = Advertiser('crashing', 7467, {fingerprint(b'x')!r}, [{ip!r}], ttl={ttl})\n"
+        "a.start()\n"
+        "print(a.wait(10), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    server = host.popen(sys.executable, "-c", script, env=env())
+    server.expect(r"crashing\._chatsecure")
+    return server
+
+
 def test_a_killed_server_leaves_a_running_browser_when_its_records_expire(
     lab: Lab, cert_dir: Path
 ) -> None:
@@ -144,16 +160,7 @@ def test_a_killed_server_leaves_a_running_browser_when_its_records_expire(
     ttl = 3
     server_host, browser_host = lab.host("srv"), lab.host("browser")
     server_ip, _ = lab.lan("10.77.1.0/24", server_host, browser_host)
-    script = (
-        "import time\n"
-        "from chatsecure.discovery.mdns import Advertiser\n"
-        f"a = Advertiser('crashing', 7467, {fingerprint(b'x')!r}, [{server_ip!r}], ttl={ttl})\n"
-        "a.start()\n"
-        "print(a.wait(10), flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    server = server_host.popen(sys.executable, "-c", script, env=env())
-    server.expect(r"crashing\._chatsecure")
+    server = advertise_briefly(server_host, server_ip, ttl)
     watcher = browser_host.popen(*chatsecure("discover", "--watch", "--timeout", "40"), env=env())
     added = json.loads(watcher.expect(r"^\{.*\"added\".*\}$").group(0))
     assert added["name"] == "crashing"
@@ -613,16 +620,7 @@ def test_the_watcher_goes_on_after_a_look_that_fails_and_drops_a_killed_server(
     ttl = 3
     server_host, browser_host = lab.host("srv"), lab.host("browser")
     server_ip, _ = lab.lan("10.77.1.0/24", server_host, browser_host)
-    script = (
-        "import time\n"
-        "from chatsecure.discovery.mdns import Advertiser\n"
-        f"a = Advertiser('crashing', 7467, {fingerprint(b'x')!r}, [{server_ip!r}], ttl={ttl})\n"
-        "a.start()\n"
-        "print(a.wait(10), flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    server = server_host.popen(sys.executable, "-c", script, env=env())
-    server.expect(r"crashing\._chatsecure")
+    server = advertise_briefly(server_host, server_ip, ttl)
     probe = start_browse_probe(browser_host, "--fail-checks", "2")
     added = json.loads(probe.expect(r'^\{"event": "added".*\}$').group(0))
     assert added["name"] == "crashing"
