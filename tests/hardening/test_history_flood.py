@@ -14,6 +14,7 @@ import pytest
 
 from chatsecure.history import Draft
 from chatsecure.history.sqlite import SqliteLog
+from chatsecure.protocol.limits import HISTORY_WAITING_MAX
 from chatsecure.protocol.messages import Peer
 from chatsecure.testing import RawClient, joined
 from tests.helpers import CHATSECURE, ServerProcess
@@ -81,13 +82,18 @@ def flood(port: int, stop: threading.Event, name: str, connections: list[int]) -
 
 
 def patient(port: int, answers: list[list[int]], errors: list[str]) -> None:
-    """Ask for ``PAGES`` pages at once, paging back, and read every answer to its end."""
+    """Ask for ``PAGES`` pages, paging back, as many at once as may wait
+    (``HISTORY_WAITING_MAX``), and read every answer to its end."""
+
+    def ask(client: RawClient, page: int) -> None:
+        before = LINES + 1 - page * PAGE
+        client.send({"type": "history", "before": before, "limit": PAGE, "ref": str(page)})
+
     try:
         with RawClient(HOST, port, timeout=60) as client:
             client.join("patient")
-            for page in range(PAGES):
-                before = LINES + 1 - page * PAGE
-                client.send({"type": "history", "before": before, "limit": PAGE, "ref": str(page)})
+            for page in range(HISTORY_WAITING_MAX):
+                ask(client, page)
             for page in range(PAGES):
                 seqs: list[int] = []
                 while True:
@@ -100,6 +106,8 @@ def patient(port: int, answers: list[list[int]], errors: list[str]) -> None:
                         assert frame["text"] == f"{frame['seq']} {BIG}"
                         seqs.append(frame["seq"])
                 answers.append(seqs)
+                if page + HISTORY_WAITING_MAX < PAGES:  # (this one is answered: one more)
+                    ask(client, page + HISTORY_WAITING_MAX)
     except (AssertionError, OSError, EOFError, TimeoutError) as exc:
         errors.append(repr(exc)[:300])
 
