@@ -112,6 +112,13 @@ class ServerProcess:
         self.proc.communicate(timeout=10)
 
 
+def uvloop_server(data_dir: Path, *options: str) -> ServerProcess:
+    """``chatsecure server`` on uvloop, its files in ``data_dir``, its senders not paced
+    (``--msg-rate 0``), with ``options``."""
+    command = [*CHATSECURE, "server", "--data-dir", str(data_dir), "--loop", "uvloop"]
+    return ServerProcess([*command, "--msg-rate", "0", *options])
+
+
 class Terminal:
     """``chatsecure connect ...`` in a subprocess, driven through pipes as a script would."""
 

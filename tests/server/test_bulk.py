@@ -21,7 +21,7 @@ import pytest
 
 from chatsecure.protocol.limits import MAX_TEXT
 from chatsecure.testing import RawClient, ServerThread, joined
-from tests.helpers import CHATSECURE, ServerProcess, all_silent
+from tests.helpers import all_silent, uvloop_server
 
 Start = Callable[..., ServerThread]
 Room = tuple[RawClient, RawClient, list[str]]
@@ -137,22 +137,7 @@ def test_a_reading_client_takes_a_replay_far_over_the_send_limit_whole_and_stays
 
 @pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="needs uvloop")
 def test_a_reading_client_takes_a_long_replay_whole_on_uvloop_too(tmp_path: Path) -> None:
-    server = ServerProcess(
-        [
-            *CHATSECURE,
-            "server",
-            "--data-dir",
-            str(tmp_path),
-            "--loop",
-            "uvloop",
-            "--msg-rate",
-            "0",
-            "--replay",
-            "0",
-            "--send-buffer-limit",
-            str(LIMIT),
-        ]
-    )
+    server = uvloop_server(tmp_path, "--replay", "0", "--send-buffer-limit", str(LIMIT))
     try:
         resume_through_a_long_replay("127.0.0.1", server.port)
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from chatsecure.testing import RawClient
-from tests.helpers import CHATSECURE, ServerProcess
+from tests.helpers import uvloop_server
 
 pytest.importorskip("uvloop")
 
@@ -53,20 +53,7 @@ def cut_repeatedly(
 
 
 def test_members_cut_mid_answer_cost_no_other_member_a_line(tmp_path: Path) -> None:
-    server = ServerProcess(
-        [
-            *CHATSECURE,
-            "server",
-            "--data-dir",
-            str(tmp_path),
-            "--loop",
-            "uvloop",
-            "--msg-rate",
-            "0",
-            "--max-per-ip",
-            "64",
-        ]
-    )
+    server = uvloop_server(tmp_path, "--max-per-ip", "64")
     try:
         with RawClient("127.0.0.1", server.port) as sender:
             sender.join("sender", client="sender0000001")

@@ -191,6 +191,20 @@ async def test_presence_queued_behind_lines_of_a_shared_log_is_counted_out() -> 
     await room.close()
 
 
+async def small_room() -> Room:
+    """An open room with an in-memory log, no replay and no presence pacing."""
+    room = Room(INFO, MemoryLog(100), replay=0, replay_max=0, presence_pace=0.0)
+    await room.open()
+    return room
+
+
+async def settled(room: Room) -> None:
+    """Everything said is stored, acknowledged, broadcast and written."""
+    await room.drain()
+    for _ in range(3):  # the writes of the last iterations
+        await asyncio.sleep(0)
+
+
 class BuggyPipe(HeldPipe):
     """A member whose first ack raises, as a bug past the commit would."""
 
@@ -207,17 +221,14 @@ class BuggyPipe(HeldPipe):
 async def test_a_failure_past_the_commit_is_logged_and_the_room_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    room = Room(INFO, MemoryLog(100), replay=0, replay_max=0, presence_pace=0.0)
-    await room.open()
+    room = await small_room()
     alice, bob = BuggyPipe(room, "1", "a" * 8), HeldPipe(room, "2", "b" * 8)
     room.join(alice, "alice", Hello("alice"), "127.0.0.1")
     room.join(bob, "bob", Hello("bob"), "127.0.0.1")
     room.say(alice, SendMsg("first", ref="r1"))
     await room.drain()
     room.say(alice, SendMsg("second", ref="r2"))
-    await room.drain()
-    for _ in range(3):  # the writes of the last iterations
-        await asyncio.sleep(0)
+    await settled(room)
     assert seen(alice)[-1] == ("ack", "r2")
     assert seen(bob)[-1] == ("msg", "second")
     assert (room.unstored, len(room._answered)) == (0, 0)
@@ -240,15 +251,12 @@ class BrokenPipe(HeldPipe):
 async def test_a_failed_write_to_one_member_costs_the_others_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    room = Room(INFO, MemoryLog(100), replay=0, replay_max=0, presence_pace=0.0)
-    await room.open()
+    room = await small_room()
     alice, broken, bob = Pipe(room, "1", ""), BrokenPipe(room, "2", ""), Pipe(room, "3", "")
     for pipe, nick in ((alice, "alice"), (broken, "broken"), (bob, "bob")):
         room.join(pipe, nick, Hello(nick), "127.0.0.1")  # (the broken one before bob)
     room.say(alice, SendMsg("hello", ref="r1"))
-    await room.drain()
-    for _ in range(3):  # the writes of the last iterations
-        await asyncio.sleep(0)
+    await settled(room)
     assert seen(bob)[-1] == ("msg", "hello")
     assert seen(alice)[-1] == ("ack", "r1")
     assert broken.aborted
