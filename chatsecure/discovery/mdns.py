@@ -66,6 +66,7 @@ from chatsecure.discovery.records import (
     without_loopback,
 )
 from chatsecure.errors import ChatError
+from chatsecure.protocol.ratelimit import WarningBudget
 from chatsecure.tls.certs import local_addresses
 
 __all__ = [
@@ -116,8 +117,8 @@ REFRESH_AT = (80, 85, 90, 95)
 live server answers and stays listed; one that does not is gone once the record expires."""
 
 FLOOD_WARN_EVERY = 60.0
-"""Fewest seconds between two warnings about the same flood of announcements: a neighbour
-that floods on and off must not fill the log instead."""
+"""Fewest seconds between two warnings of one kind about a flood of announcements: one line a
+minute while it lasts, not one per name it brings."""
 
 QM = DNSQuestionType.QM
 """Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
@@ -461,26 +462,10 @@ def _ignore(
     """A browser's handler for changes nobody needs: the cache is what is looked at."""
 
 
-class _Alarm:
-    """A warning said when its condition starts, not again until it has ended, and at most
-    once every ``every`` seconds: one line per flood, not one per name it brings."""
-
-    def __init__(self, every: float = FLOOD_WARN_EVERY) -> None:
-        self.every = every
-        self.on = False
-        self._said = -every
-
-    def ring(self, message: str, *args: object) -> None:
-        if self.on:
-            return
-        self.on = True
-        now = time.monotonic()
-        if now - self._said >= self.every:
-            self._said = now
-            log.warning(message, *args)
-
-    def clear(self) -> None:
-        self.on = False
+def _warn(budget: WarningBudget, message: str, *args: object) -> None:
+    """Log ``message`` if ``budget`` allows it now."""
+    if budget.allow(time.monotonic())[0]:
+        log.warning(message, *args)
 
 
 # --- browsing ---------------------------------------------------------------------------
@@ -496,7 +481,7 @@ class Browser:
 
     What a neighbour announces is bounded: at most ``max_resolving`` names are resolved at
     once, at most ``max_pending`` more wait their turn (newer ones are dropped), and at most
-    ``max_servers`` are listed; each bound reached is logged once per flood.
+    ``max_servers`` are listed; each bound reached is logged at most once a minute.
     """
 
     def __init__(
@@ -533,8 +518,8 @@ class Browser:
         were asked for since."""
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
-        self._too_many_names = _Alarm()
-        self._too_many_servers = _Alarm()
+        self._too_many_names = WarningBudget(1, FLOOD_WARN_EVERY)
+        self._too_many_servers = WarningBudget(1, FLOOD_WARN_EVERY)
 
     def start(self) -> None:
         """Open zeroconf and start browsing; returns once the browser runs (or failed)."""
@@ -610,7 +595,6 @@ class Browser:
             self._asked.pop(key, None)
             if self._known.pop(key, None) is not None:
                 self.events.put(ServerRemoved(name))
-                self._too_many_servers.clear()
             self._next()
             return
         if key in self._resolving:
@@ -622,7 +606,8 @@ class Browser:
         elif key in self._pending or len(self._pending) < self.max_pending:
             self._pending[key] = name
         else:
-            self._too_many_names.ring(
+            _warn(
+                self._too_many_names,
                 "a neighbour on this network announces too many chatsecure servers: %d "
                 "already wait to be looked up, and the names beyond them are ignored",
                 len(self._pending),
@@ -633,7 +618,8 @@ class Browser:
         """Whether the server ``key`` may be listed: it is already, or the list is not full."""
         if key in self._known or len(self._known) < self.max_servers:
             return True
-        self._too_many_servers.ring(
+        _warn(
+            self._too_many_servers,
             "more than %d chatsecure servers on this network (a neighbour announces too many):"
             " listing no more until some go",
             self.max_servers,
@@ -651,8 +637,6 @@ class Browser:
             name = self._pending.pop(key)
             if self._room_for(key):
                 self._start(key, name)
-        if not self._pending:
-            self._too_many_names.clear()
 
     async def _resolve(self, name: str) -> None:
         key = name.lower()
