@@ -494,7 +494,8 @@ class Session(asyncio.BufferedProtocol):
             return
         if self._outbox is None and sum(map(len, frames)) <= self._small():
             # (Most welcomes: written at once, as any frame, costs a join least.)
-            self._pending_all(frames)
+            for frame in frames:
+                self.send(frame)
             return
         if self._log_pos < len(self.room.frames):
             self._take_log()  # broadcasts queued before the answer go out before it
@@ -517,14 +518,6 @@ class Session(asyncio.BufferedProtocol):
             # drop while a long answer is on its way) and resumes us below a quarter. (It may
             # call ``resume_writing`` at once: the outbox is whole by then.)
             self._transport.set_write_buffer_limits(high=self._bulk_window())
-
-    def _pending_all(self, frames: list[bytes]) -> None:
-        """``send`` of each of ``frames``, in one go."""
-        if self._log_pos < len(self.room.frames):
-            self._take_log()
-        if not self._pending:
-            self.room.mark_dirty(self)
-        self._pending += frames
 
     def _small(self) -> int:
         """``BULK_SMALL``, or a quarter of a smaller send-buffer limit."""
