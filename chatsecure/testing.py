@@ -249,6 +249,8 @@ class Mode(enum.Enum):
     wrong type; then the line ``after the bad fields``."""
     SILENT = "silent"
     """``welcome``, then never a byte more, and never a close."""
+    MUTE = "mute"
+    """No ``welcome``: the hello is read, then never a byte, and never a close."""
     FLOOD = "flood"
     """``count`` chat lines at once (``flood 1`` ...), then ``end of the flood``."""
     UNKNOWN_FLOOD = "unknown_flood"
@@ -433,6 +435,8 @@ class FakeServer:
     def _script(self, conn: ssl.SSLSocket, *, first: bool) -> bool:
         """Send what the mode says after the hello; False to close the connection now."""
         mode, count = self.mode, self.count
+        if mode is Mode.MUTE:
+            return True
         if mode is Mode.MOTD:
             conn.sendall(b'{"type":"motd","text":"welcome to the fake"}\n')
         conn.sendall(self._welcome())
@@ -498,7 +502,7 @@ class FakeServer:
 
     def _converse(self, conn: ssl.SSLSocket, decoder: FrameDecoder) -> None:
         """Answer the client until it goes (a silent server only reads, and never closes)."""
-        silent = self.mode is Mode.SILENT
+        silent = self.mode in (Mode.SILENT, Mode.MUTE)
         while not self._stop.is_set():
             frames = self._recv(conn, decoder)
             if frames is None:
