@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from chatsecure import __version__
 from chatsecure.discovery.records import ip_of, needs_scope
 from chatsecure.errors import ConfigError, RemoteProtocolError
+from chatsecure.gate import Gate
 from chatsecure.history import HistoryError, RoomLog, SharedLog
 from chatsecure.protocol import limits
 from chatsecure.protocol.codes import ErrorCode
@@ -846,7 +847,7 @@ class ChatServer:
         """Each listening socket, with what it takes (``addresses``, said in words)."""
         self._ids = itertools.count(1)
         self.read_buffer = memoryview(bytearray(READ_BUFFER))
-        self._servers: list[asyncio.Server] = []
+        self._gate: Gate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._auth_failures: collections.OrderedDict[str, tuple[int, float]] = (
@@ -913,6 +914,8 @@ class ChatServer:
             trim_asyncio_tls_buffer()
             await self._listen(ctx, sockets)
         except BaseException:
+            if self._gate is not None:
+                self._gate.close()
             for sock in sockets:
                 sock.close()
             await self.room.close()
@@ -956,16 +959,19 @@ class ChatServer:
 
     async def _listen(self, ctx: ssl.SSLContext, sockets: list[socket.socket]) -> None:
         config = self.config
-        assert self._loop is not None  # noqa: S101 - set in start()
+        # Handshakes count against the limits of connections too, before TLS is up: one
+        # address can half-open no more connections than it may have (see Gate).
+        self._gate = Gate(
+            ctx,
+            self._new_session,
+            handshake_timeout=config.handshake_timeout or limits.HANDSHAKE_TIMEOUT_OFF,
+            per_address=config.max_per_ip,
+            total=config.max_sessions,
+            key=backoff_key,
+            address=client_address,
+        )
         for sock in sockets:
-            server = await self._loop.create_server(
-                self._new_session,
-                sock=sock,
-                ssl=ctx,
-                ssl_handshake_timeout=config.handshake_timeout or limits.HANDSHAKE_TIMEOUT_OFF,
-                backlog=LISTEN_BACKLOG,  # asyncio listens again, by default with 100
-            )
-            self._servers.append(server)
+            self._gate.open(sock)
             self.addresses.append(sock.getsockname()[:2])
             self.listening.append(Listening.of(sock))
 
@@ -993,8 +999,8 @@ class ChatServer:
             self._release.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
-        for server in self._servers:
-            server.close()
+        if self._gate is not None:
+            self._gate.close()
         # Every line taken is stored, acknowledged and broadcast before the end.
         await self.room.drain()
         # What was queued in this iteration (a line taken just before) goes out first: the
@@ -1013,8 +1019,8 @@ class ChatServer:
         deadline = time.monotonic() + SHUTDOWN_GRACE + 1
         while not all(s.lost for s in sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for server in self._servers:
-            await server.wait_closed()
+        if self._gate is not None:
+            await self._gate.wait_closed()
         await self.room.close()
         log.info("stopped")
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -31,6 +32,14 @@ def all_silent(*clients: RawClient, wait: float = QUIET) -> bool:
     """True if none of ``clients`` receives a frame within ``wait`` (one wait for all)."""
     time.sleep(wait)
     return all(client.silent(0.01) for client in clients)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``condition()`` is true; fail (saying ``what``) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out{': ' + what if what else ''}"
+        time.sleep(0.005)
 
 
 def chat_works(sender: RawClient, receiver: RawClient, text: str = "still chatting") -> None:

@@ -64,6 +64,7 @@ from chatsecure.protocol.messages import (
 )
 from chatsecure.testing import FakeServer, Mode, RawClient, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustQuestion
+from tests.helpers import wait_for
 
 FP = "SHA256:qd11Mv3IYZlmGAyerL06S5VFZ5AXv+TuqPcd5YM53Gc"
 OLD_FP = "SHA256:" + "A" * 43
@@ -809,13 +810,6 @@ def run_ask(bridge: TrustBridge, question: TrustQuestion) -> tuple[threading.Thr
     thread = threading.Thread(target=lambda: answers.append(bridge.ask(question)))
     thread.start()
     return thread, answers
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("yes", [True, False])

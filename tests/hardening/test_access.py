@@ -34,7 +34,7 @@ from chatsecure.tls import certs
 from chatsecure.tls.context import client_context
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 from tests.hardening.helpers import TLSClient
-from tests.helpers import Terminal
+from tests.helpers import Terminal, wait_for
 
 ROOM = "correct horse battery staple"
 """The room password of the servers in these tests."""
@@ -195,11 +195,16 @@ def test_client_without_a_certificate_from_the_ca_is_refused_at_the_handshake(
     client_cas: tuple[Path, Path],
     who: str,
     name: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ours, theirs = client_cas
     server = start_server(client_ca=ours / "ca.crt")
     assert refused_at_handshake(server, mtls_context(theirs if name else None, name))
     assert server.call(lambda: len(server.server.connections)) == 0, "it never got a session"
+    wait_for(lambda: any("client certificate" in r.getMessage() for r in caplog.records))
+    said = [r for r in caplog.records if "client certificate" in r.getMessage()]
+    assert said[0].levelname == "WARNING"
+    assert "127.0.0.1" in said[0].getMessage(), "the admin is told who was refused"
     with TLSClient(server.host, server.port, context=mtls_context(ours, "alice")) as alice:
         assert alice.join("whatever")["you"]["nick"] == "alice"
 
