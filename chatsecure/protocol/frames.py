@@ -20,10 +20,15 @@ class FrameDecoder:
     the stream was split into chunks.
     """
 
-    __slots__ = ("_buffer", "_max_frame", "blank_lines", "error")
+    __slots__ = ("_buffer", "_max_frame", "_more", "_pending", "blank_lines", "error")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = b""
+        """The start of the unfinished line: what followed the last newline."""
+        self._more: list[bytes] = []
+        """The pieces of the unfinished line that came after, none with a newline (joined
+        once, when the line ends)."""
+        self._pending = 0
         self._max_frame = max_frame
         self.error: RemoteProtocolError | None = None
         """Set once a line was too long; the stream is over then."""
@@ -34,7 +39,22 @@ class FrameDecoder:
         """Take the next chunk of the stream; return the complete frames it finished."""
         if self.error is not None:
             raise self.error
-        *lines, rest = (self._buffer + data).split(b"\n")
+        *lines, rest = data.split(b"\n")
+        if not lines:
+            # Nothing ends here: the piece waits, and what came before it is not looked at
+            # again (a long line trickled a byte at a time costs its length, not its square).
+            if data:
+                self._more.append(data)
+                self._pending += len(data)
+            # The limit is for the line without its "\r\n": a "\r" last may be half of one.
+            if self._too_long(self._pending - data.endswith(b"\r")):
+                return self._fail([])
+            return []
+        if self._more:  # (only the line that ends here is joined, not the whole chunk)
+            lines[0] = b"".join([self._buffer, *self._more, lines[0]])
+            self._more = []
+        elif self._buffer:
+            lines[0] = self._buffer + lines[0]
         frames: list[bytes] = []
         for line in lines:
             frame = line.removesuffix(b"\r")
@@ -44,22 +64,22 @@ class FrameDecoder:
                 frames.append(frame)
             else:
                 self.blank_lines += 1
-        # The limit is for the line without its "\r\n"; a partial line may still lose a "\r".
         if self._too_long(len(rest) - rest.endswith(b"\r")):
             return self._fail(frames)
         self._buffer = rest
+        self._pending = len(rest)
         return frames
 
     @property
     def pending(self) -> int:
         """Bytes held back while waiting for the end of a line."""
-        return len(self._buffer)
+        return self._pending
 
     def _too_long(self, length: int) -> bool:
         return 0 < self._max_frame < length
 
     def _fail(self, frames: list[bytes]) -> list[bytes]:
-        self._buffer = b""
+        self._buffer, self._more, self._pending = b"", [], 0
         self.error = RemoteProtocolError(
             ErrorCode.FRAME_TOO_LONG, f"frame longer than {self._max_frame} bytes", fatal=True
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from hypothesis import given
@@ -126,6 +127,28 @@ def test_endless_line_without_newline_fails_once_over_the_limit() -> None:
         fed += len(chunk)
         assert fed <= MAX_FRAME + len(chunk), "the decoder kept buffering past the limit"
     assert decoder.pending == 0, "the over-long line is not kept in memory"
+
+
+def trickle_seconds(length: int) -> float:
+    """The best of three times to feed a line of ``length`` bytes one byte at a time."""
+    best = float("inf")
+    for _ in range(3):
+        decoder = FrameDecoder(0)
+        started = time.perf_counter()
+        for _ in range(length):
+            decoder.feed(b"z")
+        assert decoder.feed(b"\n") == [b"z" * length]
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_a_line_trickled_byte_by_byte_costs_its_length_not_its_square() -> None:
+    # A hostile peer can send an unfinished frame of up to the limit (a client takes long
+    # ones) one byte per TLS record. Joining the whole pending line at each byte made a
+    # 1 MB line cost 421 µs a byte. Four times the bytes must cost about four times the time
+    # (sixteen if each feed copied what waits).
+    short, long = trickle_seconds(30_000), trickle_seconds(120_000)
+    assert long < 8 * short, f"{long:.3f} s for 4x the bytes of {short:.3f} s"
 
 
 def test_cr_at_the_limit_waits_for_its_newline() -> None:
