@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "several: the servers of one cluster, tried in order (the next when one is gone)",
     )
     connect.add_argument(
+        "--port",
+        metavar="PORT",
+        help=f"the port of each HOST given without one (default {limits.DEFAULT_PORT})",
+    )
+    connect.add_argument(
         "--nick",
         metavar="NICK",
         help="your nick (1-32 characters); with --cert, the certificate's name is your nick",
@@ -342,8 +347,32 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _targets(texts: list[str], port_text: str | None) -> list[tuple[str, int]]:
+    """The servers ``connect`` was given (``HOST[:PORT]`` each, ``--port`` for those without
+    one); ``ChatError`` for a mistyped one."""
+    from chatsecure.client.core import parse_target, port_number
+
+    port = limits.DEFAULT_PORT
+    if port_text is not None:
+        if (given := port_number(port_text)) is None:
+            raise ChatError(f"--port must be a number from 1 to 65535, not {port_text!r}")
+        port = given
+    targets = []
+    for n, text in enumerate(texts):
+        if n and port_number(text) is not None:  # ``connect HOST 7500``: meant as its port
+            raise ChatError(
+                f"{text!r} is not a host: a port goes after its host, "
+                f"{texts[0]}:{text} (or --port {text})"
+            )
+        try:
+            targets.append(parse_target(text, port))
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
+    return targets
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
-    from chatsecure.client.core import ChatClient, Target, dialable, parse_target
+    from chatsecure.client.core import ChatClient, Target, dialable
     from chatsecure.client.resume import LastSeen, client_id
     from chatsecure.client.terminal import run, tty_ask
     from chatsecure.settings import read_password
@@ -366,10 +395,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     elif not args.target or args.discovered is not None:
         raise ChatError("give either HOST[:PORT] (one or more) or --discovered NAME")
     else:
-        try:
-            (host, port), *rest = [parse_target(text) for text in args.target]
-        except ValueError as exc:
-            raise ChatError(str(exc)) from None
+        (host, port), *rest = _targets(args.target, args.port)
         others = tuple(dict.fromkeys(a for a in rest if a != (host, port)))
     if sys.stdin is None:  # started with its input closed (`<&-`): no input, as /dev/null
         sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - the process's own

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from chatsecure import __version__
-from chatsecure.discovery.records import ip_of, needs_scope
+from chatsecure.discovery.records import host_typo, ip_of, needs_scope
 from chatsecure.errors import ConfigError, RemoteProtocolError
 from chatsecure.gate import Gate
 from chatsecure.history import HistoryError, RoomLog, SharedLog
@@ -1389,6 +1389,8 @@ def listen_host(text: str) -> str:
         raise ConfigError(
             f"cannot listen on {text!r}: give the address alone, and the port with --port"
         )
+    if (typo := host_typo(text)) is not None:  # (not a name to ask the resolver about)
+        raise ConfigError(f"cannot listen there: {typo}")
     return text
 
 

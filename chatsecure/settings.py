@@ -344,6 +344,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         if isinstance(value, int | float) and not isinstance(value, bool):
             where = f"{args.config}: " if key in from_file else ""
             _check_number(f"{where}{key.replace('_', '-')}", value)
+    if "name" in values and not values["name"].strip():  # (clients would show '' for it)
+        where = f"{args.config}: " if "name" in from_file else ""
+        raise ConfigError(f"{where}name cannot be blank: the name clients see the room by")
     if not 0 <= values.get("port", 0) < 65536:
         where = f"{args.config}: " if "port" in from_file else ""
         raise ConfigError(f"{where}port must be from 0 to 65535, not {values['port']}")

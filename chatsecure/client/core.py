@@ -24,6 +24,7 @@ from pathlib import Path
 
 from chatsecure.client.errors import describe_error
 from chatsecure.client.resume import SAVE_EVERY, LastSeen
+from chatsecure.discovery.records import host_typo
 from chatsecure.errors import (
     ChatError,
     ConfigError,
@@ -337,29 +338,16 @@ def parse_target(
     return host, port
 
 
-_NUMBER = r"(?:[0-9]+|0[xX][0-9a-fA-F]*)"
-_NUMERIC_HOST = re.compile(rf"{_NUMBER}(?:\.{_NUMBER})*\.?")
-"""A host of numbers and dots, as ``inet_aton`` reads them (decimal, octal with a leading 0,
-hex with 0x; one to four of them); no host name is all numbers."""
-
-
 def check_host(host: str) -> None:
     """Refuse (``ValueError``) a host that would be dialled as another address than it reads,
     or that cannot be dialled at all for a reason the system would not name.
 
-    The C library takes ``1.2.3`` for 1.2.0.3, ``010`` for 8 (octal) and ``2130706433`` for
-    127.0.0.1; a typo must not dial some other machine, so only a plain dotted quad passes.
-    An IPv6 link-local address needs its interface (``connect`` says "Invalid argument"
-    without it), and one that exists here (else "Name or service not known").
+    A typo must not dial some other machine (``host_typo``). An IPv6 link-local address
+    needs its interface (``connect`` says "Invalid argument" without it), and one that
+    exists here (else "Name or service not known").
     """
-    if _NUMERIC_HOST.fullmatch(host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(
-                f"{host!r} is not an IPv4 address: give four numbers from 0 to 255, "
-                "like 192.168.1.10"
-            ) from None
+    if (typo := host_typo(host)) is not None:
+        raise ValueError(typo)
     if not _is_ipv6(host):
         return
     address, _, zone = host.partition("%")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,33 @@ def describe_server(server: DiscoveredServer) -> str:
 
 
 # --- addresses --------------------------------------------------------------------------
+
+
+_NUMBER = r"(?:[0-9]+|0[xX][0-9a-fA-F]*)"
+_NUMERIC_HOST = re.compile(rf"{_NUMBER}(?:\.{_NUMBER})*\.?")
+"""A host of numbers and dots, as ``inet_aton`` reads them (decimal, octal with a leading 0,
+hex with 0x; one to four of them); no host name is all numbers."""
+
+
+def host_typo(host: str) -> str | None:
+    """Why ``host`` cannot be meant as written, or None.
+
+    The C library takes ``1.2.3`` for 1.2.0.3, ``010`` for 8 (octal) and ``2130706433`` for
+    127.0.0.1, and the resolver asks the network about ``127.0.0.300`` or a name with a space
+    in it: a typo must not reach another machine than the one meant (or a name server), so
+    only a plain dotted quad passes as a number.
+    """
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return (
+                f"{host!r} is not an IPv4 address: give four numbers from 0 to 255, "
+                "like 192.168.1.10"
+            )
+    if any(char.isspace() for char in host):
+        return f"{host!r} has a space in it: no host name or address has one"
+    return None
 
 
 def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -386,5 +386,8 @@ def must_make(files: CertFiles, *, allowed: bool) -> bool:
             "certificate will be warned that it changed)"
         )
     if not allowed or files.cert.parent != files.key.parent or files.cert.name != CERT_NAME:
-        raise ConfigError(f"{files.cert} does not exist; make it with `chatsecure gencert`")
+        raise ConfigError(
+            f"{files.cert} does not exist (is the path right?); to make a new certificate, "
+            f"`chatsecure gencert --out DIR` makes DIR/{CERT_NAME} and its key"
+        )
     return True

@@ -82,6 +82,56 @@ def test_a_dotted_quad_with_leading_zeros_is_refused_before_anything_is_dialled(
     assert "bob" not in logged, logged
 
 
+def test_a_port_given_as_a_second_host_is_said_where_it_goes() -> None:
+    result = Terminal.run_cli("connect", "127.0.0.1", "7500", "--nick", "bob", "--accept-new")
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        "chatsecure: '7500' is not a host: a port goes after its host, 127.0.0.1:7500 "
+        "(or --port 7500)\n"
+    )
+
+
+def test_a_host_with_a_space_is_refused_before_anything_is_looked_up() -> None:
+    # (The resolver would ask the network's name server about '127.0.0.1 '.)
+    assert connect("127.0.0.1 :7467") == (
+        "chatsecure: '127.0.0.1 ' has a space in it: no host name or address has one\n"
+    )
+
+
+def test_port_flag_is_the_port_of_a_host_given_without_one(cert_dir: Path) -> None:
+    cert = ["--cert", str(cert_dir / "server.crt"), "--key", str(cert_dir / "server.key")]
+    server = ServerProcess([*CHATSECURE, "server", *cert])
+    try:
+        result = Terminal.run_cli(
+            "connect", "--no-discovery", "127.0.0.1", "--port", str(server.port),
+            "--nick", "bob", "--accept-new",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("connected to "), result
+    assert server.fingerprint in result.stdout.splitlines()[0], "that server, on that port"
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--host", "127.0.0.300"], "'127.0.0.300' is not an IPv4 address"),
+        (["--host", "127.0.0.1 "], "'127.0.0.1 ' has a space in it"),
+        (["--host", "127.0.0.1", "--name", "  "], "name cannot be blank"),
+    ],
+)
+def test_a_server_refuses_a_mistyped_address_or_a_blank_name(
+    tmp_path: Path, flags: list[str], said: str
+) -> None:
+    result = Terminal.run_cli(
+        "server", *flags, "--port", "0", "--no-discovery", "--data-dir", str(tmp_path / "d")
+    )
+    assert result.returncode == 1, result
+    assert said in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists(), "nothing is made for a server that cannot start"
+
+
 def lone_connect(lab: Lab, target: str) -> str:
     """``chatsecure connect`` in a namespace with nothing but loopback: nothing leaves it."""
     alone = lab.host("alone")

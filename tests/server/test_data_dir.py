@@ -243,7 +243,7 @@ def test_a_mistyped_certificate_is_refused_not_made(tmp_path: Path) -> None:
     typo = tmp_path / "typo" / "server.crt"
     result = start_failing(cwd, "--port", "0", "--cert", str(typo))
     assert result.returncode == 1
-    assert result.stderr.startswith(f"chatsecure: {typo} does not exist; make it with"), (
+    assert result.stderr.startswith(f"chatsecure: {typo} does not exist (is the path right?)"), (
         result.stderr
     )
     assert everything_under(tmp_path) == [cwd]
