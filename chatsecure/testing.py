@@ -277,6 +277,14 @@ class Mode(enum.Enum):
     PEERS_FLOOD = "peers_flood"
     """A ``welcome`` that announces 2**62 peers, then ``peers`` frames of 10,000 each, up to
     ``count`` of them, as fast as the client takes them."""
+    BIG_LINES = "big_lines"
+    """``count`` chat lines of ``BIG_LINE`` characters each (``big 1 xxx...``, rising seqs),
+    as fast as the client takes them; then ``end of the flood``."""
+
+
+BIG_LINE: Final = 1_000_000
+"""Characters of each chat line of ``Mode.BIG_LINES``: far beyond any sane line, and within
+the frame a client accepts from a server."""
 
 
 FAKE_PEER: Final = {"id": "2", "nick": "eve", "addr": "127.0.0.1"}
@@ -452,6 +460,12 @@ class FakeServer:
                 chunk = b"".join(fake_chat(f"flood {n}") for n in range(start + 1, end + 1))
                 conn.sendall(chunk)
             conn.sendall(fake_chat("end of the flood"))
+        elif mode is Mode.BIG_LINES:
+            for n in range(1, count + 1):
+                head = f"big {n} "
+                if not self._send(conn, fake_chat(head + "x" * (BIG_LINE - len(head)), n)):
+                    return False
+            conn.sendall(fake_chat("end of the flood", count + 1))
         elif mode is Mode.UNKNOWN_FLOOD:
             frame = b'{"type":"zzz","n":1}\n'
             for start in range(0, count, 1000):
@@ -487,6 +501,27 @@ class FakeServer:
                     continue
             with self._lock:
                 self.flooded += len(batch)
+
+    def _send(self, conn: ssl.SSLSocket, data: bytes) -> bool:
+        """Send ``data`` as the client takes it, however long it holds back; False if ``stop``
+        came first. ``flooded`` counts the bytes."""
+        conn.settimeout(0.2)
+        view, done = memoryview(data), 0
+        while done < len(data):
+            if self._stop.is_set():
+                return False
+            try:
+                sent = conn.send(view[done:])
+            except TimeoutError:
+                continue
+            except ssl.SSLWantWriteError:
+                time.sleep(0.01)
+                continue
+            done += sent
+            with self._lock:
+                self.flooded += sent
+        conn.settimeout(30)
+        return True
 
     def _peers_flood_welcome(self) -> bytes:
         frame = {

@@ -16,6 +16,7 @@ import queue
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import unicodedata
@@ -85,6 +86,17 @@ short (a link that drops every few seconds while people chat)."""
 EVENT_QUEUE_HIGH = 2000
 """Events waiting for the front end above which the client stops reading from the server (the
 server's TCP window then fills): a flood costs bounded memory, never an endless queue."""
+EVENT_QUEUE_BYTES = 16 * 1024 * 1024
+"""Bytes of memory held by the events waiting for the front end (see ``held_bytes``) above
+which the client stops reading from the server, as at ``EVENT_QUEUE_HIGH`` events.
+
+A count alone let a server that sends lines of a million characters (a frame may be
+``MAX_SERVER_FRAME`` long) have 2,000 of them wait: 2 GB. Lines are never cut (a server may
+allow longer ones than ours), so memory is bounded here instead: 16 MiB is 2,000 lines of
+8,000 characters, twice a default server's longest; a front end behind a flood of those loses
+nothing, it only makes the server wait. One read more may land on top of the mark: at most
+about four times ``MAX_SERVER_FRAME`` (a frame of ASCII and one emoji is stored four bytes a
+character)."""
 TICK = 1.0
 """Seconds between two checks that a quiet server is still there (see ``ClientSession.tick``)."""
 LOGGED_FRAME = 500
@@ -170,6 +182,36 @@ def no_longer_kept(event: Connected) -> int:
     neither replayed nor left out by the replay's cap."""
     welcome = event.welcome
     return max(0, event.missed - welcome.replay - welcome.skipped)
+
+
+EVENT_OVERHEAD = 400
+"""Bytes ``held_bytes`` counts for the objects of an event around its strings (a chat line:
+the event, its ``Chat``, its ``Peer`` and their numbers, about 400 bytes on CPython)."""
+
+_size = sys.getsizeof
+
+
+def held_bytes(event: ClientEvent) -> int:
+    """About the bytes of memory ``event`` holds while it waits for the front end: its strings
+    (each of a server's may be a frame long), and ``EVENT_OVERHEAD`` for the rest."""
+    if isinstance(event, Received) and isinstance(chat := event.message, Chat):
+        # (Most events: written out, four times faster than the walk below.)
+        peer = chat.sender
+        strings = _size(chat.text) + _size(peer.nick) + _size(peer.addr) + _size(peer.id)
+        return EVENT_OVERHEAD + strings
+    return EVENT_OVERHEAD + _strings_in(event)
+
+
+def _strings_in(value: object) -> int:
+    """Bytes of the strings in ``value``, an event or a part of one (slotted dataclasses,
+    tuples of them)."""
+    if isinstance(value, str):
+        return _size(value)
+    if isinstance(value, Peer):
+        return _size(value.nick) + _size(value.addr) + _size(value.id) + 100
+    if isinstance(value, tuple):
+        return _size(value) + sum(map(_strings_in, value))
+    return sum(_strings_in(getattr(value, name)) for name in getattr(type(value), "__slots__", ()))
 
 
 def shown_seq(event: ClientEvent) -> int:
@@ -626,6 +668,12 @@ class ChatClient:
         self._index = 0
         """Which of ``target.addresses`` is tried first: the last one that answered."""
         self._warnings: dict[str, WarningBudget] = {}
+        self._held: collections.deque[int] = collections.deque()
+        """``held_bytes`` of the events put in ``events``, oldest first, down to the oldest
+        that may still be there: the front end takes them in order, so ``events.qsize()``
+        says how many of these are gone (see ``queued_bytes``)."""
+        self._held_total = 0
+        self._held_lock = threading.Lock()
         self._started = threading.Event()
         self._call_lock = threading.Lock()
         self._ended = False
@@ -701,6 +749,15 @@ class ChatClient:
         return self._thread.is_alive()
 
     @property
+    def queued_bytes(self) -> int:
+        """About the bytes of memory the events waiting in ``events`` hold (``held_bytes``)."""
+        with self._held_lock:
+            # Only this client puts into ``events``, and the front end takes from its head.
+            while len(self._held) > self.events.qsize():
+                self._held_total -= self._held.popleft()
+            return self._held_total
+
+    @property
     def me(self) -> Peer | None:
         return self.session.me
 
@@ -744,7 +801,11 @@ class ChatClient:
         if self._unshown is not None and (seq := shown_seq(event)):
             self._unshown.append((self._given, seq, self.session.log_id))
             self._given += 1
-        self.events.put(event)
+        held = held_bytes(event)
+        with self._held_lock:  # (put inside: qsize never counts an event not in _held yet)
+            self._held.append(held)
+            self._held_total += held
+            self.events.put(event)
 
     async def _run(self) -> Disconnected:
         """Connect, chat and reconnect until done; return the final event for the front end."""
@@ -1024,7 +1085,10 @@ class ChatClient:
             while True:
                 # Backpressure: while the front end is behind, read nothing more; the
                 # server's writes then wait in TCP buffers, not in our memory.
-                while self.events.qsize() >= EVENT_QUEUE_HIGH:
+                while (
+                    self.events.qsize() >= EVENT_QUEUE_HIGH
+                    or self.queued_bytes >= EVENT_QUEUE_BYTES
+                ):
                     await asyncio.sleep(0.02)
                     self.session.not_reading(asyncio.get_running_loop().time())
                 # Nor while the server does not read what we answer (a pong per ping): our

@@ -15,6 +15,7 @@ import pytest
 
 from chatsecure.client import core
 from chatsecure.client.core import (
+    EVENT_QUEUE_BYTES,
     EVENT_QUEUE_HIGH,
     ChatClient,
     ClientEvent,
@@ -30,7 +31,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Shutdown
-from chatsecure.testing import FakeServer, Mode
+from chatsecure.testing import BIG_LINE, FakeServer, Mode
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 
 E = TypeVar("E")
@@ -175,6 +176,34 @@ def test_a_flood_is_held_back_by_a_bounded_queue_and_nothing_is_lost(
     assert EVENT_QUEUE_HIGH <= client.events.qsize() <= EVENT_QUEUE_HIGH + 1000
     texts = chat_texts_until(client, "end of the flood")
     assert texts == [f"flood {n}" for n in range(1, count + 1)] + ["end of the flood"]
+
+
+def test_a_flood_of_huge_lines_is_held_back_by_their_bytes_and_nothing_is_lost(
+    fake: Fake, make_client: MakeClient
+) -> None:
+    count = 200  # 200 MB, had the client taken it all (it did: 200 lines are few events)
+    server = fake(Mode.BIG_LINES, count=count)
+    client = make_client(server)
+    next_event(client, Connected)
+    # A front end that does not take events: the client stops reading once they hold
+    # EVENT_QUEUE_BYTES, and the flood stops once the buffers on the way are full.
+    deadline = time.monotonic() + 20
+    taken, steady_since = -1, time.monotonic()
+    while time.monotonic() - steady_since < 1.0:
+        assert time.monotonic() < deadline, f"still taking the flood: {server.flooded} bytes"
+        if server.flooded != taken:
+            taken, steady_since = server.flooded, time.monotonic()
+        time.sleep(0.1)
+    # One read may land on top of the mark: at most a frame (and its characters fit a byte).
+    assert EVENT_QUEUE_BYTES <= client.queued_bytes <= EVENT_QUEUE_BYTES + 2 * BIG_LINE
+    assert server.flooded < count * BIG_LINE / 4, "the flood went on into buffers somewhere"
+    texts = chat_texts_until(client, "end of the flood")
+    assert [text[: text.index(" ", 4)] for text in texts[:-1]] == [
+        f"big {n}" for n in range(1, count + 1)
+    ]
+    assert all(len(text) == BIG_LINE for text in texts[:-1])
+    assert texts[-1] == "end of the flood"
+    assert client.queued_bytes == 0
 
 
 def test_a_front_end_behind_is_no_silence_of_the_server(
