@@ -340,6 +340,8 @@ def _run(
     if isinstance(stdin, io.TextIOWrapper):
         # A byte that is not UTF-8 in a piped file becomes U+FFFD instead of ending the input.
         stdin.reconfigure(errors="replace")
+    for stream in (stdout, stderr):
+        _escaping(stream)
     addresses = client.target.addresses
     where = ", ".join(host_port(host, port) for host, port in addresses)
     screen = _Screen(
@@ -375,6 +377,19 @@ def _run(
         code = _chat_through_pipes(client, stdin, screen)
     client.close()
     return code
+
+
+def _escaping(stream: TextIO) -> None:
+    """Show a character ``stream`` cannot encode as an escape (``\\U0001f642``, as
+    ``safe_text`` escapes) instead of dying on it.
+
+    An output in latin-1 or ASCII (``PYTHONIOENCODING``, a redirect on Windows in cp1252)
+    cannot carry an emoji; Python's default for stdout, ``strict``, raised at the first chat
+    line with one and the client ended. (stderr escapes already; a handler chosen by the user,
+    ``replace`` say, is kept. On a terminal, prompt_toolkit writes through its own encoder,
+    which replaces.)"""
+    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        stream.reconfigure(errors="backslashreplace")
 
 
 def _first_event(
