@@ -32,11 +32,12 @@ waits its turn again.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import enum
+import heapq
 import itertools
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chatsecure.errors import LocalProtocolError, RemoteProtocolError
@@ -196,6 +197,41 @@ SessionEvent = (
 # --- the session ------------------------------------------------------------------------
 
 
+class _Unsent:
+    """Refs of the outbox waiting to go out on this connection, in the outbox's order, each
+    once: a heap by rank (where the ref stands in the outbox) and the set of its refs.
+
+    A line refused for the pace goes back in its place in O(log n), and a ref already waiting
+    costs O(1): a server may name the same ref again and again, and an outbox may hold many
+    thousand lines (a file piped in)."""
+
+    __slots__ = ("_heap", "_refs")
+
+    def __init__(self, ranked: Iterable[tuple[int, str]] = ()) -> None:
+        self._heap = sorted(ranked)  # (a sorted list is a heap)
+        self._refs = {ref for _, ref in self._heap}
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def put(self, rank: int, ref: str) -> None:
+        if ref not in self._refs:
+            self._refs.add(ref)
+            heapq.heappush(self._heap, (rank, ref))
+
+    def first(self) -> str:
+        return self._heap[0][1]
+
+    def pop(self) -> str:
+        _, ref = heapq.heappop(self._heap)
+        self._refs.discard(ref)
+        return ref
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._refs.clear()
+
+
 class ClientSession:
     """One client's conversation with one server, across connections."""
 
@@ -227,7 +263,9 @@ class ClientSession:
         self.welcome: Welcome | None = None
         self.outbox: dict[str, str] = {}
         """Own lines not acknowledged yet, ref -> text, oldest first."""
-        self._unsent: collections.deque[str] = collections.deque()
+        self._ranks: dict[str, int] = {}
+        """Where each ref of the outbox stands in it (the order ``send`` was given them)."""
+        self._unsent = _Unsent()
         """Refs of the outbox not sent on this connection yet (paced), oldest first."""
         self._holding = False
         """``hold_back`` was called: no own line goes out any more, on any connection."""
@@ -318,12 +356,13 @@ class ClientSession:
     def send(self, text: str, now: float = 0.0) -> str:
         """Queue a chat line; return its ref. It goes out now if joined (and the pace allows),
         else after the next welcome, and stays in the outbox until the server acknowledges it."""
-        ref = f"{self._ref_prefix}-{next(self._refs)}"
+        rank = next(self._refs)
+        ref = f"{self._ref_prefix}-{rank}"
         if self.state is not ClientState.JOINED or self._holding:
-            self.outbox[ref] = text
+            self.outbox[ref], self._ranks[ref] = text, rank
         elif self._v2:
-            self.outbox[ref] = text
-            self._unsent.append(ref)
+            self.outbox[ref], self._ranks[ref] = text, rank
+            self._unsent.put(rank, ref)
             self.pace(now)
         else:
             self._out.append(encode(SendMsg(text)))  # a v1 server: sent is all we can know
@@ -339,10 +378,10 @@ class ClientSession:
             self._out.append(encode(self._history))
             self._history_out, self._history = self._history, None
         while self._unsent and self.state is ClientState.JOINED:
-            ref = self._unsent[0]
+            ref = self._unsent.first()
             if ref in self.outbox and self._pace is not None and not self._pace.take(now):
                 return
-            self._unsent.popleft()
+            self._unsent.pop()
             if ref in self.outbox:  # else acknowledged meanwhile (a replay brought it)
                 self._out.append(encode(SendMsg(self.outbox[ref], ref)))
                 self._written.add(ref)
@@ -462,19 +501,18 @@ class ClientSession:
                     event = self._history_refused(message)
                 elif code == ErrorCode.RATE_LIMITED and message.ref in self.outbox:
                     # Refused for our pace, not for what it says: it goes again in its place
-                    # among those not sent yet (several may come back at once, in any order),
-                    # at the default pace if the server said it had no limit; after
-                    # ``hold_back``, it stays unsent. (A copy sent on an earlier connection
-                    # may be stored all the same: it stays among those written.)
-                    waiting = set() if self._holding else {*self._unsent, message.ref}
-                    self._unsent = collections.deque(r for r in self.outbox if r in waiting)
+                    # among those not sent yet (several may come back at once, in any order,
+                    # and again), at the default pace if the server said it had no limit;
+                    # after ``hold_back``, it stays unsent. (A copy sent on an earlier
+                    # connection may be stored all the same: it stays among those written.)
+                    if not self._holding:
+                        self._unsent.put(self._ranks[message.ref], message.ref)
                     self._pace = self._pace or _pace_for(None, None, self._last_heard)
                     if self._pace is not None:  # (it always is: the defaults limit)
                         self._pace.drain(self._last_heard)
                 elif message.ref in self.outbox:
                     # Refused for good (too long, empty, not stored): it is never sent again.
-                    self._written.discard(message.ref)
-                    event = ServerError(message, self.outbox.pop(message.ref))
+                    event = ServerError(message, self._forget(message.ref))
                 else:
                     event = ServerError(message)
             case HistoryEnd():
@@ -578,10 +616,11 @@ class ClientSession:
             self._out += [encode(SendMsg(text)) for text in self.outbox.values()]
             events += [Acked(ref, text, 0, 0.0) for ref, text in self.outbox.items()]
             self.outbox.clear()
+            self._ranks.clear()
             self._written.clear()
             return events
         self._pace = _pace_for(welcome.server.msg_rate, welcome.server.msg_burst, self._last_heard)
-        self._unsent = collections.deque(self.outbox)
+        self._unsent = _Unsent((self._ranks[ref], ref) for ref in self.outbox)
         self.pace(self._last_heard)
         return events
 
@@ -608,11 +647,17 @@ class ClientSession:
             self.last_seq = chat.seq
         return Line(chat, replayed=replayed)
 
+    def _forget(self, ref: str) -> str | None:
+        """Take line ``ref`` out of the outbox (stored, or refused for good); its text, or None
+        if it is not there."""
+        self._ranks.pop(ref, None)
+        self._written.discard(ref)
+        return self.outbox.pop(ref, None)
+
     def _ack(self, ack: Ack) -> SessionEvent | None:
-        text = self.outbox.pop(ack.ref, None)
+        text = self._forget(ack.ref)
         if text is None:
             return None  # the ack of a re-send we already had, or of nothing of ours
-        self._written.discard(ack.ref)
         if ack.seq and (self.last_seq is None or ack.seq > self.last_seq):
             self.last_seq = ack.seq
         return Acked(ack.ref, text, ack.seq, ack.ts)
