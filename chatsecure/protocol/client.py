@@ -12,7 +12,8 @@ connection resumes where the old one stopped (``since``), re-sends what was not 
                  (v2: once the ``peers`` frames after it brought ``peers_total`` peers)
     HELLO        error                     OFFLINE: Refused
     HELLO/JOINED shutdown                  OFFLINE: Ended (the server is stopping)
-    JOINED       msg                       Line (a seq seen before is dropped)
+    JOINED       msg                       Line (a seq seen before is dropped; one far
+                                           beyond the room's is Ignored)
     JOINED       ack                       Acked (the line leaves the outbox)
     JOINED       notice                    Noticed (news about the server, e.g. Redis lost)
     JOINED       join/leave/joins/leaves   Presence, one per peer
@@ -50,6 +51,7 @@ from chatsecure.protocol.limits import (
     MSG_RATE,
     PING_AFTER,
     PONG_TIMEOUT,
+    SEQ_AHEAD_MAX,
 )
 from chatsecure.protocol.messages import (
     Ack,
@@ -283,6 +285,9 @@ class ClientSession:
         self._decoder = FrameDecoder(max_frame)
         self._out: list[bytes] = []
         self._replay_left = 0
+        self._head = 0
+        """The newest seq the server has stated on this connection (its welcome's, a line's,
+        an ack's): one more than ``SEQ_AHEAD_MAX`` above it is a lie (see ``_credible``)."""
         self._history: HistoryRequest | None = None
         """A ``history`` request the pace holds back."""
         self._history_out: HistoryRequest | None = None
@@ -464,9 +469,9 @@ class ClientSession:
         event: SessionEvent | None = None
         match message:
             case Chat():
-                event = self._chat(message)
+                return self._chat(message)
             case Ack():
-                event = self._ack(message)
+                return self._ack(message)
             case Ping():
                 self._out.append(encode(Pong()))
             case Welcome():
@@ -583,6 +588,7 @@ class ClientSession:
         self.me, self.welcome = welcome.you, welcome
         self._v2 = welcome.server.protocol >= 2
         self._replay_left = welcome.replay
+        self._head = welcome.seq
         since = self._since()
         if since is not None and welcome.log is not None and self.log_id not in {None, welcome.log}:
             # Not the log that ``since`` counts in (its server lost the one we saw): the
@@ -624,9 +630,9 @@ class ClientSession:
         self.pace(self._last_heard)
         return events
 
-    def _chat(self, chat: Chat) -> SessionEvent | None:
+    def _chat(self, chat: Chat) -> list[SessionEvent]:
         if self.state is not ClientState.JOINED:
-            return Ignored("msg", "a chat line before welcome")
+            return [Ignored("msg", "a chat line before welcome")]
         if chat.ref is not None and chat.ref in self.outbox:
             # Our own line, stored as the connection broke, its ack lost with it: this is the
             # ack (the re-send that follows is a duplicate the server only acknowledges).
@@ -636,16 +642,19 @@ class ClientSession:
             self._replay_left -= 1
             return self._seen(chat, replayed=True)
         if chat.history:
-            return Line(chat, older=True)
+            return [Line(chat, older=True)]
         self._replay_left = 0  # a live line: whatever replay was announced is over
         return self._seen(chat, replayed=False)
 
-    def _seen(self, chat: Chat, *, replayed: bool) -> SessionEvent | None:
+    def _seen(self, chat: Chat, *, replayed: bool) -> list[SessionEvent]:
         if chat.seq:
+            if not self._credible(chat.seq):
+                # Taken for the newest, it would hide every line after it (as seen before).
+                return [self._incredible("a chat line", chat.seq)]
             if self.last_seq is not None and chat.seq <= self.last_seq:
-                return None  # seen before this reconnect: never shown twice
+                return []  # seen before this reconnect: never shown twice
             self.last_seq = chat.seq
-        return Line(chat, replayed=replayed)
+        return [Line(chat, replayed=replayed)]
 
     def _forget(self, ref: str) -> str | None:
         """Take line ``ref`` out of the outbox (stored, or refused for good); its text, or None
@@ -654,13 +663,30 @@ class ClientSession:
         self._written.discard(ref)
         return self.outbox.pop(ref, None)
 
-    def _ack(self, ack: Ack) -> SessionEvent | None:
+    def _ack(self, ack: Ack) -> list[SessionEvent]:
         text = self._forget(ack.ref)
         if text is None:
-            return None  # the ack of a re-send we already had, or of nothing of ours
+            return []  # the ack of a re-send we already had, or of nothing of ours
+        if not self._credible(ack.seq):
+            # Stored, the server says, and that much it knows; not as what it says.
+            return [self._incredible("an ack", ack.seq), Acked(ack.ref, text, 0, ack.ts)]
         if ack.seq and (self.last_seq is None or ack.seq > self.last_seq):
             self.last_seq = ack.seq
-        return Acked(ack.ref, text, ack.seq, ack.ts)
+        return [Acked(ack.ref, text, ack.seq, ack.ts)]
+
+    def _credible(self, seq: int) -> bool:
+        """Whether ``seq`` is one an honest server may send next (see ``SEQ_AHEAD_MAX``);
+        the newest so far, if so."""
+        if seq > self._head + SEQ_AHEAD_MAX:
+            return False
+        self._head = max(self._head, seq)
+        return True
+
+    def _incredible(self, what: str, seq: int) -> Ignored:
+        return Ignored(
+            "seq",
+            f"{what} with seq {seq}, far beyond the newest the server has said ({self._head})",
+        )
 
 
 def _pace_for(rate: float | None, burst: int | None, now: float) -> TokenBucket | None:

@@ -116,6 +116,13 @@ PING_AFTER: Final = 30.0
 PONG_TIMEOUT: Final = 15.0
 """Seconds a client waits for any answer to its ping before it takes the server for dead."""
 
+SEQ_AHEAD_MAX: Final = 1_000_000
+"""Most a ``seq`` from a server (a line's, an ack's) may be above the newest it has stated on
+the connection (its welcome's, or a line's since) before the client takes it for a lie and
+ignores it. Every stored line reaches every member in order, so an honest server skips only
+lines a member was not sent (its own refused as ``not_stored`` though Redis kept them): a few
+commits' worth. One line with seq 2**62, taken for the newest, hid every line after it."""
+
 PRESENCE_LOG_LINES: Final = 20
 """Join and leave lines the server logs (INFO) per client address in ``PRESENCE_LOG_PERIOD``;
 past that they are counted, and the count is logged at the next idle sweep: a client that

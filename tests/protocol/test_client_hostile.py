@@ -8,8 +8,8 @@ import random
 import time
 from typing import Any
 
-from chatsecure.protocol.client import ClientSession
-from tests.protocol.test_client_session import SERVER, frames, sent, welcome
+from chatsecure.protocol.client import Acked, ClientSession, Ignored, Line
+from tests.protocol.test_client_session import SERVER, frames, joined, msg, sent, welcome
 
 
 def limited(ref: str) -> dict[str, Any]:
@@ -59,3 +59,39 @@ def test_lines_refused_in_any_order_and_again_go_out_once_each_in_the_outbox_ord
         order += [frame["text"] for frame in sent(session)]
     assert order == [f"line {n}" for n in range(40)]
     assert list(session.outbox) == refs
+
+
+def test_a_line_with_a_seq_far_beyond_the_room_is_ignored_and_hides_nothing_after_it() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=3)
+    events = session.receive_data(frames(msg(4), msg(2**62), msg(5), msg(6)))
+    assert [e.chat.seq for e in events if isinstance(e, Line)] == [4, 5, 6]
+    [ignored] = [e for e in events if isinstance(e, Ignored)]
+    assert ignored.kind == "seq"
+    assert session.last_seq == 6  # (what the next hello says: from 2**62, nothing would come)
+
+
+def test_an_ack_with_a_seq_far_beyond_the_room_confirms_the_line_but_not_the_seq() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=3)
+    ref = session.send("mine")
+    sent(session)
+    ack = {"type": "ack", "ref": ref, "seq": 2**62, "ts": 1.0}
+    events = session.receive_data(frames(ack, msg(4)))
+    assert [type(e) for e in events] == [Ignored, Acked, Line]
+    assert events[1] == Acked(ref, "mine", 0, 1.0)  # stored, says the server; its seq unknown
+    assert session.last_seq == 4
+
+
+def test_an_honest_server_far_ahead_of_a_returning_client_loses_it_no_line() -> None:
+    # Away while 5,000,000 lines were said: the replay's lines, and those after, are far
+    # beyond the client's last seq, but not beyond what the welcome said.
+    session = ClientSession("alice", last_seq=10)
+    events = joined(session, seq=5_000_000, replay=2, skipped=999)
+    events += session.receive_data(
+        frames(msg(4_999_999, history=True), msg(5_000_000, history=True), msg(5_000_001))
+    )
+    lines = [e.chat.seq for e in events if isinstance(e, Line)]
+    assert lines == [4_999_999, 5_000_000, 5_000_001]
+    assert not [e for e in events if isinstance(e, Ignored)]
+    assert session.last_seq == 5_000_001
