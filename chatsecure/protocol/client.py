@@ -285,6 +285,9 @@ class ClientSession:
         self._decoder = FrameDecoder(max_frame)
         self._out: list[bytes] = []
         self._replay_left = 0
+        """Lines of the replay the welcome announced that have not come yet."""
+        self._replay_pinged = False
+        """A ping went out while the replay was awaited: its pong comes after the replay."""
         self._head = 0
         """The newest seq the server has stated on this connection (its welcome's, a line's,
         an ack's): one more than ``SEQ_AHEAD_MAX`` above it is a lie (see ``_credible``)."""
@@ -330,6 +333,7 @@ class ClientSession:
         self._history = self._history_out = None
         self._refs_echoed = False
         self._replay_left = 0
+        self._replay_pinged = False
         self._gathering = None
 
     def data_to_send(self) -> bytes:
@@ -376,12 +380,21 @@ class ClientSession:
     def pace(self, now: float) -> None:
         """Send the history request and own lines that the pace allows by ``now``."""
         if self._history is not None and self.state is ClientState.JOINED:
+            if self._replay_left:
+                # Its answer's lines, like the replay's, are "history": sent now, they could
+                # pass for the rest of a replay announced and never sent. It waits for the
+                # replay's end; the pong of a ping sent now comes after the replay, whatever
+                # the welcome said, and ends the wait (see ``_receive``).
+                if not self._replay_pinged:
+                    self._replay_pinged = True
+                    self._out.append(encode(Ping()))
             # (It counts against the server's rate limit like a line: refused, it would get
             # an error and no answer.)
-            if self._pace is not None and not self._pace.take(now):
+            elif self._pace is not None and not self._pace.take(now):
                 return
-            self._out.append(encode(self._history))
-            self._history_out, self._history = self._history, None
+            else:
+                self._out.append(encode(self._history))
+                self._history_out, self._history = self._history, None
         while self._unsent and self.state is ClientState.JOINED:
             ref = self._unsent.first()
             if ref in self.outbox and self._pace is not None and not self._pace.take(now):
@@ -393,7 +406,8 @@ class ClientSession:
 
     def send_delay(self, now: float) -> float | None:
         """Seconds until ``pace`` has a frame to send; None when none waits."""
-        if (not self._unsent and self._history is None) or self.state is not ClientState.JOINED:
+        history = self._history is not None and not self._replay_left
+        if (not self._unsent and not history) or self.state is not ClientState.JOINED:
             return None
         return 0.0 if self._pace is None else self._pace.wait(now)
 
@@ -466,6 +480,11 @@ class ClientSession:
                 return self._more_peers(message)
             # The server sent fewer peers than it said: the room is what we got.
             return self._welcomed(self._gathered()) + self._receive(message)
+        if self._replay_left and not isinstance(message, Chat | Ping):
+            # The replay comes right after the welcome, before any other frame (a ping of
+            # the server's own may wait behind it): this one says it is over, whatever the
+            # welcome announced.
+            self._replay_over()
         event: SessionEvent | None = None
         match message:
             case Chat():
@@ -636,14 +655,20 @@ class ClientSession:
         if chat.ref is not None and chat.ref in self.outbox:
             # Our own line, stored as the connection broke, its ack lost with it: this is the
             # ack (the re-send that follows is a duplicate the server only acknowledges).
-            self._replay_left -= bool(chat.history and self._replay_left)
+            if chat.history and self._replay_left:
+                self._replay_left -= 1
+                if not self._replay_left:
+                    self._replay_over()
             return self._ack(Ack(chat.ref, chat.seq, chat.ts))
         if chat.history and self._replay_left:
             self._replay_left -= 1
-            return self._seen(chat, replayed=True)
+            events = self._seen(chat, replayed=True)
+            if not self._replay_left:
+                self._replay_over()
+            return events
         if chat.history:
             return [Line(chat, older=True)]
-        self._replay_left = 0  # a live line: whatever replay was announced is over
+        self._replay_over()  # a live line: whatever replay was announced is over
         return self._seen(chat, replayed=False)
 
     def _seen(self, chat: Chat, *, replayed: bool) -> list[SessionEvent]:
@@ -655,6 +680,12 @@ class ClientSession:
                 return []  # seen before this reconnect: never shown twice
             self.last_seq = chat.seq
         return [Line(chat, replayed=replayed)]
+
+    def _replay_over(self) -> None:
+        """No more of the replay is awaited: a history request it held back goes out."""
+        self._replay_left = 0
+        if self._history is not None:
+            self.pace(self._last_heard)
 
     def _forget(self, ref: str) -> str | None:
         """Take line ``ref`` out of the outbox (stored, or refused for good); its text, or None

@@ -8,7 +8,9 @@ import random
 import time
 from typing import Any
 
-from chatsecure.protocol.client import Acked, ClientSession, Ignored, Line
+import pytest
+
+from chatsecure.protocol.client import Acked, ClientSession, HistoryDone, Ignored, Line
 from tests.protocol.test_client_session import SERVER, frames, joined, msg, sent, welcome
 
 
@@ -95,3 +97,65 @@ def test_an_honest_server_far_ahead_of_a_returning_client_loses_it_no_line() -> 
     assert lines == [4_999_999, 5_000_000, 5_000_001]
     assert not [e for e in events if isinstance(e, Ignored)]
     assert session.last_seq == 5_000_001
+
+
+def history_answer(request: dict[str, Any], *seqs: int) -> bytes:
+    """The lines ``seqs`` as the answer to ``request``, with its end."""
+    end = {"type": "history_end", "before": request["before"], "count": len(seqs)}
+    end["ref"] = request["ref"]
+    return frames(*(msg(seq, history=True) for seq in seqs), end)
+
+
+def test_a_replay_announced_and_never_sent_swallows_no_history_answer() -> None:
+    session = ClientSession("alice")
+    joined(session, seq=100, replay=50)  # and not one line of it
+    session.request_history(100, 3, now=0.0)
+    # Held while the replay is awaited: the pong of this ping comes after all of it.
+    assert sent(session) == [{"type": "ping"}]
+    assert session.receive_data(frames({"type": "pong"})) == []
+    [request] = sent(session)
+    assert request["type"] == "history"
+    for before in (100, 97):  # the first answer, and the next: each a page of older lines
+        events = session.receive_data(history_answer(request, *range(before - 3, before)))
+        assert [(type(e), getattr(e, "older", None)) for e in events] == [(Line, True)] * 3 + [
+            (HistoryDone, None)
+        ]
+        session.request_history(before - 3, 3, now=0.0)
+        [request] = sent(session)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        msg(101),
+        {"type": "join", "peer": {"id": "9", "nick": "zed", "addr": "10.0.0.9"}},
+        {"type": "notice", "code": "x", "message": "m"},
+    ],
+)
+def test_any_frame_but_a_replayed_line_ends_the_wait_for_the_replay(other: dict[str, Any]) -> None:
+    session = ClientSession("alice")
+    joined(session, seq=100, replay=50)
+    session.request_history(100, 3, now=0.0)
+    out = sent(session)  # (a ping: the request waits for the replay)
+    session.receive_data(frames(other))
+    [request] = [frame for frame in out + sent(session) if frame["type"] == "history"]
+    events = session.receive_data(history_answer(request, 97, 98, 99))
+    assert [type(e) for e in events] == [Line, Line, Line, HistoryDone]
+    assert all(e.older for e in events[:3])
+
+
+def test_a_history_request_made_during_an_honest_replay_goes_out_after_it() -> None:
+    session = ClientSession("alice", last_seq=97)
+    joined(session, seq=100, replay=3)
+    session.request_history(98, 2, now=0.0)
+    assert [frame["type"] for frame in sent(session)] == ["ping"]
+    events = session.receive_data(frames(*(msg(seq, history=True) for seq in (98, 99, 100))))
+    assert [(e.chat.seq, e.replayed) for e in events] == [(98, True), (99, True), (100, True)]
+    [request] = sent(session)  # the replay is whole: asked now
+    assert request["before"] == 98
+    events = session.receive_data(frames({"type": "pong"}) + history_answer(request, 96, 97))
+    assert [(type(e), getattr(e, "older", None)) for e in events] == [
+        (Line, True),
+        (Line, True),
+        (HistoryDone, None),
+    ]
