@@ -251,6 +251,8 @@ class Mode(enum.Enum):
     """``welcome``, then never a byte more, and never a close."""
     MUTE = "mute"
     """No ``welcome``: the hello is read, then never a byte, and never a close."""
+    HANG_UP = "hang_up"
+    """No ``welcome``: the hello is read, then the connection is closed without a word."""
     FLOOD = "flood"
     """``count`` chat lines at once (``flood 1`` ...), then ``end of the flood``."""
     UNKNOWN_FLOOD = "unknown_flood"
@@ -445,6 +447,8 @@ class FakeServer:
         mode, count = self.mode, self.count
         if mode is Mode.MUTE:
             return True
+        if mode is Mode.HANG_UP:
+            return False
         if mode is Mode.MOTD:
             conn.sendall(b'{"type":"motd","text":"welcome to the fake"}\n')
         conn.sendall(self._welcome())

@@ -640,6 +640,9 @@ class ChatClient:
         """``finish`` was called: leave as soon as every line is stored."""
         self._held_back = False
         """Ctrl-C came while own lines waited: only the acks of those sent are waited for."""
+        self._fresh_pin: tuple[str, int, str] | None = None
+        """The pin this connection made (host, port, fingerprint), until the server answers
+        as a chatsecure server (see ``_unpin``)."""
         self._not_understood: str | None = None
         """Why a frame before the welcome was ignored (a broken or hostile server)."""
         self._acks = 0
@@ -938,11 +941,15 @@ class ChatClient:
     async def _verified(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         """Connect and check the certificate before a single byte of chat is sent."""
         reader, writer, presented = await self._open()
+        host, port = self.address
+        new = self.target.cafile is None and self.policy.store.get(host, port) is None
         try:
             question = self._judge(presented)
         except TrustError:
             await _close_writer(writer)
             raise
+        if new:  # pinned now: kept once the server answers as a chatsecure server does
+            self._fresh_pin = (host, port, presented)
         if question is None:
             return reader, writer, presented
         # The user may take a while to decide; do not hold the server's hello timer meanwhile.
@@ -1002,10 +1009,14 @@ class ChatClient:
                 async with asyncio.timeout(limits.CONNECT_TIMEOUT):
                     welcomed, rest = await self._welcome(reader)
             except TimeoutError:
+                self._unpin()
+                # It did answer, with TLS at least: "the server did not answer" would send the
+                # user looking for a firewall.
                 if self._not_understood is None:
-                    raise
-                # It did answer: "the server did not answer" would send the user looking
-                # for a firewall.
+                    raise ConnectionClosed(
+                        f"the server took the TLS connection but sent no welcome in "
+                        f"{limits.CONNECT_TIMEOUT:g} s: is it a chatsecure server?"
+                    ) from None
                 raise ConnectionClosed(
                     f"the server's answer was not understood ({self._not_understood})"
                 ) from None
@@ -1049,6 +1060,7 @@ class ChatClient:
             try:
                 events = await self._read_events(reader)
             except (ConnectionClosed, ConnectionResetError) as exc:
+                self._unpin()
                 if self._dead:
                     raise
                 # A server that admits clients by certificate (--client-ca) ends the
@@ -1056,6 +1068,8 @@ class ChatClient:
                 hint = NO_CLIENT_CERT if self.target.cert is None else _cert_hint(self.target.cert)
                 raise ConnectionClosed(f"{describe_error(exc)} {hint}") from None
             for n, event in enumerate(events):
+                if isinstance(event, Welcomed | Refused | Ended):
+                    self._fresh_pin = None  # a chatsecure server: its pin stays
                 if isinstance(event, Welcomed):
                     return event, events[n + 1 :]
                 if isinstance(event, Refused):
@@ -1065,6 +1079,24 @@ class ChatClient:
                 if isinstance(event, Ignored):
                     self._not_understood = safe_text(event.reason)
                     self._warn(event)
+
+    def _unpin(self) -> None:
+        """The server ended (or let time run out) before a frame of chatsecure: the pin made
+        for it on this connection goes again. Else anything that speaks TLS on a port
+        (another program, a port mistyped) would stay pinned, and the chatsecure server
+        started there later be refused as a changed certificate."""
+        if self._fresh_pin is None:
+            return
+        host, port, presented = self._fresh_pin
+        self._fresh_pin = None
+        try:
+            if self.policy.store.remove(host, port, only=presented):
+                log.info(
+                    "%s did not answer as a chatsecure server: its certificate is not remembered",
+                    host_port(host, port),
+                )
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.policy.store.path, exc)
 
     async def _read_events(self, reader: asyncio.StreamReader) -> list[SessionEvent]:
         data = await reader.read(65536)

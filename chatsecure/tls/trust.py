@@ -166,12 +166,15 @@ class KnownServers:
         with self._lock:
             return sorted(k for k in self._load() if k.startswith(prefix))
 
-    def remove(self, host: str, port: int) -> bool:
-        """Forget ``host:port``; return whether it was pinned."""
+    def remove(self, host: str, port: int, *, only: str | None = None) -> bool:
+        """Forget ``host:port`` (``only`` if it is pinned to that fingerprint); return whether
+        it was."""
         with self._lock, config_locked(self.path):
             pins = self._load()
-            found = pins.pop(server_key(host, port), None) is not None
+            key = server_key(host, port)
+            found = key in pins and only in (None, pins[key])
             if found:
+                del pins[key]
                 self._save(pins)
             return found
 

@@ -31,7 +31,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Shutdown
-from chatsecure.testing import BIG_LINE, FakeServer, Mode
+from chatsecure.testing import BIG_LINE, FakeServer, Mode, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 
 E = TypeVar("E")
@@ -370,3 +370,38 @@ def test_a_welcome_that_cannot_be_read_is_named_not_called_no_answer(
     assert final.error
     assert "the server's answer was not understood" in final.reason
     assert "did not answer" not in final.reason
+
+
+@pytest.mark.parametrize("mode", [Mode.HANG_UP, Mode.MUTE])
+def test_a_server_that_never_welcomes_is_not_pinned(
+    fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    # Anything that speaks TLS (another program, a port mistyped) must not stay pinned: the
+    # chatsecure server started on that port later would be refused as a changed certificate.
+    monkeypatch.setattr(limits, "CONNECT_TIMEOUT", 0.5)
+    server = fake(mode)
+    client = make_client(server)
+    ended = next_event(client, Disconnected)
+    assert ended.error
+    if mode is Mode.MUTE:
+        assert ended.reason.endswith("sent no welcome in 0.5 s: is it a chatsecure server?")
+    assert KnownServers().get("127.0.0.1", server.port) is None
+
+
+def test_a_server_that_refuses_us_in_its_own_words_stays_pinned(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(password="room key")
+    client = ChatClient(
+        Target("127.0.0.1", server.port),
+        "bob",
+        TrustPolicy(KnownServers(), accept_new=True),
+        password="wrong",
+        reconnect=False,
+    )
+    client.start()
+    try:
+        assert next_event(client, Disconnected).code == "auth_failed"
+    finally:
+        client.close()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
