@@ -223,3 +223,56 @@ def test_a_full_window_says_at_its_top_that_older_lines_are_not_loaded(
         assert "older messages not loaded" not in alice.transcript(), "it went with the oldest"
         alice.pump(scrolled_to_the_top, timeout=20)  # and loading goes on up to the cap again
         assert len(alice.transcript_lines()) > 45
+
+
+def line_names(gui: Gui) -> dict[str, str]:
+    """The transcript's tags and marks that name one line (``seq-N``, ``ref-R``), and where."""
+    text = gui.w("chat.body.log.transcript")
+    names = {name: "tag" for name in text.tag_names() if name.startswith(("seq-", "ref-"))}
+    for name in text.mark_names():
+        if name.startswith(("seq-", "ref-")):
+            names[name] = str(text.index(name))
+    return names
+
+
+def test_lines_dropped_past_the_cap_leave_nothing_of_theirs_behind(
+    start_server: Callable[..., ServerThread], gui: GuiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_transcript(monkeypatch, following=40, reading=400, page=50)
+    server = start_server(msg_rate=0)
+    with RawClient(server.host, server.port) as bob:
+        bob.join("bob")
+        alice = gui(nick="alice", accept_new=True)
+        connect_trusting(alice, "127.0.0.1", server.port)
+        text = alice.w("chat.body.log.transcript")
+        styles = set(text.tag_names())
+        for n in range(1, 301):
+            if n % 50 == 0:
+                alice.say(f"mine {n}")  # (own lines are named twice: by ref, then seq)
+            bob.send({"type": "msg", "text": f"flood {n}", "ref": f"f{n}"})
+        alice.pump(lambda: "flood 300" in alice.transcript() and "mine 300" in alice.transcript())
+        alice.pump(lambda: "own" in alice.tags_of_line_with("mine 300"))
+        lines = alice.transcript_lines()
+        assert len(lines) <= 40
+        # A tag a line (even one deleted with its line) slows Tk down for good: none is made.
+        assert set(text.tag_names()) == styles
+        names = line_names(alice)
+        assert "tag" not in names.values()
+        named = sorted({int(at.split(".")[0]) for at in names.values()})
+        assert len(names) <= len(named) + 6, "only the lines shown are named (own ones twice)"
+        said = [text.get(f"{row}.0", f"{row}.0 lineend").split(": ", 1)[1] for row in named]
+        assert said == [line.split(": ", 1)[1] for line in lines if ": " in line][-len(said) :]
+        assert "mine 300" in said
+        assert len(said) >= 35
+        seqs = sorted((int(at.split(".")[0]), int(n[4:])) for n, at in names.items() if "seq" in n)
+        assert [seq for _, seq in seqs] == sorted(seq for _, seq in seqs), "in the order stored"
+        # What the names are for still works: the oldest lines come back by scrolling up.
+        assert "flood 1\n" not in alice.transcript()
+
+        def scrolled_back_to_the_first() -> bool:
+            text.yview_moveto(0.0)
+            return "flood 1\n" in alice.transcript()
+
+        alice.pump(scrolled_back_to_the_first, timeout=30)
+        flood = [line.split(": ", 1)[1] for line in alice.transcript_lines() if ": flood" in line]
+        assert flood == [f"flood {n}" for n in range(1, len(flood) + 1)], "each once, in order"
