@@ -8,7 +8,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatsecure.client.core import ChatClient, Connected, Disconnected, Queued, shown_seq
+from chatsecure.client.core import (
+    ChatClient,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    Queued,
+    Received,
+    shown_seq,
+)
 from chatsecure.client.doorbell import RingingQueue
 from chatsecure.client.form import ConnectRequest, GuiOptions, remember_nick, remember_server
 from chatsecure.client.model import ChatModel, Outgoing, Phase
@@ -16,6 +24,7 @@ from chatsecure.client.resume import LastSeen, client_id
 from chatsecure.client.transcript import Line, notice
 from chatsecure.client.trust_dialog import PendingQuestion, TrustBridge
 from chatsecure.errors import LocalProtocolError
+from chatsecure.protocol.messages import Chat
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 
 EVENTS_PER_TICK = 500
@@ -28,6 +37,7 @@ class Update:
 
     lines: list[Line]
     changed: bool
+    """Whether anything but the transcript may have changed (a line said changes only it)."""
 
 
 class Controller:
@@ -144,7 +154,7 @@ class Controller:
                 event = client.events.get_nowait()
             except queue.Empty:
                 break
-            changed = True
+            changed = changed or not _only_a_line(event)
             if isinstance(event, Queued) and self._unqueued:
                 self._unqueued.popleft()
             lines += self.model.apply(event, self._now())
@@ -187,3 +197,9 @@ class Controller:
 
     def _reap(self) -> None:
         self._retired = [(c, b) for c, b in self._retired if c.alive]
+
+
+def _only_a_line(event: ClientEvent) -> bool:
+    """Whether ``event`` is a line said (or loaded), which adds to the transcript and changes
+    nothing else shown: a busy room must not redraw the rest of the window for each."""
+    return isinstance(event, Received) and isinstance(event.message, Chat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -101,41 +102,98 @@ class RosterRow:
     me: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RosterEdit:
+    """One change to the list of who is here, as a list widget makes it: ``row`` put in at
+    ``index``, or (``row`` None) the row at ``index`` deleted."""
+
+    index: int
+    row: RosterRow | None
+
+
+EDITS_KEPT = 1000
+"""Changes the roster keeps for the window to make one by one; past that many, it draws the
+list anew (a storm of joins: one redraw costs less than thousands of edits)."""
+
+_Key = tuple[bool, str, str]
+"""Where a peer goes in the list: you first, then by nick (then id, so that no two tie)."""
+
+
 class Roster:
-    """The people in the room, as the welcome, joins and leaves say."""
+    """The people in the room, as the welcome, joins and leaves say; and, for a list that
+    shows them, what changed since it last looked (``take_edits``): in a room of thousands,
+    redrawing the whole list for each join (let alone each line said) takes the window's
+    time."""
 
     def __init__(self) -> None:
         self.me: Peer | None = None
         self._peers: dict[str, Peer] = {}
+        self._order: list[_Key] = []
+        """The keys of ``rows()``, in order."""
+        self._edits: list[RosterEdit] | None = None
+        """What changed since ``take_edits`` last gave it; None: the list must be drawn anew."""
 
     def reset(self, me: Peer | None, peers: Iterable[Peer] = ()) -> None:
         self.me = me
         self._peers = {p.id: p for p in peers}
         if me is not None:
             self._peers[me.id] = me
+        self._order = sorted(self._key(p) for p in self._peers.values())
+        self._edits = None
 
     def join(self, peer: Peer) -> None:
-        if len(self._peers) < limits.MAX_ROOM or peer.id in self._peers:
-            self._peers[peer.id] = peer  # (past it, a hostile server's joins are not kept)
+        old = self._peers.get(peer.id)
+        if old == peer:
+            return
+        if old is None and len(self._peers) >= limits.MAX_ROOM:
+            return  # (past it, a hostile server's joins are not kept)
+        if old is not None:  # here already: under another nick, or from another address
+            self._remove(old)
+        self._peers[peer.id] = peer
+        key = self._key(peer)
+        index = bisect.bisect_left(self._order, key)
+        self._order.insert(index, key)
+        self._note(RosterEdit(index, self._row(peer)))
 
     def leave(self, peer: Peer) -> None:
-        self._peers.pop(peer.id, None)
+        old = self._peers.pop(peer.id, None)
+        if old is not None:
+            self._remove(old)
 
     def __len__(self) -> int:
         return len(self._peers)
 
+    @property
+    def me_first(self) -> bool:
+        """Whether the first of ``rows()`` is you (it is, unless the room has not got you)."""
+        return bool(self._order) and not self._order[0][0]
+
     def rows(self) -> list[RosterRow]:
         """You first, then everyone else by nick."""
+        return [self._row(self._peers[peer_id]) for _, _, peer_id in self._order]
+
+    def take_edits(self) -> list[RosterEdit] | None:
+        """The changes since the last call, in order: made one by one to a list that showed
+        ``rows()`` then, it shows ``rows()`` now. None: draw the list anew from ``rows()``
+        (after ``reset``, or more than ``EDITS_KEPT`` changes)."""
+        edits, self._edits = self._edits, []
+        return edits
+
+    def _remove(self, peer: Peer) -> None:
+        index = bisect.bisect_left(self._order, self._key(peer))
+        del self._order[index]
+        self._note(RosterEdit(index, None))
+
+    def _note(self, edit: RosterEdit) -> None:
+        if self._edits is not None and len(self._edits) < EDITS_KEPT:
+            self._edits.append(edit)
+        else:
+            self._edits = None
+
+    def _key(self, peer: Peer) -> _Key:
         me_id = self.me.id if self.me is not None else None
+        return (peer.id != me_id, peer.nick.casefold(), peer.id)
 
-        def order(p: Peer) -> tuple[bool, str, str]:
-            return (p.id != me_id, p.nick.casefold(), p.id)
-
-        return [
-            RosterRow(
-                p.id,
-                describe(p) + ("  — you" if p.id == me_id else ""),
-                p.id == me_id,
-            )
-            for p in sorted(self._peers.values(), key=order)
-        ]
+    def _row(self, peer: Peer) -> RosterRow:
+        me = self.me is not None and peer.id == self.me.id
+        return RosterRow(peer.id, describe(peer) + ("  — you" if me else ""), me)

@@ -723,17 +723,33 @@ class App:
         self.leave_button.configure(text="Back" if ended else "Leave")
         self.message.configure(state="disabled" if ended else "normal")
         self.send_button.state(["disabled"] if ended else ["!disabled"])
-        rows = model.roster.rows()
         # Without a connection the list is who was there, not who is: greyed, and titled so.
         offline = model.phase in {Phase.RECONNECTING, Phase.ENDED}
         title = "Last seen here" if offline else "In this room"
-        self.users_title.configure(text=f"{title} ({len(rows)})")
-        self.users.delete(0, "end")
-        for index, row in enumerate(rows):
-            self.users.insert("end", row.text)
-            if offline or row.me:
-                colour = PALETTE["muted"] if offline else PALETTE["accent_dark"]
-                self.users.itemconfigure(index, foreground=colour)
+        self.users_title.configure(text=f"{title} ({len(model.roster)})")
+        self._render_users(offline)
+
+    def _render_users(self, offline: bool) -> None:
+        """Make the list's rows those of the roster: only what changed (a join, a leave) in a
+        room of thousands, where drawing it all anew takes the window's time."""
+        users, roster = self.users, self.controller.model.roster
+        edits = roster.take_edits()
+        if edits is None:
+            users.delete(0, "end")
+            if rows := roster.rows():
+                users.insert("end", *(row.text for row in rows))
+        for edit in edits or ():
+            if edit.row is None:
+                users.delete(edit.index)
+            else:
+                users.insert(edit.index, edit.row.text)
+        colour = PALETTE["muted"] if offline else PALETTE["text"]
+        if str(users.cget("foreground")) != colour:
+            users.configure(foreground=colour)
+        if users.size():  # (a row's colour moves with it as rows go in and out above it)
+            mine = "" if not roster.me_first else colour if offline else PALETTE["accent_dark"]
+            if str(users.itemcget(0, "foreground")) != mine:  # ("": the list's own colour)
+                users.itemconfigure(0, foreground=mine)
 
     def _render_servers(self) -> None:
         selected = self.server_list.selection()

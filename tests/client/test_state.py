@@ -11,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from chatsecure.client.controller import Update
 from chatsecure.client.core import (
     Connected,
     Disconnected,
@@ -41,6 +44,7 @@ from chatsecure.client.state import (
     trust_prompt,
     validate_form,
 )
+from chatsecure.client.transcript import EDITS_KEPT
 from chatsecure.discovery.records import (
     DiscoveredServer,
     ServerAdded,
@@ -505,6 +509,76 @@ def test_roster_follows_welcome_join_and_leave() -> None:
     assert len(model.roster) == 2
 
 
+def shown_after(shown: list[str], roster: Roster) -> list[str]:
+    """What a list that showed ``shown`` shows once it made the roster's edits (or redrew)."""
+    edits = roster.take_edits()
+    if edits is None:
+        return [row.text for row in roster.rows()]
+    shown = list(shown)
+    for edit in edits:
+        if edit.row is None:
+            del shown[edit.index]
+        else:
+            shown.insert(edit.index, edit.row.text)
+    return shown
+
+
+PEOPLE = [Peer(str(n), nick, f"10.0.0.{n}") for n, nick in enumerate("abcAB", start=1)]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["join", "leave", "look"]),
+            st.sampled_from(PEOPLE),
+            st.sampled_from(["a", "b", "B", "zed", "Zed"]),
+        ),
+        max_size=40,
+    )
+)
+def test_the_roster_edits_keep_a_list_in_step_with_it_one_row_at_a_time(
+    steps: list[tuple[str, Peer, str]],
+) -> None:
+    roster = Roster()
+    roster.reset(PEOPLE[0], PEOPLE[1:3])
+    shown = shown_after([], roster)
+    for action, peer, nick in steps:
+        if action == "join":  # (a join of someone here already: a new nick, as a rename)
+            roster.join(Peer(peer.id, nick, peer.addr))
+        elif action == "leave":
+            roster.leave(peer)
+        else:
+            shown = shown_after(shown, roster)
+            assert shown == [row.text for row in roster.rows()]
+    assert shown_after(shown, roster) == [row.text for row in roster.rows()]
+    assert roster.take_edits() == []
+
+
+def test_a_line_said_changes_nothing_in_the_list_of_who_is_here() -> None:
+    model = chatting(BOB, CAROL)
+    assert model.roster.take_edits() is None  # a welcome: drawn anew
+    chat = Chat(BOB, "hello", T, seq=1)
+    for event in (Received(chat), Received(chat, replayed=True), Received(chat, older=True)):
+        model.apply(event, T)
+    assert model.roster.take_edits() == []
+    model.apply(Received(Join(Peer("4", "dave", "10.0.0.9"))), T)
+    model.apply(Received(Leave(BOB, "quit")), T)
+    assert [(e.index, e.row and e.row.text) for e in model.roster.take_edits() or []] == [
+        (3, "dave (10.0.0.9)"),
+        (1, None),
+    ]
+
+
+def test_a_storm_of_joins_has_the_list_drawn_anew_once_rather_than_row_by_row() -> None:
+    model = chatting(BOB)
+    model.roster.take_edits()
+    for n in range(EDITS_KEPT + 1):
+        model.apply(Received(Join(Peer(str(100 + n), f"p{n}", "10.0.0.9"))), T)
+    assert model.roster.take_edits() is None
+    assert len(model.roster.rows()) == EDITS_KEPT + 3
+    assert model.roster.take_edits() == []
+
+
 # --- the state machine ------------------------------------------------------------------
 
 
@@ -944,6 +1018,36 @@ def test_the_controller_rings_for_events_and_again_for_those_a_poll_left(
             rings.clear()
             controller.poll(limit=10)
             assert not rings
+    finally:
+        controller.close()
+
+
+def test_the_controller_says_the_views_changed_for_presence_not_for_lines_said(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(msg_rate=0)
+    controller = Controller(GuiOptions(discovery=False, accept_new=True))
+    updates: list[Update] = []
+
+    def polled_until(kind: str, text: str) -> list[Update]:
+        updates.clear()
+
+        def shown() -> bool:
+            updates.append(controller.poll())
+            return any(line.kind == kind and text in line.text for line in updates[-1].lines)
+
+        wait_for(shown)
+        return updates
+
+    try:
+        controller.connect(ConnectRequest("127.0.0.1", server.port, "alice"))
+        poll_until(controller, lambda: controller.model.phase is Phase.CHAT)
+        with RawClient(server.host, server.port) as bob:
+            bob.join("bob")
+            assert polled_until("join", "joined")[-1].changed  # the list of who is here
+            for n in range(5):
+                bob.send({"type": "msg", "text": f"hi {n}", "ref": f"r{n}"})
+            assert not any(update.changed for update in polled_until("chat", "hi 4"))
     finally:
         controller.close()
 
