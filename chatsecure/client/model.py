@@ -4,6 +4,7 @@ to show (which view, notices, banners, the status bar)."""
 from __future__ import annotations
 
 import enum
+import heapq
 import time
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -21,7 +22,6 @@ from chatsecure.client.core import (
     Reconnecting,
     Sent,
     clock,
-    describe,
     is_help,
     is_quit,
     no_longer_kept,
@@ -33,7 +33,17 @@ from chatsecure.client.core import (
 from chatsecure.client.form import ConnectRequest, FormField
 from chatsecure.client.paging import Gap, LogPaging
 from chatsecure.client.scrollback import older_command
-from chatsecure.client.transcript import LEAVE_REASONS, Line, LineKind, Roster, notice
+from chatsecure.client.transcript import (
+    LEAVE_REASONS,
+    NAME_SHOWN,
+    TEXT_SHOWN,
+    Line,
+    LineKind,
+    Roster,
+    notice,
+    shown,
+    shown_peer,
+)
 from chatsecure.protocol.codes import ErrorCode, NoticeCode
 from chatsecure.protocol.messages import Chat, Error, HistoryEnd, Join, Leave, Shutdown, shows
 from chatsecure.protocol.messages import Notice as ServerNotice
@@ -62,6 +72,9 @@ HISTORY_RETRY = 10.0
 """Seconds after a refused history request before the next one goes."""
 UNREADABLE = "Older messages cannot be loaded now: the server cannot read its history."
 """The banner while the server cannot read its history (``history_unavailable``)."""
+HERE_NAMED = 50
+"""People the line "Here: ..." names on joining a room (the rest are counted): the list of
+who is here names them all."""
 
 
 class Phase(enum.Enum):
@@ -142,6 +155,11 @@ def full_text(lines: int) -> str:
         f"⋯ older messages not loaded: the window holds {lines:,} lines"
         " (the terminal client's /older shows them) ⋯"
     )
+
+
+def _refused(message: str, code: str) -> str:
+    """What the window says of an ``error`` from the server."""
+    return f"The server refused: {shown(message, TEXT_SHOWN)} ({shown(code, NAME_SHOWN)})."
 
 
 def _gap_count(gap: Gap) -> str:
@@ -308,6 +326,7 @@ class ChatModel:
                     ref = next((r for r, waiting in self.pending.items() if waiting == text), None)
                 self.pending.pop(ref or "", None)
                 # All of it: the transcript is the only place left that holds it.
+                why = shown(why, TEXT_SHOWN)  # (a refusal quotes the server's message)
                 said = f"{why[:1].upper()}{why[1:]}: {safe_text(text)}"
                 refused = why not in {NEVER_STORED, UNCONFIRMED}
                 # In place of its pending line; a refused text is offered back to edit.
@@ -320,14 +339,15 @@ class ChatModel:
         if first:
             self.phase = Phase.RECONNECTING
             self._lost_reason = event.reason
-        lost = f"Connection lost ({self._lost_reason})"
+        lost = f"Connection lost ({shown(self._lost_reason, TEXT_SHOWN)})"
         if event.reason != self._lost_reason:  # why the last attempt failed, if not the same
-            lost += f"; last try: {event.reason}"
+            lost += f"; last try: {shown(event.reason, TEXT_SHOWN)}"
         self.banner = (
             f"{lost}. Reconnecting in {event.delay:.0f} s, attempt {event.attempt} of "
             f"{MAX_RETRIES}…"
         )
-        return [notice("error", f"Connection lost ({event.reason}).", ts)] if first else []
+        said = f"Connection lost ({shown(event.reason, TEXT_SHOWN)})."
+        return [notice("error", said, ts)] if first else []
 
     def _connected(self, event: Connected, ts: float | None) -> list[Line]:
         again = self.phase is Phase.RECONNECTING
@@ -342,12 +362,13 @@ class ChatModel:
         request = self.request
         asked = me.nick if again and me is not None else request.nick if request else None
         self.roster.reset(welcome.you, welcome.peers)
+        you = welcome.you.nick
         verb = "Reconnected to" if again else "Connected to"
         # Lines still pending stay so: the core sends them again and each comes back as Sent.
         lines = [
             notice(
                 "info",
-                f"{verb} '{self.server_name}' at {self.where} as {safe_text(welcome.you.nick)} "
+                f"{verb} '{self.server_name}' at {self.where} as {shown(you, NAME_SHOWN)} "
                 f"({event.tls_version}).",
                 ts,
             )
@@ -358,13 +379,17 @@ class ChatModel:
         )
         if asked is not None and welcome.you.nick != asked:
             taken = (
-                f"The nick '{safe_text(asked)}' was taken; you are '{safe_text(welcome.you.nick)}'."
+                f"The nick '{shown(asked, NAME_SHOWN)}' was taken; you are "
+                f"'{shown(you, NAME_SHOWN)}'."
             )
             lines.append(notice("info", taken, ts))
             if welcome.replay:  # the replay that follows pushes that line out of view at once
                 self.banner = self._taken = taken
-        others = sorted(welcome.peers, key=lambda p: p.nick.casefold())
-        here = ", ".join(describe(p) for p in others)
+        # (The first by nick: sorting a room of 200,000 to name 50 would take the window's time.)
+        others = heapq.nsmallest(HERE_NAMED, welcome.peers, key=lambda p: p.nick.casefold())
+        here = ", ".join(shown_peer(p) for p in others)
+        if (more := len(welcome.peers) - len(others)) > 0:
+            here += f" and {more:,} more"
         lines.append(notice("info", f"Here: {here}." if here else "Nobody else is here yet.", ts))
         # Last, right above the lines it introduces (the replay follows the welcome).
         if event.resumed:
@@ -435,8 +460,7 @@ class ChatModel:
         if error.code == ErrorCode.HISTORY_UNAVAILABLE:
             self.banner = UNREADABLE  # above the chat: the user is at its top, not its end
             return []
-        refused = f"The server refused: {safe_text(error.message)} ({safe_text(error.code)})."
-        return [notice("error", refused, ts)]
+        return [notice("error", _refused(error.message, error.code), ts)]
 
     def _received(self, message: object, ts: float | None) -> list[Line]:
         match message:
@@ -447,18 +471,17 @@ class ChatModel:
                 return [Line("join", clock(ts), "joined", peer.nick, peer.addr)]
             case Leave(peer=peer, reason=reason):
                 self.roster.leave(peer)
-                said = LEAVE_REASONS.get(reason, f"left ({safe_text(reason)})")
+                said = LEAVE_REASONS.get(reason) or f"left ({shown(reason, NAME_SHOWN)})"
                 return [Line("leave", clock(ts), said, peer.nick, peer.addr)]
             case Error(code=code, message=text):
-                refused = f"The server refused: {safe_text(text)} ({safe_text(code)})."
-                return [notice("error", refused, ts)]
+                return [notice("error", _refused(text, code), ts)]
             case ServerNotice(code=code, message=text):
                 if code == NoticeCode.CLUSTER_AVAILABLE and self.banner == UNREADABLE:
                     self.banner = None  # (the shared log is back: history reads again)
                 kind: Literal["info", "error"] = (
                     "error" if code == NoticeCode.CLUSTER_UNAVAILABLE else "info"
                 )
-                return [notice(kind, safe_text(text), ts)]
+                return [notice(kind, shown(text, TEXT_SHOWN), ts)]
             case Shutdown():
                 return [notice("error", "The server is shutting down.", ts)]
         return []
@@ -476,7 +499,7 @@ class ChatModel:
         if self.phase in {Phase.CHAT, Phase.RECONNECTING}:
             self.phase = Phase.ENDED
             self.pending.clear()  # each unsent line was told as NotSent before this
-            self.banner = f"Disconnected: {reason.rstrip('.')}."  # (one full stop)
+            self.banner = f"Disconnected: {shown(reason, TEXT_SHOWN).rstrip('.')}."  # (one stop)
             # (The list stays, as who was there when the connection was last up.)
             return [notice("error" if error else "info", self.banner, ts)]
         return []
@@ -501,6 +524,7 @@ class ChatModel:
             )
         if declined is not None:
             return f"Not connected: you did not trust {where}."
+        reason = shown(reason, TEXT_SHOWN)
         if where.lower() in reason.lower():  # (it names each address it tried)
             return f"Could not connect: {reason}"
         return f"Could not connect to {where}: {reason}"
@@ -512,7 +536,7 @@ class ChatModel:
         """The name the server gave itself, made safe to show; else its address."""
         conn = self.connection
         name = conn.welcome.server.name if conn is not None else ""
-        return safe_text(name) if name else self.where
+        return shown(name, NAME_SHOWN) if name else self.where
 
     @property
     def where(self) -> str:
@@ -533,7 +557,7 @@ class ChatModel:
         me = self.roster.me or conn.welcome.you
         parts = [
             f"{self.server_name} at {self.where}",
-            f"you are {safe_text(me.nick)}",
+            f"you are {shown(me.nick, NAME_SHOWN)}",
             conn.tls_version,
             short_fingerprint(conn.fingerprint),
         ]
@@ -548,5 +572,5 @@ class ChatModel:
     def title(self) -> str:
         conn = self.connection
         if self.phase.view == "chat" and conn is not None:
-            return f"{safe_text(conn.welcome.you.nick)} @ {self.server_name} — chatsecure"
+            return f"{shown(conn.welcome.you.nick, NAME_SHOWN)} @ {self.server_name} — chatsecure"
         return "chatsecure"

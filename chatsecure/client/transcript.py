@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from chatsecure.client.core import clock, describe, safe_paragraph, safe_text
+from chatsecure.client.core import clock, safe_paragraph, safe_text
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Peer
 
@@ -21,6 +21,47 @@ the top, and come back by scrolling up (``history`` pages)."""
 MAX_SCROLLBACK_LINES = 2 * MAX_TRANSCRIPT_LINES
 """Lines the transcript may hold while the user reads older ones: no page is loaded past it,
 and live lines then drop the oldest anyway."""
+
+TEXT_SHOWN = limits.MAX_TEXT
+"""Characters of one text from the server (a line said, the message of an error or a notice)
+that the window shows, then how many more there are. A server refuses longer lines by default
+(``--max-text``); one run without that limit, or a hostile one, may send a million, and Tk
+lays out a line of 100,000 characters in a third of a second, of a million (no spaces) in
+half a minute, the window frozen meanwhile."""
+NAME_SHOWN = 100
+"""Characters of a name from the server (a nick, an address, the server's name, a reason or
+code) that the window shows: a nick has at most ``MAX_NICK``, an address about 50."""
+
+
+def shown(text: str, limit: int, joiner: str | None = None) -> str:
+    """``text`` from the server, as the window shows it: made safe (``safe_text``; with a
+    ``joiner``, ``safe_paragraph``) and, past ``limit`` characters, cut there and followed by
+    how many more it has."""
+
+    def safe(part: str) -> str:
+        return safe_text(part) if joiner is None else safe_paragraph(part, joiner)
+
+    head = text[:limit]
+    said = safe(head)
+    if len(said) > limit:  # escapes made it longer: fewer of its characters fit, each whole
+        size = kept = 0
+        for char in head:
+            size += len(safe(char))  # (alone, never shorter than in the whole)
+            if size > limit:
+                break
+            kept += 1
+        head = head[:kept]
+        said = safe(head)
+    more = len(text) - len(head)
+    if not more:
+        return said
+    return f"{said}… ({more:,} more character{'' if more == 1 else 's'})"
+
+
+def shown_peer(peer: Peer) -> str:
+    """``nick (addr)``, as the window shows them (``shown``, each a name)."""
+    return f"{shown(peer.nick, NAME_SHOWN)} ({shown(peer.addr, NAME_SHOWN)})"
+
 
 LineKind = Literal["chat", "own", "pending", "history", "join", "leave", "error", "info", "gap"]
 """``pending``: an own line the server has not stored yet; ``history``: a line said before we
@@ -72,9 +113,10 @@ class Line:
         if self.nick is None:
             parts.append((self.text, "body"))
             return tuple(parts)
-        who = [(safe_text(self.nick), "nick"), (f" ({safe_text(self.addr or '')})", "addr")]
+        nick, addr = shown(self.nick, NAME_SHOWN), shown(self.addr or "", NAME_SHOWN)
+        who = [(nick, "nick"), (f" ({addr})", "addr")]
         if self.kind in {"chat", "own", "pending", "history"}:
-            parts += [*who, (": ", "body"), (safe_paragraph(self.text, NEW_LINE), "body")]
+            parts += [*who, (": ", "body"), (shown(self.text, TEXT_SHOWN, NEW_LINE), "body")]
         else:
             arrow = "→ " if self.kind == "join" else "← "
             parts += [(arrow, "body"), *who, (f" {self.text}", "body")]
@@ -196,4 +238,4 @@ class Roster:
 
     def _row(self, peer: Peer) -> RosterRow:
         me = self.me is not None and peer.id == self.me.id
-        return RosterRow(peer.id, describe(peer) + ("  — you" if me else ""), me)
+        return RosterRow(peer.id, shown_peer(peer) + ("  — you" if me else ""), me)

@@ -25,7 +25,7 @@ from chatsecure.client.core import (
     dialable,
     parse_target,
 )
-from chatsecure.client.model import UNREADABLE
+from chatsecure.client.model import HERE_NAMED, UNREADABLE
 from chatsecure.client.state import (
     MAX_PASSWORD,
     ChatModel,
@@ -44,7 +44,7 @@ from chatsecure.client.state import (
     trust_prompt,
     validate_form,
 )
-from chatsecure.client.transcript import EDITS_KEPT
+from chatsecure.client.transcript import EDITS_KEPT, NAME_SHOWN, TEXT_SHOWN, shown
 from chatsecure.discovery.records import (
     DiscoveredServer,
     ServerAdded,
@@ -509,18 +509,18 @@ def test_roster_follows_welcome_join_and_leave() -> None:
     assert len(model.roster) == 2
 
 
-def shown_after(shown: list[str], roster: Roster) -> list[str]:
-    """What a list that showed ``shown`` shows once it made the roster's edits (or redrew)."""
+def shown_after(listed: list[str], roster: Roster) -> list[str]:
+    """What a list that showed ``listed`` shows once it made the roster's edits (or redrew)."""
     edits = roster.take_edits()
     if edits is None:
         return [row.text for row in roster.rows()]
-    shown = list(shown)
+    listed = list(listed)
     for edit in edits:
         if edit.row is None:
-            del shown[edit.index]
+            del listed[edit.index]
         else:
-            shown.insert(edit.index, edit.row.text)
-    return shown
+            listed.insert(edit.index, edit.row.text)
+    return listed
 
 
 PEOPLE = [Peer(str(n), nick, f"10.0.0.{n}") for n, nick in enumerate("abcAB", start=1)]
@@ -577,6 +577,82 @@ def test_a_storm_of_joins_has_the_list_drawn_anew_once_rather_than_row_by_row() 
     assert model.roster.take_edits() is None
     assert len(model.roster.rows()) == EDITS_KEPT + 3
     assert model.roster.take_edits() == []
+
+
+# --- texts from the server, as the window shows them ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "joiner", "said"),
+    [
+        ("short", 10, None, "short"),
+        ("exactly 10", 10, None, "exactly 10"),
+        ("x" * 11, 10, None, "xxxxxxxxxx… (1 more character)"),
+        ("y" * 1_000_000, 4, None, "yyyy… (999,996 more characters)"),
+        # Escapes count in what is shown: a control character is 4 characters of it.
+        ("\x00\x00\x00ab", 10, None, "\\x00\\x00… (3 more characters)"),
+        ("a\u202eb", 10, None, "a\\u202eb"),
+        ("one\ntwo\nthree", 10, " ↵ ", "one ↵ two… (6 more characters)"),
+        ("one\ntwo", 20, None, "one\\ntwo"),
+    ],
+)
+def test_a_text_from_the_server_is_shown_safe_and_cut_past_its_limit(
+    text: str, limit: int, joiner: str | None, said: str
+) -> None:
+    assert shown(text, limit, joiner) == said
+
+
+def test_the_transcript_shows_a_long_line_and_long_names_cut() -> None:
+    model = chatting(BOB)
+    huge = Peer("9", "n" * 100_000, "a" * 5000)
+    line = model.apply(Received(Chat(huge, "x" * 1_000_000, T, seq=1)), T)[0]
+    parts = {style: part for part, style in line.segments() if style != "body"}
+    body = "".join(part for part, style in line.segments() if style == "body")
+    assert parts["nick"] == "n" * NAME_SHOWN + f"… ({100_000 - NAME_SHOWN:,} more characters)"
+    assert parts["addr"] == f" ({'a' * NAME_SHOWN}… ({5000 - NAME_SHOWN:,} more characters))"
+    assert body == ": " + "x" * TEXT_SHOWN + f"… ({1_000_000 - TEXT_SHOWN:,} more characters)"
+    model.apply(Received(Join(huge)), T)
+    assert all(len(row.text) < 3 * NAME_SHOWN for row in model.roster.rows())
+
+
+def test_the_server_s_long_name_and_messages_are_cut_where_the_window_says_them() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    lines = model.apply(welcome(ALICE, BOB, name="n" * 500_000), T)
+    name = "n" * NAME_SHOWN + f"… ({500_000 - NAME_SHOWN:,} more characters)"
+    assert lines[0].text == f"Connected to '{name}' at 192.168.1.5:7467 as alice (TLSv1.3)."
+    assert model.title() == f"alice @ {name} — chatsecure"
+    assert model.status().startswith(f"{name} at 192.168.1.5:7467 · you are alice")
+    said = [
+        line.text
+        for message in (
+            Error("c" * 1000, "e" * 100_000),
+            Notice("n", "m" * 100_000),
+            Leave(BOB, "r" * 1000),
+        )
+        for line in model.apply(Received(message), T)
+    ]
+    assert said == [
+        f"The server refused: {'e' * TEXT_SHOWN}… (96,000 more characters) "
+        f"({'c' * NAME_SHOWN}… (900 more characters)).",
+        f"{'m' * TEXT_SHOWN}… (96,000 more characters)",
+        f"left ({'r' * NAME_SHOWN}… (900 more characters))",
+    ]
+    model.apply(Disconnected("refused: " + "d" * 100_000, error=True), T)
+    assert (
+        model.banner
+        == f"Disconnected: refused: {'d' * (TEXT_SHOWN - 9)}… (96,009 more characters)."
+    )
+
+
+def test_joining_a_room_of_thousands_names_the_first_few_and_counts_the_rest() -> None:
+    model = ChatModel()
+    model.connecting(ConnectRequest("192.168.1.5", 7467, "alice"))
+    peers = [Peer(str(n), f"p{n:05d}", "10.0.0.9") for n in range(5000, 2, -1)]
+    lines = model.apply(welcome(ALICE, *peers), T)
+    named = ", ".join(f"p{n:05d} (10.0.0.9)" for n in range(3, 3 + HERE_NAMED))
+    assert lines[-1].text == f"Here: {named} and {4998 - HERE_NAMED:,} more."
+    assert len(model.roster) == 4999
 
 
 # --- the state machine ------------------------------------------------------------------
