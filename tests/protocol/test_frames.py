@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -151,9 +152,25 @@ def test_a_line_trickled_byte_by_byte_costs_its_length_not_its_square() -> None:
     assert long < 8 * short, f"{long:.3f} s for 4x the bytes of {short:.3f} s"
 
 
+def test_a_line_trickled_byte_by_byte_is_held_in_about_its_own_length() -> None:
+    # A server holds an unfinished line for each connection: a byte a chunk must not cost an
+    # object each (48 bytes of memory a byte).
+    decoder = FrameDecoder(MAX_FRAME)
+    tracemalloc.start()
+    try:
+        for _ in range(MAX_FRAME - 1):
+            decoder.feed(b"z")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoder.pending == MAX_FRAME - 1
+    assert held < 4 * MAX_FRAME, f"{held} bytes held for {MAX_FRAME - 1} pending"
+
+
 def test_cr_at_the_limit_waits_for_its_newline() -> None:
     decoder = FrameDecoder(4)
     assert decoder.feed(b"abcd\r") == []
+    assert decoder.feed(b"") == []  # (an empty chunk changes nothing)
     assert decoder.error is None
     assert decoder.feed(b"\n") == [b"abcd"]
 
