@@ -4,8 +4,11 @@ asyncio's ``create_server`` accepts every connection and starts its handshake wi
 us until TLS is up, so one address could hold as many half-made connections as it opened (each
 a file descriptor and about 36 KiB of the server's memory, for up to the handshake timeout: 15,000
 took a server from 44 to 540 MB). The gate accepts them itself and hands each to the event loop
-(``connect_accepted_socket``) only while that address, and the server, have fewer handshakes
-under way than their limits; one more is closed at once, before a byte of TLS.
+(``connect_accepted_socket``) only while that address has fewer handshakes under way than its
+limit; one more is closed at once, before a byte of TLS. When the server's limit of all
+handshakes is reached, the oldest under way is cut for the new one: an honest handshake takes
+milliseconds, so what is cut is what stalls, and addresses that fill every slot with stalled
+handshakes do not shut everyone else out.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ descriptors or memory), as asyncio's own accept loop does."""
 
 _OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
+_GONE_ALREADY = frozenset(
+    {
+        errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN,
+        errno.EHOSTUNREACH, errno.ENONET, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EPERM,
+    }
+)  # fmt: skip
+"""What accept(2) says of one pending connection that went wrong (it says to try again): the
+next one is taken."""
+
 _REFUSED_CERTIFICATE = ("CERTIFICATE_VERIFY_FAILED", "PEER_DID_NOT_RETURN_A_CERTIFICATE")
 """Why OpenSSL ends the handshake of a client whose certificate the server does not take."""
 
@@ -42,9 +54,10 @@ class Gate:
     """Accept connections on listening sockets and run their TLS handshakes.
 
     At most ``per_address`` handshakes of one address (``key`` of it: an IPv6 address's /64)
-    and ``total`` in all are under way at once (0: no limit); a connection beyond is closed as
-    soon as it is accepted. ``factory`` makes the protocol of each connection, as for
-    ``create_server``; a connection whose handshake fails never reaches it.
+    are under way at once, and a connection beyond is closed as soon as it is accepted; at most
+    ``total`` in all, the oldest cut for a new one (0: no limit). ``factory`` makes the protocol
+    of each connection, as for ``create_server``; a connection whose handshake fails never
+    reaches it.
     """
 
     def __init__(
@@ -69,8 +82,11 @@ class Gate:
         self._sockets: list[socket.socket] = []
         self._under_way: collections.Counter[str] = collections.Counter()
         """Handshakes under way, by ``key`` of their address."""
-        self._handshakes: set[asyncio.Task[object]] = set()
+        self._handshakes: dict[asyncio.Task[object], None] = {}
+        """The handshakes under way, the oldest first."""
         self._warnings = WarningBudget()
+        self._refusals = WarningBudget()
+        """Warnings of the limits biting: a flood of them must not hide the others."""
 
     @property
     def handshakes(self) -> int:
@@ -103,9 +119,9 @@ class Gate:
                 conn, peername = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except ConnectionAbortedError:  # gone before it was taken
-                continue
             except OSError as exc:
+                if exc.errno in _GONE_ALREADY:
+                    continue
                 self._rest(sock, exc)
                 return
             self._admit(conn, peername)
@@ -117,21 +133,25 @@ class Gate:
         if limit and self._under_way[key] >= limit:
             conn.close()
             self._warn(
-                "refused a connection from %s: %d of its connections are in their TLS "
+                self._refusals,
+                "refused a connection from %s: %d connections from %s are in their TLS "
                 "handshake already (--max-per-ip)",
                 addr,
                 limit,
+                key,
             )
             return
         if self._total and len(self._handshakes) >= self._total:
-            conn.close()
+            oldest = next(iter(self._handshakes))
+            oldest.cancel()  # (its transport is aborted; _ended counts it out)
+            del self._handshakes[oldest]
             self._warn(
-                "refused a connection from %s: %d connections are in their TLS "
-                "handshake already (--max-sessions)",
+                self._refusals,
+                "cut the oldest TLS handshake under way for a connection from %s: %d are "
+                "under way (--max-sessions)",
                 addr,
                 self._total,
             )
-            return
         conn.setblocking(False)
         self._under_way[key] += 1
         task = self._loop.create_task(
@@ -139,11 +159,11 @@ class Gate:
                 self._factory, conn, ssl=self._ctx, ssl_handshake_timeout=self._timeout
             )
         )
-        self._handshakes.add(task)
+        self._handshakes[task] = None
         task.add_done_callback(partial(self._ended, key, addr))
 
     def _ended(self, key: str, addr: str, task: asyncio.Task[object]) -> None:
-        self._handshakes.discard(task)
+        self._handshakes.pop(task, None)
         self._under_way[key] -= 1
         if not self._under_way[key]:
             del self._under_way[key]
@@ -153,7 +173,12 @@ class Gate:
         if exc is None:
             return
         if isinstance(exc, ssl.SSLError) and exc.reason in _REFUSED_CERTIFICATE:
-            self._warn("refused the TLS handshake of %s: its client certificate: %s", addr, exc)
+            self._warn(
+                self._warnings,
+                "refused the TLS handshake of %s: its client certificate: %s",
+                addr,
+                exc,
+            )
         else:  # a port scan, a client gone, a handshake too slow, a client speaking no TLS
             log.debug("TLS handshake with %s failed: %r", addr, exc)
 
@@ -161,7 +186,7 @@ class Gate:
         """The system refused to accept: stop reading ``sock`` for ``ACCEPT_RETRY`` seconds
         (else its readiness would spin the loop), and say so."""
         if exc.errno in _OUT_OF:
-            self._warn("cannot accept connections for a second: %s", exc)
+            self._warn(self._warnings, "cannot accept connections for a second: %s", exc)
         else:
             log.error("cannot accept connections for a second", exc_info=exc)
         self._loop.remove_reader(sock.fileno())
@@ -171,8 +196,8 @@ class Gate:
         if sock in self._sockets:  # (not closed meanwhile)
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
-    def _warn(self, msg: str, *args: object) -> None:
-        allowed, dropped = self._warnings.allow(self._loop.time())
+    def _warn(self, budget: WarningBudget, msg: str, *args: object) -> None:
+        allowed, dropped = budget.allow(self._loop.time())
         if allowed:
             if dropped:
                 log.warning("(%d similar warnings were not logged)", dropped)
