@@ -31,6 +31,7 @@ from chatsecure.errors import (
     ConfigError,
     ConnectionClosed,
     LocalProtocolError,
+    RemoteProtocolError,
     TrustError,
 )
 from chatsecure.protocol import limits
@@ -1006,7 +1007,8 @@ class ChatClient:
                 # (In this task, not in one of wait_for's: nothing else runs between the read
                 # that brings the welcome and the handling of what came with it, such as a save
                 # of the last seq, which has counted the replay in it already.)
-                async with asyncio.timeout(limits.CONNECT_TIMEOUT):
+                waiting = limits.WELCOME_TIMEOUT + (limits.AUTH_DELAY_MAX if self.password else 0)
+                async with asyncio.timeout(waiting):
                     welcomed, rest = await self._welcome(reader)
             except TimeoutError:
                 self._unpin()
@@ -1015,7 +1017,7 @@ class ChatClient:
                 if self._not_understood is None:
                     raise ConnectionClosed(
                         f"the server took the TLS connection but sent no welcome in "
-                        f"{limits.CONNECT_TIMEOUT:g} s: is it a chatsecure server?"
+                        f"{waiting:g} s: is it a chatsecure server?"
                     ) from None
                 raise ConnectionClosed(
                     f"the server's answer was not understood ({self._not_understood})"
@@ -1023,6 +1025,9 @@ class ChatClient:
             except asyncio.CancelledError:
                 session.quit()  # hello is out: leave properly, not by a cut
                 self._flush_out()
+                raise
+            except (ssl.SSLError, RemoteProtocolError, EOFError):  # (no chatsecure frame yet)
+                self._unpin()
                 raise
             if self._stopping:
                 session.quit()

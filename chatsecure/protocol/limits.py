@@ -47,7 +47,13 @@ CERT_DAYS: Final = 825
 """Default validity of a generated certificate, in days."""
 
 CONNECT_TIMEOUT: Final = 10.0
-"""Seconds a client waits for TCP, TLS and ``welcome`` together."""
+"""Seconds a client waits for TCP and TLS (and for ``welcome`` after its ``hello``, see
+``WELCOME_TIMEOUT``)."""
+
+WELCOME_TIMEOUT: Final = CONNECT_TIMEOUT
+"""Seconds a client waits for ``welcome`` after its ``hello``; with a room password,
+``AUTH_DELAY_MAX`` more: after wrong guesses from its address the server holds even the right
+password's welcome that long, and a client that gave up sooner would take it for no server."""
 
 MAX_SESSIONS: Final = 1000
 """Connections (joined or not) a server takes at once; one more gets ``server_full``."""

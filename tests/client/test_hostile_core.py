@@ -31,7 +31,7 @@ from chatsecure.client.core import (
 )
 from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Shutdown
-from chatsecure.testing import BIG_LINE, FakeServer, Mode, ServerThread
+from chatsecure.testing import BIG_LINE, FakeServer, Mode, RawClient, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustPolicy
 
 E = TypeVar("E")
@@ -378,7 +378,7 @@ def test_a_server_that_never_welcomes_is_not_pinned(
 ) -> None:
     # Anything that speaks TLS (another program, a port mistyped) must not stay pinned: the
     # chatsecure server started on that port later would be refused as a changed certificate.
-    monkeypatch.setattr(limits, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "WELCOME_TIMEOUT", 0.5)
     server = fake(mode)
     client = make_client(server)
     ended = next_event(client, Disconnected)
@@ -402,6 +402,32 @@ def test_a_server_that_refuses_us_in_its_own_words_stays_pinned(
     client.start()
     try:
         assert next_event(client, Disconnected).code == "auth_failed"
+    finally:
+        client.close()
+    assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_a_welcome_held_back_after_wrong_passwords_is_waited_for(
+    start_server: Callable[..., ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After wrong guesses from an address the server holds even the right password's welcome
+    # (AUTH_DELAY doubling): a client that gave up first would take it for no server at all.
+    monkeypatch.setattr(limits, "WELCOME_TIMEOUT", 0.5)
+    server = start_server(password="room key")
+    for _ in range(2):
+        with RawClient(server.host, server.port) as guesser:
+            guesser.send({"type": "hello", "nick": "guess", "password": "wrong"})
+            assert guesser.expect("error")["code"] == "auth_failed"
+    client = ChatClient(
+        Target("127.0.0.1", server.port),
+        "bob",
+        TrustPolicy(KnownServers(), accept_new=True),
+        password="room key",
+        reconnect=False,
+    )
+    client.start()
+    try:
+        assert isinstance(next_event(client, Connected), Connected)  # after 2 s
     finally:
         client.close()
     assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
