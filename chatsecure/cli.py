@@ -351,18 +351,19 @@ def _targets(texts: list[str], port_text: str | None) -> list[tuple[str, int]]:
     """The servers ``connect`` was given (``HOST[:PORT]`` each, ``--port`` for those without
     one); ``ChatError`` for a mistyped one."""
     from chatsecure.client.core import parse_target, port_number
+    from chatsecure.tls.trust import host_port
 
     port = limits.DEFAULT_PORT
     if port_text is not None:
         if (given := port_number(port_text)) is None:
             raise ChatError(f"--port must be a number from 1 to 65535, not {port_text!r}")
         port = given
-    targets = []
-    for n, text in enumerate(texts):
-        if n and port_number(text) is not None:  # ``connect HOST 7500``: meant as its port
+    targets: list[tuple[str, int]] = []
+    for text in texts:
+        if targets and (meant := port_number(text)) is not None:  # ``connect HOST 7500``
             raise ChatError(
                 f"{text!r} is not a host: a port goes after its host, "
-                f"{texts[0]}:{text} (or --port {text})"
+                f"{host_port(targets[0][0], meant)} (or --port {text})"
             )
         try:
             targets.append(parse_target(text, port))
@@ -381,6 +382,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
     advertised = None
     others: tuple[tuple[str, int], ...] = ()
     nick = _nick(args.nick, args.cert)  # (before anything looks on the network)
+    if args.port is not None and args.discovered is not None:
+        raise ChatError("--port is for a HOST given without one: a discovered server says its own")
     if args.discovered is not None and not args.target:
         from chatsecure.discovery.mdns import find_server, local_networks
         from chatsecure.discovery.records import preferred_addresses

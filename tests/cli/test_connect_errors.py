@@ -82,11 +82,15 @@ def test_a_dotted_quad_with_leading_zeros_is_refused_before_anything_is_dialled(
     assert "bob" not in logged, logged
 
 
-def test_a_port_given_as_a_second_host_is_said_where_it_goes() -> None:
-    result = Terminal.run_cli("connect", "127.0.0.1", "7500", "--nick", "bob", "--accept-new")
+@pytest.mark.parametrize(
+    ("first", "meant"),
+    [("127.0.0.1", "127.0.0.1:7500"), ("::1", "[::1]:7500"), ("[::1]:7467", "[::1]:7500")],
+)
+def test_a_port_given_as_a_second_host_is_said_where_it_goes(first: str, meant: str) -> None:
+    result = Terminal.run_cli("connect", first, "7500", "--nick", "bob", "--accept-new")
     assert result.returncode == 1, result
     assert result.stderr == (
-        "chatsecure: '7500' is not a host: a port goes after its host, 127.0.0.1:7500 "
+        f"chatsecure: '7500' is not a host: a port goes after its host, {meant} "
         "(or --port 7500)\n"
     )
 
