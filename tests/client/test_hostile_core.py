@@ -33,6 +33,7 @@ from chatsecure.protocol import limits
 from chatsecure.protocol.messages import Chat, Shutdown
 from chatsecure.testing import BIG_LINE, FakeServer, Mode, RawClient, ServerThread
 from chatsecure.tls.trust import KnownServers, TrustPolicy
+from tests.helpers import wait_for
 
 E = TypeVar("E")
 Fake = Callable[..., FakeServer]
@@ -187,6 +188,7 @@ def test_a_flood_of_huge_lines_is_held_back_by_their_bytes_and_nothing_is_lost(
     next_event(client, Connected)
     # A front end that does not take events: the client stops reading once they hold
     # EVENT_QUEUE_BYTES, and the flood stops once the buffers on the way are full.
+    wait_for(lambda: client.queued_bytes >= EVENT_QUEUE_BYTES, 20, "the queue at its mark")
     deadline = time.monotonic() + 20
     taken, steady_since = -1, time.monotonic()
     while time.monotonic() - steady_since < 1.0:
