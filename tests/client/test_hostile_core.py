@@ -366,7 +366,7 @@ def test_end_of_input_gives_up_on_a_server_that_answers_but_never_confirms(
 def test_a_welcome_that_cannot_be_read_is_named_not_called_no_answer(
     fake: Fake, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(limits, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(limits, "WELCOME_TIMEOUT", 1.0)
     client = make_client(fake(Mode.BAD_WELCOME))
     final = next_event(client, Disconnected, timeout=10)
     assert final.error
