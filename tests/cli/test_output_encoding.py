@@ -15,6 +15,13 @@ TIME = r"\[\d\d:\d\d:\d\d\]"
 ALICE = r"alice \(127\.0\.0\.1\)"
 
 
+def say_a_smile_then_more(alice: RawClient) -> None:
+    """Once the client joined: a line with characters latin-1 and ASCII lack, then one more."""
+    alice.expect("join")
+    alice.send({"type": "msg", "text": "a smile \U0001f642 in \u65e5\u672c"})
+    alice.send({"type": "msg", "text": "and the next line"})
+
+
 @pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
 def test_a_character_the_output_cannot_show_is_shown_escaped_and_the_chat_goes_on(
     server: ServerThread, monkeypatch: pytest.MonkeyPatch, encoding: str
@@ -32,9 +39,7 @@ def test_a_character_the_output_cannot_show_is_shown_escaped_and_the_chat_goes_o
         )
         try:
             bob.expect(r"^connected to 'test' as bob")
-            alice.expect("join")
-            alice.send({"type": "msg", "text": "a smile \U0001f642 in \u65e5\u672c"})
-            alice.send({"type": "msg", "text": "and the next line"})
+            say_a_smile_then_more(alice)
             bob.expect(rf"^{TIME} {ALICE}: a smile \\U0001f642 in \\u65e5\\u672c$")
             bob.expect(rf"^{TIME} {ALICE}: and the next line$")
             bob.say("quit")
@@ -56,9 +61,7 @@ def test_on_a_terminal_in_latin_1_a_character_it_cannot_show_costs_nothing(
         bob = Pty(f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new", "--no-discovery")
         try:
             bob.shows(r"^connected to 'lab \\U0001f642' as bob")
-            alice.expect("join")
-            alice.send({"type": "msg", "text": "a smile \U0001f642 in \u65e5\u672c"})
-            alice.send({"type": "msg", "text": "and the next line"})
+            say_a_smile_then_more(alice)
             bob.shows(rf"^{TIME} {ALICE}: and the next line$")
             assert any(": a smile ? in ??" in line for line in bob.lines()), bob.lines()
             bob.type("quit\r")

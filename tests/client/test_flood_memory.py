@@ -26,9 +26,10 @@ BIG_LINES = 200
 """Lines of ``BIG_LINE`` characters: 200 MB, more than the limit, if the client took them all."""
 
 
-@pytest.mark.slow
-def test_client_core_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) -> None:
-    with FakeServer(cert_dir, Mode.FLOOD, count=FLOOD) as server:
+def probe_peak_mib(cert_dir: Path, mode: Mode, count: int) -> float:
+    """The peak RSS of a client core (``rss_probe``, its front end 3 s behind) taking all of
+    a ``FakeServer``'s flood of ``count`` lines and its last one."""
+    with FakeServer(cert_dir, mode, count=count) as server:
         done = subprocess.run(
             [*PROBE, str(server.port), "end of the flood", "3"],
             capture_output=True,
@@ -38,8 +39,27 @@ def test_client_core_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) 
         )
     match = re.search(r"lines=(\d+) maxrss_kib=(\d+)", done.stdout)
     assert match, (done.stdout, done.stderr)
-    assert int(match.group(1)) == FLOOD + 1
-    peak_mib = int(match.group(2)) / 1024
+    assert int(match.group(1)) == count + 1
+    return int(match.group(2)) / 1024
+
+
+def reap(proc: subprocess.Popen[bytes], err_reader: threading.Thread) -> None:
+    """End a terminal client (killed if it has not ended), its output read and closed."""
+    if proc.returncode is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.read()
+    err_reader.join(10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        stream.close()
+
+
+@pytest.mark.slow
+def test_client_core_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) -> None:
+    peak_mib = probe_peak_mib(cert_dir, Mode.FLOOD, FLOOD)
     print(f"client core: peak RSS {peak_mib:.1f} MiB under {FLOOD} lines")
     assert peak_mib < LIMIT_MIB
 
@@ -72,13 +92,7 @@ def test_terminal_client_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Pa
             proc.wait(10)
             left_in = time.monotonic() - started
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.read()
-            err_reader.join(10)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                stream.close()
+            reap(proc, err_reader)
     assert lines == FLOOD
     assert proc.returncode == 0, stderr
     assert left_in < 3.0
@@ -91,18 +105,7 @@ def test_terminal_client_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Pa
 def test_client_core_peak_rss_under_huge_lines_it_does_not_take_stays_under_120_mib(
     cert_dir: Path,
 ) -> None:
-    with FakeServer(cert_dir, Mode.BIG_LINES, count=BIG_LINES) as server:
-        done = subprocess.run(
-            [*PROBE, str(server.port), "end of the flood", "3"],
-            capture_output=True,
-            text=True,
-            timeout=110,
-            check=True,
-        )
-    match = re.search(r"lines=(\d+) maxrss_kib=(\d+)", done.stdout)
-    assert match, (done.stdout, done.stderr)
-    assert int(match.group(1)) == BIG_LINES + 1
-    peak_mib = int(match.group(2)) / 1024
+    peak_mib = probe_peak_mib(cert_dir, Mode.BIG_LINES, BIG_LINES)
     print(f"client core: peak RSS {peak_mib:.1f} MiB under {BIG_LINES} lines of {BIG_LINE:,}")
     assert peak_mib < LIMIT_MIB
 
@@ -138,13 +141,7 @@ def test_terminal_client_peak_rss_under_huge_lines_into_a_pipe_not_read_stays_un
             proc.stdin.flush()
             proc.wait(10)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.read()
-            err_reader.join(10)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                stream.close()
+            reap(proc, err_reader)
     big = [line.split(b": ", 1)[1].split(b" x", 1)[0] for line in shown if b": big " in line]
     assert big == [b"big %d" % n for n in range(1, BIG_LINES + 1)]
     assert proc.returncode == 0, stderr

@@ -71,6 +71,17 @@ def next_event(client: ChatClient, kind: type[E], timeout: float = 10.0) -> E:
     return event
 
 
+def flood_stopped(server: FakeServer, steady: float, timeout: float) -> None:
+    """Wait until the client took no more of ``server``'s flood for ``steady`` seconds."""
+    deadline = time.monotonic() + timeout
+    taken, steady_since = -1, time.monotonic()
+    while time.monotonic() - steady_since < steady:
+        assert time.monotonic() < deadline, f"still taking the flood: {server.flooded} bytes"
+        if server.flooded != taken:
+            taken, steady_since = server.flooded, time.monotonic()
+        time.sleep(0.1)
+
+
 def chat_texts_until(client: ChatClient, last: str, timeout: float = 60.0) -> list[str]:
     """Texts of the chat lines received up to and including ``last``."""
     texts: list[str] = []
@@ -189,13 +200,7 @@ def test_a_flood_of_huge_lines_is_held_back_by_their_bytes_and_nothing_is_lost(
     # A front end that does not take events: the client stops reading once they hold
     # EVENT_QUEUE_BYTES, and the flood stops once the buffers on the way are full.
     wait_for(lambda: client.queued_bytes >= EVENT_QUEUE_BYTES, 20, "the queue at its mark")
-    deadline = time.monotonic() + 20
-    taken, steady_since = -1, time.monotonic()
-    while time.monotonic() - steady_since < 1.0:
-        assert time.monotonic() < deadline, f"still taking the flood: {server.flooded} bytes"
-        if server.flooded != taken:
-            taken, steady_since = server.flooded, time.monotonic()
-        time.sleep(0.1)
+    flood_stopped(server, steady=1.0, timeout=20)
     # One read may land on top of the mark: at most a frame (and its characters fit a byte).
     assert EVENT_QUEUE_BYTES <= client.queued_bytes <= EVENT_QUEUE_BYTES + 2 * BIG_LINE
     assert server.flooded < count * BIG_LINE / 4, "the flood went on into buffers somewhere"
@@ -332,13 +337,7 @@ def test_a_server_that_pings_and_never_reads_cannot_grow_the_clients_buffers(
     # The client stops reading while its pongs wait to be read: the flood stops with it,
     # once the buffers on the way are full. (Taken as it came, it grew the client by a
     # pong for each ping, 2.7 MB a second, for as long as it went on.)
-    deadline = time.monotonic() + 15
-    taken, steady_since = -1, time.monotonic()
-    while time.monotonic() - steady_since < 2.0:
-        assert time.monotonic() < deadline, f"still taking the flood: {server.flooded} bytes"
-        if server.flooded != taken:
-            taken, steady_since = server.flooded, time.monotonic()
-        time.sleep(0.1)
+    flood_stopped(server, steady=2.0, timeout=15)
 
 
 def test_a_welcome_that_announces_a_room_too_large_to_gather_is_refused(
@@ -390,22 +389,27 @@ def test_a_server_that_never_welcomes_is_not_pinned(
     assert KnownServers().get("127.0.0.1", server.port) is None
 
 
-def test_a_server_that_refuses_us_in_its_own_words_stays_pinned(
-    start_server: Callable[..., ServerThread],
-) -> None:
-    server = start_server(password="room key")
+def first_with_password(server: ServerThread, password: str, kind: type[E]) -> E:
+    """The first event of a client (trusting on first use) that joins with ``password``."""
     client = ChatClient(
         Target("127.0.0.1", server.port),
         "bob",
         TrustPolicy(KnownServers(), accept_new=True),
-        password="wrong",
+        password=password,
         reconnect=False,
     )
     client.start()
     try:
-        assert next_event(client, Disconnected).code == "auth_failed"
+        return next_event(client, kind)
     finally:
         client.close()
+
+
+def test_a_server_that_refuses_us_in_its_own_words_stays_pinned(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    server = start_server(password="room key")
+    assert first_with_password(server, "wrong", Disconnected).code == "auth_failed"
     assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
 
 
@@ -420,16 +424,5 @@ def test_a_welcome_held_back_after_wrong_passwords_is_waited_for(
         with RawClient(server.host, server.port) as guesser:
             guesser.send({"type": "hello", "nick": "guess", "password": "wrong"})
             assert guesser.expect("error")["code"] == "auth_failed"
-    client = ChatClient(
-        Target("127.0.0.1", server.port),
-        "bob",
-        TrustPolicy(KnownServers(), accept_new=True),
-        password="room key",
-        reconnect=False,
-    )
-    client.start()
-    try:
-        assert isinstance(next_event(client, Connected), Connected)  # after 2 s
-    finally:
-        client.close()
+    first_with_password(server, "room key", Connected)  # after 2 s
     assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
