@@ -43,6 +43,26 @@ def probe_peak_mib(cert_dir: Path, mode: Mode, count: int) -> float:
     return int(match.group(2)) / 1024
 
 
+def start_terminal(
+    port: int,
+) -> tuple[subprocess.Popen[bytes], threading.Thread, list[bytes]]:
+    """``chatsecure connect`` to a server on 127.0.0.1:``port``, with pipes; its stderr is
+    collected (into the list returned) by a thread, for ``reap`` to join."""
+    proc = subprocess.Popen(
+        [*CHATSECURE, "connect", f"127.0.0.1:{port}", "--nick", "bob", "--accept-new",
+         "--no-discovery"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    stderr: list[bytes] = []
+    assert proc.stderr is not None
+    err = proc.stderr
+    err_reader = threading.Thread(target=lambda: stderr.extend(err), name="err")
+    err_reader.start()
+    return proc, err_reader, stderr
+
+
 def reap(proc: subprocess.Popen[bytes], err_reader: threading.Thread) -> None:
     """End a terminal client (killed if it has not ended), its output read and closed."""
     if proc.returncode is None:
@@ -67,19 +87,10 @@ def test_client_core_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) 
 @pytest.mark.slow
 def test_terminal_client_peak_rss_under_a_flood_stays_under_120_mib(cert_dir: Path) -> None:
     with FakeServer(cert_dir, Mode.FLOOD, count=FLOOD) as server:
-        proc = subprocess.Popen(
-            [*CHATSECURE, "connect", f"127.0.0.1:{server.port}", "--nick", "bob", "--accept-new"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc, err_reader, stderr = start_terminal(server.port)
         assert proc.stdin is not None
         assert proc.stdout is not None
-        assert proc.stderr is not None
         lines = 0
-        stderr: list[bytes] = []
-        err_reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), name="err")
-        err_reader.start()
         try:
             for line in proc.stdout:  # counted, not kept: the test's memory is not measured
                 lines += b": flood " in line
@@ -116,19 +127,9 @@ def test_terminal_client_peak_rss_under_huge_lines_into_a_pipe_not_read_stays_un
 ) -> None:
     """``chatsecure connect ... | less``, with ``less`` not reading for a while."""
     with FakeServer(cert_dir, Mode.BIG_LINES, count=BIG_LINES) as server:
-        target = f"127.0.0.1:{server.port}"
-        proc = subprocess.Popen(
-            [*CHATSECURE, "connect", target, "--nick", "bob", "--accept-new", "--no-discovery"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc, err_reader, stderr = start_terminal(server.port)
         assert proc.stdin is not None
         assert proc.stdout is not None
-        assert proc.stderr is not None
-        stderr: list[bytes] = []
-        err_reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), name="err")
-        err_reader.start()
         shown: list[bytes] = []
         try:
             time.sleep(3)  # nobody reads the pipe: the printer waits, the events pile up
