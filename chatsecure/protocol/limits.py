@@ -146,7 +146,7 @@ PEERS_CHUNK = 500
 """Most peers in one frame (``welcome``, ``peers``, ``joins``, ``leaves``) to a v2 client: a
 room of any size is joined in frames of about 25 KB, far below ``MAX_SERVER_FRAME``."""
 
-PRESENCE_PACE = 0.0001
+PRESENCE_PACE = 0.0005
 """Seconds a join storm may hold presence back per member in the room: after announcing joins
 or leaves, the room announces the next ones no sooner than this times its size (capped by
 ``PRESENCE_HOLD_MAX``). Each announcement costs one write per member, so a storm of joins into
