@@ -20,9 +20,11 @@ from pathlib import Path
 from chatsecure.client.core import safe_paragraph, safe_text
 from chatsecure.errors import ChatError
 from chatsecure.history.log import DEFAULT_DB, HistoryError
-from chatsecure.history.sqlite import SCHEMA_VERSION, check_regular, check_schema, mapped_errors
+from chatsecure.history.sqlite import NAMED_SINCE, check_regular, check_schema, mapped_errors
 
-_NEWEST = "SELECT seq, ts, peer_id, nick, addr, text FROM lines ORDER BY seq DESC LIMIT ?"
+_NEWEST = "SELECT seq, ts, peer_id, nick, addr, text FROM {} ORDER BY seq DESC LIMIT ?"
+"""The newest lines: from ``lines_named`` (schema 3 on), or ``lines`` (a file a server of schema 1
+or 2 wrote, not started by this version yet)."""
 
 
 def add_history_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,12 +102,13 @@ def _newest(path: Path, count: int) -> list[tuple[int, float, str, str, str, str
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?{how}", uri=True)
         try:
             version = check_schema(conn, path)
-            if version < SCHEMA_VERSION:
+            if version == 0:
                 raise HistoryError(
-                    f"{path} holds no history yet (schema {version}); start the server on it "
-                    "once, or give --db another path"
+                    f"{path} holds no history yet; start the server on it once, "
+                    "or give --db another path"
                 )
-            return conn.execute(_NEWEST, (count,)).fetchall()
+            table = "lines_named" if version >= NAMED_SINCE else "lines"
+            return conn.execute(_NEWEST.format(table), (count,)).fetchall()
         finally:
             conn.close()
 

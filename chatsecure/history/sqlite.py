@@ -17,12 +17,20 @@ Why these choices:
   so the second is refused at its start instead of at its first line.
 - ``application_id`` marks the file as ours and ``user_version`` is the schema version: a
   foreign, damaged or newer file is refused with a message, never silently started afresh.
+- A line names its sender and its client by numbers: rows of ``peers`` (an id, nick and
+  address as they were when it spoke) and ``clients`` (a client id). Each speaker is written
+  once, not in every line, so a line binds and stores six values instead of eight, and the
+  (client, ref) index compares a number before the ref: a quarter to a third less work per
+  line in SQLite. The worker keeps the numbers it gave out (the rows' ``last`` say the newest
+  line that may name them, so trimming deletes them with their lines) and forgets them at
+  each trim and at a failed commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -53,8 +61,10 @@ T = TypeVar("T")
 APPLICATION_ID = 0x43534854
 """``PRAGMA application_id`` of a chatsecure history ("CSHT"): tells our file from others'."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` this code writes; it reads any version up to this one."""
+NAMED_SINCE = 3
+"""The schema that names senders and clients by number, and reads lines from ``lines_named``."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: (
@@ -73,15 +83,36 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE meta ADD COLUMN log_id TEXT NOT NULL DEFAULT ''",
         "UPDATE meta SET log_id = lower(hex(randomblob(8)))",
     ),
+    # Senders and client ids in tables of their own, lines naming them by number (see above).
+    2: (
+        "CREATE TABLE peers(id INTEGER PRIMARY KEY, peer_id TEXT NOT NULL, nick TEXT NOT NULL,"
+        " addr TEXT NOT NULL, last INTEGER NOT NULL)",
+        "CREATE TABLE clients(id INTEGER PRIMARY KEY, client TEXT NOT NULL UNIQUE,"
+        " last INTEGER NOT NULL)",
+        "INSERT INTO peers(peer_id, nick, addr, last)"
+        " SELECT peer_id, nick, addr, max(seq) FROM lines GROUP BY peer_id, nick, addr",
+        "INSERT INTO clients(client, last)"
+        " SELECT client, max(seq) FROM lines WHERE client IS NOT NULL GROUP BY client",
+        "CREATE TABLE lines_3(seq INTEGER PRIMARY KEY, ts REAL NOT NULL, peer INTEGER NOT NULL,"
+        " text TEXT NOT NULL, client INTEGER, ref TEXT)",
+        "INSERT INTO lines_3 SELECT lines.seq, lines.ts, peers.id, lines.text, clients.id,"
+        " lines.ref FROM lines JOIN peers USING (peer_id, nick, addr)"
+        " LEFT JOIN clients USING (client)",
+        "DROP TABLE lines",
+        "ALTER TABLE lines_3 RENAME TO lines",
+        "CREATE UNIQUE INDEX lines_client_ref ON lines(client, ref)",
+        # The lines as schema 2 had them: what the server reads, and what one would query.
+        "CREATE VIEW lines_named AS SELECT seq, ts, peers.peer_id, peers.nick, peers.addr, text,"
+        " clients.client, ref FROM lines JOIN peers ON peers.id = lines.peer"
+        " LEFT JOIN clients ON clients.id = lines.client",
+    ),
 }
 """Statements that take the schema from version N to N + 1, run in one transaction."""
 
-_INSERT = (
-    "INSERT INTO lines(seq, ts, peer_id, nick, addr, text, client, ref) VALUES (?,?,?,?,?,?,?,?)"
-)
+_INSERT = "INSERT INTO lines(seq, ts, peer, text, client, ref) VALUES (?,?,?,?,?,?)"
 _INSERT_NEW = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
-_COLUMNS = 8
-"""Values per row of ``lines`` (``_Row``)."""
+_COLUMNS = 6
+"""Values per row of ``lines``."""
 ROWS_PER_INSERT = 256
 """The most rows one ``INSERT`` stores.
 
@@ -95,22 +126,31 @@ def _inserts(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     """``INSERT OR IGNORE`` statements of 256, 128, ... 1 rows (fewer if this SQLite takes
     fewer values per statement): a few of them store any batch, and SQLite keeps few."""
     most = min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS)
-    row = "(?,?,?,?,?,?,?,?)"
+    row = "(?,?,?,?,?,?)"
     sizes = [1 << bit for bit in reversed(range(most.bit_length()))]
     return [(rows, _INSERT_NEW.replace(row, ",".join([row] * rows))) for rows in sizes]
 
 
 _SELECT_REF = (
-    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines WHERE client = ? AND ref = ?"
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines_named"
+    " WHERE client = ? AND ref = ?"
 )
 _SELECT_BEFORE = (
-    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines"
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines_named"
     " WHERE seq < ? AND seq > (SELECT last_seq FROM meta) - ? ORDER BY seq DESC LIMIT ?"
 )
 _SELECT_AFTER = (
-    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines"
+    "SELECT seq, ts, peer_id, nick, addr, text, client, ref FROM lines_named"
     " WHERE seq > ? ORDER BY seq DESC LIMIT ?"
 )
+_NEW_PEER = "INSERT INTO peers(peer_id, nick, addr, last) VALUES (?, ?, ?, ?)"
+_NEW_CLIENT = (
+    "INSERT INTO clients(client, last) VALUES (?1, ?2)"
+    " ON CONFLICT(client) DO UPDATE SET last = max(last, ?2)"
+)
+_CLIENT_ROW = "SELECT id FROM clients WHERE client = ?"
+_USED = "UPDATE {table} SET last = ?1 WHERE last < ?1 AND id IN (SELECT value FROM json_each(?2))"
+"""Mark rows of ``peers`` or ``clients`` as named by a line up to seq ?1 (their ids in ?2)."""
 _NEWEST = 2**63 - 1
 """The largest SQLite integer: ``before(None, ...)`` is ``before(_NEWEST, ...)``."""
 _Row = tuple[int, float, str, str, str, str, str | None, str | None]
@@ -153,6 +193,10 @@ class SqliteLog:
         self._max_peer_id = 0  # the worker's, like everything below
         self._oldest: int | None = None
         """The oldest seq stored (None: nothing is), as of the last commit."""
+        self._peer_rows: dict[tuple[str, str, str], int] = {}
+        """Rows of ``peers`` by (peer id, nick, address), as committed since the last trim."""
+        self._client_rows: dict[str, int] = {}
+        """Rows of ``clients`` by client id, as committed since the last trim."""
         self._closed = False
         self._lock: int | None = None
         """A descriptor of the file holding the ``flock`` (see ``_hold``)."""
@@ -250,12 +294,19 @@ class SqliteLog:
         conn = self._require_conn()
         try:
             return self._append_known(conn, drafts)
-        except HistoryError:
-            # Nothing was written. Take what the file says: if another program wrote to it,
-            # the next commit goes on from there once it has stopped.
-            with contextlib.suppress(sqlite3.Error):
-                (self._last_seq, self._max_peer_id), self._oldest = _meta(conn), _oldest(conn)
+        except BaseException as exc:
+            self._forget_rows()  # the rows made for this commit were rolled back with it
+            if isinstance(exc, HistoryError):
+                # Nothing was written. Take what the file says: if another program wrote to
+                # it, the next commit goes on from there once it has stopped.
+                with contextlib.suppress(sqlite3.Error):
+                    (self._last_seq, self._max_peer_id) = _meta(conn)
+                    self._oldest = _oldest(conn)
             raise
+
+    def _forget_rows(self) -> None:
+        self._peer_rows.clear()
+        self._client_rows.clear()
 
     def _append_known(self, conn: sqlite3.Connection, drafts: list[Draft]) -> Appends:
         """``_append`` from the state the worker knows, refused if the file has another."""
@@ -295,8 +346,24 @@ class SqliteLog:
         find re-sends.
         """
         values: list[object] = []
+        peer_rows, client_rows = self._peer_rows, self._client_rows
+        peers: set[int] = set()  # the rows these lines name
+        clients: set[int] = set()
         for seq, draft in enumerate(drafts, last_seq + 1):
-            values += _draft_row(seq, draft)
+            sender, client = draft.sender, draft.client
+            peer = peer_rows.get((sender.id, sender.nick, sender.addr))
+            if peer is None:
+                peer = self._new_peer(conn, sender, seq)
+            peers.add(peer)
+            if client is not None:
+                row = client_rows.get(client)
+                if row is None:
+                    row = self._client_row(conn, client, seq)
+                clients.add(row)
+                values += (seq, draft.ts, peer, draft.text, row, draft.ref)
+            else:
+                values += (seq, draft.ts, peer, draft.text, None, draft.ref)
+        self._named(conn, peers, clients, last_seq + len(drafts))
         before = conn.total_changes
         left, start = len(drafts), 0
         for rows, statement in self._inserts:  # the most rows first
@@ -325,8 +392,35 @@ class SqliteLog:
                 appends.originals[index] = original
                 continue
             last_seq += 1
-            conn.execute(_INSERT, _draft_row(last_seq, draft))
+            sender, client = draft.sender, draft.client
+            # (_append_new made and marked every row these lines name.)
+            peer = self._peer_rows[(sender.id, sender.nick, sender.addr)]
+            row = None if client is None else self._client_rows[client]
+            conn.execute(_INSERT, (last_seq, draft.ts, peer, draft.text, row, draft.ref))
         return appends
+
+    def _new_peer(self, conn: sqlite3.Connection, sender: Peer, seq: int) -> int:
+        """A new row of ``peers`` for ``sender`` (once per speaker between trims)."""
+        row = conn.execute(_NEW_PEER, (sender.id, sender.nick, sender.addr, seq)).lastrowid
+        assert row is not None  # noqa: S101 - an INSERT's
+        self._peer_rows[(sender.id, sender.nick, sender.addr)] = row
+        return row
+
+    def _client_row(self, conn: sqlite3.Connection, client: str, seq: int) -> int:
+        """The row of ``clients`` for ``client``, made if it has none: one row per client id,
+        for ever (the (client, ref) index finds a re-send by it across restarts)."""
+        conn.execute(_NEW_CLIENT, (client, seq))
+        row: int = conn.execute(_CLIENT_ROW, (client,)).fetchone()[0]
+        self._client_rows[client] = row
+        return row
+
+    def _named(
+        self, conn: sqlite3.Connection, peers: set[int], clients: set[int], seq: int
+    ) -> None:
+        """Keep the rows of ``peers`` and ``clients`` as long as lines up to ``seq``."""
+        conn.execute(_USED.format(table="peers"), (seq, json.dumps(list(peers))))
+        if clients:
+            conn.execute(_USED.format(table="clients"), (seq, json.dumps(list(clients))))
 
     def _original(self, conn: sqlite3.Connection, draft: Draft, last_seq: int) -> Record | None:
         """The kept line with ``draft``'s (client, ref), if any; forget an older one's ref."""
@@ -344,8 +438,12 @@ class SqliteLog:
         """Delete lines older than the newest ``keep`` once about 10% too many are stored;
         the oldest seq left (``oldest``: the oldest stored)."""
         if oldest is not None and last_seq - oldest + 1 > self._keep + max(1, self._keep // 10):
-            conn.execute("DELETE FROM lines WHERE seq <= ?", (last_seq - self._keep,))
-            return last_seq - self._keep + 1
+            cut = last_seq - self._keep
+            conn.execute("DELETE FROM lines WHERE seq <= ?", (cut,))
+            conn.execute("DELETE FROM peers WHERE last <= ?", (cut,))
+            conn.execute("DELETE FROM clients WHERE last <= ?", (cut,))
+            self._forget_rows()  # (it holds rows just deleted; the others are found again)
+            return cut + 1
         return oldest
 
     def _before(self, seq: int | None, limit: int) -> list[Record]:
@@ -580,12 +678,6 @@ def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
 def _oldest(conn: sqlite3.Connection) -> int | None:
     oldest: int | None = conn.execute("SELECT min(seq) FROM lines").fetchone()[0]
     return oldest
-
-
-def _draft_row(seq: int, draft: Draft) -> _Row:
-    """The row that stores ``draft`` as line ``seq``."""
-    sender = draft.sender
-    return (seq, draft.ts, sender.id, sender.nick, sender.addr, draft.text, draft.client, draft.ref)
 
 
 def _record(row: _Row) -> Record:

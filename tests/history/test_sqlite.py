@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import select
@@ -17,7 +19,7 @@ import pytest
 
 from chatsecure.history import HistoryError, SqliteLog
 from chatsecure.history.sqlite import MIGRATIONS, SCHEMA_VERSION
-from chatsecure.protocol.messages import valid_client_id
+from chatsecure.protocol.messages import Peer, valid_client_id
 from tests.history.conftest import draft, lines, read_only
 
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -89,10 +91,10 @@ async def test_lines_another_program_stored_meanwhile_are_kept_and_the_commit_re
     await log.open(5)
     await log.append(lines("ours"))
     with sqlite3.connect(path) as other:
+        other.execute("INSERT INTO peers VALUES (900, '9', 'x', '', 7)")
         for seq in range(2, 8):
             other.execute(
-                "INSERT INTO lines(seq, ts, peer_id, nick, addr, text) VALUES (?, 1.0, '9', 'x',"
-                " '', ?)",
+                "INSERT INTO lines(seq, ts, peer, text) VALUES (?, 1.0, 900, ?)",
                 (seq, f"theirs {seq}"),
             )
         if trimmed:
@@ -298,8 +300,157 @@ async def test_a_schema_1_file_is_migrated_with_its_lines_and_given_an_id(tmp_pa
     assert (opened.last_seq, opened.max_peer_id) == (1, 3)
     assert valid_client_id(opened.log_id)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
+
+
+def schema_2_file(path: Path) -> list[tuple[object, ...]]:
+    """A history as a server of schema 2 left it; its lines as that schema stored them."""
+    rows: list[tuple[object, ...]] = [
+        (1, 1.7e9, "3", "ann", "10.0.0.1", "first", "client-ann-01", "r1"),
+        (2, 1.7e9 + 1, "4", "bob", "[::1]:5", "no client", None, None),
+        (3, 1.7e9 + 2, "3", "ann_away", "10.0.0.1", "renamed", "client-ann-01", "r2"),
+        (4, 1.7e9 + 3, "5", "ann", "10.0.0.2", "again", "client-ann-01", "r3"),
+    ]
+    with sqlite3.connect(path) as db:
+        for step in (0, 1):
+            for statement in MIGRATIONS[step]:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.executemany("INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute("UPDATE meta SET last_seq = 4, max_peer_id = 5")
+    db.close()
+    return rows
+
+
+@pytest.mark.asyncio
+async def test_a_schema_2_file_is_migrated_and_its_refs_still_find_resends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    rows = schema_2_file(path)
+    log = SqliteLog(path, 100)
+    opened = await log.open(10)
+    try:
+        assert [
+            (r.seq, r.ts, r.sender.id, r.sender.nick, r.sender.addr, r.text, r.client, r.ref)
+            for r in opened.tail
+        ] == rows
+        resend = draft("again, resent", client="client-ann-01", ref="r2")
+        appended, new = await log.append([resend, draft("new", client="client-ann-01", ref="r4")])
+        assert (appended.duplicate, appended.record.seq, appended.record.text) == (
+            True,
+            3,
+            "renamed",
+        )
+        assert (new.duplicate, new.record.seq) == (False, 5)
+        assert [r.text for r in await log.before(None, 2)] == ["again", "new"]
+    finally:
+        await log.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("SELECT count(*) FROM peers").fetchone()[0] == 4 + 1  # and ANN, new
+        assert db.execute("SELECT client FROM clients").fetchall() == [("client-ann-01",)]
+    db.close()
+
+
+@pytest.mark.parametrize("command", ["history", "server"])
+def test_the_history_command_reads_a_schema_2_file_before_and_after_migration(
+    tmp_path: Path, command: str
+) -> None:
+    """A server upgraded but not started yet, and once it has started on the file."""
+    path = tmp_path / "h.sqlite3"
+    schema_2_file(path)
+    if command == "server":
+        asyncio.run(stored(path))  # what a start does to it
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsecure.history.cli", "--db", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["seq"], line["from"]["nick"], line["text"]) for line in shown] == [
+        (1, "ann", "first"),
+        (2, "bob", "no client"),
+        (3, "ann_away", "renamed"),
+        (4, "ann", "again"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_trimming_deletes_the_senders_and_clients_only_old_lines_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, keep=100)
+    await log.open(0)
+    regular = Peer("1", "ann", "127.0.0.1:1")
+    talkers = [Peer(str(n), f"talker{n}", "127.0.0.2:1") for n in range(2, 5)]
+    try:
+        for n in range(300):  # a new speaker and client for each line
+            once = Peer(str(100 + n), f"once{n}", "127.0.0.3:1")
+            await log.append([draft(f"once {n}", client=f"client-once-{n:04d}", sender=once)])
+        for n in range(300):  # three who talk, and one who speaks now and then
+            sender = regular if n in (50, 100) else talkers[n % 3]
+            client = f"client-{sender.nick}"
+            await log.append([draft(f"talk {n}", client=client, ref=f"r{n}", sender=sender)])
+        # One commit longer than the log: rows made at its start are still named at its end.
+        said = [talkers[n % 3] for n in range(300, 450)]
+        await log.append(
+            [
+                draft(f"talk {n}", client=f"client-{sender.nick}", ref=f"r{n}", sender=sender)
+                for n, sender in enumerate(said, 300)
+            ]
+        )
+        # After a silence longer than the log: the rows it had are gone, new ones are made.
+        await log.append([draft("back", client="client-ann", ref="r-back", sender=regular)])
+        kept = await log.before(None, 1000)
+    finally:
+        await log.close()
+    assert [r.text for r in kept] == [*(f"talk {n}" for n in range(351, 450)), "back"]
+    assert (kept[-1].sender, kept[-1].client, kept[-1].ref) == (regular, "client-ann", "r-back")
+    assert {(r.sender, r.client) for r in kept[:-1]} == {(t, f"client-{t.nick}") for t in talkers}
+    with sqlite3.connect(path) as db:
+        peers = db.execute("SELECT count(*) FROM peers").fetchone()[0]
+        clients = db.execute("SELECT count(*) FROM clients").fetchone()[0]
+        named = db.execute("SELECT count(*) FROM lines_named").fetchone()[0]
+        stored_lines = db.execute("SELECT count(*) FROM lines").fetchone()[0]
+    db.close()
+    assert named == stored_lines  # every line stored still names its sender
+    assert stored_lines <= 110
+    assert peers <= 50  # (a few per trim for the talkers) not one per line ever
+    assert clients == 4
+
+
+@pytest.mark.asyncio
+async def test_a_refused_commit_leaves_no_sender_or_client_behind(tmp_path: Path) -> None:
+    """A commit refused after its new speaker's rows were made: the next one makes them again."""
+    path = tmp_path / "h.sqlite3"
+    log = SqliteLog(path, keep=100)
+    await log.open(0)
+    try:
+        await log.append(lines("ours"))
+        with sqlite3.connect(path) as other:
+            other.execute("UPDATE meta SET last_seq = 5")  # another program stored lines
+        other.close()
+        newcomer = Peer("7", "newcomer", "127.0.0.7:1")
+        said = draft("hi", client="client-newcomer", ref="r1", sender=newcomer)
+        with pytest.raises(HistoryError, match="written by another program"):
+            await log.append([said])
+        [appended] = await log.append([said])
+        assert appended.record.seq == 6
+        [record] = await log.before(None, 1)
+    finally:
+        await log.close()
+    assert (record.seq, record.sender, record.client, record.ref) == (
+        6,
+        newcomer,
+        "client-newcomer",
+        "r1",
+    )
 
 
 @pytest.mark.asyncio
