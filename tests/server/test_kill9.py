@@ -166,7 +166,9 @@ def type_lines(clients: list[ChatClient]) -> None:
 def stored_lines(db: Path) -> list[tuple[int, str, str, str]]:
     """(seq, client id, nick, text) of every stored line, read-only."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT seq, client, nick, text FROM lines ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT seq, client, nick, text FROM lines_named ORDER BY seq"
+        ).fetchall()
     conn.close()
     return [(int(seq), str(client), str(nick), str(text)) for seq, client, nick, text in rows]
 
