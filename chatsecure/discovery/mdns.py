@@ -120,6 +120,10 @@ FLOOD_WARN_EVERY = 60.0
 """Fewest seconds between two warnings of one kind about a flood of announcements: one line a
 minute while it lasts, not one per name it brings."""
 
+CLAIM_WAIT = 1.5
+"""Seconds an advertiser listens for a holder of its name after zeroconf's last probe: a
+responder may hold an answer up to a second (RFC 6762 §14), and aggregate it a little more."""
+
 QM = DNSQuestionType.QM
 """Ask for multicast answers only. A unicast answer (QU) reaches just one of the mDNS stacks
 that share an address (avahi and a browser, two browsers on one host), so the others would
@@ -448,12 +452,35 @@ async def _claim(zc: Zeroconf, probe: AsyncServiceInfo) -> None:
     §15.1), and the name would be claimed twice. So the probing is done while browsing the
     type with answers by multicast, which every socket gets: they come during the probing
     (which takes over a second), and zeroconf renames on any that names us.
+
+    zeroconf's probing ends as it sends its last probe, and a responder that multicast its
+    records less than a second ago holds its answer back until that second is over (RFC 6762
+    §14): a server started a second or two after another on the same host could miss its
+    answer and take its name. So the name is ours only once ``CLAIM_WAIT`` more has passed
+    with no answer naming it (§8.1 waits 250 ms after the last probe).
     """
+    loop = asyncio.get_running_loop()
+    wanted = instance_label_of(probe.name)
+    number = 2
     browser = AsyncServiceBrowser(zc, SERVICE_TYPE, handlers=[_ignore], question_type=QM)
     try:
-        await zc.async_check_service(probe, allow_name_change=True)
+        while True:
+            await zc.async_check_service(probe, allow_name_change=True)
+            deadline = loop.time() + CLAIM_WAIT
+            while not (taken := _named(zc, probe.name)) and (left := deadline - loop.time()) > 0:
+                await zc.async_wait(left * 1000)  # (a change in the cache ends it sooner)
+            if not taken:
+                return
+            while _named(zc, probe.name):  # (zeroconf's own renaming would make "x-2-2")
+                probe.name = instance_name(f"{wanted}-{number}")
+                number += 1
     finally:
         await browser.async_cancel()
+
+
+def _named(zc: Zeroconf, name: str) -> bool:
+    """Whether another responder's answer for ``name`` is in zeroconf's cache."""
+    return zc.cache.current_entry_with_name_and_alias(SERVICE_TYPE, name) is not None
 
 
 def _ignore(
