@@ -38,6 +38,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -345,32 +346,29 @@ class SqliteLog:
         of a look-up and an insert per line; ``OR IGNORE`` lets the unique (client, ref) index
         find re-sends.
         """
-        values: list[object] = []
-        peer_rows, client_rows = self._peer_rows, self._client_rows
         peers: set[int] = set()  # the rows these lines name
         clients: set[int] = set()
+        rows: list[tuple[int, float, int, str, int | None, str | None]] = []
+        # Lines come in runs from one speaker (a read of a socket holds many): its rows are
+        # looked up once a run.
+        sender: Peer | None = None
+        client: str | None = None
+        peer, row = 0, None
         for seq, draft in enumerate(drafts, last_seq + 1):
-            sender, client = draft.sender, draft.client
-            peer = peer_rows.get((sender.id, sender.nick, sender.addr))
-            if peer is None:
-                peer = self._new_peer(conn, sender, seq)
-            peers.add(peer)
-            if client is not None:
-                row = client_rows.get(client)
-                if row is None:
-                    row = self._client_row(conn, client, seq)
-                clients.add(row)
-                values += (seq, draft.ts, peer, draft.text, row, draft.ref)
-            else:
-                values += (seq, draft.ts, peer, draft.text, None, draft.ref)
+            if draft.sender is not sender or draft.client != client:
+                sender, client = draft.sender, draft.client
+                peer, row = self._rows_of(conn, sender, client, seq)
+                peers.add(peer)
+                if row is not None:
+                    clients.add(row)
+            rows.append((seq, draft.ts, peer, draft.text, row, draft.ref))
         self._named(conn, peers, clients, last_seq + len(drafts))
         before = conn.total_changes
         left, start = len(drafts), 0
-        for rows, statement in self._inserts:  # the most rows first
-            while left >= rows:
-                end = start + rows * _COLUMNS
-                conn.execute(statement, values[start:end])
-                left, start = left - rows, end
+        for size, statement in self._inserts:  # the most rows first
+            while left >= size:
+                conn.execute(statement, list(chain.from_iterable(rows[start : start + size])))
+                left, start = left - size, start + size
         if conn.total_changes - before == len(drafts):
             return Appends(drafts, last_seq + 1)
         if _meta(conn)[0] != last_seq:  # not a re-send: someone else took these seqs
@@ -392,12 +390,23 @@ class SqliteLog:
                 appends.originals[index] = original
                 continue
             last_seq += 1
-            sender, client = draft.sender, draft.client
             # (_append_new made and marked every row these lines name.)
-            peer = self._peer_rows[(sender.id, sender.nick, sender.addr)]
-            row = None if client is None else self._client_rows[client]
+            peer, row = self._rows_of(conn, draft.sender, draft.client, last_seq)
             conn.execute(_INSERT, (last_seq, draft.ts, peer, draft.text, row, draft.ref))
         return appends
+
+    def _rows_of(
+        self, conn: sqlite3.Connection, sender: Peer, client: str | None, seq: int
+    ) -> tuple[int, int | None]:
+        """The rows of ``peers`` and ``clients`` that name a line of ``sender`` as ``client``
+        (made if the worker knows none: the line has seq ``seq``)."""
+        peer = self._peer_rows.get((sender.id, sender.nick, sender.addr))
+        if peer is None:
+            peer = self._new_peer(conn, sender, seq)
+        if client is None:
+            return peer, None
+        row = self._client_rows.get(client)
+        return peer, self._client_row(conn, client, seq) if row is None else row
 
     def _new_peer(self, conn: sqlite3.Connection, sender: Peer, seq: int) -> int:
         """A new row of ``peers`` for ``sender`` (once per speaker between trims)."""
