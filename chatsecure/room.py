@@ -509,8 +509,8 @@ class Room:
             ts,
             member.client_id,
             message.ref,
-            member=member,
-            peer_json=member.peer_json,
+            member,
+            member.peer_json,
         )
         self._queue.append(said)
         self.unstored += 1
@@ -1078,7 +1078,7 @@ _Stored = tuple[bytes, str | None, str | None]
 ``ref``: its sender gets the ref back). A tuple: one is made per line."""
 
 
-@dataclass(slots=True, kw_only=True)  # made per line: not frozen, for speed (see history.log)
+@dataclass(slots=True)  # made per line: not frozen, for speed (see history.log)
 class _Said(Draft):
     """A line waiting for its commit: the draft the log stores, who said it, and their peer
     JSON at that moment (one object per line, not two)."""

@@ -130,7 +130,7 @@ def test_an_ack_comes_in_its_place_when_the_stream_brings_the_line_before_the_st
         server.call(log.answering.clear)
         ann.send({"type": "msg", "text": "mine", "ref": "a1"})
         until(server, log, ann, lines=1)
-        other = Draft(Peer("4000000001", "zoe", "127.0.0.2"), "from elsewhere", 1.0e9)
+        other = Draft(Peer("4000000001", "zoe", "127.0.0.2"), "from elsewhere", 1.0e9, None, None)
         server.call(log.store_elsewhere, other)
         until(server, log, ann, lines=2)
         server.call(log.release, 2)  # the stream is quicker than ann's store's answer

@@ -55,7 +55,10 @@ def seed(path: Path) -> None:
         await log.open(0)
         peer = Peer("1", "seeder", HOST)
         for first in range(1, LINES + 1, 100):
-            drafts = [Draft(peer, f"{n} {BIG}", time.time()) for n in range(first, first + 100)]
+            drafts = [
+                Draft(peer, f"{n} {BIG}", time.time(), None, None)
+                for n in range(first, first + 100)
+            ]
             await log.append(drafts)
         await log.close()
 

@@ -44,8 +44,8 @@ async def running(tmp_path: Path) -> AsyncIterator[Path]:
     await log.append(
         [
             Draft(ANN, "hello", 1_700_000_000.5, "client-0001", "r1"),
-            Draft(MALLORY, TRICK, 1_700_000_061.0),
-            Draft(ANN, "bye", 1_700_003_600.0),
+            Draft(MALLORY, TRICK, 1_700_000_061.0, None, None),
+            Draft(ANN, "bye", 1_700_003_600.0, None, None),
         ]
     )
     yield path
@@ -188,7 +188,9 @@ async def test_a_reader_that_stops_early_ends_it_quietly(tmp_path: Path) -> None
     path = tmp_path / "history.sqlite3"
     log = SqliteLog(path, 5000)
     await log.open(0)
-    await log.append([Draft(ANN, f"{n} " + "x" * 200, 1_700_000_000.0) for n in range(2000)])
+    await log.append(
+        [Draft(ANN, f"{n} " + "x" * 200, 1_700_000_000.0, None, None) for n in range(2000)]
+    )
     await log.close()
     proc = subprocess.Popen(
         [*CHATSECURE, "history", "--db", str(path), "--last", "2000"],
@@ -213,7 +215,7 @@ async def test_a_stopped_servers_history_is_read_without_leaving_files_beside_it
     path = tmp_path / "history.sqlite3"
     log = SqliteLog(path, 100)
     await log.open(0)
-    await log.append([Draft(ANN, "said before the stop", 1_700_000_000.0)])
+    await log.append([Draft(ANN, "said before the stop", 1_700_000_000.0, None, None)])
     await log.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.sqlite3"]
     result = history("--db", str(path))
