@@ -150,8 +150,9 @@ _NEW_CLIENT = (
     " ON CONFLICT(client) DO UPDATE SET last = max(last, ?2)"
 )
 _CLIENT_ROW = "SELECT id FROM clients WHERE client = ?"
-_USED = "UPDATE {table} SET last = ?1 WHERE last < ?1 AND id IN (SELECT value FROM json_each(?2))"
-"""Mark rows of ``peers`` or ``clients`` as named by a line up to seq ?1 (their ids in ?2)."""
+_USED = "UPDATE {} SET last = ?1 WHERE last < ?1 AND id IN (SELECT value FROM json_each(?2))"
+_PEERS_USED, _CLIENTS_USED = _USED.format("peers"), _USED.format("clients")
+"""Mark rows of ``peers``, ``clients`` as named by a line up to seq ?1 (their ids in ?2)."""
 _NEWEST = 2**63 - 1
 """The largest SQLite integer: ``before(None, ...)`` is ``before(_NEWEST, ...)``."""
 _Row = tuple[int, float, str, str, str, str, str | None, str | None]
@@ -427,9 +428,9 @@ class SqliteLog:
         self, conn: sqlite3.Connection, peers: set[int], clients: set[int], seq: int
     ) -> None:
         """Keep the rows of ``peers`` and ``clients`` as long as lines up to ``seq``."""
-        conn.execute(_USED.format(table="peers"), (seq, json.dumps(list(peers))))
+        conn.execute(_PEERS_USED, (seq, json.dumps(list(peers))))
         if clients:
-            conn.execute(_USED.format(table="clients"), (seq, json.dumps(list(clients))))
+            conn.execute(_CLIENTS_USED, (seq, json.dumps(list(clients))))
 
     def _original(self, conn: sqlite3.Connection, draft: Draft, last_seq: int) -> Record | None:
         """The kept line with ``draft``'s (client, ref), if any; forget an older one's ref."""
