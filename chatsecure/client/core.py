@@ -552,6 +552,11 @@ def is_help(text: str) -> bool:
     return text.strip().lower() == "/help"
 
 
+def is_who(text: str) -> bool:
+    """Whether a typed line is the command ``/who`` (alone, in any case)."""
+    return text.strip().lower() == "/who"
+
+
 def require_sendable(text: str, what: str) -> str:
     """``text`` if UTF-8 can carry it; else ``LocalProtocolError`` naming ``what``."""
     if not utf8_encodable(text):

@@ -24,6 +24,7 @@ from chatsecure.client.core import (
     clock,
     is_help,
     is_quit,
+    is_who,
     no_longer_kept,
     safe_paragraph,
     safe_text,
@@ -64,9 +65,10 @@ def _without_blank_edges(text: str) -> str:
 
 HELP = (
     "quit or /quit leaves the room (so does Leave); older messages load as you scroll to the"
-    " top of the chat. Any other line is sent as it is."
+    " top of the chat, and the list beside it shows who is here. Any other line is sent as it"
+    " is."
 )
-"""What ``/help`` (or the terminal's ``/older``) typed in the window says."""
+"""What ``/help`` (or the terminal's ``/older``, ``/who``) typed in the window says."""
 
 HISTORY_RETRY = 10.0
 """Seconds after a refused history request before the next one goes."""
@@ -254,7 +256,7 @@ class ChatModel:
         """Decide what typing ``text`` and pressing Enter does."""
         if is_quit(text):
             return Outgoing(quit=True, clear=True)
-        if is_help(text) or older_command(text) is not None:
+        if is_help(text) or is_who(text) or older_command(text) is not None:
             # The terminal's commands: told what does it here, never said to the room.
             return Outgoing(line=notice("info", HELP, ts), clear=True)
         if not shows(text):

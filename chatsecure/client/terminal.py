@@ -20,7 +20,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -39,6 +39,7 @@ from chatsecure.client.core import (
     format_message,
     is_help,
     is_quit,
+    is_who,
     no_longer_kept,
     safe_text,
     shown_seq,
@@ -46,9 +47,10 @@ from chatsecure.client.core import (
 from chatsecure.client.scrollback import COMMAND as OLDER
 from chatsecure.client.scrollback import PAGE, Scrollback, older_command
 from chatsecure.client.signals import handled
+from chatsecure.client.transcript import Roster
 from chatsecure.errors import LocalProtocolError
 from chatsecure.protocol.codes import ErrorCode
-from chatsecure.protocol.messages import Chat, Peer
+from chatsecure.protocol.messages import Chat, Join, Leave, Peer
 from chatsecure.tls.trust import (
     TRUST_QUESTION,
     KnownServers,
@@ -209,6 +211,8 @@ class _Screen:
     """Own lines named on stderr as not stored (or not confirmed): the exit code says so."""
     password: bool = False
     """Whether a room password was given (else a refusal for one says how to give it)."""
+    roster: Roster = field(default_factory=Roster)
+    """Who is in the room, as the welcome, joins and leaves say (``/who``)."""
 
 
 def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None:
@@ -216,11 +220,12 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
     out, err = screen.stdout, screen.stderr
     match event:
         case Connected(welcome=welcome, tls_version=version, fingerprint=fp):
-            names = ", ".join(describe(p) for p in welcome.peers) or "nobody else yet"
+            screen.roster.reset(welcome.you, welcome.peers)
             at = f" at {host_port(event.host, event.port)}" if screen.several else ""
             print(
                 f"connected to '{safe_text(welcome.server.name)}' as "
-                f"{safe_text(welcome.you.nick)}{at} ({version}, {fp})\nonline: {names}",
+                f"{safe_text(welcome.you.nick)}{at} ({version}, {fp})\n"
+                f"online: {_online(welcome.peers)}",
                 file=out,
                 flush=True,
             )
@@ -234,6 +239,10 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
         case Received(message=Chat(), older=True):
             pass  # printed with the rest of its page (``/older``)
         case Received(message=message):
+            if isinstance(message, Join):
+                screen.roster.join(message.peer)
+            elif isinstance(message, Leave):
+                screen.roster.leave(message.peer)
             line = format_message(message)
             if line is not None:
                 print(line, file=out, flush=True)
@@ -244,6 +253,7 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
             screen.own.done(ref)
             print(screen.own.line(text, ts), file=out, flush=True)
         case Reconnecting(attempt=attempt, delay=delay, reason=reason):
+            screen.roster.reset(None)  # (until the next welcome says who is there)
             print(f"connection lost ({reason}); retry {attempt} in {delay:.0f} s", file=err)
         case NotSent(text=text, ref=ref, why=why):
             screen.undelivered.append(text)
@@ -263,6 +273,29 @@ def _report(event: ClientEvent, screen: _Screen, *, joined: bool = True) -> None
     page = screen.scrollback.feed(event)
     if page:  # in one write: a line the user's command prints meanwhile goes around it
         print("\n".join(page), file=out, flush=True)
+
+
+ONLINE_NAMED = 10
+"""People the line "online: ..." names on connecting (the rest are counted): ``/who`` names
+them all."""
+
+
+def _online(peers: Sequence[Peer]) -> str:
+    """The others in the room, as the line "online: ..." names them."""
+    if not peers:
+        return "nobody else yet"
+    names = ", ".join(describe(peer) for peer in peers[:ONLINE_NAMED])
+    if len(peers) > ONLINE_NAMED:
+        names += f" and {len(peers) - ONLINE_NAMED} more (/who names everyone)"
+    return names
+
+
+def _who(roster: Roster) -> str:
+    """What ``/who`` prints: everyone in the room, you first, then the others by nick."""
+    peers = roster.peers()
+    if not peers:
+        return "* not in the room now"
+    return f"* {len(peers)} here, you first: {', '.join(describe(peer) for peer in peers)}"
 
 
 NAMED_LENGTH = 200
@@ -507,15 +540,16 @@ def _pump_input(client: ChatClient, stdin: TextIO, screen: _Screen, ended: threa
 HELP = f"""\
 * quit, /quit    leave the room (so do Ctrl-D, and the end of piped input)
 * {OLDER} [N]     print N earlier lines ({PAGE} if no N): missed ones first, then older ones
+* /who           name everyone in the room
 * /help          these commands (they are not sent; any other line is)"""
 """What ``/help`` prints."""
 
 
 def _say(client: ChatClient, text: str, screen: _Screen) -> None:
-    """A typed line: a command (``/older``, ``/help``), or a chat line to send."""
-    if is_help(text):
+    """A typed line: a command (``/older``, ``/who``, ``/help``), or a chat line to send."""
+    if is_help(text) or is_who(text):
         with screen.printing:
-            print(HELP, file=screen.stdout, flush=True)
+            print(HELP if is_help(text) else _who(screen.roster), file=screen.stdout, flush=True)
         return
     older = older_command(text)
     if older is None:

@@ -210,9 +210,13 @@ class Roster:
         """Whether the first of ``rows()`` is you (it is, unless the room has not got you)."""
         return bool(self._order) and not self._order[0][0]
 
-    def rows(self) -> list[RosterRow]:
+    def peers(self) -> list[Peer]:
         """You first, then everyone else by nick."""
-        return [self._row(self._peers[peer_id]) for _, _, peer_id in self._order]
+        return [self._peers[peer_id] for _, _, peer_id in self._order]
+
+    def rows(self) -> list[RosterRow]:
+        """``peers()`` as a list shows them."""
+        return [self._row(peer) for peer in self.peers()]
 
     def take_edits(self) -> list[RosterEdit] | None:
         """The changes since the last call, in order: made one by one to a list that showed

@@ -17,7 +17,7 @@ import pytest
 
 from chatsecure.client.core import safe_text
 from chatsecure.client.resume import SAVE_EVERY
-from chatsecure.client.terminal import NOT_DELIVERED
+from chatsecure.client.terminal import NOT_DELIVERED, ONLINE_NAMED
 from chatsecure.testing import RawClient, ServerThread
 from chatsecure.tls import certs
 from chatsecure.tls.trust import KnownServers
@@ -55,6 +55,38 @@ def test_terminal_client_chats_with_a_raw_client(server: ServerThread) -> None:
         finally:
             bob.kill()
     assert KnownServers().get("127.0.0.1", server.port) == server.fingerprint
+
+
+def test_a_big_room_is_named_in_part_on_connecting_and_whole_by_who(
+    server: ServerThread,
+) -> None:
+    others = [RawClient(server.host, server.port) for _ in range(ONLINE_NAMED + 2)]
+    bob = None
+    try:
+        for number, other in enumerate(others, 1):
+            other.join(f"m{number:02}")
+        bob = terminal(server, "bob", "--accept-new")
+        named = ", ".join(f"m{n:02} \\(127\\.0\\.0\\.1\\)" for n in range(1, ONLINE_NAMED + 1))
+        bob.expect(rf"^online: {named} and 2 more \(/who names everyone\)$")
+        others[4].close()  # m05 leaves, m13 comes
+        bob.expect(rf"^{TIME} \* m05 \(127\.0\.0\.1\) left \(")
+        with RawClient(server.host, server.port) as late:
+            late.join("m13")
+            bob.expect(rf"^{TIME} \* m13 \(127\.0\.0\.1\) joined$")
+            bob.say("/who")
+            here = [f"m{n:02}" for n in range(1, ONLINE_NAMED + 4) if n != 5]
+            listed = ", ".join(f"{nick} (127.0.0.1)" for nick in ["bob", *here])
+            line = bob.expect(r"^\* \d+ here, you first: .*$").group(0)
+            assert line == f"* {len(here) + 1} here, you first: {listed}"
+            bob.say("and hello")  # `/who` was not said to the room: this is the next line
+            assert late.expect("msg")["text"] == "and hello"
+        bob.say("quit")
+        assert bob.wait() == 0, bob.stderr
+    finally:
+        if bob is not None:
+            bob.kill()
+        for other in others:
+            other.close()
 
 
 def test_two_terminal_clients_chat_and_see_each_other_come_and_go(server: ServerThread) -> None:

@@ -454,12 +454,14 @@ def test_quit_alone_quits_and_other_texts_do_not() -> None:
     assert model.outgoing("/quit").quit  # not said to the room
     assert model.outgoing("Quit").quit  # as a phone keyboard writes it
     assert model.outgoing("/QUIT").quit
-    for command in ("/help", "/HELP", "/older", " /older 20", "/Older"):  # the terminal's
-        out = model.outgoing(command, T)
+    for command in ("/help", "/HELP", "/older", " /older 20", "/Older", "/who", "/WHO "):
+        out = model.outgoing(command, T)  # the terminal's: said what does it here, not sent
         assert (out.send, out.clear) == (None, True)
         assert out.line is not None
         assert "older messages load as you scroll" in out.line.text
+        assert "the list beside it shows who is here" in out.line.text
     assert model.outgoing("/helpful tip").send == "/helpful tip"
+    assert model.outgoing("/who is that?").send == "/who is that?"
     assert model.outgoing("quit now").send == "quit now"
     assert model.outgoing("   ") == model.outgoing("")
     assert model.outgoing("\u200b\u3164") == model.outgoing("")  # shows nothing: not sent
