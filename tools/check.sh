@@ -40,9 +40,11 @@ fi
 # half minutes waiting on the network, so they run beside the rest; their report follows.
 mdns=tests/discovery/test_mdns_netns.py
 report=$(mktemp)
-.venv/bin/python -m pytest -p no:cacheprovider "$mdns" >"$report" 2>&1 &
+# (A background job ignores Ctrl-C unless told otherwise: this one takes it as the other
+# pytest does, tears its namespaces down and ends.)
+( trap - INT; exec .venv/bin/python -m pytest -p no:cacheprovider "$mdns" >"$report" 2>&1 ) &
 beside=$!
-trap 'kill "$beside" 2>/dev/null || true; rm -f "$report"' EXIT
+trap 'wait "$beside" 2>/dev/null || true; rm -f "$report"' EXIT
 status=0
 .venv/bin/python -m pytest --ignore="$mdns" || status=$?
 mdns_status=0
