@@ -586,9 +586,7 @@ LIMIT_FLAGS = (
     "--hello-timeout",
     "--max-frame",
     "--max-text",
-    "--send-buffer",
     "--send-buffer-limit",
-    "--slow-consumer",
 )
 
 
