@@ -548,7 +548,7 @@ HELP = f"""\
 def _say(client: ChatClient, text: str, screen: _Screen) -> None:
     """A typed line: a command (``/older``, ``/who``, ``/help``), or a chat line to send."""
     if is_help(text) or is_who(text):
-        with screen.printing:
+        with screen.printing:  # (also the roster's lock: events change it holding this)
             print(HELP if is_help(text) else _who(screen.roster), file=screen.stdout, flush=True)
         return
     older = older_command(text)
